@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEV_STAMP := $(VENV)/.dev-installed
+TRAIN_STAMP := $(VENV)/.train-installed
+
+.PHONY: demo test lint unit integration train bench install clean
+
+$(DEV_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+install: $(DEV_STAMP)
+
+demo: $(DEV_STAMP)
+	$(PY) -m devstack.demo
+
+# pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so that can't pass silently.
+test: $(DEV_STAMP) lint
+	$(PY) -m pytest -q
+
+unit: $(DEV_STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(DEV_STAMP)
+	$(PY) -m pytest -q tests/integration
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy extproc devstack classifier/model.py classifier/heuristic.py classifier/loader.py
+
+# The [train] extra pins torch==2.13.0: a looser pin would pull several GB of CUDA wheels.
+$(TRAIN_STAMP): $(DEV_STAMP)
+	$(PIP) install -q -e '.[dev,train]'
+	@touch $@
+
+train: $(TRAIN_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m classifier.train
+
+bench: $(DEV_STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,75 @@
+"""A transparent rule-based difficulty estimate: the fallback when no ONNX model is wanted.
+
+It reads length (capped, and measured on de-duplicated lines so repeating a prompt buys nothing), code and math
+markers and reasoning verbs. It is deliberately simple and is benchmarked against the ONNX model in
+``classifier/MODEL_CARD.md``; use it when you need a router whose every decision you can explain by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from classifier.model import Prediction
+
+__all__ = ["HEURISTIC_ABILITIES", "HeuristicDifficultyModel"]
+
+_CODE = re.compile(
+    r"```|\bdef |\bclass |\breturn\b|;\s*$|\bfunction\b|#include|\bimport \w|=>|\bSELECT\b|\{\s*$",
+    re.MULTILINE,
+)
+_MATH = re.compile(
+    r"\\frac|\\int|\\sum|\\sqrt|\$[^$]+\$|\b(?:integral|derivative|theorem|lemma|prove|proof|matrix|eigen\w*|"
+    r"probability|polynomial|modulo|equation)\b|\d\s*[\^*/]\s*\d",
+    re.IGNORECASE,
+)
+_REASONING = re.compile(
+    r"\b(?:why|explain|derive|design|implement|optimi[sz]e|analy[sz]e|compare|trade-?offs?|step[- ]by[- ]step|"
+    r"architecture|debug|refactor|algorithm|complexity)\b",
+    re.IGNORECASE,
+)
+
+HEURISTIC_ABILITIES: Mapping[str, float] = MappingProxyType(
+    {
+        "gpt-4o-mini": 0.6,
+        "gpt-4.1-mini": 0.9,
+        "gpt-4o": 1.8,
+        "gpt-4.1": 2.0,
+        "claude-3-haiku": 0.3,
+        "claude-3-5-sonnet": 2.0,
+        "llama-3.1-8b-instruct": -0.2,
+        "llama-3.1-70b-instruct": 1.2,
+    }
+)
+
+
+def _distinct_words(text: str) -> int:
+    """Count words over distinct non-empty lines, so repeated or padded text does not look longer."""
+    seen: set[str] = set()
+    words = 0
+    for line in text.splitlines():
+        key = " ".join(line.split()).lower()
+        if key and key not in seen:
+            seen.add(key)
+            words += len(key.split(" "))
+    return words
+
+
+class HeuristicDifficultyModel:
+    """Difficulty from length, code, math and reasoning markers, on the same logit scale as the ONNX model."""
+
+    name = "heuristic-v1"
+    default_abilities = HEURISTIC_ABILITIES
+
+    def predict(self, text: str) -> Prediction:
+        """Score ``text``; never raises for any string."""
+        sample = text[:8000]
+        length = min(math.log2(1.0 + _distinct_words(sample) / 20.0), 4.0)
+        code = min(len(_CODE.findall(sample)), 3) / 3.0
+        maths = min(len(_MATH.findall(sample)), 3) / 3.0
+        reasoning = min(len(_REASONING.findall(sample)), 3) / 3.0
+        difficulty = -1.6 + 0.35 * length + 1.3 * code + 1.4 * maths + 0.9 * reasoning
+        confidence = min(1.0, abs(difficulty) / 2.0)
+        return Prediction(difficulty=difficulty, confidence=confidence)

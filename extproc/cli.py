@@ -1,0 +1,109 @@
+"""The ``model-router`` command: ``serve``, ``check-config`` and ``eval``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from extproc.errors import ConfigError
+
+__all__ = ["main", "prompt_text_of_item"]
+
+_EVAL_PATH = "/v1/chat/completions"
+_EVAL_MODEL = "auto"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-router", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the ext_proc gRPC server")
+    serve.add_argument("--config", type=Path, required=True, help="YAML config file")
+    serve.add_argument("--listen", help="override server.listen (host:port or unix:/path)")
+    check = sub.add_parser("check-config", help="validate a config file and load its classifier")
+    check.add_argument("--config", type=Path, required=True)
+    ev = sub.add_parser("eval", help="score an EVAL.md file with the live request path and report APGR etc.")
+    ev.add_argument(
+        "--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format"
+    )
+    ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
+    ev.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
+    ev.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")
+    ev.add_argument("--weak", help="the cheap model's name in `scores`")
+    ev.add_argument("--strong", help="the strong model's name in `scores`")
+    ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
+    return parser
+
+
+def prompt_text_of_item(item: Mapping[str, Any]) -> str | None:
+    """The text the live server would classify for an EVAL item's ``messages``, or None if it would not."""
+    from extproc.request import ParsedRequest, parse_request
+
+    raw = orjson.dumps({"model": _EVAL_MODEL, "messages": item.get("messages")})
+    parsed = parse_request(_EVAL_PATH, raw, frozenset({_EVAL_MODEL}))
+    if not isinstance(parsed, ParsedRequest) or not parsed.prompt_text.strip():
+        return None
+    return parsed.prompt_text
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc.logs import configure_logging
+    from extproc.reload import load_snapshot
+    from extproc.server import serve
+    from extproc.snapshot import SnapshotRef
+
+    snapshot = load_snapshot(args.config)
+    configure_logging(snapshot.settings.server.log_level)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve(args.config, SnapshotRef(snapshot), args.listen))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from extproc.reload import load_snapshot
+
+    snapshot = load_snapshot(args.config)
+    names = ", ".join(f"{m.name} ({m.tier}, ability {m.ability:.2f})" for m in snapshot.catalog)
+    print(f"ok: classifier {snapshot.model.name}; catalog: {names}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from classifier.evaluate import run_eval
+
+    from classifier.loader import load_difficulty_model
+
+    model = load_difficulty_model("heuristic" if args.heuristic else "onnx", args.model)
+    code: int = run_eval(
+        data=args.data,
+        out=args.out,
+        model=model,
+        text_of=prompt_text_of_item,
+        weak=args.weak,
+        strong=args.strong,
+        plot=args.plot,
+        stdout=sys.stdout,
+    )
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``model-router`` console script."""
+    args = _parser().parse_args(argv)
+    commands = {"serve": _serve, "check-config": _check, "eval": _eval}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"model-router: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,141 @@
+"""Typed, validated settings. ``load_config`` returns ``Settings`` or raises one ``ConfigError`` naming every field.
+
+No config is read at import time and nothing here is global: the server builds a ``Snapshot`` from ``Settings``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from extproc.errors import ConfigError
+
+__all__ = [
+    "CatalogModel",
+    "ClassifierSettings",
+    "PolicySettings",
+    "ServerSettings",
+    "Settings",
+    "load_config",
+    "parse_config",
+]
+
+Price = Annotated[float, Field(ge=0, le=10_000)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogModel(_Strict):
+    """One upstream model: where Envoy sends it, what it costs and how able it is."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    cluster: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    tier: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_\-]+$")]
+    input_price_per_mtok: Price
+    output_price_per_mtok: Price
+    ability: Annotated[float, Field(ge=-10, le=10)] | None = None
+    """On the classifier's difficulty scale; omitted = the classifier's default for this model name."""
+    context_window: Annotated[int, Field(gt=0)] = 128_000
+
+
+class ServerSettings(_Strict):
+    """Where and how the gRPC server listens."""
+
+    listen: str = "127.0.0.1:50051"
+    """``host:port`` or ``unix:/path/to.sock``."""
+    max_body_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    """Bodies larger than this are passed through unclassified (Envoy's own buffer limit answers 413 first)."""
+    classifier_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 50.0
+    """Deadline for one classification; keep it well below Envoy's ``message_timeout``."""
+    grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    """On SIGTERM, how long in-flight streams may take before the server stops."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClassifierSettings(_Strict):
+    """Which difficulty model to load."""
+
+    kind: Literal["onnx", "heuristic"] = "onnx"
+    model_dir: Path | None = None
+    """ONNX only; default: the model shipped inside the package."""
+
+
+class PolicySettings(_Strict):
+    """How difficulty, prices and the quality target become a choice."""
+
+    routable_models: Annotated[tuple[str, ...], Field(min_length=1)] = ("auto",)
+    """Requested ``model`` values the router may change; every other model passes through untouched."""
+    default_model: str
+    """Used when the router cannot decide (classifier failure, nothing eligible)."""
+    quality_target: Unit = 0.8
+    """Pick the cheapest model whose predicted success probability reaches this."""
+    quality_header: bool = True
+    """Honour ``x-model-router-quality`` (0..1) per request."""
+    expected_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 300
+    """Used for cost estimates when the request sets no output limit."""
+
+
+class Settings(_Strict):
+    """The whole configuration file."""
+
+    server: ServerSettings = ServerSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    policy: PolicySettings
+    catalog: Annotated[tuple[CatalogModel, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        names = [m.name for m in self.catalog]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise ValueError(f"catalog[{i}].name: duplicate model name {name!r}")
+            seen.add(name)
+        if self.policy.default_model not in seen:
+            raise ValueError(f"policy.default_model: {self.policy.default_model!r} is not in catalog")
+        return self
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_config(data: object) -> Settings:
+    """Validate already-loaded YAML data; raise ``ConfigError`` listing every problem with its field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(["<root>: expected a mapping at the top of the file"])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        item_paths = {_field_path(tuple(e["loc"][:1])) for e in errors if len(e["loc"]) > 1}
+        problems = []
+        for err in errors:
+            path = _field_path(tuple(err["loc"]))
+            if err["type"] == "too_short" and path in item_paths:
+                continue  # pydantic also reports an empty tuple when its only items are invalid
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(msg if not path else f"{path}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path) -> Settings:
+    """Read and validate a YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
+    return parse_config(data)

@@ -1,0 +1,113 @@
+"""The routing decision as a pure function: prediction + request facts + catalog -> Decision.
+
+No I/O, no clock, no environment, no randomness: every rule is testable with a table (tests/unit/test_policy.py).
+Rule: among catalog models whose context window fits the prompt, pick the cheapest whose predicted success
+probability ``sigmoid(ability - difficulty)`` reaches the quality target; if none does, the most able one.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from classifier.model import Prediction
+
+__all__ = [
+    "Decision",
+    "Reason",
+    "RequestFacts",
+    "ResolvedModel",
+    "choose_model",
+    "estimate_cost",
+    "fallback_decision",
+    "success_probability",
+]
+
+
+class Reason(enum.StrEnum):
+    """Why the decision came out as it did; a closed set, safe as a metric label."""
+
+    CHEAPEST_MEETING_TARGET = "cheapest_meeting_target"
+    NONE_MEETS_TARGET = "none_meets_target_most_able"
+    CLASSIFIER_FAILED = "classifier_failed"
+    NO_ELIGIBLE_MODEL = "no_eligible_model"
+    NO_PROMPT_TEXT = "no_prompt_text"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A catalog entry with its ability resolved (from config or the classifier's defaults)."""
+
+    name: str
+    cluster: str
+    tier: str
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+    ability: float
+    context_window: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the policy needs to know about one request, besides the prompt's difficulty."""
+
+    requested_model: str
+    input_tokens: int
+    output_tokens: int
+    quality_target: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of the policy for one request."""
+
+    model: ResolvedModel
+    reason: Reason
+    fallback: bool
+    success_probability: float | None
+    """Predicted success of the chosen model; None when no prediction was used."""
+
+
+def success_probability(ability: float, difficulty: float) -> float:
+    """Item-response theory: P(success) = sigmoid(ability - difficulty), overflow-safe."""
+    x = ability - difficulty
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -> float:
+    """Estimated price of one request in the catalog's currency."""
+    return (input_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) / 1e6
+
+
+def fallback_decision(default: ResolvedModel, reason: Reason) -> Decision:
+    """The decision used when the router cannot decide on the merits."""
+    return Decision(model=default, reason=reason, fallback=True, success_probability=None)
+
+
+def choose_model(
+    prediction: Prediction,
+    facts: RequestFacts,
+    catalog: Sequence[ResolvedModel],
+    default: ResolvedModel,
+) -> Decision:
+    """Pick the cheapest model predicted to meet the quality target; ties go to the more able model."""
+    eligible = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    if not eligible:
+        return fallback_decision(default, Reason.NO_ELIGIBLE_MODEL)
+    scored = [(m, success_probability(m.ability, prediction.difficulty)) for m in eligible]
+    meeting = [(m, p) for m, p in scored if p >= facts.quality_target]
+    if meeting:
+        model, p = min(
+            meeting,
+            key=lambda mp: (estimate_cost(mp[0], facts.input_tokens, facts.output_tokens), -mp[0].ability),
+        )
+        return Decision(
+            model=model, reason=Reason.CHEAPEST_MEETING_TARGET, fallback=False, success_probability=p
+        )
+    model, p = max(scored, key=lambda mp: (mp[0].ability, -estimate_cost(mp[0], facts.input_tokens, 0)))
+    return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)

@@ -1,0 +1,66 @@
+"""The record of one stream's outcome, handed to whatever observes decisions (logs now; spans and metrics too)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+__all__ = ["DecisionRecord", "DecisionSink", "LogSink", "Outcome"]
+
+
+class Outcome(enum.StrEnum):
+    """What happened to the request."""
+
+    ROUTED = "routed"
+    """The policy chose a model on the merits of the prompt."""
+    FALLBACK = "fallback"
+    """The router could not decide on the merits and sent the request to the fallback model."""
+    PASSTHROUGH = "passthrough"
+    """The request was forwarded untouched."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """Everything worth recording about one request's routing; never holds prompt text."""
+
+    decision_id: str
+    outcome: Outcome
+    reason: str
+    schema: str | None = None
+    requested_model: str | None = None
+    selected_model: str | None = None
+    cluster: str | None = None
+    tier: str | None = None
+    difficulty: float | None = None
+    confidence: float | None = None
+    success_probability: float | None = None
+    quality_target: float | None = None
+    input_tokens: int | None = None
+    cost_requested: float | None = None
+    cost_selected: float | None = None
+    classify_seconds: float | None = None
+    total_seconds: float | None = None
+    stream: bool = False
+
+
+class DecisionSink(Protocol):
+    """Receives one record per request that reached a decision or a pass-through."""
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Observe ``rec``; must not raise and must not block."""
+        ...
+
+
+class LogSink:
+    """Writes one JSON line per record at debug level."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Log ``rec`` as JSON if debug logging is on."""
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug(json.dumps({"event": "decision", **asdict(rec)}, default=str))

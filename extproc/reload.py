@@ -1,0 +1,46 @@
+"""Builds and validates a new Snapshot from the config file, then swaps one reference; on error keeps the old one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from classifier.loader import load_difficulty_model
+from classifier.model import DifficultyModel
+from extproc.config import Settings, load_config
+from extproc.errors import ConfigError
+from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
+
+__all__ = ["load_model_for", "load_snapshot", "reload_snapshot"]
+
+_log = logging.getLogger("model_router.reload")
+
+
+def load_model_for(settings: Settings) -> DifficultyModel:
+    """Load the classifier the settings ask for; any failure is a ``ConfigError`` naming the field."""
+    cfg = settings.classifier
+    try:
+        return load_difficulty_model(cfg.kind, cfg.model_dir)
+    except Exception as exc:
+        field = "classifier.model_dir" if cfg.model_dir else "classifier.kind"
+        raise ConfigError([f"{field}: cannot load {cfg.kind} model: {exc}"]) from exc
+
+
+def load_snapshot(path: Path, load_model: Callable[[Settings], DifficultyModel] = load_model_for) -> Snapshot:
+    """Read, validate and resolve the config at ``path`` into a ready snapshot."""
+    return build_snapshot(load_config(path), load_model)
+
+
+def reload_snapshot(
+    path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel] = load_model_for
+) -> bool:
+    """Swap in a snapshot built from ``path``; return False (and keep the running one) if it is invalid."""
+    try:
+        snapshot = load_snapshot(path, load_model)
+    except ConfigError as exc:
+        _log.error("config reload rejected, keeping the running config: %s", exc)
+        return False
+    ref.current = snapshot
+    _log.info("config reloaded from %s", path)
+    return True

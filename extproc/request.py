@@ -1,0 +1,83 @@
+"""Turns one request (path + raw body) into what the policy needs, or a pass-through reason.
+
+This is the one code path shared by the live stream handler and ``model-router eval``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from extproc.schemas import ApiSchema, schema_for_path
+
+__all__ = ["ParsedRequest", "PassReason", "Passthrough", "estimate_tokens", "parse_request"]
+
+
+class PassReason(enum.StrEnum):
+    """Why a request is forwarded untouched; a closed set, safe as a metric label."""
+
+    UNKNOWN_PATH = "unknown_path"
+    NOT_POST = "not_post"
+    NO_BODY = "no_body"
+    NOT_JSON_CONTENT_TYPE = "not_json_content_type"
+    CONTENT_ENCODED = "content_encoded"
+    BODY_TOO_LARGE = "body_too_large"
+    STREAMED_BODY = "streamed_body"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    NO_MODEL = "no_model"
+    MODEL_NOT_ROUTABLE = "model_not_routable"
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """The request is forwarded exactly as received."""
+
+    reason: PassReason
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """A routable request: its schema, requested model and the text to classify."""
+
+    schema: ApiSchema
+    body: Mapping[str, Any]
+    requested_model: str
+    prompt_text: str
+    input_tokens: int
+    max_output_tokens: int | None
+
+
+def estimate_tokens(chars: int) -> int:
+    """Rough token count from characters (about 4 per token for English; errs high for code)."""
+    return chars // 4 + 1
+
+
+def parse_request(path: str, raw: bytes, routable: Collection[str]) -> ParsedRequest | Passthrough:
+    """Parse ``raw`` for ``path``; anything the router should not touch becomes a :class:`Passthrough`."""
+    schema = schema_for_path(path)
+    if schema is None:
+        return Passthrough(PassReason.UNKNOWN_PATH)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Passthrough(PassReason.INVALID_JSON)
+    if not isinstance(body, dict):
+        return Passthrough(PassReason.NOT_AN_OBJECT)
+    model = body.get("model")
+    if not isinstance(model, str):
+        return Passthrough(PassReason.NO_MODEL)
+    if model not in routable:
+        return Passthrough(PassReason.MODEL_NOT_ROUTABLE)
+    return ParsedRequest(
+        schema=schema,
+        body=body,
+        requested_model=model,
+        prompt_text=schema.prompt_text(body),
+        input_tokens=estimate_tokens(schema.input_chars(body)),
+        max_output_tokens=schema.max_output_tokens(body),
+    )

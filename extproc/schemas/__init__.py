@@ -1,0 +1,46 @@
+"""One module per inbound API schema, behind the small :class:`ApiSchema` protocol, and the exact-path registry.
+
+A schema only *reads* its own wire format; rewriting ``model`` is schema-independent (``bodyedit.py``).
+An unknown path passes through untouched: we are a guest on someone else's gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+from extproc.schemas.openai_chat import OpenAIChat
+from extproc.schemas.openai_completions import OpenAICompletions
+
+__all__ = ["SCHEMAS_BY_PATH", "ApiSchema", "schema_for_path"]
+
+
+class ApiSchema(Protocol):
+    """Reads what the router needs from one API's request body (already parsed JSON)."""
+
+    name: ClassVar[str]
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        """The text the classifier reads (empty if there is none)."""
+        ...
+
+    def input_chars(self, body: Mapping[str, Any]) -> int:
+        """Characters of all input text, for token and cost estimates."""
+        ...
+
+    def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """The request's own output-token limit, if it sets a valid one."""
+        ...
+
+
+SCHEMAS_BY_PATH: Mapping[str, ApiSchema] = {
+    "/v1/chat/completions": OpenAIChat(),
+    "/chat/completions": OpenAIChat(),
+    "/v1/completions": OpenAICompletions(),
+    "/completions": OpenAICompletions(),
+}
+
+
+def schema_for_path(path: str) -> ApiSchema | None:
+    """The schema for an exact request path (query string ignored), or None."""
+    return SCHEMAS_BY_PATH.get(path.split("?", 1)[0])

@@ -1,0 +1,43 @@
+"""OpenAI Chat Completions (``/v1/chat/completions``) request reader.
+
+The classifier reads the last user turn (what the model must answer now); string and content-part messages are
+supported, system and earlier turns count toward the size estimate only. Tool results and assistant turns are
+never classified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from extproc.schemas._text import positive_int, text_of_content
+
+__all__ = ["OpenAIChat"]
+
+
+class OpenAIChat:
+    """Reader for the Chat Completions request body."""
+
+    name: ClassVar[str] = "openai.chat"
+
+    @staticmethod
+    def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return []
+        return [m for m in messages if isinstance(m, dict)]
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        """Text of the last user message."""
+        for message in reversed(self._messages(body)):
+            if message.get("role") == "user":
+                return text_of_content(message.get("content"))
+        return ""
+
+    def input_chars(self, body: Mapping[str, Any]) -> int:
+        """Characters of every message's text."""
+        return sum(len(text_of_content(m.get("content"))) for m in self._messages(body))
+
+    def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """``max_completion_tokens``, else the legacy ``max_tokens``."""
+        return positive_int(body.get("max_completion_tokens")) or positive_int(body.get("max_tokens"))

@@ -1,0 +1,36 @@
+"""OpenAI legacy Completions (``/v1/completions``) request reader.
+
+``prompt`` may be a string or a list of strings; token-id prompts carry no text, so they are not classified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from extproc.schemas._text import positive_int
+
+__all__ = ["OpenAICompletions"]
+
+
+class OpenAICompletions:
+    """Reader for the Completions request body."""
+
+    name: ClassVar[str] = "openai.completions"
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        """The prompt string, or the strings of a list prompt joined by newlines."""
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            return "\n".join(p for p in prompt if isinstance(p, str))
+        return ""
+
+    def input_chars(self, body: Mapping[str, Any]) -> int:
+        """Characters of the prompt text."""
+        return len(self.prompt_text(body))
+
+    def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """``max_tokens`` (Completions defaults to 16 when unset; we use the policy's estimate instead)."""
+        return positive_int(body.get("max_tokens"))

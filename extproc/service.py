@@ -1,0 +1,70 @@
+"""The ``envoy.service.ext_proc.v3.ExternalProcessor`` servicer: one :class:`StreamHandler` per ``Process`` call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from classifier.model import DifficultyModel, Prediction
+from extproc.record import DecisionSink
+from extproc.snapshot import SnapshotRef
+from extproc.stream import Classify, ProtocolError, StreamHandler
+
+__all__ = ["ExternalProcessorService", "executor_classify", "new_decision_id"]
+
+_log = logging.getLogger("model_router.service")
+
+
+def new_decision_id() -> str:
+    """A random 16-hex-digit id, shown to the client and in logs and spans."""
+    return secrets.token_hex(8)
+
+
+def executor_classify(executor: Executor) -> Classify:
+    """A :data:`Classify` that runs inference off the event loop, in ``executor``, with a deadline."""
+
+    async def classify(model: DifficultyModel, text: str, timeout: float) -> Prediction:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(executor, model.predict, text), timeout)
+
+    return classify
+
+
+class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped
+    """Serves Envoy's ext_proc streams."""
+
+    def __init__(
+        self,
+        snapshots: SnapshotRef,
+        classify: Classify,
+        sink: DecisionSink,
+        new_id: Callable[[], str] = new_decision_id,
+    ) -> None:
+        self._snapshots = snapshots
+        self._classify = classify
+        self._sink = sink
+        self._new_id = new_id
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        """Answer every message of one HTTP request's stream, in order."""
+        handler = StreamHandler(self._snapshots.current, self._classify, self._sink, self._new_id)
+        async for message in request_iterator:
+            try:
+                responses = await handler.handle(message)
+            except ProtocolError as exc:
+                _log.warning("ending stream: %s", exc)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                return
+            for response in responses:
+                yield response

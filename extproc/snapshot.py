@@ -1,0 +1,79 @@
+"""An immutable snapshot of everything a stream needs: settings, resolved catalog and the loaded model.
+
+Each stream takes the current snapshot when it opens and keeps it; a reload builds a new one and swaps one
+reference (``SnapshotRef``), so no stream ever sees half a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from classifier.model import DifficultyModel
+from extproc.config import Settings
+from extproc.errors import ConfigError
+from extproc.policy import ResolvedModel
+
+__all__ = ["Snapshot", "SnapshotRef", "build_snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Settings plus the derived, ready-to-use objects."""
+
+    settings: Settings
+    model: DifficultyModel
+    catalog: tuple[ResolvedModel, ...]
+    by_name: Mapping[str, ResolvedModel]
+    routable: frozenset[str]
+
+    @property
+    def default_model(self) -> ResolvedModel:
+        """The model used when the router cannot decide."""
+        return self.by_name[self.settings.policy.default_model]
+
+
+def build_snapshot(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> Snapshot:
+    """Load the model and resolve every catalog ability; ``ConfigError`` names any model left without one."""
+    model = load_model(settings)
+    abilities = model.default_abilities
+    problems: list[str] = []
+    resolved: list[ResolvedModel] = []
+    for i, entry in enumerate(settings.catalog):
+        ability = entry.ability if entry.ability is not None else abilities.get(entry.name)
+        if ability is None:
+            problems.append(
+                f"catalog[{i}].ability: required, {model.name} has no default ability for {entry.name!r} "
+                f"(known: {', '.join(sorted(abilities)) or 'none'})"
+            )
+            continue
+        resolved.append(
+            ResolvedModel(
+                name=entry.name,
+                cluster=entry.cluster,
+                tier=entry.tier,
+                input_price_per_mtok=entry.input_price_per_mtok,
+                output_price_per_mtok=entry.output_price_per_mtok,
+                ability=ability,
+                context_window=entry.context_window,
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    catalog = tuple(resolved)
+    return Snapshot(
+        settings=settings,
+        model=model,
+        catalog=catalog,
+        by_name={m.name: m for m in catalog},
+        routable=frozenset(settings.policy.routable_models),
+    )
+
+
+class SnapshotRef:
+    """The one mutable cell: the snapshot new streams start with."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot

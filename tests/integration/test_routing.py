@@ -1,0 +1,181 @@
+"""End-to-end routing through the real Envoy binary, with httpx and the official openai SDK as clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from devstack.stack import Stack
+
+EASY = "What is the capital of France?"
+HARD = (
+    "Prove that the integral of x^2 from 0 to 1 equals 1/3 step by step, derive the general theorem for x^n, "
+    "and explain why the proof of the fundamental theorem holds. Then design an algorithm and analyze its complexity."
+)
+
+
+def chat_body(prompt: str, model: str = "auto", **extra: object) -> bytes:
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], **extra})
+
+
+def last_received(stack: Stack, cluster: str) -> dict[str, object]:
+    got = httpx.get(f"http://127.0.0.1:{stack.upstream_ports[cluster]}/_received").json()
+    assert got, f"upstream {cluster} received nothing"
+    return got[-1]  # type: ignore[no-any-return]
+
+
+def received_body(stack: Stack, cluster: str) -> bytes:
+    return base64.b64decode(str(last_received(stack, cluster)["body_b64"]))
+
+
+def post(stack: Stack, body: bytes, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
+    return httpx.post(
+        stack.base_url + path,
+        content=body,
+        headers={"content-type": "application/json", **headers},
+        timeout=10,
+    )
+
+
+def test_easy_prompt_goes_cheap_with_only_model_rewritten(stack: Stack) -> None:
+    sent = chat_body(EASY, temperature=1.0, n=1, x_vendor={"model": "keep"}, seed=12345678901234567)
+    r = post(stack, sent)
+    assert r.status_code == 200, r.text
+    cluster = r.headers["x-upstream-cluster"]
+    assert cluster in ("small", "cheap")
+    got = received_body(stack, cluster)
+    new_model = r.headers["x-upstream-model"]
+    assert got == sent.replace(b'"model":"auto"', b'"model":' + orjson.dumps(new_model))
+    assert r.headers["x-model-router-model"] == new_model
+    assert r.headers["x-model-router-tier"] == cluster
+    assert len(r.headers["x-model-router-decision-id"]) == 16
+
+
+def test_hard_prompt_goes_frontier(stack: Stack) -> None:
+    r = post(stack, chat_body(HARD))
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", "gpt-4o")
+
+
+def test_non_routable_model_is_untouched_on_default_route(stack: Stack) -> None:
+    sent = chat_body(EASY, model="gpt-4o-mini")
+    r = post(stack, sent)
+    assert r.status_code == 200
+    assert r.headers["x-upstream-cluster"] == "frontier"  # the default route: the router did not choose
+    assert received_body(stack, "frontier") == sent
+    assert "x-model-router-model" not in r.headers
+
+
+def test_client_cannot_choose_the_route(stack: Stack) -> None:
+    r = post(
+        stack, chat_body(EASY), **{"x-model-router-cluster": "frontier", "x-model-router-model": "gpt-4o"}
+    )
+    assert r.headers["x-upstream-cluster"] in ("small", "cheap")
+    r = post(stack, chat_body(EASY, model="gpt-4o-mini"), **{"x-model-router-cluster": "cheap"})
+    assert r.headers["x-upstream-cluster"] == "frontier"
+    headers = {k.lower() for k in last_received(stack, "frontier")["headers"]}  # type: ignore[union-attr]
+    assert not any(h.startswith("x-model-router-") for h in headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        pytest.param(
+            "/v1/chat/completions", "application/json", b'{"model":"auto","messages":[', id="malformed-json"
+        ),
+        pytest.param("/v1/chat/completions", "application/json", b'{"messages":[]}', id="missing-model"),
+        pytest.param("/v1/chat/completions", "text/plain", chat_body(EASY), id="non-json-content-type"),
+        pytest.param("/v1/embeddings", "application/json", chat_body(EASY), id="unknown-path"),
+        pytest.param(
+            "/v1/chat/completions",
+            "application/json",
+            b'{"model":"auto","model":"auto"}',
+            id="duplicate-model",
+        ),
+    ],
+)
+def test_bad_or_foreign_requests_are_forwarded_unchanged(
+    stack: Stack, path: str, content_type: str, body: bytes
+) -> None:
+    r = httpx.post(stack.base_url + path, content=body, headers={"content-type": content_type}, timeout=10)
+    assert r.status_code < 500, r.text
+    assert r.headers["x-upstream-cluster"] == "frontier"
+    assert received_body(stack, "frontier") == body
+
+
+def test_body_over_envoy_limit_gets_413(stack: Stack) -> None:
+    r = post(stack, chat_body("x" * (5 * 1024 * 1024)))
+    assert r.status_code == 413
+
+
+def test_large_body_under_limit_is_routed(stack: Stack) -> None:
+    sent = chat_body("What is 2+2? " + "a" * (2 * 1024 * 1024))
+    r = post(stack, sent)
+    assert r.status_code == 200
+    assert r.headers["x-model-router-model"] == r.headers["x-upstream-model"]
+
+
+def test_openai_sdk_chat(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="test-key", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": EASY}]
+    )
+    completion = raw.parse()
+    assert completion.model == raw.headers["x-model-router-model"] != "auto"
+    assert (
+        completion.choices[0].message.content
+        == f"answer from {completion.model} on cluster {raw.headers['x-upstream-cluster']}"
+    )
+    client.close()
+
+
+def test_openai_sdk_streaming(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="test-key", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": HARD}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    client.close()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "answer from gpt-4o on cluster frontier"
+    assert {c.model for c in chunks} == {"gpt-4o"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_openai_sdk_completions(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="test-key", max_retries=0)
+    completion = client.completions.create(model="auto", prompt="Say hello", max_tokens=5)
+    client.close()
+    assert completion.model in ("llama-3.1-8b-instruct", "gpt-4o-mini")
+
+
+def test_get_requests_pass(stack: Stack) -> None:
+    r = httpx.get(stack.base_url + "/v1/models", timeout=10)
+    assert r.status_code == 200 and r.json() == {"object": "list", "data": []}
+
+
+def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> None:
+    sent = chat_body(EASY)
+    r = post(routerless_stack, sent)
+    assert r.status_code == 200
+    assert r.headers["x-upstream-cluster"] == "frontier"
+    assert received_body(routerless_stack, "frontier") == sent
+    r = post(routerless_stack, sent, **{"x-model-router-cluster": "cheap"})
+    assert r.headers["x-upstream-cluster"] == "frontier"  # Envoy strips the header even without the router
+
+
+def test_decision_log_has_no_prompt_text(stack: Stack) -> None:
+    secret = "zebra-unicorn-secret-prompt-text"
+    post(stack, chat_body(f"What is {secret}?"))
+    log = stack.log("router").read_text()
+    assert secret not in log
+    assert json.dumps(secret) not in log

@@ -1,0 +1,82 @@
+"""Rewriting ``model`` changes those bytes only; ambiguous bodies are never touched."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.bodyedit import replace_model
+
+CASES = [
+    pytest.param(b'{"model":"auto"}', b'{"model":"m"}', id="minimal"),
+    pytest.param(b'{ "model" :  "auto" , "x":1.0}', b'{ "model" :  "m" , "x":1.0}', id="whitespace-kept"),
+    pytest.param(
+        b'{"n":[1.0,1e5,-0.0,12345678901234567890],"model":"auto"}',
+        b'{"n":[1.0,1e5,-0.0,12345678901234567890],"model":"m"}',
+        id="numbers-untouched",
+    ),
+    pytest.param(
+        b'{"tools":[{"model":"inner"}],"model":"auto","role":"model"}',
+        b'{"tools":[{"model":"inner"}],"model":"m","role":"model"}',
+        id="nested-model-key-and-value-kept",
+    ),
+    pytest.param(
+        b'{"mod\\u0065l":"auto","t":"\\u00e9"}', b'{"mod\\u0065l":"m","t":"\\u00e9"}', id="escaped-key"
+    ),
+    pytest.param(
+        b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"auto"}',
+        b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"m"}',
+        id="model-inside-a-string",
+    ),
+    pytest.param(
+        b'{"model":"a\\"uto","v":"\xc3\xa9"}', b'{"model":"m","v":"\xc3\xa9"}', id="escaped-value-utf8"
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "want"), CASES)
+def test_replace_model(raw: bytes, want: bytes) -> None:
+    assert replace_model(raw, "m") == want
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"model":"a","model":"b"}', id="duplicate-key"),
+        pytest.param(b'{"model":null}', id="not-a-string"),
+        pytest.param(b'{"x":"\\u0041","model":1}', id="slow-path-not-a-string"),
+    ],
+)
+def test_ambiguous_or_missing_is_left_alone(raw: bytes) -> None:
+    assert replace_model(raw, "m") is None
+
+
+def test_new_value_is_json_escaped() -> None:
+    assert orjson.loads(replace_model(b'{"model":"auto"}', 'we"ird\n') or b"") == {"model": 'we"ird\n'}
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(extra=st.dictionaries(st.text(max_size=8), json_values, max_size=6), new=st.text(max_size=30))
+def test_any_body_changes_only_model(extra: dict[str, object], new: str) -> None:
+    body = {k: v for k, v in extra.items() if k != "model"}
+    body["model"] = "auto"
+    raw = orjson.dumps(body)
+    out = replace_model(raw, new)
+    assert out is not None
+    assert orjson.loads(out) == {**body, "model": new}
+    prefix_end = raw.index(b'"model":"auto"') + len(b'"model":')
+    assert out.startswith(raw[:prefix_end]) and out.endswith(raw[prefix_end + len(b'"auto"') :])

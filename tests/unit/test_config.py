@@ -1,0 +1,101 @@
+"""Config validation names every bad field; the shipped config is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.stack import ENVOY_DIR
+from extproc.config import load_config, parse_config
+from extproc.errors import ConfigError
+from extproc.snapshot import build_snapshot
+from tests.fakes import FakeDifficultyModel
+
+MODEL = {"name": "m", "cluster": "c", "tier": "cheap", "input_price_per_mtok": 1, "output_price_per_mtok": 2}
+
+
+def base(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {"policy": {"default_model": "m"}, "catalog": [dict(MODEL)]}
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "problems"),
+    [
+        pytest.param(
+            base(policy={"default_model": "x"}), ["policy.default_model: 'x' is not in catalog"], id="default"
+        ),
+        pytest.param(
+            base(policy={"default_model": "m", "quality_target": 2}),
+            ["policy.quality_target: Input should be less than or equal to 1"],
+            id="target-bound",
+        ),
+        pytest.param(
+            base(catalog=[{**MODEL, "cluster": None}]),
+            ["catalog[0].cluster: Input should be a valid string"],
+            id="cluster",
+        ),
+        pytest.param(
+            base(catalog=[MODEL, MODEL]), ["catalog[1].name: duplicate model name 'm'"], id="duplicate"
+        ),
+        pytest.param(base(surprise=1), ["surprise: Extra inputs are not permitted"], id="unknown-key"),
+        pytest.param(
+            base(classifier={"kind": "gpt"}),
+            ["classifier.kind: Input should be 'onnx' or 'heuristic'"],
+            id="kind",
+        ),
+        pytest.param(
+            base(catalog=[{**MODEL, "input_price_per_mtok": -1, "tier": "Bad Tier"}]),
+            [
+                "catalog[0].tier: String should match pattern '^[a-z0-9_\\-]+$'",
+                "catalog[0].input_price_per_mtok: Input should be greater than or equal to 0",
+            ],
+            id="every-problem-listed",
+        ),
+        pytest.param([1, 2], ["<root>: expected a mapping at the top of the file"], id="not-a-mapping"),
+    ],
+)
+def test_invalid_config_names_fields(data: object, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.problems == problems
+
+
+def test_unknown_model_without_ability_is_named() -> None:
+    settings = parse_config(base())
+    with pytest.raises(ConfigError) as info:
+        build_snapshot(settings, lambda _s: FakeDifficultyModel())
+    assert info.value.problems[0].startswith(
+        "catalog[0].ability: required, fake-v1 has no default ability for 'm'"
+    )
+
+
+def test_shipped_config_is_valid() -> None:
+    settings = load_config(ENVOY_DIR / "model-router.yaml")
+    assert settings.policy.default_model in {m.name for m in settings.catalog}
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_envoy_routes_cover_every_catalog_cluster() -> None:
+    """Every catalog cluster has a route in envoy/envoy.yaml, so no decision can hit a missing route."""
+    envoy = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
+    hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routed = {
+        r["match"]["headers"][0]["string_match"]["exact"]
+        for r in hcm["route_config"]["virtual_hosts"][0]["routes"]
+        if "headers" in r["match"]
+    }
+    catalog = {m.cluster for m in load_config(ENVOY_DIR / "model-router.yaml").catalog}
+    assert catalog <= routed <= clusters

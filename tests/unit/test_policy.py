@@ -1,0 +1,86 @@
+"""The policy as a table: one row per rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from classifier.model import Prediction
+from extproc.policy import (
+    Reason,
+    RequestFacts,
+    ResolvedModel,
+    choose_model,
+    estimate_cost,
+    success_probability,
+)
+
+
+def _model(name: str, ability: float, price: float, window: int = 128_000) -> ResolvedModel:
+    return ResolvedModel(
+        name=name,
+        cluster=f"c-{name}",
+        tier=name,
+        input_price_per_mtok=price,
+        output_price_per_mtok=price * 4,
+        ability=ability,
+        context_window=window,
+    )
+
+
+SMALL = _model("small", 0.0, 0.05, window=8_000)
+CHEAP = _model("cheap", 1.0, 0.15)
+FRONTIER = _model("frontier", 3.0, 2.5)
+CATALOG = (FRONTIER, SMALL, CHEAP)  # order must not matter
+
+
+def facts(tokens: int = 100, target: float = 0.8) -> RequestFacts:
+    return RequestFacts(requested_model="auto", input_tokens=tokens, output_tokens=300, quality_target=target)
+
+
+@pytest.mark.parametrize(
+    ("difficulty", "request_facts", "want", "reason"),
+    [
+        pytest.param(
+            -3.0, facts(), "small", Reason.CHEAPEST_MEETING_TARGET, id="trivial-prompt-goes-smallest"
+        ),
+        pytest.param(-1.0, facts(), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="easy-prompt-goes-cheap"),
+        pytest.param(
+            1.5, facts(), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="hard-prompt-goes-frontier"
+        ),
+        pytest.param(
+            5.0, facts(), "frontier", Reason.NONE_MEETS_TARGET, id="too-hard-for-all-goes-most-able"
+        ),
+        pytest.param(
+            -1.0, facts(target=0.95), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="high-target-escalates"
+        ),
+        pytest.param(1.5, facts(target=0.3), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="low-target-saves"),
+        pytest.param(
+            -3.0, facts(tokens=20_000), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="context-window-filters"
+        ),
+        pytest.param(
+            0.0, facts(tokens=10**6), "frontier", Reason.NO_ELIGIBLE_MODEL, id="nothing-fits-falls-back"
+        ),
+    ],
+)
+def test_choose_model(difficulty: float, request_facts: RequestFacts, want: str, reason: Reason) -> None:
+    decision = choose_model(Prediction(difficulty, 1.0), request_facts, CATALOG, FRONTIER)
+    assert (decision.model.name, decision.reason) == (want, reason)
+    assert decision.fallback is (reason is Reason.NO_ELIGIBLE_MODEL)
+
+
+def test_price_tie_goes_to_more_able_model() -> None:
+    twin = _model("twin", 2.0, 0.15)
+    decision = choose_model(Prediction(-2.0, 1.0), facts(), (CHEAP, twin), FRONTIER)
+    assert decision.model.name == "twin"
+
+
+@pytest.mark.parametrize(
+    ("ability", "difficulty", "want"),
+    [(0.0, 0.0, 0.5), (800.0, 0.0, 1.0), (-800.0, 0.0, 0.0), (1.0, 0.0, 0.7310585786)],
+)
+def test_success_probability(ability: float, difficulty: float, want: float) -> None:
+    assert success_probability(ability, difficulty) == pytest.approx(want)
+
+
+def test_estimate_cost_uses_both_prices() -> None:
+    assert estimate_cost(CHEAP, 1_000_000, 1_000_000) == pytest.approx(0.15 + 0.60)

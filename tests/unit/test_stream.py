@@ -1,0 +1,222 @@
+"""StreamHandler behaviour outside the golden cases: phases, limits, failures, headers."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc.config import ServerSettings
+from extproc.record import Outcome
+from extproc.service import executor_classify
+from extproc.stream import Classify, ProtocolError, Stage, StreamHandler
+from tests.fakes import (
+    FakeDifficultyModel,
+    RecordingSink,
+    demo_settings,
+    fixed_clock,
+    inline_classify,
+    sequential_ids,
+    snapshot,
+)
+from tests.protocol import body_msg, chat_headers, headers_msg, replay
+
+CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
+
+
+def make(
+    model: FakeDifficultyModel | None = None,
+    classify: Classify = inline_classify,
+    **policy: object,
+) -> tuple[StreamHandler, RecordingSink]:
+    sink = RecordingSink()
+    snap = snapshot(model, demo_settings(**policy) if policy else None)
+    return StreamHandler(snap, classify, sink, sequential_ids(), fixed_clock()), sink
+
+
+def cluster_of(response: pb.ProcessingResponse) -> str | None:
+    for opt in response.request_body.response.header_mutation.set_headers:
+        if opt.header.key == "x-model-router-cluster":
+            return opt.header.raw_value.decode()
+    return None
+
+
+def skips_body(response: pb.ProcessingResponse) -> bool:
+    return response.HasField("mode_override")
+
+
+@pytest.mark.parametrize(
+    ("headers", "end_of_stream", "reason"),
+    [
+        pytest.param(chat_headers(path="/v1/embeddings"), False, None, id="unknown-path-no-record"),
+        pytest.param({**chat_headers(), ":method": "GET"}, True, "not_post", id="get"),
+        pytest.param(chat_headers(), True, "no_body", id="headers-only-post"),
+        pytest.param(
+            chat_headers(**{"content-type": "text/plain"}), False, "not_json_content_type", id="text-plain"
+        ),
+        pytest.param(chat_headers(**{"content-encoding": "gzip"}), False, "content_encoded", id="gzip-body"),
+    ],
+)
+async def test_header_time_passthrough_skips_body(
+    headers: dict[str, str], end_of_stream: bool, reason: str | None
+) -> None:
+    handler, sink = make()
+    (response,) = await handler.handle(headers_msg(headers, end_of_stream))
+    assert skips_body(response)
+    assert handler.stage is Stage.FINISHED
+    assert [r.reason for r in sink.records] == ([reason] if reason else [])
+    # Envoy may still send a body (if it ignores the override): it is continued unchanged.
+    (again,) = await handler.handle(body_msg(CHAT))
+    assert again == pb.ProcessingResponse(request_body=pb.BodyResponse())
+
+
+async def test_json_with_charset_is_routed() -> None:
+    handler, _ = make()
+    responses = await replay(
+        handler, chat_headers(**{"content-type": "application/json; charset=utf-8"}), CHAT
+    )
+    assert cluster_of(responses[1]) == "cheap"
+
+
+@pytest.mark.parametrize(
+    ("quality", "want"),
+    [
+        pytest.param(None, "cheap", id="default-target"),
+        pytest.param("0.99", "frontier", id="strict-target-escalates"),
+        pytest.param("0.1", "small", id="lax-target-saves"),
+        pytest.param("banana", "cheap", id="invalid-ignored"),
+        pytest.param("1.5", "cheap", id="out-of-range-ignored"),
+    ],
+)
+async def test_quality_header_moves_threshold(quality: str | None, want: str) -> None:
+    handler, _sink = make()
+    extra = {"x-model-router-quality": quality} if quality else {}
+    responses = await replay(handler, chat_headers(**extra), CHAT)
+    assert cluster_of(responses[1]) == want
+    assert (
+        "x-model-router-quality" in responses[0].request_headers.response.header_mutation.remove_headers
+        or not extra
+    )
+
+
+async def test_quality_header_ignored_when_disabled() -> None:
+    handler, _ = make(quality_header=False)
+    responses = await replay(handler, chat_headers(**{"x-model-router-quality": "0.99"}), CHAT)
+    assert cluster_of(responses[1]) == "cheap"
+
+
+async def test_classifier_error_falls_back_to_default_model() -> None:
+    handler, sink = make(FakeDifficultyModel(error=RuntimeError("onnx exploded")))
+    responses = await replay(handler, chat_headers(), CHAT)
+    assert cluster_of(responses[1]) == "frontier"
+    assert b'"model":"gpt-4o"' in responses[1].request_body.response.body_mutation.body
+    assert (sink.records[0].outcome, sink.records[0].reason) == (Outcome.FALLBACK, "classifier_failed")
+
+
+async def test_classifier_deadline_falls_back_within_budget() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        settings = demo_settings()
+        settings = settings.model_copy(update={"server": ServerSettings(classifier_timeout_ms=20)})
+        sink = RecordingSink()
+        handler = StreamHandler(
+            snapshot(FakeDifficultyModel(delay=0.5), settings),
+            executor_classify(pool),
+            sink,
+            sequential_ids(),
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        responses = await replay(handler, chat_headers(), CHAT)
+        assert loop.time() - start < 0.4
+    assert cluster_of(responses[1]) == "frontier"
+    assert sink.records[0].reason == "classifier_failed"
+
+
+async def test_routable_real_model_falls_back_to_itself() -> None:
+    handler, _sink = make(FakeDifficultyModel(error=RuntimeError()), routable_models=["gpt-4o-mini"])
+    body = CHAT.replace(b'"auto"', b'"gpt-4o-mini"')
+    responses = await replay(handler, chat_headers(), body)
+    assert cluster_of(responses[1]) == "cheap"
+
+
+async def test_body_over_limit_passes_through() -> None:
+    handler, sink = make()
+    limit = handler._snap.settings.server.max_body_bytes
+    big = b'{"model":"auto","messages":[{"role":"user","content":"' + b"x" * limit + b'"}]}'
+    responses = await replay(handler, chat_headers(), big)
+    assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert sink.records[0].reason == "body_too_large"
+
+
+async def test_partial_body_chunk_passes_through() -> None:
+    handler, sink = make()
+    await handler.handle(headers_msg(chat_headers()))
+    (response,) = await handler.handle(body_msg(CHAT[:20], end_of_stream=False))
+    assert response == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert sink.records[0].reason == "streamed_body"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pb.ProcessingRequest(request_trailers=pb.HttpTrailers()),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x")),
+        pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
+        pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
+        body_msg(CHAT),  # a body before any headers
+    ],
+    ids=[
+        "request-trailers",
+        "response-body",
+        "response-trailers",
+        "response-headers-no-decision",
+        "body-first",
+    ],
+)
+async def test_unexpected_known_messages_get_plain_continue(message: pb.ProcessingRequest) -> None:
+    handler, _ = make()
+    (response,) = await handler.handle(message)
+    kind = message.WhichOneof("request")
+    assert response.WhichOneof("response") == kind
+    assert not response.ListFields()[0][1].ListFields()
+
+
+async def test_empty_message_is_a_protocol_error() -> None:
+    handler, _ = make()
+    with pytest.raises(ProtocolError):
+        await handler.handle(pb.ProcessingRequest())
+
+
+async def test_response_headers_after_decision_carry_decision() -> None:
+    handler, sink = make()
+    await replay(handler, chat_headers(), CHAT)
+    (response,) = await handler.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders()))
+    got = {
+        o.header.key: o.header.raw_value.decode()
+        for o in response.response_headers.response.header_mutation.set_headers
+    }
+    assert got == {
+        "x-model-router-model": "gpt-4o-mini",
+        "x-model-router-tier": "cheap",
+        "x-model-router-decision-id": sink.records[0].decision_id,
+    }
+
+
+async def test_record_has_costs_and_no_prompt_text() -> None:
+    handler, sink = make()
+    await replay(handler, chat_headers(), CHAT)
+    rec = sink.records[0]
+    assert rec.outcome is Outcome.ROUTED and rec.selected_model == "gpt-4o-mini"
+    assert rec.cost_selected is not None and rec.cost_requested is not None
+    assert rec.cost_selected < rec.cost_requested
+    assert "medium question" not in repr(rec)
+
+
+async def test_handler_bug_degrades_to_continue() -> None:
+    handler, _ = make()
+    handler._snap = None  # type: ignore[assignment]  # any internal error must not fail the request
+    await handler.handle(headers_msg(chat_headers()))
+    (response,) = await handler.handle(body_msg(CHAT))
+    assert response == pb.ProcessingResponse(request_body=pb.BodyResponse())
