@@ -111,7 +111,10 @@ def run() -> int:
         time.sleep(0.2)  # let the router flush its log
         decisions = _decisions(stack.log("router"))
 
-        header = f"{'prompt':<46} {'tier':<9} {'model':<22} {'answered by':<11} {'difficulty':>10} {'P(ok)':>6} {'router µs':>9}  why"
+        header = (
+            f"{'prompt':<46} {'tier':<9} {'model':<22} {'answered by':<11} "
+            f"{'difficulty':>10} {'P(ok)':>6} {'router µs':>9}  why"
+        )
         print("\n" + header + "\n" + "-" * len(header))
         for label, text, headers, model, _ms in rows:
             rec = decisions.get(headers.get("x-model-router-decision-id", ""), {})
