@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--weak", help="the cheap model's name in `scores`")
     ev.add_argument("--strong", help="the strong model's name in `scores`")
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
+    inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
+    inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
 
 
@@ -98,10 +100,16 @@ def _eval(args: argparse.Namespace) -> int:
     return code
 
 
+def _inject_webhook(args: argparse.Namespace) -> int:
+    from extproc.webhook import run_webhook
+
+    return run_webhook(args.config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``model-router`` console script."""
     args = _parser().parse_args(argv)
-    commands = {"serve": _serve, "check-config": _check, "eval": _eval}
+    commands = {"serve": _serve, "check-config": _check, "eval": _eval, "inject-webhook": _inject_webhook}
     try:
         return commands[args.command](args)
     except ConfigError as exc:
