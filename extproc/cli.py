@@ -103,7 +103,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _inject_webhook(args: argparse.Namespace) -> int:
     from extproc.webhook import run_webhook
 
-    return run_webhook(args.config)
+    code: int = run_webhook(args.config)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
