@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,18 @@ def run() -> int:
                 f"({(1 - after / before) * 100:.0f}% saved)."
             )
         print(f"Streaming through Envoy (SSE) also works: {streamed!r}")
+        metrics = [
+            line
+            for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
+            if line.startswith(("model_router_decisions_total", "model_router_estimated_cost_saved_total"))
+        ]
+        print(f"\nRouter metrics (Prometheus) at {stack.metrics_url}:")
+        for line in metrics:
+            print("  " + line)
+        print(
+            "Traces: set telemetry.otlp_endpoint in envoy/model-router.yaml (or OTEL_EXPORTER_OTLP_ENDPOINT) and run "
+            "an OTLP/gRPC collector on 127.0.0.1:4317; Envoy's tracer exports there too (envoy/envoy.yaml)."
+        )
         print(
             "\nEach row: the tier/model the router chose, the fake upstream cluster that answered (Envoy routed "
             "on the x-model-router-cluster header), the classifier's difficulty, the chosen model's predicted "

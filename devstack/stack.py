@@ -96,15 +96,25 @@ class Stack:
     envoy_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     router_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    collector_port: int = field(default_factory=free_port)
+    """Where Envoy exports its spans (OTLP/gRPC); a test may run a receiver there."""
     upstream_ports: dict[str, int] = field(
         default_factory=lambda: {c: free_port() for c in UPSTREAM_CLUSTERS}
     )
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the router process."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
         """Where clients send requests (Envoy's listener)."""
         return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The router's Prometheus endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def router_config_path(self) -> Path:
@@ -116,7 +126,7 @@ class Stack:
         return self.workdir / f"{name}.log"
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env if name == "router" else {})}
         with self.log(name).open("ab") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.procs[name] = proc
@@ -126,7 +136,11 @@ class Stack:
         """Write the router config with this stack's port and the given overrides; return its path."""
         base = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
         merged = deep_merge(base, {**self.router_overrides, **(overrides or {})})
-        merged = deep_merge(merged, {"server": {"listen": f"127.0.0.1:{self.router_port}"}})
+        ports = {
+            "server": {"listen": f"127.0.0.1:{self.router_port}"},
+            "telemetry": {"metrics_listen": f"127.0.0.1:{self.metrics_port}"},
+        }
+        merged = deep_merge(merged, ports)
         self.router_config_path.write_text(yaml.safe_dump(merged, sort_keys=False))
         return self.router_config_path
 
@@ -134,7 +148,7 @@ class Stack:
         cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
         cfg["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
         cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.envoy_port
-        ports = {"model_router": self.router_port, **self.upstream_ports}
+        ports = {"model_router": self.router_port, "otel_collector": self.collector_port, **self.upstream_ports}
         for cluster in cfg["static_resources"]["clusters"]:
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:

@@ -83,7 +83,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from classifier.evaluate import run_eval
-
     from classifier.loader import load_difficulty_model
 
     model = load_difficulty_model("heuristic" if args.heuristic else "onnx", args.model)

@@ -19,6 +19,7 @@ __all__ = [
     "PolicySettings",
     "ServerSettings",
     "Settings",
+    "TelemetrySettings",
     "load_config",
     "parse_config",
 ]
@@ -66,6 +67,20 @@ class ClassifierSettings(_Strict):
     """ONNX only; default: the model shipped inside the package."""
 
 
+class TelemetrySettings(_Strict):
+    """Metrics, traces and what they may contain."""
+
+    metrics_listen: str | None = "127.0.0.1:9464"
+    """``host:port`` of the Prometheus ``/metrics`` endpoint; null disables it."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; null = ``OTEL_EXPORTER_OTLP_ENDPOINT`` or no traces."""
+    sampling_ratio: Unit = 1.0
+    """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""
+    service_name: Annotated[str, Field(min_length=1, max_length=100)] = "model-router"
+    log_prompts: bool = False
+    """Put prompt text (cut to 200 characters) into decision logs and spans. Off: prompts may hold personal data."""
+
+
 class PolicySettings(_Strict):
     """How difficulty, prices and the quality target become a choice."""
 
@@ -86,6 +101,7 @@ class Settings(_Strict):
 
     server: ServerSettings = ServerSettings()
     classifier: ClassifierSettings = ClassifierSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     policy: PolicySettings
     catalog: Annotated[tuple[CatalogModel, ...], Field(min_length=1)]
 

@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-__all__ = ["DecisionRecord", "DecisionSink", "LogSink", "Outcome"]
+__all__ = ["DecisionRecord", "DecisionSink", "LogSink", "Outcome", "record_json"]
 
 
 class Outcome(enum.StrEnum):
@@ -44,14 +44,34 @@ class DecisionRecord:
     classify_seconds: float | None = None
     total_seconds: float | None = None
     stream: bool = False
+    started_unix_ns: int = 0
+    """Wall-clock start of the decision, for the span."""
+    traceparent: str | None = None
+    """W3C trace context of the parent span (Envoy's), if Envoy sent one."""
+    tracestate: str | None = None
+    prompt_excerpt: str | None = None
+    """Only with ``telemetry.log_prompts: true``; otherwise never set."""
 
 
 class DecisionSink(Protocol):
-    """Receives one record per request that reached a decision or a pass-through."""
+    """Receives one record per request that reached a decision or a pass-through, and internal errors."""
 
     def record(self, rec: DecisionRecord) -> None:
         """Observe ``rec``; must not raise and must not block."""
         ...
+
+    def error(self, reason: str) -> None:
+        """Count an internal error (``reason`` from a small closed set)."""
+        ...
+
+
+_TRACE_FIELDS = ("started_unix_ns", "traceparent", "tracestate")
+
+
+def record_json(rec: DecisionRecord) -> str:
+    """The decision as one JSON object (the form logs and reports read)."""
+    fields = {k: v for k, v in asdict(rec).items() if k not in _TRACE_FIELDS and v is not None}
+    return json.dumps({"event": "decision", **fields}, default=str)
 
 
 class LogSink:
@@ -63,4 +83,7 @@ class LogSink:
     def record(self, rec: DecisionRecord) -> None:
         """Log ``rec`` as JSON if debug logging is on."""
         if self._logger.isEnabledFor(logging.DEBUG):
-            self._logger.debug(json.dumps({"event": "decision", **asdict(rec)}, default=str))
+            self._logger.debug(record_json(rec))
+
+    def error(self, reason: str) -> None:
+        """Errors are logged where they happen; nothing to add."""

@@ -1,21 +1,23 @@
-"""grpc.aio server lifecycle: bind, health service, signal handling, graceful stop."""
+"""grpc.aio server lifecycle: bind, health service, metrics endpoint, signal handling, graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
 
-from extproc.record import LogSink
 from extproc.reload import reload_snapshot
 from extproc.service import ExternalProcessorService, executor_classify
 from extproc.snapshot import SnapshotRef
+from extproc.telemetry import Telemetry
 
 __all__ = ["serve"]
 
@@ -23,21 +25,40 @@ _log = logging.getLogger("model_router.server")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
+def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], None]:
+    """Serve ``/metrics`` on ``listen`` (``host:port``); return a stop function."""
+    if not listen:
+        return lambda: None
+    host, _, port = listen.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=telemetry.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
+
+    return stop
+
+
 async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns after a graceful stop."""
-    settings = snapshots.current.settings.server
-    address = listen or settings.listen
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns after a graceful stop.
+
+    The port opens only once the classifier is loaded (the caller builds the snapshot first), so gRPC health and
+    readiness probes fail until the model is ready.
+    """
+    first = snapshots.current.settings
+    address = listen or first.server.listen
+    telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
+    stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classify")
-    server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)]
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessorService(snapshots, executor_classify(executor), telemetry), server
     )
-    service = ExternalProcessorService(
-        snapshots, executor_classify(executor), LogSink(logging.getLogger("model_router.decisions"))
-    )
-    pb_grpc.add_ExternalProcessorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+        stop_metrics()
         raise OSError(f"cannot listen on {address}")
     await server.start()
     for name in ("", EXT_PROC_SERVICE):
@@ -49,11 +70,14 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_snapshot(config_path, snapshots))
+    loop.add_signal_handler(signal.SIGHUP, lambda: telemetry.config_reloaded(reload_snapshot(config_path, snapshots)))
     await stop.wait()
 
-    _log.info("stopping: draining in-flight streams for up to %.1fs", settings.grace_seconds)
+    grace = snapshots.current.settings.server.grace_seconds
+    _log.info("stopping: no new streams; draining in-flight streams for up to %.1fs", grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_seconds)
+    await server.stop(grace)
     executor.shutdown(wait=False, cancel_futures=True)
+    telemetry.shutdown()
+    stop_metrics()
     _log.info("stopped")

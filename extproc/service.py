@@ -13,9 +13,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from classifier.model import DifficultyModel, Prediction
-from extproc.record import DecisionSink
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
+from extproc.telemetry import Telemetry
 
 __all__ = ["ExternalProcessorService", "executor_classify", "new_decision_id"]
 
@@ -44,12 +44,12 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         self,
         snapshots: SnapshotRef,
         classify: Classify,
-        sink: DecisionSink,
+        telemetry: Telemetry,
         new_id: Callable[[], str] = new_decision_id,
     ) -> None:
         self._snapshots = snapshots
         self._classify = classify
-        self._sink = sink
+        self._telemetry = telemetry
         self._new_id = new_id
 
     async def Process(
@@ -58,13 +58,22 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
         """Answer every message of one HTTP request's stream, in order."""
-        handler = StreamHandler(self._snapshots.current, self._classify, self._sink, self._new_id)
-        async for message in request_iterator:
-            try:
-                responses = await handler.handle(message)
-            except ProtocolError as exc:
-                _log.warning("ending stream: %s", exc)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                return
-            for response in responses:
-                yield response
+        metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
+        handler = StreamHandler(
+            self._snapshots.current, self._classify, self._telemetry, self._new_id, trace_headers=metadata
+        )
+        in_flight = self._telemetry.streams_in_flight
+        in_flight.inc()
+        try:
+            async for message in request_iterator:
+                try:
+                    responses = await handler.handle(message)
+                except ProtocolError as exc:
+                    _log.warning("ending stream: %s", exc)
+                    self._telemetry.error("protocol_error")
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    return
+                for response in responses:
+                    yield response
+        finally:
+            in_flight.dec()

@@ -12,8 +12,9 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -49,6 +50,8 @@ QUALITY_HEADER = HEADER_PREFIX + "quality"
 RESPONSE_MODEL_HEADER = HEADER_PREFIX + "model"
 RESPONSE_TIER_HEADER = HEADER_PREFIX + "tier"
 RESPONSE_DECISION_HEADER = HEADER_PREFIX + "decision-id"
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
 """Runs the model on one text within a deadline in seconds; raises on failure or timeout."""
@@ -100,15 +103,22 @@ class StreamHandler:
         sink: DecisionSink,
         new_id: Callable[[], str],
         clock: Callable[[], float] = time.perf_counter,
+        trace_headers: Mapping[str, str] | None = None,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._snap = snapshot
         self._classify = classify
         self._sink = sink
         self._new_id = new_id
         self._clock = clock
+        self._wall_clock_ns = wall_clock_ns
         self.stage = Stage.WAIT_HEADERS
         self._request: _Request | None = None
         self._record: DecisionRecord | None = None
+        # Envoy's ext_proc gRPC call carries the trace context of its span (a child of the request span) in
+        # the call metadata; the request's own traceparent header is the fallback.
+        self._trace = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_HEADERS}
+        self._started_ns = 0
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -132,6 +142,7 @@ class StreamHandler:
                     return [self._continue(kind)]
         except Exception:
             _log.exception("unexpected error in stream handler; forwarding %s unchanged", kind)
+            self._sink.error("handler_exception")
             self.stage = Stage.FINISHED
             return [self._continue(kind)]
 
@@ -141,18 +152,27 @@ class StreamHandler:
         assert response is not None  # checked in handle()
         return response
 
-    def _pass(self, reason: PassReason, **fields: object) -> None:
+    def _context_fields(self) -> dict[str, Any]:
+        return {
+            "started_unix_ns": self._started_ns or self._wall_clock_ns(),
+            "traceparent": self._trace.get("traceparent"),
+            "tracestate": self._trace.get("tracestate"),
+        }
+
+    def _pass(self, reason: PassReason) -> None:
         self.stage = Stage.FINISHED
         self._record = DecisionRecord(
             decision_id=self._new_id(),
             outcome=Outcome.PASSTHROUGH,
             reason=reason.value,
-            **fields,  # type: ignore[arg-type]
+            **self._context_fields(),
         )
         self._sink.record(self._record)
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
+        if "traceparent" not in self._trace:
+            self._trace = {k: h[k] for k in _TRACE_HEADERS if k in h}
         owned = sorted(k for k in h if k.startswith(HEADER_PREFIX))
         req = _Request(
             path=h.get(":path", ""),
@@ -196,6 +216,7 @@ class StreamHandler:
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()
+        self._started_ns = self._wall_clock_ns()
         raw = body.body
         if not body.end_of_stream:
             self._pass(PassReason.STREAMED_BODY)
@@ -251,6 +272,7 @@ class StreamHandler:
         snap = self._snap
         out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
         baseline = snap.by_name.get(parsed.requested_model, snap.default_model)
+        excerpt = parsed.prompt_text[:200] if snap.settings.telemetry.log_prompts else None
         return DecisionRecord(
             decision_id=self._new_id(),
             outcome=Outcome.FALLBACK if decision.fallback else Outcome.ROUTED,
@@ -270,6 +292,8 @@ class StreamHandler:
             classify_seconds=classify_seconds,
             total_seconds=self._clock() - start,
             stream=parsed.body.get("stream") is True,
+            prompt_excerpt=excerpt,
+            **self._context_fields(),
         )
 
     @staticmethod

@@ -53,8 +53,13 @@ class RecordingSink:
 
     records: list[DecisionRecord] = field(default_factory=list)
 
+    errors: list[str] = field(default_factory=list)
+
     def record(self, rec: DecisionRecord) -> None:
         self.records.append(rec)
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
 
 
 def sequential_ids() -> Callable[[], str]:

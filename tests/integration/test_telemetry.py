@@ -1,0 +1,134 @@
+"""Spans to a real OTLP/gRPC receiver (Envoy's and the router's, one trace), and Prometheus counts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.otlp import OtlpReceiver, ReceivedSpan
+from devstack.stack import Stack
+from tests.integration.test_routing import EASY, HARD, chat_body, post
+
+SECRET = "purple-elephant-confidential-prompt"
+
+
+def _fast_envoy_flush(cfg: dict[str, Any]) -> None:
+    cfg["layered_runtime"] = {
+        "layers": [
+            {
+                "name": "static",
+                "static_layer": {
+                    "tracing.opentelemetry.flush_interval_ms": 100,
+                    "tracing.opentelemetry.min_flush_spans": 1,
+                },
+            }
+        ]
+    }
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    stack = Stack(workdir=tmp_path_factory.mktemp("traced"), envoy_patch=_fast_envoy_flush)
+    stack.router_overrides = {
+        "classifier": {"kind": "heuristic"},
+        "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
+    }
+    stack.env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+    receiver = OtlpReceiver(stack.collector_port).start()
+    try:
+        with stack:
+            yield stack, receiver
+    finally:
+        receiver.stop()
+
+
+def _router_spans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if s.service == "model-router"]
+
+
+def test_router_span_is_a_child_in_envoys_trace(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    r = post(stack, chat_body(f"{SECRET}: {HARD}"))
+    assert r.status_code == 200
+    decision_id = r.headers["x-model-router-decision-id"]
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        mine = [s for s in _router_spans(spans) if s.attributes.get("model_router.decision_id") == decision_id]
+        return bool(mine) and any(s.service == "llm-gateway" and s.trace_id == mine[0].trace_id for s in spans)
+
+    spans = receiver.wait_for(complete)
+    (router_span,) = [s for s in _router_spans(spans) if s.attributes["model_router.decision_id"] == decision_id]
+    envoy_spans = {s.span_id: s for s in spans if s.service == "llm-gateway" and s.trace_id == router_span.trace_id}
+    assert router_span.name == "model_router.decide"
+    assert router_span.parent_span_id in envoy_spans, "the router span's parent must be one of Envoy's spans"
+    attrs = router_span.attributes
+    assert attrs["gen_ai.request.model"] == "auto"
+    assert attrs["model_router.selected_model"] == "gpt-4o" == r.headers["x-model-router-model"]
+    assert attrs["model_router.cluster"] == "frontier"
+    assert attrs["model_router.outcome"] == "routed"
+    assert attrs["gen_ai.operation.name"] == "chat"
+    for key in (
+        "model_router.tier",
+        "model_router.classifier.difficulty",
+        "model_router.classifier.confidence",
+        "model_router.quality_target",
+        "model_router.estimated_input_tokens",
+        "model_router.estimated_cost.requested",
+        "model_router.estimated_cost.selected",
+        "model_router.api_schema",
+        "model_router.classify_seconds",
+        "model_router.decide_seconds",
+        "model_router.reason",
+    ):
+        assert key in attrs, key
+    dumped = repr(spans)
+    assert SECRET not in dumped
+    assert SECRET not in stack.log("router").read_text()
+
+
+def test_passthrough_is_traced_with_reason(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    post(stack, chat_body(EASY, model="gpt-4o-mini"))
+    spans = receiver.wait_for(
+        lambda sp: any(s.attributes.get("model_router.reason") == "model_not_routable" for s in _router_spans(sp))
+    )
+    span = next(s for s in _router_spans(spans) if s.attributes.get("model_router.reason") == "model_not_routable")
+    assert span.attributes["model_router.outcome"] == "passthrough"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_known_traffic(stack: Stack) -> None:
+    before = httpx.get(stack.metrics_url).text
+    for _ in range(3):
+        post(stack, chat_body(HARD))
+    for _ in range(2):
+        post(stack, chat_body(EASY, model="gpt-4o-mini"))
+    post(stack, b"{not json")
+    after = httpx.get(stack.metrics_url).text
+
+    def delta(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert delta("model_router_decisions_total", selected_model="gpt-4o", outcome="routed", tier="frontier") == 3
+    assert delta("model_router_passthroughs_total", reason="model_not_routable") == 2
+    assert delta("model_router_passthroughs_total", reason="invalid_json") == 1
+    assert delta("model_router_decision_seconds_count") == 3
+    assert delta("model_router_classify_seconds_count") == 3
+    assert _metric(after, "model_router_streams_in_flight") == 0
+    assert "model_router_estimated_cost_saved_total" in after
+    assert "model_router_config_reloads_total" in after
+
