@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from classifier.model import Prediction
 
-__all__ = ["HEURISTIC_ABILITIES", "HeuristicDifficultyModel"]
+__all__ = ["HEURISTIC_ABILITIES", "HeuristicDifficultyModel", "distinct_text"]
 
 _CODE = re.compile(
     r"```|\bdef |\bclass |\breturn\b|;\s*$|\bfunction\b|#include|\bimport \w|=>|\bSELECT\b|\{\s*$",
@@ -45,16 +45,27 @@ HEURISTIC_ABILITIES: Mapping[str, float] = MappingProxyType(
 )
 
 
-def _distinct_words(text: str) -> int:
-    """Count words over distinct non-empty lines, so repeated or padded text does not look longer."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def distinct_text(text: str) -> str:
+    """``text`` with repeated sentences and lines dropped and whitespace collapsed, so repeating a prompt or padding
+    it buys nothing; an exact whole-prompt repetition without sentence breaks is folded to one copy too."""
+    words = text.split()
+    for copies in (4, 3, 2):
+        if len(words) >= copies and len(words) % copies == 0:
+            unit = len(words) // copies
+            if words == words[:unit] * copies:
+                words = words[:unit]
+                break
     seen: set[str] = set()
-    words = 0
-    for line in text.splitlines():
-        key = " ".join(line.split()).lower()
+    kept: list[str] = []
+    for sentence in _SENTENCE_END.split(" ".join(words)):
+        key = sentence.strip().lower()
         if key and key not in seen:
             seen.add(key)
-            words += len(key.split(" "))
-    return words
+            kept.append(sentence.strip())
+    return "\n".join(kept)
 
 
 class HeuristicDifficultyModel:
@@ -65,8 +76,8 @@ class HeuristicDifficultyModel:
 
     def predict(self, text: str) -> Prediction:
         """Score ``text``; never raises for any string."""
-        sample = text[:8000]
-        length = min(math.log2(1.0 + _distinct_words(sample) / 20.0), 4.0)
+        sample = distinct_text(text[:8000])
+        length = min(math.log2(1.0 + len(sample.split()) / 20.0), 4.0)
         code = min(len(_CODE.findall(sample)), 3) / 3.0
         maths = min(len(_MATH.findall(sample)), 3) / 3.0
         reasoning = min(len(_REASONING.findall(sample)), 3) / 3.0

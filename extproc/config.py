@@ -16,7 +16,10 @@ from extproc.errors import ConfigError
 __all__ = [
     "CatalogModel",
     "ClassifierSettings",
+    "LimitSettings",
+    "OverrideSettings",
     "PolicySettings",
+    "SecuritySettings",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
@@ -50,13 +53,13 @@ class ServerSettings(_Strict):
 
     listen: str = "127.0.0.1:50051"
     """``host:port`` or ``unix:/path/to.sock``."""
-    max_body_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
-    """Bodies larger than this are passed through unclassified (Envoy's own buffer limit answers 413 first)."""
     classifier_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 50.0
     """Deadline for one classification; keep it well below Envoy's ``message_timeout``."""
     grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
     """On SIGTERM, how long in-flight streams may take before the server stops."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    config_poll_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    """How often to check the config file for changes (0 = only on SIGHUP)."""
 
 
 class ClassifierSettings(_Strict):
@@ -65,6 +68,30 @@ class ClassifierSettings(_Strict):
     kind: Literal["onnx", "heuristic"] = "onnx"
     model_dir: Path | None = None
     """ONNX only; default: the model shipped inside the package."""
+
+
+class LimitSettings(_Strict):
+    """Bounds on what the router reads; a request over a bound passes through unclassified."""
+
+    max_body_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    """Bodies larger than this pass through (Envoy's own buffer limit answers 413 first)."""
+    max_json_depth: Annotated[int, Field(ge=4, le=1000)] = 64
+    """Deeper JSON passes through (orjson itself refuses more than 1024 levels)."""
+    max_messages: Annotated[int, Field(gt=0, le=1_000_000)] = 2000
+    """Chat requests with more messages pass through."""
+
+
+class OverrideSettings(_Strict):
+    """A per-request model pin, honoured only from callers that prove they are trusted."""
+
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """SHA-256 (hex) of the shared secret a caller sends in ``x-model-router-override-token``; null = disabled."""
+
+
+class SecuritySettings(_Strict):
+    """What clients may influence."""
+
+    override: OverrideSettings = OverrideSettings()
 
 
 class TelemetrySettings(_Strict):
@@ -101,6 +128,8 @@ class Settings(_Strict):
 
     server: ServerSettings = ServerSettings()
     classifier: ClassifierSettings = ClassifierSettings()
+    limits: LimitSettings = LimitSettings()
+    security: SecuritySettings = SecuritySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     policy: PolicySettings
     catalog: Annotated[tuple[CatalogModel, ...], Field(min_length=1)]

@@ -22,6 +22,7 @@ __all__ = [
     "choose_model",
     "estimate_cost",
     "fallback_decision",
+    "pinned_decision",
     "success_probability",
 ]
 
@@ -34,6 +35,7 @@ class Reason(enum.StrEnum):
     CLASSIFIER_FAILED = "classifier_failed"
     NO_ELIGIBLE_MODEL = "no_eligible_model"
     NO_PROMPT_TEXT = "no_prompt_text"
+    TRUSTED_OVERRIDE = "trusted_override"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,11 @@ def success_probability(ability: float, difficulty: float) -> float:
 def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -> float:
     """Estimated price of one request in the catalog's currency."""
     return (input_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) / 1e6
+
+
+def pinned_decision(model: ResolvedModel) -> Decision:
+    """A trusted caller pinned ``model``: no classification, no policy."""
+    return Decision(model=model, reason=Reason.TRUSTED_OVERRIDE, fallback=False, success_probability=None)
 
 
 def fallback_decision(default: ResolvedModel, reason: Reason) -> Decision:

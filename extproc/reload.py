@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from extproc.config import Settings, load_config
 from extproc.errors import ConfigError
 from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
 
-__all__ = ["load_model_for", "load_snapshot", "reload_snapshot"]
+__all__ = ["load_model_for", "load_snapshot", "reload_snapshot", "watch_config"]
 
 _log = logging.getLogger("model_router.reload")
 
@@ -44,3 +46,26 @@ def reload_snapshot(
     ref.current = snapshot
     _log.info("config reloaded from %s", path)
     return True
+
+
+def _fingerprint(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+async def watch_config(path: Path, ref: SnapshotRef, on_result: Callable[[bool], None], interval: float) -> None:
+    """Poll ``path`` every ``interval`` seconds and reload when its content changes (runs until cancelled).
+
+    Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
+    touched-but-unchanged file does not reload. The model is loaded off the event loop.
+    """
+    seen = _fingerprint(path)
+    while True:
+        await asyncio.sleep(interval)
+        current = _fingerprint(path)
+        if current is None or current == seen:
+            continue
+        seen = current
+        on_result(await asyncio.to_thread(reload_snapshot, path, ref))

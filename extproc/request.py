@@ -12,9 +12,12 @@ from typing import Any
 
 import orjson
 
+from extproc.config import LimitSettings
 from extproc.schemas import ApiSchema, schema_for_path
 
-__all__ = ["ParsedRequest", "PassReason", "Passthrough", "estimate_tokens", "parse_request"]
+_DEFAULT_LIMITS = LimitSettings()
+
+__all__ = ["ParsedRequest", "PassReason", "Passthrough", "estimate_tokens", "json_depth_exceeds", "parse_request"]
 
 
 class PassReason(enum.StrEnum):
@@ -28,6 +31,8 @@ class PassReason(enum.StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     STREAMED_BODY = "streamed_body"
     INVALID_JSON = "invalid_json"
+    TOO_DEEP = "json_too_deep"
+    TOO_MANY_MESSAGES = "too_many_messages"
     NOT_AN_OBJECT = "not_an_object"
     NO_MODEL = "no_model"
     MODEL_NOT_ROUTABLE = "model_not_routable"
@@ -57,7 +62,23 @@ def estimate_tokens(chars: int) -> int:
     return chars // 4 + 1
 
 
-def parse_request(path: str, raw: bytes, routable: Collection[str]) -> ParsedRequest | Passthrough:
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` nests containers deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_request(
+    path: str, raw: bytes, routable: Collection[str], limits: LimitSettings = _DEFAULT_LIMITS
+) -> ParsedRequest | Passthrough:
     """Parse ``raw`` for ``path``; anything the router should not touch becomes a :class:`Passthrough`."""
     schema = schema_for_path(path)
     if schema is None:
@@ -73,6 +94,10 @@ def parse_request(path: str, raw: bytes, routable: Collection[str]) -> ParsedReq
         return Passthrough(PassReason.NO_MODEL)
     if model not in routable:
         return Passthrough(PassReason.MODEL_NOT_ROUTABLE)
+    if json_depth_exceeds(body, limits.max_json_depth):
+        return Passthrough(PassReason.TOO_DEEP)
+    if schema.message_count(body) > limits.max_messages:
+        return Passthrough(PassReason.TOO_MANY_MESSAGES)
     return ParsedRequest(
         schema=schema,
         body=body,

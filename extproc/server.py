@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from extproc.reload import reload_snapshot
+from extproc.reload import reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService, executor_classify
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
@@ -70,8 +70,24 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: telemetry.config_reloaded(reload_snapshot(config_path, snapshots)))
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        telemetry.config_reloaded(await asyncio.to_thread(reload_snapshot, config_path, snapshots))
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())  # the model loads off the event loop; streams keep flowing
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    poll = first.server.config_poll_seconds
+    watcher = (
+        asyncio.create_task(watch_config(config_path, snapshots, telemetry.config_reloaded, poll)) if poll else None
+    )
     await stop.wait()
+    if watcher:
+        watcher.cancel()
 
     grace = snapshots.current.settings.server.grace_seconds
     _log.info("stopping: no new streams; draining in-flight streams for up to %.1fs", grace)

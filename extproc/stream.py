@@ -9,6 +9,8 @@ a plain "continue": a failure here degrades to pass-through, never to a dropped 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import logging
 import math
 import time
@@ -25,9 +27,11 @@ from extproc.policy import (
     Decision,
     Reason,
     RequestFacts,
+    ResolvedModel,
     choose_model,
     estimate_cost,
     fallback_decision,
+    pinned_decision,
 )
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
@@ -47,6 +51,8 @@ __all__ = [
 HEADER_PREFIX = "x-model-router-"
 CLUSTER_HEADER = HEADER_PREFIX + "cluster"
 QUALITY_HEADER = HEADER_PREFIX + "quality"
+OVERRIDE_HEADER = HEADER_PREFIX + "override"
+OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
 RESPONSE_MODEL_HEADER = HEADER_PREFIX + "model"
 RESPONSE_TIER_HEADER = HEADER_PREFIX + "tier"
 RESPONSE_DECISION_HEADER = HEADER_PREFIX + "decision-id"
@@ -79,6 +85,8 @@ class _Request:
     content_type: str
     content_encoding: str
     quality: str | None
+    override: str | None
+    override_token: str | None
 
 
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
@@ -180,6 +188,8 @@ class StreamHandler:
             content_type=h.get("content-type", ""),
             content_encoding=h.get("content-encoding", "identity").strip().lower(),
             quality=h.get(QUALITY_HEADER),
+            override=h.get(OVERRIDE_HEADER),
+            override_token=h.get(OVERRIDE_TOKEN_HEADER),
         )
         self._request = req
         reason = None
@@ -221,11 +231,11 @@ class StreamHandler:
         if not body.end_of_stream:
             self._pass(PassReason.STREAMED_BODY)
             return [self._continue("request_body")]
-        if len(raw) > self._snap.settings.server.max_body_bytes:
+        if len(raw) > self._snap.settings.limits.max_body_bytes:
             self._pass(PassReason.BODY_TOO_LARGE)
             return [self._continue("request_body")]
         assert self._request is not None  # WAIT_BODY is only reached through the headers stage
-        parsed = parse_request(self._request.path, raw, self._snap.routable)
+        parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):
             self._pass(parsed.reason)
             return [self._continue("request_body")]
@@ -240,8 +250,30 @@ class StreamHandler:
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, self._metadata(self._record))]
 
+    def _trusted_pin(self) -> ResolvedModel | None:
+        """The pinned model if the request carries one and proves it is trusted; every other case is ignored."""
+        req = self._request
+        if req is None or req.override is None:
+            return None
+        expected = self._snap.settings.security.override.token_sha256
+        token = req.override_token
+        if expected is None or token is None:
+            self._sink.error("untrusted_override")
+            return None
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not hmac.compare_digest(digest, expected):
+            self._sink.error("untrusted_override")
+            return None
+        model = self._snap.by_name.get(req.override.strip())
+        if model is None:
+            self._sink.error("unknown_override_model")
+        return model
+
     async def _decide(self, parsed: ParsedRequest) -> tuple[Decision, Prediction | None, float | None]:
         snap = self._snap
+        pinned = self._trusted_pin()
+        if pinned is not None:
+            return pinned_decision(pinned), None, None
         fallback = snap.by_name.get(parsed.requested_model, snap.default_model)
         if not parsed.prompt_text.strip():
             return fallback_decision(fallback, Reason.NO_PROMPT_TEXT), None, None

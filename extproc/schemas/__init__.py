@@ -32,6 +32,10 @@ class ApiSchema(Protocol):
         """The request's own output-token limit, if it sets a valid one."""
         ...
 
+    def message_count(self, body: Mapping[str, Any]) -> int:
+        """How many messages (or prompts) the request carries, for the ``limits.max_messages`` bound."""
+        ...
+
 
 SCHEMAS_BY_PATH: Mapping[str, ApiSchema] = {
     "/v1/chat/completions": OpenAIChat(),

@@ -38,6 +38,11 @@ class OpenAIChat:
         """Characters of every message's text."""
         return sum(len(text_of_content(m.get("content"))) for m in self._messages(body))
 
+    def message_count(self, body: Mapping[str, Any]) -> int:
+        """Length of ``messages`` (0 if it is not a list)."""
+        messages = body.get("messages")
+        return len(messages) if isinstance(messages, list) else 0
+
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_completion_tokens``, else the legacy ``max_tokens``."""
         return positive_int(body.get("max_completion_tokens")) or positive_int(body.get("max_tokens"))

@@ -31,6 +31,11 @@ class OpenAICompletions:
         """Characters of the prompt text."""
         return len(self.prompt_text(body))
 
+    def message_count(self, body: Mapping[str, Any]) -> int:
+        """Number of prompts in a list prompt, else 1."""
+        prompt = body.get("prompt")
+        return len(prompt) if isinstance(prompt, list) else 1
+
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_tokens`` (Completions defaults to 16 when unset; we use the policy's estimate instead)."""
         return positive_int(body.get("max_tokens"))

@@ -143,7 +143,7 @@ async def test_routable_real_model_falls_back_to_itself() -> None:
 
 async def test_body_over_limit_passes_through() -> None:
     handler, sink = make()
-    limit = handler._snap.settings.server.max_body_bytes
+    limit = handler._snap.settings.limits.max_body_bytes
     big = b'{"model":"auto","messages":[{"role":"user","content":"' + b"x" * limit + b'"}]}'
     responses = await replay(handler, chat_headers(), big)
     assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())

@@ -1,0 +1,470 @@
+"""Kubernetes mutating admission webhook that injects the router as a native sidecar into annotated pods.
+
+A pod annotated ``model-router.io/inject: "true"`` gets the ``model-router`` container as an init container with
+``restartPolicy: Always`` (a native sidecar: started before the pod's containers, stopped after them), its config
+and scratch volumes, and the annotation ``model-router.io/status: injected``. The pod's Envoy then reaches the
+router on ``127.0.0.1:<grpc_port>``.
+
+``mutate`` is a pure function from an AdmissionReview (``admission.k8s.io/v1``) to its answer. It always allows
+the pod: injection is an optimisation, so a pod the webhook will not or cannot change is admitted unchanged with a
+``status.message`` that says why (already injected, opted out, not a valid pod...). Only a body that is not an
+AdmissionReview with a ``request.uid`` cannot be answered; ``mutate`` raises ``InvalidReviewError`` and the server
+returns HTTP 400, after which the API server applies the webhook's ``failurePolicy`` (``Ignore`` in
+``k8s/injector/``).
+
+``run_webhook`` serves ``POST /mutate`` and ``GET /healthz`` over HTTPS (stdlib ``http.server`` + ``ssl``) until
+SIGTERM. The certificate files are reloaded when they change on disk (cert-manager rotates them in place).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import signal
+import ssl
+import threading
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from extproc.errors import ConfigError
+
+__all__ = [
+    "ANNOTATION_CONFIG_MAP",
+    "ANNOTATION_INJECT",
+    "ANNOTATION_STATUS",
+    "InjectionSettings",
+    "InvalidReviewError",
+    "WebhookSettings",
+    "build_server",
+    "load_webhook_config",
+    "mutate",
+    "parse_webhook_config",
+    "run_webhook",
+]
+
+_log = logging.getLogger("model_router.webhook")
+
+ANNOTATION_INJECT = "model-router.io/inject"
+"""``"true"`` asks for injection, ``"false"`` opts out; anything else is left alone."""
+ANNOTATION_STATUS = "model-router.io/status"
+"""Set to ``injected`` on every pod the webhook changed; its presence means "never inject again"."""
+ANNOTATION_CONFIG_MAP = "model-router.io/config-map"
+"""Optional per-pod override of ``sidecar.config_map``."""
+
+CONTAINER_NAME = "model-router"
+CONFIG_VOLUME = "model-router-config"
+TMP_VOLUME = "model-router-tmp"
+CONFIG_MOUNT = "/etc/model-router"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""The API server caps objects at about 1.5 MiB; an AdmissionReview carries the object (and oldObject)."""
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+_ADMISSION_API = "admission.k8s.io/v1"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourceList(_Strict):
+    """CPU and memory quantities, as Kubernetes writes them (``250m``, ``256Mi``)."""
+
+    cpu: Quantity
+    memory: Quantity
+
+
+class Resources(_Strict):
+    """The sidecar's resource requests and limits."""
+
+    requests: ResourceList = ResourceList(cpu="250m", memory="256Mi")
+    limits: ResourceList | None = ResourceList(cpu="1", memory="512Mi")
+
+
+class InjectionSettings(_Strict):
+    """What the webhook injects: the router container and the volumes it needs."""
+
+    image: Annotated[str, Field(min_length=1, max_length=500, pattern=r"^\S+$")]
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    config_map: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS1123.pattern)] = "model-router-config"
+    """ConfigMap in the pod's namespace with the router config under ``config_key``."""
+    config_key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "model-router.yaml"
+    grpc_port: Port = 50051
+    """Must match ``server.listen`` in the router config; gRPC health probes use it."""
+    metrics_port: Port = 9464
+    """Must match ``telemetry.metrics_listen`` in the router config."""
+    run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = 10001
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        if self.grpc_port == self.metrics_port:
+            raise ValueError("sidecar.metrics_port: must differ from sidecar.grpc_port")
+        return self
+
+
+class WebhookSettings(_Strict):
+    """The webhook's config file."""
+
+    listen: Annotated[str, Field(pattern=r"^[^\s:]*:[0-9]{1,5}$")] = "0.0.0.0:8443"
+    """``host:port`` of the HTTPS server."""
+    tls_cert_file: Path
+    tls_key_file: Path
+    sidecar: InjectionSettings
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class InvalidReviewError(ValueError):
+    """The request body is not an AdmissionReview that can be answered (no ``request.uid``)."""
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_webhook_config(data: object) -> WebhookSettings:
+    """Validate loaded YAML; raise ``ConfigError`` listing every problem with its field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(["<root>: expected a mapping at the top of the file"])
+    try:
+        return WebhookSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = _field_path(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(msg if not path else f"{path}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def load_webhook_config(path: Path) -> WebhookSettings:
+    """Read and validate the webhook's YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
+    return parse_webhook_config(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pure part: AdmissionReview in, AdmissionReview out.
+
+
+def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
+    resources: dict[str, Any] = {"requests": settings.resources.requests.model_dump()}
+    if settings.resources.limits is not None:
+        resources["limits"] = settings.resources.limits.model_dump()
+    probe_port = {"port": settings.grpc_port}
+    return {
+        "name": CONTAINER_NAME,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": ["model-router"],
+        "args": ["serve", "--config", f"{CONFIG_MOUNT}/{settings.config_key}"],
+        "ports": [
+            {"name": "router-grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
+            {"name": "router-metrics", "containerPort": settings.metrics_port, "protocol": "TCP"},
+        ],
+        "startupProbe": {"grpc": probe_port, "periodSeconds": 2, "failureThreshold": 30},
+        "readinessProbe": {"grpc": probe_port, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {"grpc": probe_port, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "resources": resources,
+        "securityContext": {
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        ],
+    }
+
+
+def _volumes(config_map: str, settings: InjectionSettings) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": CONFIG_VOLUME,
+            "configMap": {"name": config_map, "items": [{"key": settings.config_key, "path": settings.config_key}]},
+        },
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+
+
+def _escape(key: str) -> str:
+    """A JSON Pointer reference token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _names(items: object) -> set[str]:
+    if not isinstance(items, list):
+        return set()
+    return {str(item.get("name")) for item in items if isinstance(item, dict)}
+
+
+def _list_field(spec: Mapping[str, Any], key: str) -> list[Any] | None:
+    """``spec[key]`` if it is a list, ``None`` if absent or null; ``ValueError`` otherwise."""
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"spec.{key} is not a list")
+    return value
+
+
+def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dict[str, Any]], str]:
+    """The JSON patch for ``pod`` (empty if nothing to do) and a message saying what was decided."""
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        return [], "not injected: object has no metadata"
+    annotations = metadata.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return [], "not injected: metadata.annotations is not a mapping"
+    wanted = annotations.get(ANNOTATION_INJECT)
+    if wanted == "false":
+        return [], f'not injected: opted out ({ANNOTATION_INJECT}: "false")'
+    if wanted != "true":
+        if wanted is None:
+            return [], f"not injected: no {ANNOTATION_INJECT} annotation"
+        return [], f'not injected: {ANNOTATION_INJECT} must be "true" or "false", got {wanted!r}'
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return [], "not injected: object has no spec"
+    try:
+        containers = _list_field(spec, "containers")
+        init_containers = _list_field(spec, "initContainers")
+        volumes = _list_field(spec, "volumes")
+    except ValueError as exc:
+        return [], f"not injected: {exc}"
+    if not containers:
+        return [], "not injected: spec.containers is empty"
+    if ANNOTATION_STATUS in annotations or CONTAINER_NAME in _names(containers) | _names(init_containers):
+        return [], "not injected: already injected"
+    clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME})
+    if clashes:
+        return [], f"not injected: the pod already has volumes named {', '.join(clashes)}"
+    config_map = annotations.get(ANNOTATION_CONFIG_MAP, settings.config_map)
+    if not isinstance(config_map, str) or len(config_map) > 253 or not _DNS1123.match(config_map):
+        return [], f"not injected: {ANNOTATION_CONFIG_MAP} is not a valid ConfigMap name: {config_map!r}"
+
+    patch: list[dict[str, Any]] = []
+    sidecar = _sidecar(settings)
+    if init_containers is None:
+        patch.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
+    else:
+        # First, so the router is up before any later init container and before every app container.
+        patch.append({"op": "add", "path": "/spec/initContainers/0", "value": sidecar})
+    new_volumes = _volumes(config_map, settings)
+    if volumes is None:
+        patch.append({"op": "add", "path": "/spec/volumes", "value": new_volumes})
+    else:
+        patch.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in new_volumes)
+    patch.append({"op": "add", "path": f"/metadata/annotations/{_escape(ANNOTATION_STATUS)}", "value": "injected"})
+    return patch, f"injected {CONTAINER_NAME} (config map {config_map})"
+
+
+def _uid_of(review: object) -> str:
+    if not isinstance(review, dict):
+        raise InvalidReviewError("body is not a JSON object")
+    if review.get("apiVersion") != _ADMISSION_API or review.get("kind") != "AdmissionReview":
+        raise InvalidReviewError(f"expected apiVersion {_ADMISSION_API} and kind AdmissionReview")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise InvalidReviewError("request is missing or not an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise InvalidReviewError("request.uid is missing or not a string")
+    return uid
+
+
+def mutate(review: Mapping[str, Any], settings: InjectionSettings) -> dict[str, Any]:
+    """Answer one AdmissionReview v1: always allowed; a base64 JSONPatch when the pod asks for the sidecar.
+
+    Raises ``InvalidReviewError`` if ``review`` is not an AdmissionReview v1 with a ``request.uid``.
+    """
+    uid = _uid_of(review)
+    request = review["request"]
+    kind = request.get("kind")
+    pod = request.get("object")
+    patch: list[dict[str, Any]] = []
+    if not isinstance(kind, dict) or kind.get("group", "") != "" or kind.get("kind") != "Pod":
+        message = "not injected: the object is not a Pod"
+    elif request.get("operation") != "CREATE":
+        message = "not injected: only CREATE is handled"
+    elif not isinstance(pod, dict):
+        message = "not injected: request.object is missing"
+    else:
+        patch, message = _plan(pod, settings)
+    response: dict[str, Any] = {"uid": uid, "allowed": True, "status": {"code": 200, "message": message}}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode("ascii")
+    return {"apiVersion": _ADMISSION_API, "kind": "AdmissionReview", "response": response}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The HTTPS server.
+
+
+class _ReloadingTLS:
+    """An SSL context whose certificate is reloaded when the cert or key file changes (checked per connection)."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self._cert = cert
+        self._key = key
+        self._lock = threading.Lock()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp = self._mtimes()
+        self.context.load_cert_chain(cert, key)
+
+    def _mtimes(self) -> tuple[int, int]:
+        return os.stat(self._cert).st_mtime_ns, os.stat(self._key).st_mtime_ns
+
+    def refresh(self) -> None:
+        """Reload the certificate if its files changed; keep the old one if the new pair does not load."""
+        with self._lock:
+            try:
+                stamp = self._mtimes()
+                if stamp != self._stamp:
+                    self.context.load_cert_chain(self._cert, self._key)
+                    self._stamp = stamp
+                    _log.info("reloaded TLS certificate %s", self._cert)
+            except (OSError, ssl.SSLError) as exc:
+                _log.warning("keeping the current TLS certificate: %s", exc)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], settings: WebhookSettings, tls: _ReloadingTLS) -> None:
+        self.settings = settings
+        self.tls = tls
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        self.tls.refresh()
+        # The handshake runs in the handler's thread (_Handler.setup), so a slow client blocks no one.
+        return self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.warning("connection from %s failed", client_address[0], exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def setup(self) -> None:
+        super().setup()  # sets the socket timeout first
+        self.request.do_handshake()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        _log.warning("rejected request: %s", message)
+        self._send(status, json.dumps({"error": message}).encode())
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain")
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no such path {self.path}")
+
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0] != "/mutate":
+            self._error(HTTPStatus.NOT_FOUND, f"no such path {self.path}")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+            return
+        if not 0 < length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body must be 1..{MAX_BODY_BYTES} bytes")
+            return
+        try:
+            review = json.loads(self.rfile.read(length))
+            answer = mutate(review, self.server.settings.sidecar)
+        except (ValueError, UnicodeDecodeError) as exc:  # InvalidReviewError and JSONDecodeError are ValueErrors
+            self._error(HTTPStatus.BAD_REQUEST, f"not an AdmissionReview v1: {exc}")
+            return
+        response = answer["response"]
+        _log.info(
+            "%s uid=%s: %s",
+            review["request"].get("namespace", ""),
+            response["uid"],
+            response["status"]["message"],
+        )
+        self._send(HTTPStatus.OK, json.dumps(answer).encode())
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host, int(port)
+
+
+def build_server(settings: WebhookSettings) -> ThreadingHTTPServer:
+    """Bind the HTTPS server (not yet serving); raises ``ConfigError`` if the certificate cannot be loaded."""
+    try:
+        tls = _ReloadingTLS(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"tls_cert_file/tls_key_file: cannot load the certificate: {exc}"]) from None
+    return _Server(_split_listen(settings.listen), settings, tls)
+
+
+def run_webhook(config_path: Path) -> int:
+    """Serve the webhook over HTTPS until SIGTERM or SIGINT; returns the process exit code."""
+    settings = load_webhook_config(config_path)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+    )
+    with build_server(settings) as server:
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        _log.info("model-router injection webhook listening on https://%s", settings.listen)
+        print(f"model-router inject-webhook ready on {settings.listen}", flush=True)
+        server.serve_forever(poll_interval=0.2)
+    _log.info("stopped")
+    return 0

@@ -1,0 +1,232 @@
+"""Faults through the real Envoy: router killed or draining, fail-open and fail-closed, slow classifier, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import yaml
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from devstack.stack import Stack
+from extproc.service import ExternalProcessorService, executor_classify
+from extproc.snapshot import SnapshotRef
+from extproc.telemetry import Telemetry
+from tests.fakes import FakeDifficultyModel, demo_settings, snapshot
+from tests.integration.test_routing import EASY, HARD, chat_body, post
+
+HEURISTIC = {"classifier": {"kind": "heuristic"}}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with Stack(workdir=tmp_path, router_overrides={**HEURISTIC, "server": {"grace_seconds": 5}}) as s:
+        yield s
+
+
+def _metric(stack: Stack, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(stack.metrics_url, timeout=5).text.splitlines():
+        if line.startswith(name):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_router_killed_mid_load_fails_open_then_routing_resumes(stack: Stack) -> None:
+    results: list[tuple[int, str | None, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                r = client.post(
+                    stack.base_url + "/v1/chat/completions",
+                    content=chat_body(EASY),
+                    headers={"content-type": "application/json"},
+                )
+                results.append((r.status_code, r.headers.get("x-model-router-model"), r.headers["x-upstream-cluster"]))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(load) for _ in range(4)]
+        time.sleep(0.5)
+        stack.stop_router(signal.SIGKILL)
+        killed_at = len(results)
+        time.sleep(1.0)
+        down = results[killed_at:]
+        stack.start_router()
+        resumed_at = len(results)
+        time.sleep(0.5)
+        stop.set()
+        for f in futures:
+            f.result()
+    assert all(code == 200 for code, _, _ in results), {code for code, _, _ in results}
+    assert any(model is None and cluster == "frontier" for _, model, cluster in down), "no request saw the outage"
+    assert all(cluster == "frontier" for _, model, cluster in down if model is None)
+    after = results[resumed_at:]
+    assert after and all(model is not None for _, model, _ in after[-5:]), "routing did not resume"
+
+
+def test_fail_closed_gives_a_clear_5xx_not_a_hang(tmp_path: Path) -> None:
+    def fail_closed(cfg: dict[str, Any]) -> None:
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+        ext_proc["typed_config"]["failure_mode_allow"] = False
+
+    s = Stack(workdir=tmp_path, envoy_patch=fail_closed)
+    s.start(router=False)
+    try:
+        start = time.monotonic()
+        r = post(s, chat_body(EASY))
+        assert 500 <= r.status_code < 600
+        assert time.monotonic() - start < 5
+    finally:
+        s.stop()
+
+
+async def _serve_inprocess(
+    port: int, model: FakeDifficultyModel, timeout_ms: float
+) -> tuple[grpc.aio.Server, Telemetry]:
+    base = demo_settings()
+    settings = base.model_copy(update={"server": base.server.model_copy(update={"classifier_timeout_ms": timeout_ms})})
+    telemetry = Telemetry(settings.telemetry, __import__("logging").getLogger("test.inprocess"))
+    server = grpc.aio.server()
+    executor = ThreadPoolExecutor(2)
+    service = ExternalProcessorService(SnapshotRef(snapshot(model, settings)), executor_classify(executor), telemetry)
+    pb_grpc.add_ExternalProcessorServicer_to_server(service, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, telemetry
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(FakeDifficultyModel(delay=1.0), id="slower-than-budget"),
+        pytest.param(FakeDifficultyModel(error=RuntimeError("onnx failed")), id="raising"),
+    ],
+)
+async def test_classifier_fault_falls_back_within_budget(tmp_path: Path, model: FakeDifficultyModel) -> None:
+    s = Stack(workdir=tmp_path)
+    s.start(router=False)
+    server, telemetry = await _serve_inprocess(s.router_port, model, timeout_ms=50)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            start = time.monotonic()
+            r = await client.post(
+                s.base_url + "/v1/chat/completions",
+                content=chat_body("an easy one"),
+                headers={"content-type": "application/json"},
+            )
+            elapsed = time.monotonic() - start
+        assert r.status_code == 200
+        assert r.headers["x-model-router-model"] == "gpt-4o"  # the default model, not the cheap one
+        assert r.headers["x-upstream-cluster"] == "frontier"
+        assert elapsed < 0.5, "the fallback must come within the classifier budget, well under 1 s"
+        assert telemetry.errors.labels(reason="classifier_failed")._value.get() == 1
+    finally:
+        await server.stop(None)
+        s.stop()
+
+
+async def _slow_body(first: bytes, rest: bytes, pause: float) -> AsyncIterator[bytes]:
+    yield first
+    await asyncio.sleep(pause)
+    yield rest
+
+
+async def test_sigterm_drains_in_flight_streams_and_exits(stack: Stack) -> None:
+    body = chat_body(HARD)
+    proc = stack.procs["router"]
+    async with httpx.AsyncClient(timeout=20) as client:
+        in_flight = asyncio.create_task(
+            client.post(
+                stack.base_url + "/v1/chat/completions",
+                content=_slow_body(body[:10], body[10:], 1.5),
+                headers={"content-type": "application/json"},
+            )
+        )
+        await asyncio.sleep(0.5)  # the headers phase has happened; the stream waits for the body
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        during = await client.post(
+            stack.base_url + "/v1/chat/completions",
+            content=chat_body(EASY),
+            headers={"content-type": "application/json"},
+        )
+        finished = await in_flight
+    assert finished.status_code == 200
+    assert finished.headers["x-model-router-model"] == "gpt-4o", "the in-flight stream was not finished"
+    assert during.status_code == 200 and during.headers["x-upstream-cluster"] == "frontier"  # new: fail-open
+    start = time.monotonic()
+    code = await asyncio.to_thread(proc.wait, 10)
+    assert code == 0
+    assert time.monotonic() - start < 6  # grace_seconds is 5
+    stack.procs.pop("router")
+
+
+def _rewrite_config(stack: Stack, **policy: Any) -> None:
+    data = yaml.safe_load(stack.router_config_path.read_text())
+    data["policy"].update(policy)
+    stack.router_config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _routed(stack: Stack, model: str) -> bool:
+    return "x-model-router-model" in post(stack, chat_body(EASY, model=model)).headers
+
+
+def _wait_until(check: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("trigger", ["file-change", "sighup"])
+def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str) -> None:
+    if trigger == "sighup":  # make sure the file watcher is not what applies it
+        data = yaml.safe_load(stack.router_config_path.read_text())
+        data["server"]["config_poll_seconds"] = 0
+        stack.router_config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        stack.stop_router()
+        stack.start_router()
+    assert not _routed(stack, "gpt-4o-mini")
+
+    with ThreadPoolExecutor(2) as pool:  # traffic during the reload: nothing may fail
+        stop = threading.Event()
+
+        def traffic() -> list[int]:
+            codes = []
+            while not stop.is_set():
+                codes.append(post(stack, chat_body(HARD)).status_code)
+            return codes
+
+        running: concurrent.futures.Future[list[int]] = pool.submit(traffic)
+        _rewrite_config(stack, routable_models=["auto", "router", "gpt-4o-mini"])
+        if trigger == "sighup":
+            stack.procs["router"].send_signal(signal.SIGHUP)
+        assert _wait_until(lambda: _routed(stack, "gpt-4o-mini")), "valid config was not applied"
+        stop.set()
+        assert set(running.result()) == {200}
+    assert _metric(stack, "model_router_config_reloads_total", result="applied") == 1
+
+    _rewrite_config(stack, quality_target=7, routable_models=["auto"])
+    if trigger == "sighup":
+        stack.procs["router"].send_signal(signal.SIGHUP)
+    assert _wait_until(lambda: _metric(stack, "model_router_config_reloads_total", result="rejected") == 1)
+    assert "policy.quality_target" in stack.log("router").read_text()
+    assert _routed(stack, "gpt-4o-mini"), "the running config must stay in force"

@@ -1,0 +1,218 @@
+"""Hostile and malformed bodies: never a crash, never a changed byte outside ``model``, one answer per message.
+
+The corpus in ``tests/corpus/`` holds one file per kind of bad input; hypothesis adds random bodies and mutations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from extproc.bodyedit import find_model_span
+from extproc.config import LimitSettings, OverrideSettings, SecuritySettings
+from extproc.request import PassReason, Passthrough, json_depth_exceeds, parse_request
+from extproc.stream import StreamHandler
+from tests.fakes import RecordingSink, demo_settings, inline_classify, sequential_ids, snapshot
+from tests.protocol import chat_headers, replay
+
+CORPUS = sorted((Path(__file__).resolve().parents[1] / "corpus").glob("*.json"))
+UNCHANGED = pb.ProcessingResponse(request_body=pb.BodyResponse())
+
+
+def _handler(**settings_changes: object) -> tuple[StreamHandler, RecordingSink]:
+    sink = RecordingSink()
+    base = demo_settings()
+    snap = snapshot(settings=base.model_copy(update=settings_changes) if settings_changes else base)
+    return StreamHandler(snap, inline_classify, sink, sequential_ids()), sink
+
+
+def _check_safe(raw: bytes, responses: list[pb.ProcessingResponse]) -> None:
+    """Exactly one answer per message; a body answer is either "unchanged" or a model-only rewrite."""
+    assert len(responses) == 2
+    assert responses[0].WhichOneof("response") == "request_headers"
+    body_answer = responses[1]
+    assert body_answer.WhichOneof("response") == "request_body"
+    if body_answer == UNCHANGED:
+        return
+    common = body_answer.request_body.response
+    new = common.body_mutation.body
+    span = find_model_span(raw)
+    assert span is not None, "a body was rewritten although it has no single top-level model string"
+    start, end = span
+    assert new[:start] == raw[:start] and new[len(new) - (len(raw) - end) :] == raw[end:]
+    assert isinstance(orjson.loads(new[start : len(new) - (len(raw) - end)]), str)
+    lengths = [h.header.raw_value for h in common.header_mutation.set_headers if h.header.key == "content-length"]
+    assert lengths == [str(len(new)).encode()]
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+async def test_corpus_is_safe(path: Path) -> None:
+    raw = path.read_bytes()
+    handler, sink = _handler()
+    responses = await replay(handler, chat_headers(), raw)
+    _check_safe(raw, responses)
+    assert sink.records and not sink.errors
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("truncated", PassReason.INVALID_JSON),
+        ("invalid_utf8", PassReason.INVALID_JSON),
+        ("nan_literal", PassReason.INVALID_JSON),
+        ("bom", PassReason.INVALID_JSON),
+        ("top_level_array", PassReason.NOT_AN_OBJECT),
+        ("model_number", PassReason.NO_MODEL),
+        ("model_null", PassReason.NO_MODEL),
+        ("deep_nesting_200", PassReason.TOO_DEEP),
+        ("deep_nesting_2000", PassReason.INVALID_JSON),
+        ("many_messages", PassReason.TOO_MANY_MESSAGES),
+    ],
+)
+async def test_corpus_reasons(name: str, reason: PassReason) -> None:
+    handler, sink = _handler()
+    await replay(handler, chat_headers(), (CORPUS[0].parent / f"{name}.json").read_bytes())
+    assert sink.records[0].reason == reason.value
+
+
+@pytest.mark.parametrize(
+    ("name", "routed"),
+    [("duplicate_model", False), ("escaped_model_key", True), ("model_with_escapes", True), ("huge_string", True)],
+)
+async def test_corpus_edge_cases_route_or_pass(name: str, routed: bool) -> None:
+    handler, _ = _handler()
+    raw = (CORPUS[0].parent / f"{name}.json").read_bytes()
+    responses = await replay(handler, chat_headers(), raw)
+    assert (responses[1] != UNCHANGED) is routed
+
+
+@pytest.mark.parametrize(
+    ("limits", "body", "reason"),
+    [
+        pytest.param(LimitSettings(max_json_depth=4), b'{"model":"auto","a":[[[[1]]]]}', "json_too_deep", id="depth"),
+        pytest.param(
+            LimitSettings(max_messages=2),
+            orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}] * 3}),
+            "too_many_messages",
+            id="messages",
+        ),
+        pytest.param(LimitSettings(max_body_bytes=10), b'{"model":"auto","messages":[]}', "body_too_large", id="size"),
+    ],
+)
+async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: str) -> None:
+    handler, sink = _handler(limits=limits)
+    responses = await replay(handler, chat_headers(), body)
+    assert responses[1] == UNCHANGED
+    assert sink.records[0].reason == reason
+
+
+def test_depth_check_is_exact() -> None:
+    assert not json_depth_exceeds({"a": [{"b": []}]}, 4)
+    assert json_depth_exceeds({"a": [{"b": [[]]}]}, 4)
+    assert isinstance(parse_request("/v1/chat/completions", b"[]", {"auto"}), Passthrough)
+
+
+SECRET = "s3cret-token"
+TRUSTED = SecuritySettings(override=OverrideSettings(token_sha256=hashlib.sha256(SECRET.encode()).hexdigest()))
+HARD_BODY = b'{"model":"auto","messages":[{"role":"user","content":"a hard question"}]}'
+
+
+@pytest.mark.parametrize(
+    ("security", "headers", "want_model", "errors"),
+    [
+        pytest.param(TRUSTED, {"override": "gpt-4o-mini", "override-token": SECRET}, "gpt-4o-mini", [], id="trusted"),
+        pytest.param(
+            TRUSTED,
+            {"override": "gpt-4o-mini", "override-token": "guess"},
+            "gpt-4o",
+            ["untrusted_override"],
+            id="bad-token",
+        ),
+        pytest.param(TRUSTED, {"override": "gpt-4o-mini"}, "gpt-4o", ["untrusted_override"], id="no-token"),
+        pytest.param(
+            SecuritySettings(),
+            {"override": "gpt-4o-mini", "override-token": SECRET},
+            "gpt-4o",
+            ["untrusted_override"],
+            id="overrides-disabled",
+        ),
+        pytest.param(
+            TRUSTED,
+            {"override": "no-such-model", "override-token": SECRET},
+            "gpt-4o",
+            ["unknown_override_model"],
+            id="unknown-model",
+        ),
+    ],
+)
+async def test_model_override_only_when_trusted(
+    security: SecuritySettings, headers: dict[str, str], want_model: str, errors: list[str]
+) -> None:
+    handler, sink = _handler(security=security)
+    extra = {f"x-model-router-{k}": v for k, v in headers.items()}
+    responses = await replay(handler, chat_headers(**extra), HARD_BODY)
+    assert sink.records[0].selected_model == want_model
+    assert sink.errors == errors
+    removed = set(responses[0].request_headers.response.header_mutation.remove_headers)
+    assert removed == set(extra), "override headers never reach the upstream"
+
+
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_any = st.recursive(
+    json_leaf,
+    lambda c: (
+        st.lists(c, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["model", "messages", "role", "content", "type", "text", "x"]) | st.text(max_size=5),
+            c,
+            max_size=4,
+        )
+    ),
+    max_leaves=25,
+)
+chat_like = st.fixed_dictionaries(
+    {"model": st.sampled_from(["auto", "router", "gpt-4o"]) | json_leaf, "messages": json_any},
+    optional={"stream": json_any, "max_tokens": json_any, "tools": json_any},
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(body=chat_like | json_any)
+async def test_random_json_bodies_are_safe(body: object) -> None:
+    raw = orjson.dumps(body)
+    handler, sink = _handler()
+    _check_safe(raw, await replay(handler, chat_headers(), raw))
+    assert not sink.errors
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data())
+async def test_mutated_bytes_are_safe(data: st.DataObject) -> None:
+    base = bytearray(data.draw(st.sampled_from([p.read_bytes() for p in CORPUS if p.stat().st_size < 2000])))
+    for _ in range(data.draw(st.integers(1, 4))):
+        if not base:
+            break
+        i = data.draw(st.integers(0, len(base) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "dup"]))
+        if op == "flip":
+            base[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del base[i:]
+        else:
+            base[i:i] = base[i : i + 8]
+    raw = bytes(base)
+    handler, sink = _handler()
+    _check_safe(raw, await replay(handler, chat_headers(), raw))
+    assert not sink.errors
