@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 DEV_STAMP := $(VENV)/.dev-installed
 TRAIN_STAMP := $(VENV)/.train-installed
 
-.PHONY: demo test lint unit integration train bench install clean
+.PHONY: demo test lint unit integration train bench soak install clean
 
 $(DEV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ $(TRAIN_STAMP): $(DEV_STAMP)
 
 train: $(TRAIN_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m classifier.train
+
+# >= 5 minutes of real prompts through Envoy + router; fails on any failed/corrupted request, RSS growth, leaked stream.
+soak: $(DEV_STAMP)
+	$(PY) -m devstack.soak $(SOAK_ARGS)
 
 bench: $(DEV_STAMP)
 	$(PY) -m bench.run

@@ -19,7 +19,21 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["main", "make_app"]
+from extproc.bodyedit import find_model_span
+
+__all__ = ["EXPECT_HEADER", "digest_without_model", "main", "make_app"]
+
+EXPECT_HEADER = "x-expect-sha256-without-model"
+"""A client may send the SHA-256 of its body with the model value blanked; the upstream then checks every other
+byte arrived unchanged and answers 422 ``body_corrupted`` if not (used by the soak)."""
+
+
+def digest_without_model(raw: bytes) -> str:
+    """SHA-256 of ``raw`` with the top-level model string replaced by ``""`` (raw must be a routable JSON body)."""
+    span = find_model_span(raw)
+    if span is None:
+        return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(raw[: span[0]] + b'""' + raw[span[1] :]).hexdigest()
 
 _RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
 _CLUSTER: web.AppKey[str] = web.AppKey("cluster")
@@ -56,6 +70,9 @@ async def _llm(request: web.Request) -> web.StreamResponse:
         return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return _error(400, "you must provide a model parameter", "missing_model")
+    expected = request.headers.get(EXPECT_HEADER)
+    if expected is not None and digest_without_model(raw) != expected:
+        return _error(422, "body bytes outside `model` differ from what the client sent", "body_corrupted")
     model = body["model"]
     headers = {"x-upstream-cluster": cluster, "x-upstream-model": model, "x-upstream-body-sha256": digest}
     text = f"answer from {model} on cluster {cluster}"
