@@ -150,6 +150,8 @@ class Stack:
         cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.envoy_port
         ports = {"model_router": self.router_port, "otel_collector": self.collector_port, **self.upstream_ports}
         for cluster in cfg["static_resources"]["clusters"]:
+            if "load_assignment" not in cluster:
+                continue  # an aggregate cluster: it has no endpoints of its own
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[cluster["name"]]

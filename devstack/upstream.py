@@ -1,9 +1,12 @@
-"""A fake OpenAI-compatible upstream LLM for one Envoy cluster.
+"""A fake upstream LLM for one Envoy cluster, speaking the OpenAI and Anthropic wire formats.
 
-It speaks the real response shapes (chat.completion, text_completion, SSE chunks ending in ``data: [DONE]``,
-error objects), answers with which cluster and model it received, and keeps what it received so tests can check
-every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model`` and ``x-upstream-body-sha256``,
-and ``GET /_received`` returns the last bodies (base64) with their headers.
+It answers with the real response shapes of each API, JSON and SSE: Chat Completions (``chat.completion``, chunks
+ending in ``data: [DONE]``), legacy Completions (``text_completion``), the Responses API (``object: "response"``,
+``event: response.*`` SSE events) and Anthropic Messages (``type: "message"``, ``event: message_start`` ...
+``message_stop``), with each API's error object. It answers with which cluster and model it received, and keeps
+what it received so tests can check every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model``
+and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with their headers.
+``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import enum
 import hashlib
 import time
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,136 +41,306 @@ def digest_without_model(raw: bytes) -> str:
         return hashlib.sha256(raw).hexdigest()
     return hashlib.sha256(raw[: span[0]] + b'""' + raw[span[1] :]).hexdigest()
 
+
 _RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
 _CLUSTER: web.AppKey[str] = web.AppKey("cluster")
 _FAIL: web.AppKey[dict[str, int]] = web.AppKey("fail")
 
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
-def _error(status: int, message: str, code: str) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+class Api(enum.Enum):
+    """The wire format of a request, by path."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    RESPONSES = "responses"
+    MESSAGES = "messages"
+
+    @classmethod
+    def of(cls, path: str) -> Api:
+        """The API a path belongs to (anything unknown is answered as legacy Completions)."""
+        if path.endswith("/chat/completions"):
+            return cls.CHAT
+        if path.endswith("/responses"):
+            return cls.RESPONSES
+        if path.endswith("/messages"):
+            return cls.MESSAGES
+        return cls.COMPLETIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the fake model answers to one request."""
+
+    model: str
+    text: str
+    ident: str
+    created: int
+    input_tokens: int
+
+    @property
+    def words(self) -> list[str]:
+        """The text in streaming pieces (a leading space on every piece but the first)."""
+        parts = self.text.split(" ")
+        return [p if i == 0 else " " + p for i, p in enumerate(parts)]
+
+    @property
+    def output_tokens(self) -> int:
+        """One token per word."""
+        return len(self.words)
+
+
+def _error(api: Api, status: int, message: str, code: str) -> web.Response:
+    if api is Api.MESSAGES:
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.json_response(body, status=status)
 
 
-def _usage(prompt_chars: int, completion_tokens: int) -> dict[str, int]:
-    prompt_tokens = prompt_chars // 4 + 1
+def _openai_usage(answer: Answer) -> dict[str, int]:
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": answer.input_tokens,
+        "completion_tokens": answer.output_tokens,
+        "total_tokens": answer.input_tokens + answer.output_tokens,
     }
+
+
+def _chat(answer: Answer) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{answer.ident}",
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _openai_usage(answer),
+    }
+
+
+def _completion(answer: Answer) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{answer.ident}",
+        "object": "text_completion",
+        "created": answer.created,
+        "model": answer.model,
+        "choices": [{"index": 0, "text": answer.text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": _openai_usage(answer),
+    }
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+def _response_message(answer: Answer, done: bool) -> dict[str, Any]:
+    return {
+        "id": f"msg_{answer.ident}",
+        "type": "message",
+        "status": "completed" if done else "in_progress",
+        "role": "assistant",
+        "content": [_output_text(answer.text)] if done else [],
+    }
+
+
+def _response(answer: Answer, body: dict[str, Any], done: bool) -> dict[str, Any]:
+    """A Responses API ``response`` object, completed or (for the first stream events) in progress."""
+    return {
+        "id": f"resp_{answer.ident}",
+        "object": "response",
+        "created_at": answer.created,
+        "status": "completed" if done else "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": answer.model,
+        "output": [_response_message(answer, done)] if done else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": answer.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": answer.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": answer.input_tokens + answer.output_tokens,
+        }
+        if done
+        else None,
+        "user": None,
+        "metadata": {},
+    }
+
+
+def _message(answer: Answer, done: bool) -> dict[str, Any]:
+    """An Anthropic ``message`` object, complete or (in ``message_start``) with no content yet."""
+    return {
+        "id": f"msg_{answer.ident}",
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": [{"type": "text", "text": answer.text}] if done else [],
+        "stop_reason": "end_turn" if done else None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens if done else 1},
+    }
+
+
+Event = tuple[str | None, dict[str, Any] | str]
+"""One SSE event: its ``event:`` name (None for data-only streams) and its data (a JSON object or a raw string)."""
+
+
+def _chat_events(answer: Answer, body: dict[str, Any], chat: bool) -> Iterator[Event]:
+    def chunk(delta: dict[str, Any], finish: str | None, piece: str = "") -> dict[str, Any]:
+        choice: dict[str, Any] = (
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if chat
+            else {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+        )
+        return {
+            "id": f"chatcmpl-{answer.ident}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [choice],
+        }
+
+    yield None, chunk({"role": "assistant", "content": ""}, None)
+    for piece in answer.words:
+        yield None, chunk({"content": piece}, None, piece)
+    yield None, chunk({}, "stop")
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        yield None, {**chunk({}, None), "choices": [], "usage": _openai_usage(answer)}
+    yield None, "[DONE]"
+
+
+def _responses_events(answer: Answer, body: dict[str, Any]) -> Iterator[Event]:
+    item = f"msg_{answer.ident}"
+    at = {"item_id": item, "output_index": 0, "content_index": 0}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": _response(answer, body, done=False)}),
+        ("response.in_progress", {"response": _response(answer, body, done=False)}),
+        ("response.output_item.added", {"output_index": 0, "item": _response_message(answer, done=False)}),
+        ("response.content_part.added", {**at, "part": _output_text("")}),
+        *(("response.output_text.delta", {**at, "delta": piece, "logprobs": []}) for piece in answer.words),
+        ("response.output_text.done", {**at, "text": answer.text, "logprobs": []}),
+        ("response.content_part.done", {**at, "part": _output_text(answer.text)}),
+        ("response.output_item.done", {"output_index": 0, "item": _response_message(answer, done=True)}),
+        ("response.completed", {"response": _response(answer, body, done=True)}),
+    ]
+    for sequence, (name, data) in enumerate(events):
+        yield name, {"type": name, "sequence_number": sequence, **data}
+
+
+def _messages_events(answer: Answer) -> Iterator[Event]:
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"message": _message(answer, done=False)}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+        *(
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+            for piece in answer.words
+        ),
+        ("content_block_stop", {"index": 0}),
+        (
+            "message_delta",
+            {
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": answer.output_tokens},
+            },
+        ),
+        ("message_stop", {}),
+    ]
+    for name, data in events:
+        yield name, {"type": name, **data}
+
+
+async def _stream(request: web.Request, headers: dict[str, str], events: Iterator[Event]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
+    await response.prepare(request)
+    for name, data in events:
+        payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
+        line = b"data: " + payload + b"\n\n"
+        await response.write(line if name is None else b"event: " + name.encode() + b"\n" + line)
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response
 
 
 async def _llm(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     cluster = request.app[_CLUSTER]
+    api = Api.of(request.path)
     request.app[_RECEIVED].append(
         {"path": request.path, "headers": dict(request.headers), "body_b64": base64.b64encode(raw).decode()}
     )
     digest = hashlib.sha256(raw).hexdigest()
     fail = request.app[_FAIL].get("status", 0)
     if fail:
-        return _error(fail, f"fake upstream {cluster} configured to fail", "upstream_failure")
+        return _error(api, fail, f"fake upstream {cluster} configured to fail", "upstream_failure")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+        return _error(api, 400, "We could not parse the JSON body of your request.", "invalid_json")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        return _error(400, "you must provide a model parameter", "missing_model")
+        return _error(api, 400, "you must provide a model parameter", "missing_model")
     expected = request.headers.get(EXPECT_HEADER)
     if expected is not None and digest_without_model(raw) != expected:
-        return _error(422, "body bytes outside `model` differ from what the client sent", "body_corrupted")
+        return _error(api, 422, "body bytes outside `model` differ from what the client sent", "body_corrupted")
     model = body["model"]
     headers = {"x-upstream-cluster": cluster, "x-upstream-model": model, "x-upstream-body-sha256": digest}
-    text = f"answer from {model} on cluster {cluster}"
-    created = int(time.time())
-    chat = request.path.endswith("/chat/completions")
-    if body.get("stream") is True:
-        return await _stream(request, body, headers, text, created, chat, len(raw))
-    usage = _usage(len(raw), len(text.split()))
-    if chat:
-        payload: dict[str, Any] = {
-            "id": f"chatcmpl-{digest[:24]}",
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": usage,
-        }
-    else:
-        payload = {
-            "id": f"cmpl-{digest[:24]}",
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage,
-        }
-    return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
-
-
-async def _stream(
-    request: web.Request,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    text: str,
-    created: int,
-    chat: bool,
-    raw_len: int,
-) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
+    answer = Answer(
+        model=model,
+        text=f"answer from {model} on cluster {cluster}",
+        ident=digest[:24],
+        created=int(time.time()),
+        input_tokens=len(raw) // 4 + 1,
     )
-    await response.prepare(request)
-    model = body["model"]
-    words = text.split(" ")
-    ident = f"chatcmpl-{headers['x-upstream-body-sha256'][:24]}"
-
-    def chunk(delta: dict[str, Any] | None, finish: str | None, piece: str = "") -> bytes:
-        if chat:
-            payload: dict[str, Any] = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}],
-            }
-        else:
-            payload = {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}],
-            }
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-    await response.write(chunk({"role": "assistant", "content": ""}, None))
-    for i, word in enumerate(words):
-        piece = word if i == 0 else " " + word
-        await response.write(chunk({"content": piece}, None, piece))
-        await asyncio.sleep(0)
-    await response.write(chunk({}, "stop"))
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        usage_chunk = {
-            "id": ident,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": _usage(raw_len, len(words)),
-        }
-        await response.write(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
+    if body.get("stream") is True:
+        match api:
+            case Api.RESPONSES:
+                events = _responses_events(answer, body)
+            case Api.MESSAGES:
+                events = _messages_events(answer)
+            case _:
+                events = _chat_events(answer, body, chat=api is Api.CHAT)
+        return await _stream(request, headers, events)
+    match api:
+        case Api.CHAT:
+            payload = _chat(answer)
+        case Api.COMPLETIONS:
+            payload = _completion(answer)
+        case Api.RESPONSES:
+            payload = _response(answer, body, done=True)
+        case Api.MESSAGES:
+            payload = _message(answer, done=True)
+    return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
 
 
 async def _received(request: web.Request) -> web.Response:
@@ -196,12 +372,10 @@ def make_app(cluster: str, keep: int = 256) -> web.Application:
     app[_CLUSTER] = cluster
     app[_RECEIVED] = deque(maxlen=keep)
     app[_FAIL] = {}
-    app.router.add_post("/v1/chat/completions", _llm)
-    app.router.add_post("/v1/completions", _llm)
-    app.router.add_post("/{tail:.*}", _llm)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_received", _received)
     app.router.add_post("/_fail", _set_fail)
+    app.router.add_post("/{tail:.*}", _llm)
     return app
 
 

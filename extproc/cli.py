@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--weak", help="the cheap model's name in `scores`")
     ev.add_argument("--strong", help="the strong model's name in `scores`")
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
+    report = sub.add_parser("report", help="savings per tenant and model from the router's JSON decision logs")
+    report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -99,6 +102,12 @@ def _eval(args: argparse.Namespace) -> int:
     return code
 
 
+def _report(args: argparse.Namespace) -> int:
+    from extproc.report import write_report
+
+    return write_report(args.logs, sys.stdout, as_json=args.json)
+
+
 def _inject_webhook(args: argparse.Namespace) -> int:
     from extproc.webhook import run_webhook
 
@@ -109,7 +118,13 @@ def _inject_webhook(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``model-router`` console script."""
     args = _parser().parse_args(argv)
-    commands = {"serve": _serve, "check-config": _check, "eval": _eval, "inject-webhook": _inject_webhook}
+    commands = {
+        "serve": _serve,
+        "check-config": _check,
+        "eval": _eval,
+        "report": _report,
+        "inject-webhook": _inject_webhook,
+    }
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -22,12 +22,17 @@ __all__ = [
     "SecuritySettings",
     "ServerSettings",
     "Settings",
+    "StickinessSettings",
     "TelemetrySettings",
+    "TenantPolicy",
     "load_config",
     "parse_config",
 ]
 
 Price = Annotated[float, Field(ge=0, le=10_000)]
+LatencyClass = Literal["fast", "standard", "slow"]
+Constraint = Literal["quality", "max_cost", "latency"]
+"""The per-request constraint headers a tenant may be allowed to send."""
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -46,6 +51,8 @@ class CatalogModel(_Strict):
     ability: Annotated[float, Field(ge=-10, le=10)] | None = None
     """On the classifier's difficulty scale; omitted = the classifier's default for this model name."""
     context_window: Annotated[int, Field(gt=0)] = 128_000
+    latency_class: LatencyClass = "standard"
+    """``slow`` models are excluded from requests that ask for ``interactive`` latency."""
 
 
 class ServerSettings(_Strict):
@@ -104,8 +111,20 @@ class TelemetrySettings(_Strict):
     sampling_ratio: Unit = 1.0
     """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""
     service_name: Annotated[str, Field(min_length=1, max_length=100)] = "model-router"
+    decision_log: bool = False
+    """Log one JSON line per decision at info level (otherwise at debug); ``model-router report`` reads them."""
     log_prompts: bool = False
     """Put prompt text (cut to 200 characters) into decision logs and spans. Off: prompts may hold personal data."""
+
+
+class StickinessSettings(_Strict):
+    """Conversations that escalated to a stronger model do not fall back to a weaker one mid-conversation."""
+
+    enabled: bool = True
+    session_header: Annotated[str, Field(pattern=r"^[a-z0-9\-]+$")] = "x-session-id"
+    """If absent, the key is a hash of the conversation's system prompt and first user message."""
+    max_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 100_000
+    ttl_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
 
 
 class PolicySettings(_Strict):
@@ -121,6 +140,27 @@ class PolicySettings(_Strict):
     """Honour ``x-model-router-quality`` (0..1) per request."""
     expected_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 300
     """Used for cost estimates when the request sets no output limit."""
+    allowed_constraints: tuple[Constraint, ...] = ("quality", "max_cost", "latency")
+    """Constraint headers honoured for requests without a tenant (``x-model-router-quality``, ``-max-cost``,
+    ``-latency``)."""
+    invalid_constraint: Literal["ignore", "reject"] = "ignore"
+    """A malformed constraint header is ignored, or answered with a 400 from the router."""
+    shadow: bool = False
+    """Decide and record, but leave every request untouched (see the savings with ``model-router report``)."""
+    tenant_header: Annotated[str, Field(pattern=r"^[a-z0-9\-]+$")] | None = None
+    """Request header naming the tenant; it must be set by the gateway (e.g. from a JWT claim), not the client."""
+    stickiness: StickinessSettings = StickinessSettings()
+
+
+class TenantPolicy(_Strict):
+    """What one tenant may use and wants by default."""
+
+    models: tuple[str, ...] | None = None
+    """Catalog subset for this tenant (null = the whole catalog)."""
+    default_model: str | None = None
+    quality_target: Unit | None = None
+    allowed_constraints: tuple[Constraint, ...] | None = None
+    shadow: bool | None = None
 
 
 class Settings(_Strict):
@@ -133,6 +173,7 @@ class Settings(_Strict):
     telemetry: TelemetrySettings = TelemetrySettings()
     policy: PolicySettings
     catalog: Annotated[tuple[CatalogModel, ...], Field(min_length=1)]
+    tenants: dict[Annotated[str, Field(min_length=1, max_length=200)], TenantPolicy] = {}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -142,8 +183,25 @@ class Settings(_Strict):
             if name in seen:
                 raise ValueError(f"catalog[{i}].name: duplicate model name {name!r}")
             seen.add(name)
+        problems: list[str] = []
         if self.policy.default_model not in seen:
-            raise ValueError(f"policy.default_model: {self.policy.default_model!r} is not in catalog")
+            problems.append(f"policy.default_model: {self.policy.default_model!r} is not in catalog")
+        for tenant, rules in self.tenants.items():
+            for j, name in enumerate(rules.models or ()):
+                if name not in seen:
+                    problems.append(f"tenants.{tenant}.models[{j}]: {name!r} is not in catalog")
+            default = rules.default_model
+            if default is not None and default not in (rules.models or seen):
+                problems.append(f"tenants.{tenant}.default_model: {default!r} is not among the tenant's models")
+            if default is None and rules.models and self.policy.default_model not in rules.models:
+                problems.append(
+                    f"tenants.{tenant}.default_model: required, policy.default_model "
+                    f"{self.policy.default_model!r} is not among the tenant's models"
+                )
+        if self.tenants and self.policy.tenant_header is None:
+            problems.append("policy.tenant_header: required when tenants are configured")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -163,13 +221,13 @@ def parse_config(data: object) -> Settings:
     except ValidationError as exc:
         errors = exc.errors()
         item_paths = {_field_path(tuple(e["loc"][:1])) for e in errors if len(e["loc"]) > 1}
-        problems = []
+        problems: list[str] = []
         for err in errors:
             path = _field_path(tuple(err["loc"]))
             if err["type"] == "too_short" and path in item_paths:
                 continue  # pydantic also reports an empty tuple when its only items are invalid
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(msg if not path else f"{path}: {msg}")
+            problems.extend(line if not path else f"{path}: {line}" for line in msg.split("\n"))
         raise ConfigError(problems) from None
 
 

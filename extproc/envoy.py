@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "continue_for",
     "header_mutation",
     "headers_continue",
+    "immediate_error",
     "response_headers_set",
 ]
 
@@ -91,6 +94,19 @@ def body_rewrite(
             )
         ),
         dynamic_metadata=dynamic,
+    )
+
+
+def immediate_error(status: int, message: str, code: str) -> pb.ProcessingResponse:
+    """Answer the client directly with an OpenAI-style JSON error; the request goes no further."""
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=header_mutation({"content-type": "application/json"}),
+            body=body,
+            details=f"model_router_{code}",
+        )
     )
 
 

@@ -36,6 +36,8 @@ class Reason(enum.StrEnum):
     NO_ELIGIBLE_MODEL = "no_eligible_model"
     NO_PROMPT_TEXT = "no_prompt_text"
     TRUSTED_OVERRIDE = "trusted_override"
+    BUDGET_TOO_LOW = "budget_too_low_cheapest"
+    STICKY_CONVERSATION = "sticky_conversation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class ResolvedModel:
     output_price_per_mtok: float
     ability: float
     context_window: int
+    latency_class: str = "standard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,12 @@ class RequestFacts:
     input_tokens: int
     output_tokens: int
     quality_target: float
+    max_cost: float | None = None
+    """Per-request cost ceiling in the catalog's currency."""
+    interactive: bool = False
+    """The caller needs interactive latency: ``slow`` models are excluded."""
+    min_ability: float | None = None
+    """The conversation already used a model this able: never pick a weaker one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +105,51 @@ def fallback_decision(default: ResolvedModel, reason: Reason) -> Decision:
     return Decision(model=default, reason=reason, fallback=True, success_probability=None)
 
 
+def _pick(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel]) -> Decision:
+    def cost(m: ResolvedModel) -> float:
+        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
+
+    scored = [(m, success_probability(m.ability, difficulty)) for m in models]
+    meeting = [(m, p) for m, p in scored if p >= facts.quality_target]
+    if meeting:
+        model, p = min(meeting, key=lambda mp: (cost(mp[0]), -mp[0].ability))
+        return Decision(model=model, reason=Reason.CHEAPEST_MEETING_TARGET, fallback=False, success_probability=p)
+    model, p = max(scored, key=lambda mp: (mp[0].ability, -cost(mp[0])))
+    return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)
+
+
 def choose_model(
     prediction: Prediction,
     facts: RequestFacts,
     catalog: Sequence[ResolvedModel],
     default: ResolvedModel,
 ) -> Decision:
-    """Pick the cheapest model predicted to meet the quality target; ties go to the more able model."""
+    """Pick the cheapest model predicted to meet the quality target; ties go to the more able model.
+
+    Filters, in order: the context window must fit; ``interactive`` excludes slow models; ``max_cost`` excludes
+    dearer ones (if it excludes all, the cheapest remaining model is chosen and the reason says so); a
+    conversation's ``min_ability`` then excludes weaker models.
+    """
+
+    def cost(m: ResolvedModel) -> float:
+        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
+
     eligible = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    if facts.interactive:
+        eligible = [m for m in eligible if m.latency_class != "slow"]
     if not eligible:
         return fallback_decision(default, Reason.NO_ELIGIBLE_MODEL)
-    scored = [(m, success_probability(m.ability, prediction.difficulty)) for m in eligible]
-    meeting = [(m, p) for m, p in scored if p >= facts.quality_target]
-    if meeting:
-        model, p = min(
-            meeting,
-            key=lambda mp: (estimate_cost(mp[0], facts.input_tokens, facts.output_tokens), -mp[0].ability),
-        )
-        return Decision(
-            model=model, reason=Reason.CHEAPEST_MEETING_TARGET, fallback=False, success_probability=p
-        )
-    model, p = max(scored, key=lambda mp: (mp[0].ability, -estimate_cost(mp[0], facts.input_tokens, 0)))
-    return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)
+    if facts.max_cost is not None:
+        affordable = [m for m in eligible if cost(m) <= facts.max_cost]
+        if not affordable:
+            cheapest = min(eligible, key=cost)
+            p = success_probability(cheapest.ability, prediction.difficulty)
+            return Decision(model=cheapest, reason=Reason.BUDGET_TOO_LOW, fallback=False, success_probability=p)
+        eligible = affordable
+    decision = _pick(prediction.difficulty, facts, eligible)
+    if facts.min_ability is not None and decision.model.ability < facts.min_ability:
+        floor = [m for m in eligible if m.ability >= facts.min_ability]
+        if floor:
+            sticky = _pick(prediction.difficulty, facts, floor)
+            return Decision(sticky.model, Reason.STICKY_CONVERSATION, False, sticky.success_probability)
+    return decision

@@ -20,6 +20,10 @@ class Outcome(enum.StrEnum):
     """The router could not decide on the merits and sent the request to the fallback model."""
     PASSTHROUGH = "passthrough"
     """The request was forwarded untouched."""
+    SHADOW = "shadow"
+    """Shadow mode: decided and recorded, but the request was forwarded untouched."""
+    REJECTED = "rejected"
+    """The router answered 400 itself (a malformed constraint header, in ``reject`` mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class DecisionRecord:
     classify_seconds: float | None = None
     total_seconds: float | None = None
     stream: bool = False
+    tenant: str | None = None
     started_unix_ns: int = 0
     """Wall-clock start of the decision, for the span."""
     traceparent: str | None = None
@@ -75,15 +80,16 @@ def record_json(rec: DecisionRecord) -> str:
 
 
 class LogSink:
-    """Writes one JSON line per record at debug level."""
+    """Writes one JSON line per record (at debug level unless told otherwise)."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, level: int = logging.DEBUG) -> None:
         self._logger = logger
+        self._level = level
 
     def record(self, rec: DecisionRecord) -> None:
-        """Log ``rec`` as JSON if debug logging is on."""
-        if self._logger.isEnabledFor(logging.DEBUG):
-            self._logger.debug(record_json(rec))
+        """Log ``rec`` as JSON if the logger is enabled for this sink's level."""
+        if self._logger.isEnabledFor(self._level):
+            self._logger.log(self._level, record_json(rec))
 
     def error(self, reason: str) -> None:
         """Errors are logged where they happen; nothing to add."""

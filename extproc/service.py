@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from classifier.model import DifficultyModel, Prediction
+from extproc.conversations import ConversationMemory
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
 from extproc.telemetry import Telemetry
@@ -46,11 +47,16 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         classify: Classify,
         telemetry: Telemetry,
         new_id: Callable[[], str] = new_decision_id,
+        memory: ConversationMemory | None = None,
     ) -> None:
         self._snapshots = snapshots
         self._classify = classify
         self._telemetry = telemetry
         self._new_id = new_id
+        if memory is None:
+            sticky = snapshots.current.settings.policy.stickiness
+            memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)
+        self._memory = memory
 
     async def Process(
         self,
@@ -60,7 +66,12 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         """Answer every message of one HTTP request's stream, in order."""
         metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
         handler = StreamHandler(
-            self._snapshots.current, self._classify, self._telemetry, self._new_id, trace_headers=metadata
+            self._snapshots.current,
+            self._classify,
+            self._telemetry,
+            self._new_id,
+            trace_headers=metadata,
+            memory=self._memory,
         )
         in_flight = self._telemetry.streams_in_flight
         in_flight.inc()

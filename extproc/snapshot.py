@@ -14,7 +14,19 @@ from extproc.config import Settings
 from extproc.errors import ConfigError
 from extproc.policy import ResolvedModel
 
-__all__ = ["Snapshot", "SnapshotRef", "build_snapshot"]
+__all__ = ["Snapshot", "SnapshotRef", "TenantView", "build_snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """The catalog subset and defaults one tenant (or the global policy, ``name=None``) routes with."""
+
+    name: str | None
+    catalog: tuple[ResolvedModel, ...]
+    default: ResolvedModel
+    quality_target: float
+    allowed_constraints: frozenset[str]
+    shadow: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +38,16 @@ class Snapshot:
     catalog: tuple[ResolvedModel, ...]
     by_name: Mapping[str, ResolvedModel]
     routable: frozenset[str]
+    tenants: Mapping[str | None, TenantView]
 
     @property
     def default_model(self) -> ResolvedModel:
         """The model used when the router cannot decide."""
         return self.by_name[self.settings.policy.default_model]
+
+    def tenant_view(self, tenant: str | None) -> TenantView:
+        """The view of ``tenant``; unknown or absent tenants get the global policy."""
+        return self.tenants.get(tenant) or self.tenants[None]
 
 
 def build_snapshot(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> Snapshot:
@@ -56,17 +73,42 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
                 output_price_per_mtok=entry.output_price_per_mtok,
                 ability=ability,
                 context_window=entry.context_window,
+                latency_class=entry.latency_class,
             )
         )
     if problems:
         raise ConfigError(problems)
     catalog = tuple(resolved)
+    by_name = {m.name: m for m in catalog}
+    policy = settings.policy
+    views: dict[str | None, TenantView] = {
+        None: TenantView(
+            name=None,
+            catalog=catalog,
+            default=by_name[policy.default_model],
+            quality_target=policy.quality_target,
+            allowed_constraints=frozenset(policy.allowed_constraints),
+            shadow=policy.shadow,
+        )
+    }
+    for name, rules in settings.tenants.items():
+        subset = tuple(by_name[n] for n in rules.models) if rules.models else catalog
+        allowed = rules.allowed_constraints if rules.allowed_constraints is not None else policy.allowed_constraints
+        views[name] = TenantView(
+            name=name,
+            catalog=subset,
+            default=by_name[rules.default_model or policy.default_model],
+            quality_target=rules.quality_target if rules.quality_target is not None else policy.quality_target,
+            allowed_constraints=frozenset(allowed),
+            shadow=rules.shadow if rules.shadow is not None else policy.shadow,
+        )
     return Snapshot(
         settings=settings,
         model=model,
         catalog=catalog,
-        by_name={m.name: m for m in catalog},
-        routable=frozenset(settings.policy.routable_models),
+        by_name=by_name,
+        routable=frozenset(policy.routable_models),
+        tenants=views,
     )
 
 

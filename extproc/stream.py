@@ -12,7 +12,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
 from extproc.bodyedit import replace_model
+from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
+from extproc.conversations import ConversationMemory, conversation_key
 from extproc.policy import (
     Decision,
     Reason,
@@ -35,13 +36,12 @@ from extproc.policy import (
 )
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
-from extproc.schemas import schema_for_path
+from extproc.schemas import HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
 
 __all__ = [
     "CLUSTER_HEADER",
     "HEADER_PREFIX",
-    "QUALITY_HEADER",
     "Classify",
     "ProtocolError",
     "Stage",
@@ -50,13 +50,11 @@ __all__ = [
 
 HEADER_PREFIX = "x-model-router-"
 CLUSTER_HEADER = HEADER_PREFIX + "cluster"
-QUALITY_HEADER = HEADER_PREFIX + "quality"
 OVERRIDE_HEADER = HEADER_PREFIX + "override"
 OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
 RESPONSE_MODEL_HEADER = HEADER_PREFIX + "model"
 RESPONSE_TIER_HEADER = HEADER_PREFIX + "tier"
 RESPONSE_DECISION_HEADER = HEADER_PREFIX + "decision-id"
-
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
@@ -81,12 +79,8 @@ class Stage(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class _Request:
     path: str
-    method: str
-    content_type: str
-    content_encoding: str
-    quality: str | None
-    override: str | None
-    override_token: str | None
+    headers: Mapping[str, str]
+    policy: RequestPolicy
 
 
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
@@ -101,8 +95,23 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def _header_pass_reason(h: Mapping[str, str], end_of_stream: bool) -> PassReason | None:
+    """Why a request will not be routed, if that is already clear from its headers."""
+    if schema_for_path(h.get(":path", "")) is None:
+        return PassReason.UNKNOWN_PATH
+    if h.get(":method") != "POST":
+        return PassReason.NOT_POST
+    if end_of_stream:
+        return PassReason.NO_BODY
+    if not _is_json(h.get("content-type", "")):
+        return PassReason.NOT_JSON_CONTENT_TYPE
+    if h.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return PassReason.CONTENT_ENCODED
+    return None
+
+
 class StreamHandler:
-    """Owns all state of one ext_proc stream; shares only the immutable snapshot with other streams."""
+    """Owns all state of one ext_proc stream; shares only the immutable snapshot (and the conversation memory)."""
 
     def __init__(
         self,
@@ -113,6 +122,7 @@ class StreamHandler:
         clock: Callable[[], float] = time.perf_counter,
         trace_headers: Mapping[str, str] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        memory: ConversationMemory | None = None,
     ) -> None:
         self._snap = snapshot
         self._classify = classify
@@ -120,6 +130,7 @@ class StreamHandler:
         self._new_id = new_id
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
+        self._memory = memory
         self.stage = Stage.WAIT_HEADERS
         self._request: _Request | None = None
         self._record: DecisionRecord | None = None
@@ -144,7 +155,7 @@ class StreamHandler:
                     return self._on_headers(msg.request_headers)
                 case "request_body", Stage.WAIT_BODY:
                     return await self._on_body(msg.request_body)
-                case "response_headers", _ if self._record is not None and self._record.selected_model:
+                case "response_headers", _ if self._record is not None and self._record.outcome in _ROUTED:
                     return [envoy.response_headers_set(self._decision_headers(self._record))]
                 case _:
                     return [self._continue(kind)]
@@ -160,69 +171,56 @@ class StreamHandler:
         assert response is not None  # checked in handle()
         return response
 
+    def _emit(self, rec: DecisionRecord) -> None:
+        self.stage = Stage.FINISHED
+        self._record = rec
+        self._sink.record(rec)
+
     def _context_fields(self) -> dict[str, Any]:
         return {
             "started_unix_ns": self._started_ns or self._wall_clock_ns(),
             "traceparent": self._trace.get("traceparent"),
             "tracestate": self._trace.get("tracestate"),
+            "tenant": self._request.policy.tenant if self._request else None,
         }
 
     def _pass(self, reason: PassReason) -> None:
-        self.stage = Stage.FINISHED
-        self._record = DecisionRecord(
-            decision_id=self._new_id(),
-            outcome=Outcome.PASSTHROUGH,
-            reason=reason.value,
-            **self._context_fields(),
+        self._emit(
+            DecisionRecord(
+                decision_id=self._new_id(), outcome=Outcome.PASSTHROUGH, reason=reason.value, **self._context_fields()
+            )
         )
-        self._sink.record(self._record)
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
         if "traceparent" not in self._trace:
             self._trace = {k: h[k] for k in _TRACE_HEADERS if k in h}
         owned = sorted(k for k in h if k.startswith(HEADER_PREFIX))
-        req = _Request(
-            path=h.get(":path", ""),
-            method=h.get(":method", ""),
-            content_type=h.get("content-type", ""),
-            content_encoding=h.get("content-encoding", "identity").strip().lower(),
-            quality=h.get(QUALITY_HEADER),
-            override=h.get(OVERRIDE_HEADER),
-            override_token=h.get(OVERRIDE_TOKEN_HEADER),
-        )
-        self._request = req
-        reason = None
-        if schema_for_path(req.path) is None:
-            reason = PassReason.UNKNOWN_PATH
-        elif req.method != "POST":
-            reason = PassReason.NOT_POST
-        elif headers.end_of_stream:
-            reason = PassReason.NO_BODY
-        elif not _is_json(req.content_type):
-            reason = PassReason.NOT_JSON_CONTENT_TYPE
-        elif req.content_encoding not in ("", "identity"):
-            reason = PassReason.CONTENT_ENCODED
-        if reason is None:
-            self.stage = Stage.WAIT_BODY
-            return [envoy.headers_continue(owned, skip_body=False)]
-        if reason is not PassReason.UNKNOWN_PATH:
-            self._pass(reason)
-        else:
-            self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
-        return [envoy.headers_continue(owned, skip_body=True)]
-
-    def _quality_target(self) -> float:
-        policy = self._snap.settings.policy
-        raw = self._request.quality if self._request else None
-        if raw is not None and policy.quality_header:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if 0.0 <= value <= 1.0:
-                return value
-        return policy.quality_target
+        reason = _header_pass_reason(h, headers.end_of_stream)
+        if reason is not None:
+            if reason is PassReason.UNKNOWN_PATH:
+                self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
+            else:
+                self._pass(reason)
+            return [envoy.headers_continue(owned, skip_body=True)]
+        try:
+            policy = resolve_request_policy(h, self._snap)
+        except ConstraintError as exc:
+            self._emit(
+                DecisionRecord(
+                    decision_id=self._new_id(),
+                    outcome=Outcome.REJECTED,
+                    reason="invalid_constraint",
+                    **self._context_fields(),
+                )
+            )
+            return [envoy.immediate_error(400, str(exc), "invalid_model_router_constraint")]
+        for ignored in policy.ignored:
+            self._sink.error("constraint_ignored")
+            _log.debug("ignoring constraint header %s", ignored)
+        self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy)
+        self.stage = Stage.WAIT_BODY
+        return [envoy.headers_continue(owned, skip_body=False)]
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()
@@ -239,42 +237,59 @@ class StreamHandler:
         if isinstance(parsed, Passthrough):
             self._pass(parsed.reason)
             return [self._continue("request_body")]
-        decision, prediction, classify_seconds = await self._decide(parsed)
+        policy = self._request.policy
+        memory_key = self._conversation_key(parsed)
+        decision, prediction, classify_seconds = await self._decide(parsed, policy, memory_key)
         new_body = replace_model(raw, decision.model.name)
         if new_body is None:  # duplicate or non-string top-level model: ambiguous, do not touch
             self._pass(PassReason.NO_MODEL)
             return [self._continue("request_body")]
-        self._record = self._build_record(parsed, decision, prediction, classify_seconds, start)
-        self._sink.record(self._record)
-        self.stage = Stage.FINISHED
+        if memory_key is not None and self._memory is not None and not policy.shadow:
+            self._memory.remember(memory_key, decision.model.ability)
+        self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start))
+        if policy.shadow:
+            return [self._continue("request_body")]
+        assert self._record is not None
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, self._metadata(self._record))]
 
-    def _trusted_pin(self) -> ResolvedModel | None:
+    def _conversation_key(self, parsed: ParsedRequest) -> str | None:
+        if self._memory is None or self._request is None:
+            return None
+        settings = self._snap.settings.policy.stickiness
+        if not settings.enabled:
+            return None
+        session = self._request.headers.get(settings.session_header)
+        seed = parsed.schema.conversation_seed(parsed.body) if isinstance(parsed.schema, HasConversation) else ""
+        return conversation_key(self._request.policy.tenant, session, seed)
+
+    def _trusted_pin(self, policy: RequestPolicy) -> ResolvedModel | None:
         """The pinned model if the request carries one and proves it is trusted; every other case is ignored."""
-        req = self._request
-        if req is None or req.override is None:
+        assert self._request is not None
+        pin = self._request.headers.get(OVERRIDE_HEADER)
+        if pin is None:
             return None
         expected = self._snap.settings.security.override.token_sha256
-        token = req.override_token
+        token = self._request.headers.get(OVERRIDE_TOKEN_HEADER)
         if expected is None or token is None:
             self._sink.error("untrusted_override")
             return None
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if not hmac.compare_digest(digest, expected):
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):
             self._sink.error("untrusted_override")
             return None
-        model = self._snap.by_name.get(req.override.strip())
+        model = next((m for m in policy.catalog if m.name == pin.strip()), None)
         if model is None:
             self._sink.error("unknown_override_model")
         return model
 
-    async def _decide(self, parsed: ParsedRequest) -> tuple[Decision, Prediction | None, float | None]:
+    async def _decide(
+        self, parsed: ParsedRequest, policy: RequestPolicy, memory_key: str | None
+    ) -> tuple[Decision, Prediction | None, float | None]:
         snap = self._snap
-        pinned = self._trusted_pin()
+        pinned = self._trusted_pin(policy)
         if pinned is not None:
             return pinned_decision(pinned), None, None
-        fallback = snap.by_name.get(parsed.requested_model, snap.default_model)
+        fallback = next((m for m in policy.catalog if m.name == parsed.requested_model), policy.default)
         if not parsed.prompt_text.strip():
             return fallback_decision(fallback, Reason.NO_PROMPT_TEXT), None, None
         t0 = self._clock()
@@ -289,13 +304,17 @@ class StreamHandler:
             requested_model=parsed.requested_model,
             input_tokens=parsed.input_tokens,
             output_tokens=parsed.max_output_tokens or snap.settings.policy.expected_output_tokens,
-            quality_target=self._quality_target(),
+            quality_target=policy.quality_target,
+            max_cost=policy.max_cost,
+            interactive=policy.interactive,
+            min_ability=self._memory.floor(memory_key) if self._memory is not None and memory_key else None,
         )
-        return choose_model(prediction, facts, snap.catalog, fallback), prediction, classify_seconds
+        return choose_model(prediction, facts, policy.catalog, fallback), prediction, classify_seconds
 
     def _build_record(
         self,
         parsed: ParsedRequest,
+        policy: RequestPolicy,
         decision: Decision,
         prediction: Prediction | None,
         classify_seconds: float | None,
@@ -303,11 +322,13 @@ class StreamHandler:
     ) -> DecisionRecord:
         snap = self._snap
         out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
-        baseline = snap.by_name.get(parsed.requested_model, snap.default_model)
+        baseline = snap.by_name.get(parsed.requested_model, policy.default)
         excerpt = parsed.prompt_text[:200] if snap.settings.telemetry.log_prompts else None
+        outcome = Outcome.FALLBACK if decision.fallback else Outcome.ROUTED
+        outcome = Outcome.SHADOW if policy.shadow else outcome
         return DecisionRecord(
             decision_id=self._new_id(),
-            outcome=Outcome.FALLBACK if decision.fallback else Outcome.ROUTED,
+            outcome=outcome,
             reason=decision.reason.value,
             schema=parsed.schema.name,
             requested_model=parsed.requested_model,
@@ -317,7 +338,7 @@ class StreamHandler:
             difficulty=prediction.difficulty if prediction else None,
             confidence=prediction.confidence if prediction else None,
             success_probability=decision.success_probability,
-            quality_target=self._quality_target(),
+            quality_target=policy.quality_target,
             input_tokens=parsed.input_tokens,
             cost_requested=estimate_cost(baseline, parsed.input_tokens, out_tokens),
             cost_selected=estimate_cost(decision.model, parsed.input_tokens, out_tokens),
@@ -346,3 +367,6 @@ class StreamHandler:
             "decision_id": rec.decision_id,
             "reason": rec.reason,
         }
+
+
+_ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)

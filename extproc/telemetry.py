@@ -51,6 +51,7 @@ _ATTRIBUTES: Mapping[str, str] = {
     "reason": "model_router.reason",
     "decision_id": "model_router.decision_id",
     "stream": "gen_ai.request.stream",
+    "tenant": "model_router.tenant",
     "prompt_excerpt": "model_router.prompt_excerpt",
 }
 _OPERATIONS = {"openai.chat": "chat", "openai.completions": "text_completion"}
@@ -78,7 +79,7 @@ class Telemetry:
         span_processor: SpanProcessor | None = None,
     ) -> None:
         self.settings = settings
-        self._log = LogSink(logger)
+        self._log = LogSink(logger, logging.INFO if settings.decision_log else logging.DEBUG)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.decisions = Counter(
@@ -110,8 +111,15 @@ class Telemetry:
         )
         self.cost_saved = Counter(
             "model_router_estimated_cost_saved",
-            "Estimated cost saved versus sending each routed request to its requested (or default) model, "
-            "in the catalog's currency.",
+            "Estimated cost saved versus sending each request to its requested (or default) model, in the "
+            "catalog's currency; mode=shadow counts what shadow mode would have saved.",
+            ["mode"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "model_router_rejections",
+            "Requests the router answered with a 400 itself, by reason.",
+            ["reason"],
             registry=r,
         )
         self.streams_in_flight = Gauge(
@@ -147,6 +155,8 @@ class Telemetry:
         """Count, trace and log one decision."""
         if rec.outcome is Outcome.PASSTHROUGH:
             self.passthroughs.labels(reason=rec.reason).inc()
+        elif rec.outcome is Outcome.REJECTED:
+            self.rejections.labels(reason=rec.reason).inc()
         else:
             self.decisions.labels(
                 api_schema=rec.schema or "",
@@ -162,7 +172,8 @@ class Telemetry:
             if rec.classify_seconds is not None:
                 self.classify_seconds.observe(rec.classify_seconds)
             if rec.cost_requested is not None and rec.cost_selected is not None:
-                self.cost_saved.inc(max(0.0, rec.cost_requested - rec.cost_selected))
+                mode = "shadow" if rec.outcome is Outcome.SHADOW else "routed"
+                self.cost_saved.labels(mode=mode).inc(max(0.0, rec.cost_requested - rec.cost_selected))
         self._span(rec)
         self._log.record(rec)
 

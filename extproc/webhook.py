@@ -126,6 +126,12 @@ class WebhookSettings(_Strict):
     sidecar: InjectionSettings
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _port_in_range(self) -> Self:
+        if not 0 < int(self.listen.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError("listen: the port must be 1..65535")
+        return self
+
 
 class InvalidReviewError(ValueError):
     """The request body is not an AdmissionReview that can be answered (no ``request.uid``)."""
@@ -227,6 +233,16 @@ def _names(items: object) -> set[str]:
     return {str(item.get("name")) for item in items if isinstance(item, dict)}
 
 
+def _container_ports(containers: list[Any]) -> set[int]:
+    return {
+        port["containerPort"]
+        for c in containers
+        if isinstance(c, dict) and isinstance(c.get("ports"), list)
+        for port in c["ports"]
+        if isinstance(port, dict) and isinstance(port.get("containerPort"), int)
+    }
+
+
 def _list_field(spec: Mapping[str, Any], key: str) -> list[Any] | None:
     """``spec[key]`` if it is a list, ``None`` if absent or null; ``ValueError`` otherwise."""
     value = spec.get(key)
@@ -268,6 +284,9 @@ def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dic
     clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME})
     if clashes:
         return [], f"not injected: the pod already has volumes named {', '.join(clashes)}"
+    taken = sorted(_container_ports(containers + (init_containers or [])) & {settings.grpc_port, settings.metrics_port})
+    if taken:
+        return [], f"not injected: the pod already uses port {', '.join(map(str, taken))}"
     config_map = annotations.get(ANNOTATION_CONFIG_MAP, settings.config_map)
     if not isinstance(config_map, str) or len(config_map) > 253 or not _DNS1123.match(config_map):
         return [], f"not injected: {ANNOTATION_CONFIG_MAP} is not a valid ConfigMap name: {config_map!r}"
@@ -370,7 +389,7 @@ class _Server(ThreadingHTTPServer):
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
         self.tls.refresh()
-        # The handshake runs in the handler's thread (_Handler.setup), so a slow client blocks no one.
+        # The handshake runs in the handler's thread (_Handler.handle), so a slow client blocks no one.
         return self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -382,9 +401,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 10
 
-    def setup(self) -> None:
-        super().setup()  # sets the socket timeout first
-        self.request.do_handshake()
+    def handle(self) -> None:
+        try:
+            self.request.do_handshake()  # here, in the connection's thread, under the handler's socket timeout
+        except (OSError, ssl.SSLError) as exc:
+            _log.debug("TLS handshake with %s failed: %s", self.address_string(), exc)
+            return
+        super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
@@ -422,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             review = json.loads(self.rfile.read(length))
             answer = mutate(review, self.server.settings.sidecar)
-        except (ValueError, UnicodeDecodeError) as exc:  # InvalidReviewError and JSONDecodeError are ValueErrors
+        except (ValueError, RecursionError) as exc:  # InvalidReviewError, JSONDecodeError: ValueErrors
             self._error(HTTPStatus.BAD_REQUEST, f"not an AdmissionReview v1: {exc}")
             return
         response = answer["response"]

@@ -7,12 +7,14 @@ An unknown path passes through untouched: we are a guest on someone else's gatew
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
+from extproc.schemas.openai_responses import OpenAIResponses
 
-__all__ = ["SCHEMAS_BY_PATH", "ApiSchema", "schema_for_path"]
+__all__ = ["SCHEMAS_BY_PATH", "ApiSchema", "HasConversation", "schema_for_path"]
 
 
 class ApiSchema(Protocol):
@@ -37,11 +39,22 @@ class ApiSchema(Protocol):
         ...
 
 
+@runtime_checkable
+class HasConversation(Protocol):
+    """Schemas of multi-turn APIs: what identifies a conversation when no session header is sent."""
+
+    def conversation_seed(self, body: Mapping[str, Any]) -> str:
+        """Text that identifies the conversation across its turns; empty if it cannot yet be identified."""
+        ...
+
+
 SCHEMAS_BY_PATH: Mapping[str, ApiSchema] = {
     "/v1/chat/completions": OpenAIChat(),
     "/chat/completions": OpenAIChat(),
     "/v1/completions": OpenAICompletions(),
     "/completions": OpenAICompletions(),
+    "/v1/responses": OpenAIResponses(),
+    "/v1/messages": AnthropicMessages(),
 }
 
 

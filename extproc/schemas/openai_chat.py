@@ -34,6 +34,19 @@ class OpenAIChat:
                 return text_of_content(message.get("content"))
         return ""
 
+    def conversation_seed(self, body: Mapping[str, Any]) -> str:
+        """System messages, the first user message and the first assistant reply; empty before the first reply.
+
+        The opening alone ("Hi") is shared by countless conversations; the first reply makes it this one.
+        """
+        parts: list[str] = []
+        for message in self._messages(body):
+            role = message.get("role")
+            parts.append(text_of_content(message.get("content")))
+            if role == "assistant":
+                return "\x1e".join(parts)
+        return ""
+
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of every message's text."""
         return sum(len(text_of_content(m.get("content"))) for m in self._messages(body))

@@ -34,7 +34,12 @@ def _format(responses: list[pb.ProcessingResponse]) -> str:
 
 
 def test_there_are_golden_cases_for_every_schema() -> None:
-    assert {p.parent.name for p in CASES} >= {"openai_chat", "openai_completions"}
+    assert {p.parent.name for p in CASES} >= {
+        "openai_chat",
+        "openai_completions",
+        "openai_responses",
+        "anthropic_messages",
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{p.parent.name}/{p.name}" for p in CASES])

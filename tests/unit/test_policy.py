@@ -28,38 +28,38 @@ def _model(name: str, ability: float, price: float, window: int = 128_000) -> Re
 
 
 SMALL = _model("small", 0.0, 0.05, window=8_000)
+BATCH = ResolvedModel("batch", "c-batch", "batch", 0.01, 0.04, 2.0, 128_000, latency_class="slow")
 CHEAP = _model("cheap", 1.0, 0.15)
 FRONTIER = _model("frontier", 3.0, 2.5)
 CATALOG = (FRONTIER, SMALL, CHEAP)  # order must not matter
 
 
-def facts(tokens: int = 100, target: float = 0.8) -> RequestFacts:
-    return RequestFacts(requested_model="auto", input_tokens=tokens, output_tokens=300, quality_target=target)
+def facts(
+    tokens: int = 100,
+    target: float = 0.8,
+    max_cost: float | None = None,
+    interactive: bool = False,
+    min_ability: float | None = None,
+) -> RequestFacts:
+    return RequestFacts("auto", tokens, 300, target, max_cost, interactive, min_ability)
 
 
 @pytest.mark.parametrize(
     ("difficulty", "request_facts", "want", "reason"),
     [
-        pytest.param(
-            -3.0, facts(), "small", Reason.CHEAPEST_MEETING_TARGET, id="trivial-prompt-goes-smallest"
-        ),
+        pytest.param(-3.0, facts(), "small", Reason.CHEAPEST_MEETING_TARGET, id="trivial-prompt-goes-smallest"),
         pytest.param(-1.0, facts(), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="easy-prompt-goes-cheap"),
-        pytest.param(
-            1.5, facts(), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="hard-prompt-goes-frontier"
-        ),
-        pytest.param(
-            5.0, facts(), "frontier", Reason.NONE_MEETS_TARGET, id="too-hard-for-all-goes-most-able"
-        ),
-        pytest.param(
-            -1.0, facts(target=0.95), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="high-target-escalates"
-        ),
+        pytest.param(1.5, facts(), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="hard-prompt-goes-frontier"),
+        pytest.param(5.0, facts(), "frontier", Reason.NONE_MEETS_TARGET, id="too-hard-for-all-goes-most-able"),
+        pytest.param(-1.0, facts(target=0.95), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="high-target-escalates"),
         pytest.param(1.5, facts(target=0.3), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="low-target-saves"),
-        pytest.param(
-            -3.0, facts(tokens=20_000), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="context-window-filters"
-        ),
-        pytest.param(
-            0.0, facts(tokens=10**6), "frontier", Reason.NO_ELIGIBLE_MODEL, id="nothing-fits-falls-back"
-        ),
+        pytest.param(-3.0, facts(tokens=20_000), "cheap", Reason.CHEAPEST_MEETING_TARGET, id="context-window-filters"),
+        pytest.param(0.0, facts(tokens=10**6), "frontier", Reason.NO_ELIGIBLE_MODEL, id="nothing-fits-falls-back"),
+        pytest.param(1.5, facts(max_cost=0.0005), "cheap", Reason.NONE_MEETS_TARGET, id="budget-caps-the-choice"),
+        pytest.param(1.5, facts(max_cost=0.0), "small", Reason.BUDGET_TOO_LOW, id="budget-below-all-cheapest"),
+        pytest.param(-3.0, facts(min_ability=1.0), "cheap", Reason.STICKY_CONVERSATION, id="sticky-floor"),
+        pytest.param(1.5, facts(min_ability=1.0), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="sticky-no-cap"),
+        pytest.param(-3.0, facts(min_ability=9.0), "small", Reason.CHEAPEST_MEETING_TARGET, id="sticky-unreachable"),
     ],
 )
 def test_choose_model(difficulty: float, request_facts: RequestFacts, want: str, reason: Reason) -> None:
@@ -84,3 +84,15 @@ def test_success_probability(ability: float, difficulty: float, want: float) -> 
 
 def test_estimate_cost_uses_both_prices() -> None:
     assert estimate_cost(CHEAP, 1_000_000, 1_000_000) == pytest.approx(0.15 + 0.60)
+
+
+@pytest.mark.parametrize(
+    ("interactive", "want"),
+    [
+        pytest.param(False, "batch", id="batch-ok-when-not-interactive"),
+        pytest.param(True, "cheap", id="interactive-skips-slow"),
+    ],
+)
+def test_latency_class(interactive: bool, want: str) -> None:
+    decision = choose_model(Prediction(-1.0, 1.0), facts(interactive=interactive), (CHEAP, BATCH, FRONTIER), FRONTIER)
+    assert decision.model.name == want

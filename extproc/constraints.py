@@ -1,0 +1,110 @@
+"""The effective policy for one request: tenant view + per-request constraint headers.
+
+Pure: headers and a snapshot in, a :class:`RequestPolicy` out (or :class:`ConstraintError` when the config says
+malformed constraint headers are rejected). Which headers a request may use depends on its tenant's
+``allowed_constraints``; a constraint that is not allowed is ignored, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from extproc.policy import ResolvedModel
+from extproc.snapshot import Snapshot, TenantView
+
+__all__ = [
+    "LATENCY_HEADER",
+    "MAX_COST_HEADER",
+    "QUALITY_HEADER",
+    "ConstraintError",
+    "RequestPolicy",
+    "resolve_request_policy",
+]
+
+QUALITY_HEADER = "x-model-router-quality"
+MAX_COST_HEADER = "x-model-router-max-cost"
+LATENCY_HEADER = "x-model-router-latency"
+_LATENCIES = ("interactive", "standard", "batch")
+
+
+class ConstraintError(ValueError):
+    """A constraint header is malformed and the config asks for a 400."""
+
+    def __init__(self, header: str, message: str) -> None:
+        self.header = header
+        super().__init__(f"{header}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """What the policy applies to this request."""
+
+    tenant: str | None
+    catalog: tuple[ResolvedModel, ...]
+    default: ResolvedModel
+    quality_target: float
+    max_cost: float | None
+    interactive: bool
+    shadow: bool
+    ignored: tuple[str, ...]
+    """Constraint headers present but not honoured (malformed in ignore mode, or not allowed)."""
+
+
+def _parse_unit(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def _parse_cost(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> RequestPolicy:
+    """Combine the tenant's view with the request's constraint headers."""
+    policy = snap.settings.policy
+    tenant_header = policy.tenant_header
+    tenant = headers.get(tenant_header) if tenant_header else None
+    view: TenantView = snap.tenant_view(tenant)
+    reject = policy.invalid_constraint == "reject"
+    ignored: list[str] = []
+    values: dict[str, object] = {}
+    for name, header, parse, expected in (
+        ("quality", QUALITY_HEADER, _parse_unit, "a number from 0 to 1"),
+        ("max_cost", MAX_COST_HEADER, _parse_cost, "a non-negative number (the catalog's currency)"),
+        ("latency", LATENCY_HEADER, lambda v: v if v in _LATENCIES else None, "one of " + ", ".join(_LATENCIES)),
+    ):
+        raw = headers.get(header)
+        if raw is None:
+            continue
+        allowed = name in view.allowed_constraints and (name != "quality" or policy.quality_header)
+        if not allowed:
+            ignored.append(header)
+            continue
+        value = parse(raw.strip())
+        if value is None:
+            if reject:
+                raise ConstraintError(header, f"expected {expected}, got {raw[:40]!r}")
+            ignored.append(header)
+            continue
+        values[name] = value
+    quality = values.get("quality")
+    max_cost = values.get("max_cost")
+    return RequestPolicy(
+        tenant=view.name,
+        catalog=view.catalog,
+        default=view.default,
+        quality_target=quality if isinstance(quality, float) else view.quality_target,
+        max_cost=max_cost if isinstance(max_cost, float) else None,
+        interactive=values.get("latency") == "interactive",
+        shadow=view.shadow,
+        ignored=tuple(ignored),
+    )

@@ -1,0 +1,60 @@
+"""Conversation stickiness: once a conversation was escalated to a stronger model, later turns stay at least as strong.
+
+Switching a conversation to a weaker model mid-way changes the voice, the formatting and often the quality of the
+answers the user has been building on. The memory maps a conversation key (the session header, else a hash of the
+conversation's first messages, always prefixed by the tenant) to the strongest ability used so far. It is bounded
+(LRU) and entries expire after a TTL. It lives in one router process: with several workers, a conversation is
+sticky per worker (a session header with consistent hashing in Envoy keeps it on one worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["ConversationMemory", "conversation_key"]
+
+
+def conversation_key(tenant: str | None, session: str | None, seed: str) -> str | None:
+    """A fixed-size key from the session id if there is one, else the conversation seed; None if neither."""
+    if session:
+        material = "s\x00" + session
+    elif seed:
+        material = "c\x00" + seed
+    else:
+        return None
+    return hashlib.blake2b(f"{tenant or ''}\x00{material}".encode(), digest_size=16).hexdigest()
+
+
+class ConversationMemory:
+    """LRU map of conversation key -> the strongest ability used, with a time-to-live."""
+
+    def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_entries
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def floor(self, key: str) -> float | None:
+        """The strongest ability this conversation used, unless it expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        ability, expires = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        return ability
+
+    def remember(self, key: str, ability: float) -> None:
+        """Record that the conversation used a model of ``ability`` (only ever raises the floor)."""
+        previous = self.floor(key)
+        self._entries[key] = (max(ability, previous) if previous is not None else ability, self._clock() + self._ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)

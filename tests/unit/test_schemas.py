@@ -1,0 +1,291 @@
+"""Table tests of each API schema reader: what the classifier reads, the size, the output limit, the message count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, schema_for_path
+from extproc.schemas.anthropic_messages import AnthropicMessages
+from extproc.schemas.openai_chat import OpenAIChat
+from extproc.schemas.openai_completions import OpenAICompletions
+from extproc.schemas.openai_responses import OpenAIResponses
+
+IMAGE_PART = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+IMAGE_BLOCK = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+
+
+def _user(content: Any) -> dict[str, Any]:
+    return {"role": "user", "content": content}
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        pytest.param("/v1/chat/completions", "openai.chat", id="chat"),
+        pytest.param("/v1/completions", "openai.completions", id="completions"),
+        pytest.param("/v1/responses", "openai.responses", id="responses"),
+        pytest.param("/v1/responses?stream=true", "openai.responses", id="responses-query-ignored"),
+        pytest.param("/v1/messages", "anthropic.messages", id="messages"),
+        pytest.param("/v1/messages/count_tokens", None, id="count-tokens-is-not-routed"),
+        pytest.param("/v1/responses/resp_1", None, id="response-retrieval-is-not-routed"),
+        pytest.param("/v1/messages/batches", None, id="batches-are-not-routed"),
+    ],
+)
+def test_registry_matches_exact_paths(path: str, name: str | None) -> None:
+    schema = schema_for_path(path)
+    assert (schema.name if schema else None) == name
+
+
+RESPONSES = OpenAIResponses()
+
+
+@pytest.mark.parametrize(
+    ("body", "text", "chars", "count"),
+    [
+        pytest.param({"input": "What is 2+2?"}, "What is 2+2?", 12, 1, id="string-input"),
+        pytest.param({"instructions": "Be brief.", "input": "hi"}, "hi", 11, 1, id="instructions-count-for-size-only"),
+        pytest.param(
+            {"input": [_user([{"type": "input_text", "text": "a"}, IMAGE_PART, {"type": "text", "text": "b"}])]},
+            "a\nb",
+            3,
+            1,
+            id="input-text-and-text-parts-image-skipped",
+        ),
+        pytest.param(
+            {
+                "input": [
+                    _user("first question"),
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+                    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "follow-up"}]},
+                ]
+            },
+            "follow-up",
+            14 + 2 + 9,
+            3,
+            id="multi-turn-reads-last-user-item",
+        ),
+        pytest.param(
+            {
+                "input": [
+                    _user("weather?"),
+                    {"type": "function_call", "call_id": "c", "name": "w", "arguments": '{"c":1}'},
+                    {"type": "function_call_output", "call_id": "c", "output": "sunny"},
+                ]
+            },
+            "weather?",
+            8 + 7 + 5,
+            3,
+            id="function-call-turns-count-for-size-only",
+        ),
+        pytest.param(
+            {"input": [{"role": "developer", "content": "rules"}, {"role": "assistant", "content": "x"}]},
+            "",
+            6,
+            2,
+            id="no-user-item",
+        ),
+        pytest.param({"input": [_user([IMAGE_PART])]}, "", 0, 1, id="image-only"),
+        pytest.param(
+            {"input": [{"type": "item_reference", "id": "msg_1", "role": "user"}]}, "", 0, 1, id="not-a-message"
+        ),
+        pytest.param({"input": [1, None, "x", _user("ok")]}, "ok", 2, 4, id="junk-items-skipped"),
+        pytest.param({"input": {"role": "user"}}, "", 0, 0, id="input-object"),
+        pytest.param({}, "", 0, 0, id="no-input"),
+        pytest.param({"input": [_user(7)]}, "", 0, 1, id="content-not-text"),
+    ],
+)
+def test_openai_responses_reader(body: dict[str, Any], text: str, chars: int, count: int) -> None:
+    assert RESPONSES.prompt_text(body) == text
+    assert RESPONSES.input_chars(body) == chars
+    assert RESPONSES.message_count(body) == count
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        pytest.param({"max_output_tokens": 256}, 256, id="set"),
+        pytest.param({"max_tokens": 256}, None, id="chat-field-is-not-read"),
+        pytest.param({"max_output_tokens": 0}, None, id="zero"),
+        pytest.param({"max_output_tokens": True}, None, id="bool"),
+        pytest.param({"max_output_tokens": "256"}, None, id="string"),
+        pytest.param({}, None, id="unset"),
+    ],
+)
+def test_openai_responses_max_output_tokens(body: dict[str, Any], want: int | None) -> None:
+    assert RESPONSES.max_output_tokens(body) == want
+
+
+MESSAGES = AnthropicMessages()
+
+
+def _tool_result(content: Any) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": "toolu_1", "content": content}
+
+
+@pytest.mark.parametrize(
+    ("body", "text", "chars", "count"),
+    [
+        pytest.param({"messages": [_user("What is 2+2?")]}, "What is 2+2?", 12, 1, id="string-content"),
+        pytest.param({"system": "Be brief.", "messages": [_user("hi")]}, "hi", 11, 1, id="string-system-size-only"),
+        pytest.param(
+            {"system": [{"type": "text", "text": "Be brief."}, {"type": "x"}], "messages": [_user("hi")]},
+            "hi",
+            11,
+            1,
+            id="block-system-size-only",
+        ),
+        pytest.param(
+            {"messages": [_user([IMAGE_BLOCK, {"type": "text", "text": "a"}, {"type": "text", "text": "b"}])]},
+            "a\nb",
+            3,
+            1,
+            id="text-blocks-image-skipped",
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    _user("first"),
+                    {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+                    _user([{"type": "text", "text": "second"}]),
+                ]
+            },
+            "second",
+            5 + 2 + 6,
+            3,
+            id="multi-turn-reads-last-user-turn",
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    _user("weather?"),
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "w", "input": {}}]},
+                    _user([_tool_result("sunny")]),
+                ]
+            },
+            "sunny",
+            8 + 2 + 5,
+            3,
+            id="tool-result-string-content",
+        ),
+        pytest.param(
+            {"messages": [_user("weather?"), _user([_tool_result([{"type": "text", "text": "rain"}, IMAGE_BLOCK])])]},
+            "rain",
+            12,
+            2,
+            id="tool-result-text-blocks",
+        ),
+        pytest.param(
+            {"messages": [_user("weather?"), _user([_tool_result([IMAGE_BLOCK]), _tool_result(None)])]},
+            "weather?",
+            8,
+            2,
+            id="tool-result-without-text-reads-previous-user-turn",
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    _user("plan"),
+                    _user([_tool_result("")]),
+                    _user([_tool_result([])]),
+                ]
+            },
+            "plan",
+            4,
+            3,
+            id="several-empty-tool-results-walk-back",
+        ),
+        pytest.param(
+            {"messages": [_user([_tool_result("42"), {"type": "text", "text": "explain"}])]},
+            "explain",
+            9,
+            1,
+            id="text-beside-tool-result-wins",
+        ),
+        pytest.param({"messages": [_user("earlier"), _user([IMAGE_BLOCK])]}, "", 7, 2, id="image-only-has-no-text"),
+        pytest.param({"messages": [{"role": "assistant", "content": "hi"}]}, "", 2, 1, id="no-user-turn"),
+        pytest.param({"messages": [1, _user("ok")]}, "ok", 2, 2, id="junk-messages-skipped"),
+        pytest.param({"messages": "hi"}, "", 0, 0, id="messages-string"),
+        pytest.param({}, "", 0, 0, id="no-messages"),
+    ],
+)
+def test_anthropic_messages_reader(body: dict[str, Any], text: str, chars: int, count: int) -> None:
+    assert MESSAGES.prompt_text(body) == text
+    assert MESSAGES.input_chars(body) == chars
+    assert MESSAGES.message_count(body) == count
+
+
+def test_anthropic_tool_use_input_counts_for_size() -> None:
+    tool_use = {"type": "tool_use", "id": "t", "name": "w", "input": {"city": "Paris"}}
+    body = {"messages": [_user("weather?"), {"role": "assistant", "content": [tool_use]}]}
+    assert MESSAGES.input_chars(body) == len("weather?") + len('{"city":"Paris"}')
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        pytest.param({"max_tokens": 1024}, 1024, id="set"),
+        pytest.param({"max_output_tokens": 1024}, None, id="responses-field-is-not-read"),
+        pytest.param({"max_tokens": -1}, None, id="negative"),
+        pytest.param({"max_tokens": 1.5}, None, id="float"),
+        pytest.param({}, None, id="unset"),
+    ],
+)
+def test_anthropic_messages_max_output_tokens(body: dict[str, Any], want: int | None) -> None:
+    assert MESSAGES.max_output_tokens(body) == want
+
+
+@pytest.mark.parametrize(
+    ("schema", "body", "text", "chars", "count", "limit"),
+    [
+        pytest.param(
+            OpenAIChat(),
+            {
+                "messages": [
+                    {"role": "system", "content": "sys"},
+                    _user([{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "u"}}]),
+                ],
+                "max_tokens": 9,
+                "max_completion_tokens": 7,
+            },
+            "look",
+            7,
+            2,
+            7,
+            id="chat",
+        ),
+        pytest.param(
+            OpenAICompletions(), {"prompt": ["a", 1, "bc"], "max_tokens": 5}, "a\nbc", 4, 3, 5, id="completions"
+        ),
+    ],
+)
+def test_existing_readers(
+    schema: ApiSchema, body: dict[str, Any], text: str, chars: int, count: int, limit: int
+) -> None:
+    assert schema.prompt_text(body) == text
+    assert schema.input_chars(body) == chars
+    assert schema.message_count(body) == count
+    assert schema.max_output_tokens(body) == limit
+
+
+HOSTILE: list[Any] = [
+    {},
+    {"input": None, "messages": None, "system": 5, "instructions": ["x"]},
+    {"input": [[], {"content": {"text": "x"}}], "messages": [{"content": [None, 1, {"type": 2}]}]},
+    {"messages": [_user([{"type": "tool_result", "content": {"type": "text"}}])]},
+    {"input": [{"role": "user", "content": [{"type": "input_text", "text": None}]}]},
+    {"input": [{"type": "function_call", "arguments": {"a": 1}}, {"type": "function_call_output", "output": 3}]},
+]
+
+
+ALL_SCHEMAS = sorted({s.name: s for s in SCHEMAS_BY_PATH.values()}.values(), key=lambda s: s.name)
+
+
+@pytest.mark.parametrize("schema", ALL_SCHEMAS, ids=lambda s: s.name)
+@pytest.mark.parametrize("body", HOSTILE)
+def test_every_schema_reads_wrongly_typed_bodies_without_raising(schema: ApiSchema, body: dict[str, Any]) -> None:
+    assert isinstance(schema.prompt_text(body), str)
+    assert schema.input_chars(body) >= 0
+    assert schema.message_count(body) >= 0
+    assert schema.max_output_tokens(body) is None
