@@ -10,28 +10,46 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extproc.config import TelemetrySettings
+from extproc.decision_proto import decision_labels, to_proto
 from extproc.record import DecisionRecord, LogSink, Outcome
 
-__all__ = ["SPAN_NAME", "Telemetry", "span_attributes"]
+__all__ = ["SPAN_NAME", "Telemetry", "parse_traceparent", "span_attributes"]
 
 SPAN_NAME = "model_router.decide"
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-_PROPAGATOR = TraceContextTextMapPropagator()
+_LOW64 = (1 << 64) - 1
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
+_SCOPE = InstrumentationScope("model_router")
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
-# Attribute names: the OpenTelemetry GenAI semantic conventions where one exists, model_router.* otherwise.
+
+def parse_traceparent(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:
+    """The W3C trace context of a parent span; None if absent or invalid (then the decision starts a trace)."""
+    match = _TRACEPARENT.match(traceparent.strip().lower()) if traceparent else None
+    if match is None or match.group(1) == "ff":
+        return None
+    trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
+    if not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else TraceState()
+    return SpanContext(trace_id, span_id, True, TraceFlags(int(match.group(4), 16) & 1), state)
+
+# Attribute names, keyed by RoutingDecision field: the OpenTelemetry GenAI semantic conventions where one exists,
+# model_router.* otherwise.
 _ATTRIBUTES: Mapping[str, str] = {
     "requested_model": "gen_ai.request.model",
     "selected_model": "model_router.selected_model",
@@ -41,10 +59,10 @@ _ATTRIBUTES: Mapping[str, str] = {
     "confidence": "model_router.classifier.confidence",
     "success_probability": "model_router.predicted_success",
     "quality_target": "model_router.quality_target",
-    "input_tokens": "model_router.estimated_input_tokens",
-    "cost_requested": "model_router.estimated_cost.requested",
-    "cost_selected": "model_router.estimated_cost.selected",
-    "schema": "model_router.api_schema",
+    "estimated_input_tokens": "model_router.estimated_input_tokens",
+    "estimated_cost_requested": "model_router.estimated_cost.requested",
+    "estimated_cost_selected": "model_router.estimated_cost.selected",
+    "api_schema": "model_router.api_schema",
     "classify_seconds": "model_router.classify_seconds",
     "total_seconds": "model_router.decide_seconds",
     "outcome": "model_router.outcome",
@@ -58,14 +76,12 @@ _OPERATIONS = {"openai.chat": "chat", "openai.completions": "text_completion"}
 
 
 def span_attributes(rec: DecisionRecord) -> dict[str, Any]:
-    """The span attributes of a decision record (the one mapping from record fields to attribute names)."""
-    attrs: dict[str, Any] = {}
-    for field_name, attr in _ATTRIBUTES.items():
-        value = getattr(rec, field_name)
-        if value is not None:
-            attrs[attr] = str(value) if isinstance(value, Outcome) else value
-    if rec.schema in _OPERATIONS:
-        attrs["gen_ai.operation.name"] = _OPERATIONS[rec.schema]
+    """The span attributes of a decision record, through its ``RoutingDecision`` (the one mapping)."""
+    fields = decision_labels(to_proto(rec))
+    attrs = {attr: fields[name] for name, attr in _ATTRIBUTES.items() if name in fields}
+    operation = _OPERATIONS.get(fields.get("api_schema", ""))
+    if operation:
+        attrs["gen_ai.operation.name"] = operation
     return attrs
 
 
@@ -130,69 +146,93 @@ class Telemetry:
         )
         for result in ("applied", "rejected"):
             self.config_reloads.labels(result=result)
-        self.tracer_provider = self._tracer_provider(span_processor)
-        self._tracer = self.tracer_provider.get_tracer("model_router") if self.tracer_provider else None
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._processor = self._span_processor(span_processor)
+        self._resource = Resource.create({"service.name": settings.service_name})
+        self._rng = random.Random()
+        self._ratio_bound = int(settings.sampling_ratio * (1 << 64))
 
-    def _tracer_provider(self, span_processor: SpanProcessor | None) -> TracerProvider | None:
+    def _span_processor(self, span_processor: SpanProcessor | None) -> SpanProcessor | None:
         endpoint = self.settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
             os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         )
-        if span_processor is None and not endpoint:
-            return None
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": self.settings.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(self.settings.sampling_ratio)),
-        )
-        if span_processor is None:
+        if span_processor is None and endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            insecure = endpoint is not None and endpoint.startswith("http://")
+            insecure = endpoint.startswith("http://")
             span_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
-        provider.add_span_processor(span_processor)
-        return provider
+        return span_processor
+
+    @property
+    def tracing(self) -> bool:
+        """Whether decisions become spans."""
+        return self._processor is not None
+
+    def _child(self, counter: Counter, *values: str) -> Any:
+        """A labelled child, cached: ``labels()`` costs more than the increment."""
+        key = (id(counter), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*values)
+        return child
 
     def record(self, rec: DecisionRecord) -> None:
         """Count, trace and log one decision."""
         if rec.outcome is Outcome.PASSTHROUGH:
-            self.passthroughs.labels(reason=rec.reason).inc()
+            self._child(self.passthroughs, rec.reason).inc()
         elif rec.outcome is Outcome.REJECTED:
-            self.rejections.labels(reason=rec.reason).inc()
+            self._child(self.rejections, rec.reason).inc()
         else:
-            self.decisions.labels(
-                api_schema=rec.schema or "",
-                requested_model=rec.requested_model or "",
-                selected_model=rec.selected_model or "",
-                tier=rec.tier or "",
-                outcome=rec.outcome.value,
-            ).inc()
+            labels = (rec.schema or "", rec.requested_model or "", rec.selected_model or "", rec.tier or "")
+            self._child(self.decisions, *labels, rec.outcome.value).inc()
             if rec.outcome is Outcome.FALLBACK and rec.reason == "classifier_failed":
-                self.errors.labels(reason="classifier_failed").inc()
+                self._child(self.errors, "classifier_failed").inc()
             if rec.total_seconds is not None:
                 self.decision_seconds.observe(rec.total_seconds)
             if rec.classify_seconds is not None:
                 self.classify_seconds.observe(rec.classify_seconds)
             if rec.cost_requested is not None and rec.cost_selected is not None:
                 mode = "shadow" if rec.outcome is Outcome.SHADOW else "routed"
-                self.cost_saved.labels(mode=mode).inc(max(0.0, rec.cost_requested - rec.cost_selected))
+                self._child(self.cost_saved, mode).inc(max(0.0, rec.cost_requested - rec.cost_selected))
         self._span(rec)
         self._log.record(rec)
 
     def _span(self, rec: DecisionRecord) -> None:
-        if self._tracer is None:
+        """Hand a finished span to the processor.
+
+        The decision's start and end are already known, so the span is built finished (a ``ReadableSpan``) rather
+        than driven live through the SDK's tracer, which costs several times more per span. Sampling is the SDK's
+        parent-based rule: a parent's sampled flag decides; without a parent, ``sampling_ratio`` on the trace id.
+        """
+        processor = self._processor
+        if processor is None:
             return
-        carrier = {k: v for k, v in (("traceparent", rec.traceparent), ("tracestate", rec.tracestate)) if v}
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
-        duration_ns = int((rec.total_seconds or 0.0) * 1e9)
-        span = self._tracer.start_span(
-            SPAN_NAME,
-            context=parent,
-            kind=trace.SpanKind.INTERNAL,
-            start_time=rec.started_unix_ns,
-            attributes=span_attributes(rec),
+        parent = parse_traceparent(rec.traceparent, rec.tracestate)
+        if parent is not None:
+            if not parent.trace_flags.sampled:
+                return
+            trace_id, state = parent.trace_id, parent.trace_state
+        else:
+            trace_id = self._rng.getrandbits(128) or 1
+            if (trace_id & _LOW64) >= self._ratio_bound:
+                return
+            state = TraceState()
+        context = SpanContext(trace_id, self._rng.getrandbits(64) or 1, False, _SAMPLED, state)
+        status = Status(StatusCode.ERROR, rec.reason) if rec.outcome is Outcome.FALLBACK else _UNSET
+        processor.on_end(
+            ReadableSpan(
+                name=SPAN_NAME,
+                context=context,
+                parent=parent,
+                resource=self._resource,
+                attributes=span_attributes(rec),
+                kind=SpanKind.INTERNAL,
+                status=status,
+                start_time=rec.started_unix_ns,
+                end_time=rec.started_unix_ns + int((rec.total_seconds or 0.0) * 1e9),
+                instrumentation_scope=_SCOPE,
+            )
         )
-        if rec.outcome is Outcome.FALLBACK:
-            span.set_status(Status(StatusCode.ERROR, rec.reason))
-        span.end(end_time=rec.started_unix_ns + duration_ns)
 
     def error(self, reason: str) -> None:
         """Count an internal error."""
@@ -204,5 +244,5 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop span export."""
-        if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+        if self._processor is not None:
+            self._processor.shutdown()

@@ -114,5 +114,5 @@ def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     quiet = Telemetry(TelemetrySettings(), logging.getLogger("test"))
-    assert quiet.tracer_provider is None
+    assert not quiet.tracing
     quiet.record(ROUTED)  # metrics only; must not raise
