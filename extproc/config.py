@@ -6,7 +6,7 @@ No config is read at import time and nothing here is global: the server builds a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +27,7 @@ __all__ = [
     "TenantPolicy",
     "load_config",
     "parse_config",
+    "validate_model",
 ]
 
 Price = Annotated[float, Field(ge=0, le=10_000)]
@@ -212,12 +213,15 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_config(data: object) -> Settings:
-    """Validate already-loaded YAML data; raise ``ConfigError`` listing every problem with its field path."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_model(model: type[ModelT], data: object) -> ModelT:
+    """Validate loaded YAML into ``model``; raise one ``ConfigError`` listing every problem with its field path."""
     if not isinstance(data, dict):
         raise ConfigError(["<root>: expected a mapping at the top of the file"])
     try:
-        return Settings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         item_paths = {_field_path(tuple(e["loc"][:1])) for e in errors if len(e["loc"]) > 1}
@@ -229,6 +233,11 @@ def parse_config(data: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             problems.extend(line if not path else f"{path}: {line}" for line in msg.split("\n"))
         raise ConfigError(problems) from None
+
+
+def parse_config(data: object) -> Settings:
+    """Validate already-loaded YAML data; raise ``ConfigError`` listing every problem with its field path."""
+    return validate_model(Settings, data)
 
 
 def load_config(path: Path) -> Settings:

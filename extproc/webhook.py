@@ -34,8 +34,9 @@ from types import FrameType
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from extproc.config import validate_model
 from extproc.errors import ConfigError
 
 __all__ = [
@@ -137,26 +138,9 @@ class InvalidReviewError(ValueError):
     """The request body is not an AdmissionReview that can be answered (no ``request.uid``)."""
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_webhook_config(data: object) -> WebhookSettings:
     """Validate loaded YAML; raise ``ConfigError`` listing every problem with its field path."""
-    if not isinstance(data, dict):
-        raise ConfigError(["<root>: expected a mapping at the top of the file"])
-    try:
-        return WebhookSettings.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            path = _field_path(tuple(err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(msg if not path else f"{path}: {msg}")
-        raise ConfigError(problems) from None
+    return validate_model(WebhookSettings, data)
 
 
 def load_webhook_config(path: Path) -> WebhookSettings:
