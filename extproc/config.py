@@ -112,6 +112,9 @@ class TelemetrySettings(_Strict):
     sampling_ratio: Unit = 1.0
     """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""
     service_name: Annotated[str, Field(min_length=1, max_length=100)] = "model-router"
+    response_usage: bool = False
+    """Read real token usage from upstream responses (JSON and SSE) into metrics and logs. Off by default: Envoy
+    then sends every response chunk to the router, which keeps each stream open for the whole response."""
     decision_log: bool = False
     """Log one JSON line per decision at info level (otherwise at debug); ``model-router report`` reads them."""
     log_prompts: bool = False

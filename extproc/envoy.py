@@ -40,6 +40,17 @@ _SKIP_BODY = _MODE(
     response_trailer_mode=_MODE.SKIP,
 )
 
+# request_header_mode must stay SEND: with SKIP, Envoy no longer applies the header mutations of the body answer
+# (content-length, the cluster header) and fails the request with a content-length mismatch.
+_WATCH_RESPONSE = _MODE(
+    request_header_mode=_MODE.SEND,
+    response_header_mode=_MODE.SKIP,
+    request_body_mode=_MODE.BUFFERED,
+    response_body_mode=_MODE.STREAMED,
+    request_trailer_mode=_MODE.SKIP,
+    response_trailer_mode=_MODE.SKIP,
+)
+
 _CONTINUE = {
     "request_headers": lambda: pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
     "response_headers": lambda: pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
@@ -69,19 +80,16 @@ def header_mutation(set_headers: Mapping[str, str], remove: Iterable[str] = ()) 
     )
 
 
-def headers_continue(remove: Iterable[str], skip_body: bool) -> pb.ProcessingResponse:
-    """Answer the request-headers message: drop ``remove``; ``skip_body`` asks Envoy not to send the body."""
+def headers_continue(remove: Iterable[str], skip_body: bool, watch_response: bool = False) -> pb.ProcessingResponse:
+    """Answer the request-headers message: drop ``remove``; ``skip_body`` asks Envoy not to send the body;
+    ``watch_response`` asks for the response body too, streamed chunk by chunk (to read token usage)."""
     remove = list(remove)
     common = pb.CommonResponse(header_mutation=header_mutation({}, remove)) if remove else None
-    return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(response=common),
-        mode_override=_SKIP_BODY if skip_body else None,
-    )
+    override = _SKIP_BODY if skip_body else (_WATCH_RESPONSE if watch_response else None)
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common), mode_override=override)
 
 
-def body_rewrite(
-    body: bytes, set_headers: Mapping[str, str], metadata: Mapping[str, str]
-) -> pb.ProcessingResponse:
+def body_rewrite(body: bytes, set_headers: Mapping[str, str], metadata: Mapping[str, str]) -> pb.ProcessingResponse:
     """Replace the request body, set headers (incl. ``content-length``) and re-run route selection."""
     dynamic = struct_pb2.Struct()
     dynamic.get_or_create_struct(METADATA_NAMESPACE).update(dict(metadata))
@@ -113,7 +121,5 @@ def immediate_error(status: int, message: str, code: str) -> pb.ProcessingRespon
 def response_headers_set(set_headers: Mapping[str, str]) -> pb.ProcessingResponse:
     """Answer a response-headers message by overwriting ``set_headers`` (used only if Envoy sends that phase)."""
     return pb.ProcessingResponse(
-        response_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=header_mutation(set_headers))
-        )
+        response_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=header_mutation(set_headers)))
     )

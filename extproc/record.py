@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = ["DecisionRecord", "DecisionSink", "LogSink", "Outcome", "record_json"]
@@ -69,14 +69,16 @@ class DecisionSink(Protocol):
         """Count an internal error (``reason`` from a small closed set)."""
         ...
 
-
-_TRACE_FIELDS = ("started_unix_ns", "traceparent", "tracestate")
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Record the real usage the upstream reported for the request behind ``rec``."""
+        ...
 
 
 def record_json(rec: DecisionRecord) -> str:
-    """The decision as one JSON object (the form logs and reports read)."""
-    fields = {k: v for k, v in asdict(rec).items() if k not in _TRACE_FIELDS and v is not None}
-    return json.dumps({"event": "decision", **fields}, default=str)
+    """The decision as one JSON object: ``RoutingDecision``'s canonical proto3 JSON (the form logs and reports read)."""
+    from extproc.decision_proto import decision_dict, to_proto  # the mapping module imports this one
+
+    return json.dumps({"event": "decision", **decision_dict(to_proto(rec))})
 
 
 class LogSink:
@@ -93,3 +95,16 @@ class LogSink:
 
     def error(self, reason: str) -> None:
         """Errors are logged where they happen; nothing to add."""
+
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Log the real usage, joined to the decision by its id."""
+        if self._logger.isEnabledFor(self._level):
+            line = {
+                "event": "usage",
+                "decision_id": rec.decision_id,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "cost": cost,
+            }
+            self._logger.log(self._level, json.dumps(line))

@@ -38,6 +38,7 @@ from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
 from extproc.schemas import HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
+from extproc.usage import UsageScanner
 
 __all__ = [
     "CLUSTER_HEADER",
@@ -138,6 +139,7 @@ class StreamHandler:
         # the call metadata; the request's own traceparent header is the fallback.
         self._trace = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_HEADERS}
         self._started_ns = 0
+        self._usage: UsageScanner | None = None
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -157,6 +159,9 @@ class StreamHandler:
                     return await self._on_body(msg.request_body)
                 case "response_headers", _ if self._record is not None and self._record.outcome in _ROUTED:
                     return [envoy.response_headers_set(self._decision_headers(self._record))]
+                case "response_body", _ if self._usage is not None:
+                    self._on_response_chunk(msg.response_body)
+                    return [self._continue(kind)]
                 case _:
                     return [self._continue(kind)]
         except Exception:
@@ -220,7 +225,8 @@ class StreamHandler:
             _log.debug("ignoring constraint header %s", ignored)
         self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy)
         self.stage = Stage.WAIT_BODY
-        return [envoy.headers_continue(owned, skip_body=False)]
+        watch = self._snap.settings.telemetry.response_usage
+        return [envoy.headers_continue(owned, skip_body=False, watch_response=watch)]
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()
@@ -247,11 +253,26 @@ class StreamHandler:
         if memory_key is not None and self._memory is not None and not policy.shadow:
             self._memory.remember(memory_key, decision.model.ability)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start))
+        if self._snap.settings.telemetry.response_usage:
+            self._usage = UsageScanner()
+            # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
+            unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
+            self._usage_model = unchanged if policy.shadow else decision.model
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, self._metadata(self._record))]
+
+    def _on_response_chunk(self, chunk: pb.HttpBody) -> None:
+        assert self._usage is not None and self._record is not None
+        self._usage.feed(chunk.body)
+        if chunk.end_of_stream:
+            usage = self._usage.finish()
+            self._usage = None
+            if usage is not None:
+                cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
+                self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)
 
     def _conversation_key(self, parsed: ParsedRequest) -> str | None:
         if self._memory is None or self._request is None:

@@ -48,6 +48,7 @@ def parse_traceparent(traceparent: str | None, tracestate: str | None = None) ->
     state = TraceState.from_header([tracestate]) if tracestate else TraceState()
     return SpanContext(trace_id, span_id, True, TraceFlags(int(match.group(4), 16) & 1), state)
 
+
 # Attribute names, keyed by RoutingDecision field: the OpenTelemetry GenAI semantic conventions where one exists,
 # model_router.* otherwise.
 _ATTRIBUTES: Mapping[str, str] = {
@@ -138,9 +139,19 @@ class Telemetry:
             ["reason"],
             registry=r,
         )
-        self.streams_in_flight = Gauge(
-            "model_router_streams_in_flight", "ext_proc streams currently open.", registry=r
+        self.usage_tokens = Counter(
+            "model_router_usage_tokens",
+            "Tokens the upstream reported (telemetry.response_usage), by model and direction.",
+            ["model", "direction"],
+            registry=r,
         )
+        self.usage_cost = Counter(
+            "model_router_usage_cost",
+            "Cost of the tokens the upstream reported, at catalog prices, in the catalog's currency.",
+            ["model"],
+            registry=r,
+        )
+        self.streams_in_flight = Gauge("model_router_streams_in_flight", "ext_proc streams currently open.", registry=r)
         self.config_reloads = Counter(
             "model_router_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
@@ -153,8 +164,10 @@ class Telemetry:
         self._ratio_bound = int(settings.sampling_ratio * (1 << 64))
 
     def _span_processor(self, span_processor: SpanProcessor | None) -> SpanProcessor | None:
-        endpoint = self.settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
-            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        endpoint = (
+            self.settings.otlp_endpoint
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            or (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
         )
         if span_processor is None and endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -233,6 +246,13 @@ class Telemetry:
                 instrumentation_scope=_SCOPE,
             )
         )
+
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Count the real usage of one routed request and log it."""
+        self._child(self.usage_tokens, model, "input").inc(input_tokens)
+        self._child(self.usage_tokens, model, "output").inc(output_tokens)
+        self._child(self.usage_cost, model).inc(cost)
+        self._log.usage(rec, model, input_tokens, output_tokens, cost)
 
     def error(self, reason: str) -> None:
         """Count an internal error."""

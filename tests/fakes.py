@@ -58,8 +58,13 @@ class RecordingSink:
     def record(self, rec: DecisionRecord) -> None:
         self.records.append(rec)
 
+    usages: list[tuple[str, int, int, float]] = field(default_factory=list)
+
     def error(self, reason: str) -> None:
         self.errors.append(reason)
+
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        self.usages.append((model, input_tokens, output_tokens, cost))
 
 
 def sequential_ids() -> Callable[[], str]:

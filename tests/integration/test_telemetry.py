@@ -132,3 +132,52 @@ def test_metrics_count_known_traffic(stack: Stack) -> None:
     assert "model_router_estimated_cost_saved_total" in after
     assert "model_router_config_reloads_total" in after
 
+
+
+@pytest.fixture(scope="module")
+def usage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    overrides = {"classifier": {"kind": "heuristic"}, "telemetry": {"response_usage": True}}
+    with Stack(workdir=tmp_path_factory.mktemp("usage"), router_overrides=overrides) as s:
+        yield s
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_response_usage_is_recorded(usage_stack: Stack, stream: bool) -> None:
+    import openai
+
+    before = httpx.get(usage_stack.metrics_url).text
+    client = openai.OpenAI(base_url=usage_stack.base_url + "/v1", api_key="k", max_retries=0)
+    messages: Any = [{"role": "user", "content": HARD}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="auto", messages=messages, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        usage, model = chunks[-1].usage, chunks[-1].model
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.startswith("answer from"), "the stream must arrive intact through the response phase"
+    else:
+        completion = client.chat.completions.create(model="auto", messages=messages)
+        usage, model = completion.usage, completion.model
+    client.close()
+    assert usage is not None
+    after = receiver_free_metrics(usage_stack, before, model)
+    assert after == (usage.prompt_tokens, usage.completion_tokens)
+
+
+def receiver_free_metrics(stack: Stack, before: str, model: str) -> tuple[float, float]:
+    """Deltas of the usage token counters for ``model`` (polled: the usage arrives after the response)."""
+    import time
+
+    for _ in range(50):
+        after = httpx.get(stack.metrics_url).text
+        got = tuple(
+            _metric(after, "model_router_usage_tokens_total", model=model, direction=d)
+            - _metric(before, "model_router_usage_tokens_total", model=model, direction=d)
+            for d in ("input", "output")
+        )
+        if got != (0.0, 0.0):
+            return got  # type: ignore[return-value]
+        time.sleep(0.05)
+    return (0.0, 0.0)
