@@ -126,8 +126,8 @@ def run() -> int:
             print(
                 f"{excerpt:<46} {headers.get('x-model-router-tier', '-'):<9} {model:<22} "
                 f"{headers.get('x-upstream-cluster', '?'):<11} "
-                f"{difficulty if difficulty is None else f'{difficulty:+.2f}':>10} "
-                f"{p_ok if p_ok is None else f'{p_ok:.2f}':>6} "
+                f"{'-' if difficulty is None else f'{difficulty:+.2f}':>10} "
+                f"{'-' if p_ok is None else f'{p_ok:.2f}':>6} "
                 f"{(rec.get('total_seconds') or 0) * 1e6:>9.0f}  {rec.get('reason', '-')}"
             )
         costs = [(d["cost_requested"], d["cost_selected"]) for d in decisions.values() if d.get("cost_selected")]

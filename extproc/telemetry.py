@@ -73,7 +73,12 @@ _ATTRIBUTES: Mapping[str, str] = {
     "tenant": "model_router.tenant",
     "prompt_excerpt": "model_router.prompt_excerpt",
 }
-_OPERATIONS = {"openai.chat": "chat", "openai.completions": "text_completion"}
+_OPERATIONS = {
+    "openai.chat": "chat",
+    "openai.completions": "text_completion",
+    "openai.responses": "chat",
+    "anthropic.messages": "chat",
+}
 
 
 def span_attributes(rec: DecisionRecord) -> dict[str, Any]:

@@ -46,10 +46,18 @@ def _has_tool_result(content: Any) -> bool:
     return any(block.get("type") == "tool_result" for block in _blocks(content))
 
 
+def _json(value: Any) -> str:
+    """``value`` as compact JSON; empty if it cannot be written (nested deeper than orjson's limit of 255)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return ""
+
+
 def _tool_use_chars(content: Any) -> int:
     """Characters of the JSON ``input`` of the ``tool_use`` blocks of ``content``."""
     return sum(
-        len(orjson.dumps(block.get("input")))
+        len(_json(block.get("input")))
         for block in _blocks(content)
         if block.get("type") == "tool_use" and "input" in block
     )
@@ -81,6 +89,19 @@ class AnthropicMessages:
             results = _tool_results_text(content)
             if results:
                 return results
+        return ""
+
+    def conversation_seed(self, body: Mapping[str, Any]) -> str:
+        """``system``, the messages up to the first assistant reply and that reply; empty before it."""
+        parts = [_text(body.get("system"))]
+        for message in self._messages(body):
+            content = message.get("content")
+            parts.append(_text(content) or _tool_results_text(content))
+            if message.get("role") == "assistant":
+                for block in _blocks(content):
+                    if block.get("type") == "tool_use":
+                        parts.append(str(block.get("name")) + "\x1f" + _json(block.get("input")))
+                return "\x1e".join(parts)
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:

@@ -68,6 +68,22 @@ class OpenAIResponses:
                 return _parts_text(item.get("content"), _USER_TEXT_PARTS)
         return ""
 
+    def conversation_seed(self, body: Mapping[str, Any]) -> str:
+        """``instructions``, the items up to the first assistant reply and that reply; empty before it.
+
+        A request that continues by ``previous_response_id`` carries only the new turn: it has no seed.
+        """
+        instructions = body.get("instructions")
+        parts = [instructions] if isinstance(instructions, str) else []
+        for item in self._items(body):
+            if item.get("type") == "function_call":
+                parts.append(str(item.get("name")) + "\x1f" + str(item.get("arguments")))
+                return "\x1e".join(parts)
+            parts.append(_parts_text(item.get("content"), _ANY_TEXT_PARTS))
+            if item.get("role") == "assistant":
+                return "\x1e".join(parts)
+        return ""
+
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of ``instructions`` and of every input item's text."""
         instructions = body.get("instructions")

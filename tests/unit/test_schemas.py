@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, schema_for_path
+from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
@@ -289,3 +289,88 @@ def test_every_schema_reads_wrongly_typed_bodies_without_raising(schema: ApiSche
     assert schema.input_chars(body) >= 0
     assert schema.message_count(body) >= 0
     assert schema.max_output_tokens(body) is None
+
+
+@pytest.mark.parametrize("schema", [RESPONSES, MESSAGES], ids=lambda s: s.name)
+def test_multi_turn_schemas_have_a_conversation_seed(schema: ApiSchema) -> None:
+    assert isinstance(schema, HasConversation)
+
+
+RESPONSES_TURNS: list[dict[str, Any]] = [
+    _user("Name a cat."),
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Whiskers."}]},
+    _user([{"type": "input_text", "text": "Another one."}]),
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Tom."}]},
+    _user("And a dog?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        pytest.param({"input": "Name a cat."}, "", id="string-input-has-no-reply-yet"),
+        pytest.param({"input": RESPONSES_TURNS[:1]}, "", id="first-turn-has-no-reply-yet"),
+        pytest.param({"input": RESPONSES_TURNS[:3]}, "Name a cat.\x1eWhiskers.", id="second-turn"),
+        pytest.param({"input": RESPONSES_TURNS}, "Name a cat.\x1eWhiskers.", id="later-turns-keep-the-seed"),
+        pytest.param(
+            {"instructions": "Be brief.", "input": RESPONSES_TURNS[:3]},
+            "Be brief.\x1eName a cat.\x1eWhiskers.",
+            id="instructions-are-part-of-it",
+        ),
+        pytest.param(
+            {"input": [_user("weather?"), {"type": "function_call", "name": "w", "arguments": "{}"}]},
+            "weather?\x1ew\x1f{}",
+            id="a-function-call-is-a-reply",
+        ),
+        pytest.param({"previous_response_id": "resp_1", "input": "And a dog?"}, "", id="continued-by-id"),
+    ],
+)
+def test_openai_responses_conversation_seed(body: dict[str, Any], want: str) -> None:
+    assert RESPONSES.conversation_seed(body) == want
+
+
+MESSAGES_TURNS: list[dict[str, Any]] = [
+    _user("Name a cat."),
+    {"role": "assistant", "content": [{"type": "text", "text": "Whiskers."}]},
+    _user([{"type": "text", "text": "Another one."}]),
+    {"role": "assistant", "content": "Tom."},
+    _user("And a dog?"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        pytest.param({"messages": MESSAGES_TURNS[:1]}, "", id="first-turn-has-no-reply-yet"),
+        pytest.param({"messages": MESSAGES_TURNS[:3]}, "\x1eName a cat.\x1eWhiskers.", id="second-turn"),
+        pytest.param({"messages": MESSAGES_TURNS}, "\x1eName a cat.\x1eWhiskers.", id="later-turns-keep-the-seed"),
+        pytest.param(
+            {"system": [{"type": "text", "text": "Be brief."}], "messages": MESSAGES_TURNS[:3]},
+            "Be brief.\x1eName a cat.\x1eWhiskers.",
+            id="system-is-part-of-it",
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    _user("weather?"),
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "w", "input": {"c": 1}}]},
+                    _user([_tool_result("sunny")]),
+                ]
+            },
+            '\x1eweather?\x1e\x1ew\x1f{"c":1}',
+            id="a-tool-use-is-a-reply",
+        ),
+    ],
+)
+def test_anthropic_messages_conversation_seed(body: dict[str, Any], want: str) -> None:
+    assert MESSAGES.conversation_seed(body) == want
+
+
+def test_anthropic_tool_use_input_deeper_than_orjson_can_write_counts_nothing() -> None:
+    deep: Any = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    tool_use = {"type": "tool_use", "id": "t", "name": "w", "input": deep}
+    body = {"messages": [_user("q"), {"role": "assistant", "content": [tool_use]}, _user("next")]}
+    assert MESSAGES.input_chars(body) == len("q") + len("next")
+    assert MESSAGES.conversation_seed(body) == "\x1eq\x1e\x1ew\x1f"

@@ -1,0 +1,184 @@
+"""Upstream fallback in the real Envoy: a failing or unreachable small/cheap cluster is retried on the next stronger
+cluster (aggregate clusters + ``previous_priorities``), healthy clusters are never retried, and the stronger cluster
+receives the body the router rewrote (the cheap model's name; README "Envoy settings")."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from devstack.stack import Stack
+from tests.integration.conftest import HEURISTIC
+from tests.integration.test_routing import EASY, HARD, chat_body, post
+
+TO_SMALL = {"x-model-router-quality": "0.5"}
+"""With the demo catalog and the heuristic classifier, the easy prompt goes to ``small`` at this quality target and
+to ``cheap`` at the default one."""
+MODEL_OF = {"small": "llama-3.1-8b-instruct", "cheap": "gpt-4o-mini", "frontier": "gpt-4o"}
+
+
+def without_outlier_detection(cfg: dict[str, Any]) -> None:
+    """Keep each test's failures from ejecting a host for the next tests (ejection is tested on its own)."""
+    for cluster in cfg["static_resources"]["clusters"]:
+        cluster.pop("outlier_detection", None)
+
+
+@pytest.fixture(scope="module")
+def fallback_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own: these tests break and heal its upstreams."""
+    workdir = tmp_path_factory.mktemp("fallback")
+    with Stack(workdir=workdir, router_overrides=HEURISTIC, envoy_patch=without_outlier_detection) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _heal(fallback_stack: Stack) -> Iterator[None]:
+    yield
+    for cluster in fallback_stack.upstream_ports:
+        fail(fallback_stack, cluster, 0)
+
+
+def fail(stack: Stack, cluster: str, status: int) -> None:
+    """Make ``cluster``'s fake upstream answer every request with ``status`` (0 heals it)."""
+    r = httpx.post(f"http://127.0.0.1:{stack.upstream_ports[cluster]}/_fail?status={status}", timeout=5)
+    assert r.status_code == 200
+
+
+def received_count(stack: Stack) -> dict[str, int]:
+    """How many requests each upstream has received (its ``/_received`` keeps the last 256)."""
+    return {
+        cluster: len(httpx.get(f"http://127.0.0.1:{port}/_received", timeout=5).json())
+        for cluster, port in stack.upstream_ports.items()
+    }
+
+
+def envoy_counter(stack: Stack, name: str) -> int:
+    """One counter from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
+    r = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
+    for line in r.text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+def retries(stack: Stack) -> int:
+    return sum(
+        envoy_counter(stack, f"cluster.{c}.upstream_rq_retry") for c in ("small_then_stronger", "cheap_then_stronger")
+    )
+
+
+def test_healthy_upstreams_answer_on_their_own_cluster_without_retries(fallback_stack: Stack) -> None:
+    before, retried = received_count(fallback_stack), retries(fallback_stack)
+    cases = [(chat_body(EASY), TO_SMALL, "small"), (chat_body(EASY), {}, "cheap"), (chat_body(HARD), {}, "frontier")]
+    for body, headers, cluster in cases:
+        r = post(fallback_stack, body, **headers)
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-upstream-cluster"], r.headers["x-model-router-tier"]) == (cluster, cluster)
+        assert r.headers["x-upstream-model"] == MODEL_OF[cluster]
+    after = received_count(fallback_stack)
+    assert {c: after[c] - before[c] for c in after} == {"small": 1, "cheap": 1, "frontier": 1}
+    assert retries(fallback_stack) == retried
+
+
+@pytest.mark.parametrize("status", [503, 500, 429])
+@pytest.mark.parametrize(
+    ("headers", "tier", "stronger"),
+    [pytest.param(TO_SMALL, "small", "cheap", id="small"), pytest.param({}, "cheap", "frontier", id="cheap")],
+)
+def test_failing_cluster_falls_back_to_the_next_stronger(
+    fallback_stack: Stack, status: int, headers: dict[str, str], tier: str, stronger: str
+) -> None:
+    fail(fallback_stack, tier, status)
+    before = received_count(fallback_stack)
+    r = post(fallback_stack, chat_body(EASY), **headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-upstream-cluster"] == stronger
+    # The decision headers describe the router's choice; the retried body still names the cheap model.
+    assert r.headers["x-model-router-tier"] == tier
+    assert r.headers["x-upstream-model"] == r.headers["x-model-router-model"] == MODEL_OF[tier]
+    after = received_count(fallback_stack)
+    assert after[tier] - before[tier] == 1  # tried once, then the next stronger cluster
+    assert after[stronger] - before[stronger] == 1
+
+
+def test_two_failing_tiers_fall_back_to_frontier(fallback_stack: Stack) -> None:
+    fail(fallback_stack, "small", 503)
+    fail(fallback_stack, "cheap", 429)
+    r = post(fallback_stack, chat_body(EASY), **TO_SMALL)
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", MODEL_OF["small"])
+
+
+def test_every_tier_failing_returns_the_last_error(fallback_stack: Stack) -> None:
+    for cluster in fallback_stack.upstream_ports:
+        fail(fallback_stack, cluster, 503)
+    before = received_count(fallback_stack)
+    r = post(fallback_stack, chat_body(EASY), **TO_SMALL)
+    assert r.status_code == 503
+    assert r.headers["x-upstream-cluster"] == "frontier"
+    after = received_count(fallback_stack)
+    assert {c: after[c] - before[c] for c in after} == {"small": 1, "cheap": 1, "frontier": 1}  # no extra attempts
+
+
+def test_client_errors_are_not_retried(fallback_stack: Stack) -> None:
+    fail(fallback_stack, "cheap", 400)
+    before = received_count(fallback_stack)
+    r = post(fallback_stack, chat_body(EASY))
+    assert (r.status_code, r.headers["x-upstream-cluster"]) == (400, "cheap")
+    after = received_count(fallback_stack)
+    assert {c: after[c] - before[c] for c in after} == {"small": 0, "cheap": 1, "frontier": 0}
+
+
+def test_frontier_has_no_stronger_cluster_to_fall_back_to(fallback_stack: Stack) -> None:
+    fail(fallback_stack, "frontier", 503)
+    before = received_count(fallback_stack)
+    r = post(fallback_stack, chat_body(HARD))
+    assert (r.status_code, r.headers["x-upstream-cluster"]) == (503, "frontier")
+    after = received_count(fallback_stack)
+    assert {c: after[c] - before[c] for c in after} == {"small": 0, "cheap": 0, "frontier": 1}
+
+
+def test_streaming_request_falls_back_before_the_stream_starts(fallback_stack: Stack) -> None:
+    fail(fallback_stack, "cheap", 429)
+    client = anthropic.Anthropic(base_url=fallback_stack.base_url, api_key="test-key", max_retries=0)
+    with (
+        client,
+        client.messages.stream(model="auto", max_tokens=64, messages=[{"role": "user", "content": EASY}]) as stream,
+    ):
+        text = "".join(stream.text_stream)
+    assert text == f"answer from {MODEL_OF['cheap']} on cluster frontier"
+
+
+def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> None:
+    """The shipped config: connection refused is retried on the next cluster; after 5 failures the host is ejected
+    and new requests go straight to the next cluster, with no failed attempt; concurrent retries are not capped."""
+    with Stack(workdir=tmp_path, router_overrides=HEURISTIC) as stack:
+        small = stack.procs["upstream-small"]
+        small.terminate()
+        small.wait(10)
+
+        def send(_: int) -> tuple[int, str, str]:
+            r = post(stack, chat_body(EASY), **TO_SMALL)
+            return r.status_code, r.headers.get("x-model-router-tier", ""), r.headers.get("x-upstream-cluster", "")
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(send, range(32)))
+        # On a loaded machine a decision can miss the router's deadline and go to the default model instead.
+        to_small = [cluster for _, tier, cluster in results if tier == "small"]
+        assert [status for status, _, _ in results] == [200] * 32
+        assert len(to_small) >= 16 and set(to_small) == {"cheap"}
+        assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry_overflow") == 0
+        assert envoy_counter(stack, "cluster.small.outlier_detection.ejections_enforced_total") == 1
+        retried = envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry")
+        assert 5 <= retried < len(to_small)
+        for _ in range(5):
+            status, tier, cluster = send(0)
+            assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
+        assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
