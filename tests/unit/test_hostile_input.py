@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from extproc.bodyedit import find_model_span
 from extproc.config import LimitSettings, OverrideSettings, SecuritySettings
 from extproc.request import PassReason, Passthrough, json_depth_exceeds, parse_request
+from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.stream import StreamHandler
 from tests.fakes import RecordingSink, demo_settings, inline_classify, sequential_ids, snapshot
 from tests.protocol import chat_headers, replay
@@ -51,11 +52,12 @@ def _check_safe(raw: bytes, responses: list[pb.ProcessingResponse]) -> None:
     assert lengths == [str(len(new)).encode()]
 
 
+@pytest.mark.parametrize("api", sorted(SCHEMAS_BY_PATH))
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
-async def test_corpus_is_safe(path: Path) -> None:
+async def test_corpus_is_safe(path: Path, api: str) -> None:
     raw = path.read_bytes()
     handler, sink = _handler()
-    responses = await replay(handler, chat_headers(), raw)
+    responses = await replay(handler, chat_headers(path=api), raw)
     _check_safe(raw, responses)
     assert sink.records and not sink.errors
 
