@@ -20,8 +20,15 @@ install: $(DEV_STAMP)
 demo: $(DEV_STAMP)
 	$(PY) -m devstack.demo
 
+# Debian packages the tests need: headless Chromium renders the HTML report in a browser test.
+SYSTEM_STAMP := $(VENV)/.system-installed
+$(SYSTEM_STAMP): $(DEV_STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v kubectl >/dev/null || { echo "kubectl >= 1.27 is needed by the k8s tests (preinstalled on our machines)"; exit 1; }
+	@touch $@
+
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so that can't pass silently.
-test: $(DEV_STAMP) lint
+test: $(DEV_STAMP) $(SYSTEM_STAMP) lint
 	$(PY) -m pytest -q
 
 unit: $(DEV_STAMP)

@@ -123,14 +123,19 @@ def run() -> int:
             excerpt = excerpt[:43] + "..." if len(excerpt) > 46 else excerpt
             difficulty = rec.get("difficulty")
             p_ok = rec.get("success_probability")
+            reason = str(rec.get("reason", "-")).removeprefix("REASON_").lower()
             print(
                 f"{excerpt:<46} {headers.get('x-model-router-tier', '-'):<9} {model:<22} "
                 f"{headers.get('x-upstream-cluster', '?'):<11} "
                 f"{'-' if difficulty is None else f'{difficulty:+.2f}':>10} "
                 f"{'-' if p_ok is None else f'{p_ok:.2f}':>6} "
-                f"{(rec.get('total_seconds') or 0) * 1e6:>9.0f}  {rec.get('reason', '-')}"
+                f"{(rec.get('total_seconds') or 0) * 1e6:>9.0f}  {reason}"
             )
-        costs = [(d["cost_requested"], d["cost_selected"]) for d in decisions.values() if d.get("cost_selected")]
+        costs = [
+            (d["estimated_cost_requested"], d["estimated_cost_selected"])
+            for d in decisions.values()
+            if "estimated_cost_selected" in d
+        ]
         if costs:
             before, after = sum(c[0] for c in costs), sum(c[1] for c in costs)
             print(

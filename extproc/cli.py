@@ -1,4 +1,4 @@
-"""The ``model-router`` command: ``serve``, ``check-config`` and ``eval``."""
+"""The ``model-router`` command: ``serve``, ``check-config``, ``eval``, ``report``, ``explain``, ``inject-webhook``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="savings per tenant and model from the router's JSON decision logs")
     report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument("--html", type=Path, help="also write a self-contained HTML report to this file")
+    report.add_argument("--eval", type=Path, dest="eval_scores", help="`model-router eval --out` scores (JSONL)")
+    report.add_argument("--data", type=Path, help="the EVAL.md data the scores were computed on (with --eval)")
+    report.add_argument("--weak", help="the cheap model's name in the data's `scores` (with --eval)")
+    report.add_argument("--strong", help="the strong model's name in the data's `scores` (with --eval)")
+    explain = sub.add_parser("explain", help="what the router would do with a prompt or request body, and why")
+    explain.add_argument("prompt", nargs="?", help="prompt text (default: stdin; a JSON object there is a body)")
+    explain.add_argument("-f", "--file", help="a request body (JSON) file; - for stdin")
+    explain.add_argument("--path", default="/v1/chat/completions", help="the request path (default: %(default)s)")
+    explain.add_argument("--model", default="auto", help="requested model for a prompt (default: %(default)s)")
+    explain.add_argument(
+        "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
+    )
+    explain.add_argument("--config", type=Path, default=Path("envoy/model-router.yaml"), help="default: %(default)s")
+    explain.add_argument("--target", metavar="HOST:PORT", help="ask a running router's Decide instead")
+    explain.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
     inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -103,9 +119,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from extproc.report import write_report
+    from extproc.report import EvalInput, write_report
 
-    return write_report(args.logs, sys.stdout, as_json=args.json)
+    if (args.eval_scores is None) != (args.data is None):
+        print("model-router report: --eval and --data go together", file=sys.stderr)
+        return 2
+    evaluation = EvalInput(args.eval_scores, args.data, args.weak, args.strong) if args.eval_scores else None
+    return write_report(args.logs, sys.stdout, as_json=args.json, html=args.html, evaluation=evaluation)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from extproc.explain import ExplainInput, run_explain
+
+    headers = []
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            print(f"model-router explain: --header {raw!r}: expected NAME:VALUE", file=sys.stderr)
+            return 2
+        headers.append((name.strip().lower(), value.strip()))
+    source = ExplainInput(args.prompt, args.file, args.path, args.model, tuple(headers))
+    return run_explain(source, args.config, args.target, args.json, sys.stdin, sys.stdout, sys.stderr)
 
 
 def _inject_webhook(args: argparse.Namespace) -> int:
@@ -123,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check,
         "eval": _eval,
         "report": _report,
+        "explain": _explain,
         "inject-webhook": _inject_webhook,
     }
     try:

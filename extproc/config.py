@@ -63,6 +63,8 @@ class ServerSettings(_Strict):
     """``host:port`` or ``unix:/path/to.sock``."""
     classifier_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 50.0
     """Deadline for one classification; keep it well below Envoy's ``message_timeout``."""
+    decision_api: bool = True
+    """Serve ``model_router.v1.ModelRouterService`` (Decide) and gRPC reflection on the router's port."""
     grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
     """On SIGTERM, how long in-flight streams may take before the server stops."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

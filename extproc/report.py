@@ -1,27 +1,49 @@
-"""``model-router report``: turn decision logs into a savings estimate per tenant and model.
+"""``model-router report``: decision logs -> savings by tenant, model and day, traffic per tier; text, JSON or HTML.
 
-Reads the router's JSON log lines (``telemetry.decision_log: true``, or debug level), keeps the decision events
-that chose a model (routed, fallback, and shadow — what shadow mode *would* have done), and sums the estimated
-cost of each request on the model it asked for (or the default model) against the model chosen.
+Reads the router's JSON log lines (``telemetry.decision_log: true``, or debug level). Every decision line is read as
+a ``model_router.v1.RoutingDecision`` — lines written before that message existed are mapped onto it — and lines
+that look like decisions but cannot be read are skipped and counted. Savings count the decisions that chose a
+model (routed, fallback, and shadow: what shadow mode *would* have saved): the estimated cost of each request on
+the model it asked for (or the default model) against the model chosen. With ``--eval`` scores and their EVAL.md
+data, the HTML report adds the cost-quality curve of those scores.
 """
 
 from __future__ import annotations
 
 import gzip
+import html
 import json
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["Savings", "read_decisions", "summarise", "write_report"]
+from google.protobuf import json_format
+
+from extproc.api.model_router.v1 import model_router_pb2 as api
+from extproc.decision_proto import from_legacy_dict, label
+
+__all__ = [
+    "EvalCurve",
+    "EvalInput",
+    "LogReader",
+    "Savings",
+    "Summary",
+    "eval_curve",
+    "render_html",
+    "summarise",
+    "write_report",
+]
 
 _COUNTED = ("routed", "fallback", "shadow")
+NOT_ROUTED = "(not routed)"
+"""The tier label of pass-throughs and rejections in the traffic shares."""
 
 
 @dataclass
 class Savings:
-    """Totals for one (tenant, selected model) group."""
+    """Totals for one group of counted decisions."""
 
     requests: int = 0
     cost_requested: float = 0.0
@@ -33,97 +55,383 @@ class Savings:
         """Estimated cost saved."""
         return self.cost_requested - self.cost_selected
 
+    @property
+    def saved_pct(self) -> float:
+        """Estimated cost saved, in percent of the cost without the router."""
+        return 100 * self.saved / self.cost_requested if self.cost_requested else 0.0
 
-def read_decisions(paths: Iterable[Path]) -> Iterator[dict[str, object]]:
-    """Decision events from log files (plain or .gz); other lines and malformed JSON are skipped."""
-    for path in paths:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                start = line.find("{")
-                if start < 0 or '"decision"' not in line:
-                    continue
-                try:
-                    event = json.loads(line[start:])
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") == "decision":
-                    yield event
+    def add(self, outcome: str, requested: float, selected: float) -> None:
+        """Count one decision."""
+        self.requests += 1
+        self.cost_requested += requested
+        self.cost_selected += selected
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
 
-def summarise(events: Iterable[dict[str, object]]) -> tuple[dict[tuple[str, str], Savings], dict[str, int]]:
-    """Group counted decisions by (tenant, selected model); also count every outcome seen."""
-    groups: dict[tuple[str, str], Savings] = {}
-    outcomes: dict[str, int] = {}
-    for e in events:
-        outcome = str(e.get("outcome"))
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        requested, selected = e.get("cost_requested"), e.get("cost_selected")
-        if outcome not in _COUNTED or not isinstance(requested, (int, float)) or not isinstance(selected, (int, float)):
+@dataclass
+class Summary:
+    """Everything the report shows."""
+
+    by_tenant_model: dict[tuple[str, str], Savings] = field(default_factory=dict)
+    by_model: dict[str, Savings] = field(default_factory=dict)
+    by_tenant: dict[str, Savings] = field(default_factory=dict)
+    by_day: dict[str, Savings] = field(default_factory=dict)
+    total: Savings = field(default_factory=Savings)
+    tiers: dict[str, int] = field(default_factory=dict)
+    """Every decision by the tier it was sent to (:data:`NOT_ROUTED` for pass-throughs and rejections)."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    bad_lines: int = 0
+
+
+class LogReader:
+    """Reads decision lines from log files (plain or .gz) and counts the bad ones."""
+
+    def __init__(self) -> None:
+        self.bad_lines = 0
+
+    def decisions(self, paths: Iterable[Path]) -> Iterator[api.RoutingDecision]:
+        """Every decision in ``paths``; other log lines are ignored, unreadable decision lines counted."""
+        for path in paths:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if '"decision"' not in line or '"event"' not in line:
+                        continue
+                    decision = self._parse(line)
+                    if decision is not None:
+                        yield decision
+
+    def _parse(self, line: str) -> api.RoutingDecision | None:
+        start = line.find("{")
+        try:
+            event = json.loads(line[start:]) if start >= 0 else None
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            self.bad_lines += 1
+            return None
+        if event.get("event") != "decision":
+            return None
+        try:
+            return json_format.ParseDict(from_legacy_dict(event), api.RoutingDecision())
+        except (json_format.ParseError, TypeError, ValueError):
+            self.bad_lines += 1
+            return None
+
+
+def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> Summary:
+    """Group counted decisions by tenant and model, model, tenant and day; count tiers and outcomes."""
+    s = Summary(bad_lines=bad_lines)
+    for d in decisions:
+        outcome = label("outcome", d.outcome) if d.outcome else "unspecified"
+        s.outcomes[outcome] = s.outcomes.get(outcome, 0) + 1
+        chose = outcome in _COUNTED and bool(d.selected_model)
+        tier = (d.tier or "-") if chose else NOT_ROUTED
+        s.tiers[tier] = s.tiers.get(tier, 0) + 1
+        if not chose or not d.HasField("estimated_cost_requested") or not d.HasField("estimated_cost_selected"):
             continue
-        key = (str(e.get("tenant") or "-"), str(e.get("selected_model")))
-        g = groups.setdefault(key, Savings())
-        g.requests += 1
-        g.cost_requested += requested
-        g.cost_selected += selected
-        g.outcomes[outcome] = g.outcomes.get(outcome, 0) + 1
-    return groups, outcomes
+        tenant = d.tenant or "-"
+        day = d.decided_at.ToDatetime().date().isoformat() if d.HasField("decided_at") else "unknown"
+        cost = (outcome, d.estimated_cost_requested, d.estimated_cost_selected)
+        s.by_tenant_model.setdefault((tenant, d.selected_model), Savings()).add(*cost)
+        for groups, key in ((s.by_model, d.selected_model), (s.by_tenant, tenant), (s.by_day, day)):
+            groups.setdefault(key, Savings()).add(*cost)
+        s.total.add(*cost)
+    return s
 
 
-def write_report(paths: list[Path], out: TextIO, as_json: bool = False) -> int:
-    """Print the savings table (or JSON); return 1 if the logs held no decision."""
-    groups, outcomes = summarise(read_decisions(paths))
+@dataclass(frozen=True, slots=True)
+class EvalInput:
+    """``model-router eval`` scores and the EVAL.md data they were computed on."""
+
+    scores: Path
+    data: Path
+    weak: str | None = None
+    strong: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvalCurve:
+    """Quality against the share of requests sent to the strong model, for the router's scores."""
+
+    weak: str
+    strong: str
+    items: int
+    fraction: tuple[float, ...]
+    quality: tuple[float, ...]
+    q_weak: float
+    q_strong: float
+    apgr: float
+    s95: float
+
+
+def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
+    """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises ValueError on bad input."""
+    import numpy as np
+
+    from classifier.evaluate import choose_pair, read_items
+    from classifier.metrics import routing_curve
+
+    scores: dict[str, float] = {}
+    for item in read_items(evaluation.scores):
+        if isinstance(item.get("score"), (int, float)):
+            scores[str(item.get("id"))] = float(item["score"])
+    outcomes = [
+        (scores[str(item.get("id"))], item["scores"])
+        for item in read_items(evaluation.data)
+        if str(item.get("id")) in scores and isinstance(item.get("scores"), dict)
+    ]
     if not outcomes:
-        print("no decision events found: run the router with telemetry.decision_log: true", file=out)
-        return 1
-    if as_json:
-        rows = [
-            {
-                "tenant": t,
-                "model": m,
-                "requests": g.requests,
-                "cost_requested": g.cost_requested,
-                "cost_selected": g.cost_selected,
-                "saved": g.saved,
-                "outcomes": g.outcomes,
-            }
-            for (t, m), g in sorted(groups.items())
-        ]
-        print(json.dumps({"groups": rows, "outcomes": outcomes}, indent=2), file=out)
-        return 0
+        raise ValueError(f"no item of {evaluation.data} has both a score and model outcomes")
+    pair = (evaluation.weak, evaluation.strong)
+    if pair[0] is None or pair[1] is None:
+        chosen = choose_pair([o for _, o in outcomes])
+        if chosen is None:
+            raise ValueError(f"{evaluation.data}: fewer than two models with outcomes")
+        pair = (evaluation.weak or chosen[0], evaluation.strong or chosen[1])
+    weak, strong = pair
+    assert weak is not None and strong is not None
+    rows = [(s, float(o[weak]), float(o[strong])) for s, o in outcomes if weak in o and strong in o]
+    if not rows:
+        raise ValueError(f"{evaluation.data}: no item has outcomes for both {weak} and {strong}")
+    curve = routing_curve([r[0] for r in rows], np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+    step = max(1, (len(curve.fraction) - 1) // (points - 1))
+    keep = list(range(0, len(curve.fraction), step))
+    if keep[-1] != len(curve.fraction) - 1:
+        keep.append(len(curve.fraction) - 1)
+    return EvalCurve(
+        weak=weak,
+        strong=strong,
+        items=len(rows),
+        fraction=tuple(float(curve.fraction[i]) for i in keep),
+        quality=tuple(float(curve.quality[i]) for i in keep),
+        q_weak=curve.q_weak,
+        q_strong=curve.q_strong,
+        apgr=curve.apgr,
+        s95=curve.s95,
+    )
+
+
+def _json(s: Summary) -> dict[str, Any]:
+    def group(g: Savings) -> dict[str, Any]:
+        return {
+            "requests": g.requests,
+            "cost_requested": g.cost_requested,
+            "cost_selected": g.cost_selected,
+            "saved": g.saved,
+            "outcomes": g.outcomes,
+        }
+
+    return {
+        "groups": [{"tenant": t, "model": m, **group(g)} for (t, m), g in sorted(s.by_tenant_model.items())],
+        "by_model": {k: group(g) for k, g in sorted(s.by_model.items())},
+        "by_tenant": {k: group(g) for k, g in sorted(s.by_tenant.items())},
+        "by_day": {k: group(g) for k, g in sorted(s.by_day.items())},
+        "total": group(s.total),
+        "tiers": dict(sorted(s.tiers.items())),
+        "outcomes": s.outcomes,
+        "bad_lines": s.bad_lines,
+    }
+
+
+def _text(s: Summary, out: TextIO) -> None:
     print(
         f"{'tenant':<16} {'selected model':<28} {'requests':>8} {'without router':>15} {'with router':>12} "
         f"{'saved':>10} {'saved %':>8}",
         file=out,
     )
-    tenants: dict[str, Savings] = {}
-    for (tenant, model), g in sorted(groups.items()):
-        pct = 100 * g.saved / g.cost_requested if g.cost_requested else 0.0
+    rows = [(t, m, g) for (t, m), g in sorted(s.by_tenant_model.items())]
+    rows += [(t, "(all models)", g) for t, g in sorted(s.by_tenant.items())]
+    for tenant, model, g in rows:
         print(
             f"{tenant:<16} {model:<28} {g.requests:>8} {g.cost_requested:>15.4f} {g.cost_selected:>12.4f} "
-            f"{g.saved:>10.4f} {pct:>7.1f}%",
+            f"{g.saved:>10.4f} {g.saved_pct:>7.1f}%",
             file=out,
         )
-        t = tenants.setdefault(tenant, Savings())
-        t.requests += g.requests
-        t.cost_requested += g.cost_requested
-        t.cost_selected += g.cost_selected
-    total = Savings()
-    for tenant, t in sorted(tenants.items()):
-        pct = 100 * t.saved / t.cost_requested if t.cost_requested else 0.0
-        print(
-            f"{tenant:<16} {'(all models)':<28} {t.requests:>8} {t.cost_requested:>15.4f} "
-            f"{t.cost_selected:>12.4f} {t.saved:>10.4f} {pct:>7.1f}%",
-            file=out,
-        )
-        total.requests += t.requests
-        total.cost_requested += t.cost_requested
-        total.cost_selected += t.cost_selected
-    pct = 100 * total.saved / total.cost_requested if total.cost_requested else 0.0
+    t = s.total
     print(
-        f"total: {total.requests} requests, estimated {total.cost_selected:.4f} instead of "
-        f"{total.cost_requested:.4f} ({pct:.1f}% saved); outcomes seen: "
-        + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())),
+        f"total: {t.requests} requests, estimated {t.cost_selected:.4f} instead of {t.cost_requested:.4f} "
+        f"({t.saved_pct:.1f}% saved); outcomes seen: " + ", ".join(f"{k}={v}" for k, v in sorted(s.outcomes.items())),
         file=out,
     )
+
+
+def write_report(
+    paths: list[Path],
+    out: TextIO,
+    as_json: bool = False,
+    html: Path | None = None,
+    evaluation: EvalInput | None = None,
+) -> int:
+    """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision."""
+    reader = LogReader()
+    try:
+        summary = summarise(reader.decisions(paths), 0)
+    except OSError as exc:
+        print(f"model-router report: cannot read {exc.filename}: {exc.strerror}", file=out)
+        return 2
+    summary.bad_lines = reader.bad_lines
+    if not summary.outcomes:
+        print("no decision events found: run the router with telemetry.decision_log: true", file=out)
+        if summary.bad_lines:
+            print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
+        return 1
+    curve = None
+    if evaluation is not None:
+        try:
+            curve = eval_curve(evaluation)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"model-router report: --eval: {exc}", file=out)
+            return 2
+    if as_json:
+        print(json.dumps(_json(summary), indent=2), file=out)
+    else:
+        _text(summary, out)
+        if summary.bad_lines:
+            print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
+    if html is not None:
+        html.write_text(render_html(summary, [str(p) for p in paths], curve), encoding="utf-8")
+        if not as_json:
+            print(f"HTML report written to {html}", file=out)
     return 0
+
+
+# --- HTML -------------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px auto; max-width: 1000px; color: #1d2733; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; }
+.muted { color: #5b6775; } .warn { color: #9a3412; }
+.cards { display: flex; gap: 12px; flex-wrap: wrap; }
+.card { border: 1px solid #d6dde5; border-radius: 6px; padding: 10px 14px; min-width: 150px; }
+.card .v { font-size: 20px; font-weight: 600; }
+table { border-collapse: collapse; width: 100%; margin-top: 6px; }
+th, td { padding: 4px 8px; border-bottom: 1px solid #e5e9ef; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+td.bar { width: 30%; } .bar span { display: block; height: 10px; background: #2f7d5b; border-radius: 2px; }
+.tiers { display: flex; height: 22px; border-radius: 4px; overflow: hidden; margin-top: 6px; }
+.tiers div { height: 100%; }
+svg text { font: 11px system-ui, sans-serif; fill: #1d2733; }
+"""
+_TIER_COLOURS = ("#2f7d5b", "#3b82c4", "#b45309", "#7c3aed", "#be123c", "#0f766e", "#64748b")
+
+
+def _fig(name: str, value: float, text: str) -> str:
+    """A figure the browser test reads back: exact value in ``data-value``, formatted text as content."""
+    return f'<td data-figure="{html.escape(name)}" data-value="{value!r}">{html.escape(text)}</td>'
+
+
+def _savings_table(title: str, key_name: str, prefix: str, groups: Mapping[str, Savings]) -> str:
+    peak = max((g.saved for g in groups.values()), default=0.0)
+    rows = []
+    for key, g in sorted(groups.items()):
+        width = 100 * g.saved / peak if peak > 0 and g.saved > 0 else 0.0
+        p = f"{prefix}:{key}"
+        rows.append(
+            f"<tr><td>{html.escape(key)}</td>{_fig(p + ':requests', g.requests, str(g.requests))}"
+            f"{_fig(p + ':without', g.cost_requested, f'{g.cost_requested:.6f}')}"
+            f"{_fig(p + ':with', g.cost_selected, f'{g.cost_selected:.6f}')}"
+            f"{_fig(p + ':saved', g.saved, f'{g.saved:.6f}')}"
+            f"{_fig(p + ':saved_pct', g.saved_pct, f'{g.saved_pct:.1f}%')}"
+            f'<td class="bar"><span style="width:{width:.1f}%"></span></td></tr>'
+        )
+    return (
+        f'<section id="{prefix}"><h2>{html.escape(title)}</h2><table><thead><tr><th>{html.escape(key_name)}</th>'
+        "<th>requests</th><th>without router</th><th>with router</th><th>saved</th><th>saved %</th><th></th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _tier_section(tiers: Mapping[str, int]) -> str:
+    total = sum(tiers.values())
+    bar, rows = [], []
+    for i, (tier, n) in enumerate(sorted(tiers.items(), key=lambda kv: (-kv[1], kv[0]))):
+        share = 100 * n / total if total else 0.0
+        colour = "#cbd5e1" if tier == NOT_ROUTED else _TIER_COLOURS[i % len(_TIER_COLOURS)]
+        bar.append(f'<div style="width:{share:.3f}%;background:{colour}" title="{html.escape(tier)}"></div>')
+        rows.append(
+            f'<tr><td><span style="color:{colour}">&#9632;</span> {html.escape(tier)}</td>'
+            f"{_fig('tier:' + tier + ':requests', n, str(n))}{_fig('tier:' + tier + ':share', share, f'{share:.1f}%')}"
+            "</tr>"
+        )
+    return (
+        '<section id="tiers"><h2>Share of traffic per tier</h2>'
+        f'<div class="tiers">{"".join(bar)}</div><table><thead><tr><th>tier</th><th>requests</th><th>share</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _curve_section(curve: EvalCurve) -> str:
+    w, h, pad = 640, 320, 44
+    lo = min(min(curve.quality), curve.q_weak, curve.q_strong)
+    hi = max(max(curve.quality), curve.q_weak, curve.q_strong)
+    lo, hi = (lo - 0.05, hi + 0.05) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+
+    def xy(f: float, q: float) -> str:
+        return f"{pad + f * (w - 2 * pad):.1f},{h - pad - (q - lo) / (hi - lo) * (h - 2 * pad):.1f}"
+
+    points = " ".join(xy(f, q) for f, q in zip(curve.fraction, curve.quality, strict=True))
+    ticks = "".join(
+        f'<text x="{pad + t * (w - 2 * pad):.1f}" y="{h - pad + 16}" text-anchor="middle">{t:.0%}</text>'
+        for t in (0, 0.25, 0.5, 0.75, 1)
+    )
+    yticks = "".join(
+        f'<text x="{pad - 6}" y="{h - pad - k / 4 * (h - 2 * pad) + 4:.1f}" text-anchor="end">'
+        f"{lo + k / 4 * (hi - lo):.2f}</text>"
+        for k in range(5)
+    )
+    s95 = "n/a" if math.isnan(curve.s95) else f"{curve.s95:.1%}"
+    apgr = "n/a" if math.isnan(curve.apgr) else f"{curve.apgr:.3f}"
+    return (
+        '<section id="curve"><h2>Cost-quality curve</h2>'
+        f'<p class="muted">{curve.items} EVAL items: the hardest-scored share goes to {html.escape(curve.strong)}, '
+        f"the rest to {html.escape(curve.weak)}; quality is the mean outcome. Dashed: random routing.</p>"
+        f'<table><tbody><tr><td>APGR</td>{_fig("eval:apgr", curve.apgr, apgr)}</tr>'
+        f"<tr><td>S95 (share to {html.escape(curve.strong)} for 95% of its quality)</td>"
+        f'{_fig("eval:s95", curve.s95, s95)}</tr></tbody></table>'
+        f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">'
+        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#94a3b8"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#94a3b8"/>'
+        f'<polyline points="{xy(0, curve.q_weak)} {xy(1, curve.q_strong)}" fill="none" stroke="#94a3b8" '
+        'stroke-dasharray="5,4"/>'
+        f'<polyline points="{points}" fill="none" stroke="#2f7d5b" stroke-width="2"/>{ticks}{yticks}'
+        f'<text x="{w / 2}" y="{h - 6}" text-anchor="middle">share of requests sent to {html.escape(curve.strong)}'
+        "</text></svg></section>"
+    )
+
+
+def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no external resources)."""
+    t = s.total
+    outcomes = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(s.outcomes.items()))
+    bad = (
+        f'<p class="warn" id="bad-lines">Skipped <span data-figure="bad_lines" data-value="{s.bad_lines}">'
+        f"{s.bad_lines}</span> unreadable decision line(s).</p>"
+        if s.bad_lines
+        else ""
+    )
+    cards = "".join(
+        f'<div class="card"><div class="muted">{label_}</div><div class="v" data-figure="total:{name}" '
+        f'data-value="{value!r}">{html.escape(text)}</div></div>'
+        for label_, name, value, text in (
+            ("requests decided", "requests", t.requests, str(t.requests)),
+            ("without router", "without", t.cost_requested, f"{t.cost_requested:.6f}"),
+            ("with router", "with", t.cost_selected, f"{t.cost_selected:.6f}"),
+            ("saved", "saved", t.saved, f"{t.saved:.6f}"),
+            ("saved %", "saved_pct", t.saved_pct, f"{t.saved_pct:.1f}%"),
+        )
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>model-router report</title>'
+        f"<style>{_CSS}</style></head><body><h1>model-router: estimated savings</h1>"
+        f'<p class="muted">From {html.escape(", ".join(sources))}. Estimated cost of each request on the model it '
+        "asked for (or the default model) against the model the router chose, in the catalog's currency; shadow "
+        f"decisions count what shadow mode would have saved. Decisions seen: {outcomes}.</p>{bad}"
+        f'<div class="cards">{cards}</div>'
+        + _savings_table("Savings by model", "selected model", "model", s.by_model)
+        + _savings_table("Savings by tenant", "tenant", "tenant", s.by_tenant)
+        + _savings_table("Savings by day (UTC)", "day", "day", s.by_day)
+        + _tier_section(s.tiers)
+        + (_curve_section(curve) if curve is not None else "")
+        + "</body></html>\n"
+    )

@@ -12,8 +12,12 @@ from pathlib import Path
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+from extproc.conversations import ConversationMemory
+from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.reload import reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService, executor_classify
 from extproc.snapshot import SnapshotRef
@@ -52,16 +56,26 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classify")
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)])
+    classify = executor_classify(executor)
+    sticky = first.policy.stickiness
+    memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
     pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessorService(snapshots, executor_classify(executor), telemetry), server
+        ExternalProcessorService(snapshots, classify, telemetry, memory=memory), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [EXT_PROC_SERVICE]
+    if first.server.decision_api:
+        api_grpc.add_ModelRouterServiceServicer_to_server(
+            DecisionService(snapshots, classify, telemetry, memory), server
+        )
+        services.append(DECIDE_SERVICE)
+    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         stop_metrics()
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", EXT_PROC_SERVICE):
+    for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _log.info("model-router listening on %s (classifier %s)", address, snapshots.current.model.name)
     print(f"model-router ready on {address}", flush=True)

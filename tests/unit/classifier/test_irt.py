@@ -1,0 +1,118 @@
+"""IRT fits recover known parameters from simulated outcomes; the calibration table is monotone and exact."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from classifier.irt import (
+    CalibrationTable,
+    canonical_model_name,
+    fit_abilities,
+    fit_rasch,
+    fit_success_curve,
+    main,
+    sigmoid,
+)
+
+
+def simulate(seed: int, items: int, models: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(size=items)
+    ability = np.linspace(-1.5, 1.5, models)
+    item, model = (a.ravel() for a in np.meshgrid(np.arange(items), np.arange(models), indexing="ij"))
+    y = (rng.uniform(size=item.size) < sigmoid(ability[model] - difficulty[item])).astype(np.float64)
+    return difficulty, ability, item.astype(np.int64), model.astype(np.int64), y
+
+
+def test_rasch_recovers_order() -> None:
+    difficulty, ability, item, model, y = simulate(0, items=300, models=20)
+    fit = fit_rasch(item, model, y, 300, 20)
+    assert np.corrcoef(fit.difficulty, difficulty)[0, 1] > 0.85
+    assert np.corrcoef(fit.ability, ability)[0, 1] > 0.98
+
+
+def test_fit_abilities_on_known_difficulties() -> None:
+    difficulty, ability, item, model, y = simulate(1, items=2000, models=3)
+    names = ["low", "mid", "high"]
+    fits = fit_abilities((names[m], float(difficulty[i]), float(v)) for i, m, v in zip(item, model, y, strict=True))
+    for name, want in zip(names, ability, strict=True):
+        assert fits[name].ability == pytest.approx(want, abs=0.15)
+        assert fits[name].records == 2000
+    assert fit_abilities([]) == {}
+
+
+def test_success_curve_recovers_slope() -> None:
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=5000)
+    y = (rng.uniform(size=d.size) < sigmoid(0.5 - 1.2 * d)).astype(np.float64)
+    curve = fit_success_curve(d, y)
+    assert curve.intercept == pytest.approx(0.5, abs=0.1)
+    assert curve.slope == pytest.approx(-1.2, abs=0.1)
+
+
+TABLE = CalibrationTable(raw=(0.0, 1.0, 3.0), difficulty=(-1.0, 0.0, 1.0))  # overall slope 2/3
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        pytest.param(0.0, -1.0, id="first-knot"),
+        pytest.param(0.5, -0.5, id="between"),
+        pytest.param(2.0, 0.5, id="second-segment"),
+        pytest.param(3.0, 1.0, id="last-knot"),
+        pytest.param(6.0, 3.0, id="beyond-uses-overall-slope"),
+        pytest.param(-3.0, -3.0, id="below-uses-overall-slope"),
+    ],
+)
+def test_calibration_table(raw: float, want: float) -> None:
+    assert TABLE.apply(raw) == pytest.approx(want)
+    assert TABLE.apply_many(np.array([raw]))[0] == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("raw", "difficulty"),
+    [
+        pytest.param((0.0,), (0.0,), id="one-knot"),
+        pytest.param((0.0, 1.0), (0.0,), id="mismatched"),
+        pytest.param((0.0, 0.0), (0.0, 1.0), id="raw-not-increasing"),
+        pytest.param((0.0, 1.0), (1.0, 1.0), id="difficulty-flat"),
+    ],
+)
+def test_calibration_table_rejects(raw: tuple[float, ...], difficulty: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="knots"):
+        CalibrationTable(raw=raw, difficulty=difficulty)
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("gpt-4o-2024-05-13", "gpt-4o"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b-instruct"),
+        ("claude-3-5-sonnet-20240620", "claude-3-5-sonnet"),
+        ("Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b-instruct"),
+        ("Some-New-Model", "some-new-model"),
+    ],
+)
+def test_canonical_model_name(name: str, want: str) -> None:
+    assert canonical_model_name(name) == want
+
+
+def test_cli_fits_abilities_on_the_model_scale(tiny_model_dir: Path, tmp_path: Path) -> None:
+    items = [
+        {"messages": [{"role": "user", "content": "what is x ?" * (1 + i % 3)}], "scores": {"a": i % 2, "b": 1}}
+        for i in range(40)
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
+    out = io.StringIO()
+    assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=out) == 0
+    fitted = orjson.loads(out.getvalue())
+    assert set(fitted) == {"a", "b"}
+    assert fitted["a"]["records"] == 40
+    assert fitted["b"]["ability"] > fitted["a"]["ability"]

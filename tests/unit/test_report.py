@@ -1,0 +1,258 @@
+"""``model-router report``: old and new decision lines, bad lines counted, text/JSON, and the HTML page in Chromium.
+
+The browser test renders the HTML report in headless Chromium (Debian package ``chromium``), reads every figure
+back from the rendered DOM and compares it with totals computed here from the raw log lines; it keeps a PNG
+screenshot in pytest's tmp dir (``--update-golden`` also refreshes ``docs/report.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+import shutil
+import subprocess
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extproc.record import DecisionRecord, Outcome, record_json
+from extproc.report import EvalInput, write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY_NS = 86_400 * 10**9
+START_NS = 1_763_856_000 * 10**9  # 2025-11-23T00:00:00Z
+MODELS = (("llama-3.1-8b-instruct", "small", 0.00002), ("gpt-4o-mini", "cheap", 0.0002), ("gpt-4o", "frontier", 0.003))
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def _records(n: int = 60, seed: int = 7) -> list[DecisionRecord]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        name, tier, cost = MODELS[i % 3]
+        outcome = rng.choice([Outcome.ROUTED, Outcome.ROUTED, Outcome.FALLBACK, Outcome.SHADOW, Outcome.PASSTHROUGH])
+        if outcome is Outcome.PASSTHROUGH:
+            out.append(
+                DecisionRecord(
+                    decision_id=f"{i:016x}",
+                    outcome=outcome,
+                    reason="model_not_routable",
+                    started_unix_ns=START_NS + (i % 3) * DAY_NS,
+                )
+            )
+            continue
+        out.append(
+            DecisionRecord(
+                decision_id=f"{i:016x}",
+                outcome=outcome,
+                reason="cheapest_meeting_target" if outcome is not Outcome.FALLBACK else "classifier_failed",
+                schema="openai.chat",
+                requested_model="auto",
+                selected_model=name,
+                cluster=tier,
+                tier=tier,
+                input_tokens=rng.randint(5, 500),
+                cost_requested=0.003 * rng.uniform(0.5, 2),
+                cost_selected=cost * rng.uniform(0.5, 2),
+                tenant=rng.choice(["acme", "globex", None]),
+                started_unix_ns=START_NS + (i % 3) * DAY_NS + rng.randint(0, DAY_NS - 1),
+            )
+        )
+    return out
+
+
+def _log_line(rec: DecisionRecord) -> str:
+    """As the router writes it: the log formatter's fields, then the decision's JSON."""
+    return json.dumps({"ts": "2025-11-23T00:00:00.000Z", "level": "info", "logger": "model_router.decisions",
+                       **json.loads(record_json(rec))})
+
+
+def _legacy_line(rec: DecisionRecord) -> str:
+    """As the router wrote it before RoutingDecision: the record's fields, lower-case labels, ``ts`` only."""
+    fields = {k: v for k, v in dataclasses.asdict(rec).items() if v is not None}
+    for k in ("started_unix_ns", "traceparent", "tracestate"):
+        fields.pop(k, None)
+    fields["outcome"] = rec.outcome.value
+    ts = np.datetime64(rec.started_unix_ns, "ns").astype("datetime64[ms]")
+    return json.dumps({"ts": f"{ts}Z", "level": "info", "logger": "model_router.decisions", "event": "decision",
+                       **fields})
+
+
+BAD_LINES = (
+    '{"ts": "x", "level": "info", "event": "decision", "decision_id": "trunc',
+    '{"event": "decision", "decision_id": "t", "outcome": "OUTCOME_ROUTED", "estimated_cost_selected": "cheap"}',
+)
+OTHER_LINES = ("model-router ready on 127.0.0.1:50051", '{"ts": "x", "level": "info", "msg": "config reloaded"}')
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    recs = _records()
+    lines = [_log_line(r) if i % 2 else _legacy_line(r) for i, r in enumerate(recs)]  # old and new, mixed
+    lines[10:10] = BAD_LINES
+    lines[3:3] = OTHER_LINES
+    path = tmp_path / "router.log"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _expected(recs: list[DecisionRecord]) -> dict[str, float]:
+    """Every figure of the report, computed straight from the records."""
+    want: dict[str, float] = defaultdict(float)
+    tiers: dict[str, int] = defaultdict(int)
+    for r in recs:
+        counted = r.outcome is not Outcome.PASSTHROUGH
+        tiers[r.tier if counted and r.tier else "(not routed)"] += 1
+        if not counted:
+            continue
+        assert r.cost_requested is not None and r.cost_selected is not None and r.selected_model is not None
+        day = str(np.datetime64(r.started_unix_ns, "ns").astype("datetime64[D]"))
+        for group in (f"model:{r.selected_model}", f"tenant:{r.tenant or '-'}", f"day:{day}", "total"):
+            want[f"{group}:requests"] += 1
+            want[f"{group}:without"] += r.cost_requested
+            want[f"{group}:with"] += r.cost_selected
+            want[f"{group}:saved"] += r.cost_requested - r.cost_selected
+    for key in [k for k in want if k.endswith(":without")]:
+        group = key.removesuffix(":without")
+        want[f"{group}:saved_pct"] = 100 * want[f"{group}:saved"] / want[key]
+    total = sum(tiers.values())
+    for tier, n in tiers.items():
+        want[f"tier:{tier}:requests"] = n
+        want[f"tier:{tier}:share"] = 100 * n / total
+    want["bad_lines"] = len(BAD_LINES)
+    return dict(want)
+
+
+def test_text_table_reads_old_and_new_lines_and_counts_bad_ones(log: Path) -> None:
+    out = io.StringIO()
+    assert write_report([log], out) == 0
+    text = out.getvalue()
+    want = _expected(_records())
+    total_line = next(line for line in text.splitlines() if line.startswith("total:"))
+    assert f"total: {int(want['total:requests'])} requests" in total_line
+    assert f"instead of {want['total:without']:.4f}" in total_line
+    assert f"skipped {len(BAD_LINES)} unreadable decision line(s)" in text
+    assert "passthrough=" in total_line and "shadow=" in total_line
+
+
+def test_json_totals(log: Path) -> None:
+    out = io.StringIO()
+    assert write_report([log], out, as_json=True) == 0
+    data = json.loads(out.getvalue())
+    want = _expected(_records())
+    assert data["total"]["requests"] == want["total:requests"]
+    assert data["total"]["saved"] == pytest.approx(want["total:saved"])
+    assert data["bad_lines"] == len(BAD_LINES)
+    assert {k: v["requests"] for k, v in data["by_model"].items()} == {
+        k.split(":")[1]: v for k, v in want.items() if k.startswith("model:") and k.endswith(":requests")
+    }
+
+
+def test_no_decisions_is_exit_1(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_text("\n".join((*OTHER_LINES, BAD_LINES[0])) + "\n")
+    out = io.StringIO()
+    assert write_report([empty], out) == 1
+    assert "no decision events" in out.getvalue() and "skipped 1" in out.getvalue()
+
+
+class _Figures(HTMLParser):
+    """Collects ``data-figure`` elements: name -> (data-value, text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, tuple[float, str]] = {}
+        self._open: str | None = None
+        self._value = 0.0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("data-figure"):
+            self._open, self._value = a["data-figure"], float(a["data-value"] or "nan")
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.figures[self._open] = (self._value, data.strip())
+            self._open = None
+
+
+def _eval_files(tmp_path: Path) -> tuple[Path, Path, float]:
+    rng = np.random.default_rng(3)
+    n = 200
+    hardness = rng.uniform(0, 1, n)
+    weak = (rng.uniform(0, 1, n) > hardness).astype(float)
+    strong = np.maximum(weak, (rng.uniform(0, 1, n) > hardness * 0.4).astype(float))
+    score = hardness + rng.normal(0, 0.2, n)
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(
+        json.dumps({"id": f"i{i}", "messages": [{"role": "user", "content": "q"}],
+                    "scores": {"weak-m": weak[i], "strong-m": strong[i]}}) + "\n" for i in range(n)
+    ))
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"id": f"i{i}", "score": float(score[i])}) + "\n" for i in range(n)))
+    from classifier.metrics import summarize
+
+    return scores, data, summarize(score, weak, strong).apgr
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "chromium is not installed (Debian package `chromium`; see the Makefile)"
+    return found
+
+
+def test_html_report_in_headless_chromium(log: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    scores, data, apgr = _eval_files(tmp_path)
+    page = tmp_path / "report.html"
+    out = io.StringIO()
+    assert write_report([log], out, html=page, evaluation=EvalInput(scores, data, "weak-m", "strong-m")) == 0
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text, "self-contained"
+
+    chromium = _chromium()
+    profile = tmp_path / "chromium-profile"
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180, check=True,
+    ).stdout
+    parser = _Figures()
+    parser.feed(dom)
+    got = parser.figures
+    want = _expected(_records())
+    assert set(want) <= set(got), f"missing on the page: {sorted(set(want) - set(got))}"
+    for name, value in want.items():
+        shown_value, shown_text = got[name]
+        assert shown_value == pytest.approx(value, rel=1e-9, abs=1e-12), name
+        if name.endswith(("_pct", ":share")):
+            assert shown_text == f"{value:.1f}%", name
+        elif name.endswith(":requests") or name == "bad_lines":
+            assert shown_text == str(int(value)), name
+        else:
+            assert shown_text == f"{value:.6f}", name
+    assert got["eval:apgr"][0] == pytest.approx(apgr) and got["eval:apgr"][1] == f"{apgr:.3f}"
+    assert "<polyline" in dom, "the cost-quality curve is drawn"
+
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,1600",
+         "--hide-scrollbars", page.as_uri()],
+        capture_output=True, timeout=180, check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    if request.config.getoption("--update-golden"):
+        shutil.copyfile(shot, ROOT / "docs" / "report.png")
+
+
