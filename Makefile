@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEV_STAMP := $(VENV)/.dev-installed
+# xds-protos ships an older copy of opentelemetry-proto's common_pb2.py; whichever package pip installs last wins,
+# and the OTLP exporter needs opentelemetry-proto's own. Reinstall that one package's files, same version, last.
+OTEL_PROTO_FIX = $(PIP) install -q --force-reinstall --no-deps \
+	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 TRAIN_STAMP := $(VENV)/.train-installed
 
 .PHONY: demo test lint unit integration train bench soak install clean
@@ -13,6 +17,7 @@ $(DEV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	$(OTEL_PROTO_FIX)
 	@touch $@
 
 install: $(DEV_STAMP)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extproc.config import TelemetrySettings
 from extproc.decision_proto import decision_labels, to_proto
+from extproc.errors import ConfigError
 from extproc.record import DecisionRecord, LogSink, Outcome
 
 __all__ = ["SPAN_NAME", "Telemetry", "parse_traceparent", "span_attributes"]
@@ -175,7 +176,16 @@ class Telemetry:
             or (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
         )
         if span_processor is None and endpoint:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            try:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            except ImportError as exc:
+                raise ConfigError(
+                    [
+                        f"telemetry.otlp_endpoint: the OTLP exporter cannot load ({exc}). xds-protos ships an older "
+                        "copy of opentelemetry-proto's files; run `pip install --force-reinstall --no-deps "
+                        "opentelemetry-proto==<the installed version>` (see the Makefile)"
+                    ]
+                ) from exc
 
             insecure = endpoint.startswith("http://")
             span_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))

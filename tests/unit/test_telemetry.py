@@ -116,3 +116,10 @@ def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     quiet = Telemetry(TelemetrySettings(), logging.getLogger("test"))
     assert not quiet.tracing
     quiet.record(ROUTED)  # metrics only; must not raise
+
+
+def test_otlp_proto_files_are_opentelemetry_protos_own() -> None:
+    """xds-protos ships an older copy of these files; the install must leave opentelemetry-proto's in place."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    assert hasattr(common_pb2, "InstrumentationScope"), "run the Makefile's OTEL_PROTO_FIX step"
