@@ -58,8 +58,10 @@ train: $(TRAIN_STAMP)
 soak: $(DEV_STAMP)
 	$(PY) -m devstack.soak $(SOAK_ARGS)
 
+# Interleaved E / N / router runs with wrk (Debian package), then the classifier micro-benchmark. ~6.5 min.
 bench: $(DEV_STAMP)
-	$(PY) -m bench.run
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

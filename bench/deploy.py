@@ -85,6 +85,10 @@ def _grpc_serving(port: int) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _worker_ready(port: int, log: Path) -> bool:
+    return "ready on" in log.read_text(errors="replace") and _grpc_serving(port)
+
+
 def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
     listener = cfg["static_resources"]["listeners"][0]
     typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -182,9 +186,11 @@ class Deployment:
         try:
             for i, port in enumerate(ports):
                 log = self.workdir / f"extproc-{i}.log"
-                proc = spawn(self._worker_argv(port), log, cwd=self.router_root)
+                cwd = self.router_root if self.spec.server == "router" else ROOT
+                proc = spawn(self._worker_argv(port), log, cwd=cwd)
                 self.workers.append(proc)
-                ready = functools.partial(_grpc_serving, port)
+                # health alone could be answered by another worker on a shared port: also wait for its own log line
+                ready = functools.partial(_worker_ready, port, log)
                 wait_until(ready, f"{self.spec.label} worker {i}", proc, log, 60)
             self.stack.start_envoy()
         except BaseException:

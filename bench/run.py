@@ -14,7 +14,7 @@ shared machine's load hits every setup alike; rows are medians over rounds. wrk 
 prompts (``bench.workload``). Results: a table on the terminal, ``bench/results/<timestamp>.jsonl`` (one line per
 setup and concurrency) and ``<timestamp>.summary.json`` (ratios, targets, machine, per-run detail).
 
-``python -m bench.run [--quick] [--rounds N] [--duration S]``; the default run takes about 7 minutes.
+``python -m bench.run [--quick] [--rounds N] [--duration S]``; the default run takes 6 to 7 minutes.
 """
 
 from __future__ import annotations
