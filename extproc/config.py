@@ -26,6 +26,7 @@ __all__ = [
     "TelemetrySettings",
     "TenantPolicy",
     "load_config",
+    "load_yaml",
     "parse_config",
     "validate_model",
 ]
@@ -245,14 +246,18 @@ def parse_config(data: object) -> Settings:
     return validate_model(Settings, data)
 
 
-def load_config(path: Path) -> Settings:
-    """Read and validate a YAML config file."""
+def load_yaml(path: Path) -> object:
+    """Read a YAML file; an unreadable or malformed file is a ``ConfigError`` naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
-    return parse_config(data)
+
+
+def load_config(path: Path) -> Settings:
+    """Read and validate a YAML config file."""
+    return parse_config(load_yaml(path))

@@ -33,10 +33,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from extproc.config import validate_model
+from extproc.config import load_yaml, validate_model
 from extproc.errors import ConfigError
 
 __all__ = [
@@ -145,15 +144,7 @@ def parse_webhook_config(data: object) -> WebhookSettings:
 
 def load_webhook_config(path: Path) -> WebhookSettings:
     """Read and validate the webhook's YAML config file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
-    return parse_webhook_config(data)
+    return parse_webhook_config(load_yaml(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["positive_int", "text_of_content"]
+__all__ = ["objects_in", "positive_int", "text_of_content"]
+
+
+def objects_in(body: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    """The JSON objects in the list ``body[key]``; anything else (not a list, non-object items) is skipped."""
+    items = body.get(key)
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, dict)]
 
 
 def text_of_content(content: Any) -> str:

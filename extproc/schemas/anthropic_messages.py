@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from extproc.schemas._text import positive_int
+from extproc.schemas._text import objects_in, positive_int
 
 __all__ = ["AnthropicMessages"]
 
@@ -68,16 +68,9 @@ class AnthropicMessages:
 
     name: ClassVar[str] = "anthropic.messages"
 
-    @staticmethod
-    def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return []
-        return [m for m in messages if isinstance(m, dict)]
-
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """Text of the last user turn; for a tool-result-only turn, the results' text or the previous user text."""
-        for message in reversed(self._messages(body)):
+        for message in reversed(objects_in(body, "messages")):
             if message.get("role") != "user":
                 continue
             content = message.get("content")
@@ -94,7 +87,7 @@ class AnthropicMessages:
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
         """``system``, the messages up to the first assistant reply and that reply; empty before it."""
         parts = [_text(body.get("system"))]
-        for message in self._messages(body):
+        for message in objects_in(body, "messages"):
             content = message.get("content")
             parts.append(_text(content) or _tool_results_text(content))
             if message.get("role") == "assistant":
@@ -107,7 +100,7 @@ class AnthropicMessages:
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of ``system`` and of every message's text, tool results and tool-use inputs."""
         chars = len(_text(body.get("system")))
-        for message in self._messages(body):
+        for message in objects_in(body, "messages"):
             content = message.get("content")
             chars += len(_text(content)) + len(_tool_results_text(content)) + _tool_use_chars(content)
         return chars

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import positive_int, text_of_content
+from extproc.schemas._text import objects_in, positive_int, text_of_content
 
 __all__ = ["OpenAIChat"]
 
@@ -20,16 +20,9 @@ class OpenAIChat:
 
     name: ClassVar[str] = "openai.chat"
 
-    @staticmethod
-    def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return []
-        return [m for m in messages if isinstance(m, dict)]
-
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """Text of the last user message."""
-        for message in reversed(self._messages(body)):
+        for message in reversed(objects_in(body, "messages")):
             if message.get("role") == "user":
                 return text_of_content(message.get("content"))
         return ""
@@ -40,7 +33,7 @@ class OpenAIChat:
         The opening alone ("Hi") is shared by countless conversations; the first reply makes it this one.
         """
         parts: list[str] = []
-        for message in self._messages(body):
+        for message in objects_in(body, "messages"):
             role = message.get("role")
             parts.append(text_of_content(message.get("content")))
             if role == "assistant":
@@ -49,7 +42,7 @@ class OpenAIChat:
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of every message's text."""
-        return sum(len(text_of_content(m.get("content"))) for m in self._messages(body))
+        return sum(len(text_of_content(m.get("content"))) for m in objects_in(body, "messages"))
 
     def message_count(self, body: Mapping[str, Any]) -> int:
         """Length of ``messages`` (0 if it is not a list)."""

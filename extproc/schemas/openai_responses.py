@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import positive_int
+from extproc.schemas._text import objects_in, positive_int
 
 __all__ = ["OpenAIResponses"]
 
@@ -51,19 +51,12 @@ class OpenAIResponses:
 
     name: ClassVar[str] = "openai.responses"
 
-    @staticmethod
-    def _items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        items = body.get("input")
-        if not isinstance(items, list):
-            return []
-        return [item for item in items if isinstance(item, dict)]
-
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """``input`` if it is a string, else the text of the last user message item."""
         items = body.get("input")
         if isinstance(items, str):
             return items
-        for item in reversed(self._items(body)):
+        for item in reversed(objects_in(body, "input")):
             if item.get("role") == "user" and item.get("type", "message") == "message":
                 return _parts_text(item.get("content"), _USER_TEXT_PARTS)
         return ""
@@ -75,7 +68,7 @@ class OpenAIResponses:
         """
         instructions = body.get("instructions")
         parts = [instructions] if isinstance(instructions, str) else []
-        for item in self._items(body):
+        for item in objects_in(body, "input"):
             if item.get("type") == "function_call":
                 parts.append(str(item.get("name")) + "\x1f" + str(item.get("arguments")))
                 return "\x1e".join(parts)
@@ -91,7 +84,7 @@ class OpenAIResponses:
         items = body.get("input")
         if isinstance(items, str):
             return chars + len(items)
-        return chars + sum(_item_chars(item) for item in self._items(body))
+        return chars + sum(_item_chars(item) for item in objects_in(body, "input"))
 
     def message_count(self, body: Mapping[str, Any]) -> int:
         """Length of a list ``input``, 1 for a string input, else 0."""

@@ -25,39 +25,27 @@ from extproc.decision_proto import (
     to_proto,
 )
 from extproc.policy import Reason
-from extproc.record import DecisionRecord, Outcome, record_json
+from extproc.record import Outcome, record_json
 from extproc.request import PassReason
 from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.snapshot import SnapshotRef
 from extproc.stream import StreamHandler
-from tests.fakes import RecordingSink, demo_settings, fixed_clock, inline_classify, sequential_ids, snapshot
+from tests.fakes import (
+    SAMPLE_ROUTED,
+    RecordingSink,
+    demo_settings,
+    fixed_clock,
+    inline_classify,
+    sequential_ids,
+    snapshot,
+)
 from tests.protocol import chat_headers, replay
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = sorted(p for p in GOLDEN.glob("*/*") if (p / "request.json").exists())
 WALL_NS = 1_700_000_000_000_000_000
 
-ROUTED = DecisionRecord(
-    decision_id="00000000000000aa",
-    outcome=Outcome.ROUTED,
-    reason="cheapest_meeting_target",
-    schema="openai.chat",
-    requested_model="auto",
-    selected_model="gpt-4o-mini",
-    cluster="cheap",
-    tier="cheap",
-    difficulty=-1.0,
-    confidence=0.5,
-    success_probability=0.88,
-    quality_target=0.8,
-    input_tokens=100,
-    cost_requested=0.003,
-    cost_selected=0.0002,
-    classify_seconds=0.0003,
-    total_seconds=0.0004,
-    tenant="acme",
-    started_unix_ns=WALL_NS,
-)
+ROUTED = dataclasses.replace(SAMPLE_ROUTED, tenant="acme", started_unix_ns=WALL_NS)
 
 
 async def _live(headers: dict[str, str], body: bytes) -> api.RoutingDecision | None:

@@ -14,31 +14,12 @@ from prometheus_client import generate_latest
 from extproc.config import TelemetrySettings
 from extproc.record import DecisionRecord, Outcome
 from extproc.telemetry import Telemetry, span_attributes
+from tests.fakes import SAMPLE_ROUTED
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics" / "three_records.prom"
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
-ROUTED = DecisionRecord(
-    decision_id="00000000000000aa",
-    outcome=Outcome.ROUTED,
-    reason="cheapest_meeting_target",
-    schema="openai.chat",
-    requested_model="auto",
-    selected_model="gpt-4o-mini",
-    cluster="cheap",
-    tier="cheap",
-    difficulty=-1.0,
-    confidence=0.5,
-    success_probability=0.88,
-    quality_target=0.8,
-    input_tokens=100,
-    cost_requested=0.003,
-    cost_selected=0.0002,
-    classify_seconds=0.0003,
-    total_seconds=0.0004,
-    started_unix_ns=1_700_000_000_000_000_000,
-    traceparent=PARENT,
-)
+ROUTED = dataclasses.replace(SAMPLE_ROUTED, traceparent=PARENT)
 FALLBACK = DecisionRecord(
     decision_id="00000000000000bb",
     outcome=Outcome.FALLBACK,
