@@ -24,6 +24,7 @@ from extproc import envoy
 from extproc.bodyedit import replace_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import ConversationMemory, conversation_key
+from extproc.decision_proto import envoy_metadata, response_headers, to_proto
 from extproc.policy import (
     Decision,
     Reason,
@@ -53,9 +54,6 @@ HEADER_PREFIX = "x-model-router-"
 CLUSTER_HEADER = HEADER_PREFIX + "cluster"
 OVERRIDE_HEADER = HEADER_PREFIX + "override"
 OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
-RESPONSE_MODEL_HEADER = HEADER_PREFIX + "model"
-RESPONSE_TIER_HEADER = HEADER_PREFIX + "tier"
-RESPONSE_DECISION_HEADER = HEADER_PREFIX + "decision-id"
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
@@ -372,22 +370,13 @@ class StreamHandler:
 
     @staticmethod
     def _decision_headers(rec: DecisionRecord) -> dict[str, str]:
-        return {
-            RESPONSE_MODEL_HEADER: rec.selected_model or "",
-            RESPONSE_TIER_HEADER: rec.tier or "",
-            RESPONSE_DECISION_HEADER: rec.decision_id,
-        }
+        """The ``x-model-router-*`` response headers, from the ``RoutingDecision`` message (one definition)."""
+        return response_headers(to_proto(rec), HEADER_PREFIX)
 
     @staticmethod
     def _metadata(rec: DecisionRecord) -> dict[str, str]:
         """Dynamic metadata Envoy turns into response headers and access-log fields (no response phase needed)."""
-        return {
-            "selected_model": rec.selected_model or "",
-            "tier": rec.tier or "",
-            "cluster": rec.cluster or "",
-            "decision_id": rec.decision_id,
-            "reason": rec.reason,
-        }
+        return envoy_metadata(to_proto(rec))
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
