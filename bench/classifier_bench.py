@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -73,21 +74,27 @@ def main() -> int:
     print(f"model {model.name}; one core (cpu {args.cpu}); {args.runs} runs per length after 200 warm-up calls")
     print(f"load (incl. onnxruntime import): {1000 * (loaded - imported):.0f} ms")
     print("wall = perf_counter around predict; cpu = thread CPU time (excludes time preempted by other processes)")
+    print(f"each length is timed in {args.rounds} interleaved rounds; the table shows the median round")
     print(f"{'chars':>6} {'wall p50':>9} {'wall p99':>9} {'cpu p50':>8} {'cpu p99':>8}   (µs)")
+    for text in texts_by_size[sizes[-1]][:200]:
+        model.predict(text)
+    stats: dict[int, list[tuple[float, float, float, float]]] = {n: [] for n in sizes}
+    for _ in range(args.rounds):
+        for length in sizes:
+            texts = texts_by_size[length]
+            wall = np.empty(len(texts))
+            cpu = np.empty(len(texts))
+            for i, text in enumerate(texts):
+                c0 = time.thread_time_ns()
+                t0 = time.perf_counter_ns()
+                model.predict(text)
+                wall[i] = (time.perf_counter_ns() - t0) / 1000
+                cpu[i] = (time.thread_time_ns() - c0) / 1000
+            w50, w99 = np.percentile(wall, [50, 99])
+            c50, c99 = np.percentile(cpu, [50, 99])
+            stats[length].append((float(w50), float(w99), float(c50), float(c99)))
     for length in sizes:
-        texts = texts_by_size[length]
-        for text in texts[:200]:
-            model.predict(text)
-        wall = np.empty(len(texts))
-        cpu = np.empty(len(texts))
-        for i, text in enumerate(texts):
-            c0 = time.thread_time_ns()
-            t0 = time.perf_counter_ns()
-            model.predict(text)
-            wall[i] = (time.perf_counter_ns() - t0) / 1000
-            cpu[i] = (time.thread_time_ns() - c0) / 1000
-        w50, w99 = np.percentile(wall, [50, 99])
-        c50, c99 = np.percentile(cpu, [50, 99])
+        w50, w99, c50, c99 = np.median(np.asarray(stats[length]), axis=0)
         print(f"{length:>6} {w50:9.0f} {w99:9.0f} {c50:8.0f} {c99:8.0f}")
     print(
         f"RSS: interpreter+numpy {baseline:.0f} MB, after load {after_load:.0f} MB, after runs {rss_mb():.0f} MB"

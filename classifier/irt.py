@@ -11,6 +11,7 @@ Scores may be fractional (0..1 task metrics): the loss is the Bernoulli cross-en
 from __future__ import annotations
 
 import argparse
+import bisect
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -168,12 +169,15 @@ class CalibrationTable:
         return (self.difficulty[-1] - self.difficulty[0]) / (self.raw[-1] - self.raw[0])
 
     def apply(self, raw: float) -> float:
-        """Difficulty of one raw output."""
-        if raw < self.raw[0]:
-            return self.difficulty[0] + self.slope * (raw - self.raw[0])
-        if raw > self.raw[-1]:
-            return self.difficulty[-1] + self.slope * (raw - self.raw[-1])
-        return float(np.interp(raw, self.raw, self.difficulty))
+        """Difficulty of one raw output (pure Python: a numpy call on one scalar costs more than the search)."""
+        knots, values = self.raw, self.difficulty
+        if raw <= knots[0]:
+            return values[0] + self.slope * (raw - knots[0])
+        if raw >= knots[-1]:
+            return values[-1] + self.slope * (raw - knots[-1])
+        i = bisect.bisect_right(knots, raw)
+        x0, x1, y0, y1 = knots[i - 1], knots[i], values[i - 1], values[i]
+        return y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
 
     def apply_many(self, raw: FloatArray) -> FloatArray:
         """Difficulty of many raw outputs (same map as :meth:`apply`)."""

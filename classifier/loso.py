@@ -86,11 +86,16 @@ def _apgr(score: FloatArray, weak: FloatArray, strong: FloatArray) -> float:
 
 
 def run_loso(
-    data_dir: Path, cache: Path, spec: FeatureSpec, alpha: float = t.RIDGE_ALPHA, use_length: bool = True
+    data_dir: Path,
+    cache: Path,
+    spec: FeatureSpec,
+    alpha: float = t.RIDGE_ALPHA,
+    use_length: bool = True,
+    pca_dims: int = t.PCA_DIMS,
 ) -> list[PairResult]:
     """Train without each source in turn and score it on all of its pairs."""
     data = t.load_dataset(data_dir)
-    table, tokenizer_path = t.distil_table(cache)
+    table, tokenizer_path = t.distil_table(cache, pca_dims)
     featurizer = Featurizer(WordPieceTokenizer.from_file(tokenizer_path), spec)
     x = t.design_matrix(featurizer, table.dequantized, data.prompts, "features")
     if not use_length:
@@ -189,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-neutral", action="store_true", help="keep every word in the bag (ablation)")
     parser.add_argument("--no-length", action="store_true", help="drop the length feature (ablation)")
     parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
+    parser.add_argument("--pca-dims", type=int, default=t.PCA_DIMS, help="dimensions of the distilled table")
     args = parser.parse_args(argv)
     spec = FeatureSpec(
         cut=TextCut(head_chars=args.head_chars, tail_chars=args.tail_chars),
@@ -196,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prior_tokens=args.prior_tokens,
         neutral_words=() if args.no_neutral else NEUTRAL_WORDS,
     )
-    results = run_loso(args.data, args.cache, spec, alpha=args.alpha, use_length=not args.no_length)
+    results = run_loso(
+        args.data, args.cache, spec, alpha=args.alpha, use_length=not args.no_length, pca_dims=args.pca_dims
+    )
     print("\n".join(format_report(results)))
     if args.json is not None:
         args.json.write_bytes(orjson.dumps([_as_dict(r) for r in results]))

@@ -41,14 +41,15 @@ class TextCut:
     occurrence kept) and its whitespace collapsed: repeating the prompt, padding it with blank lines or appending
     the same filler word many times cannot push the prompt's own words out of the kept start and end. Only windows
     at the two ends are read: ``WINDOW`` times the kept size, doubled while repeats leave too little text, up to
-    ``MAX_WINDOW`` times, so the cost is bounded for any input and small for ordinary prompts.
+    ``MAX_WINDOW`` times, so the cost is bounded for any input and small for ordinary prompts. Texts up to twice the
+    kept size are de-duplicated whole.
     """
 
-    head_chars: int = 384
-    tail_chars: int = 128
+    head_chars: int = 256
+    tail_chars: int = 96
 
-    WINDOW: ClassVar[int] = 2
-    MAX_WINDOW: ClassVar[int] = 32
+    WINDOW: ClassVar[float] = 1.5
+    MAX_WINDOW: ClassVar[float] = 32.0
 
     def apply(self, text: str) -> str:
         """Return ``text`` unchanged if it fits, else its start and end joined by :data:`CUT_JOINER`.
@@ -59,25 +60,25 @@ class TextCut:
         if len(text) <= keep + len(CUT_JOINER):
             return text
         text = text.strip()
-        if len(text) <= self.WINDOW * keep:
+        if len(text) <= 2 * keep:
             text = _distinct_words(text)
             if len(text) <= keep + len(CUT_JOINER):
                 return text
             tail = text[len(text) - self.tail_chars :] if self.tail_chars else ""
             return text[: self.head_chars] + CUT_JOINER + tail
-        head = self._head(text)
-        if len(head) <= keep + len(CUT_JOINER):  # the window grew over all of a very repetitive text
+        head, whole = self._head(text)
+        if whole and len(head) <= keep + len(CUT_JOINER):  # the window grew over all of a very repetitive text
             return head
         return head[: self.head_chars] + CUT_JOINER + self._tail(text)
 
-    def _head(self, text: str) -> str:
-        """The de-duplicated start of ``text``: at least ``head_chars`` long, or all of it."""
+    def _head(self, text: str) -> tuple[str, bool]:
+        """The de-duplicated start of ``text`` (at least ``head_chars`` long, or all of it) and whether it is all."""
         scale = self.WINDOW
         while True:
-            window = self.head_chars * scale
+            window = int(self.head_chars * scale)
             head = _distinct_words(text[:window])
             if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
-                return head
+                return head, window >= len(text)
             scale *= 2
 
     def _tail(self, text: str) -> str:
@@ -86,7 +87,7 @@ class TextCut:
             return ""
         scale = self.WINDOW
         while True:
-            window = self.tail_chars * scale
+            window = int(self.tail_chars * scale)
             tail = _distinct_words(text[max(0, len(text) - window) :])
             if len(tail) >= self.tail_chars or window >= len(text) or scale >= self.MAX_WINDOW:
                 return tail[max(0, len(tail) - self.tail_chars) :]

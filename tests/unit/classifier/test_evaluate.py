@@ -84,7 +84,6 @@ def test_run_eval_metrics_row(tmp_path: Path) -> None:
 
 
 def test_run_eval_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     data = write(tmp_path / "d.jsonl", ITEMS)
     plot = tmp_path / "curve.png"
     run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, None, None, plot, io.StringIO())

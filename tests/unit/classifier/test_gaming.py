@@ -19,7 +19,7 @@ from classifier.model import DifficultyModel
 from tests.unit.classifier.tiny import SHARED_DATA
 
 TARGET = 0.8
-SAMPLE = 1200
+SAMPLE = 800
 LIMIT = 0.05
 
 
@@ -30,7 +30,7 @@ def sample_prompts() -> list[str]:
     with gzip.open(SHARED_DATA / "prompts.jsonl.gz", "rb") as fh:
         arena = [str(row["prompt"]) for row in map(orjson.loads, fh) if str(row["source"]).startswith("arena_hard")]
     rng = random.Random(13)
-    return rng.sample(outcomes, SAMPLE) + rng.sample(arena, 300)
+    return rng.sample(outcomes, SAMPLE) + rng.sample(arena, 200)
 
 
 def goes_strong(model: DifficultyModel, text: str) -> bool:

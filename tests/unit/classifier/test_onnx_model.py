@@ -52,6 +52,15 @@ def test_tiny_parity_with_training_path(tiny_model_dir: Path, text: str) -> None
     assert model.predict(text).difficulty == pytest.approx(model._table.apply(want), abs=1e-5)
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_folded_graph_equals_full_graph(tiny_model_dir: Path, text: str) -> None:
+    """Folding the linear head into the table (what ships) changes nothing but rounding."""
+    full = OnnxDifficultyModel.load(tiny_model_dir)
+    folded = OnnxDifficultyModel.load(tiny_model_dir / "folded")
+    features = full.featurizer.encode(text)
+    assert folded.raw(features) == pytest.approx(full.raw(features), abs=1e-5)
+
+
 def test_tiny_model_is_a_difficulty_model(tiny_model_dir: Path) -> None:
     model = load_difficulty_model("onnx", tiny_model_dir)
     assert isinstance(model, DifficultyModel)
@@ -102,7 +111,7 @@ def test_shipped_cut_contract(shipped: OnnxDifficultyModel) -> None:
     a = start + "The first story is about a farmer and his goats. " * 100 + end
     b = start + "Completely different middle about quantum chromodynamics! " * 80 + end
     cut = shipped.featurizer.spec.cut
-    assert cut == TextCut(head_chars=384, tail_chars=128)
+    assert cut == TextCut(head_chars=256, tail_chars=96)
     assert shipped.predict(a) == shipped.predict(b)
     assert shipped.predict(a) == shipped.predict(cut.apply(a))
 
