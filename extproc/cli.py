@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", type=Path, default=Path("envoy/model-router.yaml"), help="default: %(default)s")
     explain.add_argument("--target", metavar="HOST:PORT", help="ask a running router's Decide instead")
     explain.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
+    adapt = sub.add_parser("adapt", help="fit a deployment-specific classifier head from outcome records (seconds)")
+    adapt.add_argument("--data", type=Path, required=True, help="EVAL.md JSON Lines (optionally .gz) with `scores`")
+    adapt.add_argument("--weak", required=True, help="the cheap model's name in `scores`")
+    adapt.add_argument("--strong", required=True, help="the strong model's name in `scores`")
+    adapt.add_argument("--out", type=Path, required=True, help="the new model directory to write (use a fresh one)")
+    adapt.add_argument("--base", type=Path, help="base model directory (default: the shipped model)")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split (default: %(default)s)")
+    adapt.add_argument(
+        "--holdout", type=float, default=0.3, help="share of items held out for the report (default: %(default)s)"
+    )
     inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -142,6 +152,23 @@ def _explain(args: argparse.Namespace) -> int:
     return run_explain(source, args.config, args.target, args.json, sys.stdin, sys.stdout, sys.stderr)
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    from classifier.adapt import run_adapt
+
+    code: int = run_adapt(
+        data=args.data,
+        out=args.out,
+        weak=args.weak,
+        strong=args.strong,
+        base_dir=args.base,
+        text_of=prompt_text_of_item,
+        holdout=args.holdout,
+        seed=args.seed,
+        stdout=sys.stdout,
+    )
+    return code
+
+
 def _inject_webhook(args: argparse.Namespace) -> int:
     from extproc.webhook import run_webhook
 
@@ -157,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check,
         "eval": _eval,
         "report": _report,
+        "adapt": _adapt,
         "explain": _explain,
         "inject-webhook": _inject_webhook,
     }

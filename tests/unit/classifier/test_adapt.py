@@ -1,0 +1,165 @@
+"""``run_adapt``: learns a deployment's own pattern, writes a loadable model, skips and fails the documented way."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from classifier.adapt import run_adapt
+from classifier.onnx_model import MODEL_FILES, OnnxDifficultyModel
+from extproc.cli import prompt_text_of_item
+
+DATA_DIR = Path(__file__).parents[3] / ".." / "shared" / "data"
+MARKER = "zebra"
+_WORD_TEXT = """river mountain library engine violin harvest ocean pencil garden rocket window carpet thunder
+lemon castle
+bridge candle forest planet silver winter summer tiger copper meadow canyon island lantern marble"""
+WORDS = _WORD_TEXT.split()
+
+
+def synthetic_items(n: int, seed: int) -> list[dict[str, Any]]:
+    """Prompts of random words; the weak model fails exactly those with the marker word, the strong never fails."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        words = rng.sample(WORDS, rng.randint(4, 12))
+        hard = rng.random() < 0.4
+        if hard:
+            words.insert(rng.randrange(len(words) + 1), MARKER)
+        items.append(
+            {
+                "id": f"s-{i}",
+                "messages": [{"role": "user", "content": " ".join(words)}],
+                "scores": {"weak-m": 0.0 if hard else 1.0, "strong-m": 1.0},
+            }
+        )
+    return items
+
+
+def write_jsonl(path: Path, items: list[dict[str, Any]]) -> Path:
+    payload = b"".join(orjson.dumps(item) + b"\n" for item in items)
+    path.write_bytes(gzip.compress(payload, mtime=0) if path.suffix == ".gz" else payload)
+    return path
+
+
+def apgr(report: str, label: str) -> float:
+    match = re.search(rf"^{label}\s+(\S+)", report, flags=re.MULTILINE)
+    assert match is not None, report
+    return float(match.group(1))
+
+
+def adapt(data: Path, out: Path, weak: str = "weak-m", strong: str = "strong-m", seed: int = 0) -> tuple[int, str]:
+    stdout = io.StringIO()
+    code = run_adapt(data, out, weak, strong, None, prompt_text_of_item, 0.3, seed, stdout)
+    return code, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One adapted model on the synthetic file (400 usable items plus 12 to skip), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("adapt")
+    items = synthetic_items(400, seed=1)
+    one_score = {"weak-m": 1.0}
+    items += [{"id": f"m-{i}", "messages": [{"role": "user", "content": "x"}], "scores": one_score} for i in range(5)]
+    items += [{"id": f"n-{i}", "messages": [{"role": "user", "content": "y"}]} for i in range(4)]
+    items += [{"id": f"u-{i}", "messages": "not a list", "scores": {"weak-m": 1.0, "strong-m": 1.0}} for i in range(3)]
+    data = write_jsonl(tmp / "outcomes.jsonl.gz", items)
+    out = tmp / "model"
+    code, report = adapt(data, out)
+    assert code == 0, report
+    return data, out, report
+
+
+def test_adapted_model_learns_the_deployment_pattern(synthetic: tuple[Path, Path, str]) -> None:
+    _, _, report = synthetic
+    assert apgr(report, "adapted") > apgr(report, "base") + 0.1
+    assert apgr(report, "adapted") > 0.8
+    assert re.search(r"fitted on \d+ items in [\d.]+ s", report)
+
+
+def test_output_directory_is_a_servable_model(synthetic: tuple[Path, Path, str]) -> None:
+    _, out, _ = synthetic
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES)
+    model = OnnxDifficultyModel.load(out)
+    base = OnnxDifficultyModel.load(Path(__file__).parents[3] / "classifier" / "models" / "default")
+    assert model.default_abilities == base.default_abilities
+    assert "+adapt-" in model.name
+    easy = model.predict("river mountain library engine")
+    hard = model.predict(f"river mountain {MARKER} library engine")
+    for p in (easy, hard, model.predict(""), model.predict("lorem ipsum " * 500)):
+        assert math.isfinite(p.difficulty) and 0.0 <= p.confidence <= 1.0
+    assert hard.difficulty > easy.difficulty
+    meta = orjson.loads((out / "metadata.json").read_bytes())
+    for entry in meta["parity"]:  # the stored training-path raw scores match the written graph
+        assert model.raw(model.featurizer.encode(entry["text"])) == pytest.approx(entry["raw"], abs=1e-5)
+
+
+def test_items_without_both_scores_are_skipped_and_counted(synthetic: tuple[Path, Path, str]) -> None:
+    _, _, report = synthetic
+    assert "412 items, 400 usable; skipped 9 without scores" in report
+    assert "3 not classifiable by the server" in report
+
+
+def test_same_seed_gives_byte_identical_files(synthetic: tuple[Path, Path, str], tmp_path: Path) -> None:
+    data, out, _ = synthetic
+    code, _ = adapt(data, tmp_path / "again")
+    assert code == 0
+    for name in MODEL_FILES:
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("missing.jsonl", None),
+        ("bad.jsonl", b'{"id": 1, "messages": []}\nnot json at all\n'),
+        ("bad.jsonl.gz", b"this is not gzip"),
+    ],
+)
+def test_unreadable_or_malformed_data_is_one_line_and_exit_2(tmp_path: Path, name: str, payload: bytes | None) -> None:
+    data = tmp_path / name
+    if payload is not None:
+        data.write_bytes(payload)
+    code, report = adapt(data, tmp_path / "model")
+    assert code == 2
+    assert report.count("\n") == 1 and report.startswith("model-router adapt: ")
+    assert not (tmp_path / "model").exists()
+
+
+def test_too_few_items_or_unknown_models_exit_2(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "small.jsonl", synthetic_items(10, seed=2))
+    code, report = adapt(data, tmp_path / "model")
+    assert code == 2 and "training items" in report
+    data = write_jsonl(tmp_path / "ok.jsonl", synthetic_items(100, seed=2))
+    code, report = adapt(data, tmp_path / "model", weak="nobody")
+    assert code == 2 and "skipped 100 without scores" in report
+
+
+REAL_WEAK = "mistral-7b-instruct-v0.3"
+REAL_STRONG = "llama-3.1-nemotron-51b-instruct"
+
+
+def test_real_data_adapted_beats_base_on_held_out(tmp_path: Path) -> None:
+    """ulab_llmrouter, mistral-7b -> nemotron-51b, 1,000 training items (the notes: .70 adapted vs .58 length)."""
+    with gzip.open(DATA_DIR / "outcomes.jsonl.gz", "rb") as fh:
+        rows = [orjson.loads(line) for line in fh]
+    rows = sorted((r for r in rows if r["source"] == "ulab_llmrouter"), key=lambda r: str(r["id"]))
+    random.Random(0).shuffle(rows)
+    items = [
+        {"id": r["id"], "messages": [{"role": "user", "content": r["prompt"]}], "scores": r["scores"]}
+        for r in rows[:1430]
+    ]
+    data = write_jsonl(tmp_path / "ulab.jsonl", items)
+    code, report = adapt(data, tmp_path / "model", weak=REAL_WEAK, strong=REAL_STRONG)
+    assert code == 0, report
+    assert "fitted on 1001 items" in report
+    assert apgr(report, "adapted") >= apgr(report, "base")
+    assert apgr(report, "adapted") > apgr(report, "length")
