@@ -8,6 +8,7 @@ Run: ``.venv/bin/python -m bench.telemetry_overhead``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import statistics
 import time
@@ -17,8 +18,9 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+from devstack.samples import SAMPLE_ROUTED
 from extproc.config import TelemetrySettings
-from extproc.record import DecisionRecord, LogSink, Outcome
+from extproc.record import DecisionRecord, LogSink
 from extproc.telemetry import Telemetry
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -33,26 +35,8 @@ class _EncodingExporter(SpanExporter):
 
 
 def _record(i: int) -> DecisionRecord:
-    return DecisionRecord(
-        decision_id=f"{i:016x}",
-        outcome=Outcome.ROUTED,
-        reason="cheapest_meeting_target",
-        schema="openai.chat",
-        requested_model="auto",
-        selected_model="gpt-4o-mini",
-        cluster="cheap",
-        tier="cheap",
-        difficulty=-0.5,
-        confidence=0.4,
-        success_probability=0.85,
-        quality_target=0.8,
-        input_tokens=120,
-        cost_requested=0.003,
-        cost_selected=0.0002,
-        classify_seconds=0.0002,
-        total_seconds=0.0003,
-        started_unix_ns=time.time_ns(),
-        traceparent=PARENT,
+    return dataclasses.replace(
+        SAMPLE_ROUTED, decision_id=f"{i:016x}", started_unix_ns=time.time_ns(), traceparent=PARENT
     )
 
 

@@ -11,9 +11,10 @@ from types import MappingProxyType
 import yaml
 
 from classifier.model import DifficultyModel, Prediction
+from devstack.samples import SAMPLE_ROUTED as SAMPLE_ROUTED  # re-exported: defined once for tests and bench
 from devstack.stack import ENVOY_DIR
 from extproc.config import Settings, parse_config
-from extproc.record import DecisionRecord, Outcome
+from extproc.record import DecisionRecord
 from extproc.snapshot import Snapshot, build_snapshot
 from extproc.stream import Classify
 
@@ -98,26 +99,3 @@ def snapshot(model: DifficultyModel | None = None, settings: Settings | None = N
     """A snapshot of the demo config with a fake model."""
     chosen = model or FakeDifficultyModel()
     return build_snapshot(settings or demo_settings(), lambda _settings: chosen)
-
-
-SAMPLE_ROUTED = DecisionRecord(
-    decision_id="00000000000000aa",
-    outcome=Outcome.ROUTED,
-    reason="cheapest_meeting_target",
-    schema="openai.chat",
-    requested_model="auto",
-    selected_model="gpt-4o-mini",
-    cluster="cheap",
-    tier="cheap",
-    difficulty=-1.0,
-    confidence=0.5,
-    success_probability=0.88,
-    quality_target=0.8,
-    input_tokens=100,
-    cost_requested=0.003,
-    cost_selected=0.0002,
-    classify_seconds=0.0003,
-    total_seconds=0.0004,
-    started_unix_ns=1_700_000_000_000_000_000,
-)
-"""A routed decision with every field a real one has; tests vary it with ``dataclasses.replace``."""
