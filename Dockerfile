@@ -14,12 +14,7 @@ COPY extproc/ extproc/
 COPY classifier/*.py classifier/
 # The classifier model (model.onnx, tokenizer.json, metadata.json), installed as package data.
 COPY classifier/models/default/ classifier/models/default/
-# The second install: xds-protos ships an older copy of opentelemetry-proto's files and may be installed last;
-# reinstalling opentelemetry-proto (same version, no deps) restores the files the OTLP exporter imports.
 RUN /opt/model-router/bin/pip install . \
- && /opt/model-router/bin/pip install --force-reinstall --no-deps \
-      "opentelemetry-proto==$(/opt/model-router/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
- && /opt/model-router/bin/python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope" \
  && /opt/model-router/bin/python -c "import pathlib, classifier; m = pathlib.Path(classifier.__file__).parent / 'models/default/model.onnx'; assert m.is_file(), m"
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEV_STAMP := $(VENV)/.dev-installed
 # xds-protos ships an older copy of opentelemetry-proto's common_pb2.py; whichever package pip installs last wins,
-# and the OTLP exporter needs opentelemetry-proto's own. Reinstall that one package's files, same version, last.
+# and the tests' OTLP receiver needs opentelemetry-proto's own. Reinstall that one package's files, same version, last.
+# (The router itself encodes OTLP by hand and imports neither.)
 OTEL_PROTO_FIX = $(PIP) install -q --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 TRAIN_STAMP := $(VENV)/.train-installed

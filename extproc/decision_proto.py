@@ -17,11 +17,13 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.record import DecisionRecord, Outcome
 
 __all__ = [
+    "OPTIONAL_NUMBERS",
     "SCHEMA_NAMES",
     "decision_dict",
     "decision_labels",
     "envoy_metadata",
     "from_legacy_dict",
+    "known_reason",
     "label",
     "response_headers",
     "to_proto",
@@ -35,7 +37,7 @@ SCHEMA_NAMES: Mapping[str, int] = {
 }
 """``ApiSchema.name`` -> the ``ApiSchema`` enum value."""
 _ENUM_PREFIXES = {"outcome": "OUTCOME_", "reason": "REASON_", "api_schema": "API_SCHEMA_"}
-_OPTIONAL_NUMBERS = (
+OPTIONAL_NUMBERS = (
     ("difficulty", "difficulty"),
     ("confidence", "confidence"),
     ("success_probability", "success_probability"),
@@ -54,6 +56,11 @@ def _reason(reason: str) -> int:
     return value.number if value is not None else 0
 
 
+def known_reason(reason: str) -> bool:
+    """Whether ``reason`` has its own ``Reason`` value (others map to ``REASON_UNSPECIFIED``)."""
+    return _reason(reason) != 0
+
+
 def to_proto(rec: DecisionRecord) -> api.RoutingDecision:
     """The record as a ``RoutingDecision``; unknown reason or schema names become ``*_UNSPECIFIED``."""
     msg = api.RoutingDecision(
@@ -69,7 +76,7 @@ def to_proto(rec: DecisionRecord) -> api.RoutingDecision:
         shadow=rec.outcome is Outcome.SHADOW,
         stream=rec.stream,
     )
-    for src, dst in _OPTIONAL_NUMBERS:
+    for src, dst in OPTIONAL_NUMBERS:
         value = getattr(rec, src)
         if value is not None:
             setattr(msg, dst, value)

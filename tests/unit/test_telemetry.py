@@ -7,13 +7,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from extproc.config import TelemetrySettings
+from extproc.decision_proto import decision_labels, to_proto
+from extproc.errors import ConfigError
+from extproc.otlp import FinishedSpan
 from extproc.record import DecisionRecord, Outcome
-from extproc.telemetry import Telemetry, span_attributes
+from extproc.telemetry import _ATTRIBUTES, _OPERATIONS, Telemetry, span_attributes
 from tests.fakes import SAMPLE_ROUTED
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics" / "three_records.prom"
@@ -38,14 +41,24 @@ FALLBACK = DecisionRecord(
 PASS = DecisionRecord(decision_id="00000000000000cc", outcome=Outcome.PASSTHROUGH, reason="invalid_json")
 
 
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
+class SpanList(list[FinishedSpan]):
+    """A span sink that keeps what it is given."""
+
+    def submit(self, span: FinishedSpan) -> None:
+        self.append(span)
+
+    def shutdown(self) -> None:
+        pass
 
 
 @pytest.fixture
-def telemetry(spans: InMemorySpanExporter) -> Telemetry:
-    return Telemetry(TelemetrySettings(), logging.getLogger("test.decisions"), SimpleSpanProcessor(spans))
+def spans() -> SpanList:
+    return SpanList()
+
+
+@pytest.fixture
+def telemetry(spans: SpanList) -> Telemetry:
+    return Telemetry(TelemetrySettings(), logging.getLogger("test.decisions"), spans)
 
 
 def test_exposition_matches_golden(telemetry: Telemetry, request: pytest.FixtureRequest) -> None:
@@ -61,28 +74,46 @@ def test_exposition_matches_golden(telemetry: Telemetry, request: pytest.Fixture
     assert text == GOLDEN.read_text()
 
 
-def test_span_is_child_of_envoy_parent(telemetry: Telemetry, spans: InMemorySpanExporter) -> None:
-    telemetry.record(ROUTED)
-    (span,) = spans.get_finished_spans()
+def test_span_is_child_of_envoy_parent(telemetry: Telemetry, spans: SpanList) -> None:
+    telemetry.record(dataclasses.replace(ROUTED, tracestate="vendor=1"))
+    (span,) = spans
     assert span.name == "model_router.decide"
-    assert span.context.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
-    assert span.parent is not None and span.parent.span_id == int("b7ad6b7169203331", 16)
-    assert span.start_time == ROUTED.started_unix_ns
-    assert span.end_time == ROUTED.started_unix_ns + 400_000
-    assert span.attributes is not None and span.attributes["model_router.selected_model"] == "gpt-4o-mini"
+    assert span.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
+    assert span.parent_span_id == int("b7ad6b7169203331", 16)
+    assert span.span_id not in (0, span.parent_span_id)
+    assert span.trace_state == "vendor=1"
+    assert span.start_unix_ns == ROUTED.started_unix_ns
+    assert span.end_unix_ns == ROUTED.started_unix_ns + 400_000
+    assert dict(span.attributes)["model_router.selected_model"] == "gpt-4o-mini"
+    assert span.error is None
 
 
-def test_fallback_span_has_error_status(telemetry: Telemetry, spans: InMemorySpanExporter) -> None:
+def test_fallback_span_has_error_status(telemetry: Telemetry, spans: SpanList) -> None:
     telemetry.record(FALLBACK)
-    (span,) = spans.get_finished_spans()
-    assert span.status.description == "classifier_failed"
-    assert span.parent is None
+    (span,) = spans
+    assert span.error == "classifier_failed"
+    assert span.parent_span_id == 0 and span.trace_id != 0
 
 
-def test_unsampled_parent_is_respected(telemetry: Telemetry, spans: InMemorySpanExporter) -> None:
+def test_unsampled_parent_is_respected(telemetry: Telemetry, spans: SpanList) -> None:
     unsampled = PARENT[:-2] + "00"
     telemetry.record(dataclasses.replace(ROUTED, traceparent=unsampled))
-    assert spans.get_finished_spans() == ()
+    assert spans == []
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [(0.0, 0), (1.0, 200)])
+def test_sampling_ratio_applies_to_root_spans(ratio: float, expected: int) -> None:
+    spans = SpanList()
+    telemetry = Telemetry(TelemetrySettings(sampling_ratio=ratio), logging.getLogger("test"), spans)
+    for _ in range(200):
+        telemetry.record(FALLBACK)  # no parent: the ratio decides
+    assert len(spans) == expected
+
+
+def test_invalid_otlp_environment_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")
+    with pytest.raises(ConfigError, match=r"telemetry\.otlp_endpoint: .*COMPRESSION"):
+        Telemetry(TelemetrySettings(otlp_endpoint="http://127.0.0.1:4317"), logging.getLogger("test"))
 
 
 def test_attributes_hold_no_prompt_unless_enabled() -> None:
@@ -91,16 +122,46 @@ def test_attributes_hold_no_prompt_unless_enabled() -> None:
     assert span_attributes(with_prompt)["model_router.prompt_excerpt"] == "hello"
 
 
+_text = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["openai.chat", "anthropic.messages", "x"]))
+_number = st.one_of(st.none(), st.floats(allow_nan=False, min_value=-1e6, max_value=1e6))
+_records = st.builds(
+    DecisionRecord,
+    decision_id=st.text(min_size=1, max_size=16),
+    outcome=st.sampled_from(Outcome),
+    reason=st.sampled_from(["cheapest_meeting_target", "classifier_failed", "invalid_json", "not_a_reason", ""]),
+    schema=_text,
+    requested_model=_text,
+    selected_model=_text,
+    cluster=_text,
+    tier=_text,
+    tenant=_text,
+    difficulty=_number,
+    confidence=_number,
+    success_probability=_number,
+    quality_target=_number,
+    input_tokens=st.one_of(st.none(), st.integers(min_value=0, max_value=(1 << 31) - 1)),
+    cost_requested=_number,
+    cost_selected=_number,
+    classify_seconds=_number,
+    total_seconds=_number,
+    stream=st.booleans(),
+    prompt_excerpt=st.one_of(st.none(), st.text(max_size=5)),
+)
+
+
+@given(rec=_records)
+def test_span_attributes_equal_the_routing_decision_mapping(rec: DecisionRecord) -> None:
+    """The fast path reads the record; the reference goes through ``RoutingDecision`` (the one mapping)."""
+    fields = decision_labels(to_proto(rec))
+    expected = {attr: fields[name] for name, attr in _ATTRIBUTES.items() if name in fields}
+    if expected.get("model_router.api_schema"):
+        expected["gen_ai.operation.name"] = _OPERATIONS[expected["model_router.api_schema"]]
+    assert span_attributes(rec) == expected
+
+
 def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     quiet = Telemetry(TelemetrySettings(), logging.getLogger("test"))
     assert not quiet.tracing
     quiet.record(ROUTED)  # metrics only; must not raise
-
-
-def test_otlp_proto_files_are_opentelemetry_protos_own() -> None:
-    """xds-protos ships an older copy of these files; the install must leave opentelemetry-proto's in place."""
-    from opentelemetry.proto.common.v1 import common_pb2
-
-    assert hasattr(common_pb2, "InstrumentationScope"), "run the Makefile's OTEL_PROTO_FIX step"
