@@ -57,15 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--target", metavar="HOST:PORT", help="ask a running router's Decide instead")
     explain.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
     adapt = sub.add_parser("adapt", help="fit a deployment-specific classifier head from outcome records (seconds)")
-    adapt.add_argument("--data", type=Path, required=True, help="EVAL.md JSON Lines (optionally .gz) with `scores`")
+    adapt.add_argument(
+        "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with `scores`"
+    )
     adapt.add_argument("--weak", required=True, help="the cheap model's name in `scores`")
     adapt.add_argument("--strong", required=True, help="the strong model's name in `scores`")
     adapt.add_argument("--out", type=Path, required=True, help="the new model directory to write (use a fresh one)")
     adapt.add_argument("--base", type=Path, help="base model directory (default: the shipped model)")
-    adapt.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split (default: %(default)s)")
-    adapt.add_argument(
-        "--holdout", type=float, default=0.3, help="share of items held out for the report (default: %(default)s)"
-    )
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the folds (default: %(default)s)")
+    adapt.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
+    adapt.add_argument("--force", action="store_true", help="write even with too few records or too little signal")
     inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -162,9 +163,10 @@ def _adapt(args: argparse.Namespace) -> int:
         strong=args.strong,
         base_dir=args.base,
         text_of=prompt_text_of_item,
-        holdout=args.holdout,
+        folds=args.folds,
         seed=args.seed,
         stdout=sys.stdout,
+        force=args.force,
     )
     return code
 

@@ -51,14 +51,17 @@ def write_jsonl(path: Path, items: list[dict[str, Any]]) -> Path:
 
 
 def apgr(report: str, label: str) -> float:
-    match = re.search(rf"^{label}\s+(\S+)", report, flags=re.MULTILINE)
+    """The cross-validated mean APGR of one scorer in the report."""
+    match = re.search(rf"^{label}\s+(\S+) ± (\S+)", report, flags=re.MULTILINE)
     assert match is not None, report
     return float(match.group(1))
 
 
-def adapt(data: Path, out: Path, weak: str = "weak-m", strong: str = "strong-m", seed: int = 0) -> tuple[int, str]:
+def adapt(
+    data: Path, out: Path, weak: str = "weak-m", strong: str = "strong-m", seed: int = 0, force: bool = False
+) -> tuple[int, str]:
     stdout = io.StringIO()
-    code = run_adapt(data, out, weak, strong, None, prompt_text_of_item, 0.3, seed, stdout)
+    code = run_adapt(data, out, weak, strong, None, prompt_text_of_item, 5, seed, stdout, force=force)
     return code, stdout.getvalue()
 
 
@@ -81,8 +84,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str
 def test_adapted_model_learns_the_deployment_pattern(synthetic: tuple[Path, Path, str]) -> None:
     _, _, report = synthetic
     assert apgr(report, "adapted") > apgr(report, "base") + 0.1
-    assert apgr(report, "adapted") > 0.8
-    assert re.search(r"fitted on \d+ items in [\d.]+ s", report)
+    assert apgr(report, "adapted") >= apgr(report, "oracle") - 0.01  # the pattern is learnable exactly
+    assert re.search(r"fitted on 400 records in [\d.]+ s", report)
+    assert "5-fold cross-validation on 400 records" in report
 
 
 def test_output_directory_is_a_servable_model(synthetic: tuple[Path, Path, str]) -> None:
@@ -106,6 +110,7 @@ def test_items_without_both_scores_are_skipped_and_counted(synthetic: tuple[Path
     _, _, report = synthetic
     assert "412 items, 400 usable; skipped 9 without scores" in report
     assert "3 not classifiable by the server" in report
+    assert "malformed" not in report
 
 
 def test_same_seed_gives_byte_identical_files(synthetic: tuple[Path, Path, str], tmp_path: Path) -> None:
@@ -116,15 +121,8 @@ def test_same_seed_gives_byte_identical_files(synthetic: tuple[Path, Path, str],
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(
-    ("name", "payload"),
-    [
-        ("missing.jsonl", None),
-        ("bad.jsonl", b'{"id": 1, "messages": []}\nnot json at all\n'),
-        ("bad.jsonl.gz", b"this is not gzip"),
-    ],
-)
-def test_unreadable_or_malformed_data_is_one_line_and_exit_2(tmp_path: Path, name: str, payload: bytes | None) -> None:
+@pytest.mark.parametrize(("name", "payload"), [("missing.jsonl", None), ("bad.jsonl.gz", b"this is not gzip")])
+def test_unreadable_data_is_one_line_and_exit_2(tmp_path: Path, name: str, payload: bytes | None) -> None:
     data = tmp_path / name
     if payload is not None:
         data.write_bytes(payload)
@@ -134,21 +132,67 @@ def test_unreadable_or_malformed_data_is_one_line_and_exit_2(tmp_path: Path, nam
     assert not (tmp_path / "model").exists()
 
 
-def test_too_few_items_or_unknown_models_exit_2(tmp_path: Path) -> None:
+def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Path) -> None:
+    lines = [orjson.dumps(item) for item in synthetic_items(400, seed=3)]
+    lines[1] = b"not json at all"
+    lines[4] = b"[1, 2]"
+    lines.insert(7, b"")  # blank: not an item, not an error
+    data = tmp_path / "mixed.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n{\"truncated\": ")
+    code, report = adapt(data, tmp_path / "model", force=True)
+    assert code == 0, report
+    assert "398 items, 398 usable" in report
+    assert "3 malformed lines (2, 5, 402)" in report
+
+
+def test_too_few_records_refused_unless_forced(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "small.jsonl", synthetic_items(10, seed=2))
+    code, report = adapt(data, tmp_path / "model", force=True)
+    assert code == 2 and "at least 20 are needed" in report
+    data = write_jsonl(tmp_path / "few.jsonl", synthetic_items(150, seed=2))
     code, report = adapt(data, tmp_path / "model")
-    assert code == 2 and "training items" in report
+    assert code == 2 and "only 150 usable records; below 400" in report and "--force" in report
+    assert not (tmp_path / "model").exists()
+    code, report = adapt(data, tmp_path / "model", force=True)
+    assert code == 0, report
+    assert (tmp_path / "model" / "model.onnx").is_file()
+
+
+def test_unknown_model_is_refused_naming_the_models_seen(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "ok.jsonl", synthetic_items(100, seed=2))
     code, report = adapt(data, tmp_path / "model", weak="nobody")
-    assert code == 2 and "skipped 100 without scores" in report
+    assert code == 2
+    assert "no item has a score for 'nobody'; models in the file: ['weak-m', 'strong-m']" in report
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    items = synthetic_items(450, seed=4)
+    for item in items:
+        item["scores"] = {"weak-m": 1.0, "strong-m": 1.0}
+    code, report = adapt(write_jsonl(tmp_path / "flat.jsonl", items), tmp_path / "model", force=True)
+    assert code == 2 and "one class" in report
+
+
+def test_no_signal_is_refused_unless_forced(tmp_path: Path) -> None:
+    """Outcomes that do not depend on the prompt: the head cannot beat base and length, so nothing is written."""
+    rng = random.Random(5)
+    items = synthetic_items(450, seed=5)
+    for item in items:
+        item["scores"] = {"weak-m": float(rng.random() < 0.5), "strong-m": 1.0}
+    data = write_jsonl(tmp_path / "noise.jsonl", items)
+    code, report = adapt(data, tmp_path / "model")
+    assert code == 2 and "too little signal" in report, report
+    assert not (tmp_path / "model").exists()
+    code, report = adapt(data, tmp_path / "model", force=True)
+    assert code == 0 and "writing anyway" in report
 
 
 REAL_WEAK = "mistral-7b-instruct-v0.3"
 REAL_STRONG = "llama-3.1-nemotron-51b-instruct"
 
 
-def test_real_data_adapted_beats_base_on_held_out(tmp_path: Path) -> None:
-    """ulab_llmrouter, mistral-7b -> nemotron-51b, 1,000 training items (the notes: .70 adapted vs .58 length)."""
+def test_real_data_adapted_beats_base_and_length_in_cross_validation(tmp_path: Path) -> None:
+    """ulab_llmrouter, mistral-7b -> nemotron-51b, 1,430 records (the notes: .70 adapted vs .58 length)."""
     with gzip.open(DATA_DIR / "outcomes.jsonl.gz", "rb") as fh:
         rows = [orjson.loads(line) for line in fh]
     rows = sorted((r for r in rows if r["source"] == "ulab_llmrouter"), key=lambda r: str(r["id"]))
@@ -160,6 +204,6 @@ def test_real_data_adapted_beats_base_on_held_out(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "ulab.jsonl", items)
     code, report = adapt(data, tmp_path / "model", weak=REAL_WEAK, strong=REAL_STRONG)
     assert code == 0, report
-    assert "fitted on 1001 items" in report
+    assert "fitted on 1430 records" in report
     assert apgr(report, "adapted") >= apgr(report, "base")
     assert apgr(report, "adapted") > apgr(report, "length")
