@@ -1,4 +1,5 @@
-"""The ``model-router`` command: ``serve``, ``check-config``, ``eval``, ``report``, ``explain``, ``inject-webhook``."""
+"""The ``model-router`` command: ``serve``, ``check-config``, ``eval``, ``report``, ``explain``, ``adapt``, ``label``,
+``inject-webhook``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 
 from extproc.errors import ConfigError
+from extproc.labeling.options import add_label_parser
 
 __all__ = ["main", "prompt_text_of_item"]
 
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--seed", type=int, default=0, help="seed of the folds (default: %(default)s)")
     adapt.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     adapt.add_argument("--force", action="store_true", help="write even with too few records or too little signal")
+    add_label_parser(sub)
     inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -171,6 +174,12 @@ def _adapt(args: argparse.Namespace) -> int:
     return code
 
 
+def _label(args: argparse.Namespace) -> int:
+    from extproc.labeling.command import Console, run_label_command
+
+    return run_label_command(args, prompt_text_of_item, Console(sys.stdin, sys.stdout, sys.stderr))
+
+
 def _inject_webhook(args: argparse.Namespace) -> int:
     from extproc.webhook import run_webhook
 
@@ -188,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report,
         "adapt": _adapt,
         "explain": _explain,
+        "label": _label,
         "inject-webhook": _inject_webhook,
     }
     try:

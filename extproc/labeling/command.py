@@ -1,0 +1,285 @@
+"""``model-router label``: read the options, show the estimate, run, print the summary.
+
+Exit codes: 0 done (some models may be missing on some items: see the summary), 1 declined at the confirmation,
+2 bad options or input file, 3 stopped by ``--max-cost`` (before starting, or with items left for a later run),
+130 interrupted (what was written stays; run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from extproc.labeling.client import ChatEndpoint
+from extproc.labeling.cost import JUDGE, Budget, Estimate, Ledger, Price, estimate_run
+from extproc.labeling.progress import Progress
+from extproc.labeling.records import PromptFile, PromptItem, RecordWriter, ResumeState, prepare_output, read_prompts
+from extproc.labeling.retry import RetryPolicy
+from extproc.labeling.run import OVERRIDE_TOKEN_HEADER, Labeller, LabelSettings, RunStats, label_items
+
+__all__ = ["Console", "UsageError", "run_label_command"]
+
+TextOf = Callable[[Mapping[str, object]], str | None]
+EXIT_DECLINED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+SHOWN_LINES = 20
+
+
+class UsageError(Exception):
+    """A bad option or input file: one line for the user, exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """Where the command reads confirmation from and writes to (estimate and summary: out; progress: err)."""
+
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``a,b`` -> ``("a", "b")``; two or more distinct names, or there is nothing to compare."""
+    models = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if len(models) < 2:
+        raise UsageError("--models needs two or more distinct model names")
+    return models
+
+
+def parse_headers(raw: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
+    """``NAME=VALUE`` options as lower-case names; ``env:VAR`` reads a secret from the environment (not ``ps``)."""
+    headers = {}
+    for item in raw:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--header {item!r}: expected NAME=VALUE")
+        if value.startswith("env:"):
+            if value[4:] not in env:
+                raise UsageError(f"--header {name.strip()}: environment variable {value[4:]} is not set")
+            value = env[value[4:]]
+        headers[name.strip().lower()] = value
+    return headers
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    """The authorization header for ``key``, none without one."""
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def catalog_prices(config: Path | None) -> dict[str, Price]:
+    """Answer prices from the router config's catalog (raises ``ConfigError`` on a bad file)."""
+    if config is None:
+        return {}
+    from extproc.config import load_config
+
+    return {m.name: Price(m.input_price_per_mtok, m.output_price_per_mtok) for m in load_config(config).catalog}
+
+
+def judge_price(args: argparse.Namespace) -> Price | None:
+    """The judge's price, if both halves were given."""
+    if (args.judge_price_in is None) != (args.judge_price_out is None):
+        raise UsageError("--judge-price-in and --judge-price-out go together")
+    return None if args.judge_price_in is None else Price(args.judge_price_in, args.judge_price_out)
+
+
+def settings_of(args: argparse.Namespace, headers: Mapping[str, str], prices: Mapping[str, Price]) -> LabelSettings:
+    """The run's settings from the options."""
+    has_token = OVERRIDE_TOKEN_HEADER in headers
+    if args.pin_alias and not has_token:
+        raise UsageError(f"--pin-alias needs the override secret: --header {OVERRIDE_TOKEN_HEADER}=env:VAR")
+    settings = LabelSettings(
+        models=parse_models(args.models),
+        judge_model=args.judge_model,
+        pin_alias=args.pin_alias,
+        send_override=has_token,
+        max_tokens=args.max_tokens or None,
+        expected_output_tokens=args.expected_output_tokens,
+        retry=RetryPolicy(retries=args.retries, base_delay=args.backoff),
+        prices=prices,
+        judge_price=judge_price(args),
+        max_cost=args.max_cost,
+        concurrency=args.concurrency,
+    )
+    unpriced = [m for m in settings.models if m not in prices] + ([JUDGE] if settings.judge_price is None else [])
+    if settings.max_cost is not None and unpriced:
+        raise UsageError(
+            f"--max-cost needs every price; none for {', '.join(unpriced)} (answer prices come from --config's "
+            "catalog, the judge's from --judge-price-in/--judge-price-out; 0 is a valid price)"
+        )
+    return settings
+
+
+def _lines(numbers: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:SHOWN_LINES])
+    return shown + (f", ... ({len(numbers) - SHOWN_LINES} more)" if len(numbers) > SHOWN_LINES else "")
+
+
+def input_notes(prompts: PromptFile, resume: ResumeState, out: Path) -> list[str]:
+    """What was wrong with the input and the existing output file, with line numbers."""
+    notes = []
+    if prompts.malformed:
+        shown = "; ".join(f"{n}: {why}" for n, why in prompts.malformed[:SHOWN_LINES])
+        notes.append(f"{len(prompts.malformed)} malformed input lines skipped ({shown})")
+    if prompts.no_text:
+        notes.append(f"{len(prompts.no_text)} input items without user text skipped (lines {_lines(prompts.no_text)})")
+    if prompts.duplicates:
+        notes.append(f"{len(prompts.duplicates)} duplicate input ids skipped (lines {_lines(prompts.duplicates)})")
+    if resume.corrupt_lines:
+        notes.append(f"{out}: {len(resume.corrupt_lines)} unreadable lines left as they are "
+                     f"(lines {_lines(resume.corrupt_lines)})")
+    if resume.dropped_tail is not None:
+        line, size = resume.dropped_tail
+        notes.append(f"{out}: removed an incomplete last line (line {line}, {size} bytes, from an interrupted run)")
+    return notes
+
+
+def format_estimate(estimate: Estimate, settings: LabelSettings, items: int) -> list[str]:
+    """The lines printed before starting."""
+    lines = [
+        f"estimate for {items} items x {len(settings.models)} models, each answer graded by {settings.judge_model} "
+        f"(tokens ~ characters / 4; answers ~{settings.expected_output_tokens} tokens):"
+    ]
+    for name, (tokens_in, tokens_out) in estimate.tokens.items():
+        cost = estimate.costs[name]
+        label = f"judge {settings.judge_model}" if name == JUDGE else name
+        shown = "unknown (no price)" if cost is None else f"{cost:.4f}"
+        lines.append(f"  {label:<32} in {tokens_in:>12,} out {tokens_out:>12,}  cost {shown}")
+    unpriced = f" (+ unpriced: {', '.join(estimate.unpriced)})" if estimate.unpriced else ""
+    lines.append(f"  total cost {estimate.total:.4f}{unpriced}")
+    return lines
+
+
+def format_summary(stats: RunStats, ledger: Ledger, settings: LabelSettings, skipped: int, out: Path) -> list[str]:
+    """The lines printed at the end."""
+    lines = [f"labelled {stats.written} items -> {out}"]
+    if stats.not_written:
+        lines.append(f"{stats.not_written} items not written: every model failed transiently (a rerun retries them)")
+    lines.append(f"skipped {skipped} items already in {out}")
+    for model in settings.models:
+        reasons = stats.missing.get(model)
+        detail = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items())) if reasons else ""
+        lines.append(f"missing {model}: {sum(reasons.values()) if reasons else 0}" + (f" ({detail})" if detail else ""))
+    if stats.not_started:
+        lines.append(f"stopped by --max-cost {settings.max_cost}: {stats.not_started} items not started "
+                     "(run again with a higher --max-cost to continue)")
+    order = [*settings.models, JUDGE]
+    parts = ", ".join(f"{'judge' if k == JUDGE else k} {ledger.spent[k]:.4f}" for k in order if k in ledger.spent)
+    lines.append(f"actual cost {ledger.total:.4f}" + (f" ({parts})" if parts else ""))
+    if ledger.usage_estimated:
+        lines.append(f"{ledger.usage_estimated} responses reported no usage: priced from characters")
+    lines.append(f"retries {stats.retries}")
+    return lines
+
+
+def confirmed(console: Console, yes: bool) -> bool:
+    """Ask on a terminal; never block when stdin is not one (a pipe or a job runner: proceed)."""
+    if yes or not console.stdin.isatty():
+        return True
+    console.stderr.write("proceed? [y/N] ")
+    console.stderr.flush()
+    return console.stdin.readline().strip().lower() in {"y", "yes"}
+
+
+async def _label(
+    args: argparse.Namespace, settings: LabelSettings, headers: Mapping[str, str], todo: Sequence[PromptItem],
+    ledger: Ledger, stats: RunStats, console: Console, env: Mapping[str, str],
+    transport: httpx.AsyncBaseTransport | None,
+) -> None:
+    limits = httpx.Limits(max_connections=2 * settings.concurrency + 2)
+    limiter = asyncio.Semaphore(settings.concurrency)
+    gateway_key = args.api_key or env.get("MODEL_ROUTER_API_KEY") or env.get("OPENAI_API_KEY")
+    judge_key = args.judge_api_key or env.get("MODEL_ROUTER_JUDGE_API_KEY")
+    async with httpx.AsyncClient(transport=transport, limits=limits) as http:
+        answers = ChatEndpoint(http, args.base_url, {**bearer(gateway_key), **headers}, args.timeout, limiter,
+                               time.time)
+        # The gateway headers (override secret included) are never sent to the judge, which may be another party.
+        judge = ChatEndpoint(http, args.judge_base_url, bearer(judge_key), args.judge_timeout, limiter, time.time)
+        labeller = Labeller(answers, judge, settings, ledger, asyncio.sleep, random.Random().random, stats)
+        progress = Progress(len(todo), console.stderr, time.monotonic, console.stderr.isatty())
+        with args.out.open("ab") as fh:
+            await label_items(todo, labeller, RecordWriter(fh), Budget(settings.max_cost, ledger), progress)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything checked and read before the estimate: settings, gateway headers, the input and the resume state."""
+
+    settings: LabelSettings
+    headers: Mapping[str, str]
+    prompts: PromptFile
+    resume: ResumeState
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Bad URLs and output paths are usage errors now, not a run of connection errors later."""
+    for option, url in (("--base-url", args.base_url), ("--judge-base-url", args.judge_base_url)):
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"{option} {url!r}: expected an http:// or https:// URL")
+    if args.out.suffix == ".gz":
+        raise UsageError("--out must be a plain .jsonl file (records are appended)")
+    if not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
+
+
+def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> Plan:
+    """Check the options and read the input and the output so far; raise ``UsageError`` on anything wrong."""
+    headers = parse_headers(args.header, env)
+    settings = settings_of(args, headers, catalog_prices(args.config))
+    check_paths(args)
+    try:
+        prompts = read_prompts(args.data, text_of)
+    except OSError as exc:
+        raise UsageError(f"--data {args.data}: {exc.strerror or exc}") from None
+    try:
+        resume = prepare_output(args.out)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: {exc.strerror or exc}") from None
+    return Plan(settings, headers, prompts, resume)
+
+
+def run_label_command(
+    args: argparse.Namespace,
+    text_of: TextOf,
+    console: Console,
+    env: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """Run ``model-router label`` with parsed ``args``; ``text_of`` is the live server's prompt extraction."""
+    env = os.environ if env is None else env
+    try:
+        p = plan(args, text_of, env)
+    except UsageError as exc:
+        console.stderr.write(f"model-router label: {exc}\n")
+        return EXIT_USAGE
+    settings, out = p.settings, console.stdout
+    todo = [item for item in p.prompts.items if item.key not in p.resume.done][: args.limit]
+    notes = [f"note: {note}" for note in input_notes(p.prompts, p.resume, args.out)]
+    estimate = estimate_run(todo, settings.models, settings.prices, settings.judge_price,
+                            settings.expected_output_tokens)
+    out.write("\n".join([*notes, *format_estimate(estimate, settings, len(todo))]) + "\n")
+    out.flush()
+    if settings.max_cost is not None and estimate.total > settings.max_cost:
+        out.write(f"estimate {estimate.total:.4f} exceeds --max-cost {settings.max_cost}: not started "
+                  "(raise --max-cost, or label part of the file with --limit)\n")
+        return EXIT_BUDGET
+    if todo and not confirmed(console, args.yes):
+        return EXIT_DECLINED
+    ledger = Ledger({**settings.prices, **({JUDGE: settings.judge_price} if settings.judge_price else {})})
+    stats, code = RunStats(), 0
+    try:
+        if todo:
+            asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport))
+    except KeyboardInterrupt:
+        out.write("interrupted: records written so far are kept; run the same command again to resume\n")
+        code = EXIT_INTERRUPTED
+    skipped = sum(1 for item in p.prompts.items if item.key in p.resume.done)
+    out.write("\n".join([*format_summary(stats, ledger, settings, skipped, args.out), *notes]) + "\n")
+    return code or (EXIT_BUDGET if stats.not_started else 0)

@@ -1,0 +1,180 @@
+"""Reading the prompts, resuming the output file, and appending outcome records to it.
+
+Input: EVAL.md JSON Lines (optionally .gz), or the prompt-capture file (the same shape with extra keys, which are
+ignored). Output: EVAL.md records, one per line, appended and flushed one at a time, so a crash loses at most the
+items in flight and never a written one; a line cut short by a crash is removed on the next start.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from extproc.labeling.grading import render_conversation
+
+__all__ = ["PromptFile", "PromptItem", "RecordWriter", "ResumeState", "id_key", "prepare_output", "read_prompts"]
+
+TextOf = Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptItem:
+    """One prompt to label: its id as given, the messages to send, and its category if it has one."""
+
+    id: str | int
+    messages: list[Any]
+    category: str | None
+    line: int
+
+    @property
+    def key(self) -> str:
+        """The id as compared for resume and duplicates."""
+        return id_key(self.id)
+
+    @property
+    def prompt_chars(self) -> int:
+        """Characters of conversation text, for token estimates."""
+        return len(render_conversation(self.messages))
+
+
+@dataclass(slots=True)
+class PromptFile:
+    """The usable items of a prompt file, and which lines were not usable and why (line numbers from 1)."""
+
+    items: list[PromptItem] = field(default_factory=list)
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+    no_text: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+
+
+def id_key(value: object) -> str:
+    """The comparable form of an item id (``7`` and ``"7"`` are the same item)."""
+    return str(value)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        yield from enumerate(fh, start=1)
+
+
+def _item_of(line: bytes, number: int) -> PromptItem | str:
+    """The item on one line, or why it is malformed."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    ident = obj.get("id")
+    if isinstance(ident, bool) or not isinstance(ident, str | int) or ident == "":
+        return "no id"
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "no messages"
+    category = obj.get("category")
+    return PromptItem(ident, messages, category if isinstance(category, str) else None, number)
+
+
+def read_prompts(path: Path, text_of: TextOf) -> PromptFile:
+    """Every line of ``path`` sorted into usable items, malformed lines, items without user text and duplicate ids.
+
+    ``text_of`` is the live server's prompt extraction: an item it finds no text in would never be classified, so a
+    label for it could not teach the router anything.
+    """
+    result = PromptFile()
+    seen: set[str] = set()
+    number = 0
+    try:
+        for number, line in _lines(path):
+            if not line.strip():
+                continue
+            item = _item_of(line, number)
+            if isinstance(item, str):
+                result.malformed.append((number, item))
+            elif text_of({"messages": item.messages}) is None:
+                result.no_text.append(number)
+            elif item.key in seen:
+                result.duplicates.append(number)
+            else:
+                seen.add(item.key)
+                result.items.append(item)
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        result.malformed.append((number + 1, "compressed file truncated or corrupt; the rest is unread"))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What an existing output file already holds: the ids done, bad lines kept, and a cut-off last line dropped."""
+
+    done: frozenset[str] = frozenset()
+    corrupt_lines: tuple[int, ...] = ()
+    dropped_tail: tuple[int, int] | None = None
+    """(line number, bytes) of an incomplete last line that was removed (its item is labelled again)."""
+
+
+def _record_key(line: bytes) -> str | None:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or "id" not in obj:
+        return None
+    return id_key(obj["id"])
+
+
+def prepare_output(path: Path) -> ResumeState:
+    """Read the ids already in ``path`` and make it safe to append to.
+
+    A last line without a newline is what a crash mid-write leaves: if it is not a whole record it is cut off
+    (appending after it would glue the next record to garbage); if it is, the missing newline is added. A corrupt
+    line elsewhere is left in place and reported.
+    """
+    if not path.exists():
+        return ResumeState()
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    done: set[str] = set()
+    corrupt: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        key = _record_key(line)
+        if key is None:
+            corrupt.append(number)
+        else:
+            done.add(key)
+    dropped = None
+    if tail.strip():
+        key = _record_key(tail)
+        if key is None:
+            with path.open("r+b") as fh:
+                fh.truncate(len(data) - len(tail))
+            dropped = (len(lines) + 1, len(tail))
+        else:
+            done.add(key)
+            with path.open("ab") as fh:
+                fh.write(b"\n")
+    return ResumeState(frozenset(done), tuple(corrupt), dropped)
+
+
+@dataclass(slots=True)
+class RecordWriter:
+    """Appends one record per line, flushed at once: what is written survives a crash of this process."""
+
+    fh: BinaryIO
+    written: int = 0
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` as one line (one ``write`` call, so a crash cuts at most this line)."""
+        self.fh.write(orjson.dumps(record) + b"\n")
+        self.fh.flush()
+        self.written += 1
