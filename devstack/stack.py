@@ -97,6 +97,8 @@ class Stack:
     admin_port: int = field(default_factory=free_port)
     router_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    feedback_port: int = field(default_factory=free_port)
+    """The router's HTTP feedback endpoint (``feedback.listen``); Envoy forwards ``/model-router/v1/feedback`` here."""
     collector_port: int = field(default_factory=free_port)
     """Where Envoy exports its spans (OTLP/gRPC); a test may run a receiver there."""
     upstream_ports: dict[str, int] = field(
@@ -139,6 +141,7 @@ class Stack:
         ports = {
             "server": {"listen": f"127.0.0.1:{self.router_port}"},
             "telemetry": {"metrics_listen": f"127.0.0.1:{self.metrics_port}"},
+            "feedback": {"listen": f"127.0.0.1:{self.feedback_port}"},
         }
         merged = deep_merge(merged, ports)
         self.router_config_path.write_text(yaml.safe_dump(merged, sort_keys=False))
@@ -148,7 +151,12 @@ class Stack:
         cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
         cfg["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
         cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.envoy_port
-        ports = {"model_router": self.router_port, "otel_collector": self.collector_port, **self.upstream_ports}
+        ports = {
+            "model_router": self.router_port,
+            "model_router_feedback": self.feedback_port,
+            "otel_collector": self.collector_port,
+            **self.upstream_ports,
+        }
         for cluster in cfg["static_resources"]["clusters"]:
             if "load_assignment" not in cluster:
                 continue  # an aggregate cluster: it has no endpoints of its own

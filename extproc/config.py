@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from extproc.errors import ConfigError
 
 __all__ = [
+    "CaptureSettings",
     "CatalogModel",
     "ClassifierSettings",
+    "FeedbackSettings",
     "LimitSettings",
     "OverrideSettings",
     "PolicySettings",
@@ -79,6 +81,12 @@ class ClassifierSettings(_Strict):
     kind: Literal["onnx", "heuristic"] = "onnx"
     model_dir: Path | None = None
     """ONNX only; default: the model shipped inside the package."""
+    candidate_model_dir: Path | None = None
+    """An ONNX model directory (e.g. from ``model-router adapt``) that decides beside the live model on every
+    classified request without routing anything: its choice is recorded next to the live one (decision log, span,
+    ``model_router_candidate_decisions_total``) so ``model-router report`` can show where they disagree before it
+    is promoted. It uses the live catalog's abilities and costs one more classification per request. Promote it by
+    moving the path to ``model_dir`` (hot reload, no dropped streams)."""
 
 
 class LimitSettings(_Strict):
@@ -122,6 +130,41 @@ class TelemetrySettings(_Strict):
     """Log one JSON line per decision at info level (otherwise at debug); ``model-router report`` reads them."""
     log_prompts: bool = False
     """Put prompt text (cut to 200 characters) into decision logs and spans. Off: prompts may hold personal data."""
+
+
+class CaptureSettings(_Strict):
+    """Opt-in capture of prompts of decided requests, to label them later (README "Learning from your traffic").
+
+    Captured prompts are personal data: off by default, kept in one local file (mode 0600) bounded in size and age.
+    Every key applies on reload.
+    """
+
+    enabled: bool = False
+    sample_rate: Unit = 0.1
+    """Share of decided requests (routed, fallback, shadow) whose prompt is captured."""
+    path: Path | None = None
+    """The JSON Lines file (required when enabled); its rotated predecessor is ``<path>.1``."""
+    ttl_hours: Annotated[float, Field(gt=0, le=24 * 366)] = 72.0
+    """No captured line is kept longer than this (lines live between half of it and all of it)."""
+    max_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 256 * 1024 * 1024
+    """Disk bound of the capture: the live file and ``<path>.1`` together."""
+
+
+class FeedbackSettings(_Strict):
+    """Scores for recent decisions, over gRPC (``Feedback``) and HTTP (``POST /v1/feedback``). Needs a restart."""
+
+    enabled: bool = False
+    listen: str | None = "127.0.0.1:9465"
+    """``host:port`` of the HTTP feedback endpoint; null serves feedback over gRPC only."""
+    path: Path | None = None
+    """The JSON Lines file accepted feedback is appended to (required when enabled); rotated to ``<path>.1``."""
+    max_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 64 * 1024 * 1024
+    """Disk bound of the feedback file and ``<path>.1`` together."""
+    decision_ttl_seconds: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    """How long after a decision feedback for it is accepted."""
+    max_decisions: Annotated[int, Field(gt=0, le=10_000_000)] = 50_000
+    """Bound of the in-memory decision store (oldest evicted first; about 330 bytes each): size it as decision
+    rate x the delay before feedback arrives."""
 
 
 class StickinessSettings(_Strict):
@@ -181,6 +224,8 @@ class Settings(_Strict):
     policy: PolicySettings
     catalog: Annotated[tuple[CatalogModel, ...], Field(min_length=1)]
     tenants: dict[Annotated[str, Field(min_length=1, max_length=200)], TenantPolicy] = {}
+    capture: CaptureSettings = CaptureSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -207,9 +252,24 @@ class Settings(_Strict):
                 )
         if self.tenants and self.policy.tenant_header is None:
             problems.append("policy.tenant_header: required when tenants are configured")
+        problems.extend(self._learning_checks())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _learning_checks(self) -> list[str]:
+        """Capture and feedback need their files, and must not share a file or the metrics port."""
+        problems: list[str] = []
+        if self.capture.enabled and self.capture.path is None:
+            problems.append("capture.path: required when capture.enabled is true")
+        if self.feedback.enabled and self.feedback.path is None:
+            problems.append("feedback.path: required when feedback.enabled is true")
+        if self.capture.path is not None and self.capture.path == self.feedback.path:
+            problems.append("feedback.path: must differ from capture.path")
+        listen = self.feedback.listen
+        if self.feedback.enabled and listen is not None and listen == self.telemetry.metrics_listen:
+            problems.append("feedback.listen: must differ from telemetry.metrics_listen")
+        return problems
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

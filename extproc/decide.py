@@ -1,5 +1,7 @@
 """The ``model_router.v1.ModelRouterService`` servicer: ``Decide`` drives the live per-stream handler on one request.
 
+``Feedback`` hands a score to :class:`~extproc.feedback.FeedbackRecorder` (the same path as ``POST /v1/feedback``).
+
 ``Decide`` does not re-implement the request path: it turns the ``DecideRequest`` into the two ext_proc messages
 Envoy would send (request headers, then the whole body) and feeds them to a :class:`StreamHandler` built like the
 ext_proc servicer's (same snapshot, classifier, sink and conversation memory). Nothing is forwarded anywhere; the
@@ -19,6 +21,7 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.conversations import ConversationMemory
 from extproc.decision_proto import to_proto
+from extproc.feedback import FeedbackRecorder, FeedbackStatus
 from extproc.policy import estimate_cost, success_probability
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, parse_request
@@ -26,6 +29,7 @@ from extproc.schemas import schema_for_path
 from extproc.service import new_decision_id
 from extproc.snapshot import Snapshot, SnapshotRef
 from extproc.stream import Classify, Stage, StreamHandler
+from extproc.tap import DecisionTap
 
 __all__ = ["DECIDE_SERVICE", "DecisionService", "decide", "missing_fields"]
 
@@ -89,10 +93,19 @@ async def decide(
     clock: Callable[[], float] = time.perf_counter,
     trace_headers: Mapping[str, str] | None = None,
     wall_clock_ns: Callable[[], int] = time.time_ns,
+    tap: DecisionTap | None = None,
 ) -> api.DecideResponse:
     """The decision the live ext_proc path would make for ``request`` (whose path and body must be set)."""
     handler = StreamHandler(
-        snap, classify, sink, new_id, clock, trace_headers=trace_headers, wall_clock_ns=wall_clock_ns, memory=memory
+        snap,
+        classify,
+        sink,
+        new_id,
+        clock,
+        trace_headers=trace_headers,
+        wall_clock_ns=wall_clock_ns,
+        memory=memory,
+        tap=tap,
     )
     headers_msg, body_msg = _messages(request)
     await handler.handle(headers_msg)
@@ -112,8 +125,16 @@ async def decide(
     return api.DecideResponse(decision=decision, models=_estimates(snap, request, decision))
 
 
+_FEEDBACK_CODES = {
+    FeedbackStatus.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    FeedbackStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    FeedbackStatus.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+
+
 class DecisionService(api_grpc.ModelRouterServiceServicer):
-    """Serves ``Decide`` beside ext_proc, with the same snapshot, classifier, sink and conversation memory."""
+    """Serves ``Decide`` beside ext_proc, with the same snapshot, classifier, sink and conversation memory, and
+    ``Feedback`` through the recorder (absent when ``feedback.enabled`` is off)."""
 
     def __init__(
         self,
@@ -122,12 +143,16 @@ class DecisionService(api_grpc.ModelRouterServiceServicer):
         sink: DecisionSink,
         memory: ConversationMemory | None = None,
         new_id: Callable[[], str] = new_decision_id,
+        tap: DecisionTap | None = None,
+        feedback: FeedbackRecorder | None = None,
     ) -> None:
         self._snapshots = snapshots
         self._classify = classify
         self._sink = sink
         self._memory = memory
         self._new_id = new_id
+        self._tap = tap
+        self._feedback = feedback
 
     async def Decide(
         self,
@@ -147,4 +172,21 @@ class DecisionService(api_grpc.ModelRouterServiceServicer):
             self._new_id,
             self._memory,
             trace_headers=metadata,
+            tap=self._tap,
         )
+
+    async def Feedback(
+        self,
+        request: api.FeedbackRequest,
+        context: grpc.aio.ServicerContext[api.FeedbackRequest, api.FeedbackResponse],
+    ) -> api.FeedbackResponse:
+        """Record a score for a recent decision of this router; errors as in the proto's comment."""
+        if self._feedback is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "feedback is disabled (feedback.enabled: false)")
+        assert self._feedback is not None
+        score = request.score if request.HasField("score") else None
+        model = request.model or None  # an empty model is an absent one
+        result = self._feedback.submit(request.decision_id, score, model, source="grpc")
+        if result.status is not FeedbackStatus.RECORDED:
+            await context.abort(_FEEDBACK_CODES[result.status], result.message)
+        return api.FeedbackResponse(decision_id=result.decision_id, model=result.model, score=result.score)

@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
+from extproc.learning import start_learning
 from extproc.reload import reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService, executor_classify
 from extproc.snapshot import SnapshotRef
@@ -54,25 +55,32 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     address = listen or first.server.listen
     telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
     stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
+    try:
+        learning = start_learning(first, lambda: snapshots.current.by_name, telemetry.error)
+    except OSError:
+        stop_metrics()
+        raise
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classify")
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)])
     classify = executor_classify(executor)
     sticky = first.policy.stickiness
     memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
     pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessorService(snapshots, classify, telemetry, memory=memory), server
+        ExternalProcessorService(snapshots, classify, telemetry, memory=memory, tap=learning.tap), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [EXT_PROC_SERVICE]
     if first.server.decision_api:
         api_grpc.add_ModelRouterServiceServicer_to_server(
-            DecisionService(snapshots, classify, telemetry, memory), server
+            DecisionService(snapshots, classify, telemetry, memory, tap=learning.tap, feedback=learning.feedback),
+            server,
         )
         services.append(DECIDE_SERVICE)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         stop_metrics()
+        learning.close()
         raise OSError(f"cannot listen on {address}")
     await server.start()
     for name in ("", *services):
@@ -86,8 +94,13 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task[None]] = set()
 
+    def reloaded(applied: bool) -> None:
+        telemetry.config_reloaded(applied)
+        if applied:
+            learning.reconfigure(snapshots.current.settings)
+
     async def reload() -> None:
-        telemetry.config_reloaded(await asyncio.to_thread(reload_snapshot, config_path, snapshots))
+        reloaded(await asyncio.to_thread(reload_snapshot, config_path, snapshots))
 
     def on_sighup() -> None:
         task = loop.create_task(reload())  # the model loads off the event loop; streams keep flowing
@@ -97,7 +110,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     poll = first.server.config_poll_seconds
     watcher = (
-        asyncio.create_task(watch_config(config_path, snapshots, telemetry.config_reloaded, poll)) if poll else None
+        asyncio.create_task(watch_config(config_path, snapshots, reloaded, poll)) if poll else None
     )
     await stop.wait()
     if watcher:
@@ -108,6 +121,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)
     executor.shutdown(wait=False, cancel_futures=True)
+    await asyncio.to_thread(learning.close)  # flush captured prompts and feedback
     telemetry.shutdown()
     stop_metrics()
     _log.info("stopped")

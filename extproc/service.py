@@ -16,6 +16,7 @@ from classifier.model import DifficultyModel, Prediction
 from extproc.conversations import ConversationMemory
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
+from extproc.tap import DecisionTap
 from extproc.telemetry import Telemetry
 
 __all__ = ["ExternalProcessorService", "executor_classify", "new_decision_id"]
@@ -48,6 +49,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         telemetry: Telemetry,
         new_id: Callable[[], str] = new_decision_id,
         memory: ConversationMemory | None = None,
+        tap: DecisionTap | None = None,
     ) -> None:
         self._snapshots = snapshots
         self._classify = classify
@@ -57,6 +59,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
             sticky = snapshots.current.settings.policy.stickiness
             memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)
         self._memory = memory
+        self._tap = tap
 
     async def Process(
         self,
@@ -72,6 +75,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
             self._new_id,
             trace_headers=metadata,
             memory=self._memory,
+            tap=self._tap,
         )
         in_flight = self._telemetry.streams_in_flight
         in_flight.inc()

@@ -35,6 +35,8 @@ class Snapshot:
 
     settings: Settings
     model: DifficultyModel
+    candidate: DifficultyModel | None
+    """``classifier.candidate_model_dir``'s model: decides beside ``model``, never routes."""
     catalog: tuple[ResolvedModel, ...]
     by_name: Mapping[str, ResolvedModel]
     routable: frozenset[str]
@@ -50,9 +52,24 @@ class Snapshot:
         return self.tenants.get(tenant) or self.tenants[None]
 
 
+def _load_candidate(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> DifficultyModel | None:
+    """The candidate model, loaded like the live one from its own directory; errors name its field."""
+    path = settings.classifier.candidate_model_dir
+    if path is None:
+        return None
+    classifier = settings.classifier.model_copy(update={"kind": "onnx", "model_dir": path, "candidate_model_dir": None})
+    try:
+        return load_model(settings.model_copy(update={"classifier": classifier}))
+    except ConfigError as exc:
+        raise ConfigError(
+            [p.replace("classifier.model_dir", "classifier.candidate_model_dir", 1) for p in exc.problems]
+        ) from exc
+
+
 def build_snapshot(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> Snapshot:
-    """Load the model and resolve every catalog ability; ``ConfigError`` names any model left without one."""
+    """Load the model(s) and resolve every catalog ability; ``ConfigError`` names any model left without one."""
     model = load_model(settings)
+    candidate = _load_candidate(settings, load_model)
     abilities = model.default_abilities
     problems: list[str] = []
     resolved: list[ResolvedModel] = []
@@ -105,6 +122,7 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
     return Snapshot(
         settings=settings,
         model=model,
+        candidate=candidate,
         catalog=catalog,
         by_name=by_name,
         routable=frozenset(policy.routable_models),

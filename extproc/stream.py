@@ -39,6 +39,7 @@ from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
 from extproc.schemas import HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
+from extproc.tap import DecisionTap
 from extproc.usage import UsageScanner
 
 __all__ = [
@@ -122,6 +123,7 @@ class StreamHandler:
         trace_headers: Mapping[str, str] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         memory: ConversationMemory | None = None,
+        tap: DecisionTap | None = None,
     ) -> None:
         self._snap = snapshot
         self._classify = classify
@@ -130,6 +132,7 @@ class StreamHandler:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._memory = memory
+        self._tap = tap
         self.stage = Stage.WAIT_HEADERS
         self._request: _Request | None = None
         self._record: DecisionRecord | None = None
@@ -251,16 +254,28 @@ class StreamHandler:
         if memory_key is not None and self._memory is not None and not policy.shadow:
             self._memory.remember(memory_key, decision.model.ability)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start))
+        # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
+        unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
+        served = unchanged if policy.shadow else decision.model
+        self._observe(parsed, served.name)
         if self._snap.settings.telemetry.response_usage:
             self._usage = UsageScanner()
-            # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
-            unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
-            self._usage_model = unchanged if policy.shadow else decision.model
+            self._usage_model = served
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, self._metadata(self._record))]
+
+    def _observe(self, parsed: ParsedRequest, served_model: str) -> None:
+        """Hand the decision to the tap (feedback store, prompt capture); its failure never touches the request."""
+        if self._tap is None or self._record is None:
+            return
+        try:
+            self._tap.decided(self._snap.settings, self._record, parsed, served_model)
+        except Exception as exc:
+            _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
+            self._sink.error("tap_exception")
 
     def _on_response_chunk(self, chunk: pb.HttpBody) -> None:
         assert self._usage is not None and self._record is not None

@@ -7,6 +7,7 @@ RoutingDecision is the one record of a routing decision: the router's decision l
 its response headers and `model-router report` are all this message (or its canonical proto3 JSON mapping).
 ModelRouterService.Decide runs the live ext_proc request path (parse, classify, policy) on a request and
 forwards nothing, for gateways that cannot run ext_proc and for "what would it do with this prompt".
+ModelRouterService.Feedback records how well a decided request was answered.
 """
 
 from collections import abc as _abc
@@ -141,6 +142,75 @@ API_SCHEMA_OPENAI_COMPLETIONS: ApiSchema.ValueType  # 2
 API_SCHEMA_OPENAI_RESPONSES: ApiSchema.ValueType  # 3
 API_SCHEMA_ANTHROPIC_MESSAGES: ApiSchema.ValueType  # 4
 Global___ApiSchema: _TypeAlias = ApiSchema  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    """FeedbackRequest is one outcome for one routing decision. It carries no free text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """The decision's id, as in the x-model-router-decision-id response header. Required."""
+    score: _builtins.float
+    """How well the request was answered, in [0, 1]: 1 = thumbs up or task success, 0 = thumbs down or failure.
+    Required (0 is a valid score, so presence is explicit).
+    """
+    model: _builtins.str
+    """The catalog model the score is for; absent = the model that served the decision (the selected model, or in
+    shadow mode the requested one).
+    """
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        score: _builtins.float | None = ...,
+        model: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "model", b"model", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "decision_id", b"decision_id", "model", b"model", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
+    _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__model) -> _WhichOneofReturnType__model | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    """FeedbackResponse confirms what was recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    model: _builtins.str
+    """The model the score was recorded for."""
+    score: _builtins.float
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "model", b"model", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015
 
 @_typing.final
 class DecideRequest(_message.Message):

@@ -40,6 +40,11 @@ class ModelRouterServiceStub:
                 request_serializer=model__router_dot_v1_dot_model__router__pb2.DecideRequest.SerializeToString,
                 response_deserializer=model__router_dot_v1_dot_model__router__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/model_router.v1.ModelRouterService/Feedback',
+                request_serializer=model__router_dot_v1_dot_model__router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=model__router_dot_v1_dot_model__router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRouterServiceServicer:
@@ -55,6 +60,17 @@ class ModelRouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
+        learning from the deployment's own traffic. The decision must be one this router process made within
+        feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
+        decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+        feedback.enabled false it is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +78,11 @@ def add_ModelRouterServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=model__router_dot_v1_dot_model__router__pb2.DecideRequest.FromString,
                     response_serializer=model__router_dot_v1_dot_model__router__pb2.DecideResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=model__router_dot_v1_dot_model__router__pb2.FeedbackRequest.FromString,
+                    response_serializer=model__router_dot_v1_dot_model__router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +113,33 @@ class ModelRouterService:
             '/model_router.v1.ModelRouterService/Decide',
             model__router_dot_v1_dot_model__router__pb2.DecideRequest.SerializeToString,
             model__router_dot_v1_dot_model__router__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/model_router.v1.ModelRouterService/Feedback',
+            model__router_dot_v1_dot_model__router__pb2.FeedbackRequest.SerializeToString,
+            model__router_dot_v1_dot_model__router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ RoutingDecision is the one record of a routing decision: the router's decision l
 its response headers and `model-router report` are all this message (or its canonical proto3 JSON mapping).
 ModelRouterService.Decide runs the live ext_proc request path (parse, classify, policy) on a request and
 forwards nothing, for gateways that cannot run ext_proc and for "what would it do with this prompt".
+ModelRouterService.Feedback records how well a decided request was answered.
 """
 
 from collections import abc as _abc
@@ -44,6 +45,13 @@ class ModelRouterServiceStub:
     Bad request content (malformed JSON, unknown path, oversized body) is not an error: the decision's outcome is
     OUTCOME_PASSTHROUGH with its reason, exactly as on the live path. A missing path or body is INVALID_ARGUMENT.
     """
+    Feedback: _grpc.UnaryUnaryMultiCallable[_model_router_pb2.FeedbackRequest, _model_router_pb2.FeedbackResponse]
+    """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
+    learning from the deployment's own traffic. The decision must be one this router process made within
+    feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
+    decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+    feedback.enabled false it is FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
@@ -54,6 +62,13 @@ class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
     """Decide runs the same parse, classify and policy code as a live ext_proc stream.
     Bad request content (malformed JSON, unknown path, oversized body) is not an error: the decision's outcome is
     OUTCOME_PASSTHROUGH with its reason, exactly as on the live path. A missing path or body is INVALID_ARGUMENT.
+    """
+    Feedback: _aio.UnaryUnaryMultiCallable[_model_router_pb2.FeedbackRequest, _model_router_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
+    learning from the deployment's own traffic. The decision must be one this router process made within
+    feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
+    decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+    feedback.enabled false it is FAILED_PRECONDITION.
     """
 
 class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +83,19 @@ class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
         """Decide runs the same parse, classify and policy code as a live ext_proc stream.
         Bad request content (malformed JSON, unknown path, oversized body) is not an error: the decision's outcome is
         OUTCOME_PASSTHROUGH with its reason, exactly as on the live path. A missing path or body is INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _model_router_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_router_pb2.FeedbackResponse, _abc.Awaitable[_model_router_pb2.FeedbackResponse]]:
+        """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
+        learning from the deployment's own traffic. The decision must be one this router process made within
+        feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
+        decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+        feedback.enabled false it is FAILED_PRECONDITION.
         """
 
 def add_ModelRouterServiceServicer_to_server(servicer: ModelRouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,136 @@
+"""``POST /v1/feedback`` over HTTP: the gRPC ``Feedback`` method for applications that only speak HTTP.
+
+Both go through the same :class:`~extproc.feedback.FeedbackRecorder`. The server is the standard library's threaded
+WSGI server (as ``prometheus_client`` serves ``/metrics``): each request is handled on its own thread, never on the
+event loop. It listens on ``feedback.listen``, its own port rather than the metrics one, because it accepts writes
+and the metrics port is often open to every scraper. ``envoy/envoy.yaml`` forwards ``/model-router/v1/feedback``
+here, so an application can post through the gateway. Request::
+
+    POST /v1/feedback  {"decision_id": "3f2a...", "score": 1, "model": "gpt-4o-mini"}   (model optional)
+
+Answers: 200 ``{"decision_id", "model", "score"}``; 400 / 404 / 503 ``{"error": {"code", "message"}}`` (also 405,
+411, 413 for the wrong method, a missing length or a body over 4 KiB). No access log: Envoy keeps one.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+
+from extproc.feedback import FeedbackRecorder, FeedbackStatus
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["FEEDBACK_PATH", "MAX_BODY_BYTES", "feedback_app", "start_feedback_server"]
+
+FEEDBACK_PATH = "/v1/feedback"
+MAX_BODY_BYTES = 4096
+_FIELDS = ("decision_id", "score", "model")
+_STATUS = {
+    FeedbackStatus.RECORDED: "200 OK",
+    FeedbackStatus.INVALID: "400 Bad Request",
+    FeedbackStatus.NOT_FOUND: "404 Not Found",
+    FeedbackStatus.UNAVAILABLE: "503 Service Unavailable",
+}
+
+
+def _reply(
+    start_response: StartResponse, status: str, body: dict[str, Any], extra: Iterable[tuple[str, str]] = ()
+) -> list[bytes]:
+    data = orjson.dumps(body)
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
+    )
+    return [data]
+
+
+def _error(start_response: StartResponse, status: str, code: str, message: str, *extra: tuple[str, str]) -> list[bytes]:
+    return _reply(start_response, status, {"error": {"code": code, "message": message}}, extra)
+
+
+def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[str, Any] | list[bytes]:
+    """The request's JSON object, or the error response already started."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return _error(start_response, "411 Length Required", "length_required", "Content-Length: required")
+    if length < 0 or length > MAX_BODY_BYTES:
+        return _error(
+            start_response, "413 Content Too Large", "too_large", f"body: at most {MAX_BODY_BYTES} bytes"
+        )
+    try:
+        body = orjson.loads(environ["wsgi.input"].read(length))
+    except orjson.JSONDecodeError:
+        return _error(start_response, "400 Bad Request", "invalid_argument", "body: not valid JSON")
+    if not isinstance(body, dict):
+        return _error(start_response, "400 Bad Request", "invalid_argument", "body: expected a JSON object")
+    if not set(body) <= set(_FIELDS):
+        message = f"body: unknown field (allowed: {', '.join(_FIELDS)})"
+        return _error(start_response, "400 Bad Request", "invalid_argument", message)
+    return body
+
+
+def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
+    """The WSGI application serving ``POST /v1/feedback`` (every other path is 404)."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != FEEDBACK_PATH:
+            return _error(start_response, "404 Not Found", "not_found", f"no such route; POST {FEEDBACK_PATH}")
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _error(
+                start_response, "405 Method Not Allowed", "method_not_allowed", "use POST", ("Allow", "POST")
+            )
+        body = _read_json(environ, start_response)
+        if isinstance(body, list):
+            return body
+        result = recorder.submit(body.get("decision_id"), body.get("score"), body.get("model"), source="http")
+        if result.status is FeedbackStatus.RECORDED:
+            answer = {"decision_id": result.decision_id, "model": result.model, "score": result.score}
+            return _reply(start_response, _STATUS[result.status], answer)
+        return _error(start_response, _STATUS[result.status], result.status.value, result.message)
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No per-request lines on stderr (the router's log is JSON; Envoy has the access log)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Discard."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+def start_feedback_server(
+    listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5
+) -> Callable[[], None]:
+    """Serve the feedback endpoint on ``listen`` (``host:port``, ``[v6]:port``) in a thread; return a stop function.
+
+    ``poll_interval`` is how often the server checks for a stop request (the stop function waits up to that long).
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    server = make_server(host, int(port), feedback_app(recorder), server_class, _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name="feedback-http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
+
+    return stop

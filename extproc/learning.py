@@ -1,0 +1,69 @@
+"""Builds, reconfigures and stops the server's learning-from-traffic pieces: prompt capture and feedback.
+
+``capture.*`` applies on reload (:meth:`Learning.reconfigure`); ``feedback.*`` is read once at start, like the
+listen addresses. On SIGTERM the server calls :meth:`Learning.close` after the gRPC server has drained, so every
+queued line is written before the process exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from extproc import capture as capture_mod
+from extproc import feedback as feedback_mod
+from extproc.capture import PromptCapture
+from extproc.config import Settings
+from extproc.feedback import DecisionStore, FeedbackRecorder
+from extproc.feedback_http import start_feedback_server
+from extproc.spool import Spool, SpoolTarget
+from extproc.tap import LearningTap
+
+__all__ = ["Learning", "start_learning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """The running pieces; ``feedback`` is None when ``feedback.enabled`` was off at start."""
+
+    tap: LearningTap
+    capture: PromptCapture
+    feedback: FeedbackRecorder | None
+    stop_http: Callable[[], None]
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply a reloaded config's ``capture`` section."""
+        self.capture.configure(settings.capture)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking feedback, then write every queued line and close the files."""
+        self.stop_http()
+        self.capture.close(timeout)
+        if self.feedback is not None:
+            self.feedback.close(timeout)
+
+
+def start_learning(
+    settings: Settings, catalog: Callable[[], Collection[str]], on_drop: Callable[[str], None]
+) -> Learning:
+    """Start the capture writer and, if feedback is on, the decision store, its writer and its HTTP endpoint.
+
+    ``catalog`` returns the current catalog's model names (feedback may name any of them); ``on_drop`` counts what
+    a writer could not keep (``model_router_errors_total{reason}``).
+    """
+    capture = PromptCapture(Spool("capture", capture_mod.TIME_KEY, on_drop))
+    capture.configure(settings.capture)
+    cfg = settings.feedback
+    if not cfg.enabled or cfg.path is None:
+        return Learning(LearningTap(None, capture), capture, None, lambda: None)
+    decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
+    spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
+    spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
+    recorder = FeedbackRecorder(decisions, spool, catalog)
+    try:
+        stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
+    except OSError:
+        capture.close()
+        recorder.close()
+        raise
+    return Learning(LearningTap(decisions, capture), capture, recorder, stop_http)

@@ -1,0 +1,347 @@
+"""Append-only JSON Lines files bounded in size and age, written by one background thread from a bounded queue.
+
+Prompt capture and feedback must never slow a request down: the caller (the event loop) only appends a dict to a
+bounded in-memory queue (:meth:`Spool.offer` never waits on I/O; a full queue drops the item and counts it), and
+one daemon thread encodes the items and appends them to the file.
+
+Retention works without ever rewriting a file. The live file is rotated to ``<path>.1`` (replacing the previous
+one) when the next line would take it past half of ``max_bytes``, or when its oldest line is half the TTL old;
+``<path>.1`` is deleted as soon as its oldest line is older than the TTL. So the two files together stay under
+``max_bytes``, no line outlives the TTL (checked on startup, on every write and on a timer), and a line lives at
+least half the TTL unless the size bound rotates it out sooner. Files are created with mode 0600 (an existing file
+is set to 0600), never through a symlink; a last line cut short by a crash is closed with a newline before
+appending, so it stays one malformed line instead of corrupting the next.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["RotatingJsonl", "Spool", "SpoolTarget"]
+
+_log = logging.getLogger("model_router.spool")
+_MODE = 0o600
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_MAX_WAIT = 60.0
+"""Longest the writer thread sleeps between retention checks when nothing is due sooner."""
+_LOG_EVERY = 60.0
+"""At most one "dropped" warning per this many seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolTarget:
+    """Where a spool writes and how much it may keep."""
+
+    path: Path
+    max_bytes: int
+    """Bound of the live file and ``<path>.1`` together."""
+    ttl_seconds: float | None = None
+    """No line is kept longer than this; None = bounded by size only."""
+
+
+def _first_stamp(path: Path, time_key: str) -> float | None:
+    """The time of the first line of ``path``; None if the file is missing or empty, 0.0 if it is unreadable.
+
+    0.0 (the epoch) makes an unreadable file expire at once: for personal data, deleting is the safe side.
+    """
+    try:
+        with path.open("rb") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0.0
+    if not first:
+        return None
+    try:
+        stamp = orjson.loads(first).get(time_key)
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0.0
+    return float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else 0.0
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+class RotatingJsonl:
+    """One live JSON Lines file and its rotated predecessor, kept within a :class:`SpoolTarget`'s bounds.
+
+    Synchronous and single-threaded: :class:`Spool` calls it from its writer thread only.
+    """
+
+    def __init__(self, target: SpoolTarget, time_key: str, clock: Callable[[], float] = time.time) -> None:
+        self.target = target
+        self._time_key = time_key
+        self._clock = clock
+        self._fd: int | None = None
+        self._size = 0
+        self._oldest: float | None = None
+        self._previous_oldest: float | None = None
+        self._previous_size = 0
+        self._open()
+        self.maintain()
+
+    @property
+    def previous_path(self) -> Path:
+        """The rotated file, ``<path>.1``."""
+        return self.target.path.with_name(self.target.path.name + ".1")
+
+    @property
+    def line_limit(self) -> int:
+        """The largest line this file accepts (half of ``max_bytes``, newline included)."""
+        return self.target.max_bytes // 2
+
+    def _open(self) -> None:
+        path = self.target.path
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, _OPEN_FLAGS, _MODE)
+        try:
+            os.fchmod(fd, _MODE)
+            self._size = os.fstat(fd).st_size
+            if self._size and _last_byte(path) != b"\n":
+                self._size += os.write(fd, b"\n")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._oldest = _first_stamp(path, self._time_key)
+        self._previous_oldest = _first_stamp(self.previous_path, self._time_key)
+        try:
+            self._previous_size = self.previous_path.stat().st_size
+        except FileNotFoundError:
+            self._previous_size = 0
+
+    def retarget(self, target: SpoolTarget) -> None:
+        """Apply new bounds (same path) at once."""
+        self.target = target
+        self.maintain()
+
+    def append(self, line: bytes, stamp: float) -> bool:
+        """Append one encoded line (ending in a newline); False if it is too large to keep at all."""
+        if len(line) > self.line_limit:
+            return False
+        if self._fd is None:
+            self._open()
+        if self._size and self._size + len(line) > self.line_limit:
+            self._rotate()
+        assert self._fd is not None
+        os.write(self._fd, line)
+        self._size += len(line)
+        if self._oldest is None:
+            self._oldest = stamp
+        self.maintain()
+        return True
+
+    def _rotate(self) -> None:
+        """The live file becomes ``<path>.1`` (the previous ``.1`` is gone); a new, empty live file is opened."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._size:
+            os.replace(self.target.path, self.previous_path)
+            self._previous_oldest = self._oldest
+        self._oldest = None
+        self._size = 0
+        self._open()
+
+    def _drop_previous(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.previous_path.unlink()
+        self._previous_oldest = None
+        self._previous_size = 0
+
+    def maintain(self) -> float | None:
+        """Rotate or delete what is due now; return when the next check is due (None: nothing ever will be)."""
+        now = self._clock()
+        ttl = self.target.ttl_seconds
+        if self._size > self.line_limit:  # the bound shrank on reload
+            self._rotate()
+        if self._previous_size > self.line_limit:
+            self._drop_previous()
+        if ttl is None:
+            return None
+        if self._previous_oldest is not None and self._previous_oldest + ttl <= now:
+            self._drop_previous()
+        if self._oldest is not None and self._oldest + ttl / 2 <= now:
+            self._rotate()
+            if self._previous_oldest is not None and self._previous_oldest + ttl <= now:
+                self._drop_previous()
+        due = []
+        if self._oldest is not None:
+            due.append(self._oldest + ttl / 2)
+        if self._previous_oldest is not None:
+            due.append(self._previous_oldest + ttl)
+        return min(due, default=None)
+
+    def close(self) -> None:
+        """Close the live file (everything written is already in the OS: each line is one ``write``)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Spool:
+    """A bounded queue of JSON objects and the one thread that appends them to a :class:`RotatingJsonl`.
+
+    ``on_drop(reason)`` counts what could not be kept (``<name>_queue_full``, ``<name>_too_large``,
+    ``<name>_write_failed``); it is called on the offering thread for a full queue and on the writer thread
+    otherwise, and never receives the item's content.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        time_key: str,
+        on_drop: Callable[[str], None],
+        capacity: int = 1024,
+        clock: Callable[[], float] = time.time,
+        start: bool = True,
+    ) -> None:
+        self.name = name
+        self._time_key = time_key
+        self._on_drop = on_drop
+        self._capacity = capacity
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._items: collections.deque[Mapping[str, Any]] = collections.deque()
+        self._pending: tuple[SpoolTarget | None] | None = None
+        self._closed = False
+        self._file: RotatingJsonl | None = None
+        self._next_due: float | None = None
+        self.dropped: collections.Counter[str] = collections.Counter()
+        """What could not be kept, by reason (also reported through ``on_drop``)."""
+        self._stats_lock = threading.Lock()  # drops are counted on the offering threads and on the writer thread
+        self._last_warning = -_LOG_EVERY
+        self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
+        if start:
+            self._thread.start()
+
+    def configure(self, target: SpoolTarget | None) -> None:
+        """Write to ``target`` from now on (None: stop writing; items offered meanwhile are discarded)."""
+        with self._cond:
+            self._pending = (target,)
+            self._cond.notify()
+
+    def offer(self, item: Mapping[str, Any]) -> bool:
+        """Queue ``item`` for writing without waiting; False (and counted) if the queue is full or closed."""
+        with self._cond:
+            if not self._closed and len(self._items) < self._capacity:
+                self._items.append(item)
+                self._cond.notify()
+                return True
+        self._drop("queue_full")
+        return False
+
+    def _drop(self, what: str) -> None:
+        reason = f"{self.name}_{what}"
+        now = time.monotonic()
+        with self._stats_lock:
+            self.dropped[reason] += 1
+            count = self.dropped[reason]
+            warn = now - self._last_warning >= _LOG_EVERY
+            if warn:
+                self._last_warning = now
+        self._on_drop(reason)
+        if warn:
+            _log.warning("%s: %s; lines dropped (%d so far)", self.name, what.replace("_", " "), count)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, close the file and stop the thread (new offers are dropped from now on)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        elif not self._thread.ident:  # never started (tests): write on this thread
+            self._run()
+
+    def _wait_seconds(self) -> float:
+        if self._next_due is None:
+            return _MAX_WAIT
+        return min(_MAX_WAIT, max(0.0, self._next_due - self._clock()))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not (self._items or self._pending or self._closed):
+                    self._cond.wait(self._wait_seconds())
+                items = list(self._items)
+                self._items.clear()
+                pending, self._pending = self._pending, None
+                closed = self._closed
+            if pending is not None:
+                self._switch(pending[0])
+            for item in items:
+                self._write(item)
+            self._maintain()
+            if closed:
+                if self._file is not None:
+                    self._file.close()
+                return
+
+    def _switch(self, target: SpoolTarget | None) -> None:
+        current = self._file
+        if current is not None and target is not None and current.target.path == target.path:
+            try:
+                current.retarget(target)
+            except OSError as exc:
+                self._failed(exc)
+            return
+        if current is not None:
+            current.close()
+            self._file = None
+        if target is not None:
+            try:
+                self._file = RotatingJsonl(target, self._time_key, self._clock)
+            except OSError as exc:
+                _log.error("%s: cannot open %s: %s", self.name, target.path, exc.strerror)
+                self._drop("write_failed")
+
+    def _write(self, item: Mapping[str, Any]) -> None:
+        file = self._file
+        if file is None:
+            return  # turned off while the item was queued
+        try:
+            line = orjson.dumps(item) + b"\n"
+        except (orjson.JSONEncodeError, TypeError):
+            self._drop("write_failed")
+            return
+        stamp = item.get(self._time_key)
+        stamp = float(stamp) if isinstance(stamp, (int, float)) else self._clock()
+        try:
+            if not file.append(line, stamp):
+                self._drop("too_large")
+        except OSError as exc:
+            self._failed(exc)
+
+    def _maintain(self) -> None:
+        file = self._file
+        if file is None:
+            self._next_due = None
+            return
+        try:
+            self._next_due = file.maintain()
+        except OSError as exc:
+            self._next_due = self._clock() + _MAX_WAIT
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A file operation failed: logged (path and error, never content) and counted, never raised."""
+        path = self._file.target.path if self._file is not None else None
+        _log.error("%s: writing %s failed: %s", self.name, path, exc.strerror or exc)
+        self._drop("write_failed")

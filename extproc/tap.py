@@ -1,0 +1,51 @@
+"""What a stream hands to the learning-from-traffic features once it has decided: the decision store and capture.
+
+The stream handler knows nothing about files or feedback; it calls one :class:`DecisionTap` method per decided
+request (routed, fallback or shadow). :class:`LearningTap` is the server's: it remembers the decision for feedback
+and offers the prompt to the capture. Both are optional, so tests and ``model-router explain`` pass nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Protocol
+
+from extproc.capture import PromptCapture
+from extproc.config import Settings
+from extproc.feedback import DecisionEntry, DecisionStore
+from extproc.record import DecisionRecord
+from extproc.request import ParsedRequest
+
+__all__ = ["DecisionTap", "LearningTap"]
+
+
+class DecisionTap(Protocol):
+    """Observes decided requests with their parsed body; must not block (it runs on the event loop)."""
+
+    def decided(self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str) -> None:
+        """One request was decided under ``settings`` (the stream's snapshot); ``served_model`` answers it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LearningTap:
+    """Feeds the decision store (if feedback is on) and the prompt capture (if there is one)."""
+
+    decisions: DecisionStore | None = None
+    capture: PromptCapture | None = None
+
+    def decided(self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str) -> None:
+        """Remember the decision and offer its prompt for capture."""
+        if self.decisions is not None:
+            # Interned: tenants and routable model names are few, and the store holds tens of thousands of entries.
+            entry = DecisionEntry(
+                requested_model=sys.intern(parsed.requested_model),
+                selected_model=rec.selected_model or served_model,
+                served_model=served_model,
+                tenant=sys.intern(rec.tenant) if rec.tenant else None,
+                decided_unix=round(rec.started_unix_ns / 1e9, 3),
+            )
+            self.decisions.remember(rec.decision_id, entry)
+        if self.capture is not None:
+            self.capture.offer(settings.capture, rec, parsed)

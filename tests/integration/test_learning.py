@@ -1,0 +1,211 @@
+"""Learning from traffic through the real Envoy: prompt capture, feedback over HTTP (via Envoy) and gRPC, the join.
+
+The prompt must be in the capture file and nowhere else: not in the router's log (at debug level, with the
+decision log on) and not in any exported span.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+import yaml
+
+from devstack.otlp import OtlpReceiver
+from devstack.stack import Stack
+from extproc.api.model_router.v1 import model_router_pb2 as api
+from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+from extproc.cli import main
+from tests.integration.test_routing import HARD, chat_body, post
+from tests.integration.test_telemetry import _fast_envoy_flush
+
+SECRET = "turquoise-walrus-private-question"
+FEEDBACK = "/model-router/v1/feedback"
+
+
+def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def learning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    workdir = tmp_path_factory.mktemp("learning")
+    stack = Stack(workdir=workdir, envoy_patch=_fast_envoy_flush)
+    stack.router_overrides = {
+        "classifier": {"kind": "heuristic"},
+        "server": {"log_level": "debug", "config_poll_seconds": 0.5},
+        "telemetry": {"decision_log": True, "otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
+        "capture": {"enabled": True, "sample_rate": 1.0, "path": str(workdir / "data" / "capture.jsonl")},
+        "feedback": {"enabled": True, "path": str(workdir / "data" / "feedback.jsonl")},
+    }
+    stack.env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+    receiver = OtlpReceiver(stack.collector_port).start()
+    try:
+        with stack:
+            yield stack, receiver
+    finally:
+        receiver.stop()
+
+
+def _files(stack: Stack) -> tuple[Path, Path]:
+    return stack.workdir / "data" / "capture.jsonl", stack.workdir / "data" / "feedback.jsonl"
+
+
+def _ask(stack: Stack, prompt: str) -> tuple[str, str]:
+    """One chat request with the openai SDK; the decision id and model from the response headers."""
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": prompt}]
+    )
+    assert raw.http_response.status_code == 200
+    return raw.headers["x-model-router-decision-id"], raw.headers["x-model-router-model"]
+
+
+def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = learning
+    capture, feedback = _files(stack)
+    decision_id, served = _ask(stack, f"{SECRET}: {HARD}")
+    assert served == "gpt-4o"
+
+    r = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": decision_id, "score": 1}, timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"decision_id": decision_id, "model": served, "score": 1.0}
+    assert "x-upstream-cluster" not in r.headers, "the feedback route must not reach an LLM upstream"
+    unknown = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": "0123456789abcdef", "score": 1}, timeout=5)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    bad = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": decision_id, "score": 3}, timeout=5)
+    assert bad.status_code == 400 and "score" in bad.json()["error"]["message"]
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+        stub = api_grpc.ModelRouterServiceStub(channel)
+        reply = stub.Feedback(api.FeedbackRequest(decision_id=decision_id, score=0, model="gpt-4o-mini"), timeout=5)
+        assert (reply.model, reply.score) == ("gpt-4o-mini", 0.0)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Feedback(api.FeedbackRequest(decision_id="0123456789abcdef", score=1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    assert _wait_until(lambda: len(_jsonl(feedback)) == 2)
+    lines = _jsonl(feedback)
+    assert [(x["decision_id"], x["model"], x["score"], x["source"]) for x in lines] == [
+        (decision_id, "gpt-4o", 1.0, "http"),
+        (decision_id, "gpt-4o-mini", 0.0, "grpc"),
+    ]
+    assert all(x["requested_model"] == "auto" and x["selected_model"] == "gpt-4o" for x in lines)
+
+    assert _wait_until(lambda: any(x["id"] == decision_id for x in _jsonl(capture)))
+    (line,) = [x for x in _jsonl(capture) if x["id"] == decision_id]
+    assert line["messages"] == [{"role": "user", "content": f"{SECRET}: {HARD}"}]
+    assert (line["schema"], line["requested_model"], line["selected_model"]) == ("openai.chat", "auto", "gpt-4o")
+    for path in (capture, feedback):
+        assert path.stat().st_mode & 0o777 == 0o600
+
+    spans = receiver.wait_for(
+        lambda got: any(s.attributes.get("model_router.decision_id") == decision_id for s in got)
+    )
+    assert SECRET not in repr([s.attributes for s in spans])
+    log = stack.log("router").read_text()
+    assert decision_id in log, "the decision log line is there"
+    assert SECRET not in log, "the prompt must be in the capture file only"
+    assert SECRET not in feedback.read_text()
+
+
+def test_outcomes_joins_what_the_router_wrote(
+    learning: tuple[Stack, OtlpReceiver], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, _ = learning
+    capture, feedback = _files(stack)
+    other, _model = _ask(stack, "What is the capital of Peru?")  # captured, but nobody scores it
+    assert _wait_until(lambda: any(x["id"] == other for x in _jsonl(capture)))
+    out = tmp_path / "outcomes.jsonl"
+    assert main(["outcomes", "--capture", str(capture), "--feedback", str(feedback), "--out", str(out)]) == 0
+    (record,) = _jsonl(out)
+    assert record["scores"] == {"gpt-4o": 1.0, "gpt-4o-mini": 0.0}
+    assert SECRET in record["messages"][0]["content"]
+    assert "captured prompts without feedback (skipped)" in capsys.readouterr().out
+
+
+def _rewrite_capture(stack: Stack, **capture: Any) -> None:
+    data = yaml.safe_load(stack.router_config_path.read_text())
+    data["capture"].update(capture)
+    stack.router_config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _reloads(stack: Stack) -> float:
+    text = httpx.get(stack.metrics_url, timeout=5).text
+    found = re.search(r'^model_router_config_reloads_total\{result="applied"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_capture_follows_hot_reload(learning: tuple[Stack, OtlpReceiver]) -> None:
+    stack, _ = learning
+    capture, _feedback = _files(stack)
+    before = _reloads(stack)
+    _rewrite_capture(stack, enabled=False)
+    assert _wait_until(lambda: _reloads(stack) == before + 1)
+    off, _ = _ask(stack, "Is this captured while capture is off?")
+    _rewrite_capture(stack, enabled=True)
+    assert _wait_until(lambda: _reloads(stack) == before + 2)
+    on, _ = _ask(stack, "And now that it is on again?")
+    assert _wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
+    assert all(x["id"] != off for x in _jsonl(capture))
+
+
+def test_sigterm_flushes_every_queued_line(learning: tuple[Stack, OtlpReceiver]) -> None:
+    stack, _ = learning
+    capture, _feedback = _files(stack)
+    with httpx.Client(timeout=10) as client:
+        ids = [
+            client.post(
+                stack.base_url + "/v1/chat/completions",
+                content=chat_body(f"flush check {i}"),
+                headers={"content-type": "application/json"},
+            ).headers["x-model-router-decision-id"]
+            for i in range(30)
+        ]
+    assert stack.stop_router(signal.SIGTERM) == 0
+    assert set(ids) <= {x["id"] for x in _jsonl(capture)}
+
+
+@pytest.fixture(scope="module")
+def capture_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """capture.enabled false (the default) with a path set, and feedback off (the default)."""
+    workdir = tmp_path_factory.mktemp("capture-off")
+    overrides = {"classifier": {"kind": "heuristic"}, "capture": {"path": str(workdir / "data" / "capture.jsonl")}}
+    with Stack(workdir=workdir, router_overrides=overrides) as s:
+        yield s
+
+
+def test_capture_off_writes_nothing_and_feedback_off_is_refused(capture_off: Stack) -> None:
+    before = sorted(p.name for p in capture_off.workdir.rglob("*"))
+    r = post(capture_off, chat_body(f"{SECRET}: {HARD}"))
+    assert r.status_code == 200 and r.headers["x-model-router-model"] == "gpt-4o"
+    decision_id = r.headers["x-model-router-decision-id"]
+    assert not (capture_off.workdir / "data").exists()
+    assert sorted(p.name for p in capture_off.workdir.rglob("*")) == before
+    with grpc.insecure_channel(f"127.0.0.1:{capture_off.router_port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            api_grpc.ModelRouterServiceStub(channel).Feedback(
+                api.FeedbackRequest(decision_id=decision_id, score=1), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    refused = httpx.post(capture_off.base_url + FEEDBACK, json={"decision_id": decision_id, "score": 1}, timeout=5)
+    assert refused.status_code == 503, "no feedback endpoint is listening: Envoy cannot connect"
+    assert SECRET not in capture_off.log("router").read_text()

@@ -1,0 +1,243 @@
+"""Feedback: the decision store's bounds, validation, and the gRPC and HTTP endpoints writing the feedback file."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from devstack.stack import free_port
+from extproc.api.model_router.v1 import model_router_pb2 as api
+from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+from extproc.decide import DecisionService
+from extproc.feedback import DecisionEntry, DecisionStore, FeedbackRecorder, FeedbackResult, FeedbackStatus
+from extproc.feedback_http import MAX_BODY_BYTES, start_feedback_server
+from extproc.snapshot import SnapshotRef
+from extproc.spool import Spool, SpoolTarget
+from tests.fakes import RecordingSink, demo_settings, inline_classify, snapshot
+
+CATALOG = frozenset({"llama-3.1-8b-instruct", "gpt-4o-mini", "gpt-4o"})
+KNOWN = "00000000000000aa"
+ENTRY = DecisionEntry(
+    requested_model="auto",
+    selected_model="gpt-4o-mini",
+    served_model="gpt-4o-mini",
+    tenant="acme",
+    decided_unix=1_700_000_000.0,
+)
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_store_forgets_after_the_ttl() -> None:
+    clock = Clock()
+    store = DecisionStore(max_entries=10, ttl_seconds=60.0, clock=clock)
+    store.remember("a", ENTRY)
+    clock.now += 59.9
+    assert store.get("a") == ENTRY
+    clock.now += 0.1
+    assert store.get("a") is None
+    assert len(store) == 0, "an expired entry is dropped when read"
+
+
+def test_store_is_bounded_oldest_first() -> None:
+    store = DecisionStore(max_entries=3, ttl_seconds=60.0, clock=Clock())
+    for name in "abcde":
+        store.remember(name, ENTRY)
+    assert len(store) == 3
+    assert [store.get(n) is not None for n in "abcde"] == [False, False, True, True, True]
+
+
+def test_store_drops_expired_entries_as_new_ones_arrive() -> None:
+    clock = Clock()
+    store = DecisionStore(max_entries=1000, ttl_seconds=10.0, clock=clock)
+    for i in range(100):
+        store.remember(f"old{i}", ENTRY)
+    clock.now += 11
+    store.remember("new", ENTRY)
+    assert len(store) == 1, "memory is released without waiting for reads"
+
+
+@dataclass
+class Harness:
+    recorder: FeedbackRecorder
+    spool: Spool
+    path: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        self.spool.close()
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.exists() else []
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    path = tmp_path / "feedback.jsonl"
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=4, start=False)
+    spool.configure(SpoolTarget(path, max_bytes=1 << 20))
+    recorder = FeedbackRecorder(store, spool, lambda: CATALOG, wall_clock=lambda: 1_700_000_100.0)
+    return Harness(recorder, spool, path)
+
+
+@pytest.mark.parametrize(
+    ("decision_id", "score", "model", "status", "message"),
+    [
+        pytest.param(None, 1, None, FeedbackStatus.INVALID, "decision_id: required", id="missing-id"),
+        pytest.param("", 1, None, FeedbackStatus.INVALID, "decision_id: required", id="empty-id"),
+        pytest.param(7, 1, None, FeedbackStatus.INVALID, "decision_id: required", id="numeric-id"),
+        pytest.param("../etc", 1, None, FeedbackStatus.INVALID, "decision_id: not a decision id", id="odd-chars"),
+        pytest.param("a" * 65, 1, None, FeedbackStatus.INVALID, "decision_id: not a decision id", id="too-long"),
+        pytest.param(KNOWN, None, None, FeedbackStatus.INVALID, "score: required", id="missing-score"),
+        pytest.param(KNOWN, "1", None, FeedbackStatus.INVALID, "score: must be a number in [0, 1]", id="string"),
+        pytest.param(KNOWN, True, None, FeedbackStatus.INVALID, "score: must be a number in [0, 1]", id="bool"),
+        pytest.param(KNOWN, math.nan, None, FeedbackStatus.INVALID, "score: must be a number in [0, 1]", id="nan"),
+        pytest.param(KNOWN, -0.01, None, FeedbackStatus.INVALID, "score: must be a number in [0, 1]", id="below"),
+        pytest.param(KNOWN, 1.01, None, FeedbackStatus.INVALID, "score: must be a number in [0, 1]", id="above"),
+        pytest.param(KNOWN, 1, "gpt-5", FeedbackStatus.INVALID, "model: not a catalog model", id="model-unknown"),
+        pytest.param(KNOWN, 1, ["gpt-4o"], FeedbackStatus.INVALID, "model: must be a string", id="model-list"),
+        pytest.param("00000000000000bb", 1, None, FeedbackStatus.NOT_FOUND, "decision_id: no recent", id="unknown"),
+    ],
+)
+def test_rejected_feedback_writes_nothing(
+    harness: Harness, decision_id: Any, score: Any, model: Any, status: FeedbackStatus, message: str
+) -> None:
+    result = harness.recorder.submit(decision_id, score, model)
+    assert result.status is status
+    assert result.message.startswith(message)
+    assert harness.lines() == []
+
+
+def test_accepted_feedback_defaults_to_the_served_model(harness: Harness) -> None:
+    assert harness.recorder.submit(KNOWN, 1) == FeedbackResult(FeedbackStatus.RECORDED, "", KNOWN, "gpt-4o-mini", 1.0)
+    assert harness.recorder.submit(KNOWN, 0.25, "gpt-4o", source="http").model == "gpt-4o"
+    assert harness.recorder.submit(KNOWN, 0).score == 0.0, "thumbs down is a score, not a missing one"
+    first, second, third = harness.lines()
+    assert first == {
+        "decision_id": KNOWN,
+        "model": "gpt-4o-mini",
+        "score": 1.0,
+        "received_unix": 1_700_000_100.0,
+        "decided_unix": 1_700_000_000.0,
+        "requested_model": "auto",
+        "selected_model": "gpt-4o-mini",
+        "tenant": "acme",
+        "source": "grpc",
+    }
+    assert (second["model"], second["score"], second["source"]) == ("gpt-4o", 0.25, "http")
+    assert third["score"] == 0.0
+
+
+def test_a_full_writer_queue_is_unavailable_not_lost_silently(harness: Harness) -> None:
+    results = [harness.recorder.submit(KNOWN, 1).status for _ in range(6)]
+    assert results == [FeedbackStatus.RECORDED] * 4 + [FeedbackStatus.UNAVAILABLE] * 2
+    assert len(harness.lines()) == 4
+
+
+@pytest.fixture
+def http_url(harness: Harness) -> Iterator[str]:
+    port = free_port()
+    stop = start_feedback_server(f"127.0.0.1:{port}", harness.recorder, poll_interval=0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 1}, 200, None, id="ok"),
+        pytest.param("POST", "/v1/feedback", {"decision_id": "f" * 16, "score": 1}, 404, "not_found", id="unknown"),
+        pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 2}, 400, "invalid_argument", id="score"),
+        pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN}, 400, "invalid_argument", id="no-score"),
+        pytest.param(
+            "POST", "/v1/feedback", {"decision_id": KNOWN, "score": 1, "comment": "free text"}, 400,
+            "invalid_argument", id="no-free-text",
+        ),
+        pytest.param("POST", "/v1/feedback", [KNOWN, 1], 400, "invalid_argument", id="not-an-object"),
+        pytest.param("POST", "/v1/feedback", b"{nope", 400, "invalid_argument", id="not-json"),
+        pytest.param("POST", "/v1/feedback", b"x" * (MAX_BODY_BYTES + 1), 413, "too_large", id="too-large"),
+        pytest.param("GET", "/v1/feedback", None, 405, "method_not_allowed", id="get"),
+        pytest.param("POST", "/metrics", {"decision_id": KNOWN, "score": 1}, 404, "not_found", id="other-path"),
+    ],
+)
+def test_http_endpoint(
+    harness: Harness, http_url: str, method: str, path: str, body: Any, status: int, code: str | None
+) -> None:
+    content = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    r = httpx.request(method, http_url + path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    if code is None:
+        assert r.json() == {"decision_id": KNOWN, "model": "gpt-4o-mini", "score": 1.0}
+        assert [line["source"] for line in harness.lines()] == ["http"]
+    else:
+        assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+        assert harness.lines() == []
+
+
+@pytest.fixture
+async def feedback_stub(harness: Harness) -> AsyncIterator[api_grpc.ModelRouterServiceStub]:
+    server = grpc.aio.server()
+    snaps = SnapshotRef(snapshot(settings=demo_settings()))
+    api_grpc.add_ModelRouterServiceServicer_to_server(
+        DecisionService(snaps, inline_classify, RecordingSink(), feedback=harness.recorder), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield api_grpc.ModelRouterServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRouterServiceStub) -> None:
+    reply = await feedback_stub.Feedback(api.FeedbackRequest(decision_id=KNOWN, score=0.0), timeout=5)
+    assert (reply.decision_id, reply.model, reply.score) == (KNOWN, "gpt-4o-mini", 0.0)
+    cases = [
+        (api.FeedbackRequest(decision_id="ffffffffffffffff", score=1), grpc.StatusCode.NOT_FOUND, "decision_id"),
+        (api.FeedbackRequest(decision_id=KNOWN), grpc.StatusCode.INVALID_ARGUMENT, "score: required"),
+        (api.FeedbackRequest(decision_id=KNOWN, score=1.5), grpc.StatusCode.INVALID_ARGUMENT, "score"),
+        (api.FeedbackRequest(decision_id=KNOWN, score=1, model="nope"), grpc.StatusCode.INVALID_ARGUMENT, "model"),
+        (api.FeedbackRequest(score=1), grpc.StatusCode.INVALID_ARGUMENT, "decision_id: required"),
+    ]
+    for request, code, message in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await feedback_stub.Feedback(request, timeout=5)
+        assert err.value.code() == code and message in (err.value.details() or "")
+    assert [(line["model"], line["score"]) for line in harness.lines()] == [("gpt-4o-mini", 0.0)]
+
+
+async def test_grpc_feedback_when_disabled_is_failed_precondition() -> None:
+    server = grpc.aio.server()
+    snaps = SnapshotRef(snapshot(settings=demo_settings()))
+    api_grpc.add_ModelRouterServiceServicer_to_server(DecisionService(snaps, inline_classify, RecordingSink()), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await api_grpc.ModelRouterServiceStub(channel).Feedback(
+                    api.FeedbackRequest(decision_id=KNOWN, score=1), timeout=5
+                )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        await server.stop(None)

@@ -1,0 +1,110 @@
+"""``model-router outcomes``: captured prompts joined with feedback into EVAL.md records, and what is skipped."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+from extproc.cli import main
+from extproc.outcomes import join_outcomes, run_outcomes
+
+
+def _write(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def _capture(decision_id: str, text: str = "q") -> dict[str, Any]:
+    return {"id": decision_id, "messages": [{"role": "user", "content": text}], "captured_unix": 1.0, "tenant": None}
+
+
+def _fb(decision_id: str, model: str, score: Any) -> dict[str, Any]:
+    return {"decision_id": decision_id, "model": model, "score": score, "received_unix": 2.0}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_join_means_skips_and_counts(tmp_path: Path) -> None:
+    captures = _write(
+        tmp_path / "capture.jsonl",
+        [
+            _capture("a", "first"),
+            _capture("b"),
+            "not json",
+            {"id": "c"},  # no messages
+            {"id": "", "messages": [{"role": "user", "content": "x"}]},
+            _capture("a", "repeated"),
+            _capture("d"),  # no feedback
+        ],
+    )
+    rotated = _write(tmp_path / "capture.jsonl.1", [_capture("e")])
+    feedback = _write(
+        tmp_path / "feedback.jsonl",
+        [
+            _fb("a", "small", 1),
+            _fb("a", "small", 1),
+            _fb("a", "small", 0),
+            _fb("a", "big", 1),
+            _fb("b", "small", 0),
+            _fb("e", "big", 0.5),
+            _fb("zz", "small", 1),  # no captured prompt
+            _fb("zz", "big", 0),
+            _fb("yy", "small", 1),
+            _fb("a", "small", 2),  # out of range
+            _fb("a", "small", True),
+            {"decision_id": "a", "score": 1},  # no model
+            "{broken",
+        ],
+    )
+    out = io.BytesIO()
+    stats = join_outcomes([rotated, captures], [feedback], out)
+    got = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert got == [
+        {"id": "e", "messages": [{"role": "user", "content": "q"}], "scores": {"big": 0.5}},
+        {"id": "a", "messages": [{"role": "user", "content": "first"}], "scores": {"small": 2 / 3, "big": 1.0}},
+        {"id": "b", "messages": [{"role": "user", "content": "q"}], "scores": {"small": 0.0}},
+    ]
+    assert (stats.records, stats.feedback_joined, stats.averaged) == (3, 6, 1)
+    assert (stats.malformed_capture, stats.duplicate_capture, stats.unscored_capture) == (3, 1, 1)
+    assert (stats.malformed_feedback, stats.orphan_feedback, stats.orphan_decisions) == (4, 3, 2)
+
+
+def test_keep_unscored_writes_prompts_without_scores(tmp_path: Path) -> None:
+    captures = _write(tmp_path / "c.jsonl", [_capture("a"), _capture("b")])
+    feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])
+    out = io.BytesIO()
+    stats = join_outcomes([captures], [feedback], out, keep_unscored=True)
+    assert [json.loads(x) for x in out.getvalue().splitlines()] == [
+        {"id": "a", "messages": [{"role": "user", "content": "q"}], "scores": {"m": 1.0}},
+        {"id": "b", "messages": [{"role": "user", "content": "q"}]},
+    ]
+    assert stats.records == 2 and stats.unscored_capture == 1
+
+
+def test_cli_reads_gzip_writes_private_file_and_summarises(tmp_path: Path, capsys: Any) -> None:
+    captures = tmp_path / "c.jsonl.gz"
+    with gzip.open(captures, "wt") as f:
+        f.write(json.dumps(_capture("a")) + "\nnope\n")
+    feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1), _fb("x", "m", 0)])
+    out = tmp_path / "out.jsonl"
+    code = main(["outcomes", "--capture", str(captures), "--feedback", str(feedback), "--out", str(out)])
+    assert code == 0
+    assert _records(out) == [{"id": "a", "messages": [{"role": "user", "content": "q"}], "scores": {"m": 1.0}}]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    printed = capsys.readouterr().out
+    assert f"wrote 1 records to {out}" in printed
+    assert "1 feedback lines for 1 decisions without a captured prompt" in printed
+    assert "1 malformed capture lines" in printed
+
+
+def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
+    err = io.StringIO()
+    code = run_outcomes([tmp_path / "nope.jsonl"], [], tmp_path / "out.jsonl", False, io.StringIO(), err)
+    assert code == 2 and err.getvalue().count("\n") == 1 and "nope.jsonl: no such file" in err.getvalue()
+    assert not (tmp_path / "out.jsonl").exists()

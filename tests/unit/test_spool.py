@@ -1,0 +1,228 @@
+"""The bounded JSON Lines writer: rotation by size and age, file modes, the queue's drop counting, flush on close."""
+
+from __future__ import annotations
+
+import json
+import random
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from extproc.spool import RotatingJsonl, Spool, SpoolTarget
+
+KEY = "t"
+
+
+class Clock:
+    """A settable wall clock."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _line(stamp: float, pad: int = 0) -> bytes:
+    return json.dumps({KEY: stamp, "x": "y" * pad}).encode() + b"\n"
+
+
+def _stamps(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    return [json.loads(line)[KEY] for line in path.read_text().splitlines()]
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def test_size_rotation_keeps_one_previous_file_within_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    clock = Clock()
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1000), KEY, clock)
+    line = _line(clock.now, pad=100 - len(_line(clock.now)))
+    assert len(line) == 100
+    for i in range(23):
+        assert f.append(_line(float(i), pad=100 - len(_line(float(i)))), float(i))
+        total = path.stat().st_size + (_previous(path).stat().st_size if _previous(path).exists() else 0)
+        assert total <= 1000
+    assert _stamps(path) == [20.0, 21.0, 22.0]
+    assert _stamps(_previous(path)) == [15.0, 16.0, 17.0, 18.0, 19.0]  # lines 0..14 were deleted with older files
+    assert not (tmp_path / "c.jsonl.2").exists()
+
+
+def test_a_line_larger_than_half_the_bound_is_refused(tmp_path: Path) -> None:
+    f = RotatingJsonl(SpoolTarget(tmp_path / "c.jsonl", max_bytes=200), KEY, Clock())
+    assert not f.append(_line(1.0, pad=150), 1.0)
+    assert f.append(_line(1.0, pad=10), 1.0)
+
+
+def test_ttl_rotates_at_half_and_deletes_at_full_age(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    clock = Clock(0.0)
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock)
+    f.append(_line(0.0), 0.0)
+    clock.now = 49.0
+    assert f.maintain() == 50.0
+    assert _stamps(path) == [0.0]
+    clock.now = 50.0
+    f.maintain()
+    assert _stamps(path) == [] and _stamps(_previous(path)) == [0.0]
+    clock.now = 60.0
+    f.append(_line(60.0), 60.0)
+    assert f.maintain() == 100.0  # the previous file's oldest line expires first
+    clock.now = 100.0
+    assert f.maintain() == 110.0
+    assert not _previous(path).exists() and _stamps(path) == [60.0]
+
+
+def test_no_line_outlives_the_ttl_and_none_dies_before_half_of_it(tmp_path: Path) -> None:
+    """Random writes over simulated days, with the checks the writer thread makes (on writes and when due)."""
+    path = tmp_path / "c.jsonl"
+    clock = Clock(0.0)
+    ttl = 3600.0
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 30, ttl_seconds=ttl), KEY, clock)
+    rng = random.Random(7)
+    written: list[float] = []
+    due = f.maintain()
+    while clock.now < 5 * 86400:
+        step = rng.expovariate(1 / 300.0)
+        if due is not None and clock.now + step >= due:
+            clock.now = due  # the writer wakes exactly when something is due
+            due = f.maintain()
+        else:
+            clock.now += step
+            f.append(_line(clock.now), clock.now)
+            written.append(clock.now)
+            due = f.maintain()
+        kept = _stamps(path) + _stamps(_previous(path))
+        assert all(clock.now - s < ttl for s in kept), "a line outlived the TTL"
+        gone = set(written) - set(kept)
+        assert all(clock.now - s >= ttl / 2 for s in gone), "a line was deleted before half the TTL"
+
+
+def test_startup_expires_old_files_and_unreadable_ones(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(_line(0.0) + _line(10.0))
+    _previous(path).write_bytes(b"not json\n")
+    clock = Clock(10_000.0)
+    RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock).close()
+    assert not _previous(path).exists(), "old lines must not survive a restart"
+    assert _stamps(path) == []
+
+
+def test_startup_keeps_fresh_lines_and_closes_a_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(_line(9_990.0) + b'{"t": 9995.0, "x": "cut sh')
+    clock = Clock(10_000.0)
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock)
+    f.append(_line(10_000.0), 10_000.0)
+    lines = path.read_bytes().splitlines()
+    assert json.loads(lines[0])[KEY] == 9_990.0
+    assert lines[1] == b'{"t": 9995.0, "x": "cut sh'
+    assert json.loads(lines[2])[KEY] == 10_000.0
+
+
+def test_files_are_private_and_symlinks_are_not_followed(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "c.jsonl"
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20), KEY, Clock())
+    f.append(_line(1.0), 1.0)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    f.close()
+    loose = tmp_path / "loose.jsonl"
+    loose.write_text("")
+    loose.chmod(0o644)
+    RotatingJsonl(SpoolTarget(loose, max_bytes=1 << 20), KEY, Clock()).close()
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(OSError):
+        RotatingJsonl(SpoolTarget(link, max_bytes=1 << 20), KEY, Clock())
+    assert victim.read_text() == "keep"
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    drops: list[str] = []
+    spool = Spool("capture", KEY, drops.append, capacity=2, clock=Clock(), start=False)
+    spool.configure(SpoolTarget(tmp_path / "c.jsonl", max_bytes=1 << 20))
+    assert spool.offer({KEY: 1.0, "n": 1})
+    assert spool.offer({KEY: 2.0, "n": 2})
+    assert not spool.offer({KEY: 3.0, "n": 3})
+    assert drops == ["capture_queue_full"] and spool.dropped["capture_queue_full"] == 1
+    spool.close()
+    assert [json.loads(x)["n"] for x in (tmp_path / "c.jsonl").read_text().splitlines()] == [1, 2]
+    assert not spool.offer({KEY: 4.0}), "closed: dropped"
+
+
+def test_writer_thread_writes_everything_offered_before_close(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    spool = Spool("capture", KEY, lambda _reason: None, capacity=100_000)
+    spool.configure(SpoolTarget(path, max_bytes=1 << 30))
+    threads = [
+        threading.Thread(target=lambda k=k: [spool.offer({KEY: 1.0, "k": k, "i": i}) for i in range(500)])
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spool.close()
+    got = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(got) == 2000 and not spool.dropped
+    for k in range(4):
+        assert [g["i"] for g in got if g["k"] == k] == list(range(500)), "per-producer order is kept"
+
+
+def test_unwritable_items_are_counted_not_raised(tmp_path: Path) -> None:
+    drops: list[str] = []
+    spool = Spool("feedback", KEY, drops.append, start=False, clock=Clock())
+    spool.configure(SpoolTarget(tmp_path / "f.jsonl", max_bytes=8192))
+    spool.offer({KEY: 1.0, "x": "y" * 5000})  # over half of max_bytes
+    spool.offer({KEY: 1.0, "x": object()})  # cannot be encoded
+    spool.offer({KEY: 1.0, "ok": True})
+    spool.close()
+    assert drops == ["feedback_too_large", "feedback_write_failed"]
+    assert len((tmp_path / "f.jsonl").read_text().splitlines()) == 1
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_reconfigure_switches_the_file_and_none_discards(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    spool = Spool("capture", KEY, lambda _reason: None)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 20))
+    spool.offer({KEY: 1.0, "n": 1})
+    _wait_for(lambda: a.exists() and a.read_text().count("\n") == 1)
+    spool.configure(SpoolTarget(b, max_bytes=1 << 20))
+    spool.offer({KEY: 1.0, "n": 2})
+    _wait_for(lambda: b.exists() and b.read_text().count("\n") == 1)
+    spool.configure(None)
+    _wait_for(lambda: spool._file is None)
+    spool.offer({KEY: 1.0, "n": 3})
+    spool.close()
+    assert [json.loads(x)["n"] for x in a.read_text().splitlines()] == [1]
+    assert [json.loads(x)["n"] for x in b.read_text().splitlines()] == [2]
+
+
+def test_the_writer_expires_lines_on_its_own_timer(tmp_path: Path) -> None:
+    """No new writes: the thread still wakes when a line is due and deletes it (real clock, a 0.3 s TTL)."""
+    path = tmp_path / "c.jsonl"
+    spool = Spool("capture", KEY, lambda _reason: None)
+    spool.configure(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=0.3))
+    spool.offer({KEY: time.time()})
+    _wait_for(lambda: _stamps(path) != [])
+    _wait_for(lambda: _stamps(path) == [] and not _previous(path).exists(), timeout=3.0)
+    spool.close()
