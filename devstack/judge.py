@@ -3,7 +3,8 @@
 The grade comes from the answer being judged: the fake upstreams answer ``answer from MODEL on cluster CLUSTER``,
 and the judge looks up ``MODEL@CLUSTER``, then ``MODEL``, in its grade table (``--grade NAME=N``, repeatable);
 anything else gets 1. So an answer from the wrong cluster (a fallback) grades differently from the right one, and a
-test can tell a mislabel from a label.
+test can tell a mislabel from a label. ``--fails-on WORD@MODEL`` (repeatable) gives 1 to MODEL's answers to
+conversations containing WORD: an outcome that depends on the prompt, which ``model-router adapt`` can learn.
 
 Faults are asked for in the conversation being judged (they pass through the gateway untouched), as
 ``JUDGE:<fault>`` or ``JUDGE:<fault>@<model>`` (only when judging that model's answer):
@@ -31,6 +32,7 @@ __all__ = ["grade_of", "main", "make_app"]
 _ANSWER = re.compile(r"answer from (\S+) on cluster (\S+)")
 _FAULT = re.compile(r"JUDGE:(\w+)(?:@(\S+))?")
 _GRADES: web.AppKey[dict[str, int]] = web.AppKey("grades")
+_FAILS: web.AppKey[tuple[tuple[str, str], ...]] = web.AppKey("fails")
 _SEEN: web.AppKey[Counter[str]] = web.AppKey("seen")
 _REQUESTS: web.AppKey[Counter[str]] = web.AppKey("requests")
 SLOW_SECONDS = 5.0
@@ -84,6 +86,8 @@ async def _grade(request: web.Request) -> web.Response:
     seen[key] += 1
     grades: dict[str, int] = request.app[_GRADES]
     grade = grade_of(answer, grades)
+    if named and any(word in conversation and named.group(1) == model for word, model in request.app[_FAILS]):
+        grade = 1
     text = orjson.dumps({"grade": grade}).decode()
     match fault:
         case "http500":
@@ -106,10 +110,11 @@ async def _requests(request: web.Request) -> web.Response:
     return web.json_response(dict(counts))
 
 
-def make_app(grades: Mapping[str, int]) -> web.Application:
-    """The fake judge with this grade table."""
+def make_app(grades: Mapping[str, int], fails_on: tuple[tuple[str, str], ...] = ()) -> web.Application:
+    """The fake judge with this grade table and these (word, model) failures."""
     app = web.Application()
     app[_GRADES] = dict(grades)
+    app[_FAILS] = fails_on
     app[_SEEN] = Counter()
     app[_REQUESTS] = Counter()
     app.router.add_post("/v1/chat/completions", _grade)
@@ -124,13 +129,22 @@ def _grade_option(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def _fails_option(text: str) -> tuple[str, str]:
+    word, sep, model = text.partition("@")
+    if not sep or not word or not model:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WORD@MODEL")
+    return word, model
+
+
 def main() -> None:
     """``python -m devstack.judge --port N --grade MODEL[@CLUSTER]=N ...``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--grade", type=_grade_option, action="append", default=[])
+    parser.add_argument("--fails-on", type=_fails_option, action="append", default=[], metavar="WORD@MODEL")
     args = parser.parse_args()
-    web.run_app(make_app(dict(args.grade)), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    app = make_app(dict(args.grade), tuple(args.fails_on))
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

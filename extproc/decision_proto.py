@@ -47,6 +47,9 @@ OPTIONAL_NUMBERS = (
     ("cost_selected", "estimated_cost_selected"),
     ("classify_seconds", "classify_seconds"),
     ("total_seconds", "total_seconds"),
+    ("candidate_difficulty", "candidate_difficulty"),
+    ("candidate_success_probability", "candidate_success_probability"),
+    ("cost_candidate", "estimated_cost_candidate"),
 )
 """Record field -> message field, for the fields with explicit presence."""
 
@@ -73,6 +76,8 @@ def to_proto(rec: DecisionRecord) -> api.RoutingDecision:
         cluster=rec.cluster or "",
         tier=rec.tier or "",
         tenant=rec.tenant or "",
+        candidate_selected_model=rec.candidate_selected_model or "",
+        candidate_tier=rec.candidate_tier or "",
         shadow=rec.outcome is Outcome.SHADOW,
         stream=rec.stream,
     )

@@ -56,6 +56,12 @@ class DecisionRecord:
     tracestate: str | None = None
     prompt_excerpt: str | None = None
     """Only with ``telemetry.log_prompts: true``; otherwise never set."""
+    candidate_selected_model: str | None = None
+    """With ``classifier.candidate_model_dir``: the candidate model's choice for the same request (not routed)."""
+    candidate_tier: str | None = None
+    candidate_difficulty: float | None = None
+    candidate_success_probability: float | None = None
+    cost_candidate: float | None = None
 
 
 class DecisionSink(Protocol):

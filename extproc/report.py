@@ -25,6 +25,7 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import from_legacy_dict, label
 
 __all__ = [
+    "CandidateComparison",
     "EvalCurve",
     "EvalInput",
     "LogReader",
@@ -69,6 +70,51 @@ class Savings:
 
 
 @dataclass
+class CandidateComparison:
+    """The candidate model (``classifier.candidate_model_dir``) against the live one, on the same requests.
+
+    Costs are the catalog estimates of each one's choice; the predicted success of each choice is its own model's
+    (each calibrated on the same scale), so the difference is what the candidate expects to give up or gain.
+    """
+
+    requests: int = 0
+    agree: int = 0
+    moves: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(live choice, candidate choice) -> requests, for the disagreements."""
+    cost_live: float = 0.0
+    cost_candidate: float = 0.0
+    success_live: float = 0.0
+    success_candidate: float = 0.0
+    """Sums of predicted success, over the requests where both models predicted it."""
+    with_success: int = 0
+
+    def add(self, d: api.RoutingDecision) -> None:
+        """Count one decision that carries a candidate choice."""
+        self.requests += 1
+        if d.candidate_selected_model == d.selected_model:
+            self.agree += 1
+        else:
+            key = (d.selected_model, d.candidate_selected_model)
+            self.moves[key] = self.moves.get(key, 0) + 1
+        self.cost_live += d.estimated_cost_selected
+        self.cost_candidate += d.estimated_cost_candidate
+        if d.HasField("success_probability") and d.HasField("candidate_success_probability"):
+            self.with_success += 1
+            self.success_live += d.success_probability
+            self.success_candidate += d.candidate_success_probability
+
+    @property
+    def cost_change_pct(self) -> float:
+        """The candidate's estimated cost change against the live model's, in percent."""
+        return 100 * (self.cost_candidate - self.cost_live) / self.cost_live if self.cost_live else 0.0
+
+    def mean_success(self) -> tuple[float, float]:
+        """Mean predicted success of the live and of the candidate choices."""
+        n = self.with_success or 1
+        return self.success_live / n, self.success_candidate / n
+
+
+@dataclass
 class Summary:
     """Everything the report shows."""
 
@@ -81,6 +127,7 @@ class Summary:
     """Every decision by the tier it was sent to (:data:`NOT_ROUTED` for pass-throughs and rejections)."""
     outcomes: dict[str, int] = field(default_factory=dict)
     bad_lines: int = 0
+    candidate: CandidateComparison = field(default_factory=CandidateComparison)
 
 
 class LogReader:
@@ -128,6 +175,8 @@ def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> S
         chose = outcome in _COUNTED and bool(d.selected_model)
         tier = (d.tier or "-") if chose else NOT_ROUTED
         s.tiers[tier] = s.tiers.get(tier, 0) + 1
+        if chose and d.candidate_selected_model and d.HasField("estimated_cost_candidate"):
+            s.candidate.add(d)
         if not chose or not d.HasField("estimated_cost_requested") or not d.HasField("estimated_cost_selected"):
             continue
         tenant = d.tenant or "-"
@@ -231,7 +280,34 @@ def _json(s: Summary) -> dict[str, Any]:
         "tiers": dict(sorted(s.tiers.items())),
         "outcomes": s.outcomes,
         "bad_lines": s.bad_lines,
+        "candidate": _candidate_json(s.candidate) if s.candidate.requests else None,
     }
+
+
+def _candidate_json(c: CandidateComparison) -> dict[str, Any]:
+    live, candidate = c.mean_success()
+    return {
+        "requests": c.requests,
+        "agree": c.agree,
+        "moves": [{"live": a, "candidate": b, "requests": n} for (a, b), n in sorted(c.moves.items())],
+        "cost_live": c.cost_live,
+        "cost_candidate": c.cost_candidate,
+        "cost_change_pct": c.cost_change_pct,
+        "predicted_success_live": live,
+        "predicted_success_candidate": candidate,
+    }
+
+
+def _candidate_text(c: CandidateComparison, out: TextIO) -> None:
+    live, candidate = c.mean_success()
+    print(
+        f"candidate model: decided beside the live one on {c.requests} requests; same choice on {c.agree}"
+        f" ({100 * c.agree / c.requests:.1f}%). Estimated cost {c.cost_candidate:.4f} vs {c.cost_live:.4f} live"
+        f" ({c.cost_change_pct:+.1f}%); mean predicted success {candidate:.3f} vs {live:.3f} live.",
+        file=out,
+    )
+    for (a, b), n in sorted(c.moves.items(), key=lambda kv: -kv[1]):
+        print(f"  live {a} -> candidate {b}: {n}", file=out)
 
 
 def _text(s: Summary, out: TextIO) -> None:
@@ -287,6 +363,8 @@ def write_report(
         print(json.dumps(_json(summary), indent=2), file=out)
     else:
         _text(summary, out)
+        if summary.candidate.requests:
+            _candidate_text(summary.candidate, out)
         if summary.bad_lines:
             print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
     if html is not None:
@@ -400,6 +478,29 @@ def _curve_section(curve: EvalCurve) -> str:
     )
 
 
+def _candidate_section(c: CandidateComparison) -> str:
+    live, candidate = c.mean_success()
+    rows = "".join(
+        f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td>{_fig(f'candidate:move:{a}:{b}', n, str(n))}</tr>"
+        for (a, b), n in sorted(c.moves.items(), key=lambda kv: -kv[1])
+    )
+    figures = (
+        ("requests", "requests", c.requests, str(c.requests)),
+        ("same choice", "agree", c.agree, f"{c.agree} ({100 * c.agree / c.requests:.1f}%)"),
+        ("estimated cost, live", "cost_live", c.cost_live, f"{c.cost_live:.6f}"),
+        ("estimated cost, candidate", "cost_candidate", c.cost_candidate, f"{c.cost_candidate:.6f}"),
+        ("cost change", "cost_change_pct", c.cost_change_pct, f"{c.cost_change_pct:+.1f}%"),
+        ("mean predicted success, live", "success_live", live, f"{live:.3f}"),
+        ("mean predicted success, candidate", "success_candidate", candidate, f"{candidate:.3f}"),
+    )
+    table = "".join(f"<tr><td>{html.escape(t)}</td>{_fig('candidate:' + n, v, x)}</tr>" for t, n, v, x in figures)
+    return (
+        '<section id="candidate"><h2>Candidate model (decides beside the live one, routes nothing)</h2>'
+        f"<table><tbody>{table}</tbody></table><h2>Where they disagree</h2><table><thead><tr><th>live choice</th>"
+        f"<th>candidate choice</th><th>requests</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
 def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no external resources)."""
     t = s.total
@@ -432,6 +533,7 @@ def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) 
         + _savings_table("Savings by tenant", "tenant", "tenant", s.by_tenant)
         + _savings_table("Savings by day (UTC)", "day", "day", s.by_day)
         + _tier_section(s.tiers)
+        + (_candidate_section(s.candidate) if s.candidate.requests else "")
         + (_curve_section(curve) if curve is not None else "")
         + "</body></html>\n"
     )

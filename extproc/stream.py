@@ -8,6 +8,8 @@ a plain "continue": a failure here degrades to pass-through, never to a dropped 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -246,14 +248,15 @@ class StreamHandler:
             return [self._continue("request_body")]
         policy = self._request.policy
         memory_key = self._conversation_key(parsed)
-        decision, prediction, classify_seconds = await self._decide(parsed, policy, memory_key)
+        decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
         new_body = replace_model(raw, decision.model.name)
         if new_body is None:  # duplicate or non-string top-level model: ambiguous, do not touch
             self._pass(PassReason.NO_MODEL)
             return [self._continue("request_body")]
         if memory_key is not None and self._memory is not None and not policy.shadow:
             self._memory.remember(memory_key, decision.model.ability)
-        self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start))
+        record = self._build_record(parsed, policy, decision, prediction, classify_seconds, start)
+        self._emit(_with_candidate(record, candidate, parsed, self._snap.settings.policy.expected_output_tokens))
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
         served = unchanged if policy.shadow else decision.model
@@ -318,21 +321,21 @@ class StreamHandler:
 
     async def _decide(
         self, parsed: ParsedRequest, policy: RequestPolicy, memory_key: str | None
-    ) -> tuple[Decision, Prediction | None, float | None]:
+    ) -> tuple[Decision, Prediction | None, float | None, _Candidate | None]:
         snap = self._snap
         pinned = self._trusted_pin(policy)
         if pinned is not None:
-            return pinned_decision(pinned), None, None
+            return pinned_decision(pinned), None, None, None
         fallback = next((m for m in policy.catalog if m.name == parsed.requested_model), policy.default)
         if not parsed.prompt_text.strip():
-            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT), None, None
+            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT), None, None, None
         t0 = self._clock()
         try:
             timeout = snap.settings.server.classifier_timeout_ms / 1000.0
-            prediction = await self._classify(snap.model, parsed.prompt_text, timeout)
+            prediction, candidate_prediction = await self._predict(parsed.prompt_text, timeout)
         except Exception as exc:  # the classifier's failure is a fallback, never a failed request
             _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, fallback.name)
-            return fallback_decision(fallback, Reason.CLASSIFIER_FAILED), None, self._clock() - t0
+            return fallback_decision(fallback, Reason.CLASSIFIER_FAILED), None, self._clock() - t0, None
         classify_seconds = self._clock() - t0
         facts = RequestFacts(
             requested_model=parsed.requested_model,
@@ -343,7 +346,32 @@ class StreamHandler:
             interactive=policy.interactive,
             min_ability=self._memory.floor(memory_key) if self._memory is not None and memory_key else None,
         )
-        return choose_model(prediction, facts, policy.catalog, fallback), prediction, classify_seconds
+        decision = choose_model(prediction, facts, policy.catalog, fallback)
+        candidate = None
+        if candidate_prediction is not None:
+            candidate = _Candidate(
+                choose_model(candidate_prediction, facts, policy.catalog, fallback), candidate_prediction
+            )
+        return decision, prediction, classify_seconds, candidate
+
+    async def _predict(self, text: str, timeout: float) -> tuple[Prediction, Prediction | None]:
+        """The live model's prediction and, beside it (concurrently), the candidate's; only the live one may fail
+        the request over to the fallback: a failing candidate is counted and ignored."""
+        snap = self._snap
+        if snap.candidate is None:
+            return await self._classify(snap.model, text, timeout), None
+        live, candidate = await asyncio.gather(
+            self._classify(snap.model, text, timeout),
+            self._classify(snap.candidate, text, timeout),
+            return_exceptions=True,
+        )
+        if isinstance(live, BaseException):
+            raise live
+        if isinstance(candidate, BaseException):
+            _log.warning("candidate classifier failed (%s); the live decision stands", type(candidate).__name__)
+            self._sink.error("candidate_failed")
+            return live, None
+        return live, candidate
 
     def _build_record(
         self,
@@ -395,3 +423,28 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """What ``classifier.candidate_model_dir``'s model would have chosen for the request (it routes nothing)."""
+
+    decision: Decision
+    prediction: Prediction
+
+
+def _with_candidate(
+    rec: DecisionRecord, candidate: _Candidate | None, parsed: ParsedRequest, expected_output_tokens: int
+) -> DecisionRecord:
+    if candidate is None:
+        return rec
+    model = candidate.decision.model
+    out_tokens = parsed.max_output_tokens or expected_output_tokens
+    return dataclasses.replace(
+        rec,
+        candidate_selected_model=model.name,
+        candidate_tier=model.tier,
+        candidate_difficulty=candidate.prediction.difficulty,
+        candidate_success_probability=candidate.decision.success_probability,
+        cost_candidate=estimate_cost(model, parsed.input_tokens, out_tokens),
+    )

@@ -90,6 +90,11 @@ _ATTRIBUTES: Mapping[str, str] = {
     "stream": "gen_ai.request.stream",
     "tenant": "model_router.tenant",
     "prompt_excerpt": "model_router.prompt_excerpt",
+    "candidate_selected_model": "model_router.candidate.selected_model",
+    "candidate_tier": "model_router.candidate.tier",
+    "candidate_difficulty": "model_router.candidate.difficulty",
+    "candidate_success_probability": "model_router.candidate.predicted_success",
+    "estimated_cost_candidate": "model_router.candidate.estimated_cost",
 }
 _OPERATIONS = {
     "openai.chat": "chat",
@@ -99,7 +104,15 @@ _OPERATIONS = {
 }
 
 
-_STRINGS = ("requested_model", "selected_model", "cluster", "tier", "tenant")
+_STRINGS = (
+    "requested_model",
+    "selected_model",
+    "cluster",
+    "tier",
+    "tenant",
+    "candidate_selected_model",
+    "candidate_tier",
+)
 _NUMBERS = tuple((src, _ATTRIBUTES[dst]) for src, dst in OPTIONAL_NUMBERS)
 
 
@@ -199,6 +212,12 @@ class Telemetry:
             ["model"],
             registry=r,
         )
+        self.candidate_decisions = Counter(
+            "model_router_candidate_decisions",
+            "Decisions of the candidate model (classifier.candidate_model_dir) beside the live one, by both choices.",
+            ["selected_model", "candidate_model"],
+            registry=r,
+        )
         self.streams_in_flight = Gauge("model_router_streams_in_flight", "ext_proc streams currently open.", registry=r)
         self.config_reloads = Counter(
             "model_router_config_reloads", "Config reloads by result.", ["result"], registry=r
@@ -265,6 +284,8 @@ class Telemetry:
                 self.decision_seconds.observe(rec.total_seconds)
             if rec.classify_seconds is not None:
                 self.classify_seconds.observe(rec.classify_seconds)
+            if rec.candidate_selected_model:
+                self._child(self.candidate_decisions, rec.selected_model or "", rec.candidate_selected_model).inc()
             if rec.cost_requested is not None and rec.cost_selected is not None:
                 mode = "shadow" if rec.outcome is Outcome.SHADOW else "routed"
                 self._child(self.cost_saved, mode).inc(max(0.0, rec.cost_requested - rec.cost_selected))

@@ -8,6 +8,7 @@ score, and every test checks that the scores are exactly the right ones or absen
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -47,15 +48,18 @@ def label_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The fake judge in its own process; its base URL."""
+@contextlib.contextmanager
+def running_judge(workdir: Path, *args: str) -> Iterator[str]:
+    """The fake judge (``devstack/judge.py``) in its own process with these arguments; yields its base URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("judge") / "judge.log"
-    argv = [sys.executable, "-m", "devstack.judge", "--port", str(port), "--grade", f"{SMALL}@small=3",
-            "--grade", f"{FRONTIER}@frontier=9"]
+    log = workdir / "judge.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devstack.judge", "--port", str(port), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -70,6 +74,14 @@ def judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def judge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_judge(
+        tmp_path_factory.mktemp("judge"), "--grade", f"{SMALL}@small=3", "--grade", f"{FRONTIER}@frontier=9"
+    ) as url:
+        yield url
 
 
 def judge_requests(judge_url: str) -> dict[str, int]:
@@ -88,11 +100,39 @@ def item(ident: str | int, prompt: str, **extra: Any) -> bytes:
 
 def label(stack: Stack, judge_url: str, data: Path, out: Path, *extra: str, token: str = TOKEN) -> int:
     argv = [
-        "label", "--data", str(data), "--out", str(out), "--models", f"{SMALL},{FRONTIER}",
-        "--base-url", stack.base_url + "/v1", "--header", f"x-model-router-override-token={token}",
-        "--pin-alias", "auto", "--judge-base-url", judge_url + "/v1", "--judge-model", "fake-judge",
-        "--config", str(stack.router_config_path), "--judge-price-in", "1", "--judge-price-out", "2",
-        "--retries", "2", "--backoff", "0.01", "--judge-timeout", "0.5", "--timeout", "10", "--yes", *extra,
+        "label",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--models",
+        f"{SMALL},{FRONTIER}",
+        "--base-url",
+        stack.base_url + "/v1",
+        "--header",
+        f"x-model-router-override-token={token}",
+        "--pin-alias",
+        "auto",
+        "--judge-base-url",
+        judge_url + "/v1",
+        "--judge-model",
+        "fake-judge",
+        "--config",
+        str(stack.router_config_path),
+        "--judge-price-in",
+        "1",
+        "--judge-price-out",
+        "2",
+        "--retries",
+        "2",
+        "--backoff",
+        "0.01",
+        "--judge-timeout",
+        "0.5",
+        "--timeout",
+        "10",
+        "--yes",
+        *extra,
     ]
     return main(argv)
 

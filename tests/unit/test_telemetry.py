@@ -146,6 +146,11 @@ _records = st.builds(
     total_seconds=_number,
     stream=st.booleans(),
     prompt_excerpt=st.one_of(st.none(), st.text(max_size=5)),
+    candidate_selected_model=_text,
+    candidate_tier=_text,
+    candidate_difficulty=_number,
+    candidate_success_probability=_number,
+    cost_candidate=_number,
 )
 
 

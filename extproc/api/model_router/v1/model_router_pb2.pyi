@@ -369,6 +369,11 @@ class RoutingDecision(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     PROMPT_EXCERPT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SELECTED_MODEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_TIER_FIELD_NUMBER: _builtins.int
+    CANDIDATE_DIFFICULTY_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SUCCESS_PROBABILITY_FIELD_NUMBER: _builtins.int
+    ESTIMATED_COST_CANDIDATE_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Random 16-hex-digit id, also sent to the client as x-model-router-decision-id."""
     outcome: Global___Outcome.ValueType
@@ -405,6 +410,16 @@ class RoutingDecision(_message.Message):
     """The request asked for a streamed response."""
     prompt_excerpt: _builtins.str
     """First characters of the prompt; only with telemetry.log_prompts: true."""
+    candidate_selected_model: _builtins.str
+    """With classifier.candidate_model_dir: what the candidate model chose for the same request. The candidate
+    decides beside the live model and routes nothing; empty when there is no candidate or it did not decide.
+    """
+    candidate_tier: _builtins.str
+    candidate_difficulty: _builtins.float
+    candidate_success_probability: _builtins.float
+    """Predicted success probability of the candidate's choice, by the candidate model."""
+    estimated_cost_candidate: _builtins.float
+    """Estimated cost of the request on the candidate's choice."""
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -432,17 +447,28 @@ class RoutingDecision(_message.Message):
         stream: _builtins.bool = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         prompt_excerpt: _builtins.str | None = ...,
+        candidate_selected_model: _builtins.str = ...,
+        candidate_tier: _builtins.str = ...,
+        candidate_difficulty: _builtins.float | None = ...,
+        candidate_success_probability: _builtins.float | None = ...,
+        estimated_cost_candidate: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_classify_seconds", b"_classify_seconds", "_confidence", b"_confidence", "_difficulty", b"_difficulty", "_estimated_cost_requested", b"_estimated_cost_requested", "_estimated_cost_selected", b"_estimated_cost_selected", "_estimated_input_tokens", b"_estimated_input_tokens", "_prompt_excerpt", b"_prompt_excerpt", "_quality_target", b"_quality_target", "_success_probability", b"_success_probability", "_total_seconds", b"_total_seconds", "classify_seconds", b"classify_seconds", "confidence", b"confidence", "decided_at", b"decided_at", "difficulty", b"difficulty", "estimated_cost_requested", b"estimated_cost_requested", "estimated_cost_selected", b"estimated_cost_selected", "estimated_input_tokens", b"estimated_input_tokens", "prompt_excerpt", b"prompt_excerpt", "quality_target", b"quality_target", "success_probability", b"success_probability", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_candidate_difficulty", b"_candidate_difficulty", "_candidate_success_probability", b"_candidate_success_probability", "_classify_seconds", b"_classify_seconds", "_confidence", b"_confidence", "_difficulty", b"_difficulty", "_estimated_cost_candidate", b"_estimated_cost_candidate", "_estimated_cost_requested", b"_estimated_cost_requested", "_estimated_cost_selected", b"_estimated_cost_selected", "_estimated_input_tokens", b"_estimated_input_tokens", "_prompt_excerpt", b"_prompt_excerpt", "_quality_target", b"_quality_target", "_success_probability", b"_success_probability", "_total_seconds", b"_total_seconds", "candidate_difficulty", b"candidate_difficulty", "candidate_success_probability", b"candidate_success_probability", "classify_seconds", b"classify_seconds", "confidence", b"confidence", "decided_at", b"decided_at", "difficulty", b"difficulty", "estimated_cost_candidate", b"estimated_cost_candidate", "estimated_cost_requested", b"estimated_cost_requested", "estimated_cost_selected", b"estimated_cost_selected", "estimated_input_tokens", b"estimated_input_tokens", "prompt_excerpt", b"prompt_excerpt", "quality_target", b"quality_target", "success_probability", b"success_probability", "total_seconds", b"total_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_classify_seconds", b"_classify_seconds", "_confidence", b"_confidence", "_difficulty", b"_difficulty", "_estimated_cost_requested", b"_estimated_cost_requested", "_estimated_cost_selected", b"_estimated_cost_selected", "_estimated_input_tokens", b"_estimated_input_tokens", "_prompt_excerpt", b"_prompt_excerpt", "_quality_target", b"_quality_target", "_success_probability", b"_success_probability", "_total_seconds", b"_total_seconds", "api_schema", b"api_schema", "classify_seconds", b"classify_seconds", "cluster", b"cluster", "confidence", b"confidence", "decided_at", b"decided_at", "decision_id", b"decision_id", "difficulty", b"difficulty", "estimated_cost_requested", b"estimated_cost_requested", "estimated_cost_selected", b"estimated_cost_selected", "estimated_input_tokens", b"estimated_input_tokens", "outcome", b"outcome", "prompt_excerpt", b"prompt_excerpt", "quality_target", b"quality_target", "reason", b"reason", "requested_model", b"requested_model", "selected_model", b"selected_model", "shadow", b"shadow", "stream", b"stream", "success_probability", b"success_probability", "tenant", b"tenant", "tier", b"tier", "total_seconds", b"total_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_candidate_difficulty", b"_candidate_difficulty", "_candidate_success_probability", b"_candidate_success_probability", "_classify_seconds", b"_classify_seconds", "_confidence", b"_confidence", "_difficulty", b"_difficulty", "_estimated_cost_candidate", b"_estimated_cost_candidate", "_estimated_cost_requested", b"_estimated_cost_requested", "_estimated_cost_selected", b"_estimated_cost_selected", "_estimated_input_tokens", b"_estimated_input_tokens", "_prompt_excerpt", b"_prompt_excerpt", "_quality_target", b"_quality_target", "_success_probability", b"_success_probability", "_total_seconds", b"_total_seconds", "api_schema", b"api_schema", "candidate_difficulty", b"candidate_difficulty", "candidate_selected_model", b"candidate_selected_model", "candidate_success_probability", b"candidate_success_probability", "candidate_tier", b"candidate_tier", "classify_seconds", b"classify_seconds", "cluster", b"cluster", "confidence", b"confidence", "decided_at", b"decided_at", "decision_id", b"decision_id", "difficulty", b"difficulty", "estimated_cost_candidate", b"estimated_cost_candidate", "estimated_cost_requested", b"estimated_cost_requested", "estimated_cost_selected", b"estimated_cost_selected", "estimated_input_tokens", b"estimated_input_tokens", "outcome", b"outcome", "prompt_excerpt", b"prompt_excerpt", "quality_target", b"quality_target", "reason", b"reason", "requested_model", b"requested_model", "selected_model", b"selected_model", "shadow", b"shadow", "stream", b"stream", "success_probability", b"success_probability", "tenant", b"tenant", "tier", b"tier", "total_seconds", b"total_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__candidate_difficulty: _TypeAlias = _typing.Literal["candidate_difficulty"]  # noqa: Y015
+    _WhichOneofArgType__candidate_difficulty: _TypeAlias = _typing.Literal["_candidate_difficulty", b"_candidate_difficulty"]  # noqa: Y015
+    _WhichOneofReturnType__candidate_success_probability: _TypeAlias = _typing.Literal["candidate_success_probability"]  # noqa: Y015
+    _WhichOneofArgType__candidate_success_probability: _TypeAlias = _typing.Literal["_candidate_success_probability", b"_candidate_success_probability"]  # noqa: Y015
     _WhichOneofReturnType__classify_seconds: _TypeAlias = _typing.Literal["classify_seconds"]  # noqa: Y015
     _WhichOneofArgType__classify_seconds: _TypeAlias = _typing.Literal["_classify_seconds", b"_classify_seconds"]  # noqa: Y015
     _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
     _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
     _WhichOneofReturnType__difficulty: _TypeAlias = _typing.Literal["difficulty"]  # noqa: Y015
     _WhichOneofArgType__difficulty: _TypeAlias = _typing.Literal["_difficulty", b"_difficulty"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_cost_candidate: _TypeAlias = _typing.Literal["estimated_cost_candidate"]  # noqa: Y015
+    _WhichOneofArgType__estimated_cost_candidate: _TypeAlias = _typing.Literal["_estimated_cost_candidate", b"_estimated_cost_candidate"]  # noqa: Y015
     _WhichOneofReturnType__estimated_cost_requested: _TypeAlias = _typing.Literal["estimated_cost_requested"]  # noqa: Y015
     _WhichOneofArgType__estimated_cost_requested: _TypeAlias = _typing.Literal["_estimated_cost_requested", b"_estimated_cost_requested"]  # noqa: Y015
     _WhichOneofReturnType__estimated_cost_selected: _TypeAlias = _typing.Literal["estimated_cost_selected"]  # noqa: Y015
@@ -458,11 +484,17 @@ class RoutingDecision(_message.Message):
     _WhichOneofReturnType__total_seconds: _TypeAlias = _typing.Literal["total_seconds"]  # noqa: Y015
     _WhichOneofArgType__total_seconds: _TypeAlias = _typing.Literal["_total_seconds", b"_total_seconds"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_difficulty) -> _WhichOneofReturnType__candidate_difficulty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_success_probability) -> _WhichOneofReturnType__candidate_success_probability | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__classify_seconds) -> _WhichOneofReturnType__classify_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence) -> _WhichOneofReturnType__confidence | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__difficulty) -> _WhichOneofReturnType__difficulty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_cost_candidate) -> _WhichOneofReturnType__estimated_cost_candidate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_cost_requested) -> _WhichOneofReturnType__estimated_cost_requested | None: ...
     @_typing.overload
