@@ -1,5 +1,5 @@
 """The ``model-router`` command: ``serve``, ``check-config``, ``eval``, ``report``, ``explain``, ``adapt``, ``label``,
-``inject-webhook``."""
+``outcomes``, ``inject-webhook``."""
 
 from __future__ import annotations
 

@@ -125,17 +125,25 @@ class FeedbackRecorder:
         spool: Spool,
         catalog: Callable[[], Collection[str]],
         wall_clock: Callable[[], float] = time.time,
+        on_result: Callable[[str, str], None] = lambda result, source: None,
     ) -> None:
+        """``on_result(status, source)`` counts every submission (``model_router_feedback_total``)."""
         self._decisions = decisions
         self._spool = spool
         self._catalog = catalog
         self._wall_clock = wall_clock
+        self._on_result = on_result
 
     def submit(self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc") -> FeedbackResult:
         """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``.
 
         Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place.
         """
+        result = self._submit(decision_id, score, model, source)
+        self._on_result(result.status.value, source)
+        return result
+
+    def _submit(self, decision_id: Any, score: Any, model: Any, source: str) -> FeedbackResult:
         if not isinstance(decision_id, str) or not decision_id:
             return _invalid("decision_id: required")
         if not _DECISION_ID.match(decision_id):

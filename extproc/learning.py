@@ -44,12 +44,16 @@ class Learning:
 
 
 def start_learning(
-    settings: Settings, catalog: Callable[[], Collection[str]], on_drop: Callable[[str], None]
+    settings: Settings,
+    catalog: Callable[[], Collection[str]],
+    on_drop: Callable[[str], None],
+    on_feedback: Callable[[str, str], None] = lambda result, source: None,
 ) -> Learning:
     """Start the capture writer and, if feedback is on, the decision store, its writer and its HTTP endpoint.
 
     ``catalog`` returns the current catalog's model names (feedback may name any of them); ``on_drop`` counts what
-    a writer could not keep (``model_router_errors_total{reason}``).
+    a writer could not keep (``model_router_errors_total{reason}``); ``on_feedback(result, source)`` counts every
+    feedback submission (``model_router_feedback_total``).
     """
     capture = PromptCapture(Spool("capture", capture_mod.TIME_KEY, on_drop))
     capture.configure(settings.capture)
@@ -59,7 +63,7 @@ def start_learning(
     decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
     spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
     spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
-    recorder = FeedbackRecorder(decisions, spool, catalog)
+    recorder = FeedbackRecorder(decisions, spool, catalog, on_result=on_feedback)
     try:
         stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
     except OSError:

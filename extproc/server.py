@@ -56,7 +56,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
     stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
     try:
-        learning = start_learning(first, lambda: snapshots.current.by_name, telemetry.error)
+        learning = start_learning(first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result)
     except OSError:
         stop_metrics()
         raise

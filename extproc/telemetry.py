@@ -218,6 +218,12 @@ class Telemetry:
             ["selected_model", "candidate_model"],
             registry=r,
         )
+        self.feedback = Counter(
+            "model_router_feedback",
+            "Feedback submissions by result (recorded, invalid_argument, not_found, unavailable) and source.",
+            ["result", "source"],
+            registry=r,
+        )
         self.streams_in_flight = Gauge("model_router_streams_in_flight", "ext_proc streams currently open.", registry=r)
         self.config_reloads = Counter(
             "model_router_config_reloads", "Config reloads by result.", ["result"], registry=r
@@ -336,6 +342,10 @@ class Telemetry:
     def error(self, reason: str) -> None:
         """Count an internal error."""
         self.errors.labels(reason=reason).inc()
+
+    def feedback_result(self, result: str, source: str) -> None:
+        """Count one feedback submission."""
+        self._child(self.feedback, result, source).inc()
 
     def config_reloaded(self, applied: bool) -> None:
         """Count a config reload attempt."""

@@ -143,6 +143,26 @@ def test_accepted_feedback_defaults_to_the_served_model(harness: Harness) -> Non
     assert third["score"] == 0.0
 
 
+def test_every_submission_is_counted_by_result_and_source(tmp_path: Path) -> None:
+    counted: list[tuple[str, str]] = []
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=1, start=False)
+    spool.configure(SpoolTarget(tmp_path / "f.jsonl", max_bytes=1 << 20))
+    recorder = FeedbackRecorder(store, spool, lambda: CATALOG, on_result=lambda r, s: counted.append((r, s)))
+    recorder.submit(KNOWN, 1, source="http")
+    recorder.submit(KNOWN, 1)  # the queue holds one line: unavailable
+    recorder.submit("f" * 16, 1)
+    recorder.submit(KNOWN, 7, source="http")
+    assert counted == [
+        ("recorded", "http"),
+        ("unavailable", "grpc"),
+        ("not_found", "grpc"),
+        ("invalid_argument", "http"),
+    ]
+    spool.close()
+
+
 def test_a_full_writer_queue_is_unavailable_not_lost_silently(harness: Harness) -> None:
     results = [harness.recorder.submit(KNOWN, 1).status for _ in range(6)]
     assert results == [FeedbackStatus.RECORDED] * 4 + [FeedbackStatus.UNAVAILABLE] * 2
@@ -167,8 +187,12 @@ def http_url(harness: Harness) -> Iterator[str]:
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 2}, 400, "invalid_argument", id="score"),
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN}, 400, "invalid_argument", id="no-score"),
         pytest.param(
-            "POST", "/v1/feedback", {"decision_id": KNOWN, "score": 1, "comment": "free text"}, 400,
-            "invalid_argument", id="no-free-text",
+            "POST",
+            "/v1/feedback",
+            {"decision_id": KNOWN, "score": 1, "comment": "free text"},
+            400,
+            "invalid_argument",
+            id="no-free-text",
         ),
         pytest.param("POST", "/v1/feedback", [KNOWN, 1], 400, "invalid_argument", id="not-an-object"),
         pytest.param("POST", "/v1/feedback", b"{nope", 400, "invalid_argument", id="not-json"),
