@@ -64,7 +64,10 @@ ANNOTATION_CONFIG_MAP = "model-router.io/config-map"
 CONTAINER_NAME = "model-router"
 CONFIG_VOLUME = "model-router-config"
 TMP_VOLUME = "model-router-tmp"
+DATA_VOLUME = "model-router-data"
 CONFIG_MOUNT = "/etc/model-router"
+DATA_MOUNT = "/var/lib/model-router"
+"""capture.path and feedback.path in k8s/base/router-config/model-router.yaml live here."""
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """The API server caps objects at about 1.5 MiB; an AdmissionReview carries the object (and oldObject)."""
 
@@ -108,6 +111,9 @@ class InjectionSettings(_Strict):
     """Must match ``telemetry.metrics_listen`` in the router config."""
     run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = 10001
     resources: Resources = Resources()
+    data_size_limit: Quantity = "384Mi"
+    """sizeLimit of the emptyDir at ``/var/lib/model-router`` (capture and feedback files): at least
+    ``capture.max_bytes + feedback.max_bytes`` of the router config, plus headroom."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Self:
@@ -183,6 +189,7 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": DATA_VOLUME, "mountPath": DATA_MOUNT},
         ],
     }
 
@@ -194,6 +201,7 @@ def _volumes(config_map: str, settings: InjectionSettings) -> list[dict[str, Any
             "configMap": {"name": config_map, "items": [{"key": settings.config_key, "path": settings.config_key}]},
         },
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": settings.data_size_limit}},
     ]
 
 
@@ -256,7 +264,7 @@ def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dic
         return [], "not injected: spec.containers is empty"
     if ANNOTATION_STATUS in annotations or CONTAINER_NAME in _names(containers) | _names(init_containers):
         return [], "not injected: already injected"
-    clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME})
+    clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME, DATA_VOLUME})
     if clashes:
         return [], f"not injected: the pod already has volumes named {', '.join(clashes)}"
     taken = sorted(_container_ports(containers + (init_containers or [])) & {settings.grpc_port, settings.metrics_port})

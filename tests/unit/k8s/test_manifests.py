@@ -9,7 +9,9 @@ source it follows). They cover the fields used here and reject unknown ones; the
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ import pytest
 import yaml
 
 from devstack.stack import envoy_binary
+from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
+from extproc.feedback_http import FEEDBACK_PATH
 from extproc.webhook import load_webhook_config
 from tests.unit.k8s.manifests import K8S, K8S_VERSION, KUSTOMIZATIONS, ROOT, Objects, config_map_file, find, kustomize
 
@@ -33,6 +37,11 @@ CRD_SCHEMAS = {
 ROUTER_KEY = "model-router.yaml"
 ENVOY_KEY = "envoy.yaml"
 ROUTER_IMAGE = "ghcr.io/example/model-router:0.1.0"
+DATA_DIR = "/var/lib/model-router"
+"""Where the router's capture and feedback files live: an emptyDir only the router container mounts."""
+GATEWAY_FEEDBACK_PATH = "/model-router/v1/feedback"
+"""The gateway route to the router's HTTP feedback endpoint (envoy/envoy.yaml)."""
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 def _validate(obj: dict[str, Any]) -> None:
@@ -68,6 +77,35 @@ def _ext_proc(envoy: dict[str, Any]) -> dict[str, Any]:
 
 def _router_settings(objects: Objects) -> dict[str, Any]:
     return config_map_file(objects, ROUTER_KEY)[1]
+
+
+def _router_configs(builds: dict[str, Objects]) -> list[str]:
+    """Every distinct router config file the manifests contain (ConfigMap data under ``model-router.yaml``)."""
+    return sorted(
+        {
+            o["data"][ROUTER_KEY]
+            for objects in builds.values()
+            for o in objects
+            if o["kind"] == "ConfigMap" and ROUTER_KEY in o.get("data", {})
+        }
+    )
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes storage quantity (``384Mi``, ``1G``, ``1048576``) in bytes."""
+    match = re.fullmatch(r"([0-9]+)(|k|M|G|T|Ki|Mi|Gi|Ti)", quantity)
+    assert match, f"unexpected quantity {quantity!r}"
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def _routes(envoy: dict[str, Any]) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = _hcm(envoy)["route_config"]["virtual_hosts"][0]["routes"]
+    return routes
+
+
+def _feedback_route(envoy: dict[str, Any]) -> dict[str, Any]:
+    (route,) = [r for r in _routes(envoy) if r["match"].get("path") == GATEWAY_FEEDBACK_PATH]
+    return route
 
 
 # --- building and schema validation ------------------------------------------------------------------------------
@@ -149,14 +187,9 @@ def test_validation_rejects_bad_objects(
 
 def test_every_router_config_passes_check_config(builds: dict[str, Objects], tmp_path: Path) -> None:
     """``model-router check-config`` (ONNX classifier loaded) accepts every router config the manifests contain."""
-    configs = {
-        o["data"][ROUTER_KEY]
-        for objects in builds.values()
-        for o in objects
-        if o["kind"] == "ConfigMap" and ROUTER_KEY in o.get("data", {})
-    }
+    configs = _router_configs(builds)
     assert configs
-    for i, text in enumerate(sorted(configs)):
+    for i, text in enumerate(configs):
         data = yaml.safe_load(text)
         path = tmp_path / f"router-{i}.yaml"
         path.write_text(text)
@@ -167,6 +200,76 @@ def test_every_router_config_passes_check_config(builds: dict[str, Objects], tmp
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("ok: classifier"), proc.stdout
         assert data["classifier"]["kind"] == "onnx"
+
+
+@pytest.mark.parametrize("section", [CaptureSettings, FeedbackSettings], ids=["capture", "feedback"])
+def test_router_config_shows_learning_off_with_the_code_defaults(
+    builds: dict[str, Objects], section: type[CaptureSettings | FeedbackSettings]
+) -> None:
+    """Capture and feedback are spelled out (every key, the code's defaults) and off; switching one on validates."""
+    name = section.__name__.removesuffix("Settings").lower()
+    configs = _router_configs(builds)
+    assert configs
+    for text in configs:
+        data = yaml.safe_load(text)
+        shown = data[name]
+        assert set(shown) == set(section.model_fields), f"{name}: every key is shown to the operator"
+        defaults = section().model_dump()
+        for key, value in shown.items():
+            if key != "path":
+                assert value == defaults[key], f"{name}.{key}: {value!r} is not the default {defaults[key]!r}"
+        settings = parse_config(data)
+        assert getattr(settings, name).enabled is False, f"{name} is opt-in"
+        assert getattr(settings, name).path is not None, f"{name}.path is set, so turning it on is one word"
+        turned_on = copy.deepcopy(data)
+        turned_on[name]["enabled"] = True
+        assert getattr(parse_config(turned_on), name).enabled is True
+
+
+def test_router_config_parses_and_shows_the_candidate_slot(builds: dict[str, Objects]) -> None:
+    for text in _router_configs(builds):
+        data = yaml.safe_load(text)
+        assert "candidate_model_dir" in data["classifier"]
+        settings: Settings = parse_config(data)
+        assert settings.classifier.candidate_model_dir is None
+        assert settings.capture.path != settings.feedback.path
+        assert settings.feedback.listen is not None
+        assert settings.feedback.listen.startswith("127.0.0.1:"), "feedback stays inside the pod (Envoy, loopback)"
+        assert _port(settings.feedback.listen) not in {
+            _port(settings.server.listen),
+            _port(settings.telemetry.metrics_listen or ":0"),
+        }
+
+
+@pytest.mark.parametrize("directory", ["base", "router", "overlays/envoy-gateway", "overlays/istio"])
+def test_learning_files_are_on_the_routers_own_volume(builds: dict[str, Objects], directory: str) -> None:
+    """capture.path and feedback.path are on a writable emptyDir that only the router mounts, sized for both."""
+    objects = builds[directory]
+    settings = parse_config(_router_settings(objects))
+    pods = [(name, spec) for name, _, spec in _pod_specs(objects) if name != "model-router-injector"]
+    assert pods
+    for name, spec in pods:
+        containers = spec.get("initContainers", []) + spec["containers"]
+        (router,) = [c for c in containers if c["name"] == "model-router"]
+        assert router["securityContext"]["readOnlyRootFilesystem"] is True, name
+        mounts = {m["mountPath"]: m for m in router["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert DATA_DIR in mounts, f"{name}: nothing mounted at {DATA_DIR}"
+        mount = mounts[DATA_DIR]
+        assert not mount.get("readOnly"), name
+        for path in (settings.capture.path, settings.feedback.path):
+            assert path is not None and path.parent == Path(DATA_DIR), f"{name}: {path} is not in {DATA_DIR}"
+        volume = volumes[mount["name"]]
+        assert set(volume) == {"name", "emptyDir"}, f"{name}: {volume}"
+        assert volume["emptyDir"].get("medium") is None, "on disk, not in the container's memory limit"
+        size_limit = _bytes(volume["emptyDir"]["sizeLimit"])
+        needed = settings.capture.max_bytes + settings.feedback.max_bytes
+        assert needed < size_limit <= 2 * needed, f"{name}: sizeLimit {size_limit} for {needed} bytes of files"
+        others = [c["name"] for c in containers if c is not router and any(
+            m["name"] == mount["name"] for m in c.get("volumeMounts", []))]  # fmt: skip
+        assert not others, f"{name}: {others} can read the captured prompts"
+        tmp = next(m["name"] for m in router["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert tmp != mount["name"], "captured prompts do not share /tmp"
 
 
 # --- the Envoy gateway in k8s/base ---------------------------------------------------------------------------------
@@ -203,6 +306,37 @@ def test_base_envoy_config_matches_upstream_envoy_yaml(builds: dict[str, Objects
     )
 
 
+def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict[str, Objects]) -> None:
+    """/model-router/v1/feedback goes to the sidecar's feedback.listen on loopback, ext_proc off, as in envoy/."""
+    objects = builds["base"]
+    _, envoy = config_map_file(objects, ENVOY_KEY)
+    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
+    settings = parse_config(_router_settings(objects))
+    route = _feedback_route(envoy)
+    assert _routes(envoy)[0] is route, "before the catch-all routes"
+    assert route == _feedback_route(upstream), "the route of envoy/envoy.yaml, which the integration tests run"
+    assert route["route"]["prefix_rewrite"] == FEEDBACK_PATH
+    ext_proc_name = next(f["name"] for f in _hcm(envoy)["http_filters"] if "ext_proc" in f["name"])
+    per_route = route["typed_per_filter_config"][ext_proc_name]
+    assert per_route["@type"].endswith("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute")
+    assert per_route["disabled"] is True
+    others = [r for r in _routes(envoy) if r is not route]
+    assert all("typed_per_filter_config" not in r for r in others), "every other route goes through the router"
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    cluster = clusters[route["route"]["cluster"]]
+    assert cluster["type"] == "STATIC"
+    assert "typed_extension_protocol_options" not in cluster, "the feedback endpoint speaks HTTP/1.1"
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert settings.feedback.listen is not None
+    assert endpoint == {"address": "127.0.0.1", "port_value": _port(settings.feedback.listen)}
+    # loopback only: the feedback port is neither a container port nor open in the NetworkPolicy
+    spec = find(objects, "Deployment")["spec"]["template"]["spec"]
+    ports = {p["containerPort"] for c in spec["initContainers"] + spec["containers"] for p in c["ports"]}
+    assert endpoint["port_value"] not in ports
+    policy = find(objects, "NetworkPolicy")
+    assert all(p["port"] != endpoint["port_value"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
+
+
 def test_base_envoy_addresses(builds: dict[str, Objects]) -> None:
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
     router = _router_settings(builds["base"])
@@ -221,7 +355,7 @@ def test_catalog_clusters_have_envoy_clusters_and_routes(builds: dict[str, Objec
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
     router = _router_settings(builds["base"])
     clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
-    routes = _hcm(envoy)["route_config"]["virtual_hosts"][0]["routes"]
+    routes = _routes(envoy)
     by_header = {
         r["match"]["headers"][0]["string_match"]["exact"]: r["route"]["cluster"]
         for r in routes
@@ -439,6 +573,61 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(builds: dict[str, Object
         check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _readme_yaml_blocks(directory: str) -> list[Any]:
+    text = (K8S / directory / "README.md").read_text()
+    return [yaml.safe_load(block) for block in re.findall(r"^```yaml\n(.*?)^```$", text, re.S | re.M)]
+
+
+@pytest.mark.parametrize("directory", ["overlays/envoy-gateway", "overlays/istio"])
+def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], directory: str) -> None:
+    """The README's recipe for exposing feedback: its objects and fragments, put into the overlay's own objects,
+    validate; it rewrites the gateway path to the router's, on the router Service's port of feedback.listen."""
+    objects = builds[directory]
+    settings = parse_config(_router_settings(objects))
+    assert settings.feedback.listen is not None
+    port = _port(settings.feedback.listen)
+    service = find(objects, "Service", "model-router")
+    namespace = service["metadata"]["namespace"]
+    blocks = _readme_yaml_blocks(directory)
+    assert blocks
+    checked: set[str] = set()
+    for block in blocks:
+        if isinstance(block, dict):  # a whole object
+            _validate(block)
+            assert block["kind"] == "HTTPRoute"
+            (rule,) = block["spec"]["rules"]
+            assert rule["matches"][0]["path"] == {"type": "Exact", "value": GATEWAY_FEEDBACK_PATH}
+            assert rule["filters"][0]["urlRewrite"]["path"]["replaceFullPath"] == FEEDBACK_PATH
+            assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": port}]
+            assert block["spec"]["parentRefs"] == find(objects, "HTTPRoute", "llm")["spec"]["parentRefs"]
+            checked.add("HTTPRoute")
+        elif all("applyTo" in item for item in block):  # EnvoyFilter configPatches
+            envoy_filter = copy.deepcopy(find(objects, "EnvoyFilter"))
+            envoy_filter["spec"]["configPatches"] += block
+            _validate(envoy_filter)
+            (patch,) = block
+            route_name = patch["match"]["routeConfiguration"]["vhost"]["route"]["name"]
+            _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
+            per_route = _feedback_route(base_envoy)["typed_per_filter_config"]
+            assert patch["patch"]["value"]["typed_per_filter_config"] == per_route
+            checked.add(f"EnvoyFilter:{route_name}")
+        else:  # VirtualService http routes, first in spec.http
+            vs = copy.deepcopy(find(objects, "VirtualService"))
+            vs["spec"]["http"] = block + vs["spec"]["http"]
+            _validate(vs)
+            (route,) = block
+            assert route["match"][0]["uri"] == {"exact": GATEWAY_FEEDBACK_PATH}
+            assert route["rewrite"] == {"uri": FEEDBACK_PATH}
+            destination = route["route"][0]["destination"]
+            host = f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
+            assert destination == {"host": host, "port": {"number": port}}
+            checked.add(f"VirtualService:{route['name']}")
+    if directory == "overlays/istio":
+        assert checked == {"VirtualService:model-router-feedback", "EnvoyFilter:model-router-feedback"}
+    else:
+        assert checked == {"HTTPRoute"}
 
 
 # --- the injector ----------------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ from extproc.webhook import (
 from tests.unit.k8s.manifests import K8S_VERSION, ROOT, find, kustomize
 
 SETTINGS = InjectionSettings(image="registry.example/model-router:1.2.3")
+DATA_DIR = "/var/lib/model-router"
+"""k8s/base mounts an emptyDir here for capture.path and feedback.path (k8s/base/router-config/model-router.yaml)."""
 APP = {"name": "envoy", "image": "envoyproxy/envoy:v1.40.0"}
 
 
@@ -116,23 +118,23 @@ EXISTING_VOLUME = {"name": "certs", "emptyDir": {}}
             pod(INJECT),
             ["/spec/initContainers", "/spec/volumes", "/metadata/annotations/model-router.io~1status"],
             ["model-router"],
-            ["model-router-config", "model-router-tmp"],
+            ["model-router-config", "model-router-tmp", "model-router-data"],
             id="annotated-pod-gets-sidecar-and-volumes",
         ),
         pytest.param(
             pod(INJECT, initContainers=[EXISTING_INIT], volumes=[EXISTING_VOLUME]),
-            ["/spec/initContainers/0", "/spec/volumes/-", "/spec/volumes/-",
+            ["/spec/initContainers/0", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
              "/metadata/annotations/model-router.io~1status"],
             ["model-router", "setup"],
-            ["certs", "model-router-config", "model-router-tmp"],
+            ["certs", "model-router-config", "model-router-tmp", "model-router-data"],
             id="existing-init-containers-and-volumes-are-kept",
         ),
         pytest.param(
             pod(INJECT, initContainers=None, volumes=[]),
-            ["/spec/initContainers", "/spec/volumes/-", "/spec/volumes/-",
+            ["/spec/initContainers", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
              "/metadata/annotations/model-router.io~1status"],
             ["model-router"],
-            ["model-router-config", "model-router-tmp"],
+            ["model-router-config", "model-router-tmp", "model-router-data"],
             id="null-init-containers-and-empty-volumes",
         ),
     ],
@@ -193,7 +195,32 @@ def test_injected_sidecar_matches_the_base_deployment() -> None:
             "readinessProbe", "livenessProbe")  # fmt: skip
     assert {k: injected[k] for k in same} == {k: base[k] for k in same}
     assert injected["securityContext"] == {**base["securityContext"], "seccompProfile": {"type": "RuntimeDefault"}}
-    assert [m["mountPath"] for m in injected["volumeMounts"]] == [m["mountPath"] for m in base["volumeMounts"]]
+    base_paths = [m["mountPath"] for m in base["volumeMounts"]]
+    assert [m["mountPath"] for m in injected["volumeMounts"]] == base_paths
+
+
+def test_injected_sidecar_gets_the_learning_volume() -> None:
+    """Like k8s/base: a writable emptyDir of the same size at the directory of capture.path and feedback.path."""
+    injector = kustomize("injector")
+    webhook_cm = next(o for o in injector if o["kind"] == "ConfigMap")
+    settings = parse_webhook_config(yaml.safe_load(webhook_cm["data"]["webhook.yaml"])).sidecar
+    mutated = apply(pod(INJECT), patch_of(mutate(review(pod(INJECT)), settings)))
+    kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
+    base_spec = find(kustomize("base"), "Deployment")["spec"]["template"]["spec"]
+    base_mount = next(m for m in base_spec["initContainers"][0]["volumeMounts"] if m["mountPath"] == DATA_DIR)
+    base_volume = next(v for v in base_spec["volumes"] if v["name"] == base_mount["name"])
+    mounts = {m["mountPath"]: m for m in mutated["spec"]["initContainers"][0]["volumeMounts"]}
+    assert DATA_DIR in mounts, f"the injected sidecar mounts nothing at {DATA_DIR}"
+    assert not mounts[DATA_DIR].get("readOnly")
+    volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == mounts[DATA_DIR]["name"])
+    assert volume["emptyDir"] == base_volume["emptyDir"]
+    others = [
+        c["name"]
+        for c in mutated["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+        if m["name"] == volume["name"]
+    ]
+    assert not others, "only the router can read the captured prompts"
 
 
 # --- reviews that are allowed without a patch ----------------------------------------------------------------------
