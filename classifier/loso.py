@@ -4,6 +4,10 @@ For every source: train the head and its calibration on the other sources (same 
 model; the distilled token table is label-free and shared), score the held-out source, and compare routers on
 several weak → strong pairs of that source (the first is the pair of ``CLASSIFIER_NOTES.md``):
 - ``router``: the predicted difficulty, no label of the held-out source used (the strict transfer number);
+- ``router-gain``: the expected gain ``sigmoid(a_strong - d) - sigmoid(a_weak - d)`` (an experiment: the live
+  policy and ``eval`` rank by difficulty; see the model card), with the abilities the fold's calibration fitted on
+  the *training* sources; a pair with a model those sources never scored falls back to the difficulty. No label of
+  the held-out source is used;
 - ``router+fit``: expected gain from the two models' success curves on the difficulty, cross-fitted on the held-out
   source (half the items fit the curves, the other half is scored; 5 random halvings) — what a deployment gets
   after fitting its catalog from its own outcome records;
@@ -25,10 +29,12 @@ import orjson
 from classifier import train as t
 from classifier.evaluate import pair_gain_scores
 from classifier.features import NEUTRAL_WORDS, FeatureSpec, Featurizer
+from classifier.irt import canonical_model_name
 from classifier.metrics import length_scores, oracle_scores, routing_curve
+from classifier.model import expected_gain
 from classifier.tokenize import TextCut, WordPieceTokenizer
 
-__all__ = ["PAIRS", "PairResult", "main", "run_loso"]
+__all__ = ["PAIRS", "PairResult", "format_report", "main", "run_loso"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -73,6 +79,9 @@ class PairResult:
     strong: str
     items: int
     router: float
+    router_gain: float
+    gain_abilities: tuple[float, float] | None
+    """The (weak, strong) abilities ``router_gain`` used; None if it fell back to the difficulty."""
     router_fit: float
     router_fit_sd: float
     length: float
@@ -85,6 +94,22 @@ def _apgr(score: FloatArray, weak: FloatArray, strong: FloatArray) -> float:
     return routing_curve(score, weak, strong).apgr
 
 
+def _gain_scores(difficulty: FloatArray, weak_ability: float, strong_ability: float) -> FloatArray:
+    return np.asarray([expected_gain(weak_ability, strong_ability, d) for d in difficulty.tolist()], dtype=np.float64)
+
+
+def _fold_abilities(calibration: t.Calibration, train_data: t.Dataset) -> dict[str, float]:
+    """Abilities of the models the training sources scored (a model seen only in the held-out source is unknown)."""
+    seen = np.unique(train_data.obs_model)
+    return {train_data.models[i]: calibration.abilities[train_data.models[i]] for i in seen.tolist()}
+
+
+def _pair_abilities(abilities: Mapping[str, float], weak: str, strong: str) -> tuple[float, float] | None:
+    """The pair's abilities by canonical name, or None if either model is unknown."""
+    w, s = abilities.get(canonical_model_name(weak)), abilities.get(canonical_model_name(strong))
+    return None if w is None or s is None else (w, s)
+
+
 def run_loso(
     data_dir: Path,
     cache: Path,
@@ -92,9 +117,10 @@ def run_loso(
     alpha: float = t.RIDGE_ALPHA,
     use_length: bool = True,
     pca_dims: int = t.PCA_DIMS,
+    target_kind: str = t.TARGETS[0],
 ) -> list[PairResult]:
     """Train without each source in turn and score it on all of its pairs."""
-    data = t.load_dataset(data_dir)
+    data = t.load_dataset(data_dir, target_kind)
     table, tokenizer_path = t.distil_table(cache, pca_dims)
     featurizer = Featurizer(WordPieceTokenizer.from_file(tokenizer_path), spec)
     x = t.design_matrix(featurizer, table.dequantized, data.prompts, "features")
@@ -112,6 +138,7 @@ def run_loso(
         head = t.fit_head(x[train_mask], train_data.target, alpha=alpha, weights=weights)
         held = np.nonzero(~train_mask)[0]
         difficulty = calibration.difficulty(head.predict(x[held]))
+        abilities = _fold_abilities(calibration, train_data)
         for weak_name, strong_name in PAIRS[source]:
             rows = [
                 j for j, i in enumerate(held) if weak_name in data.raw_models[i] and strong_name in data.raw_models[i]
@@ -120,6 +147,8 @@ def run_loso(
             d = difficulty[rows]
             weak = np.asarray([data.raw_models[i][weak_name] for i in idx])
             strong = np.asarray([data.raw_models[i][strong_name] for i in idx])
+            pair_abilities = _pair_abilities(abilities, weak_name, strong_name)
+            gain = d if pair_abilities is None else _gain_scores(d, *pair_abilities)
             fits = [_apgr(pair_gain_scores(d, weak, strong, seed=s), weak, strong) for s in range(FIT_SEEDS)]
             randoms = [_apgr(rng.permutation(len(idx)).astype(np.float64), weak, strong) for _ in range(RANDOM_DRAWS)]
             results.append(
@@ -129,6 +158,8 @@ def run_loso(
                     strong=strong_name,
                     items=len(idx),
                     router=_apgr(d, weak, strong),
+                    router_gain=_apgr(gain, weak, strong),
+                    gain_abilities=pair_abilities,
                     router_fit=float(np.mean(fits)),
                     router_fit_sd=float(np.std(fits)),
                     length=_apgr(length_scores([data.prompts[i] for i in idx]), weak, strong),
@@ -139,45 +170,95 @@ def run_loso(
     return results
 
 
-def format_report(results: Sequence[PairResult]) -> list[str]:
-    """Markdown tables: the notes' pair per source, then mean ± SD over all pairs per source."""
+ROUTERS = ("router", "router_gain", "router_fit", "length", "oracle")
+BAR_MARGIN = 0.03
+"""The quality bar: mean APGR over sources above the length rule's, and no source more than this below it."""
+
+
+def _label(key: str) -> str:
+    """Column name of a router field."""
+    return key.replace("_fit", "+fit").replace("_gain", "-gain")
+
+
+def _bar(rows: Sequence[PairResult], key: str) -> str:
+    """Whether ``key`` meets the bar against length on these rows (one per source): mean and worst source."""
+    gaps = [getattr(r, key) - r.length for r in rows]
+    mean = float(np.mean([getattr(r, key) for r in rows]))
+    ok = mean > float(np.mean([r.length for r in rows])) and min(gaps) >= -BAR_MARGIN
+    return f"{_label(key)}: mean {mean:.3f}, worst source {min(gaps):+.3f} vs length -> {'meets' if ok else 'fails'}"
+
+
+def _source_means(results: Sequence[PairResult]) -> list[PairResult]:
+    """One pseudo-row per source holding the mean over its pairs (for the all-pairs bar)."""
+    out = []
+    for source in sorted({r.source for r in results}):
+        rs = [r for r in results if r.source == source]
+        means = {k: float(np.mean([getattr(r, k) for r in rs])) for k in (*ROUTERS, "router_fit_sd", "random_sd")}
+        out.append(PairResult(source, "*", "*", sum(r.items for r in rs), gain_abilities=None, **means))
+    return out
+
+
+def _main_table(main_rows: Sequence[PairResult]) -> list[str]:
+    """The notes' pair per source, with the random router's noise and the mean row."""
     lines = [
         "Main pair per source (APGR; router+fit ± SD over 5 cross-fit halvings; random = 0.500 ± SD of permutations)",
         "",
-        "| held-out source | pair | n | router | router+fit | length | random | oracle |",
-        "|---|---|---|---|---|---|---|---|",
+        "| held-out source | pair | n | router | router-gain | router+fit | length | random | oracle |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    main_rows = [next(r for r in results if r.source == s) for s in sorted({r.source for r in results})]
     for r in main_rows:
         lines.append(
-            f"| {r.source} | {r.weak} → {r.strong} | {r.items} | {r.router:.3f} | {r.router_fit:.3f} ± "
-            f"{r.router_fit_sd:.3f} | {r.length:.3f} | 0.500 ± {r.random_sd:.3f} | {r.oracle:.3f} |"
+            f"| {r.source} | {r.weak} → {r.strong} | {r.items} | {r.router:.3f} | {r.router_gain:.3f} |"
+            f" {r.router_fit:.3f} ± {r.router_fit_sd:.3f} | {r.length:.3f} | 0.500 ± {r.random_sd:.3f} |"
+            f" {r.oracle:.3f} |"
         )
-    mean = {k: float(np.mean([getattr(r, k) for r in main_rows])) for k in ("router", "router_fit", "length", "oracle")}
+    mean = {k: float(np.mean([getattr(r, k) for r in main_rows])) for k in ROUTERS}
     lines.append(
-        f"| **mean** | | | {mean['router']:.3f} | {mean['router_fit']:.3f} | {mean['length']:.3f} | 0.500 |"
-        f" {mean['oracle']:.3f} |"
+        f"| **mean** | | | {mean['router']:.3f} | {mean['router_gain']:.3f} | {mean['router_fit']:.3f} |"
+        f" {mean['length']:.3f} | 0.500 | {mean['oracle']:.3f} |"
     )
-    lines += [
-        "",
+    return lines
+
+
+def _source_table(results: Sequence[PairResult]) -> list[str]:
+    """Mean ± SD over the pairs of each source, and the mean of the source means."""
+    lines = [
         f"All pairs ({len(results)}): mean ± SD over the pairs of each source",
         "",
-        "| held-out source | pairs | router | router+fit | length | oracle |",
-        "|---|---|---|---|---|---|",
+        f"| held-out source | pairs | {' | '.join(_label(k) for k in ROUTERS)} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for source in sorted({r.source for r in results}):
         rs = [r for r in results if r.source == source]
-        cells = []
-        for k in ("router", "router_fit", "length", "oracle"):
-            v = [getattr(r, k) for r in rs]
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}")
+        cells = [
+            f"{np.mean([getattr(r, k) for r in rs]):.3f} ± {np.std([getattr(r, k) for r in rs]):.3f}" for k in ROUTERS
+        ]
         lines.append(f"| {source} | {len(rs)} | " + " | ".join(cells) + " |")
-    lines += ["", "| held-out source | pair | router | router+fit | length | oracle |", "|---|---|---|---|---|---|"]
+    means = [f"{np.mean([getattr(r, k) for r in _source_means(results)]):.3f}" for k in ROUTERS]
+    lines.append("| **mean of sources** | | " + " | ".join(means) + " |")
+    return lines
+
+
+def _pair_table(results: Sequence[PairResult]) -> list[str]:
+    """Every pair, with the abilities router-gain used."""
+    lines = [
+        f"| held-out source | pair | {' | '.join(_label(k) for k in ROUTERS)} | gain abilities (weak, strong) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(
-            f"| {r.source} | {r.weak} → {r.strong} | {r.router:.3f} | {r.router_fit:.3f} | {r.length:.3f} |"
-            f" {r.oracle:.3f} |"
-        )
+        ab = "difficulty (unknown model)" if r.gain_abilities is None else "{:+.2f}, {:+.2f}".format(*r.gain_abilities)
+        row = " | ".join(f"{getattr(r, k):.3f}" for k in ROUTERS)
+        lines.append(f"| {r.source} | {r.weak} → {r.strong} | {row} | {ab} |")
+    return lines
+
+
+def format_report(results: Sequence[PairResult]) -> list[str]:
+    """Markdown tables: the notes' pair per source, mean ± SD over all pairs per source, every pair, the bar."""
+    main_rows = [next(r for r in results if r.source == s) for s in sorted({r.source for r in results})]
+    lines = [*_main_table(main_rows), "", *_source_table(results), "", *_pair_table(results), ""]
+    lines.append(f"Bar (mean above length, no source more than {BAR_MARGIN} below it):")
+    for key in ("router", "router_gain", "router_fit"):
+        lines.append(f"- main pairs, {_bar(main_rows, key)}; all pairs, {_bar(_source_means(results), key)}")
     return lines
 
 
@@ -195,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-length", action="store_true", help="drop the length feature (ablation)")
     parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
     parser.add_argument("--pca-dims", type=int, default=t.PCA_DIMS, help="dimensions of the distilled table")
+    parser.add_argument("--target", choices=t.TARGETS, default=t.TARGETS[0], help="training target (default: shipped)")
     args = parser.parse_args(argv)
     spec = FeatureSpec(
         cut=TextCut(head_chars=args.head_chars, tail_chars=args.tail_chars),
@@ -203,7 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         neutral_words=() if args.no_neutral else NEUTRAL_WORDS,
     )
     results = run_loso(
-        args.data, args.cache, spec, alpha=args.alpha, use_length=not args.no_length, pca_dims=args.pca_dims
+        args.data,
+        args.cache,
+        spec,
+        alpha=args.alpha,
+        use_length=not args.no_length,
+        pca_dims=args.pca_dims,
+        target_kind=args.target,
     )
     print("\n".join(format_report(results)))
     if args.json is not None:

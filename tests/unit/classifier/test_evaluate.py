@@ -160,3 +160,19 @@ def test_read_items_skips_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"id": 1}\n\n[1, 2]\n')
     assert list(read_items(path)) == [{"id": 1}, {"_invalid": [1, 2]}]
+
+
+def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``model-router eval`` as users run it: the CLI, the shipped ONNX model, a score line per item, the metrics."""
+    from extproc.cli import main
+
+    items = [
+        item(i, "What is 2 + 2?" if i % 2 else "Prove Fermat's last theorem for n = 3.", i % 2, 1.0) for i in range(20)
+    ]
+    data = tmp_path / "items.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in items))
+    out = tmp_path / "scores.jsonl"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--weak", "small", "--strong", "big"]) == 0
+    scores = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [s["id"] for s in scores] == [x["id"] for x in items]
+    assert "APGR" in capsys.readouterr().out
