@@ -27,6 +27,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -35,6 +36,8 @@ __all__ = [
     "ExporterOptions",
     "FinishedSpan",
     "OtlpSpanExporter",
+    "encode_attribute",
+    "encode_double_attribute",
     "encode_request",
     "encode_span",
     "exporter_options",
@@ -58,9 +61,11 @@ _FLAGS_SAMPLED_LOCAL_PARENT = 0x101
 _FLAGS_SAMPLED_REMOTE_PARENT = 0x301
 
 
-@dataclass(frozen=True, slots=True)
-class FinishedSpan:
-    """One finished span in the shape the router produces: flat scalar attributes, no events or links."""
+class FinishedSpan(NamedTuple):
+    """One finished span in the shape the router produces: flat scalar attributes, no events or links.
+
+    A NamedTuple rather than a frozen dataclass: one is built per decision, and this is ~4x cheaper to construct.
+    """
 
     trace_id: int
     span_id: int
@@ -70,11 +75,15 @@ class FinishedSpan:
     start_unix_ns: int
     end_unix_ns: int
     attributes: Sequence[tuple[str, AttributeValue]]
+    """Attributes that vary per span (ids, timings, scores)."""
     trace_state: str = ""
     error: str | None = None
     """Status ERROR with this message; None = status UNSET."""
     kind: int = 1
     """``SpanKind``: 1 = INTERNAL."""
+    encoded_attributes: bytes = b""
+    """Attributes already encoded (:func:`encode_attribute`, :func:`encode_double_attribute`), written before
+    ``attributes``: the router encodes its decision attributes itself, caching the parts that repeat."""
 
 
 def _varint(n: int) -> bytes:
@@ -115,6 +124,12 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
 
 # typed: True and 1 are equal keys otherwise, but encode differently.
 _cached_attribute = functools.lru_cache(maxsize=4096, typed=True)(_attribute)
+_SPAN_ATTRIBUTE = b"\x4a"
+
+
+def encode_attribute(key: str, value: AttributeValue) -> bytes:
+    """One span attribute (``Span.attributes`` entry), for :attr:`FinishedSpan.encoded_attributes`."""
+    return _attribute(_SPAN_ATTRIBUTE, key, value)
 
 
 @functools.lru_cache(maxsize=256)
@@ -127,9 +142,13 @@ def _double_prefix(tag: bytes, key: str) -> bytes:
 _PACK_DOUBLE = struct.Struct("<d").pack
 
 
+def encode_double_attribute(key: str, value: float) -> bytes:
+    """A double span attribute: a cached prefix and eight bytes."""
+    return _double_prefix(_SPAN_ATTRIBUTE, key) + _PACK_DOUBLE(value)
+
+
 def _attributes(tag: bytes, attributes: Iterable[tuple[str, AttributeValue]]) -> bytes:
-    """Doubles (which vary per span) are packed behind a cached prefix; other values are cached whole: routing
-    attributes repeat (models, tiers, reasons), and a unique one (the decision id) only costs an LRU slot."""
+    """Doubles (which vary per span) are packed behind a cached prefix; other values are cached whole."""
     parts = []
     for key, value in attributes:
         if type(value) is float:
@@ -152,7 +171,8 @@ def encode_span(span: FinishedSpan) -> bytes:
     parts.append(_len_delimited(b"\x2a", span.name.encode()))
     parts.append(b"\x30" + _varint(span.kind))
     parts.append(struct.pack("<BQBQ", 0x39, span.start_unix_ns, 0x41, span.end_unix_ns))
-    parts.append(_attributes(b"\x4a", span.attributes))
+    parts.append(span.encoded_attributes)
+    parts.append(_attributes(_SPAN_ATTRIBUTE, span.attributes))
     if span.error is not None:
         status = (_len_delimited(b"\x12", span.error.encode()) if span.error else b"") + b"\x18\x02"
         parts.append(_len_delimited(b"\x7a", status))
@@ -162,11 +182,12 @@ def encode_span(span: FinishedSpan) -> bytes:
 
 
 def encode_request(
-    resource: Sequence[tuple[str, AttributeValue]], scope_name: str, spans: Iterable[FinishedSpan]
+    resource: Sequence[tuple[str, AttributeValue]], scope_name: str, encoded_spans: Iterable[bytes]
 ) -> bytes:
-    """``ExportTraceServiceRequest`` with one resource and one instrumentation scope."""
+    """``ExportTraceServiceRequest`` with one resource and one instrumentation scope, around spans already encoded
+    by :func:`encode_span`."""
     scope = _len_delimited(b"\x0a", _len_delimited(b"\x0a", scope_name.encode()))
-    scope_spans = scope + b"".join(_len_delimited(b"\x12", encode_span(s)) for s in spans)
+    scope_spans = scope + b"".join(_len_delimited(b"\x12", s) for s in encoded_spans)
     resource_spans = _len_delimited(b"\x0a", _attributes(b"\x0a", resource)) + _len_delimited(b"\x12", scope_spans)
     return _len_delimited(b"\x0a", resource_spans)
 
@@ -283,7 +304,7 @@ class OtlpSpanExporter:
         self._scope = scope_name
         self._on_result = on_result
         self._sleep = sleep
-        self._queue: collections.deque[FinishedSpan] = collections.deque()
+        self._queue: collections.deque[bytes] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
         self._channel = self._open_channel()
@@ -302,12 +323,17 @@ class OtlpSpanExporter:
         return grpc.secure_channel(o.endpoint, credentials, compression=compression)
 
     def submit(self, span: FinishedSpan) -> None:
-        """Queue ``span`` for export, or drop and count it if the queue is full or the exporter stopped."""
+        """Encode ``span`` and queue it for export, or drop and count it if the queue is full or the exporter stopped.
+
+        Encoding here, on the caller's thread, is deliberate: measured, a second Python thread encoding while the
+        event loop runs costs both of them ~20 µs per span in GIL hand-offs, more than the encoding itself (~14 µs).
+        The exporter thread only frames the queued bytes and makes the gRPC call (which releases the GIL).
+        """
         queue = self._queue
         if self._stopping or len(queue) >= self._options.max_queue_size:
             self._on_result("dropped", 1)
             return
-        queue.append(span)
+        queue.append(encode_span(span))
         if len(queue) >= self._options.max_batch_size:
             self._wake.set()
 
@@ -324,7 +350,7 @@ class OtlpSpanExporter:
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
             self._send(batch)
 
-    def _send(self, batch: list[FinishedSpan]) -> None:
+    def _send(self, batch: list[bytes]) -> None:
         payload = encode_request(self._resource, self._scope, batch)
         delays = (0.0, *self._options.retry_delays)
         for attempt, delay in enumerate(delays):

@@ -21,7 +21,9 @@ from extproc.otlp import (
     ExporterOptions,
     FinishedSpan,
     OtlpSpanExporter,
+    encode_attribute,
     encode_request,
+    encode_span,
     exporter_options,
 )
 
@@ -43,6 +45,10 @@ _spans = st.builds(
     attributes=st.lists(st.tuples(st.text(min_size=1, max_size=60), _values), max_size=25),
     trace_state=st.text(alphabet="abc=,1", max_size=20),
     error=st.one_of(st.none(), st.text(max_size=50)),
+    kind=st.just(1),
+    encoded_attributes=st.lists(st.tuples(st.text(min_size=1, max_size=60), _values), max_size=10).map(
+        lambda pairs: b"".join(encode_attribute(k, v) for k, v in pairs)
+    ),
 )
 
 
@@ -67,7 +73,8 @@ def _check(decoded: Span, span: FinishedSpan) -> None:
     assert decoded.kind == Span.SPAN_KIND_INTERNAL
     assert (decoded.start_time_unix_nano, decoded.end_time_unix_nano) == (span.start_unix_ns, span.end_unix_ns)
     got = [(kv.key, _plain(_any(kv.value)), type(_any(kv.value))) for kv in decoded.attributes]
-    assert got == [(k, _plain(v), type(v)) for k, v in span.attributes]
+    pre_encoded = len(Span.FromString(span.encoded_attributes).attributes)
+    assert got[pre_encoded:] == [(k, _plain(v), type(v)) for k, v in span.attributes]
     if span.error is None:
         assert not decoded.HasField("status")
     else:
@@ -85,7 +92,8 @@ def test_encoding_parses_back_with_opentelemetry_proto(spans: Sequence[FinishedS
         ("k8s", True),
         ("w", 0.5),
     ]
-    request = ExportTraceServiceRequest.FromString(encode_request(resource, "model_router", spans))
+    encoded = [encode_span(s) for s in spans]
+    request = ExportTraceServiceRequest.FromString(encode_request(resource, "model_router", encoded))
     (rs,) = request.resource_spans
     assert [(kv.key, _any(kv.value)) for kv in rs.resource.attributes] == resource
     (ss,) = rs.scope_spans

@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import generate_latest
 
 from extproc.config import TelemetrySettings
 from extproc.decision_proto import decision_labels, to_proto
 from extproc.errors import ConfigError
-from extproc.otlp import FinishedSpan
+from extproc.otlp import FinishedSpan, encode_span
 from extproc.record import DecisionRecord, Outcome
-from extproc.telemetry import _ATTRIBUTES, _OPERATIONS, Telemetry, span_attributes
+from extproc.telemetry import _ATTRIBUTES, _OPERATIONS, Telemetry, parse_traceparent, span_attributes
 from tests.fakes import SAMPLE_ROUTED
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics" / "three_records.prom"
@@ -84,7 +86,8 @@ def test_span_is_child_of_envoy_parent(telemetry: Telemetry, spans: SpanList) ->
     assert span.trace_state == "vendor=1"
     assert span.start_unix_ns == ROUTED.started_unix_ns
     assert span.end_unix_ns == ROUTED.started_unix_ns + 400_000
-    assert dict(span.attributes)["model_router.selected_model"] == "gpt-4o-mini"
+    assert decoded_attributes(span) == span_attributes(ROUTED)
+    assert decoded_attributes(span)["model_router.selected_model"] == "gpt-4o-mini"
     assert span.error is None
 
 
@@ -154,6 +157,24 @@ _records = st.builds(
 )
 
 
+def decoded_attributes(span: FinishedSpan) -> dict[str, Any]:
+    """The span's attributes as a collector sees them: encoded, then parsed by opentelemetry-proto."""
+    decoded = Span.FromString(encode_span(span))
+    return {kv.key: getattr(kv.value, str(kv.value.WhichOneof("value"))) for kv in decoded.attributes}
+
+
+@given(rec=_records)
+def test_encoded_span_attributes_equal_span_attributes(rec: DecisionRecord) -> None:
+    """The cached, pre-encoded attributes decode to exactly :func:`span_attributes` (the mapping), twice over."""
+    spans = SpanList()
+    telemetry = Telemetry(TelemetrySettings(), logging.getLogger("test"), spans)
+    telemetry.record(dataclasses.replace(rec, traceparent=PARENT))
+    telemetry.record(dataclasses.replace(rec, traceparent=PARENT, decision_id=rec.decision_id + "x"))  # cache hit
+    first, second = spans
+    assert decoded_attributes(first) == span_attributes(rec)
+    assert decoded_attributes(second) == {**span_attributes(rec), "model_router.decision_id": rec.decision_id + "x"}
+
+
 @given(rec=_records)
 def test_span_attributes_equal_the_routing_decision_mapping(rec: DecisionRecord) -> None:
     """The fast path reads the record; the reference goes through ``RoutingDecision`` (the one mapping)."""
@@ -170,3 +191,30 @@ def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     quiet = Telemetry(TelemetrySettings(), logging.getLogger("test"))
     assert not quiet.tracing
     quiet.record(ROUTED)  # metrics only; must not raise
+
+
+_TRACE = "0af7651916cd43dd8448eb211c80319c"
+_SPAN = "b7ad6b7169203331"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (f"00-{_TRACE}-{_SPAN}-01", (int(_TRACE, 16), int(_SPAN, 16), True)),
+        (f"00-{_TRACE}-{_SPAN}-00", (int(_TRACE, 16), int(_SPAN, 16), False)),
+        (f"  00-{_TRACE.upper()}-{_SPAN}-01 ", (int(_TRACE, 16), int(_SPAN, 16), True)),
+        (f"01-{_TRACE}-{_SPAN}-01-future-field", (int(_TRACE, 16), int(_SPAN, 16), True)),
+        (f"00-{_TRACE}-{_SPAN}-01-extra", None),  # version 00 has exactly four fields
+        (f"ff-{_TRACE}-{_SPAN}-01", None),
+        (f"00-{'0' * 32}-{_SPAN}-01", None),
+        (f"00-{_TRACE}-{'0' * 16}-01", None),
+        (f"00-{_TRACE[:-1]}g-{_SPAN}-01", None),
+        (f"00-{_TRACE}-{_SPAN}-1", None),
+        (f"00-{_TRACE}{_SPAN}-01", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_traceparent(header: str | None, expected: tuple[int, int, bool] | None) -> None:
+    parsed = parse_traceparent(header, "k=v")
+    assert (None if parsed is None else (parsed.trace_id, parsed.span_id, parsed.sampled)) == expected
