@@ -58,6 +58,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from classifier.evaluate import choose_pair
 from classifier.features import DENSE_NAMES, Features, Featurizer
 from classifier.irt import CalibrationTable
 from classifier.loader import DEFAULT_MODEL_DIR
@@ -415,8 +416,8 @@ def _mean_apgr(runs: Sequence[RouterMetrics]) -> float:
 def run_adapt(
     data: Path,
     out: Path,
-    weak: str,
-    strong: str,
+    weak: str | None,
+    strong: str | None,
     base_dir: Path | None,
     text_of: TextOf,
     folds: int,
@@ -425,12 +426,32 @@ def run_adapt(
     force: bool = False,
 ) -> int:
     """Cross-validate, then fit on every item and write an adapted model directory; exit code 0, or 2 with the
-    reason on bad input, too few records or too little signal (the last two unless ``force``)."""
+    reason on bad input, too few records or too little signal (the last two unless ``force``). Without ``weak`` or
+    ``strong``, the pair is chosen from the file as ``model-router eval`` chooses it."""
     try:
+        if weak is None or strong is None:
+            weak, strong = _default_pair(data, weak, strong)
+            stdout.write(f"pair from the file's scores: weak {weak!r}, strong {strong!r}\n")
         return _run(data, out, weak, strong, base_dir or DEFAULT_MODEL_DIR, text_of, folds, seed, stdout, force)
     except AdaptError as exc:
         stdout.write(f"model-router adapt: {exc}\n")
         return 2
+
+
+def _default_pair(path: Path, weak: str | None, strong: str | None) -> tuple[str, str]:
+    """The named model(s), completed by :func:`~classifier.evaluate.choose_pair` on the file's ``scores``."""
+    scores = []
+    for line in _lines(path):
+        try:
+            item = orjson.loads(line) if line.strip() else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get("scores"), dict):
+            scores.append({str(k): v for k, v in item["scores"].items() if _score(item["scores"], k) is not None})
+    chosen = choose_pair(scores)
+    if chosen is None:
+        raise AdaptError(f"{path}: fewer than two models are scored on 90% of the records; name --weak and --strong")
+    return weak or chosen[0], strong or chosen[1]
 
 
 def _check_models(outcomes: _Outcomes, weak: str, strong: str) -> None:

@@ -62,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with `scores`"
     )
-    adapt.add_argument("--weak", required=True, help="the cheap model's name in `scores`")
-    adapt.add_argument("--strong", required=True, help="the strong model's name in `scores`")
+    adapt.add_argument("--weak", help="the cheap model's name in `scores` (default: chosen as eval chooses it)")
+    adapt.add_argument("--strong", help="the strong model's name in `scores` (default: the best-scoring model)")
     adapt.add_argument("--out", type=Path, required=True, help="the new model directory to write (use a fresh one)")
     adapt.add_argument("--base", type=Path, help="base model directory (default: the shipped model)")
     adapt.add_argument("--seed", type=int, default=0, help="seed of the folds (default: %(default)s)")

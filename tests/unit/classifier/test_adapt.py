@@ -138,7 +138,7 @@ def test_malformed_lines_are_counted_with_line_numbers_and_skipped(tmp_path: Pat
     lines[4] = b"[1, 2]"
     lines.insert(7, b"")  # blank: not an item, not an error
     data = tmp_path / "mixed.jsonl"
-    data.write_bytes(b"\n".join(lines) + b"\n{\"truncated\": ")
+    data.write_bytes(b"\n".join(lines) + b'\n{"truncated": ')
     code, report = adapt(data, tmp_path / "model", force=True)
     assert code == 0, report
     assert "398 items, 398 usable" in report
@@ -207,3 +207,23 @@ def test_real_data_adapted_beats_base_and_length_in_cross_validation(tmp_path: P
     assert "fitted on 1430 records" in report
     assert apgr(report, "adapted") >= apgr(report, "base")
     assert apgr(report, "adapted") > apgr(report, "length")
+
+
+def test_pair_defaults_to_the_files_models(synthetic: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Without --weak/--strong the pair comes from the scores (the better model is the strong one); same model."""
+    data, out, _ = synthetic
+    stdout = io.StringIO()
+    code = run_adapt(data, tmp_path / "auto", None, None, None, prompt_text_of_item, 5, 0, stdout)
+    assert code == 0, stdout.getvalue()
+    assert "pair from the file's scores: weak 'weak-m', strong 'strong-m'" in stdout.getvalue()
+    for name in MODEL_FILES:
+        assert (tmp_path / "auto" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_pair_cannot_be_chosen_from_one_model(tmp_path: Path) -> None:
+    items = [{"id": i, "messages": [{"role": "user", "content": "x"}], "scores": {"only": 1.0}} for i in range(50)]
+    stdout = io.StringIO()
+    code = run_adapt(
+        write_jsonl(tmp_path / "one.jsonl", items), tmp_path / "m", None, None, None, prompt_text_of_item, 5, 0, stdout
+    )
+    assert code == 2 and "fewer than two models" in stdout.getvalue()
