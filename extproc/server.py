@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,11 +15,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+from extproc.classify import ClassifierThreads
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.learning import start_learning
 from extproc.reload import reload_snapshot, watch_config
-from extproc.service import ExternalProcessorService, executor_classify
+from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
 
@@ -60,9 +60,8 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     except OSError:
         stop_metrics()
         raise
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classify")
+    classify = ClassifierThreads(workers=2)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)])
-    classify = executor_classify(executor)
     sticky = first.policy.stickiness
     memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
     pb_grpc.add_ExternalProcessorServicer_to_server(
@@ -120,7 +119,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     _log.info("stopping: no new streams; draining in-flight streams for up to %.1fs", grace)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)
-    executor.shutdown(wait=False, cancel_futures=True)
+    classify.close(timeout=0)
     await asyncio.to_thread(learning.close)  # flush captured prompts and feedback
     telemetry.shutdown()
     stop_metrics()

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from classifier.model import DifficultyModel, Prediction
 from extproc.conversations import ConversationMemory
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
 from extproc.tap import DecisionTap
 from extproc.telemetry import Telemetry
 
-__all__ = ["ExternalProcessorService", "executor_classify", "new_decision_id"]
+__all__ = ["ExternalProcessorService", "new_decision_id"]
 
 _log = logging.getLogger("model_router.service")
 
@@ -27,16 +24,6 @@ _log = logging.getLogger("model_router.service")
 def new_decision_id() -> str:
     """A random 16-hex-digit id, shown to the client and in logs and spans."""
     return secrets.token_hex(8)
-
-
-def executor_classify(executor: Executor) -> Classify:
-    """A :data:`Classify` that runs inference off the event loop, in ``executor``, with a deadline."""
-
-    async def classify(model: DifficultyModel, text: str, timeout: float) -> Prediction:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(executor, model.predict, text), timeout)
-
-    return classify
 
 
 class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped

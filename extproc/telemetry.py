@@ -197,7 +197,7 @@ class Telemetry:
         )
         self.classify_seconds = Histogram(
             "model_router_classify_seconds",
-            "Classifier time per prompt, including the executor hop.",
+            "Classifier time per prompt, including the hop to its thread.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -20,7 +20,8 @@ import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
-from extproc.service import ExternalProcessorService, executor_classify
+from extproc.classify import ClassifierThreads
+from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
 from tests.fakes import FakeDifficultyModel, demo_settings, snapshot
@@ -103,8 +104,7 @@ async def _serve_inprocess(
     settings = base.model_copy(update={"server": base.server.model_copy(update={"classifier_timeout_ms": timeout_ms})})
     telemetry = Telemetry(settings.telemetry, __import__("logging").getLogger("test.inprocess"))
     server = grpc.aio.server()
-    executor = ThreadPoolExecutor(2)
-    service = ExternalProcessorService(SnapshotRef(snapshot(model, settings)), executor_classify(executor), telemetry)
+    service = ExternalProcessorService(SnapshotRef(snapshot(model, settings)), ClassifierThreads(2), telemetry)
     pb_grpc.add_ExternalProcessorServicer_to_server(service, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

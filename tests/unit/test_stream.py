@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from extproc.classify import ClassifierThreads
 from extproc.config import ServerSettings
 from extproc.record import Outcome
-from extproc.service import executor_classify
 from extproc.stream import Classify, ProtocolError, Stage, StreamHandler
 from tests.fakes import (
     FakeDifficultyModel,
@@ -116,20 +115,18 @@ async def test_classifier_error_falls_back_to_default_model() -> None:
 
 
 async def test_classifier_deadline_falls_back_within_budget() -> None:
-    with ThreadPoolExecutor(1) as pool:
+    threads = ClassifierThreads(1)
+    try:
         settings = demo_settings()
         settings = settings.model_copy(update={"server": ServerSettings(classifier_timeout_ms=20)})
         sink = RecordingSink()
-        handler = StreamHandler(
-            snapshot(FakeDifficultyModel(delay=0.5), settings),
-            executor_classify(pool),
-            sink,
-            sequential_ids(),
-        )
+        handler = StreamHandler(snapshot(FakeDifficultyModel(delay=0.5), settings), threads, sink, sequential_ids())
         loop = asyncio.get_running_loop()
         start = loop.time()
         responses = await replay(handler, chat_headers(), CHAT)
         assert loop.time() - start < 0.4
+    finally:
+        threads.close(timeout=0)
     assert cluster_of(responses[1]) == "frontier"
     assert sink.records[0].reason == "classifier_failed"
 
