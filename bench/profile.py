@@ -4,7 +4,7 @@ Two views, because a sampling profiler alone misleads on a busy 2-core machine:
 
 1. **Per-thread CPU** (exact, no overhead): utime + stime of every thread from ``/proc/<pid>/task`` over the run,
    grouped by what the thread is — the event-loop thread (router code, gRPC aio's Cython layer, uvloop, protobuf),
-   gRPC's C-core threads, the classifier's executor threads — in µs per request.
+   gRPC's C-core threads, the classifier's threads — in µs per request.
 2. **py-spy samples of the event-loop thread**, each put in one bucket by its innermost recognisable frame (self
    time), and every router function on the stack credited (inclusive time), scaled to that thread's µs/request.
    Default ``--nonblocking`` (Python frames only: C code under the loop shows as one bucket); ``--native`` also
@@ -85,7 +85,7 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "router handler (stream.py, service.py)",
         ("extproc/stream.py", "extproc/service.py", "extproc/snapshot.py", "bench/noop_extproc.py"),
     ),
-    ("executor hop (thread pool)", ("concurrent/futures", "threading.py")),
+    ("classifier hop (threads)", ("concurrent/futures", "threading.py", "extproc/classify.py")),
     ("gRPC (cygrpc + C core)", ("grpc/", "cygrpc", "grpc_core", "libgrpc")),
     ("event loop (uvloop + asyncio)", ("uvloop", "loop.c", "asyncio", "_asynciomodule", "uv__", "uv_run")),
 )
@@ -96,8 +96,8 @@ INCLUSIVE: tuple[tuple[str, str], ...] = (
     ("StreamHandler._on_headers", "StreamHandler._on_headers "),
     ("StreamHandler._on_body", "StreamHandler._on_body "),
     ("parse_request", "parse_request "),
-    ("classify (executor hop + wait_for + model)", "classify (extproc/service.py"),
-    ("model.predict (in the executor thread)", ".predict (classifier/"),
+    ("classify (hop to the classifier threads + deadline)", "ClassifierThreads.__call__ (extproc/classify.py"),
+    ("model.predict (in a classifier thread)", ".predict (classifier/"),
     ("choose_model", "choose_model "),
     ("replace_model", "replace_model "),
     ("envoy response builders", "(extproc/envoy.py"),
@@ -194,7 +194,7 @@ def thread_group(tid: int, pid: int, comm: str, py_name: str) -> str:
     if tid == pid:
         return MAIN
     if py_name.startswith("classify"):
-        return "classifier executor threads (model.predict)"
+        return "classifier threads (model.predict)"
     if "_poll_wrapper" in py_name or comm.startswith(("event_engine", "grpc", "lifeguard")):
         return "gRPC core threads (poller, event engine, timers)"
     if "serve_forever" in py_name:
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         dep.start()
-        run_wrk(dep.url, bodies, args.concurrency, 2)  # warm-up; also starts the executor threads
+        run_wrk(dep.url, bodies, args.concurrency, 2)  # warm-up
         pid = dep.ext_proc_pids[0]
         names = python_thread_names(spy, pid)
         before = thread_cpu(pid)
