@@ -74,16 +74,14 @@ class FinishedSpan(NamedTuple):
     name: str
     start_unix_ns: int
     end_unix_ns: int
-    attributes: Sequence[tuple[str, AttributeValue]]
-    """Attributes that vary per span (ids, timings, scores)."""
+    attributes: bytes
+    """The span's attributes, already encoded (:func:`encode_attribute`, :func:`encode_double_attribute`): the
+    router encodes its decision attributes itself, caching the parts that repeat across decisions."""
     trace_state: str = ""
     error: str | None = None
     """Status ERROR with this message; None = status UNSET."""
     kind: int = 1
     """``SpanKind``: 1 = INTERNAL."""
-    encoded_attributes: bytes = b""
-    """Attributes already encoded (:func:`encode_attribute`, :func:`encode_double_attribute`), written before
-    ``attributes``: the router encodes its decision attributes itself, caching the parts that repeat."""
 
 
 def _varint(n: int) -> bytes:
@@ -122,13 +120,11 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
     return _len_delimited(tag, _encoded_key(key) + _len_delimited(b"\x12", _any_value(value)))
 
 
-# typed: True and 1 are equal keys otherwise, but encode differently.
-_cached_attribute = functools.lru_cache(maxsize=4096, typed=True)(_attribute)
 _SPAN_ATTRIBUTE = b"\x4a"
 
 
 def encode_attribute(key: str, value: AttributeValue) -> bytes:
-    """One span attribute (``Span.attributes`` entry), for :attr:`FinishedSpan.encoded_attributes`."""
+    """One span attribute (``Span.attributes`` entry), for :attr:`FinishedSpan.attributes`."""
     return _attribute(_SPAN_ATTRIBUTE, key, value)
 
 
@@ -148,14 +144,7 @@ def encode_double_attribute(key: str, value: float) -> bytes:
 
 
 def _attributes(tag: bytes, attributes: Iterable[tuple[str, AttributeValue]]) -> bytes:
-    """Doubles (which vary per span) are packed behind a cached prefix; other values are cached whole."""
-    parts = []
-    for key, value in attributes:
-        if type(value) is float:
-            parts.append(_double_prefix(tag, key) + _PACK_DOUBLE(value))
-        else:
-            parts.append(_cached_attribute(tag, key, value))
-    return b"".join(parts)
+    return b"".join(_attribute(tag, k, v) for k, v in attributes)
 
 
 def encode_span(span: FinishedSpan) -> bytes:
@@ -171,8 +160,7 @@ def encode_span(span: FinishedSpan) -> bytes:
     parts.append(_len_delimited(b"\x2a", span.name.encode()))
     parts.append(b"\x30" + _varint(span.kind))
     parts.append(struct.pack("<BQBQ", 0x39, span.start_unix_ns, 0x41, span.end_unix_ns))
-    parts.append(span.encoded_attributes)
-    parts.append(_attributes(_SPAN_ATTRIBUTE, span.attributes))
+    parts.append(span.attributes)
     if span.error is not None:
         status = (_len_delimited(b"\x12", span.error.encode()) if span.error else b"") + b"\x18\x02"
         parts.append(_len_delimited(b"\x7a", status))

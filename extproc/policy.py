@@ -8,11 +8,10 @@ probability ``sigmoid(ability - difficulty)`` reaches the quality target; if non
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from classifier.model import Prediction
+from classifier.model import Prediction, success_probability
 
 __all__ = [
     "Decision",
@@ -79,15 +78,6 @@ class Decision:
     fallback: bool
     success_probability: float | None
     """Predicted success of the chosen model; None when no prediction was used."""
-
-
-def success_probability(ability: float, difficulty: float) -> float:
-    """Item-response theory: P(success) = sigmoid(ability - difficulty), overflow-safe."""
-    x = ability - difficulty
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -> float:

@@ -335,10 +335,9 @@ class Telemetry:
                 name=SPAN_NAME,
                 start_unix_ns=rec.started_unix_ns,
                 end_unix_ns=rec.started_unix_ns + int(max(rec.total_seconds or 0.0, 0.0) * 1e9),
-                attributes=(),
+                attributes=self._encoded_attributes(rec),
                 trace_state=state,
                 error=rec.reason if rec.outcome is Outcome.FALLBACK else None,
-                encoded_attributes=self._encoded_attributes(rec),
             )
         )
 
