@@ -17,12 +17,13 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from classifier.model import success_probability
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.conversations import ConversationMemory
 from extproc.decision_proto import to_proto
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
-from extproc.policy import estimate_cost, success_probability
+from extproc.policy import estimate_cost
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, parse_request
 from extproc.schemas import schema_for_path

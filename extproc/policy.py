@@ -22,7 +22,6 @@ __all__ = [
     "estimate_cost",
     "fallback_decision",
     "pinned_decision",
-    "success_probability",
 ]
 
 
