@@ -45,11 +45,9 @@ is rejected while the running config stays.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -61,6 +59,7 @@ import orjson
 from classifier.evaluate import choose_pair
 from classifier.features import DENSE_NAMES, Features, Featurizer
 from classifier.irt import CalibrationTable
+from classifier.jsonl import finite_number, read_jsonl
 from classifier.loader import DEFAULT_MODEL_DIR
 from classifier.metrics import RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.onnx_model import OnnxDifficultyModel
@@ -290,19 +289,13 @@ class _Outcomes:
 
 def _score(scores: object, name: str) -> float | None:
     """One model's numeric outcome, or None if absent/non-numeric."""
-    if not isinstance(scores, dict):
-        return None
-    value = scores.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite_number(scores.get(name)) if isinstance(scores, dict) else None
 
 
-def _lines(path: Path) -> list[bytes]:
-    opener = gzip.open if path.suffix == ".gz" else open
+def _items(path: Path) -> Iterator[tuple[int, Any]]:
+    """:func:`~classifier.jsonl.read_jsonl`, with a file that cannot be read as an :class:`AdaptError`."""
     try:
-        with opener(path, "rb") as fh:
-            return list(fh)
+        yield from read_jsonl(path)
     except (OSError, EOFError) as exc:
         raise AdaptError(f"{path}: cannot read outcome records ({type(exc).__name__}: {exc})") from exc
 
@@ -317,13 +310,7 @@ def read_outcomes(path: Path, text_of: TextOf, weak: str, strong: str) -> _Outco
     malformed: list[int] = []
     seen: dict[str, int] = {}
     total = missing = unclassifiable = 0
-    for lineno, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            item = None
+    for lineno, item in _items(path):
         if not isinstance(item, dict):
             malformed.append(lineno)
             continue
@@ -441,11 +428,7 @@ def run_adapt(
 def _default_pair(path: Path, weak: str | None, strong: str | None) -> tuple[str, str]:
     """The named model(s), completed by :func:`~classifier.evaluate.choose_pair` on the file's ``scores``."""
     scores = []
-    for line in _lines(path):
-        try:
-            item = orjson.loads(line) if line.strip() else None
-        except orjson.JSONDecodeError:
-            continue
+    for _, item in _items(path):
         if isinstance(item, dict) and isinstance(item.get("scores"), dict):
             scores.append({str(k): v for k, v in item["scores"].items() if _score(item["scores"], k) is not None})
     chosen = choose_pair(scores)

@@ -13,7 +13,6 @@ When the file carries outcomes, two router rows are printed:
 
 from __future__ import annotations
 
-import gzip
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy.typing as npt
 import orjson
 
 from classifier.irt import fit_success_curve
+from classifier.jsonl import NOT_JSON, read_jsonl
 from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.model import DifficultyModel
 
@@ -41,13 +41,12 @@ TextOf = Callable[[Mapping[str, Any]], str | None]
 
 
 def read_items(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a JSON Lines file (gzip if the name ends in ``.gz``); blank lines are skipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                item = orjson.loads(line)
-                yield item if isinstance(item, dict) else {"_invalid": item}
+    """Yield the JSON objects of a JSON Lines file (gzip if the name ends in ``.gz``); blank lines are skipped, a
+    line that is not JSON raises ``ValueError`` naming it, a JSON value that is not an object is ``{"_invalid": v}``."""
+    for number, item in read_jsonl(path):
+        if item is NOT_JSON:
+            raise ValueError(f"{path}:{number}: not JSON")
+        yield item if isinstance(item, dict) else {"_invalid": item}
 
 
 def last_user_text(item: Mapping[str, Any]) -> str | None:

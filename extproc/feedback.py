@@ -10,7 +10,6 @@ model names, a number and times, never text from the request or the caller.
 from __future__ import annotations
 
 import enum
-import math
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from classifier.jsonl import unit_score
 from extproc.spool import Spool
 
 __all__ = ["TIME_KEY", "DecisionEntry", "DecisionStore", "FeedbackRecorder", "FeedbackResult", "FeedbackStatus"]
@@ -108,14 +108,6 @@ def _invalid(message: str) -> FeedbackResult:
     return FeedbackResult(FeedbackStatus.INVALID, message)
 
 
-def _score(value: Any) -> float | None:
-    """``value`` as a score if it is a finite number in [0, 1] (JSON ``true`` is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    score = float(value)
-    return score if math.isfinite(score) and 0.0 <= score <= 1.0 else None
-
-
 class FeedbackRecorder:
     """Validates one piece of feedback against the decision store and queues it for the feedback file."""
 
@@ -150,7 +142,7 @@ class FeedbackRecorder:
             return _invalid("decision_id: not a decision id")
         if score is None:
             return _invalid("score: required")
-        checked = _score(score)
+        checked = unit_score(score)
         if checked is None:
             return _invalid("score: must be a number in [0, 1]")
         if model is not None and not isinstance(model, str):

@@ -14,16 +14,15 @@ rotated ``.1`` files). The output holds prompts: it is created with mode 0600.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 import orjson
+
+from classifier.jsonl import NOT_JSON, read_jsonl, unit_score
 
 __all__ = ["JoinStats", "join_outcomes", "run_outcomes"]
 
@@ -64,31 +63,8 @@ class JoinStats:
 def _lines(paths: Sequence[Path]) -> Iterator[Any]:
     """Each line of each file, parsed; a line that is not JSON is ``None``."""
     for path in paths:
-        with _open(path) as f:
-            for raw in f:
-                if not raw.strip():
-                    continue
-                try:
-                    yield orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    yield None
-
-
-@contextlib.contextmanager
-def _open(path: Path) -> Iterator[Iterable[bytes]]:
-    """The lines of ``path``, gunzipped if it ends in ``.gz``."""
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as zipped:
-            yield zipped
-    else:
-        with path.open("rb") as plain:
-            yield plain
-
-
-def _score(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) and 0.0 <= value <= 1.0 else None
+        for _, value in read_jsonl(path):
+            yield None if value is NOT_JSON else value
 
 
 def _read_feedback(paths: Sequence[Path], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
@@ -97,7 +73,7 @@ def _read_feedback(paths: Sequence[Path], stats: JoinStats) -> dict[str, dict[st
     for line in _lines(paths):
         decision_id = line.get("decision_id") if isinstance(line, dict) else None
         model = line.get("model") if isinstance(line, dict) else None
-        score = _score(line.get("score")) if isinstance(line, dict) else None
+        score = unit_score(line.get("score")) if isinstance(line, dict) else None
         if not isinstance(decision_id, str) or not decision_id or not isinstance(model, str) or not model:
             stats.malformed_feedback += 1
             continue

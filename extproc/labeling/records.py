@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
+from classifier.jsonl import NOT_JSON, read_jsonl
 from extproc.labeling.grading import render_conversation
 
 __all__ = ["PromptFile", "PromptItem", "RecordWriter", "ResumeState", "id_key", "prepare_output", "read_prompts"]
@@ -58,17 +59,9 @@ def id_key(value: object) -> str:
     return str(value)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        yield from enumerate(fh, start=1)
-
-
-def _item_of(line: bytes, number: int) -> PromptItem | str:
-    """The item on one line, or why it is malformed."""
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+def _item_of(obj: Any, number: int) -> PromptItem | str:
+    """The item on one line (as :func:`~classifier.jsonl.read_jsonl` parsed it), or why it is malformed."""
+    if obj is NOT_JSON:
         return "not JSON"
     if not isinstance(obj, dict):
         return "not a JSON object"
@@ -92,10 +85,8 @@ def read_prompts(path: Path, text_of: TextOf) -> PromptFile:
     seen: set[str] = set()
     number = 0
     try:
-        for number, line in _lines(path):
-            if not line.strip():
-                continue
-            item = _item_of(line, number)
+        for number, obj in read_jsonl(path):
+            item = _item_of(obj, number)
             if isinstance(item, str):
                 result.malformed.append((number, item))
             elif text_of({"messages": item.messages}) is None:

@@ -1,0 +1,59 @@
+"""JSON Lines files as the EVAL.md tools read them, and what counts as a score in them.
+
+One place for the choices every reader of outcome, prompt, capture and feedback files makes the same way: ``.gz`` by
+suffix, blank lines skipped, line numbers for the summary, a line that is not JSON reported rather than raised, and a
+score that is a real number (JSON ``true`` is not one).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+__all__ = ["NOT_JSON", "finite_number", "read_jsonl", "unit_score"]
+
+
+class _NotJson:
+    """The type of :data:`NOT_JSON`."""
+
+    def __repr__(self) -> str:
+        return "NOT_JSON"
+
+
+NOT_JSON: Final = _NotJson()
+"""What :func:`read_jsonl` yields for a line that does not parse (``null`` is a JSON value, so not ``None``)."""
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value or NOT_JSON)`` for each non-blank line of ``path`` (gunzipped if ``.gz``).
+
+    A file that cannot be opened, or a truncated or corrupt ``.gz``, raises (``OSError``, ``EOFError``) as it is met.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield number, NOT_JSON
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def unit_score(value: object) -> float | None:
+    """``value`` as a score if it is a finite number in [0, 1], else None."""
+    number = finite_number(value)
+    return number if number is not None and 0.0 <= number <= 1.0 else None

@@ -1,0 +1,45 @@
+"""The shared JSON Lines reader and score checks of the EVAL.md tools."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import pytest
+
+from classifier.jsonl import NOT_JSON, finite_number, read_jsonl, unit_score
+
+LINES = b'{"id": 1}\n\n   \nnot json\nnull\n[1, 2]\n{"id": 2'
+
+
+@pytest.mark.parametrize("name", ["items.jsonl", "items.jsonl.gz"])
+def test_lines_are_numbered_blank_skipped_and_bad_ones_marked(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(LINES) if name.endswith(".gz") else LINES)
+    assert list(read_jsonl(path)) == [(1, {"id": 1}), (4, NOT_JSON), (5, None), (6, [1, 2]), (7, NOT_JSON)]
+
+
+def test_truncated_gzip_raises_where_it_is_met(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"id": 1}\n' * 1000)[:-20])
+    with pytest.raises(EOFError):
+        list(read_jsonl(path))
+
+
+@pytest.mark.parametrize(
+    ("value", "number", "score"),
+    [
+        (1, 1.0, 1.0),
+        (0.25, 0.25, 0.25),
+        (7, 7.0, None),
+        (-0.1, -0.1, None),
+        (True, None, None),
+        ("1", None, None),
+        (None, None, None),
+        (math.nan, None, None),
+        (math.inf, None, None),
+    ],
+)
+def test_scores(value: object, number: float | None, score: float | None) -> None:
+    assert (finite_number(value), unit_score(value)) == (number, score)
