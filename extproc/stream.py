@@ -9,7 +9,6 @@ a plain "continue": a failure here degrades to pass-through, never to a dropped 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import hashlib
 import hmac
@@ -255,8 +254,7 @@ class StreamHandler:
             return [self._continue("request_body")]
         if memory_key is not None and self._memory is not None and not policy.shadow:
             self._memory.remember(memory_key, decision.model.ability)
-        record = self._build_record(parsed, policy, decision, prediction, classify_seconds, start)
-        self._emit(_with_candidate(record, candidate, parsed, self._snap.settings.policy.expected_output_tokens))
+        self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
         served = unchanged if policy.shadow else decision.model
@@ -381,6 +379,7 @@ class StreamHandler:
         prediction: Prediction | None,
         classify_seconds: float | None,
         start: float,
+        candidate: _Candidate | None = None,
     ) -> DecisionRecord:
         snap = self._snap
         out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
@@ -408,6 +407,7 @@ class StreamHandler:
             total_seconds=self._clock() - start,
             stream=parsed.body.get("stream") is True,
             prompt_excerpt=excerpt,
+            **_candidate_fields(candidate, parsed.input_tokens, out_tokens),
             **self._context_fields(),
         )
 
@@ -433,18 +433,15 @@ class _Candidate:
     prediction: Prediction
 
 
-def _with_candidate(
-    rec: DecisionRecord, candidate: _Candidate | None, parsed: ParsedRequest, expected_output_tokens: int
-) -> DecisionRecord:
+def _candidate_fields(candidate: _Candidate | None, input_tokens: int, out_tokens: int) -> dict[str, Any]:
+    """The record's ``candidate_*`` fields (none without a candidate)."""
     if candidate is None:
-        return rec
+        return {}
     model = candidate.decision.model
-    out_tokens = parsed.max_output_tokens or expected_output_tokens
-    return dataclasses.replace(
-        rec,
-        candidate_selected_model=model.name,
-        candidate_tier=model.tier,
-        candidate_difficulty=candidate.prediction.difficulty,
-        candidate_success_probability=candidate.decision.success_probability,
-        cost_candidate=estimate_cost(model, parsed.input_tokens, out_tokens),
-    )
+    return {
+        "candidate_selected_model": model.name,
+        "candidate_tier": model.tier,
+        "candidate_difficulty": candidate.prediction.difficulty,
+        "candidate_success_probability": candidate.decision.success_probability,
+        "cost_candidate": estimate_cost(model, input_tokens, out_tokens),
+    }
