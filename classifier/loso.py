@@ -34,7 +34,7 @@ from classifier.metrics import length_scores, oracle_scores, routing_curve
 from classifier.model import expected_gain
 from classifier.tokenize import TextCut, WordPieceTokenizer
 
-__all__ = ["PAIRS", "PairResult", "format_report", "main", "run_loso"]
+__all__ = ["PAIRS", "PairResult", "format_report", "main", "run_loso", "unit_bags"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -110,6 +110,17 @@ def _pair_abilities(abilities: Mapping[str, float], weak: str, strong: str) -> t
     return None if w is None or s is None else (w, s)
 
 
+def unit_bags(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The ``--normalise-bag`` ablation: each row's bag columns (all but the last, the length) scaled to unit L2 norm.
+
+    Cosine geometry, as model2vec's own ``encode`` normalises; the shipped graph does not do this (model card).
+    An all-zero bag stays zero.
+    """
+    bag = x[:, :-1]
+    norms = np.linalg.norm(bag, axis=1, keepdims=True)
+    return np.concatenate([bag / np.where(norms > 0, norms, 1.0), x[:, -1:]], axis=1).astype(np.float32)
+
+
 def run_loso(
     data_dir: Path,
     cache: Path,
@@ -118,6 +129,7 @@ def run_loso(
     use_length: bool = True,
     pca_dims: int = t.PCA_DIMS,
     target_kind: str = t.TARGETS[0],
+    normalise_bag: bool = False,
 ) -> list[PairResult]:
     """Train without each source in turn and score it on all of its pairs."""
     data = t.load_dataset(data_dir, target_kind)
@@ -126,6 +138,8 @@ def run_loso(
     x = t.design_matrix(featurizer, table.dequantized, data.prompts, "features")
     if not use_length:
         x[:, -1] = 0.0  # a constant column gets no weight: the ablation without the length feature
+    if normalise_bag:
+        x = unit_bags(x)
     sources = np.asarray(data.sources)
     rng = np.random.default_rng(t.SEED)
     results: list[PairResult] = []
@@ -274,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--length-cap", type=int, default=t.LENGTH_CAP_TOKENS)
     parser.add_argument("--no-neutral", action="store_true", help="keep every word in the bag (ablation)")
     parser.add_argument("--no-length", action="store_true", help="drop the length feature (ablation)")
+    parser.add_argument(
+        "--normalise-bag", action="store_true", help="scale each bag to unit L2 length (ablation; not in the graph)"
+    )
     parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
     parser.add_argument("--pca-dims", type=int, default=t.PCA_DIMS, help="dimensions of the distilled table")
     parser.add_argument("--target", choices=t.TARGETS, default=t.TARGETS[0], help="training target (default: shipped)")
@@ -292,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_length=not args.no_length,
         pca_dims=args.pca_dims,
         target_kind=args.target,
+        normalise_bag=args.normalise_bag,
     )
     print("\n".join(format_report(results)))
     if args.json is not None:
