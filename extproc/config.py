@@ -148,6 +148,9 @@ class CaptureSettings(_Strict):
     """No captured line is kept longer than this (lines live between half of it and all of it)."""
     max_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 256 * 1024 * 1024
     """Disk bound of the capture: the live file and ``<path>.1`` together."""
+    include_decide: bool = True
+    """Also capture prompts of ``Decide`` calls. On: a gateway that routes itself with ``Decide`` serves real traffic
+    through it. Off: only requests that went through ext_proc are captured (e.g. when ``Decide`` serves dry runs)."""
 
 
 class FeedbackSettings(_Strict):

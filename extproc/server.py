@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -72,7 +73,14 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     services = [EXT_PROC_SERVICE]
     if first.server.decision_api:
         api_grpc.add_ModelRouterServiceServicer_to_server(
-            DecisionService(snapshots, classify, telemetry, memory, tap=learning.tap, feedback=learning.feedback),
+            DecisionService(
+                snapshots,
+                classify,
+                telemetry,
+                memory,
+                tap=dataclasses.replace(learning.tap, via_decide=True),
+                feedback=learning.feedback,
+            ),
             server,
         )
         services.append(DECIDE_SERVICE)

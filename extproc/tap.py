@@ -34,6 +34,9 @@ class LearningTap:
 
     decisions: DecisionStore | None = None
     capture: PromptCapture | None = None
+    via_decide: bool = False
+    """This tap serves the ``Decide`` API: its prompts are offered for capture only with ``capture.include_decide``
+    (its decisions are still remembered: an application that acted on a decision may send feedback on it)."""
 
     def decided(self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str) -> None:
         """Remember the decision and offer its prompt for capture."""
@@ -47,5 +50,5 @@ class LearningTap:
                 decided_unix=round(rec.started_unix_ns / 1e9, 3),
             )
             self.decisions.remember(rec.decision_id, entry)
-        if self.capture is not None:
+        if self.capture is not None and (settings.capture.include_decide or not self.via_decide):
             self.capture.offer(settings.capture, rec, parsed)

@@ -168,6 +168,37 @@ def test_capture_follows_hot_reload(learning: tuple[Stack, OtlpReceiver]) -> Non
     assert all(x["id"] != off for x in _jsonl(capture))
 
 
+def _decide(stack: Stack, prompt: str) -> str:
+    """One ``Decide`` call over gRPC; its decision id."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": prompt}]}).encode()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+        reply = api_grpc.ModelRouterServiceStub(channel).Decide(
+            api.DecideRequest(path="/v1/chat/completions", body=body), timeout=10
+        )
+    return reply.decision.decision_id
+
+
+def test_decide_is_captured_unless_include_decide_is_off(learning: tuple[Stack, OtlpReceiver]) -> None:
+    stack, _ = learning
+    capture, _feedback = _files(stack)
+    on = _decide(stack, "Captured through Decide?")
+    assert _wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
+    before = _reloads(stack)
+    _rewrite_capture(stack, include_decide=False)
+    try:
+        assert _wait_until(lambda: _reloads(stack) == before + 1)
+        off = _decide(stack, "Not captured through Decide?")
+        live, _ = _ask(stack, "Still captured through Envoy?")
+        assert _wait_until(lambda: any(x["id"] == live for x in _jsonl(capture)))
+        assert all(x["id"] != off for x in _jsonl(capture))
+        # The decision is still remembered: an application that acted on it can send feedback.
+        r = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": off, "score": 1}, timeout=5)
+        assert r.status_code == 200, r.text
+    finally:
+        _rewrite_capture(stack, include_decide=True)
+        assert _wait_until(lambda: _reloads(stack) == before + 2)
+
+
 def test_sigterm_flushes_every_queued_line(learning: tuple[Stack, OtlpReceiver]) -> None:
     stack, _ = learning
     capture, _feedback = _files(stack)

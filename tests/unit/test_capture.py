@@ -221,6 +221,34 @@ async def test_the_stream_feeds_capture_and_decision_store(tmp_path: Path) -> No
     assert store.get(passthrough.decision_id) is None
 
 
+@pytest.mark.parametrize(
+    ("via_decide", "include_decide", "captured"),
+    [(False, False, True), (False, True, True), (True, True, True), (True, False, False)],
+)
+async def test_decide_prompts_are_captured_only_with_include_decide(
+    tmp_path: Path, via_decide: bool, include_decide: bool, captured: bool
+) -> None:
+    """``capture.include_decide`` gates the Decide API's tap only; its decisions are remembered for feedback either
+    way, and ext_proc's tap ignores the setting."""
+    path = tmp_path / "c.jsonl"
+    settings = _settings(
+        capture={"enabled": True, "sample_rate": 1.0, "path": str(path), "include_decide": include_decide}
+    )
+    spool = Spool("capture", "captured_unix", lambda _r: None, start=False)
+    capture = PromptCapture(spool, rng=lambda: 0.0)
+    capture.configure(settings.capture)
+    store = DecisionStore(100, 60.0)
+    sink = RecordingSink()
+    tap = LearningTap(store, capture, via_decide=via_decide)
+    snap = snapshot(settings=settings)
+    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock(), tap=tap)
+    await _run(handler, {"model": "auto", "messages": [{"role": "user", "content": "easy"}]})
+    capture.close()
+    (rec,) = sink.records
+    assert [line["id"] for line in _lines(path)] == ([rec.decision_id] if captured else [])
+    assert store.get(rec.decision_id) is not None
+
+
 async def test_shadow_decisions_are_served_by_the_requested_model() -> None:
     settings = _settings(policy={"shadow": True})
     store = DecisionStore(100, 60.0)
