@@ -195,11 +195,16 @@ async def _run(handler: StreamHandler, body: dict[str, Any], **headers: str) -> 
     await replay(handler, chat_headers(**headers), orjson.dumps(body))
 
 
+def _capture_all(settings: Settings) -> PromptCapture:
+    """A capture configured by ``settings`` whose sampling always keeps (the spool writes inline)."""
+    capture = PromptCapture(Spool("capture", "captured_unix", lambda _r: None, start=False), rng=lambda: 0.0)
+    capture.configure(settings.capture)
+    return capture
+
+
 async def test_the_stream_feeds_capture_and_decision_store(tmp_path: Path) -> None:
     settings = _settings(capture={"enabled": True, "sample_rate": 1.0, "path": str(tmp_path / "c.jsonl")})
-    spool = Spool("capture", "captured_unix", lambda _r: None, start=False)
-    capture = PromptCapture(spool, rng=lambda: 0.0)
-    capture.configure(settings.capture)
+    capture = _capture_all(settings)
     store = DecisionStore(100, 60.0)
     sink = RecordingSink()
     ids = sequential_ids()
@@ -234,9 +239,7 @@ async def test_decide_prompts_are_captured_only_with_include_decide(
     settings = _settings(
         capture={"enabled": True, "sample_rate": 1.0, "path": str(path), "include_decide": include_decide}
     )
-    spool = Spool("capture", "captured_unix", lambda _r: None, start=False)
-    capture = PromptCapture(spool, rng=lambda: 0.0)
-    capture.configure(settings.capture)
+    capture = _capture_all(settings)
     store = DecisionStore(100, 60.0)
     sink = RecordingSink()
     tap = LearningTap(store, capture, via_decide=via_decide)
