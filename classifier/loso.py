@@ -11,7 +11,12 @@ several weak → strong pairs of that source (the first is the pair of ``CLASSIF
 - ``router+fit``: expected gain from the two models' success curves on the difficulty, cross-fitted on the held-out
   source (half the items fit the curves, the other half is scored; 5 random halvings) — what a deployment gets
   after fitting its catalog from its own outcome records;
-- ``length`` (characters), ``random`` (exactly 0.5 by tie-averaging; its noise SD by permutation) and ``oracle``.
+- ``length`` (characters), ``random`` (exactly 0.5 by tie-averaging; its noise SD by permutation) and ``oracle``;
+- ``irt``: the held-out source's own IRT difficulty (the training target, fitted on its labels): what a *perfect*
+  difficulty predictor would score, so the router's shortfall from it is the predictor's and the rest is the pair's.
+
+``--pairs all`` scores every pair of a source with a clear gap instead of the four listed ones (:func:`gap_pairs`),
+so the spread is not a choice of pairs.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from classifier.metrics import length_scores, oracle_scores, routing_curve
 from classifier.model import expected_gain
 from classifier.tokenize import TextCut, WordPieceTokenizer
 
-__all__ = ["PAIRS", "PairResult", "format_report", "main", "run_loso", "unit_bags"]
+__all__ = ["PAIRS", "PairResult", "format_report", "gap_pairs", "main", "run_loso", "unit_bags"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -66,8 +71,13 @@ PAIRS: Mapping[str, tuple[tuple[str, str], ...]] = {
 }
 """Per source: the pair of ``CLASSIFIER_NOTES.md`` first, then three more with a clear gap (>= .15 in mean outcome),
 so APGR's denominator is not noise."""
+MIN_GAP = 0.15
+"""Smallest difference in mean outcome for a pair to be scored: below it APGR's denominator is mostly noise."""
+MIN_COVERAGE = 0.9
+"""Share of the source's prompts both models of a pair must have outcomes for."""
 FIT_SEEDS = 5
 RANDOM_DRAWS = 200
+PAIR_MODES = ("listed", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,37 @@ class PairResult:
     length: float
     random_sd: float
     oracle: float
+    irt: float
+    """APGR of the held-out source's own IRT difficulty (uses its labels: the ceiling of a difficulty predictor)."""
+
+
+def gap_pairs(
+    outcomes: Sequence[Mapping[str, float]], min_gap: float = MIN_GAP, min_coverage: float = MIN_COVERAGE
+) -> list[tuple[str, str]]:
+    """Every (weak, strong) pair of models scored on ``min_coverage`` of the prompts whose means differ by ``min_gap``.
+
+    ``outcomes`` holds one source's prompts (model -> outcome). Weak is the model with the lower mean over the prompts
+    both have; the order is sorted by name, so the list does not depend on the data's order.
+    """
+    models = sorted({m for row in outcomes for m in row})
+    pairs: list[tuple[str, str]] = []
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            both = [(row[a], row[b]) for row in outcomes if a in row and b in row]
+            if not both or len(both) < min_coverage * len(outcomes):
+                continue
+            mean_a, mean_b = np.mean(both, axis=0).tolist()
+            if abs(mean_b - mean_a) >= min_gap:
+                pairs.append((a, b) if mean_a < mean_b else (b, a))
+    return pairs
+
+
+def _source_pairs(source: str, outcomes: Sequence[Mapping[str, float]], mode: str) -> list[tuple[str, str]]:
+    """The pairs scored for one held-out source: the listed ones, or the notes' pair first and then every gap pair."""
+    if mode == "listed":
+        return list(PAIRS[source])
+    first = PAIRS[source][0]
+    return [first, *(p for p in gap_pairs(outcomes) if p != first)]
 
 
 def _apgr(score: FloatArray, weak: FloatArray, strong: FloatArray) -> float:
@@ -130,8 +171,9 @@ def run_loso(
     pca_dims: int = t.PCA_DIMS,
     target_kind: str = t.TARGETS[0],
     normalise_bag: bool = False,
+    pairs: str = PAIR_MODES[0],
 ) -> list[PairResult]:
-    """Train without each source in turn and score it on all of its pairs."""
+    """Train without each source in turn and score it on its pairs (``pairs``: one of :data:`PAIR_MODES`)."""
     data = t.load_dataset(data_dir, target_kind)
     table, tokenizer_path = t.distil_table(cache, pca_dims)
     featurizer = Featurizer(WordPieceTokenizer.from_file(tokenizer_path), spec)
@@ -153,7 +195,8 @@ def run_loso(
         held = np.nonzero(~train_mask)[0]
         difficulty = calibration.difficulty(head.predict(x[held]))
         abilities = _fold_abilities(calibration, train_data)
-        for weak_name, strong_name in PAIRS[source]:
+        draws = RANDOM_DRAWS if pairs == "listed" else RANDOM_DRAWS // 10  # hundreds of pairs: a coarser noise SD
+        for weak_name, strong_name in _source_pairs(source, [data.raw_models[i] for i in held], pairs):
             rows = [
                 j for j, i in enumerate(held) if weak_name in data.raw_models[i] and strong_name in data.raw_models[i]
             ]
@@ -164,7 +207,7 @@ def run_loso(
             pair_abilities = _pair_abilities(abilities, weak_name, strong_name)
             gain = d if pair_abilities is None else _gain_scores(d, *pair_abilities)
             fits = [_apgr(pair_gain_scores(d, weak, strong, seed=s), weak, strong) for s in range(FIT_SEEDS)]
-            randoms = [_apgr(rng.permutation(len(idx)).astype(np.float64), weak, strong) for _ in range(RANDOM_DRAWS)]
+            randoms = [_apgr(rng.permutation(len(idx)).astype(np.float64), weak, strong) for _ in range(draws)]
             results.append(
                 PairResult(
                     source=source,
@@ -179,12 +222,13 @@ def run_loso(
                     length=_apgr(length_scores([data.prompts[i] for i in idx]), weak, strong),
                     random_sd=float(np.std(randoms)),
                     oracle=_apgr(oracle_scores(weak, strong), weak, strong),
+                    irt=_apgr(data.target[idx], weak, strong),
                 )
             )
     return results
 
 
-ROUTERS = ("router", "router_gain", "router_fit", "length", "oracle")
+ROUTERS = ("router", "router_gain", "router_fit", "length", "irt", "oracle")
 BAR_MARGIN = 0.03
 """The quality bar: mean APGR over sources above the length rule's, and no source more than this below it."""
 
@@ -215,49 +259,62 @@ def _source_means(results: Sequence[PairResult]) -> list[PairResult]:
 def _main_table(main_rows: Sequence[PairResult]) -> list[str]:
     """The notes' pair per source, with the random router's noise and the mean row."""
     lines = [
-        "Main pair per source (APGR; router+fit ± SD over 5 cross-fit halvings; random = 0.500 ± SD of permutations)",
+        "Main pair per source (APGR; router+fit ± SD over 5 cross-fit halvings; random = 0.500 ± SD of permutations;"
+        " irt uses the held-out labels)",
         "",
-        "| held-out source | pair | n | router | router-gain | router+fit | length | random | oracle |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| held-out source | pair | n | router | router-gain | router+fit | length | random | irt | oracle |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in main_rows:
         lines.append(
             f"| {r.source} | {r.weak} → {r.strong} | {r.items} | {r.router:.3f} | {r.router_gain:.3f} |"
             f" {r.router_fit:.3f} ± {r.router_fit_sd:.3f} | {r.length:.3f} | 0.500 ± {r.random_sd:.3f} |"
-            f" {r.oracle:.3f} |"
+            f" {r.irt:.3f} | {r.oracle:.3f} |"
         )
     mean = {k: float(np.mean([getattr(r, k) for r in main_rows])) for k in ROUTERS}
     lines.append(
         f"| **mean** | | | {mean['router']:.3f} | {mean['router_gain']:.3f} | {mean['router_fit']:.3f} |"
-        f" {mean['length']:.3f} | 0.500 | {mean['oracle']:.3f} |"
+        f" {mean['length']:.3f} | 0.500 | {mean['irt']:.3f} | {mean['oracle']:.3f} |"
     )
     return lines
 
 
+def _header(first: Sequence[str]) -> list[str]:
+    """A markdown table header: the given leading columns, then one per router."""
+    names = [*first, *(_label(k) for k in ROUTERS)]
+    return [f"| {' | '.join(names)} |", "|" + "---|" * len(names)]
+
+
 def _source_table(results: Sequence[PairResult]) -> list[str]:
-    """Mean ± SD over the pairs of each source, and the mean of the source means."""
+    """Mean ± SD over the pairs of each source, the share of pairs where the router beats length, the mean row."""
     lines = [
-        f"All pairs ({len(results)}): mean ± SD over the pairs of each source",
+        f"All pairs ({len(results)}): mean ± SD over the pairs of each source; 'router > length': share of its pairs",
         "",
-        f"| held-out source | pairs | {' | '.join(_label(k) for k in ROUTERS)} |",
-        "|---|---|---|---|---|---|---|",
+        *_header(["held-out source", "pairs", "router > length"]),
     ]
     for source in sorted({r.source for r in results}):
         rs = [r for r in results if r.source == source]
         cells = [
             f"{np.mean([getattr(r, k) for r in rs]):.3f} ± {np.std([getattr(r, k) for r in rs]):.3f}" for k in ROUTERS
         ]
-        lines.append(f"| {source} | {len(rs)} | " + " | ".join(cells) + " |")
+        wins = np.mean([r.router > r.length for r in rs])
+        lines.append(f"| {source} | {len(rs)} | {wins:.2f} | " + " | ".join(cells) + " |")
     means = [f"{np.mean([getattr(r, k) for r in _source_means(results)]):.3f}" for k in ROUTERS]
-    lines.append("| **mean of sources** | | " + " | ".join(means) + " |")
+    lines.append("| **mean of sources** | | | " + " | ".join(means) + " |")
     return lines
+
+
+MAX_PAIR_ROWS = 40
+"""Longer reports (``--pairs all``) leave out the per-pair table; ``--json`` keeps every pair."""
 
 
 def _pair_table(results: Sequence[PairResult]) -> list[str]:
     """Every pair, with the abilities router-gain used."""
+    if len(results) > MAX_PAIR_ROWS:
+        return [f"({len(results)} pairs: per-pair rows only with --json FILE)"]
     lines = [
         f"| held-out source | pair | {' | '.join(_label(k) for k in ROUTERS)} | gain abilities (weak, strong) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|" + "---|" * (len(ROUTERS) + 3),
     ]
     for r in results:
         ab = "difficulty (unknown model)" if r.gain_abilities is None else "{:+.2f}, {:+.2f}".format(*r.gain_abilities)
@@ -294,6 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
     parser.add_argument("--pca-dims", type=int, default=t.PCA_DIMS, help="dimensions of the distilled table")
     parser.add_argument("--target", choices=t.TARGETS, default=t.TARGETS[0], help="training target (default: shipped)")
+    parser.add_argument(
+        "--pairs",
+        choices=PAIR_MODES,
+        default=PAIR_MODES[0],
+        help=f"score the four listed pairs per source, or every pair with a mean-outcome gap >= {MIN_GAP}",
+    )
     args = parser.parse_args(argv)
     spec = FeatureSpec(
         cut=TextCut(head_chars=args.head_chars, tail_chars=args.tail_chars),
@@ -310,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pca_dims=args.pca_dims,
         target_kind=args.target,
         normalise_bag=args.normalise_bag,
+        pairs=args.pairs,
     )
     print("\n".join(format_report(results)))
     if args.json is not None:

@@ -1,21 +1,21 @@
-"""``classifier.loso`` report: the router-gain column and the quality bar's verdict (synthetic results), and the
-``--normalise-bag`` ablation's features."""
+"""``classifier.loso`` report: the router-gain column and the quality bar's verdict (synthetic results), the
+``--pairs all`` pair rule, and the ``--normalise-bag`` ablation's features."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from classifier.loso import PairResult, format_report, unit_bags
+from classifier.loso import MAX_PAIR_ROWS, PairResult, format_report, gap_pairs, unit_bags
 
 
-def result(source: str, router_gain: float, length: float, weak: str = "w") -> PairResult:
+def result(source: str, router_gain: float, length: float, weak: str = "w", router: float = 0.5) -> PairResult:
     return PairResult(
         source=source,
         weak=weak,
         strong="s",
         items=100,
-        router=0.5,
+        router=router,
         router_gain=router_gain,
         gain_abilities=(0.0, 1.0) if weak == "w" else None,
         router_fit=0.5,
@@ -23,6 +23,7 @@ def result(source: str, router_gain: float, length: float, weak: str = "w") -> P
         length=length,
         random_sd=0.01,
         oracle=0.9,
+        irt=0.6,
     )
 
 
@@ -55,3 +56,37 @@ def test_unit_bags_scales_each_bag_to_unit_length_and_keeps_the_length_column() 
     np.testing.assert_allclose(out, [[0.6, 0.8, 0.7], [0.0, 0.0, 0.2], [-1.0, 0.0, 1.0]], rtol=1e-6)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(x[0], np.asarray([3.0, 4.0, 0.7], dtype=np.float32))  # the input is unchanged
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "expected"),
+    [
+        pytest.param(
+            [{"a": 0.0, "b": 1.0, "c": 0.0}, {"a": 0.0, "b": 1.0, "c": 1.0}],
+            [("a", "b"), ("a", "c"), ("c", "b")],
+            id="weak-is-the-lower-mean-whatever-the-name-order",
+        ),
+        pytest.param([{"a": 0.5, "b": 0.6}, {"a": 0.5, "b": 0.6}], [], id="gap-below-the-minimum"),
+        pytest.param([{"a": 0.0, "b": 0.5}, {"a": 0.0, "b": 0.0}], [("a", "b")], id="gap-exactly-the-minimum"),
+        pytest.param(
+            [{"a": 0.0, "b": 1.0}, {"a": 0.0}, {"a": 0.0}], [], id="pair-scored-on-too-few-prompts-is-left-out"
+        ),
+        pytest.param([{"a": 1.0}], [], id="one-model-has-no-pair"),
+    ],
+)
+def test_gap_pairs(outcomes: list[dict[str, float]], expected: list[tuple[str, str]]) -> None:
+    assert gap_pairs(outcomes, min_gap=0.25, min_coverage=0.9) == expected
+
+
+def test_source_table_counts_pairs_where_the_router_beats_length() -> None:
+    lines = format_report([result("a", 0.5, 0.5, router=0.6), result("a", 0.5, 0.5, router=0.4)] * 2)
+    row = next(line for line in lines if line.startswith("| a | 4 |"))
+    assert row.startswith("| a | 4 | 0.50 | 0.500 ± 0.100 |")
+
+
+def test_long_reports_leave_out_the_per_pair_rows() -> None:
+    short = format_report([result("a", 0.5, 0.5)] * MAX_PAIR_ROWS)
+    long = format_report([result("a", 0.5, 0.5)] * (MAX_PAIR_ROWS + 1))
+    assert sum(line.startswith("| a | w → s |") for line in short) == MAX_PAIR_ROWS + 1  # + the main-pair row
+    assert sum(line.startswith("| a | w → s |") for line in long) == 1
+    assert any("per-pair rows only with --json" in line for line in long)
