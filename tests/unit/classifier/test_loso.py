@@ -9,7 +9,9 @@ import pytest
 from classifier.loso import MAX_PAIR_ROWS, PairResult, format_report, gap_pairs, unit_bags
 
 
-def result(source: str, router_gain: float, length: float, weak: str = "w", router: float = 0.5) -> PairResult:
+def result(
+    source: str, router_gain: float, length: float, weak: str = "w", router: float = 0.5, irt: float = 0.6
+) -> PairResult:
     return PairResult(
         source=source,
         weak=weak,
@@ -23,7 +25,7 @@ def result(source: str, router_gain: float, length: float, weak: str = "w", rout
         length=length,
         random_sd=0.01,
         oracle=0.9,
-        irt=0.6,
+        irt=irt,
     )
 
 
@@ -90,3 +92,26 @@ def test_long_reports_leave_out_the_per_pair_rows() -> None:
     assert sum(line.startswith("| a | w → s |") for line in short) == MAX_PAIR_ROWS + 1  # + the main-pair row
     assert sum(line.startswith("| a | w → s |") for line in long) == 1
     assert any("per-pair rows only with --json" in line for line in long)
+
+
+def test_difficulty_pairs_view_keeps_only_pairs_where_the_held_out_difficulty_beats_random() -> None:
+    results = [
+        result("a", 0.5, 0.50, router=0.56, irt=0.6),
+        result("a", 0.5, 0.50, router=0.30, irt=0.4),  # difficulty is the wrong signal here: left out of the view
+        result("b", 0.5, 0.50, router=0.30, irt=0.45),  # no pair of b qualifies: b is left out
+    ]
+    lines = format_report(results)
+    start = next(i for i, line in enumerate(lines) if line.startswith("Pairs where the held-out"))
+    assert lines[start].endswith("1 of 3")
+    assert lines[start + 4].startswith("| a | 1 | 1.00 | 0.560 |")
+    assert lines[start + 5].startswith("| b | 0 |")
+    line = bar_line(lines, "router")
+    assert "all pairs, router: mean 0.365" in line and line.count("fails") == 2
+    assert line.endswith(
+        "pairs where difficulty beats random (1 sources), router: mean 0.560, worst source +0.060 vs length -> meets"
+    )
+
+
+def test_difficulty_pairs_view_with_no_such_pair_says_so() -> None:
+    line = bar_line(format_report([result("a", 0.5, 0.5, irt=0.3)]), "router")
+    assert line.endswith("router: no pairs")
