@@ -45,6 +45,7 @@ integration: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy extproc devstack classifier bench
 
 # The [train] extra pins torch==2.13.0: a looser pin would pull several GB of CUDA wheels.

@@ -57,15 +57,11 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _wait(
-    check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
-) -> None:
+def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
-            )
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
         with contextlib.suppress(Exception):
             if check():
                 return
@@ -80,9 +76,7 @@ def _http_ok(url: str) -> bool:
 
 def _grpc_serving(port: int) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=1
-        )
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -101,9 +95,7 @@ class Stack:
     """The router's HTTP feedback endpoint (``feedback.listen``); Envoy forwards ``/model-router/v1/feedback`` here."""
     collector_port: int = field(default_factory=free_port)
     """Where Envoy exports its spans (OTLP/gRPC); a test may run a receiver there."""
-    upstream_ports: dict[str, int] = field(
-        default_factory=lambda: {c: free_port() for c in UPSTREAM_CLUSTERS}
-    )
+    upstream_ports: dict[str, int] = field(default_factory=lambda: {c: free_port() for c in UPSTREAM_CLUSTERS})
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the router process."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

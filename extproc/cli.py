@@ -30,9 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and load its classifier")
     check.add_argument("--config", type=Path, required=True)
     ev = sub.add_parser("eval", help="score an EVAL.md file with the live request path and report APGR etc.")
-    ev.add_argument(
-        "--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format"
-    )
+    ev.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format")
     ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
     ev.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
     ev.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")

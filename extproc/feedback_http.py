@@ -45,9 +45,7 @@ def _reply(
     start_response: StartResponse, status: str, body: dict[str, Any], extra: Iterable[tuple[str, str]] = ()
 ) -> list[bytes]:
     data = orjson.dumps(body)
-    start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra]
-    )
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *extra])
     return [data]
 
 
@@ -62,9 +60,7 @@ def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[
     except ValueError:
         return _error(start_response, "411 Length Required", "length_required", "Content-Length: required")
     if length < 0 or length > MAX_BODY_BYTES:
-        return _error(
-            start_response, "413 Content Too Large", "too_large", f"body: at most {MAX_BODY_BYTES} bytes"
-        )
+        return _error(start_response, "413 Content Too Large", "too_large", f"body: at most {MAX_BODY_BYTES} bytes")
     try:
         body = orjson.loads(environ["wsgi.input"].read(length))
     except orjson.JSONDecodeError:
@@ -84,9 +80,7 @@ def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
         if environ.get("PATH_INFO") != FEEDBACK_PATH:
             return _error(start_response, "404 Not Found", "not_found", f"no such route; POST {FEEDBACK_PATH}")
         if environ.get("REQUEST_METHOD") != "POST":
-            return _error(
-                start_response, "405 Method Not Allowed", "method_not_allowed", "use POST", ("Allow", "POST")
-            )
+            return _error(start_response, "405 Method Not Allowed", "method_not_allowed", "use POST", ("Allow", "POST"))
         body = _read_json(environ, start_response)
         if isinstance(body, list):
             return body
@@ -114,9 +108,7 @@ class _ThreadingServer6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
-def start_feedback_server(
-    listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5
-) -> Callable[[], None]:
+def start_feedback_server(listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5) -> Callable[[], None]:
     """Serve the feedback endpoint on ``listen`` (``host:port``, ``[v6]:port``) in a thread; return a stop function.
 
     ``poll_interval`` is how often the server checks for a stop request (the stop function waits up to that long).

@@ -464,9 +464,9 @@ def _curve_section(curve: EvalCurve) -> str:
         '<section id="curve"><h2>Cost-quality curve</h2>'
         f'<p class="muted">{curve.items} EVAL items: the hardest-scored share goes to {html.escape(curve.strong)}, '
         f"the rest to {html.escape(curve.weak)}; quality is the mean outcome. Dashed: random routing.</p>"
-        f'<table><tbody><tr><td>APGR</td>{_fig("eval:apgr", curve.apgr, apgr)}</tr>'
+        f"<table><tbody><tr><td>APGR</td>{_fig('eval:apgr', curve.apgr, apgr)}</tr>"
         f"<tr><td>S95 (share to {html.escape(curve.strong)} for 95% of its quality)</td>"
-        f'{_fig("eval:s95", curve.s95, s95)}</tr></tbody></table>'
+        f"{_fig('eval:s95', curve.s95, s95)}</tr></tbody></table>"
         f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">'
         f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#94a3b8"/>'
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#94a3b8"/>'

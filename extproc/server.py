@@ -116,9 +116,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     poll = first.server.config_poll_seconds
-    watcher = (
-        asyncio.create_task(watch_config(config_path, snapshots, reloaded, poll)) if poll else None
-    )
+    watcher = asyncio.create_task(watch_config(config_path, snapshots, reloaded, poll)) if poll else None
     await stop.wait()
     if watcher:
         watcher.cancel()

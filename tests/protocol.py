@@ -32,9 +32,7 @@ def chat_headers(path: str = "/v1/chat/completions", **extra: str) -> dict[str, 
     return {":method": "POST", ":path": path, "content-type": "application/json", **extra}
 
 
-async def replay(
-    handler: StreamHandler, headers: Mapping[str, str], body: bytes
-) -> list[pb.ProcessingResponse]:
+async def replay(handler: StreamHandler, headers: Mapping[str, str], body: bytes) -> list[pb.ProcessingResponse]:
     """Send headers then a buffered body; return every response in order."""
     out = await handler.handle(headers_msg(headers))
     out += await handler.handle(body_msg(body))

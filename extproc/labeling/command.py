@@ -133,8 +133,10 @@ def input_notes(prompts: PromptFile, resume: ResumeState, out: Path) -> list[str
     if prompts.duplicates:
         notes.append(f"{len(prompts.duplicates)} duplicate input ids skipped (lines {_lines(prompts.duplicates)})")
     if resume.corrupt_lines:
-        notes.append(f"{out}: {len(resume.corrupt_lines)} unreadable lines left as they are "
-                     f"(lines {_lines(resume.corrupt_lines)})")
+        notes.append(
+            f"{out}: {len(resume.corrupt_lines)} unreadable lines left as they are "
+            f"(lines {_lines(resume.corrupt_lines)})"
+        )
     if resume.dropped_tail is not None:
         line, size = resume.dropped_tail
         notes.append(f"{out}: removed an incomplete last line (line {line}, {size} bytes, from an interrupted run)")
@@ -168,8 +170,10 @@ def format_summary(stats: RunStats, ledger: Ledger, settings: LabelSettings, ski
         detail = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items())) if reasons else ""
         lines.append(f"missing {model}: {sum(reasons.values()) if reasons else 0}" + (f" ({detail})" if detail else ""))
     if stats.not_started:
-        lines.append(f"stopped by --max-cost {settings.max_cost}: {stats.not_started} items not started "
-                     "(run again with a higher --max-cost to continue)")
+        lines.append(
+            f"stopped by --max-cost {settings.max_cost}: {stats.not_started} items not started "
+            "(run again with a higher --max-cost to continue)"
+        )
     order = [*settings.models, JUDGE]
     parts = ", ".join(f"{'judge' if k == JUDGE else k} {ledger.spent[k]:.4f}" for k in order if k in ledger.spent)
     lines.append(f"actual cost {ledger.total:.4f}" + (f" ({parts})" if parts else ""))
@@ -189,8 +193,14 @@ def confirmed(console: Console, yes: bool) -> bool:
 
 
 async def _label(
-    args: argparse.Namespace, settings: LabelSettings, headers: Mapping[str, str], todo: Sequence[PromptItem],
-    ledger: Ledger, stats: RunStats, console: Console, env: Mapping[str, str],
+    args: argparse.Namespace,
+    settings: LabelSettings,
+    headers: Mapping[str, str],
+    todo: Sequence[PromptItem],
+    ledger: Ledger,
+    stats: RunStats,
+    console: Console,
+    env: Mapping[str, str],
     transport: httpx.AsyncBaseTransport | None,
 ) -> None:
     limits = httpx.Limits(max_connections=2 * settings.concurrency + 2)
@@ -198,8 +208,9 @@ async def _label(
     gateway_key = args.api_key or env.get("MODEL_ROUTER_API_KEY") or env.get("OPENAI_API_KEY")
     judge_key = args.judge_api_key or env.get("MODEL_ROUTER_JUDGE_API_KEY")
     async with httpx.AsyncClient(transport=transport, limits=limits) as http:
-        answers = ChatEndpoint(http, args.base_url, {**bearer(gateway_key), **headers}, args.timeout, limiter,
-                               time.time)
+        answers = ChatEndpoint(
+            http, args.base_url, {**bearer(gateway_key), **headers}, args.timeout, limiter, time.time
+        )
         # The gateway headers (override secret included) are never sent to the judge, which may be another party.
         judge = ChatEndpoint(http, args.judge_base_url, bearer(judge_key), args.judge_timeout, limiter, time.time)
         labeller = Labeller(answers, judge, settings, ledger, asyncio.sleep, random.Random().random, stats)
@@ -262,13 +273,16 @@ def run_label_command(
     settings, out = p.settings, console.stdout
     todo = [item for item in p.prompts.items if item.key not in p.resume.done][: args.limit]
     notes = [f"note: {note}" for note in input_notes(p.prompts, p.resume, args.out)]
-    estimate = estimate_run(todo, settings.models, settings.prices, settings.judge_price,
-                            settings.expected_output_tokens)
+    estimate = estimate_run(
+        todo, settings.models, settings.prices, settings.judge_price, settings.expected_output_tokens
+    )
     out.write("\n".join([*notes, *format_estimate(estimate, settings, len(todo))]) + "\n")
     out.flush()
     if settings.max_cost is not None and estimate.total > settings.max_cost:
-        out.write(f"estimate {estimate.total:.4f} exceeds --max-cost {settings.max_cost}: not started "
-                  "(raise --max-cost, or label part of the file with --limit)\n")
+        out.write(
+            f"estimate {estimate.total:.4f} exceeds --max-cost {settings.max_cost}: not started "
+            "(raise --max-cost, or label part of the file with --limit)\n"
+        )
         return EXIT_BUDGET
     if todo and not confirmed(console, args.yes):
         return EXIT_DECLINED

@@ -56,7 +56,9 @@ def estimate_item(item: PromptItem, expected_output_tokens: int) -> ItemEstimate
     """Token estimate for asking one model and having its answer judged."""
     prompt = estimate_tokens(item.prompt_chars) + MESSAGE_OVERHEAD_TOKENS * len(item.messages)
     judge_in = (
-        prompt + expected_output_tokens + estimate_tokens(len(RUBRIC) + JUDGE_FRAMING_CHARS)
+        prompt
+        + expected_output_tokens
+        + estimate_tokens(len(RUBRIC) + JUDGE_FRAMING_CHARS)
         + 2 * MESSAGE_OVERHEAD_TOKENS
     )
     return ItemEstimate(prompt, expected_output_tokens, judge_in, JUDGE_OUTPUT_TOKENS)
@@ -99,15 +101,18 @@ def estimate_run(
     judge_out = sum(e.judge_out for e in per_item) * len(models)
     tokens = {m: (answer_in, answer_out) for m in models}
     tokens[JUDGE] = (judge_in, judge_out)
-    costs: dict[str, float | None] = {
-        m: prices[m].cost(answer_in, answer_out) if m in prices else None for m in models
-    }
+    costs: dict[str, float | None] = {m: prices[m].cost(answer_in, answer_out) if m in prices else None for m in models}
     costs[JUDGE] = judge_price.cost(judge_in, judge_out) if judge_price is not None else None
     return Estimate(tokens, costs)
 
 
-def item_cost(item: PromptItem, models: Sequence[str], prices: Mapping[str, Price], judge: Price | None,
-              expected_output_tokens: int) -> float:
+def item_cost(
+    item: PromptItem,
+    models: Sequence[str],
+    prices: Mapping[str, Price],
+    judge: Price | None,
+    expected_output_tokens: int,
+) -> float:
     """The estimated cost of labelling one item (unknown prices count as 0)."""
     return estimate_run([item], models, prices, judge, expected_output_tokens).total
 

@@ -45,12 +45,16 @@ def add_label_parser(sub: Any) -> argparse.ArgumentParser:
         "--api-key", help="bearer key for the gateway (default: $MODEL_ROUTER_API_KEY, then $OPENAI_API_KEY)"
     )
     models.add_argument(
-        "--header", action="append", default=[], metavar="NAME=VALUE",
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="extra gateway header (repeatable); VALUE env:VAR reads $VAR. With x-model-router-override-token set, "
         "each request also pins its model with x-model-router-override",
     )
     models.add_argument(
-        "--pin-alias", metavar="MODEL",
+        "--pin-alias",
+        metavar="MODEL",
         help="request this routable model (e.g. auto) and pin the real one with the override header (needs the token)",
     )
     models.add_argument("--max-tokens", type=_int(0), default=1024, help="answer length limit (0: none; %(default)s)")

@@ -135,8 +135,9 @@ class Labeller:
         try:
             grade = await self._retrying(lambda: self._grade(item, reply.text))
         except CallError as exc:
-            return ModelOutcome(model, answer_chars=len(reply.text), missing=f"judge_{exc.reason}",
-                                transient=exc.retryable)
+            return ModelOutcome(
+                model, answer_chars=len(reply.text), missing=f"judge_{exc.reason}", transient=exc.retryable
+            )
         return ModelOutcome(model, grade=grade, answer_chars=len(reply.text))
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -214,8 +215,9 @@ async def label_items(
     async def worker() -> None:
         nonlocal started
         for item in pending:
-            estimate = item_cost(item, settings.models, settings.prices, settings.judge_price,
-                                 settings.expected_output_tokens)
+            estimate = item_cost(
+                item, settings.models, settings.prices, settings.judge_price, settings.expected_output_tokens
+            )
             reserved = budget.try_start(estimate)
             if reserved is None:
                 return

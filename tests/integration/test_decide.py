@@ -107,11 +107,17 @@ def test_explain_asks_the_running_router(dstack: Stack, channel: grpc.Channel) -
     target = f"127.0.0.1:{dstack.router_port}"
     shown = subprocess.run(
         [sys.executable, "-m", "extproc", "explain", "--target", target, HARD],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     as_json = subprocess.run(
         [sys.executable, "-m", "extproc", "explain", "--target", target, "--json", HARD],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     reply = json_format.Parse(as_json, api.DecideResponse())
     assert reply.decision.selected_model == "gpt-4o"

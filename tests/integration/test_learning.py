@@ -72,9 +72,7 @@ def _files(stack: Stack) -> tuple[Path, Path]:
 def _ask(stack: Stack, prompt: str) -> tuple[str, str]:
     """One chat request with the openai SDK; the decision id and model from the response headers."""
     client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": prompt}]
-    )
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": prompt}])
     assert raw.http_response.status_code == 200
     return raw.headers["x-model-router-decision-id"], raw.headers["x-model-router-model"]
 
@@ -117,9 +115,7 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
     for path in (capture, feedback):
         assert path.stat().st_mode & 0o777 == 0o600
 
-    spans = receiver.wait_for(
-        lambda got: any(s.attributes.get("model_router.decision_id") == decision_id for s in got)
-    )
+    spans = receiver.wait_for(lambda got: any(s.attributes.get("model_router.decision_id") == decision_id for s in got))
     assert SECRET not in repr([s.attributes for s in spans])
     log = stack.log("router").read_text()
     assert decision_id in log, "the decision log line is there"

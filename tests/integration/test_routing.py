@@ -72,9 +72,7 @@ def test_non_routable_model_is_untouched_on_default_route(stack: Stack) -> None:
 
 
 def test_client_cannot_choose_the_route(stack: Stack) -> None:
-    r = post(
-        stack, chat_body(EASY), **{"x-model-router-cluster": "frontier", "x-model-router-model": "gpt-4o"}
-    )
+    r = post(stack, chat_body(EASY), **{"x-model-router-cluster": "frontier", "x-model-router-model": "gpt-4o"})
     assert r.headers["x-upstream-cluster"] in ("small", "cheap")
     r = post(stack, chat_body(EASY, model="gpt-4o-mini"), **{"x-model-router-cluster": "cheap"})
     assert r.headers["x-upstream-cluster"] == "frontier"
@@ -85,9 +83,7 @@ def test_client_cannot_choose_the_route(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("path", "content_type", "body"),
     [
-        pytest.param(
-            "/v1/chat/completions", "application/json", b'{"model":"auto","messages":[', id="malformed-json"
-        ),
+        pytest.param("/v1/chat/completions", "application/json", b'{"model":"auto","messages":[', id="malformed-json"),
         pytest.param("/v1/chat/completions", "application/json", b'{"messages":[]}', id="missing-model"),
         pytest.param("/v1/chat/completions", "text/plain", chat_body(EASY), id="non-json-content-type"),
         pytest.param("/v1/embeddings", "application/json", chat_body(EASY), id="unknown-path"),

@@ -133,7 +133,6 @@ def test_metrics_count_known_traffic(stack: Stack) -> None:
     assert "model_router_config_reloads_total" in after
 
 
-
 @pytest.fixture(scope="module")
 def usage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     overrides = {"classifier": {"kind": "heuristic"}, "telemetry": {"response_usage": True}}

@@ -22,17 +22,13 @@ CASES = [
         b'{"tools":[{"model":"inner"}],"model":"m","role":"model"}',
         id="nested-model-key-and-value-kept",
     ),
-    pytest.param(
-        b'{"mod\\u0065l":"auto","t":"\\u00e9"}', b'{"mod\\u0065l":"m","t":"\\u00e9"}', id="escaped-key"
-    ),
+    pytest.param(b'{"mod\\u0065l":"auto","t":"\\u00e9"}', b'{"mod\\u0065l":"m","t":"\\u00e9"}', id="escaped-key"),
     pytest.param(
         b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"auto"}',
         b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"m"}',
         id="model-inside-a-string",
     ),
-    pytest.param(
-        b'{"model":"a\\"uto","v":"\xc3\xa9"}', b'{"model":"m","v":"\xc3\xa9"}', id="escaped-value-utf8"
-    ),
+    pytest.param(b'{"model":"a\\"uto","v":"\xc3\xa9"}', b'{"model":"m","v":"\xc3\xa9"}', id="escaped-value-utf8"),
 ]
 
 
@@ -63,9 +59,7 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 

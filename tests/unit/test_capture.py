@@ -280,4 +280,3 @@ async def test_a_failing_tap_never_touches_the_request() -> None:
     body = out[-1].request_body.response.body_mutation.body
     assert b'"model":"llama-3.1-8b-instruct"' in body, "the decision still applies"
     assert sink.errors == ["tap_exception"]
-

@@ -38,9 +38,7 @@ def base(**changes: object) -> dict[str, object]:
             ["catalog[0].cluster: Input should be a valid string"],
             id="cluster",
         ),
-        pytest.param(
-            base(catalog=[MODEL, MODEL]), ["catalog[1].name: duplicate model name 'm'"], id="duplicate"
-        ),
+        pytest.param(base(catalog=[MODEL, MODEL]), ["catalog[1].name: duplicate model name 'm'"], id="duplicate"),
         pytest.param(base(surprise=1), ["surprise: Extra inputs are not permitted"], id="unknown-key"),
         pytest.param(
             base(classifier={"kind": "gpt"}),
@@ -68,9 +66,7 @@ def test_unknown_model_without_ability_is_named() -> None:
     settings = parse_config(base())
     with pytest.raises(ConfigError) as info:
         build_snapshot(settings, lambda _s: FakeDifficultyModel())
-    assert info.value.problems[0].startswith(
-        "catalog[0].ability: required, fake-v1 has no default ability for 'm'"
-    )
+    assert info.value.problems[0].startswith("catalog[0].ability: required, fake-v1 has no default ability for 'm'")
 
 
 def test_shipped_config_is_valid() -> None:

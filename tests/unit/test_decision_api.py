@@ -96,8 +96,9 @@ async def test_decide_equals_the_live_path(case: Path) -> None:
             id="oversized",
         ),
         pytest.param("/v1/chat/completions", {}, b"[1, 2]", "not_an_object", id="not-an-object"),
-        pytest.param("/v1/chat/completions", {}, b'{"model": "gpt-4o", "messages": []}', "model_not_routable",
-                     id="not-routable"),
+        pytest.param(
+            "/v1/chat/completions", {}, b'{"model": "gpt-4o", "messages": []}', "model_not_routable", id="not-routable"
+        ),
         pytest.param(
             "/v1/chat/completions", {"Content-Type": "text/plain"}, b"{}", "not_json_content_type", id="text-plain"
         ),
@@ -179,9 +180,7 @@ def test_headers_and_metadata_match_the_stream_handler() -> None:
 async def decide_channel() -> AsyncIterator[grpc.aio.Channel]:
     snaps = SnapshotRef(snapshot(settings=demo_settings()))
     server = grpc.aio.server()
-    api_grpc.add_ModelRouterServiceServicer_to_server(
-        DecisionService(snaps, inline_classify, RecordingSink()), server
-    )
+    api_grpc.add_ModelRouterServiceServicer_to_server(DecisionService(snaps, inline_classify, RecordingSink()), server)
     reflection.enable_server_reflection([DECIDE_SERVICE, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

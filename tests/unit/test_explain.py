@@ -64,8 +64,9 @@ def test_json_is_the_decide_response(config: Path) -> None:
     ("stdin", "selected"),
     [
         pytest.param(HARD, "gpt-4o", id="prompt-text"),
-        pytest.param(json.dumps({"model": "auto", "messages": [{"role": "user", "content": HARD}]}), "gpt-4o",
-                     id="request-body"),
+        pytest.param(
+            json.dumps({"model": "auto", "messages": [{"role": "user", "content": HARD}]}), "gpt-4o", id="request-body"
+        ),
     ],
 )
 def test_reads_stdin(config: Path, stdin: str, selected: str) -> None:

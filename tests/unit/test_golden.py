@@ -24,9 +24,7 @@ SEPARATOR = "\n---\n"
 
 
 def _parse(text: str) -> list[pb.ProcessingResponse]:
-    return [
-        text_format.Parse(block, pb.ProcessingResponse()) for block in text.split(SEPARATOR) if block.strip()
-    ]
+    return [text_format.Parse(block, pb.ProcessingResponse()) for block in text.split(SEPARATOR) if block.strip()]
 
 
 def _format(responses: list[pb.ProcessingResponse]) -> str:

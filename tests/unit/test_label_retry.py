@@ -115,8 +115,10 @@ def endpoint(handler: Callable[[httpx.Request], httpx.Response], client: httpx.A
 
 
 def reply(content: object = "hi", status: int = 200, **headers: str) -> httpx.Response:
-    body = {"choices": [{"message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    body = {
+        "choices": [{"message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
     return httpx.Response(status, content=orjson.dumps(body), headers=headers)
 
 

@@ -119,7 +119,8 @@ async def test_a_4xx_is_missing_after_one_try_and_the_other_model_is_still_label
     async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as client:
         outcomes = await labeller(client, settings).label(prompt("x"))
     assert [(o.model, o.grade, o.missing, o.transient) for o in outcomes] == [
-        ("small", 4.0, None, False), ("big", None, "http_400", False)
+        ("small", 4.0, None, False),
+        ("big", None, "http_400", False),
     ]
     assert [orjson.loads(r.content)["model"] for r in api.sent_to("gw")].count("big") == 1
 
@@ -175,8 +176,14 @@ async def test_max_cost_stops_starting_items_mid_run_and_writes_the_ones_started
     # Each item really costs 2 x (1000 in + 500 out) at small's price + the judge's: far above the estimate.
     api = FakeApi(usage=(100_000, 50_000))
     prices = {"small": Price(1.0, 2.0), "big": Price(1.0, 2.0)}
-    settings = LabelSettings(models=("small", "big"), judge_model="j", prices=prices, judge_price=Price(0.0, 0.0),
-                             max_cost=0.5, concurrency=1)
+    settings = LabelSettings(
+        models=("small", "big"),
+        judge_model="j",
+        prices=prices,
+        judge_price=Price(0.0, 0.0),
+        max_cost=0.5,
+        concurrency=1,
+    )
     ledger = Ledger({**prices, JUDGE: Price(0.0, 0.0)})
     items = [prompt(f"i{n}") for n in range(10)]
     out = tmp_path / "out.jsonl"
@@ -184,8 +191,9 @@ async def test_max_cost_stops_starting_items_mid_run_and_writes_the_ones_started
     async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as client:
         lab = labeller(client, settings, ledger)
         with out.open("ab") as fh:
-            stats = await label_items(items, lab, RecordWriter(fh), Budget(0.5, ledger),
-                                      Progress(10, err, lambda: 0.0, tty=False))
+            stats = await label_items(
+                items, lab, RecordWriter(fh), Budget(0.5, ledger), Progress(10, err, lambda: 0.0, tty=False)
+            )
     # one item costs 2 x (0.1 + 0.1) = 0.4: the second would pass 0.5, so it never starts
     assert (stats.written, stats.not_started) == (1, 9)
     assert ledger.total == pytest.approx(0.4)
@@ -203,14 +211,33 @@ class Tty(io.StringIO):
         return True
 
 
-def run(tmp_path: Path, api: Callable[[httpx.Request], httpx.Response], *extra: str,
-        stdin: io.StringIO | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def run(
+    tmp_path: Path,
+    api: Callable[[httpx.Request], httpx.Response],
+    *extra: str,
+    stdin: io.StringIO | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
     """``model-router label`` on ``tmp_path/prompts.jsonl`` -> ``tmp_path/out.jsonl``, against ``api``."""
     (tmp_path / "router.yaml").write_text(CONFIG)
     args = parse(
-        "--data", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "out.jsonl"), "--models", "small,big",
-        "--base-url", "http://gw/v1", "--judge-base-url", "http://judge/v1", "--judge-model", "j",
-        "--config", str(tmp_path / "router.yaml"), "--backoff", "0", *extra,
+        "--data",
+        str(tmp_path / "prompts.jsonl"),
+        "--out",
+        str(tmp_path / "out.jsonl"),
+        "--models",
+        "small,big",
+        "--base-url",
+        "http://gw/v1",
+        "--judge-base-url",
+        "http://judge/v1",
+        "--judge-model",
+        "j",
+        "--config",
+        str(tmp_path / "router.yaml"),
+        "--backoff",
+        "0",
+        *extra,
     )
     out, err = io.StringIO(), io.StringIO()
     console = Console(stdin or io.StringIO(""), out, err)
@@ -219,8 +246,9 @@ def run(tmp_path: Path, api: Callable[[httpx.Request], httpx.Response], *extra: 
 
 
 def write_prompts(tmp_path: Path, count: int) -> None:
-    lines = [orjson.dumps({"id": f"p{n}", "messages": [{"role": "user", "content": f"question {n}"}]})
-             for n in range(count)]
+    lines = [
+        orjson.dumps({"id": f"p{n}", "messages": [{"role": "user", "content": f"question {n}"}]}) for n in range(count)
+    ]
     (tmp_path / "prompts.jsonl").write_bytes(b"\n".join(lines) + b"\n")
 
 
@@ -245,8 +273,9 @@ def test_command_labels_resumes_and_summarises(tmp_path: Path) -> None:
 
 def test_command_does_not_start_when_the_estimate_exceeds_max_cost(tmp_path: Path) -> None:
     write_prompts(tmp_path, 50)
-    code, out, _ = run(tmp_path, never_called, "--judge-price-in", "0", "--judge-price-out", "0",
-                       "--max-cost", "0.000001")
+    code, out, _ = run(
+        tmp_path, never_called, "--judge-price-in", "0", "--judge-price-out", "0", "--max-cost", "0.000001"
+    )
     assert code == 3
     assert "exceeds --max-cost" in out and "not started" in out
     assert not (tmp_path / "out.jsonl").exists()
@@ -255,14 +284,16 @@ def test_command_does_not_start_when_the_estimate_exceeds_max_cost(tmp_path: Pat
 def test_command_stops_mid_run_on_actual_cost_and_says_what_is_left(tmp_path: Path) -> None:
     write_prompts(tmp_path, 10)
     api = FakeApi(usage=(10_000, 5_000))  # 0.02 + 0.2 per item at CONFIG's prices, 30x the estimate
-    code, out, _ = run(tmp_path, api, "--judge-price-in", "0", "--judge-price-out", "0", "--max-cost", "0.5",
-                       "--concurrency", "1")
+    code, out, _ = run(
+        tmp_path, api, "--judge-price-in", "0", "--judge-price-out", "0", "--max-cost", "0.5", "--concurrency", "1"
+    )
     assert code == 3
     assert "labelled 2 items" in out and "stopped by --max-cost 0.5: 8 items not started" in out
     assert "actual cost 0.4400 (small 0.0400, big 0.4000, judge 0.0000)" in out
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2
-    code, out, _ = run(tmp_path, api, "--judge-price-in", "0", "--judge-price-out", "0", "--max-cost", "0.5",
-                       "--concurrency", "1")
+    code, out, _ = run(
+        tmp_path, api, "--judge-price-in", "0", "--judge-price-out", "0", "--max-cost", "0.5", "--concurrency", "1"
+    )
     assert code == 3 and "skipped 2 items already" in out and "labelled 2 items" in out  # the next run continues
 
 
@@ -287,8 +318,20 @@ def test_command_rejects_bad_options_before_any_request(tmp_path: Path, extra: l
 
 def test_command_rejects_a_single_model(tmp_path: Path) -> None:
     write_prompts(tmp_path, 1)
-    args = parse("--data", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "o.jsonl"), "--models", "a,a",
-                 "--base-url", "http://gw/v1", "--judge-base-url", "http://j/v1", "--judge-model", "j")
+    args = parse(
+        "--data",
+        str(tmp_path / "prompts.jsonl"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--models",
+        "a,a",
+        "--base-url",
+        "http://gw/v1",
+        "--judge-base-url",
+        "http://j/v1",
+        "--judge-model",
+        "j",
+    )
     err = io.StringIO()
     assert run_label_command(args, prompt_text_of_item, Console(io.StringIO(), io.StringIO(), err), {}) == 2
     assert "two or more distinct" in err.getvalue()
@@ -297,8 +340,15 @@ def test_command_rejects_a_single_model(tmp_path: Path) -> None:
 def test_secret_headers_can_come_from_the_environment(tmp_path: Path) -> None:
     write_prompts(tmp_path, 1)
     api = FakeApi()
-    code, _, _ = run(tmp_path, api, "--header", "x-model-router-override-token=env:TOKEN", "--pin-alias", "auto",
-                     env={"TOKEN": "from-env", "MODEL_ROUTER_JUDGE_API_KEY": "jk"})
+    code, _, _ = run(
+        tmp_path,
+        api,
+        "--header",
+        "x-model-router-override-token=env:TOKEN",
+        "--pin-alias",
+        "auto",
+        env={"TOKEN": "from-env", "MODEL_ROUTER_JUDGE_API_KEY": "jk"},
+    )
     assert code == 0
     assert {r.headers["x-model-router-override-token"] for r in api.sent_to("gw")} == {"from-env"}
     assert {r.headers["authorization"] for r in api.sent_to("judge")} == {"Bearer jk"}
@@ -333,9 +383,9 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
     assert text.count("\r") == 3 and text.endswith("\n") and "[" + "#" * 30 + "]" in text
 
 
-
-@pytest.mark.parametrize("module", ["client", "command", "cost", "grading", "options", "progress", "records", "retry",
-                                    "run"])
+@pytest.mark.parametrize(
+    "module", ["client", "command", "cost", "grading", "options", "progress", "records", "retry", "run"]
+)
 def test_every_exported_name_exists(module: str) -> None:
     mod = importlib.import_module(f"extproc.labeling.{module}")
     assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)

@@ -76,8 +76,14 @@ def _records(n: int = 60, seed: int = 7) -> list[DecisionRecord]:
 
 def _log_line(rec: DecisionRecord) -> str:
     """As the router writes it: the log formatter's fields, then the decision's JSON."""
-    return json.dumps({"ts": "2025-11-23T00:00:00.000Z", "level": "info", "logger": "model_router.decisions",
-                       **json.loads(record_json(rec))})
+    return json.dumps(
+        {
+            "ts": "2025-11-23T00:00:00.000Z",
+            "level": "info",
+            "logger": "model_router.decisions",
+            **json.loads(record_json(rec)),
+        }
+    )
 
 
 def _legacy_line(rec: DecisionRecord) -> str:
@@ -87,8 +93,9 @@ def _legacy_line(rec: DecisionRecord) -> str:
         fields.pop(k, None)
     fields["outcome"] = rec.outcome.value
     ts = np.datetime64(rec.started_unix_ns, "ns").astype("datetime64[ms]")
-    return json.dumps({"ts": f"{ts}Z", "level": "info", "logger": "model_router.decisions", "event": "decision",
-                       **fields})
+    return json.dumps(
+        {"ts": f"{ts}Z", "level": "info", "logger": "model_router.decisions", "event": "decision", **fields}
+    )
 
 
 BAD_LINES = (
@@ -197,10 +204,19 @@ def _eval_files(tmp_path: Path) -> tuple[Path, Path, float]:
     strong = np.maximum(weak, (rng.uniform(0, 1, n) > hardness * 0.4).astype(float))
     score = hardness + rng.normal(0, 0.2, n)
     data = tmp_path / "eval.jsonl"
-    data.write_text("".join(
-        json.dumps({"id": f"i{i}", "messages": [{"role": "user", "content": "q"}],
-                    "scores": {"weak-m": weak[i], "strong-m": strong[i]}}) + "\n" for i in range(n)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"i{i}",
+                    "messages": [{"role": "user", "content": "q"}],
+                    "scores": {"weak-m": weak[i], "strong-m": strong[i]},
+                }
+            )
+            + "\n"
+            for i in range(n)
+        )
+    )
     scores = tmp_path / "scores.jsonl"
     scores.write_text("".join(json.dumps({"id": f"i{i}", "score": float(score[i])}) + "\n" for i in range(n)))
     from classifier.metrics import summarize
@@ -226,7 +242,10 @@ def test_html_report_in_headless_chromium(log: Path, tmp_path: Path, request: py
     profile = tmp_path / "chromium-profile"
     dom = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=180, check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     ).stdout
     parser = _Figures()
     parser.feed(dom)
@@ -247,12 +266,19 @@ def test_html_report_in_headless_chromium(log: Path, tmp_path: Path, request: py
 
     shot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,1600",
-         "--hide-scrollbars", page.as_uri()],
-        capture_output=True, timeout=180, check=True,
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1100,1600",
+            "--hide-scrollbars",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if request.config.getoption("--update-golden"):
         shutil.copyfile(shot, ROOT / "docs" / "report.png")
-
-

@@ -52,9 +52,7 @@ def skips_body(response: pb.ProcessingResponse) -> bool:
         pytest.param(chat_headers(path="/v1/embeddings"), False, None, id="unknown-path-no-record"),
         pytest.param({**chat_headers(), ":method": "GET"}, True, "not_post", id="get"),
         pytest.param(chat_headers(), True, "no_body", id="headers-only-post"),
-        pytest.param(
-            chat_headers(**{"content-type": "text/plain"}), False, "not_json_content_type", id="text-plain"
-        ),
+        pytest.param(chat_headers(**{"content-type": "text/plain"}), False, "not_json_content_type", id="text-plain"),
         pytest.param(chat_headers(**{"content-encoding": "gzip"}), False, "content_encoded", id="gzip-body"),
     ],
 )
@@ -73,9 +71,7 @@ async def test_header_time_passthrough_skips_body(
 
 async def test_json_with_charset_is_routed() -> None:
     handler, _ = make()
-    responses = await replay(
-        handler, chat_headers(**{"content-type": "application/json; charset=utf-8"}), CHAT
-    )
+    responses = await replay(handler, chat_headers(**{"content-type": "application/json; charset=utf-8"}), CHAT)
     assert cluster_of(responses[1]) == "cheap"
 
 
@@ -94,10 +90,7 @@ async def test_quality_header_moves_threshold(quality: str | None, want: str) ->
     extra = {"x-model-router-quality": quality} if quality else {}
     responses = await replay(handler, chat_headers(**extra), CHAT)
     assert cluster_of(responses[1]) == want
-    assert (
-        "x-model-router-quality" in responses[0].request_headers.response.header_mutation.remove_headers
-        or not extra
-    )
+    assert "x-model-router-quality" in responses[0].request_headers.response.header_mutation.remove_headers or not extra
 
 
 async def test_quality_header_ignored_when_disabled() -> None:
