@@ -287,43 +287,48 @@ def _header(first: Sequence[str]) -> list[str]:
     return [f"| {' | '.join(names)} |", "|" + "---|" * len(names)]
 
 
-def _source_table(results: Sequence[PairResult]) -> list[str]:
-    """Mean ± SD over the pairs of each source, the share of pairs where the router beats length, the mean row."""
-    lines = [
-        f"All pairs ({len(results)}): mean ± SD over the pairs of each source; 'router > length': share of its pairs",
-        "",
-        *_header(["held-out source", "pairs", "router > length"]),
-    ]
-    for source in sorted({r.source for r in results}):
+def _source_rows(results: Sequence[PairResult], sources: Sequence[str], spread: bool) -> list[str]:
+    """One row per source: its pair count, the share where the router beats length, each router's mean (± SD)."""
+    lines = []
+    for source in sources:
         rs = [r for r in results if r.source == source]
-        cells = [
-            f"{np.mean([getattr(r, k) for r in rs]):.3f} ± {np.std([getattr(r, k) for r in rs]):.3f}" for k in ROUTERS
-        ]
-        wins = np.mean([r.router > r.length for r in rs])
-        lines.append(f"| {source} | {len(rs)} | {wins:.2f} | " + " | ".join(cells) + " |")
-    means = [f"{np.mean([getattr(r, k) for r in _source_means(results)]):.3f}" for k in ROUTERS]
-    lines.append("| **mean of sources** | | | " + " | ".join(means) + " |")
-    return lines
-
-
-def _difficulty_pairs_table(results: Sequence[PairResult]) -> list[str]:
-    """The pairs where ranking by difficulty is the right signal at all: the held-out source's own difficulty beats
-    random on them. Selecting them uses held-out labels; scoring the routers on them does not."""
-    kept = [r for r in results if r.irt > 0.5]
-    lines = [
-        f"Pairs where the held-out source's own difficulty beats random (irt > 0.5): {len(kept)} of {len(results)}",
-        "",
-        *_header(["held-out source", "pairs", "router > length"]),
-    ]
-    for source in sorted({r.source for r in results}):
-        rs = [r for r in kept if r.source == source]
         if not rs:
             lines.append(f"| {source} | 0 | | " + " | ".join("" for _ in ROUTERS) + " |")
             continue
-        cells = [f"{np.mean([getattr(r, k) for r in rs]):.3f}" for k in ROUTERS]
+        values = [[getattr(r, k) for r in rs] for k in ROUTERS]
+        cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" if spread else f"{np.mean(v):.3f}" for v in values]
         wins = np.mean([r.router > r.length for r in rs])
         lines.append(f"| {source} | {len(rs)} | {wins:.2f} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _source_table(results: Sequence[PairResult]) -> list[str]:
+    """Mean ± SD over the pairs of each source, the share of pairs where the router beats length, the mean row."""
+    means = [f"{np.mean([getattr(r, k) for r in _source_means(results)]):.3f}" for k in ROUTERS]
+    return [
+        f"All pairs ({len(results)}): mean ± SD over the pairs of each source; 'router > length': share of its pairs",
+        "",
+        *_header(["held-out source", "pairs", "router > length"]),
+        *_source_rows(results, sorted({r.source for r in results}), spread=True),
+        "| **mean of sources** | | | " + " | ".join(means) + " |",
+    ]
+
+
+def _difficulty_pairs(results: Sequence[PairResult]) -> list[PairResult]:
+    """The pairs where ranking by difficulty is the right signal at all: the held-out source's own difficulty beats
+    random on them. Selecting them uses held-out labels; scoring the routers on them does not."""
+    return [r for r in results if r.irt > 0.5]
+
+
+def _difficulty_pairs_table(results: Sequence[PairResult]) -> list[str]:
+    """The mean of each router over :func:`_difficulty_pairs`, per source (a source without such pairs stays empty)."""
+    kept = _difficulty_pairs(results)
+    return [
+        f"Pairs where the held-out source's own difficulty beats random (irt > 0.5): {len(kept)} of {len(results)}",
+        "",
+        *_header(["held-out source", "pairs", "router > length"]),
+        *_source_rows(kept, sorted({r.source for r in results}), spread=False),
+    ]
 
 
 MAX_PAIR_ROWS = 40
@@ -351,7 +356,7 @@ def format_report(results: Sequence[PairResult]) -> list[str]:
     main_rows = [next(r for r in results if r.source == s) for s in sorted({r.source for r in results})]
     lines = [*_main_table(main_rows), "", *_source_table(results), "", *_difficulty_pairs_table(results), ""]
     lines += [*_pair_table(results), "", f"Bar (mean above length, no source more than {BAR_MARGIN} below it):"]
-    difficulty_pairs = _source_means([r for r in results if r.irt > 0.5])
+    difficulty_pairs = _source_means(_difficulty_pairs(results))
     for key in ("router", "router_gain", "router_fit"):
         lines.append(
             f"- main pairs, {_bar(main_rows, key)}; all pairs, {_bar(_source_means(results), key)};"
