@@ -58,6 +58,12 @@ def received_count(stack: Stack) -> dict[str, int]:
     }
 
 
+def received_since(stack: Stack, before: dict[str, int]) -> dict[str, int]:
+    """Requests each upstream received since ``before`` (a :func:`received_count`)."""
+    after = received_count(stack)
+    return {cluster: after[cluster] - before[cluster] for cluster in after}
+
+
 def envoy_counter(stack: Stack, name: str) -> int:
     """One counter from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
     r = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
@@ -82,8 +88,7 @@ def test_healthy_upstreams_answer_on_their_own_cluster_without_retries(fallback_
         assert r.status_code == 200, r.text
         assert (r.headers["x-upstream-cluster"], r.headers["x-model-router-tier"]) == (cluster, cluster)
         assert r.headers["x-upstream-model"] == MODEL_OF[cluster]
-    after = received_count(fallback_stack)
-    assert {c: after[c] - before[c] for c in after} == {"small": 1, "cheap": 1, "frontier": 1}
+    assert received_since(fallback_stack, before) == {"small": 1, "cheap": 1, "frontier": 1}
     assert retries(fallback_stack) == retried
 
 
@@ -103,9 +108,9 @@ def test_failing_cluster_falls_back_to_the_next_stronger(
     # The decision headers describe the router's choice; the retried body still names the cheap model.
     assert r.headers["x-model-router-tier"] == tier
     assert r.headers["x-upstream-model"] == r.headers["x-model-router-model"] == MODEL_OF[tier]
-    after = received_count(fallback_stack)
-    assert after[tier] - before[tier] == 1  # tried once, then the next stronger cluster
-    assert after[stronger] - before[stronger] == 1
+    received = received_since(fallback_stack, before)
+    assert received[tier] == 1  # tried once, then the next stronger cluster
+    assert received[stronger] == 1
 
 
 def test_two_failing_tiers_fall_back_to_frontier(fallback_stack: Stack) -> None:
@@ -123,8 +128,7 @@ def test_every_tier_failing_returns_the_last_error(fallback_stack: Stack) -> Non
     r = post(fallback_stack, chat_body(EASY), **TO_SMALL)
     assert r.status_code == 503
     assert r.headers["x-upstream-cluster"] == "frontier"
-    after = received_count(fallback_stack)
-    assert {c: after[c] - before[c] for c in after} == {"small": 1, "cheap": 1, "frontier": 1}  # no extra attempts
+    assert received_since(fallback_stack, before) == {"small": 1, "cheap": 1, "frontier": 1}  # no extra attempts
 
 
 def test_client_errors_are_not_retried(fallback_stack: Stack) -> None:
@@ -132,8 +136,7 @@ def test_client_errors_are_not_retried(fallback_stack: Stack) -> None:
     before = received_count(fallback_stack)
     r = post(fallback_stack, chat_body(EASY))
     assert (r.status_code, r.headers["x-upstream-cluster"]) == (400, "cheap")
-    after = received_count(fallback_stack)
-    assert {c: after[c] - before[c] for c in after} == {"small": 0, "cheap": 1, "frontier": 0}
+    assert received_since(fallback_stack, before) == {"small": 0, "cheap": 1, "frontier": 0}
 
 
 def test_frontier_has_no_stronger_cluster_to_fall_back_to(fallback_stack: Stack) -> None:
@@ -141,8 +144,7 @@ def test_frontier_has_no_stronger_cluster_to_fall_back_to(fallback_stack: Stack)
     before = received_count(fallback_stack)
     r = post(fallback_stack, chat_body(HARD))
     assert (r.status_code, r.headers["x-upstream-cluster"]) == (503, "frontier")
-    after = received_count(fallback_stack)
-    assert {c: after[c] - before[c] for c in after} == {"small": 0, "cheap": 0, "frontier": 1}
+    assert received_since(fallback_stack, before) == {"small": 0, "cheap": 0, "frontier": 1}
 
 
 def test_streaming_request_falls_back_before_the_stream_starts(fallback_stack: Stack) -> None:

@@ -26,7 +26,7 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.cli import main
 from tests.integration.test_routing import HARD, chat_body, post
-from tests.integration.test_telemetry import _fast_envoy_flush
+from tests.integration.test_telemetry import _fast_envoy_flush, run_traced
 
 SECRET = "turquoise-walrus-private-question"
 FEEDBACK = "/model-router/v1/feedback"
@@ -56,13 +56,7 @@ def learning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
         "capture": {"enabled": True, "sample_rate": 1.0, "path": str(workdir / "data" / "capture.jsonl")},
         "feedback": {"enabled": True, "path": str(workdir / "data" / "feedback.jsonl")},
     }
-    stack.env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
-    receiver = OtlpReceiver(stack.collector_port).start()
-    try:
-        with stack:
-            yield stack, receiver
-    finally:
-        receiver.stop()
+    yield from run_traced(stack)
 
 
 def _files(stack: Stack) -> tuple[Path, Path]:

@@ -30,13 +30,8 @@ def _fast_envoy_flush(cfg: dict[str, Any]) -> None:
     }
 
 
-@pytest.fixture(scope="module")
-def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
-    stack = Stack(workdir=tmp_path_factory.mktemp("traced"), envoy_patch=_fast_envoy_flush)
-    stack.router_overrides = {
-        "classifier": {"kind": "heuristic"},
-        "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
-    }
+def run_traced(stack: Stack) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    """Run ``stack`` with a real OTLP receiver on its collector port and a fast span export (for fixtures)."""
     stack.env = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
     receiver = OtlpReceiver(stack.collector_port).start()
     try:
@@ -44,6 +39,16 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Ot
             yield stack, receiver
     finally:
         receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    stack = Stack(workdir=tmp_path_factory.mktemp("traced"), envoy_patch=_fast_envoy_flush)
+    stack.router_overrides = {
+        "classifier": {"kind": "heuristic"},
+        "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
+    }
+    yield from run_traced(stack)
 
 
 def _router_spans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
