@@ -29,9 +29,19 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.stack import ENVOY_DIR, ROOT, Stack, deep_merge, free_port
+from bench.measure import upstream_counts
+from devstack.stack import ENVOY_DIR, ROOT, UPSTREAM_CLUSTERS, Stack, deep_merge, free_port
 
-__all__ = ["Deployment", "SetupSpec", "WorkerMode", "onnx_model_path", "spawn", "wait_until"]
+__all__ = [
+    "Deployment",
+    "SetupSpec",
+    "WorkerMode",
+    "hcm",
+    "onnx_model_path",
+    "spawn",
+    "start_upstream",
+    "wait_until",
+]
 
 WorkerMode = Literal["endpoints", "reuseport"]
 ServerKind = Literal["none", "noop", "router"]
@@ -89,7 +99,21 @@ def _worker_ready(port: int, log: Path) -> bool:
     return "ready on" in log.read_text(errors="replace") and _grpc_serving(port)
 
 
-def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Start ``bench.upstream`` with one port per upstream cluster; wait until it answers."""
+    ports = {c: free_port() for c in UPSTREAM_CLUSTERS}
+    argv = [sys.executable, "-m", "bench.upstream"]
+    for port in ports.values():
+        argv += ["--port", str(port)]
+    log = workdir / "upstream.log"
+    proc = spawn(argv, log)
+    first = next(iter(ports.values()))
+    wait_until(lambda: upstream_counts(first) is not None, "bench upstream", proc, log, 20)
+    return proc, ports
+
+
+def hcm(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The http_connection_manager config of ``envoy/envoy.yaml``'s listener, for patches."""
     listener = cfg["static_resources"]["listeners"][0]
     typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return typed
@@ -97,10 +121,10 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _envoy_patch(spec: SetupSpec, worker_ports: list[int]) -> Callable[[dict[str, Any]], None]:
     def patch(cfg: dict[str, Any]) -> None:
-        hcm = _hcm(cfg)
-        hcm.pop("access_log", None)
+        manager = hcm(cfg)
+        manager.pop("access_log", None)
         if spec.server == "none":
-            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+            manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         if len(set(worker_ports)) > 1:
             for cluster in cfg["static_resources"]["clusters"]:
                 if cluster["name"] == "model_router":

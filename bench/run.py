@@ -31,13 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import Deployment, SetupSpec, WorkerMode, onnx_model_path, spawn, wait_until
-from bench.measure import Run, measure, run_wrk, upstream_counts
+from bench.deploy import Deployment, SetupSpec, WorkerMode, onnx_model_path, start_upstream
+from bench.measure import Run, measure, run_wrk
 from bench.procstat import machine_info
 from bench.report import aggregate, comparisons, evaluate_targets, format_table, format_targets, write_results
 from bench.stats import Sample, median
 from bench.workload import DEFAULT_PROMPTS, write_bodies
-from devstack.stack import ROOT, UPSTREAM_CLUSTERS, free_port
+from devstack.stack import ROOT
 
 __all__ = ["main"]
 
@@ -120,18 +120,6 @@ def _start(
             return None
         raise
     return dep
-
-
-def _start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    ports = {c: free_port() for c in UPSTREAM_CLUSTERS}
-    argv = [sys.executable, "-m", "bench.upstream"]
-    for port in ports.values():
-        argv += ["--port", str(port)]
-    log = workdir / "upstream.log"
-    proc = spawn(argv, log)
-    first = next(iter(ports.values()))
-    wait_until(lambda: upstream_counts(first) is not None, "bench upstream", proc, log, 20)
-    return proc, ports
 
 
 def _sample(spec: SetupSpec, conc: int, rnd: int, run: Run, check_routed: bool) -> Sample:
@@ -260,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         f"workload: {workload.count} real prompts from {DEFAULT_PROMPTS.name} as OpenAI chat bodies "
         f"(median {workload.median_bytes} B, p90 {workload.p90_bytes} B, max {workload.max_bytes} B)"
     )
-    upstream, ports = _start_upstream(workdir)
+    upstream, ports = start_upstream(workdir)
     first_port = next(iter(ports.values()))
     deployments: list[Deployment] = []
     try:

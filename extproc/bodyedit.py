@@ -15,7 +15,7 @@ import re
 
 import orjson
 
-__all__ = ["find_model_span", "replace_model"]
+__all__ = ["find_model_span", "replace_model", "rewrite_model"]
 
 _KEY = b'"model"'
 _AFTER_KEY = re.compile(rb'\s*:\s*("(?:[^"\\]|\\.)*")', re.DOTALL)
@@ -64,10 +64,18 @@ def find_model_span(raw: bytes) -> tuple[int, int] | None:
     return _scan_top_level(raw)
 
 
-def replace_model(raw: bytes, new_model: str) -> bytes | None:
-    """``raw`` with the top-level model value replaced, or None when it cannot be done unambiguously."""
+def rewrite_model(raw: bytes, new_model: str) -> tuple[bytes, tuple[int, int]] | None:
+    """``raw`` with the top-level model value replaced, and the new value's byte span (quotes included); None when
+    it cannot be done unambiguously. The span lets Envoy's fallback filter swap the value again without a parser."""
     span = find_model_span(raw)
     if span is None:
         return None
     start, end = span
-    return raw[:start] + orjson.dumps(new_model) + raw[end:]
+    value = orjson.dumps(new_model)
+    return raw[:start] + value + raw[end:], (start, start + len(value))
+
+
+def replace_model(raw: bytes, new_model: str) -> bytes | None:
+    """``raw`` with the top-level model value replaced, or None when it cannot be done unambiguously."""
+    rewritten = rewrite_model(raw, new_model)
+    return rewritten[0] if rewritten else None

@@ -50,6 +50,8 @@ class RequestPolicy:
     shadow: bool
     ignored: tuple[str, ...]
     """Constraint headers present but not honoured (malformed in ignore mode, or not allowed)."""
+    fallbacks: Mapping[str, Mapping[str, str]]
+    """The tenant's fallback table (``TenantView.fallbacks``)."""
 
 
 def _parse_unit(raw: str) -> float | None:
@@ -107,4 +109,5 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
         interactive=values.get("latency") == "interactive",
         shadow=view.shadow,
         ignored=tuple(ignored),
+        fallbacks=view.fallbacks,
     )

@@ -21,6 +21,7 @@ __all__ = [
     "choose_model",
     "estimate_cost",
     "fallback_decision",
+    "fallback_models",
     "pinned_decision",
 ]
 
@@ -82,6 +83,32 @@ class Decision:
 def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -> float:
     """Estimated price of one request in the catalog's currency."""
     return (input_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) / 1e6
+
+
+def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> dict[str, ResolvedModel]:
+    """The model to ask for on each catalog cluster if Envoy's fallback chain moves ``chosen``'s request there.
+
+    Envoy retries a failing cluster on the next one of its chain with the body the router wrote; its fallback filter
+    then swaps in the name chosen here (README "Envoy settings"). On each cluster: the least able model that is at
+    least as able as ``chosen`` (the closest substitute that is no worse), else the most able one there; ties go to
+    the cheaper. ``chosen``'s own cluster maps to ``chosen``.
+    """
+
+    def price(m: ResolvedModel) -> float:
+        return m.input_price_per_mtok + m.output_price_per_mtok
+
+    by_cluster: dict[str, list[ResolvedModel]] = {}
+    for m in catalog:
+        by_cluster.setdefault(m.cluster, []).append(m)
+    out: dict[str, ResolvedModel] = {}
+    for cluster, models in by_cluster.items():
+        no_worse = [m for m in models if m.ability >= chosen.ability]
+        if no_worse:
+            out[cluster] = min(no_worse, key=lambda m: (m.ability, price(m)))
+        else:
+            out[cluster] = max(models, key=lambda m: (m.ability, -price(m)))
+    out[chosen.cluster] = chosen
+    return out
 
 
 def pinned_decision(model: ResolvedModel) -> Decision:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import orjson
+
 from classifier.model import DifficultyModel
 from extproc.config import Settings
 from extproc.errors import ConfigError
-from extproc.policy import ResolvedModel
+from extproc.policy import ResolvedModel, fallback_models
 
 __all__ = ["Snapshot", "SnapshotRef", "TenantView", "build_snapshot"]
 
@@ -27,6 +29,8 @@ class TenantView:
     quality_target: float
     allowed_constraints: frozenset[str]
     shadow: bool
+    fallbacks: Mapping[str, Mapping[str, str]]
+    """Chosen model name -> {cluster: model name} for Envoy's fallback filter (see :func:`fallback_table`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,25 @@ def _load_candidate(settings: Settings, load_model: Callable[[Settings], Difficu
         raise ConfigError(
             [p.replace("classifier.model_dir", "classifier.candidate_model_dir", 1) for p in exc.problems]
         ) from exc
+
+
+def _plain_json(name: str) -> bool:
+    """True when the JSON string of ``name`` is the name in quotes: the fallback filter (Lua) splices it as is."""
+    return orjson.dumps(name) == b'"' + name.encode() + b'"'
+
+
+def fallback_table(models: tuple[ResolvedModel, ...], catalog: tuple[ResolvedModel, ...]) -> dict[str, dict[str, str]]:
+    """For each model the router may choose, the model to ask for on each cluster a fallback may move it to.
+
+    Names that JSON would escape are left out (the filter then sends the body unchanged): the Lua filter in
+    ``envoy/envoy.yaml`` has no JSON encoder.
+    """
+    table: dict[str, dict[str, str]] = {}
+    for chosen in models:
+        if _plain_json(chosen.name):
+            by_cluster = fallback_models(chosen, catalog)
+            table[chosen.name] = {c: m.name for c, m in by_cluster.items() if _plain_json(m.name)}
+    return table
 
 
 def build_snapshot(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> Snapshot:
@@ -106,6 +129,7 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
             quality_target=policy.quality_target,
             allowed_constraints=frozenset(policy.allowed_constraints),
             shadow=policy.shadow,
+            fallbacks=fallback_table(catalog, catalog),
         )
     }
     for name, rules in settings.tenants.items():
@@ -118,6 +142,7 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
             quality_target=rules.quality_target if rules.quality_target is not None else policy.quality_target,
             allowed_constraints=frozenset(allowed),
             shadow=rules.shadow if rules.shadow is not None else policy.shadow,
+            fallbacks=fallback_table(catalog, subset),
         )
     return Snapshot(
         settings=settings,

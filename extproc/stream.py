@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
-from extproc.bodyedit import replace_model
+from extproc.bodyedit import rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import ConversationMemory, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
@@ -248,8 +248,8 @@ class StreamHandler:
         policy = self._request.policy
         memory_key = self._conversation_key(parsed)
         decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
-        new_body = replace_model(raw, decision.model.name)
-        if new_body is None:  # duplicate or non-string top-level model: ambiguous, do not touch
+        rewritten = rewrite_model(raw, decision.model.name)
+        if rewritten is None:  # duplicate or non-string top-level model: ambiguous, do not touch
             self._pass(PassReason.NO_MODEL)
             return [self._continue("request_body")]
         if memory_key is not None and self._memory is not None and not policy.shadow:
@@ -265,8 +265,14 @@ class StreamHandler:
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
+        new_body, (start, end) = rewritten
+        # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
+        fallback: dict[str, str | Mapping[str, str]] = {
+            "model_span": f"{start}-{end}",
+            "fallback_models": dict(policy.fallbacks.get(decision.model.name, {})),
+        }
         headers = {CLUSTER_HEADER: decision.model.cluster}
-        return [envoy.body_rewrite(new_body, headers, self._metadata(self._record))]
+        return [envoy.body_rewrite(new_body, headers, {**self._metadata(self._record), **fallback})]
 
     def _observe(self, parsed: ParsedRequest, served_model: str) -> None:
         """Hand the decision to the tap (feedback store, prompt capture); its failure never touches the request."""

@@ -39,6 +39,8 @@ OVERRIDE_TOKEN_HEADER = "x-model-router-override-token"
 ROUTER_MODEL_HEADER = "x-model-router-model"
 """Set by the gateway from the router's decision (README "How a request flows")."""
 ATTEMPTS_HEADER = "x-envoy-attempt-count"
+FALLBACK_MODEL_HEADER = "x-model-router-fallback-model"
+"""Set by the gateway's fallback filter when another cluster's model answered (README "Upstream fallback")."""
 """Sent by Envoy when the route's virtual host sets ``include_attempt_count_in_response``."""
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -98,15 +100,15 @@ def unattributable(reply: ChatReply, model: str, pinned: bool) -> CallError | No
     - the router says it chose another model (e.g. the override token was not accepted): ``rerouted``;
     - pinning through a routable alias and no router decision came back (router down: the gateway failed open and
       the alias went to the default route): ``not_pinned``;
-    - Envoy needed more than one attempt, so a fallback cluster may have answered under this model's name:
-      ``gateway_retried``.
+    - Envoy needed more than one attempt, or its fallback filter says another cluster's model answered (also after
+      an outlier ejection, in one attempt): ``gateway_retried``.
     """
     routed = reply.headers.get(ROUTER_MODEL_HEADER)
     if routed is not None and routed != model:
         return CallError("rerouted", retryable=False)
     if pinned and routed is None:
         return CallError("not_pinned", retryable=True)
-    if reply.headers.get(ATTEMPTS_HEADER, "1").strip() != "1":
+    if reply.headers.get(ATTEMPTS_HEADER, "1").strip() != "1" or FALLBACK_MODEL_HEADER in reply.headers:
         return CallError("gateway_retried", retryable=True)
     return None
 

@@ -1,6 +1,6 @@
 """Upstream fallback in the real Envoy: a failing or unreachable small/cheap cluster is retried on the next stronger
-cluster (aggregate clusters + ``previous_priorities``), healthy clusters are never retried, and the stronger cluster
-receives the body the router rewrote (the cheap model's name; README "Envoy settings")."""
+cluster (aggregate clusters + ``previous_priorities``), healthy clusters are never retried, and the chains' fallback
+filter renames the model for the cluster that answers, changing no other byte (README "Envoy settings")."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
+from devstack.upstream import EXPECT_HEADER, digest_without_model
+from extproc.bodyedit import replace_model
 from tests.integration.conftest import HEURISTIC
-from tests.integration.test_routing import EASY, HARD, chat_body, post
+from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post, received_body
 
 TO_SMALL = {"x-model-router-quality": "0.5"}
 """With the demo catalog and the heuristic classifier, the easy prompt goes to ``small`` at this quality target and
@@ -88,6 +90,11 @@ def test_healthy_upstreams_answer_on_their_own_cluster_without_retries(fallback_
         assert r.status_code == 200, r.text
         assert (r.headers["x-upstream-cluster"], r.headers["x-model-router-tier"]) == (cluster, cluster)
         assert r.headers["x-upstream-model"] == MODEL_OF[cluster]
+        assert "x-model-router-fallback-model" not in r.headers
+        # The fallback filter's working header never reaches an upstream.
+        assert not any(
+            k.lower() == "x-model-router-upstream-cluster" for k in last_received(fallback_stack, cluster)["headers"]
+        )
     assert received_since(fallback_stack, before) == {"small": 1, "cheap": 1, "frontier": 1}
     assert retries(fallback_stack) == retried
 
@@ -102,12 +109,14 @@ def test_failing_cluster_falls_back_to_the_next_stronger(
 ) -> None:
     fail(fallback_stack, tier, status)
     before = received_count(fallback_stack)
-    r = post(fallback_stack, chat_body(EASY), **headers)
+    body = chat_body(EASY, temperature=0.5, metadata={"model": "not-this-one"})
+    r = post(fallback_stack, body, **headers, **{EXPECT_HEADER: digest_without_model(body)})
     assert r.status_code == 200, r.text
     assert r.headers["x-upstream-cluster"] == stronger
-    # The decision headers describe the router's choice; the retried body still names the cheap model.
-    assert r.headers["x-model-router-tier"] == tier
-    assert r.headers["x-upstream-model"] == r.headers["x-model-router-model"] == MODEL_OF[tier]
+    # The decision headers describe the router's choice; the retried body names the stronger cluster's model, and
+    # the upstream checked that no other byte changed (a wrong content-length would not get this far either).
+    assert (r.headers["x-model-router-tier"], r.headers["x-model-router-model"]) == (tier, MODEL_OF[tier])
+    assert r.headers["x-upstream-model"] == r.headers["x-model-router-fallback-model"] == MODEL_OF[stronger]
     received = received_since(fallback_stack, before)
     assert received[tier] == 1  # tried once, then the next stronger cluster
     assert received[stronger] == 1
@@ -116,9 +125,27 @@ def test_failing_cluster_falls_back_to_the_next_stronger(
 def test_two_failing_tiers_fall_back_to_frontier(fallback_stack: Stack) -> None:
     fail(fallback_stack, "small", 503)
     fail(fallback_stack, "cheap", 429)
-    r = post(fallback_stack, chat_body(EASY), **TO_SMALL)
+    body = chat_body(EASY)
+    r = post(fallback_stack, body, **TO_SMALL, **{EXPECT_HEADER: digest_without_model(body)})
     assert r.status_code == 200, r.text
-    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", MODEL_OF["small"])
+    # Renamed twice (for cheap, then for frontier), each time from the router's body: the second attempt must not
+    # inherit the first one's content-length.
+    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", MODEL_OF["frontier"])
+    assert r.headers["x-model-router-fallback-model"] == MODEL_OF["frontier"]
+
+
+def test_a_retry_back_on_the_routers_cluster_gets_the_routers_body(fallback_stack: Stack) -> None:
+    """A two-cluster chain's third attempt returns to the first cluster: after the rename for frontier, it must get
+    the router's body with its own content-length again (a stale length would corrupt the request)."""
+    fail(fallback_stack, "cheap", 503)
+    fail(fallback_stack, "frontier", 500)
+    before = received_count(fallback_stack)
+    body = chat_body(EASY)
+    r = post(fallback_stack, body, **{EXPECT_HEADER: digest_without_model(body)})
+    assert (r.status_code, r.headers["x-upstream-cluster"]) == (503, "cheap"), r.text
+    assert "x-model-router-fallback-model" not in r.headers
+    assert received_since(fallback_stack, before) == {"small": 0, "cheap": 2, "frontier": 1}
+    assert received_body(fallback_stack, "cheap") == replace_model(body, MODEL_OF["cheap"])
 
 
 def test_every_tier_failing_returns_the_last_error(fallback_stack: Stack) -> None:
@@ -155,7 +182,7 @@ def test_streaming_request_falls_back_before_the_stream_starts(fallback_stack: S
         client.messages.stream(model="auto", max_tokens=64, messages=[{"role": "user", "content": EASY}]) as stream,
     ):
         text = "".join(stream.text_stream)
-    assert text == f"answer from {MODEL_OF['cheap']} on cluster frontier"
+    assert text == f"answer from {MODEL_OF['frontier']} on cluster frontier"
 
 
 def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> None:
@@ -168,7 +195,9 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
 
         def send(_: int) -> tuple[int, str, str]:
             r = post(stack, chat_body(EASY), **TO_SMALL)
-            return r.status_code, r.headers.get("x-model-router-tier", ""), r.headers.get("x-upstream-cluster", "")
+            cluster = r.headers.get("x-upstream-cluster", "")
+            assert r.headers.get("x-upstream-model") == MODEL_OF.get(cluster), "renamed for the answering cluster"
+            return r.status_code, r.headers.get("x-model-router-tier", ""), cluster
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(send, range(32)))
@@ -184,3 +213,33 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
             status, tier, cluster = send(0)
             assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
         assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
+
+
+def shift_body_after_the_router(cfg: dict[str, Any]) -> None:
+    """A filter between the router and the upstream that moves every byte of the body (a leading space)."""
+    without_outlier_detection(cfg)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    shift = "function envoy_on_request(h)\n  local b = h:body()\n  b:setBytes(' ' .. b:getBytes(0, b:length()))\nend\n"
+    hcm["http_filters"].insert(
+        -1,
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": shift},
+            },
+        },
+    )
+
+
+def test_fallback_filter_never_splices_a_body_it_does_not_recognise(tmp_path: Path) -> None:
+    """If the model value is no longer where the router wrote it, the retried body goes out as it is, whole."""
+    with Stack(workdir=tmp_path, router_overrides=HEURISTIC, envoy_patch=shift_body_after_the_router) as stack:
+        fail(stack, "small", 503)
+        body = chat_body(EASY)
+        r = post(stack, body, **TO_SMALL)
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("cheap", MODEL_OF["small"])
+        assert "x-model-router-fallback-model" not in r.headers
+        assert received_body(stack, "cheap") == b" " + (replace_model(body, MODEL_OF["small"]) or b"")
+        assert "the model value is not where the router wrote it" in stack.log("envoy").read_text()

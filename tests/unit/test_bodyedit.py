@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.bodyedit import replace_model
+from extproc.bodyedit import replace_model, rewrite_model
 
 CASES = [
     pytest.param(b'{"model":"auto"}', b'{"model":"m"}', id="minimal"),
@@ -35,6 +35,16 @@ CASES = [
 @pytest.mark.parametrize(("raw", "want"), CASES)
 def test_replace_model(raw: bytes, want: bytes) -> None:
     assert replace_model(raw, "m") == want
+
+
+@pytest.mark.parametrize(("raw", "want"), CASES)
+def test_rewrite_reports_the_new_value_span(raw: bytes, want: bytes) -> None:
+    """The span is what Envoy's fallback filter swaps: exactly the new value's bytes, quotes included."""
+    rewritten = rewrite_model(raw, "gpt-4o-mini")
+    assert rewritten is not None
+    body, (start, end) = rewritten
+    assert body[start:end] == b'"gpt-4o-mini"'
+    assert body[:start] + b'"m"' + body[end:] == want
 
 
 @pytest.mark.parametrize(

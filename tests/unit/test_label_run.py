@@ -106,6 +106,12 @@ async def test_pinned_requests_ask_the_alias_pin_the_model_and_keep_secrets_from
         pytest.param({}, True, "not_pinned", id="router-absent-fail-open"),
         pytest.param({"x-envoy-attempt-count": "2"}, False, "gateway_retried", id="fallback-cluster-may-have-answered"),
         pytest.param({"x-envoy-attempt-count": "1"}, False, None, id="one-attempt"),
+        pytest.param(
+            {"x-model-router-model": "m", "x-envoy-attempt-count": "1", "x-model-router-fallback-model": "x"},
+            True,
+            "gateway_retried",
+            id="ejected-cluster-skipped-in-one-attempt",
+        ),
     ],
 )
 def test_an_answer_is_kept_only_if_it_is_the_models(headers: dict[str, str], pinned: bool, reason: str | None) -> None:

@@ -11,6 +11,7 @@ from extproc.policy import (
     ResolvedModel,
     choose_model,
     estimate_cost,
+    fallback_models,
     success_probability,
 )
 
@@ -96,3 +97,39 @@ def test_estimate_cost_uses_both_prices() -> None:
 def test_latency_class(interactive: bool, want: str) -> None:
     decision = choose_model(Prediction(-1.0, 1.0), facts(interactive=interactive), (CHEAP, BATCH, FRONTIER), FRONTIER)
     assert decision.model.name == want
+
+
+# A second model on the frontier cluster, more able and dearer, and one on the cheap cluster that is weaker.
+FRONTIER_MAX = ResolvedModel("frontier-max", "c-frontier", "frontier", 10.0, 40.0, 4.0, 128_000)
+CHEAP_LITE = ResolvedModel("cheap-lite", "c-cheap", "cheap", 0.1, 0.4, 0.5, 128_000)
+FALLBACK_CATALOG = (FRONTIER_MAX, FRONTIER, SMALL, CHEAP_LITE, CHEAP)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "want"),
+    [
+        # Stronger clusters: the least able model that is no worse than the chosen one.
+        pytest.param(SMALL, {"c-small": "small", "c-cheap": "cheap-lite", "c-frontier": "frontier"}, id="from-small"),
+        pytest.param(CHEAP, {"c-small": "small", "c-cheap": "cheap", "c-frontier": "frontier"}, id="from-cheap"),
+        # No model on a cluster is as able: its most able one. The chosen cluster keeps the chosen model.
+        pytest.param(
+            FRONTIER_MAX, {"c-small": "small", "c-cheap": "cheap", "c-frontier": "frontier-max"}, id="from-strongest"
+        ),
+        pytest.param(
+            CHEAP_LITE, {"c-small": "small", "c-cheap": "cheap-lite", "c-frontier": "frontier"}, id="weaker-on-cluster"
+        ),
+    ],
+)
+def test_fallback_models(chosen: ResolvedModel, want: dict[str, str]) -> None:
+    got = fallback_models(chosen, FALLBACK_CATALOG)
+    assert {cluster: m.name for cluster, m in got.items()} == want
+    assert fallback_models(chosen, tuple(reversed(FALLBACK_CATALOG))) == got  # order must not matter
+
+
+def test_fallback_models_ability_tie_goes_to_the_cheaper() -> None:
+    twin = ResolvedModel("frontier-twin", "c-frontier", "frontier", 1.0, 4.0, FRONTIER.ability, 128_000)
+    assert fallback_models(CHEAP, (CHEAP, FRONTIER, twin))["c-frontier"] == twin
+
+
+def test_fallback_models_include_a_chosen_model_outside_the_catalog() -> None:
+    assert fallback_models(BATCH, CATALOG)["c-batch"] == BATCH
