@@ -17,6 +17,7 @@ from devstack.stack import Stack
 from devstack.upstream import EXPECT_HEADER, digest_without_model
 from extproc.bodyedit import replace_model
 from tests.integration.conftest import HEURISTIC
+from tests.integration.test_access_log import _access_line
 from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post, received_body
 
 TO_SMALL = {"x-model-router-quality": "0.5"}
@@ -126,12 +127,16 @@ def test_two_failing_tiers_fall_back_to_frontier(fallback_stack: Stack) -> None:
     fail(fallback_stack, "small", 503)
     fail(fallback_stack, "cheap", 429)
     body = chat_body(EASY)
-    r = post(fallback_stack, body, **TO_SMALL, **{EXPECT_HEADER: digest_without_model(body)})
+    request = {EXPECT_HEADER: digest_without_model(body), "x-request-id": "fallback-twice"}
+    r = post(fallback_stack, body, **TO_SMALL, **request)
     assert r.status_code == 200, r.text
     # Renamed twice (for cheap, then for frontier), each time from the router's body: the second attempt must not
     # inherit the first one's content-length.
     assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", MODEL_OF["frontier"])
     assert r.headers["x-model-router-fallback-model"] == MODEL_OF["frontier"]
+    entry = _access_line(fallback_stack, "fallback-twice")
+    assert (entry["attempts"], entry["model_router"]["fallback_model"]) == (3, MODEL_OF["frontier"])
+    assert entry["model_router"]["selected_model"] == MODEL_OF["small"]
 
 
 def test_a_retry_back_on_the_routers_cluster_gets_the_routers_body(fallback_stack: Stack) -> None:
