@@ -109,11 +109,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from extproc.feedback_token import load_signing_keys
     from extproc.reload import load_snapshot
 
     snapshot = load_snapshot(args.config)
+    key_file = snapshot.settings.feedback.signing_key_file
+    keys = f"; {len(load_signing_keys(key_file))} feedback signing key(s)" if key_file else ""
     names = ", ".join(f"{m.name} ({m.tier}, ability {m.ability:.2f})" for m in snapshot.catalog)
-    print(f"ok: classifier {snapshot.model.name}; catalog: {names}")
+    print(f"ok: classifier {snapshot.model.name}; catalog: {names}{keys}")
     return 0
 
 

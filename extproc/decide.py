@@ -187,7 +187,9 @@ class DecisionService(api_grpc.ModelRouterServiceServicer):
         assert self._feedback is not None
         score = request.score if request.HasField("score") else None
         model = request.model or None  # an empty model is an absent one
-        result = self._feedback.submit(request.decision_id, score, model, source="grpc")
+        result = self._feedback.submit(
+            request.decision_id, score, model, source="grpc", token=request.feedback_token or None
+        )
         if result.status is not FeedbackStatus.RECORDED:
             await context.abort(_FEEDBACK_CODES[result.status], result.message)
         return api.FeedbackResponse(decision_id=result.decision_id, model=result.model, score=result.score)

@@ -1,10 +1,11 @@
 """Feedback on recent decisions: a bounded store of what was decided, and the one validation + write path.
 
 The gRPC ``Feedback`` method and ``POST /v1/feedback`` both call :meth:`FeedbackRecorder.submit`. A score is only
-accepted for a decision this process made within ``feedback.decision_ttl_seconds``: the store is per process (with
-several replicas, feedback must reach the replica that decided — the sidecar next to the Envoy that served the
-request). Accepted feedback is appended to ``feedback.path`` through a :class:`~extproc.spool.Spool`; it holds ids,
-model names, a number and times, never text from the request or the caller.
+accepted for a decision made within ``feedback.decision_ttl_seconds``: one this process made (the store is per
+process), or one whose signed feedback token (``extproc/feedback_token.py``) carries it, which lets any replica
+holding the key accept feedback for another replica's decisions. Accepted feedback is appended to
+``feedback.path`` through a :class:`~extproc.spool.Spool`; it holds ids, model names, a number and times, never
+text from the request or the caller.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from classifier.jsonl import unit_score
+from extproc.feedback_token import TokenError, TokenSigner
 from extproc.spool import Spool
 
 __all__ = ["TIME_KEY", "DecisionEntry", "DecisionStore", "FeedbackRecorder", "FeedbackResult", "FeedbackStatus"]
@@ -37,6 +39,29 @@ class DecisionEntry:
     """The model that answered: the selected one, or in shadow mode the requested (or default) one."""
     tenant: str | None
     decided_unix: float
+
+    def token_fields(self, decision_id: str) -> dict[str, Any]:
+        """What a feedback token carries (short keys: the token is a response header)."""
+        return {
+            "d": decision_id,
+            "r": self.requested_model,
+            "s": self.selected_model,
+            "v": self.served_model,
+            "t": self.tenant,
+            "u": self.decided_unix,
+        }
+
+    @classmethod
+    def from_token_fields(cls, fields: dict[str, Any]) -> tuple[str, DecisionEntry]:
+        """The decision id and entry of verified token fields; ``TokenError`` if a field is missing or mistyped."""
+        names = ("d", "r", "s", "v")
+        if not all(isinstance(fields.get(k), str) for k in names) or not isinstance(fields.get("u"), (int, float)):
+            raise TokenError("not a feedback token")
+        tenant = fields.get("t")
+        if tenant is not None and not isinstance(tenant, str):
+            raise TokenError("not a feedback token")
+        entry = cls(fields["r"], fields["s"], fields["v"], tenant, float(fields["u"]))
+        return fields["d"], entry
 
 
 class DecisionStore:
@@ -118,28 +143,52 @@ class FeedbackRecorder:
         catalog: Callable[[], Collection[str]],
         wall_clock: Callable[[], float] = time.time,
         on_result: Callable[[str, str], None] = lambda result, source: None,
+        signer: TokenSigner | None = None,
+        token_ttl_seconds: float = 3600.0,
     ) -> None:
-        """``on_result(status, source)`` counts every submission (``model_router_feedback_total``)."""
+        """``on_result(status, source)`` counts every submission (``model_router_feedback_total``); ``signer``
+        verifies feedback tokens (None: tokens are refused), accepted ``token_ttl_seconds`` after the decision."""
         self._decisions = decisions
         self._spool = spool
         self._catalog = catalog
         self._wall_clock = wall_clock
         self._on_result = on_result
+        self._signer = signer
+        self._token_ttl = token_ttl_seconds
 
-    def submit(self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc") -> FeedbackResult:
-        """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``.
+    def submit(
+        self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
+    ) -> FeedbackResult:
+        """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``, or of the
+        decision a feedback ``token`` carries (then ``decision_id`` may be omitted, and must match if given).
 
         Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place.
         """
-        result = self._submit(decision_id, score, model, source)
+        result = self._submit(decision_id, score, model, source, token)
         self._on_result(result.status.value, source)
         return result
 
-    def _submit(self, decision_id: Any, score: Any, model: Any, source: str) -> FeedbackResult:
-        if not isinstance(decision_id, str) or not decision_id:
-            return _invalid("decision_id: required")
-        if not _DECISION_ID.match(decision_id):
-            return _invalid("decision_id: not a decision id")
+    def _from_token(self, token: Any, decision_id: Any) -> tuple[str, DecisionEntry] | FeedbackResult:
+        if not isinstance(token, str):
+            return _invalid("feedback_token: must be a string")
+        if self._signer is None:
+            return _invalid("feedback_token: this router has no feedback.signing_key_file")
+        try:
+            found_id, entry = DecisionEntry.from_token_fields(self._signer.verify(token))
+        except TokenError as exc:
+            return _invalid(f"feedback_token: {exc}")
+        if decision_id not in (None, "", found_id):
+            return _invalid("decision_id: does not match feedback_token")
+        if self._wall_clock() - entry.decided_unix > self._token_ttl:
+            return FeedbackResult(FeedbackStatus.NOT_FOUND, "feedback_token: expired (feedback.decision_ttl_seconds)")
+        return found_id, entry
+
+    def _submit(self, decision_id: Any, score: Any, model: Any, source: str, token: Any) -> FeedbackResult:
+        if token is None or token == "":
+            if not isinstance(decision_id, str) or not decision_id:
+                return _invalid("decision_id: required")
+            if not _DECISION_ID.match(decision_id):
+                return _invalid("decision_id: not a decision id")
         if score is None:
             return _invalid("score: required")
         checked = unit_score(score)
@@ -149,12 +198,20 @@ class FeedbackRecorder:
             return _invalid("model: must be a string")
         if model is not None and model not in self._catalog():
             return _invalid("model: not a catalog model")
-        entry = self._decisions.get(decision_id)
-        if entry is None:
-            return FeedbackResult(
-                FeedbackStatus.NOT_FOUND,
-                "decision_id: no recent decision with this id on this router (unknown, expired, or another replica's)",
-            )
+        if token is not None and token != "":
+            verified = self._from_token(token, decision_id)
+            if isinstance(verified, FeedbackResult):
+                return verified
+            decision_id, entry = verified
+        else:
+            found = self._decisions.get(decision_id)
+            if found is None:
+                return FeedbackResult(
+                    FeedbackStatus.NOT_FOUND,
+                    "decision_id: no recent decision with this id on this router (unknown, expired, or another "
+                    "replica's: send its feedback_token)",
+                )
+            entry = found
         chosen = model or entry.served_model
         line = {
             "decision_id": decision_id,

@@ -7,6 +7,7 @@ and the metrics port is often open to every scraper. ``envoy/envoy.yaml`` forwar
 here, so an application can post through the gateway. Request::
 
     POST /v1/feedback  {"decision_id": "3f2a...", "score": 1, "model": "gpt-4o-mini"}   (model optional)
+    POST /v1/feedback  {"feedback_token": "v1....", "score": 1}    (any replica with the signing key)
 
 Answers: 200 ``{"decision_id", "model", "score"}``; 400 / 404 / 503 ``{"error": {"code", "message"}}`` (also 405,
 411, 413 for the wrong method, a missing length or a body over 4 KiB). No access log: Envoy keeps one.
@@ -32,7 +33,7 @@ __all__ = ["FEEDBACK_PATH", "MAX_BODY_BYTES", "feedback_app", "start_feedback_se
 
 FEEDBACK_PATH = "/v1/feedback"
 MAX_BODY_BYTES = 4096
-_FIELDS = ("decision_id", "score", "model")
+_FIELDS = ("decision_id", "score", "model", "feedback_token")
 _STATUS = {
     FeedbackStatus.RECORDED: "200 OK",
     FeedbackStatus.INVALID: "400 Bad Request",
@@ -84,7 +85,13 @@ def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
         body = _read_json(environ, start_response)
         if isinstance(body, list):
             return body
-        result = recorder.submit(body.get("decision_id"), body.get("score"), body.get("model"), source="http")
+        result = recorder.submit(
+            body.get("decision_id"),
+            body.get("score"),
+            body.get("model"),
+            source="http",
+            token=body.get("feedback_token"),
+        )
         if result.status is FeedbackStatus.RECORDED:
             answer = {"decision_id": result.decision_id, "model": result.model, "score": result.score}
             return _reply(start_response, _STATUS[result.status], answer)

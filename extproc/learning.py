@@ -16,6 +16,7 @@ from extproc.capture import PromptCapture
 from extproc.config import Settings
 from extproc.feedback import DecisionStore, FeedbackRecorder
 from extproc.feedback_http import start_feedback_server
+from extproc.feedback_token import TokenSigner, load_signing_keys
 from extproc.spool import Spool, SpoolTarget
 from extproc.tap import LearningTap
 
@@ -60,14 +61,17 @@ def start_learning(
     cfg = settings.feedback
     if not cfg.enabled or cfg.path is None:
         return Learning(LearningTap(None, capture), capture, None, lambda: None)
+    signer = TokenSigner(load_signing_keys(cfg.signing_key_file)) if cfg.signing_key_file else None
     decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
     spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
     spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
-    recorder = FeedbackRecorder(decisions, spool, catalog, on_result=on_feedback)
+    recorder = FeedbackRecorder(
+        decisions, spool, catalog, on_result=on_feedback, signer=signer, token_ttl_seconds=cfg.decision_ttl_seconds
+    )
     try:
         stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
     except OSError:
         capture.close()
         recorder.close()
         raise
-    return Learning(LearningTap(decisions, capture), capture, recorder, stop_http)
+    return Learning(LearningTap(decisions, capture, signer=signer), capture, recorder, stop_http)

@@ -258,7 +258,7 @@ class StreamHandler:
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
         served = unchanged if policy.shadow else decision.model
-        self._observe(parsed, served.name)
+        observed = self._observe(parsed, served.name)
         if self._snap.settings.telemetry.response_usage:
             self._usage = UsageScanner()
             self._usage_model = served
@@ -267,22 +267,26 @@ class StreamHandler:
         assert self._record is not None
         new_body, (start, end) = rewritten
         # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
-        fallback: dict[str, str | Mapping[str, str]] = {
+        metadata: dict[str, str | Mapping[str, str]] = {
+            **self._metadata(self._record),
+            **observed,
             "model_span": f"{start}-{end}",
             "fallback_models": dict(policy.fallbacks.get(decision.model.name, {})),
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}
-        return [envoy.body_rewrite(new_body, headers, {**self._metadata(self._record), **fallback})]
+        return [envoy.body_rewrite(new_body, headers, metadata)]
 
-    def _observe(self, parsed: ParsedRequest, served_model: str) -> None:
-        """Hand the decision to the tap (feedback store, prompt capture); its failure never touches the request."""
+    def _observe(self, parsed: ParsedRequest, served_model: str) -> Mapping[str, str]:
+        """Hand the decision to the tap (feedback store, token, prompt capture); its failure never touches the
+        request. Returns the tap's dynamic metadata."""
         if self._tap is None or self._record is None:
-            return
+            return {}
         try:
-            self._tap.decided(self._snap.settings, self._record, parsed, served_model)
+            return self._tap.decided(self._snap.settings, self._record, parsed, served_model)
         except Exception as exc:
             _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
             self._sink.error("tap_exception")
+            return {}
 
     def _on_response_chunk(self, chunk: pb.HttpBody) -> None:
         assert self._usage is not None and self._record is not None

@@ -1,19 +1,22 @@
 """What a stream hands to the learning-from-traffic features once it has decided: the decision store and capture.
 
 The stream handler knows nothing about files or feedback; it calls one :class:`DecisionTap` method per decided
-request (routed, fallback or shadow). :class:`LearningTap` is the server's: it remembers the decision for feedback
-and offers the prompt to the capture. Both are optional, so tests and ``model-router explain`` pass nothing.
+request (routed, fallback or shadow). :class:`LearningTap` is the server's: it remembers the decision for feedback,
+signs its feedback token (which the stream passes to Envoy as dynamic metadata) and offers the prompt to the
+capture. All are optional, so tests and ``model-router explain`` pass nothing.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from extproc.capture import PromptCapture
 from extproc.config import Settings
 from extproc.feedback import DecisionEntry, DecisionStore
+from extproc.feedback_token import TokenSigner
 from extproc.record import DecisionRecord
 from extproc.request import ParsedRequest
 
@@ -23,8 +26,11 @@ __all__ = ["DecisionTap", "LearningTap"]
 class DecisionTap(Protocol):
     """Observes decided requests with their parsed body; must not block (it runs on the event loop)."""
 
-    def decided(self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str) -> None:
-        """One request was decided under ``settings`` (the stream's snapshot); ``served_model`` answers it."""
+    def decided(
+        self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str
+    ) -> Mapping[str, str]:
+        """One request was decided under ``settings`` (the stream's snapshot); ``served_model`` answers it.
+        Returns dynamic metadata for Envoy (the feedback token), possibly empty."""
         ...
 
 
@@ -38,8 +44,14 @@ class LearningTap:
     """This tap serves the ``Decide`` API: its prompts are offered for capture only with ``capture.include_decide``
     (its decisions are still remembered: an application that acted on a decision may send feedback on it)."""
 
-    def decided(self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str) -> None:
-        """Remember the decision and offer its prompt for capture."""
+    signer: TokenSigner | None = None
+    """Signs each remembered decision's feedback token (``feedback.signing_key_file``)."""
+
+    def decided(
+        self, settings: Settings, rec: DecisionRecord, parsed: ParsedRequest, served_model: str
+    ) -> Mapping[str, str]:
+        """Remember the decision, offer its prompt for capture, and return its feedback token (if signing)."""
+        metadata: dict[str, str] = {}
         if self.decisions is not None:
             # Interned: tenants and routable model names are few, and the store holds tens of thousands of entries.
             entry = DecisionEntry(
@@ -50,5 +62,8 @@ class LearningTap:
                 decided_unix=round(rec.started_unix_ns / 1e9, 3),
             )
             self.decisions.remember(rec.decision_id, entry)
+            if self.signer is not None:
+                metadata["feedback_token"] = self.signer.sign(entry.token_fields(rec.decision_id))
         if self.capture is not None and (settings.capture.include_decide or not self.via_decide):
             self.capture.offer(settings.capture, rec, parsed)
+        return metadata

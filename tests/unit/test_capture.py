@@ -16,7 +16,8 @@ from devstack.stack import ENVOY_DIR
 from extproc.capture import PromptCapture, capture_line, capture_messages
 from extproc.config import CaptureSettings, Settings, parse_config
 from extproc.errors import ConfigError
-from extproc.feedback import DecisionStore
+from extproc.feedback import DecisionEntry, DecisionStore
+from extproc.feedback_token import TokenSigner
 from extproc.record import DecisionRecord, Outcome
 from extproc.request import ParsedRequest, parse_request
 from extproc.spool import Spool
@@ -250,6 +251,26 @@ async def test_decide_prompts_are_captured_only_with_include_decide(
     (rec,) = sink.records
     assert [line["id"] for line in _lines(path)] == ([rec.decision_id] if captured else [])
     assert store.get(rec.decision_id) is not None
+
+
+async def test_a_signing_tap_hands_envoy_a_token_for_the_decision() -> None:
+    """The token goes out as dynamic metadata (Envoy makes it the x-model-router-feedback-token header) and carries
+    what the store remembered, so another replica can accept feedback on it."""
+    store = DecisionStore(100, 60.0)
+    signer = TokenSigner([b"k" * 32])
+    sink = RecordingSink()
+    handler = StreamHandler(
+        snapshot(), inline_classify, sink, sequential_ids(), tap=LearningTap(store, None, signer=signer)
+    )
+    body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "easy"}]})
+    out = await replay(handler, chat_headers(), body)
+    metadata = out[-1].dynamic_metadata.fields["model_router"].struct_value.fields
+    (rec,) = sink.records
+    token_id, entry = DecisionEntry.from_token_fields(signer.verify(metadata["feedback_token"].string_value))
+    assert (token_id, entry) == (rec.decision_id, store.get(rec.decision_id))
+    unsigned = StreamHandler(snapshot(), inline_classify, sink, sequential_ids(), tap=LearningTap(store, None))
+    out = await replay(unsigned, chat_headers(), body)
+    assert "feedback_token" not in out[-1].dynamic_metadata.fields["model_router"].struct_value.fields
 
 
 async def test_shadow_decisions_are_served_by_the_requested_model() -> None:

@@ -19,6 +19,7 @@ from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.decide import DecisionService
 from extproc.feedback import DecisionEntry, DecisionStore, FeedbackRecorder, FeedbackResult, FeedbackStatus
 from extproc.feedback_http import MAX_BODY_BYTES, start_feedback_server
+from extproc.feedback_token import TokenSigner
 from extproc.snapshot import SnapshotRef
 from extproc.spool import Spool, SpoolTarget
 from tests.fakes import RecordingSink, demo_settings, inline_classify, snapshot
@@ -32,6 +33,10 @@ ENTRY = DecisionEntry(
     tenant="acme",
     decided_unix=1_700_000_000.0,
 )
+SIGNER = TokenSigner([b"k" * 32])
+ELSEWHERE = "00000000000000cc"
+"""A decision another replica made: not in this harness's store."""
+ELSEWHERE_TOKEN = SIGNER.sign(ENTRY.token_fields(ELSEWHERE))
 
 
 class Clock:
@@ -91,7 +96,9 @@ def harness(tmp_path: Path) -> Harness:
     path = tmp_path / "feedback.jsonl"
     spool = Spool("feedback", "received_unix", lambda _r: None, capacity=4, start=False)
     spool.configure(SpoolTarget(path, max_bytes=1 << 20))
-    recorder = FeedbackRecorder(store, spool, lambda: CATALOG, wall_clock=lambda: 1_700_000_100.0)
+    recorder = FeedbackRecorder(
+        store, spool, lambda: CATALOG, wall_clock=lambda: 1_700_000_100.0, signer=SIGNER, token_ttl_seconds=600.0
+    )
     return Harness(recorder, spool, path)
 
 
@@ -121,6 +128,68 @@ def test_rejected_feedback_writes_nothing(
     assert result.status is status
     assert result.message.startswith(message)
     assert harness.lines() == []
+
+
+OLD_ENTRY = DecisionEntry("auto", "gpt-4o-mini", "gpt-4o-mini", None, 1_700_000_100.0 - 601)
+
+
+@pytest.mark.parametrize(
+    ("decision_id", "token", "status", "message"),
+    [
+        pytest.param(KNOWN, ELSEWHERE_TOKEN, FeedbackStatus.INVALID, "decision_id: does not match", id="mismatch"),
+        pytest.param(
+            None,
+            TokenSigner([b"x" * 32]).sign(ENTRY.token_fields(ELSEWHERE)),
+            FeedbackStatus.INVALID,
+            "feedback_token: not signed by this deployment's key",
+            id="other-key",
+        ),
+        pytest.param(None, ELSEWHERE_TOKEN[:-2], FeedbackStatus.INVALID, "feedback_token: not signed", id="cut"),
+        pytest.param(None, "v1.e30.x", FeedbackStatus.INVALID, "feedback_token: not signed", id="forged"),
+        pytest.param(None, SIGNER.sign({"d": ELSEWHERE}), FeedbackStatus.INVALID, "feedback_token: not a", id="fields"),
+        pytest.param(None, 42, FeedbackStatus.INVALID, "feedback_token: must be a string", id="not-a-string"),
+        pytest.param(
+            None,
+            SIGNER.sign(OLD_ENTRY.token_fields(ELSEWHERE)),
+            FeedbackStatus.NOT_FOUND,
+            "feedback_token: expired",
+            id="expired",
+        ),
+    ],
+)
+def test_rejected_tokens_write_nothing(
+    harness: Harness, decision_id: Any, token: Any, status: FeedbackStatus, message: str
+) -> None:
+    result = harness.recorder.submit(decision_id, 1, token=token)
+    assert (result.status, result.message[: len(message)]) == (status, message)
+    assert harness.lines() == []
+
+
+def test_a_token_carries_another_replicas_decision(harness: Harness) -> None:
+    """The store has never seen ELSEWHERE: the token alone is enough, with or without the id beside it."""
+    for decision_id in (None, ELSEWHERE):
+        result = harness.recorder.submit(decision_id, 1, token=ELSEWHERE_TOKEN, source="http")
+        assert result == FeedbackResult(FeedbackStatus.RECORDED, "", ELSEWHERE, "gpt-4o-mini", 1.0)
+    line = harness.lines()[0]
+    assert {k: line[k] for k in ("decision_id", "decided_unix", "requested_model", "selected_model", "tenant")} == {
+        "decision_id": ELSEWHERE,
+        "decided_unix": ENTRY.decided_unix,
+        "requested_model": "auto",
+        "selected_model": "gpt-4o-mini",
+        "tenant": "acme",
+    }
+
+
+def test_a_router_without_a_key_refuses_tokens(tmp_path: Path) -> None:
+    spool = Spool("feedback", "received_unix", lambda _r: None, start=False)
+    spool.configure(SpoolTarget(tmp_path / "f.jsonl", max_bytes=1 << 20))
+    recorder = FeedbackRecorder(DecisionStore(10, 60.0), spool, lambda: CATALOG)
+    result = recorder.submit(None, 1, token=ELSEWHERE_TOKEN)
+    assert (result.status, result.message) == (
+        FeedbackStatus.INVALID,
+        "feedback_token: this router has no feedback.signing_key_file",
+    )
+    spool.close()
 
 
 def test_accepted_feedback_defaults_to_the_served_model(harness: Harness) -> None:
@@ -184,6 +253,7 @@ def http_url(harness: Harness) -> Iterator[str]:
     [
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 1}, 200, None, id="ok"),
         pytest.param("POST", "/v1/feedback", {"decision_id": "f" * 16, "score": 1}, 404, "not_found", id="unknown"),
+        pytest.param("POST", "/v1/feedback", {"feedback_token": ELSEWHERE_TOKEN, "score": 1}, 200, None, id="token"),
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 2}, 400, "invalid_argument", id="score"),
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN}, 400, "invalid_argument", id="no-score"),
         pytest.param(
@@ -209,7 +279,8 @@ def test_http_endpoint(
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     if code is None:
-        assert r.json() == {"decision_id": KNOWN, "model": "gpt-4o-mini", "score": 1.0}
+        decision_id = ELSEWHERE if "feedback_token" in body else KNOWN
+        assert r.json() == {"decision_id": decision_id, "model": "gpt-4o-mini", "score": 1.0}
         assert [line["source"] for line in harness.lines()] == ["http"]
     else:
         assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
@@ -236,6 +307,8 @@ async def feedback_stub(harness: Harness) -> AsyncIterator[api_grpc.ModelRouterS
 async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRouterServiceStub) -> None:
     reply = await feedback_stub.Feedback(api.FeedbackRequest(decision_id=KNOWN, score=0.0), timeout=5)
     assert (reply.decision_id, reply.model, reply.score) == (KNOWN, "gpt-4o-mini", 0.0)
+    reply = await feedback_stub.Feedback(api.FeedbackRequest(feedback_token=ELSEWHERE_TOKEN, score=1), timeout=5)
+    assert (reply.decision_id, reply.model, reply.score) == (ELSEWHERE, "gpt-4o-mini", 1.0)
     cases = [
         (api.FeedbackRequest(decision_id="ffffffffffffffff", score=1), grpc.StatusCode.NOT_FOUND, "decision_id"),
         (api.FeedbackRequest(decision_id=KNOWN), grpc.StatusCode.INVALID_ARGUMENT, "score: required"),
@@ -247,7 +320,7 @@ async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRout
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await feedback_stub.Feedback(request, timeout=5)
         assert err.value.code() == code and message in (err.value.details() or "")
-    assert [(line["model"], line["score"]) for line in harness.lines()] == [("gpt-4o-mini", 0.0)]
+    assert [(line["decision_id"], line["score"]) for line in harness.lines()] == [(KNOWN, 0.0), (ELSEWHERE, 1.0)]
 
 
 async def test_grpc_feedback_when_disabled_is_failed_precondition() -> None:

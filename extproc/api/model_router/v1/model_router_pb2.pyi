@@ -152,8 +152,11 @@ class FeedbackRequest(_message.Message):
     DECISION_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    FEEDBACK_TOKEN_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
-    """The decision's id, as in the x-model-router-decision-id response header. Required."""
+    """The decision's id, as in the x-model-router-decision-id response header. Required unless feedback_token is
+    set (then optional, and it must match the token's).
+    """
     score: _builtins.float
     """How well the request was answered, in [0, 1]: 1 = thumbs up or task success, 0 = thumbs down or failure.
     Required (0 is a valid score, so presence is explicit).
@@ -162,16 +165,21 @@ class FeedbackRequest(_message.Message):
     """The catalog model the score is for; absent = the model that served the decision (the selected model, or in
     shadow mode the requested one).
     """
+    feedback_token: _builtins.str
+    """The x-model-router-feedback-token response header (routers with feedback.signing_key_file): lets any replica
+    holding the key accept feedback for a decision another replica made.
+    """
     def __init__(
         self,
         *,
         decision_id: _builtins.str = ...,
         score: _builtins.float | None = ...,
         model: _builtins.str | None = ...,
+        feedback_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "model", b"model", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "decision_id", b"decision_id", "model", b"model", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "decision_id", b"decision_id", "feedback_token", b"feedback_token", "model", b"model", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
     _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
