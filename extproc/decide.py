@@ -22,6 +22,7 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.conversations import ConversationMemory
 from extproc.decision_proto import to_proto
+from extproc.envoy import METADATA_NAMESPACE
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
 from extproc.policy import estimate_cost
 from extproc.record import DecisionRecord, DecisionSink, Outcome
@@ -110,8 +111,12 @@ async def decide(
     )
     headers_msg, body_msg = _messages(request)
     await handler.handle(headers_msg)
+    token = ""
     if handler.record is None and handler.stage is Stage.WAIT_BODY:
-        await handler.handle(body_msg)
+        for answer in await handler.handle(body_msg):
+            metadata = answer.dynamic_metadata.fields.get(METADATA_NAMESPACE)
+            if metadata is not None and "feedback_token" in metadata.struct_value.fields:
+                token = metadata.struct_value.fields["feedback_token"].string_value
     rec = handler.record
     if rec is None:
         # The live path keeps no record for a path that is not an API it routes (and for an internal error, which
@@ -123,7 +128,7 @@ async def decide(
             started_unix_ns=wall_clock_ns(),
         )
     decision = to_proto(rec)
-    return api.DecideResponse(decision=decision, models=_estimates(snap, request, decision))
+    return api.DecideResponse(decision=decision, models=_estimates(snap, request, decision), feedback_token=token)
 
 
 _FEEDBACK_CODES = {

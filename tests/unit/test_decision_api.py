@@ -24,12 +24,15 @@ from extproc.decision_proto import (
     response_headers,
     to_proto,
 )
+from extproc.feedback import DecisionEntry, DecisionStore
+from extproc.feedback_token import TokenSigner
 from extproc.policy import Reason
 from extproc.record import Outcome, record_json
 from extproc.request import PassReason
 from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.snapshot import SnapshotRef
 from extproc.stream import StreamHandler
+from extproc.tap import LearningTap
 from tests.fakes import (
     SAMPLE_ROUTED,
     RecordingSink,
@@ -127,6 +130,28 @@ async def test_decide_prices_every_catalog_model() -> None:
     chosen = response.models[names.index(d.selected_model)]
     assert chosen.estimated_cost == pytest.approx(d.estimated_cost_selected)
     assert chosen.success_probability == pytest.approx(d.success_probability)
+
+
+@pytest.mark.parametrize("signing", [True, False], ids=["signing", "no-key"])
+async def test_decide_returns_the_feedback_token(signing: bool) -> None:
+    """A gateway that routes with Decide gets the token the live path puts in x-model-router-feedback-token."""
+    signer = TokenSigner([b"k" * 32])
+    store = DecisionStore(10, 60.0)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a medium question"}]}).encode()
+    response = await decide(
+        api.DecideRequest(path="/v1/chat/completions", body=body),
+        snapshot(),
+        inline_classify,
+        RecordingSink(),
+        sequential_ids(),
+        tap=LearningTap(store, None, signer=signer if signing else None),
+    )
+    if not signing:
+        assert response.feedback_token == ""
+        return
+    decision_id, entry = DecisionEntry.from_token_fields(signer.verify(response.feedback_token))
+    assert decision_id == response.decision.decision_id
+    assert entry == store.get(decision_id) and entry.selected_model == response.decision.selected_model
 
 
 def test_every_reason_outcome_and_schema_has_an_enum_value() -> None:

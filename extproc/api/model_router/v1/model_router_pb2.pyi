@@ -282,6 +282,11 @@ class DecideResponse(_message.Message):
 
     DECISION_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_TOKEN_FIELD_NUMBER: _builtins.int
+    feedback_token: _builtins.str
+    """With feedback.signing_key_file: the decision's signed feedback token (as the x-model-router-feedback-token
+    response header on the live path), accepted by any replica holding the key. Empty otherwise.
+    """
     @_builtins.property
     def decision(self) -> Global___RoutingDecision: ...
     @_builtins.property
@@ -293,10 +298,11 @@ class DecideResponse(_message.Message):
         *,
         decision: Global___RoutingDecision | None = ...,
         models: _abc.Iterable[Global___ModelEstimate] | None = ...,
+        feedback_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "feedback_token", b"feedback_token", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
