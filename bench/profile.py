@@ -30,10 +30,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.deploy import Deployment, SetupSpec, onnx_model_path, spawn, wait_until
-from bench.measure import run_wrk, upstream_counts
+from bench.deploy import Deployment, SetupSpec, onnx_model_path, start_upstream
+from bench.measure import run_wrk
 from bench.workload import write_bodies
-from devstack.stack import ROOT, UPSTREAM_CLUSTERS, free_port
+from devstack.stack import ROOT
 
 __all__ = [
     "BUCKETS",
@@ -258,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = Path(tempfile.mkdtemp(prefix=f"model-router-profile-{stamp}-"))
     bodies = write_bodies(workdir / "bodies.txt").path
-    ports = {c: free_port() for c in UPSTREAM_CLUSTERS}
-    argv_up = [sys.executable, "-m", "bench.upstream"] + [a for port in ports.values() for a in ("--port", str(port))]
-    upstream = spawn(argv_up, workdir / "upstream.log")
-    first = next(iter(ports.values()))
-    wait_until(lambda: upstream_counts(first) is not None, "bench upstream", upstream, workdir / "upstream.log", 20)
+    upstream, ports = start_upstream(workdir)
     dep = Deployment(spec, workdir / spec.label, ports, router_root=args.router_root)
     raw = args.out / f"{stamp}.profile.txt"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ class RequestPolicy:
     shadow: bool
     ignored: tuple[str, ...]
     """Constraint headers present but not honoured (malformed in ignore mode, or not allowed)."""
-    fallbacks: Mapping[str, Mapping[str, str]]
+    fallbacks: Mapping[str, str]
     """The tenant's fallback table (``TenantView.fallbacks``)."""
 
 

@@ -89,11 +89,8 @@ def headers_continue(remove: Iterable[str], skip_body: bool, watch_response: boo
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common), mode_override=override)
 
 
-def body_rewrite(
-    body: bytes, set_headers: Mapping[str, str], metadata: Mapping[str, str | Mapping[str, str]]
-) -> pb.ProcessingResponse:
-    """Replace the request body, set headers (incl. ``content-length``) and re-run route selection; ``metadata``
-    (strings, or dicts of them) goes to the ``model_router`` dynamic-metadata namespace."""
+def body_rewrite(body: bytes, set_headers: Mapping[str, str], metadata: Mapping[str, str]) -> pb.ProcessingResponse:
+    """Replace the request body, set headers (incl. ``content-length``) and re-run route selection."""
     dynamic = struct_pb2.Struct()
     dynamic.get_or_create_struct(METADATA_NAMESPACE).update(dict(metadata))
     return pb.ProcessingResponse(

@@ -29,8 +29,8 @@ class TenantView:
     quality_target: float
     allowed_constraints: frozenset[str]
     shadow: bool
-    fallbacks: Mapping[str, Mapping[str, str]]
-    """Chosen model name -> {cluster: model name} for Envoy's fallback filter (see :func:`fallback_table`)."""
+    fallbacks: Mapping[str, str]
+    """Chosen model name -> the fallback filter's table for it (see :func:`fallback_table`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +70,24 @@ def _load_candidate(settings: Settings, load_model: Callable[[Settings], Difficu
         ) from exc
 
 
-def _plain_json(name: str) -> bool:
-    """True when the JSON string of ``name`` is the name in quotes: the fallback filter (Lua) splices it as is."""
+def _plain(name: str) -> bool:
+    """True when ``name`` can go into the fallback filter's table: its JSON string is the name in quotes, so the Lua
+    filter can splice it as is (this also rules out tabs and newlines, the table's separators)."""
     return orjson.dumps(name) == b'"' + name.encode() + b'"'
 
 
-def fallback_table(models: tuple[ResolvedModel, ...], catalog: tuple[ResolvedModel, ...]) -> dict[str, dict[str, str]]:
-    """For each model the router may choose, the model to ask for on each cluster a fallback may move it to.
-
-    Names that JSON would escape are left out (the filter then sends the body unchanged): the Lua filter in
-    ``envoy/envoy.yaml`` has no JSON encoder.
+def fallback_table(models: tuple[ResolvedModel, ...], catalog: tuple[ResolvedModel, ...]) -> dict[str, str]:
+    """For each model the router may choose, the model to ask for on each cluster a fallback may move it to, as
+    the fallback filter reads it: one ``cluster<TAB>model`` line per cluster (a flat string is cheaper to put in
+    every routed request's dynamic metadata than a nested struct). Names that are not plain are left out (the
+    filter then sends the body unchanged).
     """
-    table: dict[str, dict[str, str]] = {}
+    table: dict[str, str] = {}
     for chosen in models:
-        if _plain_json(chosen.name):
+        if _plain(chosen.name):
             by_cluster = fallback_models(chosen, catalog)
-            table[chosen.name] = {c: m.name for c, m in by_cluster.items() if _plain_json(m.name)}
+            lines = (f"{c}\t{m.name}" for c, m in by_cluster.items() if _plain(m.name))  # clusters: [A-Za-z0-9_.-]
+            table[chosen.name] = "\n".join(lines)
     return table
 
 

@@ -267,11 +267,11 @@ class StreamHandler:
         assert self._record is not None
         new_body, (start, end) = rewritten
         # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
-        metadata: dict[str, str | Mapping[str, str]] = {
+        metadata = {
             **self._metadata(self._record),
             **observed,
             "model_span": f"{start}-{end}",
-            "fallback_models": dict(policy.fallbacks.get(decision.model.name, {})),
+            "fallback_models": policy.fallbacks.get(decision.model.name, ""),
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, metadata)]

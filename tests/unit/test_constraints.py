@@ -156,25 +156,32 @@ def test_tenant_config_errors_name_fields() -> None:
     ]
 
 
+def _lines(table: str) -> dict[str, str]:
+    """The fallback filter's table as {cluster: model}, read the way its Lua reads it."""
+    return dict(line.split("\t") for line in table.split("\n") if line)
+
+
 def test_fallback_table_follows_the_tenant_catalog() -> None:
     """A tenant's fallback names only its own models; the global default stays reachable as a chosen model."""
     s = snap()
     everyone = resolve_request_policy({}, s).fallbacks
     frugal = resolve_request_policy({"x-tenant": "frugal"}, s).fallbacks
-    assert everyone["llama-3.1-8b-instruct"] == {
+    assert _lines(everyone["llama-3.1-8b-instruct"]) == {
         "small": "llama-3.1-8b-instruct",
         "cheap": "gpt-4o-mini",
         "frontier": "gpt-4o",
     }
-    assert frugal["llama-3.1-8b-instruct"] == {"small": "llama-3.1-8b-instruct", "cheap": "gpt-4o-mini"}
-    assert frugal["gpt-4o"] == {"frontier": "gpt-4o", "small": "llama-3.1-8b-instruct", "cheap": "gpt-4o-mini"}
+    assert _lines(frugal["llama-3.1-8b-instruct"]) == {"small": "llama-3.1-8b-instruct", "cheap": "gpt-4o-mini"}
+    assert _lines(frugal["gpt-4o"]) == {"frontier": "gpt-4o", "small": "llama-3.1-8b-instruct", "cheap": "gpt-4o-mini"}
 
 
-def test_fallback_table_leaves_out_names_json_would_escape() -> None:
-    """The Lua fallback filter splices names between quotes, so a name needing escapes is never offered."""
-    odd = {**CATALOG[1], "name": 'mini"quoted', "cluster": "cheap2", "ability": 1.0}
-    settings = parse_config({"policy": {"default_model": "gpt-4o"}, "catalog": [*CATALOG, odd]})
+@pytest.mark.parametrize("odd", ['mini"quoted', "mini\ttab", "mini\nline", "mini\\back"])
+def test_fallback_table_leaves_out_names_it_cannot_splice(odd: str) -> None:
+    """The Lua fallback filter splices names between quotes and splits its table on tabs and newlines, so a model
+    name needing JSON escapes is never offered (cluster names are restricted by the config already)."""
+    odd_model = {**CATALOG[1], "name": odd, "cluster": "cheap2", "ability": 1.0}
+    settings = parse_config({"policy": {"default_model": "gpt-4o"}, "catalog": [*CATALOG, odd_model]})
     table = build_snapshot(settings, lambda _s: FakeDifficultyModel()).tenant_view(None).fallbacks
-    assert 'mini"quoted' not in table
-    assert "cheap2" not in table["llama-3.1-8b-instruct"]
-    assert table["llama-3.1-8b-instruct"]["cheap"] == "gpt-4o-mini"
+    assert odd not in table
+    small = _lines(table["llama-3.1-8b-instruct"])
+    assert "cheap2" not in small and small["cheap"] == "gpt-4o-mini"
