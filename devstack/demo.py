@@ -91,6 +91,24 @@ def _decisions(log: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _fallback(stack: Stack, client: openai.OpenAI) -> str:
+    """Make the cheap tier's upstream fail, send a prompt the router sends there, and say who answered."""
+    cheap = f"http://127.0.0.1:{stack.upstream_ports['cheap']}/_fail"
+    label, messages = PROMPTS[0]
+    urllib.request.urlopen(urllib.request.Request(f"{cheap}?status=503", method="POST"), timeout=5).close()
+    try:
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages)  # type: ignore[arg-type]
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{cheap}?status=0", method="POST"), timeout=5).close()
+    h = raw.headers
+    return (
+        f"Upstream fallback: with the cheap upstream answering 503, [{label}] was routed to "
+        f"{h.get('x-model-router-model')} ({h.get('x-model-router-tier')}), and Envoy retried it on cluster "
+        f"{h.get('x-upstream-cluster')}, which was asked for {raw.parse().model} "
+        f"(x-model-router-fallback-model: {h.get('x-model-router-fallback-model', '-')})."
+    )
+
+
 def run() -> int:
     """Start the stack, send the prompts, print the table, stop everything."""
     workdir = Path(tempfile.mkdtemp(prefix="model-router-demo-"))
@@ -108,6 +126,7 @@ def run() -> int:
             model="auto", messages=[{"role": "user", "content": "Stream me a short hello."}], stream=True
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        fallback = _fallback(stack, client)
         client.close()
         time.sleep(0.2)  # let the router flush its log
         decisions = _decisions(stack.log("router"))
@@ -143,6 +162,7 @@ def run() -> int:
                 f"({(1 - after / before) * 100:.0f}% saved)."
             )
         print(f"Streaming through Envoy (SSE) also works: {streamed!r}")
+        print(fallback)
         metrics = [
             line
             for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
