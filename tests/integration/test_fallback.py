@@ -248,3 +248,28 @@ def test_fallback_filter_never_splices_a_body_it_does_not_recognise(tmp_path: Pa
         assert "x-model-router-fallback-model" not in r.headers
         assert received_body(stack, "cheap") == b" " + (replace_model(body, MODEL_OF["small"]) or b"")
         assert "the model value is not where the router wrote it" in stack.log("envoy").read_text()
+
+
+def frontier_without_endpoint_metadata(cfg: dict[str, Any]) -> None:
+    """A tier cluster whose endpoints were not given the fallback filter's metadata."""
+    without_outlier_detection(cfg)
+    for cluster in cfg["static_resources"]["clusters"]:
+        if cluster["name"] == "frontier":
+            for group in cluster["load_assignment"]["endpoints"]:
+                for endpoint in group["lb_endpoints"]:
+                    endpoint.pop("metadata", None)
+
+
+def test_an_endpoint_without_metadata_gets_the_routers_body_even_after_a_rename(tmp_path: Path) -> None:
+    """small fails, cheap (renamed) fails, frontier has no metadata: the third attempt must carry the router's own
+    body and length again, not the second attempt's rename or its content-length."""
+    with Stack(workdir=tmp_path, router_overrides=HEURISTIC, envoy_patch=frontier_without_endpoint_metadata) as stack:
+        fail(stack, "small", 503)
+        fail(stack, "cheap", 503)
+        body = chat_body(EASY)
+        r = post(stack, body, **TO_SMALL, **{EXPECT_HEADER: digest_without_model(body)})
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", MODEL_OF["small"])
+        assert "x-model-router-fallback-model" not in r.headers
+        assert received_body(stack, "cheap") == replace_model(body, MODEL_OF["cheap"])
+        assert received_body(stack, "frontier") == replace_model(body, MODEL_OF["small"])
