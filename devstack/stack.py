@@ -10,6 +10,7 @@ import contextlib
 import copy
 import functools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,11 +33,23 @@ ENVOY_DIR = ROOT / "envoy"
 UPSTREAM_CLUSTERS = ("small", "cheap", "frontier")
 
 
+_LISTEN_PORTS = range(20000, 32768)
+"""Below Linux's ephemeral range (32768-60999): a port picked here and bound a few seconds later cannot meanwhile be
+taken as the local port of some outgoing connection (an Envoy or client socket of another running stack), which
+binding port 0 allowed and which made a test stack fail now and then with "Address already in use"."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.SystemRandom().choice(_LISTEN_PORTS)  # OS entropy: immune to tests that seed `random`
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
 
 
 def envoy_binary() -> Path:
