@@ -265,12 +265,12 @@ class StreamHandler:
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
-        new_body, (start, end) = rewritten
+        new_body, (value_start, value_end) = rewritten
         # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
         metadata = {
             **self._metadata(self._record),
             **observed,
-            "model_span": f"{start}-{end}",
+            "model_span": f"{value_start}-{value_end}",
             "fallback_models": policy.fallbacks.get(decision.model.name, ""),
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack.stack import Stack
 
 HEURISTIC = {"classifier": {"kind": "heuristic"}}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``check`` until it is true (True) or ``timeout`` seconds pass (False): for what a process does a moment
+    after the request that caused it (file writes, reloads, log flushes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def router_metric(stack: Stack, name: str, **labels: str) -> float:
+    """The sum of the router's Prometheus samples ``name`` whose labels include ``labels`` (0 if none)."""
+    total = 0.0
+    for line in httpx.get(stack.metrics_url, timeout=5).text.splitlines():
+        if line.startswith(name):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

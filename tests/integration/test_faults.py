@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
 from tests.fakes import FakeDifficultyModel, demo_settings, snapshot
+from tests.integration.conftest import router_metric, wait_until
 from tests.integration.test_routing import EASY, HARD, chat_body, post
 
 HEURISTIC = {"classifier": {"kind": "heuristic"}}
@@ -34,16 +34,6 @@ HEURISTIC = {"classifier": {"kind": "heuristic"}}
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with Stack(workdir=tmp_path, router_overrides={**HEURISTIC, "server": {"grace_seconds": 5}}) as s:
         yield s
-
-
-def _metric(stack: Stack, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in httpx.get(stack.metrics_url, timeout=5).text.splitlines():
-        if line.startswith(name):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_router_killed_mid_load_fails_open_then_routing_resumes(stack: Stack) -> None:
@@ -187,15 +177,6 @@ def _routed(stack: Stack, model: str) -> bool:
     return "x-model-router-model" in post(stack, chat_body(EASY, model=model)).headers
 
 
-def _wait_until(check: Any, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.parametrize("trigger", ["file-change", "sighup"])
 def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str) -> None:
     if trigger == "sighup":  # make sure the file watcher is not what applies it
@@ -219,14 +200,14 @@ def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str
         _rewrite_config(stack, routable_models=["auto", "router", "gpt-4o-mini"])
         if trigger == "sighup":
             stack.procs["router"].send_signal(signal.SIGHUP)
-        assert _wait_until(lambda: _routed(stack, "gpt-4o-mini")), "valid config was not applied"
+        assert wait_until(lambda: _routed(stack, "gpt-4o-mini")), "valid config was not applied"
         stop.set()
         assert set(running.result()) == {200}
-    assert _metric(stack, "model_router_config_reloads_total", result="applied") == 1
+    assert router_metric(stack, "model_router_config_reloads_total", result="applied") == 1
 
     _rewrite_config(stack, quality_target=7, routable_models=["auto"])
     if trigger == "sighup":
         stack.procs["router"].send_signal(signal.SIGHUP)
-    assert _wait_until(lambda: _metric(stack, "model_router_config_reloads_total", result="rejected") == 1)
+    assert wait_until(lambda: router_metric(stack, "model_router_config_reloads_total", result="rejected") == 1)
     assert "policy.quality_target" in stack.log("router").read_text()
     assert _routed(stack, "gpt-4o-mini"), "the running config must stay in force"

@@ -7,10 +7,8 @@ decision log on) and not in any exported span.
 from __future__ import annotations
 
 import json
-import re
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +23,12 @@ from devstack.stack import Stack
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.cli import main
+from tests.integration.conftest import router_metric, wait_until
 from tests.integration.test_routing import HARD, chat_body, post
 from tests.integration.test_telemetry import _fast_envoy_flush, run_traced
 
 SECRET = "turquoise-walrus-private-question"
 FEEDBACK = "/model-router/v1/feedback"
-
-
-def _wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -94,7 +84,7 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
             stub.Feedback(api.FeedbackRequest(decision_id="0123456789abcdef", score=1), timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    assert _wait_until(lambda: len(_jsonl(feedback)) == 2)
+    assert wait_until(lambda: len(_jsonl(feedback)) == 2)
     lines = _jsonl(feedback)
     assert [(x["decision_id"], x["model"], x["score"], x["source"]) for x in lines] == [
         (decision_id, "gpt-4o", 1.0, "http"),
@@ -102,7 +92,7 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
     ]
     assert all(x["requested_model"] == "auto" and x["selected_model"] == "gpt-4o" for x in lines)
 
-    assert _wait_until(lambda: any(x["id"] == decision_id for x in _jsonl(capture)))
+    assert wait_until(lambda: any(x["id"] == decision_id for x in _jsonl(capture)))
     (line,) = [x for x in _jsonl(capture) if x["id"] == decision_id]
     assert line["messages"] == [{"role": "user", "content": f"{SECRET}: {HARD}"}]
     assert (line["schema"], line["requested_model"], line["selected_model"]) == ("openai.chat", "auto", "gpt-4o")
@@ -123,7 +113,7 @@ def test_outcomes_joins_what_the_router_wrote(
     stack, _ = learning
     capture, feedback = _files(stack)
     other, _model = _ask(stack, "What is the capital of Peru?")  # captured, but nobody scores it
-    assert _wait_until(lambda: any(x["id"] == other for x in _jsonl(capture)))
+    assert wait_until(lambda: any(x["id"] == other for x in _jsonl(capture)))
     out = tmp_path / "outcomes.jsonl"
     assert main(["outcomes", "--capture", str(capture), "--feedback", str(feedback), "--out", str(out)]) == 0
     (record,) = _jsonl(out)
@@ -139,9 +129,7 @@ def _rewrite_capture(stack: Stack, **capture: Any) -> None:
 
 
 def _reloads(stack: Stack) -> float:
-    text = httpx.get(stack.metrics_url, timeout=5).text
-    found = re.search(r'^model_router_config_reloads_total\{result="applied"\} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return router_metric(stack, "model_router_config_reloads_total", result="applied")
 
 
 def test_capture_follows_hot_reload(learning: tuple[Stack, OtlpReceiver]) -> None:
@@ -149,12 +137,12 @@ def test_capture_follows_hot_reload(learning: tuple[Stack, OtlpReceiver]) -> Non
     capture, _feedback = _files(stack)
     before = _reloads(stack)
     _rewrite_capture(stack, enabled=False)
-    assert _wait_until(lambda: _reloads(stack) == before + 1)
+    assert wait_until(lambda: _reloads(stack) == before + 1)
     off, _ = _ask(stack, "Is this captured while capture is off?")
     _rewrite_capture(stack, enabled=True)
-    assert _wait_until(lambda: _reloads(stack) == before + 2)
+    assert wait_until(lambda: _reloads(stack) == before + 2)
     on, _ = _ask(stack, "And now that it is on again?")
-    assert _wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
+    assert wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
     assert all(x["id"] != off for x in _jsonl(capture))
 
 
@@ -172,21 +160,21 @@ def test_decide_is_captured_unless_include_decide_is_off(learning: tuple[Stack, 
     stack, _ = learning
     capture, _feedback = _files(stack)
     on = _decide(stack, "Captured through Decide?")
-    assert _wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
+    assert wait_until(lambda: any(x["id"] == on for x in _jsonl(capture)))
     before = _reloads(stack)
     _rewrite_capture(stack, include_decide=False)
     try:
-        assert _wait_until(lambda: _reloads(stack) == before + 1)
+        assert wait_until(lambda: _reloads(stack) == before + 1)
         off = _decide(stack, "Not captured through Decide?")
         live, _ = _ask(stack, "Still captured through Envoy?")
-        assert _wait_until(lambda: any(x["id"] == live for x in _jsonl(capture)))
+        assert wait_until(lambda: any(x["id"] == live for x in _jsonl(capture)))
         assert all(x["id"] != off for x in _jsonl(capture))
         # The decision is still remembered: an application that acted on it can send feedback.
         r = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": off, "score": 1}, timeout=5)
         assert r.status_code == 200, r.text
     finally:
         _rewrite_capture(stack, include_decide=True)
-        assert _wait_until(lambda: _reloads(stack) == before + 2)
+        assert wait_until(lambda: _reloads(stack) == before + 2)
 
 
 def test_sigterm_flushes_every_queued_line(learning: tuple[Stack, OtlpReceiver]) -> None:

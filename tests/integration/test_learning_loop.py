@@ -15,18 +15,17 @@ import json
 import random
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from devstack.stack import Stack
 from extproc.cli import main
+from tests.integration.conftest import router_metric, wait_until
 from tests.integration.test_label import FRONTIER, SMALL, TOKEN, for_labelling, running_judge
 
 MARKER = "zebra"
@@ -72,25 +71,15 @@ def prompts(n: int, seed: int) -> list[str]:
     return out
 
 
-def _wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def _reloads(stack: Stack) -> float:
-    text = httpx.get(stack.metrics_url, timeout=5).text
-    match = re.search(r'^model_router_config_reloads_total\{result="applied"\} (\S+)$', text, re.MULTILINE)
-    assert match is not None
-    return float(match.group(1))
+    return router_metric(stack, "model_router_config_reloads_total", result="applied")
 
 
 def _reconfigure(stack: Stack, classifier: dict[str, Any]) -> None:
     """Edit the live config file and wait until the router has applied it (hot reload by file poll)."""
     before = _reloads(stack)
     stack.write_router_config({"classifier": classifier})
-    _wait_until(lambda: _reloads(stack) > before)
+    assert wait_until(lambda: _reloads(stack) > before, timeout=20.0), "timed out"
 
 
 def _ask(client: openai.OpenAI, prompt: str) -> tuple[str, str, str]:
@@ -136,7 +125,9 @@ def test_capture_label_adapt_candidate_promote(loop: tuple[Stack, str, Path]) ->
     # 1. Capture: live traffic through Envoy; every prompt lands in the capture file under its decision id.
     captured_ids = [_ask(client, p)[0] for p in prompts(RECORDS, seed=1)]
     capture = workdir / "capture.jsonl"
-    _wait_until(lambda: capture.exists() and len(capture.read_text().splitlines()) >= RECORDS)
+    assert wait_until(lambda: capture.exists() and len(capture.read_text().splitlines()) >= RECORDS, timeout=20.0), (
+        "timed out"
+    )
     lines = [json.loads(line) for line in capture.read_text().splitlines()]
     assert [line["id"] for line in lines] == captured_ids
 

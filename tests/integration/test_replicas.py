@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from devstack.stack import Stack
-from tests.integration.test_learning import FEEDBACK, _jsonl, _wait_until
+from tests.integration.conftest import wait_until
+from tests.integration.test_learning import FEEDBACK, _jsonl
 from tests.integration.test_routing import EASY
 
 KEY = "3c1f" * 16
@@ -53,7 +54,7 @@ def test_feedback_reaches_a_replica_that_did_not_decide(replicas: tuple[Stack, S
     assert refused.status_code == 400 and "feedback_token" in refused.json()["error"]["message"]
 
     feedback = other.workdir / "feedback.jsonl"
-    assert _wait_until(lambda: len(_jsonl(feedback)) == 1)
+    assert wait_until(lambda: len(_jsonl(feedback)) == 1)
     (line,) = _jsonl(feedback)
     assert (line["decision_id"], line["selected_model"], line["score"]) == (decision_id, "gpt-4o-mini", 1.0)
     assert not (decided_on.workdir / "feedback.jsonl").exists() or _jsonl(decided_on.workdir / "feedback.jsonl") == []
