@@ -39,15 +39,24 @@ taken as the local port of some outgoing connection (an Envoy or client socket o
 binding port 0 allowed and which made a test stack fail now and then with "Address already in use"."""
 
 
+_handed_out: set[int] = set()
+"""Ports this process already picked: a port is free until its process binds it, seconds later, and a second pick of
+the same number in between (two stacks starting in one test run) would fail one of them."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range, never the same one twice in
+    this process."""
     for _ in range(200):
         port = random.SystemRandom().choice(_LISTEN_PORTS)  # OS entropy: immune to tests that seed `random`
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise OSError(f"no free port in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
 

@@ -10,6 +10,7 @@ text from the request or the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import threading
@@ -94,6 +95,14 @@ class DecisionStore:
                 if first_expires > now and len(entries) <= self._max:
                     break
                 entries.popitem(last=False)
+
+    def answered_by(self, decision_id: str, model: str) -> None:
+        """Record that ``model`` answered instead (an upstream fallback); its expiry is unchanged."""
+        with self._lock:
+            found = self._entries.get(decision_id)
+            if found is not None:
+                expires, entry = found
+                self._entries[decision_id] = (expires, dataclasses.replace(entry, served_model=model))
 
     def get(self, decision_id: str) -> DecisionEntry | None:
         """The entry, unless it is unknown or expired."""
@@ -203,6 +212,8 @@ class FeedbackRecorder:
             if isinstance(verified, FeedbackResult):
                 return verified
             decision_id, entry = verified
+            # The replica that decided may know more than the token it signed before the answer: who answered.
+            entry = self._decisions.get(decision_id) or entry
         else:
             found = self._decisions.get(decision_id)
             if found is None:

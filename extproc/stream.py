@@ -56,6 +56,9 @@ HEADER_PREFIX = "x-model-router-"
 CLUSTER_HEADER = HEADER_PREFIX + "cluster"
 OVERRIDE_HEADER = HEADER_PREFIX + "override"
 OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
+FALLBACK_NAMESPACE = "model_router_fallback"
+"""Envoy's fallback filter writes ``model`` here when a retry reached another cluster under another model's name;
+the ext_proc filter forwards the namespace with response messages (``metadata_options.forwarding_namespaces``)."""
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
@@ -142,6 +145,7 @@ class StreamHandler:
         self._trace = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_HEADERS}
         self._started_ns = 0
         self._usage: UsageScanner | None = None
+        self._fallback_checked = False
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -162,7 +166,7 @@ class StreamHandler:
                 case "response_headers", _ if self._record is not None and self._record.outcome in _ROUTED:
                     return [envoy.response_headers_set(self._decision_headers(self._record))]
                 case "response_body", _ if self._usage is not None:
-                    self._on_response_chunk(msg.response_body)
+                    self._on_response_chunk(msg)
                     return [self._continue(kind)]
                 case _:
                     return [self._continue(kind)]
@@ -262,6 +266,7 @@ class StreamHandler:
         if self._snap.settings.telemetry.response_usage:
             self._usage = UsageScanner()
             self._usage_model = served
+            self._fallback_checked = policy.shadow  # shadow mode writes no metadata, so no filter renames
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
@@ -288,8 +293,12 @@ class StreamHandler:
             self._sink.error("tap_exception")
             return {}
 
-    def _on_response_chunk(self, chunk: pb.HttpBody) -> None:
+    def _on_response_chunk(self, msg: pb.ProcessingRequest) -> None:
         assert self._usage is not None and self._record is not None
+        if not self._fallback_checked:
+            self._fallback_checked = True
+            self._check_fallback(msg)
+        chunk = msg.response_body
         self._usage.feed(chunk.body)
         if chunk.end_of_stream:
             usage = self._usage.finish()
@@ -297,6 +306,28 @@ class StreamHandler:
             if usage is not None:
                 cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
                 self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)
+
+    def _check_fallback(self, msg: pb.ProcessingRequest) -> None:
+        """If Envoy's fallback filter sent the request to another model, usage is that model's (tokens and cost at
+        its price) and feedback by id defaults to it. The record, span and decision metrics keep the router's own
+        choice: they describe the decision, and Envoy's access log describes the retry."""
+        assert self._record is not None and self._request is not None
+        written = msg.metadata_context.filter_metadata.get(FALLBACK_NAMESPACE)
+        value = written.fields.get("model") if written is not None else None
+        name = value.string_value if value is not None else ""
+        if not name or name == self._usage_model.name:
+            return
+        model = next((m for m in self._request.policy.catalog if m.name == name), None)
+        if model is None:  # the filter only names models of the tenant's catalog: a foreign config wrote it
+            self._sink.error("unknown_fallback_model")
+            return
+        self._usage_model = model
+        if self._tap is not None:
+            try:
+                self._tap.answered_by(self._record, name)
+            except Exception as exc:
+                _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
+                self._sink.error("tap_exception")
 
     def _conversation_key(self, parsed: ParsedRequest) -> str | None:
         if self._memory is None or self._request is None:

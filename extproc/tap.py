@@ -33,6 +33,10 @@ class DecisionTap(Protocol):
         Returns dynamic metadata for Envoy (the feedback token), possibly empty."""
         ...
 
+    def answered_by(self, rec: DecisionRecord, model: str) -> None:
+        """Envoy's upstream fallback sent the decided request to ``model`` instead (seen in the response phase)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LearningTap:
@@ -67,3 +71,9 @@ class LearningTap:
         if self.capture is not None and (settings.capture.include_decide or not self.via_decide):
             self.capture.offer(settings.capture, rec, parsed)
         return metadata
+
+    def answered_by(self, rec: DecisionRecord, model: str) -> None:
+        """Feedback by decision id now defaults to the model that answered (a token already sent keeps its model:
+        the README tells senders to name the fallback model)."""
+        if self.decisions is not None:
+            self.decisions.answered_by(rec.decision_id, sys.intern(model))

@@ -11,13 +11,15 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from devstack.stack import Stack
 from devstack.upstream import EXPECT_HEADER, digest_without_model
 from extproc.bodyedit import replace_model
-from tests.integration.conftest import HEURISTIC
+from tests.integration.conftest import HEURISTIC, router_metric, wait_until
 from tests.integration.test_access_log import _access_line
+from tests.integration.test_learning import FEEDBACK
 from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post, received_body
 
 TO_SMALL = {"x-model-router-quality": "0.5"}
@@ -218,6 +220,61 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
             status, tier, cluster = send(0)
             assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
         assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
+
+
+@pytest.fixture(scope="module")
+def watching_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The router reads each response (``telemetry.response_usage``) and remembers decisions for feedback."""
+    workdir = tmp_path_factory.mktemp("fallback-usage")
+    overrides = {
+        **HEURISTIC,
+        "telemetry": {"response_usage": True},
+        "feedback": {"enabled": True, "path": str(workdir / "feedback.jsonl")},
+    }
+    with Stack(workdir=workdir, router_overrides=overrides, envoy_patch=without_outlier_detection) as running:
+        yield running
+
+
+def usage_tokens(stack: Stack, model: str) -> tuple[float, float]:
+    return tuple(  # type: ignore[return-value]
+        router_metric(stack, "model_router_usage_tokens_total", model=model, direction=d) for d in ("input", "output")
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_usage_and_feedback_follow_the_model_that_answered(watching_stack: Stack, stream: bool) -> None:
+    """cheap fails, frontier answers under its own name: the usage the router reads is frontier's (tokens and cost
+    at its price), and feedback by decision id defaults to it; the decision headers keep the router's choice."""
+    before = {m: usage_tokens(watching_stack, m) for m in (MODEL_OF["cheap"], MODEL_OF["frontier"])}
+    fail(watching_stack, "cheap", 503)
+    try:
+        client = openai.OpenAI(base_url=watching_stack.base_url + "/v1", api_key="k", max_retries=0)
+        messages: Any = [{"role": "user", "content": EASY}]
+        with client:
+            if stream:
+                options: Any = {"include_usage": True}
+                sse = client.chat.completions.with_raw_response.create(
+                    model="auto", messages=messages, stream=True, stream_options=options
+                )
+                headers, usage = sse.headers, list(sse.parse())[-1].usage
+            else:
+                whole = client.chat.completions.with_raw_response.create(model="auto", messages=messages)
+                headers, usage = whole.headers, whole.parse().usage
+    finally:
+        fail(watching_stack, "cheap", 0)
+    assert usage is not None
+    assert headers["x-model-router-model"] == MODEL_OF["cheap"]
+    assert headers["x-model-router-fallback-model"] == MODEL_OF["frontier"]
+    frontier = MODEL_OF["frontier"]
+    want = (before[frontier][0] + usage.prompt_tokens, before[frontier][1] + usage.completion_tokens)
+    assert wait_until(lambda: usage_tokens(watching_stack, frontier) == want)
+    assert usage_tokens(watching_stack, MODEL_OF["cheap"]) == before[MODEL_OF["cheap"]]
+    assert router_metric(watching_stack, "model_router_usage_cost_total", model=frontier) > 0
+
+    sent = {"decision_id": headers["x-model-router-decision-id"], "score": 1}
+    answer = httpx.post(watching_stack.base_url + FEEDBACK, json=sent, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == frontier
 
 
 def shift_body_after_the_router(cfg: dict[str, Any]) -> None:

@@ -60,6 +60,20 @@ def test_store_forgets_after_the_ttl() -> None:
     assert len(store) == 0, "an expired entry is dropped when read"
 
 
+def test_a_fallback_changes_the_served_model_and_not_the_expiry() -> None:
+    clock = Clock()
+    store = DecisionStore(max_entries=10, ttl_seconds=60.0, clock=clock)
+    store.remember("a", ENTRY)
+    clock.now += 30
+    store.answered_by("a", "gpt-4o")
+    store.answered_by("unknown", "gpt-4o")  # expired or never seen: nothing to correct, nothing created
+    entry = store.get("a")
+    assert entry is not None and (entry.selected_model, entry.served_model) == ("gpt-4o-mini", "gpt-4o")
+    assert len(store) == 1
+    clock.now += 30
+    assert store.get("a") is None
+
+
 def test_store_is_bounded_oldest_first() -> None:
     store = DecisionStore(max_entries=3, ttl_seconds=60.0, clock=Clock())
     for name in "abcde":
@@ -83,6 +97,7 @@ class Harness:
     recorder: FeedbackRecorder
     spool: Spool
     path: Path
+    store: DecisionStore
 
     def lines(self) -> list[dict[str, Any]]:
         self.spool.close()
@@ -99,7 +114,7 @@ def harness(tmp_path: Path) -> Harness:
     recorder = FeedbackRecorder(
         store, spool, lambda: CATALOG, wall_clock=lambda: 1_700_000_100.0, signer=SIGNER, token_ttl_seconds=600.0
     )
-    return Harness(recorder, spool, path)
+    return Harness(recorder, spool, path, store)
 
 
 @pytest.mark.parametrize(
@@ -178,6 +193,13 @@ def test_a_token_carries_another_replicas_decision(harness: Harness) -> None:
         "selected_model": "gpt-4o-mini",
         "tenant": "acme",
     }
+
+
+def test_a_token_to_the_replica_that_decided_gets_the_model_that_answered(harness: Harness) -> None:
+    """The token is signed before the answer; the store learns of an upstream fallback from the response."""
+    token = SIGNER.sign(ENTRY.token_fields(KNOWN))
+    harness.store.answered_by(KNOWN, "gpt-4o")
+    assert harness.recorder.submit(None, 1, token=token).model == "gpt-4o"
 
 
 def test_a_router_without_a_key_refuses_tokens(tmp_path: Path) -> None:

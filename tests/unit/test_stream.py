@@ -6,10 +6,12 @@ import asyncio
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import json_format
 
 from extproc.classify import ClassifierThreads
 from extproc.config import ServerSettings
-from extproc.record import Outcome
+from extproc.policy import estimate_cost
+from extproc.record import DecisionRecord, Outcome
 from extproc.stream import Classify, ProtocolError, Stage, StreamHandler
 from tests.fakes import (
     FakeDifficultyModel,
@@ -210,3 +212,57 @@ async def test_handler_bug_degrades_to_continue() -> None:
     await handler.handle(headers_msg(chat_headers()))
     (response,) = await handler.handle(body_msg(CHAT))
     assert response == pb.ProcessingResponse(request_body=pb.BodyResponse())
+
+
+class _AnsweredByTap:
+    """Records what the stream tells the learning tap about fallbacks."""
+
+    def __init__(self) -> None:
+        self.answered: list[tuple[str, str]] = []
+
+    def decided(self, *args: object) -> dict[str, str]:
+        return {}
+
+    def answered_by(self, rec: DecisionRecord, model: str) -> None:
+        self.answered.append((rec.decision_id, model))
+
+
+def _fallback_metadata(model: str | None) -> dict[str, object]:
+    """A response message's ``metadata_context`` as Envoy forwards it (``model_router_fallback`` namespace)."""
+    return {} if model is None else {"filter_metadata": {"model_router_fallback": {"model": model}}}
+
+
+USAGE_JSON = b'{"object":"chat.completion","usage":{"prompt_tokens":1000,"completion_tokens":500}}'
+
+
+@pytest.mark.parametrize(
+    ("written", "answered", "error"),
+    [
+        (None, "gpt-4o-mini", None),  # no fallback filter, or no retry
+        ("", "gpt-4o-mini", None),  # an attempt back on the router's own cluster clears the rename
+        ("gpt-4o-mini", "gpt-4o-mini", None),
+        ("gpt-4o", "gpt-4o", None),  # the frontier cluster answered under its own name
+        ("not-in-catalog", "gpt-4o-mini", "unknown_fallback_model"),
+    ],
+)
+async def test_response_usage_is_priced_for_the_model_that_answered(
+    written: str | None, answered: str, error: str | None
+) -> None:
+    settings = demo_settings()
+    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
+    snap = snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
+    sink, tap = RecordingSink(), _AnsweredByTap()
+    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock(), tap=tap)
+    await replay(handler, chat_headers(), CHAT)
+    assert sink.records[0].selected_model == "gpt-4o-mini"
+    for i, part in enumerate((USAGE_JSON[:30], USAGE_JSON[30:])):
+        msg = pb.ProcessingRequest(response_body=pb.HttpBody(body=part, end_of_stream=i == 1))
+        if i == 0:  # Envoy forwards the namespace with every message; the first one decides
+            json_format.ParseDict(_fallback_metadata(written), msg.metadata_context)
+        (response,) = await handler.handle(msg)
+        assert response.WhichOneof("response") == "response_body"
+    cost = estimate_cost(snap.by_name[answered], 1000, 500)
+    assert sink.usages == [(answered, 1000, 500, cost)]
+    assert sink.errors == ([error] if error else [])
+    renamed = answered != "gpt-4o-mini"
+    assert tap.answered == ([(sink.records[0].decision_id, answered)] if renamed else [])
