@@ -1,7 +1,8 @@
 """What the fallback filter (README "Upstream fallback") costs Envoy per request, on its common path.
 
 Envoy alone (ext_proc removed, so the router's cost does not drown the difference) sends every request to the
-``cheap_then_stronger`` chain with ``x-model-router-cluster: cheap`` set by the route, as the router would set it.
+``cheap_then_stronger`` chain with the router's choice (``cluster: cheap`` in its dynamic metadata) set by a
+``set_metadata`` filter, as the router's answer would leave it.
 The upstream answers, so each request is one attempt on the router's own cluster: the filter's header mutation and
 Lua run and change nothing. Setups alternate, ``on`` (``envoy/envoy.yaml`` as shipped) and ``off`` (the chains'
 upstream filters removed), and the result is Envoy's CPU (utime + stime from ``/proc``) per request under wrk.
@@ -35,7 +36,15 @@ def _patch(filters: bool) -> Callable[[dict[str, Any]], None]:
         manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         default = manager["route_config"]["virtual_hosts"][0]["routes"][-1]
         default["route"]["cluster"] = "cheap_then_stronger"
-        default["request_headers_to_add"] = [{"header": {"key": "x-model-router-cluster", "value": "cheap"}}]
+        # What the router's answer leaves for the filter: its choice in the model_router metadata.
+        chosen = {
+            "name": "envoy.filters.http.set_metadata",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+                "metadata": [{"metadata_namespace": "model_router", "value": {"cluster": "cheap"}}],
+            },
+        }
+        manager["http_filters"].insert(-1, chosen)
         if not filters:
             for cluster in cfg["static_resources"]["clusters"]:
                 if cluster["name"].endswith("_then_stronger"):

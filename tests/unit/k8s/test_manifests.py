@@ -25,7 +25,9 @@ import yaml
 
 from devstack.stack import envoy_binary
 from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
+from extproc.constraints import LATENCY_HEADER, MAX_COST_HEADER, QUALITY_HEADER
 from extproc.feedback_http import FEEDBACK_PATH
+from extproc.stream import CLUSTER_HEADER, OVERRIDE_HEADER, OVERRIDE_TOKEN_HEADER
 from extproc.webhook import load_webhook_config
 from tests.unit.k8s.manifests import K8S, K8S_VERSION, KUSTOMIZATIONS, ROOT, Objects, config_map_file, find, kustomize
 
@@ -300,10 +302,20 @@ def test_base_envoy_config_matches_upstream_envoy_yaml(builds: dict[str, Objects
     assert _ext_proc(envoy) == _ext_proc(upstream)
     assert _hcm(envoy)["early_header_mutation_extensions"] == _hcm(upstream)["early_header_mutation_extensions"]
     vhost = _hcm(envoy)["route_config"]["virtual_hosts"][0]
-    assert (
-        vhost["response_headers_to_add"]
-        == _hcm(upstream)["route_config"]["virtual_hosts"][0]["response_headers_to_add"]
-    )
+    upstream_vhost = _hcm(upstream)["route_config"]["virtual_hosts"][0]
+    assert vhost["response_headers_to_add"] == upstream_vhost["response_headers_to_add"]
+    assert vhost["request_headers_to_remove"] == upstream_vhost["request_headers_to_remove"] == ROUTER_REQUEST_HEADERS
+
+
+ROUTER_REQUEST_HEADERS = [
+    CLUSTER_HEADER,
+    OVERRIDE_HEADER,
+    OVERRIDE_TOKEN_HEADER,
+    QUALITY_HEADER,
+    MAX_COST_HEADER,
+    LATENCY_HEADER,
+]
+"""Every request header the router reads or sets: none may reach an upstream (the override token is a secret)."""
 
 
 def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict[str, Objects]) -> None:
@@ -505,6 +517,9 @@ def test_envoy_gateway_overlay(builds: dict[str, Objects]) -> None:
     assert traffic["spec"]["headers"]["earlyRequestHeaders"]["remove"] == ["x-model-router-cluster"]
     assert traffic["spec"]["targetRefs"] == policy["spec"]["targetRefs"]
     route = find(objects, "HTTPRoute")
+    for rule in route["spec"]["rules"]:
+        (modifier,) = rule["filters"]
+        assert modifier["requestHeaderModifier"] == {"remove": ROUTER_REQUEST_HEADERS}
     gateway = policy["spec"]["targetRefs"][0]["name"]
     assert route["spec"]["parentRefs"] == [{"name": gateway}]
     header_values = {
@@ -538,6 +553,7 @@ def test_istio_overlay(builds: dict[str, Objects]) -> None:
         patches["VIRTUAL_HOST"]["patch"]["value"]["response_headers_to_add"]
         == (_hcm(base_envoy)["route_config"]["virtual_hosts"][0]["response_headers_to_add"])
     )
+    assert patches["VIRTUAL_HOST"]["patch"]["value"]["request_headers_to_remove"] == ROUTER_REQUEST_HEADERS
     assert all(p["match"]["context"] == "GATEWAY" for p in envoy_filter["spec"]["configPatches"])
     selector = envoy_filter["spec"]["workloadSelector"]["labels"]
     policy = find(objects, "NetworkPolicy", "model-router")
