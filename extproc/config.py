@@ -318,10 +318,14 @@ def load_yaml(path: Path) -> object:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"<file>: {path} is nested too deeply"]) from None
 
 
 def load_config(path: Path) -> Settings:

@@ -43,6 +43,9 @@ def reload_snapshot(
     except ConfigError as exc:
         _log.error("config reload rejected, keeping the running config: %s", exc)
         return False
+    except Exception as exc:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
+        _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
+        return False
     ref.current = snapshot
     _log.info("config reloaded from %s", path)
     return True
@@ -55,7 +58,13 @@ def _fingerprint(path: Path) -> bytes | None:
         return None
 
 
-async def watch_config(path: Path, ref: SnapshotRef, on_result: Callable[[bool], None], interval: float) -> None:
+async def watch_config(
+    path: Path,
+    ref: SnapshotRef,
+    on_result: Callable[[bool], None],
+    interval: float,
+    load_model: Callable[[Settings], DifficultyModel] = load_model_for,
+) -> None:
     """Poll ``path`` every ``interval`` seconds and reload when its content changes (runs until cancelled).
 
     Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
@@ -68,4 +77,4 @@ async def watch_config(path: Path, ref: SnapshotRef, on_result: Callable[[bool],
         if current is None or current == seen:
             continue
         seen = current
-        on_result(await asyncio.to_thread(reload_snapshot, path, ref))
+        on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model))

@@ -256,6 +256,10 @@ class StreamHandler:
         if rewritten is None:  # duplicate or non-string top-level model: ambiguous, do not touch
             self._pass(PassReason.NO_MODEL)
             return [self._continue("request_body")]
+        if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
+            # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).
+            self._pass(PassReason.BODY_TOO_LARGE)
+            return [self._continue("request_body")]
         if memory_key is not None and self._memory is not None and not policy.shadow:
             self._memory.remember(memory_key, decision.model.ability)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR
-from extproc.config import load_config, parse_config
+from extproc.config import Settings, load_config, parse_config
 from extproc.errors import ConfigError
-from extproc.snapshot import build_snapshot
+from extproc.reload import load_snapshot, watch_config
+from extproc.snapshot import SnapshotRef, build_snapshot
 from tests.fakes import FakeDifficultyModel
 
 MODEL = {"name": "m", "cluster": "c", "tier": "cheap", "input_price_per_mtok": 1, "output_price_per_mtok": 2}
@@ -81,6 +84,52 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("policy: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_bytes(b"# caf\xe9\npolicy: {}\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 5\)"):
+        load_config(bad)
+    bad.write_text("a: " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(bad)
+
+
+async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_watcher(tmp_path: Path) -> None:
+    """Undecodable bytes, or a model that fails to load: each is a rejected reload, and a later valid edit applies."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    running = ref.current
+    results: list[bool] = []
+    broken_loader = {"on": False}
+
+    def load_model(_settings: Settings) -> FakeDifficultyModel:
+        if broken_loader["on"]:
+            raise RuntimeError("onnxruntime could not load the model")
+        return FakeDifficultyModel()
+
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
+    await asyncio.sleep(0)  # the watcher fingerprints the file as it starts
+    try:
+        path.write_bytes(b"# caf\xe9\n" + shipped.encode())
+        await _until(lambda: results == [False])
+        broken_loader["on"] = True
+        path.write_text(shipped + "\n# touched\n")
+        await _until(lambda: results == [False, False])
+        assert ref.current is running
+        broken_loader["on"] = False
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
+        await _until(lambda: results == [False, False, True])
+        assert ref.current.settings.policy.quality_target == 0.7
+    finally:
+        watcher.cancel()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
 
 
 def test_envoy_routes_cover_every_catalog_cluster() -> None:

@@ -142,6 +142,23 @@ async def test_body_over_limit_passes_through() -> None:
     assert sink.records[0].reason == "body_too_large"
 
 
+@pytest.mark.parametrize(("over", "routed"), [(-1, True), (0, True), (1, False)])
+async def test_a_rewrite_never_grows_a_body_over_the_limit(over: int, routed: bool) -> None:
+    """ "auto" -> "gpt-4o-mini" adds 7 bytes: a body within the limit must stay within it, or go unchanged."""
+    handler, sink = make()
+    limit = handler._snap.settings.limits.max_body_bytes
+    # Padded with JSON whitespace, so the prompt (and so the choice, gpt-4o-mini) stays that of CHAT.
+    body = CHAT[:-1] + b" " * (limit - 7 + over - len(CHAT)) + b"}"
+    assert len(body) < limit
+    responses = await replay(handler, chat_headers(), body)
+    if routed:
+        assert len(responses[1].request_body.response.body_mutation.body) == limit + over
+        assert sink.records[0].selected_model == "gpt-4o-mini"
+    else:
+        assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+        assert sink.records[0].reason == "body_too_large"
+
+
 async def test_partial_body_chunk_passes_through() -> None:
     handler, sink = make()
     await handler.handle(headers_msg(chat_headers()))
