@@ -96,6 +96,9 @@ class LimitSettings(_Strict):
     """Bodies larger than this pass through (Envoy's own buffer limit answers 413 first)."""
     max_json_depth: Annotated[int, Field(ge=4, le=1000)] = 64
     """Deeper JSON passes through (orjson itself refuses more than 1024 levels)."""
+    max_json_containers: Annotated[int, Field(ge=100, le=10_000_000)] = 50_000
+    """Bodies with more arrays and objects pass through unparsed: parsing millions of tiny containers takes seconds
+    of the event loop, which every other request shares. 2,000 messages with tool calls stay well below."""
     max_messages: Annotated[int, Field(gt=0, le=1_000_000)] = 2000
     """Chat requests with more messages pass through."""
 

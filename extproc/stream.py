@@ -253,8 +253,8 @@ class StreamHandler:
         memory_key = self._conversation_key(parsed)
         decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
         rewritten = rewrite_model(raw, decision.model.name)
-        if rewritten is None:  # duplicate or non-string top-level model: ambiguous, do not touch
-            self._pass(PassReason.NO_MODEL)
+        if rewritten is None:  # a duplicate key, or too costly to locate: ambiguous, do not touch
+            self._pass(PassReason.AMBIGUOUS_MODEL)
             return [self._continue("request_body")]
         if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).

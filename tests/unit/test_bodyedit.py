@@ -84,3 +84,12 @@ def test_any_body_changes_only_model(extra: dict[str, object], new: str) -> None
     assert orjson.loads(out) == {**body, "model": new}
     prefix_end = raw.index(b'"model":"auto"') + len(b'"model":')
     assert out.startswith(raw[:prefix_end]) and out.endswith(raw[prefix_end + len(b'"auto"') :])
+
+
+@pytest.mark.parametrize(("strings", "found"), [(90_000, True), (110_000, False)])
+def test_the_slow_path_gives_up_on_bodies_built_to_be_slow(strings: int, found: bool) -> None:
+    """A ``\\u`` escape forces the token walk; past 200,000 tokens (a string and a comma each) it stops."""
+    raw = b'{"model":"auto","messages":[{"role":"user","content":"caf\\u00e9"}],"x":[' + b",".join([b'"a"'] * strings)
+    raw += b"]}"
+    assert orjson.loads(raw)["model"] == "auto"
+    assert (replace_model(raw, "gpt-4o") is not None) is found

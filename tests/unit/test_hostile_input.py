@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from extproc.bodyedit import find_model_span
 from extproc.config import LimitSettings, OverrideSettings, SecuritySettings
-from extproc.request import PassReason, Passthrough, json_depth_exceeds, parse_request
+from extproc.request import PassReason, Passthrough, json_containers_exceed, json_depth_exceeds, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.stream import StreamHandler
 from tests.fakes import RecordingSink, demo_settings, inline_classify, sequential_ids, snapshot
@@ -105,6 +105,18 @@ async def test_corpus_edge_cases_route_or_pass(name: str, routed: bool) -> None:
             id="messages",
         ),
         pytest.param(LimitSettings(max_body_bytes=10), b'{"model":"auto","messages":[]}', "body_too_large", id="size"),
+        pytest.param(
+            LimitSettings(max_json_containers=100),
+            orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": [[]] * 99}),
+            "json_too_complex",
+            id="containers",
+        ),
+        pytest.param(
+            LimitSettings(),
+            b'{"model":"gpt-4o","model":"auto","messages":[{"role":"user","content":"x"}]}',
+            "ambiguous_model",
+            id="duplicate-model-last-routable",
+        ),
     ],
 )
 async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: str) -> None:
@@ -112,6 +124,22 @@ async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: s
     responses = await replay(handler, chat_headers(), body)
     assert responses[1] == UNCHANGED
     assert sink.records[0].reason == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "exceeds"),
+    [
+        (b'{"a":[[],{}]}', False),  # 4 containers
+        (b'{"a":[[],{},[]]}', True),
+        (b'{"a":"[[[[{{{{","b":[]}', False),  # brackets inside strings are not containers
+        (b'{"a":"\\"[[[[","b":[]}', False),  # nor after an escaped quote
+        (b'{"a":"\\\\","b":[[],[],[]]}', True),  # an escaped backslash ends the string before the quote
+        (b'{{{{{"' + b'\\"' * 10_000, True),  # unterminated string: still an answer, and in linear time
+        (b'{"a":"' + b"[" * 10_000, False),
+    ],
+)
+def test_container_count_is_exact_and_ignores_strings(raw: bytes, exceeds: bool) -> None:
+    assert json_containers_exceed(raw, 4) is exceeds
 
 
 def test_depth_check_is_exact() -> None:

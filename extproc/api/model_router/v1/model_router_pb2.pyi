@@ -89,6 +89,8 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     REASON_NOT_AN_OBJECT: _Reason.ValueType  # 30
     REASON_NO_MODEL: _Reason.ValueType  # 31
     REASON_MODEL_NOT_ROUTABLE: _Reason.ValueType  # 32
+    REASON_JSON_TOO_COMPLEX: _Reason.ValueType  # 33
+    REASON_AMBIGUOUS_MODEL: _Reason.ValueType  # 34
     REASON_INVALID_CONSTRAINT: _Reason.ValueType  # 50
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
@@ -118,6 +120,8 @@ REASON_TOO_MANY_MESSAGES: Reason.ValueType  # 29
 REASON_NOT_AN_OBJECT: Reason.ValueType  # 30
 REASON_NO_MODEL: Reason.ValueType  # 31
 REASON_MODEL_NOT_ROUTABLE: Reason.ValueType  # 32
+REASON_JSON_TOO_COMPLEX: Reason.ValueType  # 33
+REASON_AMBIGUOUS_MODEL: Reason.ValueType  # 34
 REASON_INVALID_CONSTRAINT: Reason.ValueType  # 50
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
