@@ -1,10 +1,10 @@
 """``POST /v1/feedback`` over HTTP: the gRPC ``Feedback`` method for applications that only speak HTTP.
 
 Both go through the same :class:`~extproc.feedback.FeedbackRecorder`. The server is the standard library's threaded
-WSGI server (as ``prometheus_client`` serves ``/metrics``): each request is handled on its own thread, never on the
-event loop. It listens on ``feedback.listen``, its own port rather than the metrics one, because it accepts writes
-and the metrics port is often open to every scraper. ``envoy/envoy.yaml`` forwards ``/model-router/v1/feedback``
-here, so an application can post through the gateway. Request::
+WSGI server, bounded (``extproc/wsgi_server.py``, as for ``/metrics``): each request is handled on its own thread,
+never on the event loop. It listens on ``feedback.listen``, its own port rather than the metrics one, because it
+accepts writes and the metrics port is often open to every scraper. ``envoy/envoy.yaml`` forwards
+``/model-router/v1/feedback`` here, so an application can post through the gateway. Request::
 
     POST /v1/feedback  {"decision_id": "3f2a...", "score": 1, "model": "gpt-4o-mini"}   (model optional)
     POST /v1/feedback  {"feedback_token": "v1....", "score": 1}    (any replica with the signing key)
@@ -15,16 +15,13 @@ Answers: 200 ``{"decision_id", "model", "score"}``; 400 / 404 / 503 ``{"error": 
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
+from extproc.wsgi_server import MAX_CONNECTIONS, serve_wsgi
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -100,36 +97,11 @@ def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No per-request lines on stderr (the router's log is JSON; Envoy has the access log)."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Discard."""
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _ThreadingServer6(_ThreadingServer):
-    address_family = socket.AF_INET6
-
-
-def start_feedback_server(listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5) -> Callable[[], None]:
+def start_feedback_server(
+    listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5, max_connections: int = MAX_CONNECTIONS
+) -> Callable[[], None]:
     """Serve the feedback endpoint on ``listen`` (``host:port``, ``[v6]:port``) in a thread; return a stop function.
 
     ``poll_interval`` is how often the server checks for a stop request (the stop function waits up to that long).
     """
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
-    server = make_server(host, int(port), feedback_app(recorder), server_class, _QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name="feedback-http", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=2)
-
-    return stop
+    return serve_wsgi(listen, feedback_app(recorder), "feedback-http", poll_interval, max_connections)

@@ -13,7 +13,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.classify import ClassifierThreads
@@ -24,6 +24,7 @@ from extproc.reload import reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
+from extproc.wsgi_server import serve_wsgi
 
 __all__ = ["serve"]
 
@@ -35,15 +36,7 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
     """Serve ``/metrics`` on ``listen`` (``host:port``); return a stop function."""
     if not listen:
         return lambda: None
-    host, _, port = listen.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=telemetry.registry)
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=2)
-
-    return stop
+    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http")
 
 
 async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = None) -> None:
@@ -84,7 +77,8 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
             server,
         )
         services.append(DECIDE_SERVICE)
-    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        # Reflection only beside the Decide API: it reveals the services, and decision_api: false turns both off.
+        reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
         stop_metrics()
         learning.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["RotatingJsonl", "Spool", "SpoolTarget"]
+__all__ = ["RotatingJsonl", "Spool", "SpoolTarget", "open_private_append"]
 
 _log = logging.getLogger("model_router.spool")
 _MODE = 0o600
@@ -48,6 +48,18 @@ class SpoolTarget:
     """Bound of the live file and ``<path>.1`` together."""
     ttl_seconds: float | None = None
     """No line is kept longer than this; None = bounded by size only."""
+
+
+def open_private_append(path: Path) -> int:
+    """A file descriptor appending to ``path``, created or made owner-only (0600), never through a symlink: the files
+    the router and its tools write hold prompts."""
+    fd = os.open(path, _OPEN_FLAGS, _MODE)
+    try:
+        os.fchmod(fd, _MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _first_stamp(path: Path, time_key: str) -> float | None:
@@ -109,9 +121,8 @@ class RotatingJsonl:
         path = self.target.path
         if not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, _OPEN_FLAGS, _MODE)
+        fd = open_private_append(path)
         try:
-            os.fchmod(fd, _MODE)
             self._size = os.fstat(fd).st_size
             if self._size and _last_byte(path) != b"\n":
                 self._size += os.write(fd, b"\n")

@@ -25,6 +25,7 @@ from extproc.labeling.progress import Progress
 from extproc.labeling.records import PromptFile, PromptItem, RecordWriter, ResumeState, prepare_output, read_prompts
 from extproc.labeling.retry import RetryPolicy
 from extproc.labeling.run import OVERRIDE_TOKEN_HEADER, Labeller, LabelSettings, RunStats, label_items
+from extproc.spool import open_private_append
 
 __all__ = ["Console", "UsageError", "run_label_command"]
 
@@ -215,7 +216,8 @@ async def _label(
         judge = ChatEndpoint(http, args.judge_base_url, bearer(judge_key), args.judge_timeout, limiter, time.time)
         labeller = Labeller(answers, judge, settings, ledger, asyncio.sleep, random.Random().random, stats)
         progress = Progress(len(todo), console.stderr, time.monotonic, console.stderr.isatty())
-        with args.out.open("ab") as fh:
+        # Owner-only, as the capture and feedback files: each record holds the prompt it labels.
+        with os.fdopen(open_private_append(args.out), "ab") as fh:
             await label_items(todo, labeller, RecordWriter(fh), Budget(settings.max_cost, ledger), progress)
 
 

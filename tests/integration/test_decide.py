@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -123,3 +124,24 @@ def test_explain_asks_the_running_router(dstack: Stack, channel: grpc.Channel) -
     assert reply.decision.selected_model == "gpt-4o"
     assert f"-> {reply.decision.selected_model} (tier {reply.decision.tier}" in shown.splitlines()[0]
     assert len(reply.models) == 3
+
+
+def test_decision_api_off_turns_off_decide_and_reflection(tmp_path: Path) -> None:
+    """server.decision_api: false leaves ext_proc and health on the port, and nothing that reveals the catalog."""
+    overrides = {**OVERRIDES, "server": {"decision_api": False}}
+    with Stack(workdir=tmp_path, router_overrides=overrides) as stack:
+        assert "x-model-router-model" in post(stack, chat_body(EASY)).headers, "ext_proc still routes"
+        with grpc.insecure_channel(f"127.0.0.1:{stack.router_port}") as ch:
+            for call in (
+                lambda: api_grpc.ModelRouterServiceStub(ch).Decide(api.DecideRequest(path="/v1/chat/completions")),
+                lambda: list(
+                    reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                    )
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING

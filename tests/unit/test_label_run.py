@@ -271,6 +271,7 @@ def test_command_labels_resumes_and_summarises(tmp_path: Path) -> None:
     assert [r["scores"] for r in rows] == [{"small": 1 / 3, "big": 1.0}] * 3
     assert "estimate for 3 items x 2 models" in out and "labelled 3 items" in out and "skipped 0" in out
     assert "label: 3/3" in err  # stderr is not a terminal: plain progress lines
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o600, "the records hold prompts: owner-only"
     write_prompts(tmp_path, 5)
     code, out, _ = run(tmp_path, api, "--yes")
     assert code == 0 and "labelled 2 items" in out and "skipped 3 items already" in out

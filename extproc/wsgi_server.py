@@ -1,0 +1,85 @@
+"""The router's two small HTTP servers (``/metrics``, ``POST /v1/feedback``): threaded WSGI, bounded.
+
+Both ports can be reachable by clients (the feedback route goes through the gateway; the metrics port is often open
+to every scraper), so a thread per connection must not be unbounded: idle or slow connections time out after
+``timeout`` seconds, and past ``max_connections`` open connections new ones are closed at once instead of getting a
+thread. The threads live in the ext_proc process, whose memory and pids bound its routing.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
+
+__all__ = ["serve_wsgi"]
+
+MAX_CONNECTIONS = 32
+TIMEOUT_SECONDS = 10.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No per-request lines on stderr (the router's log is JSON; Envoy has the access log); reads time out."""
+
+    timeout = TIMEOUT_SECONDS
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Discard."""
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    _slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # replaced per server by serve_wsgi
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the bound: closed, never queued on a thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _BoundedServer6(_BoundedServer):
+    address_family = socket.AF_INET6
+
+
+def serve_wsgi(
+    listen: str,
+    app: WSGIApplication,
+    name: str,
+    poll_interval: float = 0.5,
+    max_connections: int = MAX_CONNECTIONS,
+    timeout: float = TIMEOUT_SECONDS,
+) -> Callable[[], None]:
+    """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``) in a thread named ``name``; return a stop function
+    (which waits up to ``poll_interval`` seconds for the serving loop to notice)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    server_class = _BoundedServer6 if ":" in host else _BoundedServer
+    handler = type("_Handler", (_QuietHandler,), {"timeout": timeout})
+    server = make_server(host, int(port), app, server_class, handler)
+    server._slots = threading.BoundedSemaphore(max_connections)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name=name, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
+
+    return stop

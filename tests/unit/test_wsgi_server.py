@@ -1,0 +1,53 @@
+"""The router's HTTP servers (metrics, feedback) bound their threads: idle connections time out, and connections
+over the bound are closed at once instead of each getting a thread."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from devstack.stack import free_port
+from extproc.wsgi_server import serve_wsgi
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+
+def _ok(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    port = free_port()
+    stop = serve_wsgi(f"127.0.0.1:{port}", _ok, "test-http", poll_interval=0.02, max_connections=2, timeout=0.5)
+    yield f"http://127.0.0.1:{port}/"
+    stop()
+
+
+def _idle(url: str) -> socket.socket:
+    """A connection that never sends a request (a slow or hostile client)."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_connections_over_the_bound_are_closed_and_idle_ones_time_out(url: str) -> None:
+    assert httpx.get(url, timeout=5).text == "ok"
+    idle = [_idle(url), _idle(url)]
+    time.sleep(0.1)  # both accepted and holding a slot
+    third = _idle(url)
+    assert third.recv(1) == b"", "over the bound: closed at once, not queued on a thread"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url, timeout=5)
+    # The idle ones time out (0.5 s here, 10 s by default) and free their slots.
+    for sock in idle:
+        assert sock.recv(1) == b""
+    assert httpx.get(url, timeout=5).text == "ok"
+    for sock in [*idle, third]:
+        sock.close()
