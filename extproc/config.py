@@ -125,7 +125,8 @@ class TelemetrySettings(_Strict):
     """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; null = ``OTEL_EXPORTER_OTLP_ENDPOINT`` or no traces."""
     sampling_ratio: Unit = 1.0
     """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""
-    service_name: Annotated[str, Field(min_length=1, max_length=100)] = "model-router"
+    service_name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    """The spans' ``service.name``; null = ``OTEL_SERVICE_NAME``, else ``model-router``."""
     response_usage: bool = False
     """Read real token usage from upstream responses (JSON and SSE) into metrics and logs. Off by default: Envoy
     then sends every response chunk to the router, which keeps each stream open for the whole response."""

@@ -245,7 +245,8 @@ class Telemetry:
             ["result"],
             registry=r,
         )
-        resource = Resource.create({"service.name": settings.service_name})  # + OTEL_RESOURCE_ATTRIBUTES
+        service = settings.service_name or os.environ.get("OTEL_SERVICE_NAME") or "model-router"
+        resource = Resource.create({"service.name": service})  # + OTEL_RESOURCE_ATTRIBUTES
         self._resource = [(k, v) for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)]
         self._spans = span_sink if span_sink is not None else self._exporter()
         self._shared_attributes: dict[tuple[object, ...], bytes] = {}

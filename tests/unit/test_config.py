@@ -144,3 +144,15 @@ def test_envoy_routes_cover_every_catalog_cluster() -> None:
     }
     catalog = {m.cluster for m in load_config(ENVOY_DIR / "model-router.yaml").catalog}
     assert catalog <= routed <= clusters
+
+
+def test_the_readmes_full_example_is_a_valid_config_with_every_key() -> None:
+    """README "Configuration": the example names every setting (so a new key must be documented) and validates."""
+    readme = (ENVOY_DIR.parent / "README.md").read_text()
+    example = readme[readme.index("A full example (") :]
+    data = yaml.safe_load(example[example.index("```yaml\n") + 8 : example.index("```\n", 8)])
+    parse_config(data)
+    for section in ("server", "limits", "telemetry", "feedback", "capture", "classifier", "security", "policy"):
+        model = type(getattr(parse_config(data), section))
+        missing = set(model.model_fields) - set(data.get(section) or {})
+        assert not missing, f"README example lacks {section}.{sorted(missing)}"

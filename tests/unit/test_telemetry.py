@@ -185,6 +185,19 @@ def test_span_attributes_equal_the_routing_decision_mapping(rec: DecisionRecord)
     assert span_attributes(rec) == expected
 
 
+@pytest.mark.parametrize(
+    ("configured", "env", "want"),
+    [(None, None, "model-router"), (None, "from-env", "from-env"), ("from-config", "from-env", "from-config")],
+)
+def test_service_name(monkeypatch: pytest.MonkeyPatch, configured: str | None, env: str | None, want: str) -> None:
+    if env is None:
+        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_SERVICE_NAME", env)
+    telemetry = Telemetry(TelemetrySettings(service_name=configured), logging.getLogger("test"), SpanList())
+    assert ("service.name", want) in telemetry._resource
+
+
 def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
