@@ -172,6 +172,9 @@ class FeedbackSettings(_Strict):
     max_decisions: Annotated[int, Field(gt=0, le=10_000_000)] = 50_000
     """Bound of the in-memory decision store (oldest evicted first; about 330 bytes each): size it as decision
     rate x the delay before feedback arrives."""
+    max_scores_per_decision: Annotated[int, Field(gt=0, le=1000)] = 10
+    """Accepted scores per decision (re-scores and other models' scores included); more are refused (429), so one
+    decision's scores cannot flood the bounded feedback file and rotate the others out."""
     signing_key_file: Path | None = None
     """A file of shared keys (one per line, each >= 32 characters; the first signs): each decision gets a signed
     ``x-model-router-feedback-token`` that any replica with the key accepts (README "Several replicas")."""

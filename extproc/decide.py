@@ -135,6 +135,7 @@ _FEEDBACK_CODES = {
     FeedbackStatus.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     FeedbackStatus.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     FeedbackStatus.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    FeedbackStatus.TOO_MANY: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

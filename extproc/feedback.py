@@ -78,6 +78,8 @@ class DecisionStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[float, DecisionEntry]] = OrderedDict()
+        self._scored: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        """Decision id -> accepted scores so far (ids from tokens too), under the same bounds as the entries."""
 
     def __len__(self) -> int:
         with self._lock:
@@ -87,14 +89,36 @@ class DecisionStore:
         """Keep ``entry`` for the TTL; drops expired entries and, over the bound, the oldest ones."""
         now = self._clock()
         with self._lock:
-            entries = self._entries
-            entries[decision_id] = (now + self._ttl, entry)
-            entries.move_to_end(decision_id)
-            while entries:
-                first_expires, _ = next(iter(entries.values()))
-                if first_expires > now and len(entries) <= self._max:
-                    break
-                entries.popitem(last=False)
+            self._entries[decision_id] = (now + self._ttl, entry)
+            self._entries.move_to_end(decision_id)
+            self._prune(self._entries, now)
+
+    def _prune(self, table: OrderedDict[str, Any], now: float) -> None:
+        """Drop expired entries and, over the bound, the oldest ones (insertion order is expiry order)."""
+        while table:
+            first_expires, _ = next(iter(table.values()))
+            if first_expires > now and len(table) <= self._max:
+                break
+            table.popitem(last=False)
+
+    def admit_score(self, decision_id: str, limit: int) -> bool:
+        """Count one more score for ``decision_id``; False (and not counted) once ``limit`` were admitted: one
+        decision's scores must not flood the feedback file and rotate everyone else's out of it."""
+        now = self._clock()
+        with self._lock:
+            expires, count = self._scored.get(decision_id, (now + self._ttl, 0))
+            if count >= limit:
+                return False
+            self._scored[decision_id] = (expires, count + 1)
+            self._prune(self._scored, now)
+            return True
+
+    def take_back_score(self, decision_id: str) -> None:
+        """Undo one :meth:`admit_score` (the score was not written after all)."""
+        with self._lock:
+            found = self._scored.get(decision_id)
+            if found is not None and found[1] > 0:
+                self._scored[decision_id] = (found[0], found[1] - 1)
 
     def answered_by(self, decision_id: str, model: str) -> None:
         """Record that ``model`` answered instead (an upstream fallback); its expiry is unchanged."""
@@ -125,6 +149,8 @@ class FeedbackStatus(enum.Enum):
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
     """The writer's queue is full (or the router is stopping): retry later."""
+    TOO_MANY = "resource_exhausted"
+    """This decision already has ``feedback.max_scores_per_decision`` scores."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +180,11 @@ class FeedbackRecorder:
         on_result: Callable[[str, str], None] = lambda result, source: None,
         signer: TokenSigner | None = None,
         token_ttl_seconds: float = 3600.0,
+        max_scores_per_decision: int = 10,
     ) -> None:
         """``on_result(status, source)`` counts every submission (``model_router_feedback_total``); ``signer``
-        verifies feedback tokens (None: tokens are refused), accepted ``token_ttl_seconds`` after the decision."""
+        verifies feedback tokens (None: tokens are refused), accepted ``token_ttl_seconds`` after the decision;
+        past ``max_scores_per_decision`` accepted scores, a decision's feedback is refused."""
         self._decisions = decisions
         self._spool = spool
         self._catalog = catalog
@@ -164,6 +192,7 @@ class FeedbackRecorder:
         self._on_result = on_result
         self._signer = signer
         self._token_ttl = token_ttl_seconds
+        self._max_scores = max_scores_per_decision
 
     def submit(
         self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
@@ -235,7 +264,13 @@ class FeedbackRecorder:
             "tenant": entry.tenant,
             "source": source,
         }
+        if not self._decisions.admit_score(decision_id, self._max_scores):
+            return FeedbackResult(
+                FeedbackStatus.TOO_MANY,
+                f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)",
+            )
         if not self._spool.offer(line):
+            self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused
             return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback queue full; retry later")
         return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, checked)
 

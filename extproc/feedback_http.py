@@ -36,6 +36,7 @@ _STATUS = {
     FeedbackStatus.INVALID: "400 Bad Request",
     FeedbackStatus.NOT_FOUND: "404 Not Found",
     FeedbackStatus.UNAVAILABLE: "503 Service Unavailable",
+    FeedbackStatus.TOO_MANY: "429 Too Many Requests",
 }
 
 

@@ -66,7 +66,13 @@ def start_learning(
     spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
     spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
     recorder = FeedbackRecorder(
-        decisions, spool, catalog, on_result=on_feedback, signer=signer, token_ttl_seconds=cfg.decision_ttl_seconds
+        decisions,
+        spool,
+        catalog,
+        on_result=on_feedback,
+        signer=signer,
+        token_ttl_seconds=cfg.decision_ttl_seconds,
+        max_scores_per_decision=cfg.max_scores_per_decision,
     )
     try:
         stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)

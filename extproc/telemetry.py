@@ -228,7 +228,8 @@ class Telemetry:
         )
         self.feedback = Counter(
             "model_router_feedback",
-            "Feedback submissions by result (recorded, invalid_argument, not_found, unavailable) and source.",
+            "Feedback submissions by result (recorded, invalid_argument, not_found, unavailable, resource_exhausted) "
+            "and source.",
             ["result", "source"],
             registry=r,
         )

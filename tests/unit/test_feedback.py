@@ -345,6 +345,27 @@ async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRout
     assert [(line["decision_id"], line["score"]) for line in harness.lines()] == [(KNOWN, 0.0), (ELSEWHERE, 1.0)]
 
 
+async def test_too_many_scores_are_429_and_resource_exhausted(
+    harness: Harness, http_url: str, feedback_stub: api_grpc.ModelRouterServiceStub
+) -> None:
+    for _ in range(10):  # the default feedback.max_scores_per_decision, used up
+        assert harness.store.admit_score(KNOWN, 10)
+    r = httpx.post(http_url + "/v1/feedback", json={"decision_id": KNOWN, "score": 1})
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "resource_exhausted")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await feedback_stub.Feedback(api.FeedbackRequest(decision_id=KNOWN, score=1), timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert harness.lines() == []
+
+
+def test_a_score_the_writer_could_not_take_does_not_count(harness: Harness) -> None:
+    """The harness's writer queue holds 4: the 5th is UNAVAILABLE (retry later), and the retry is not refused."""
+    got = [harness.recorder.submit(KNOWN, 1).status for _ in range(5)]
+    assert got == [FeedbackStatus.RECORDED] * 4 + [FeedbackStatus.UNAVAILABLE]
+    harness.lines()  # writes the queue out
+    assert [harness.store.admit_score(KNOWN, 10) for _ in range(7)] == [True] * 6 + [False]
+
+
 async def test_grpc_feedback_when_disabled_is_failed_precondition() -> None:
     server = grpc.aio.server()
     snaps = SnapshotRef(snapshot(settings=demo_settings()))
@@ -360,3 +381,37 @@ async def test_grpc_feedback_when_disabled_is_failed_precondition() -> None:
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         await server.stop(None)
+
+
+def test_one_decision_cannot_flood_the_feedback_file(tmp_path: Path) -> None:
+    """Past max_scores_per_decision accepted scores (by id or by token alike), a decision's feedback is refused and
+    nothing is written; other decisions are unaffected; refusals do not use up the allowance."""
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=64, start=False)
+    path = tmp_path / "feedback.jsonl"
+    spool.configure(SpoolTarget(path, max_bytes=1 << 20))
+    recorder = FeedbackRecorder(
+        store, spool, lambda: CATALOG, signer=SIGNER, token_ttl_seconds=1e12, max_scores_per_decision=3
+    )
+    token = SIGNER.sign(ENTRY.token_fields(KNOWN))
+    got = [recorder.submit(KNOWN, 1).status, recorder.submit(None, 0, token=token).status]
+    got += [recorder.submit(KNOWN, 1, "gpt-4o").status, recorder.submit(KNOWN, 7).status]  # invalid: not counted
+    refused = recorder.submit(KNOWN, 1)
+    assert got == [FeedbackStatus.RECORDED] * 3 + [FeedbackStatus.INVALID]
+    assert refused == FeedbackResult(
+        FeedbackStatus.TOO_MANY,
+        "decision_id: already 3 scores for this decision (feedback.max_scores_per_decision)",
+    )
+    assert recorder.submit(None, 1, token=ELSEWHERE_TOKEN).status is FeedbackStatus.RECORDED
+    spool.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [line["decision_id"] for line in lines] == [KNOWN] * 3 + [ELSEWHERE]
+
+
+def test_the_score_counts_are_bounded_like_the_store() -> None:
+    store = DecisionStore(max_entries=3, ttl_seconds=60.0, clock=Clock())
+    for n in range(10):
+        assert store.admit_score(f"{n:016x}", 1)
+    assert store.admit_score(f"{9:016x}", 1) is False
+    assert store.admit_score(f"{0:016x}", 1), "the oldest counts were dropped at the bound"
