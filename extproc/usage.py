@@ -10,6 +10,8 @@ are parsed (OpenAI chat/completions final chunk with ``stream_options.include_us
 from __future__ import annotations
 
 import contextlib
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,12 @@ import orjson
 __all__ = ["Usage", "UsageScanner"]
 
 _INPUT_KEYS = ("prompt_tokens", "input_tokens")
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+_LONGEST_FIELD = 6
+_BOM = b"\xef\xbb\xbf"
+_GZIP = b"\x1f\x8b"
+_MAX_INFLATE = 256
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _OUTPUT_KEYS = ("completion_tokens", "output_tokens")
 
 
@@ -49,12 +57,23 @@ def _count(usage: dict[str, Any], keys: tuple[str, ...]) -> int | None:
 
 
 class UsageScanner:
-    """Feed response chunks in order; ``finish()`` returns the usage, or None if the response reported none."""
+    """Feed response chunks in order; ``finish()`` returns the usage, or None if the response reported none.
+
+    Every step costs time in proportion to the chunk, never to what came before: leading whitespace is dropped as it
+    arrives, SSE lines are cut at ``\\n``, ``\\r\\n`` or ``\\r`` (the SSE spec allows all three) by searching only
+    the new chunk, and a line longer than the cap is dropped whole rather than cut. A gzip body (the OpenAI SDK asks
+    for gzip) is inflated as it streams, at most ``_MAX_INFLATE`` times the compressed size (a bomb gives no usage,
+    not memory).
+    """
 
     def __init__(self, max_json_bytes: int = 1 << 20) -> None:
         self._max = max_json_bytes
-        self._buffer = bytearray()
+        self._prefix: bytes | None = b""  # the first raw bytes, until gzip or not is known
+        self._inflate: Any = None
+        self._head = b""  # the first bytes after whitespace (and a BOM), until SSE or JSON is known
         self._sse: bool | None = None
+        self._buffer = bytearray()
+        self._skip_line = False
         self._overflow = False
         self._input: int | None = None
         self._output: int | None = None
@@ -74,32 +93,86 @@ class UsageScanner:
 
     def feed(self, chunk: bytes) -> None:
         """Consume one response chunk."""
+        if self._prefix is not None:
+            self._prefix += chunk
+            if len(self._prefix) < len(_GZIP):
+                return
+            chunk, self._prefix = self._prefix, None
+            if chunk.startswith(_GZIP):
+                self._inflate = zlib.decompressobj(wbits=31)
+        if self._inflate is not None:
+            chunk = self._inflated(chunk)
+        self._feed_text(chunk)
+
+    def _inflated(self, chunk: bytes) -> bytes:
+        try:
+            out: bytes = self._inflate.decompress(chunk, _MAX_INFLATE * len(chunk) + (1 << 20))
+        except zlib.error:
+            out, self._inflate = b"", _Dead()
+        if self._inflate.unconsumed_tail:  # more than the ratio allows: a bomb, not a response
+            out, self._inflate = b"", _Dead()
+        if isinstance(self._inflate, _Dead):
+            self._overflow = True
+        return out
+
+    def _feed_text(self, data: bytes) -> None:
+        if self._overflow:
+            return
         if self._sse is None:
-            self._buffer += chunk
-            head = bytes(self._buffer).lstrip()
-            if len(head) < 6 and not head.startswith((b"{", b"[")):
+            data = self._head + (data if self._head else data.lstrip())
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :].lstrip()
+            if len(data) < _LONGEST_FIELD and not data.startswith((b"{", b"[")):
+                self._head = data
                 return  # too little to tell SSE from JSON yet
-            self._sse = head.startswith((b"data:", b"event:", b":"))
-            chunk, self._buffer = bytes(self._buffer), bytearray()
+            self._head = b""
+            self._sse = data.startswith(_SSE_FIELDS)
         if self._sse:
-            self._buffer += chunk
-            *lines, rest = bytes(self._buffer).split(b"\n")
-            self._buffer = bytearray(rest[: self._max])
-            for line in lines:
-                self._scan_line(line.rstrip(b"\r"))
-        elif not self._overflow:
-            self._buffer += chunk
+            self._feed_sse(data)
+        else:
+            self._buffer += data
             if len(self._buffer) > self._max:
                 self._overflow, self._buffer = True, bytearray()
 
+    def _feed_sse(self, data: bytes) -> None:
+        start = 0
+        for end in _LINE_END.finditer(data):
+            self._end_line(data[start : end.start()])
+            start = end.end()
+        if not self._skip_line:
+            self._buffer += data[start:]
+            if len(self._buffer) > self._max:
+                self._skip_line, self._buffer = True, bytearray()
+
+    def _end_line(self, piece: bytes) -> None:
+        if self._skip_line:
+            self._skip_line = False  # the end of a line that outgrew the cap: dropped whole
+        elif self._buffer:
+            self._buffer += piece
+            self._scan_line(bytes(self._buffer))
+        else:
+            self._scan_line(piece)
+        self._buffer.clear()
+
     def finish(self) -> Usage | None:
         """The usage seen, once the response has ended."""
+        if self._prefix:
+            self._feed_text(self._prefix)
         if self._sse:
-            self._scan_line(bytes(self._buffer).rstrip(b"\r"))
-        elif self._buffer and not self._overflow:  # JSON, or too short to tell: try it as JSON
+            self._end_line(b"")
+        elif not self._overflow and (self._buffer or self._head):  # JSON, or too short to tell: try it as JSON
             with contextlib.suppress(orjson.JSONDecodeError):
-                self._take(orjson.loads(bytes(self._buffer)))
+                self._take(orjson.loads(bytes(self._buffer or self._head)))
         self._buffer = bytearray()
         if self._input is None and self._output is None:
             return None
         return Usage(self._input or 0, self._output or 0)
+
+
+class _Dead:
+    """A stopped inflater: what follows a bomb or a corrupt gzip stream is ignored."""
+
+    unconsumed_tail = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return b""

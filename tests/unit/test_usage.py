@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import orjson
 import pytest
 
@@ -51,3 +53,59 @@ def test_json_over_cap_is_dropped_not_buffered() -> None:
     scanner = UsageScanner(max_json_bytes=16)
     scanner.feed(CHAT_JSON)
     assert scanner.finish() is None
+
+
+def _feed(body: bytes, chunk: int, scanner: UsageScanner | None = None) -> Usage | None:
+    scanner = scanner or UsageScanner()
+    for i in range(0, len(body), chunk):
+        scanner.feed(body[i : i + chunk])
+    return scanner.finish()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\n \r\n" + CHAT_JSON,  # whitespace first
+        b"\xef\xbb\xbf" + CHAT_JSON,  # BOM
+        b"id: 1\n" + CHAT_SSE,  # SSE may start with any field
+        b"retry: 1000\n" + CHAT_SSE,
+        b"\xef\xbb\xbf" + CHAT_SSE,
+        CHAT_SSE.replace(b"\n", b"\r"),  # CR-only line ends
+        CHAT_SSE.replace(b"\n", b"\r\n"),
+        gzip.compress(CHAT_JSON),  # what the OpenAI SDK's Accept-Encoding: gzip gets back
+        gzip.compress(ANTHROPIC_SSE),
+    ],
+    ids=["whitespace", "bom-json", "sse-id", "sse-retry", "bom-sse", "cr", "crlf", "gzip-json", "gzip-sse"],
+)
+@pytest.mark.parametrize("chunk", [1, 3, 10_000])
+def test_every_legal_shape_of_the_response(body: bytes, chunk: int) -> None:
+    assert _feed(body, chunk) == Usage(12, 7)
+
+
+def test_a_line_over_the_cap_is_dropped_whole_and_the_next_one_read() -> None:
+    huge = b'data: {"usage":{"prompt_tokens":99,"completion_tokens":99},"pad":"' + b"x" * 5000 + b'"}\n'
+    assert _feed(huge + CHAT_SSE, 700, UsageScanner(max_json_bytes=1024)) == Usage(12, 7)
+    cut = b'data: {"usage":{"prompt_tokens":12,"completion_tokens":7}, "x":' + b"1" * 5000 + b"}\n"
+    assert _feed(cut, 700, UsageScanner(max_json_bytes=1024)) is None, "never parsed from a cut line"
+
+
+def test_a_gzip_bomb_gives_no_usage_and_holds_no_memory() -> None:
+    bomb = gzip.compress(b"{" + b" " * (64 << 20) + b'"usage":{"prompt_tokens":1,"completion_tokens":1}}')
+    scanner = UsageScanner()
+    for i in range(0, len(bomb), 16384):
+        scanner.feed(bomb[i : i + 16384])
+        assert len(scanner._buffer) <= 1 << 20
+    assert scanner.finish() is None
+
+
+def test_corrupt_gzip_gives_no_usage() -> None:
+    assert _feed(b"\x1f\x8b" + b"not gzip at all" * 10, 4) is None
+
+
+def test_megabytes_of_leading_whitespace_are_not_buffered() -> None:
+    scanner = UsageScanner()
+    for _ in range(256):
+        scanner.feed(b"\n" * 65536)
+        assert len(scanner._head) == len(scanner._buffer) == 0
+    scanner.feed(CHAT_JSON)
+    assert scanner.finish() == Usage(12, 7)
