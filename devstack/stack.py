@@ -96,8 +96,9 @@ def _http_ok(url: str) -> bool:
         return bool(r.status == 200)
 
 
-def _grpc_serving(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def _grpc_serving(port: int, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    target = f"127.0.0.1:{port}"
+    with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
@@ -120,6 +121,8 @@ class Stack:
     upstream_ports: dict[str, int] = field(default_factory=lambda: {c: free_port() for c in UPSTREAM_CLUSTERS})
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the router process."""
+    router_credentials: grpc.ChannelCredentials | None = None
+    """How to reach the router's gRPC port when its config has ``server.tls`` (readiness checks)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -202,7 +205,8 @@ class Stack:
         proc = self._spawn(
             "router", [sys.executable, "-m", "extproc", "serve", "--config", str(self.router_config_path)]
         )
-        _wait(lambda: _grpc_serving(self.router_port), "router", proc, self.log("router"), timeout)
+        ready = functools.partial(_grpc_serving, self.router_port, self.router_credentials)
+        _wait(ready, "router", proc, self.log("router"), timeout)
 
     def stop_router(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         """Stop the router with ``sig`` and return its exit code."""

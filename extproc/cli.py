@@ -111,12 +111,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from extproc.feedback_token import load_signing_keys
     from extproc.reload import load_snapshot
+    from extproc.tls import server_credentials
 
     snapshot = load_snapshot(args.config)
     key_file = snapshot.settings.feedback.signing_key_file
     keys = f"; {len(load_signing_keys(key_file))} feedback signing key(s)" if key_file else ""
+    tls = snapshot.settings.server.tls
+    if tls:
+        server_credentials(tls)  # reads the PEM files: an unreadable one is a ConfigError naming the field
+    mode = ("; TLS with client certificates" if tls.client_ca_file else "; TLS") if tls else ""
     names = ", ".join(f"{m.name} ({m.tier}, ability {m.ability:.2f})" for m in snapshot.catalog)
-    print(f"ok: classifier {snapshot.model.name}; catalog: {names}{keys}")
+    print(f"ok: classifier {snapshot.model.name}; catalog: {names}{keys}{mode}")
     return 0
 
 

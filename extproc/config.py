@@ -59,6 +59,16 @@ class CatalogModel(_Strict):
     """``slow`` models are excluded from requests that ask for ``interactive`` latency."""
 
 
+class TlsSettings(_Strict):
+    """TLS on the gRPC port (PEM files; re-read at the next handshake after they change)."""
+
+    cert_file: Path
+    """The server certificate chain; its names must match what Envoy checks (SAN, or SNI on the cluster)."""
+    key_file: Path
+    client_ca_file: Path | None = None
+    """Require a client certificate signed by this CA (mutual TLS): only callers holding one (the gateway) get in."""
+
+
 class ServerSettings(_Strict):
     """Where and how the gRPC server listens."""
 
@@ -73,6 +83,8 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     config_poll_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     """How often to check the config file for changes (0 = only on SIGHUP)."""
+    tls: TlsSettings | None = None
+    """TLS on ``listen`` (null: plaintext, for loopback or a Unix socket). Needs a restart to turn on or off."""
 
 
 class ClassifierSettings(_Strict):

@@ -24,6 +24,7 @@ from extproc.reload import reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
+from extproc.tls import server_credentials
 from extproc.wsgi_server import serve_wsgi
 
 __all__ = ["serve"]
@@ -47,6 +48,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     """
     first = snapshots.current.settings
     address = listen or first.server.listen
+    credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
     telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
     stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
     try:
@@ -79,7 +81,8 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
         services.append(DECIDE_SERVICE)
         # Reflection only beside the Decide API: it reveals the services, and decision_api: false turns both off.
         reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    if server.add_insecure_port(address) == 0 and not address.startswith("unix:"):
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0 and not address.startswith("unix:"):
         stop_metrics()
         learning.close()
         raise OSError(f"cannot listen on {address}")
