@@ -6,7 +6,7 @@ No config is read at import time and nothing here is global: the server builds a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -331,6 +331,20 @@ def parse_config(data: object) -> Settings:
     return validate_model(Settings, data)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently: a second
+    ``limits:`` block would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> object:
     """Read a YAML file; an unreadable or malformed file is a ``ConfigError`` naming the file."""
     try:
@@ -340,7 +354,7 @@ def load_yaml(path: Path) -> object:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
     except RecursionError:

@@ -32,6 +32,24 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 _LOW64 = (1 << 64) - 1
 _SCOPE = "model_router"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_TRACESTATE_MEMBER = re.compile(
+    r"[ \t]*(?:[a-z0-9][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e][ \t]*\Z"
+)
+"""One ``key=value`` of W3C tracestate (the value may not end in a space)."""
+
+
+def _valid_tracestate(tracestate: str | None) -> str:
+    """``tracestate`` if it follows the W3C grammar and limits (at most 32 members, 512 characters); else "".
+
+    It can come from the client's own header (when Envoy sent no trace context) and is copied into every span.
+    """
+    if not tracestate or len(tracestate) > 512:
+        return ""
+    members = [m for m in tracestate.split(",") if m.strip()]
+    if len(members) > 32 or not all(_TRACESTATE_MEMBER.match(m) for m in members):
+        return ""
+    return tracestate.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +73,7 @@ def parse_traceparent(traceparent: str | None, tracestate: str | None = None) ->
     trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
     if not trace_id or not span_id:
         return None
-    return TraceParent(trace_id, span_id, bool(int(match.group(4), 16) & 1), (tracestate or "").strip())
+    return TraceParent(trace_id, span_id, bool(int(match.group(4), 16) & 1), _valid_tracestate(tracestate))
 
 
 class SpanSink(Protocol):

@@ -87,6 +87,12 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_bytes(b"# caf\xe9\npolicy: {}\n")
     with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 5\)"):
         load_config(bad)
+    bad.write_text("limits:\n  max_messages: 10\npolicy: {}\nlimits:\n  max_messages: 20\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'limits'\n.*line 4"):
+        load_config(bad)
+    bad.write_text("policy: {default_model: a, default_model: b}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'default_model'"):
+        load_config(bad)
     bad.write_text("a: " + "[" * 5000 + "]" * 5000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(bad)

@@ -62,36 +62,62 @@ async def test_corpus_is_safe(path: Path, api: str) -> None:
     assert sink.records and not sink.errors
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [
-        ("truncated", PassReason.INVALID_JSON),
-        ("invalid_utf8", PassReason.INVALID_JSON),
-        ("nan_literal", PassReason.INVALID_JSON),
-        ("bom", PassReason.INVALID_JSON),
-        ("top_level_array", PassReason.NOT_AN_OBJECT),
-        ("model_number", PassReason.NO_MODEL),
-        ("model_null", PassReason.NO_MODEL),
-        ("deep_nesting_200", PassReason.TOO_DEEP),
-        ("deep_nesting_2000", PassReason.INVALID_JSON),
-        ("many_messages", PassReason.TOO_MANY_MESSAGES),
-    ],
-)
-async def test_corpus_reasons(name: str, reason: PassReason) -> None:
+PASS, FALLBACK, ROUTED = "passthrough", "fallback", "routed"
+EXPECTED = {
+    "bom": (PASS, PassReason.INVALID_JSON),
+    "comment": (PASS, PassReason.INVALID_JSON),
+    "content_number": (FALLBACK, "no_prompt_text"),
+    "content_parts_image_only": (FALLBACK, "no_prompt_text"),
+    "content_parts_unknown": (FALLBACK, "no_prompt_text"),
+    "deep_nesting_200": (PASS, PassReason.TOO_DEEP),
+    "deep_nesting_2000": (PASS, PassReason.INVALID_JSON),
+    "duplicate_messages": (ROUTED, "cheapest_meeting_target"),
+    "duplicate_model": (PASS, PassReason.MODEL_NOT_ROUTABLE),  # orjson keeps the last one: gpt-4o
+    "empty": (PASS, PassReason.INVALID_JSON),
+    "escaped_model_key": (ROUTED, "cheapest_meeting_target"),
+    "huge_number": (PASS, PassReason.INVALID_JSON),
+    "huge_string": (ROUTED, "cheapest_meeting_target"),
+    "invalid_utf8": (PASS, PassReason.INVALID_JSON),
+    "lone_surrogate_escape": (PASS, PassReason.INVALID_JSON),
+    "many_messages": (PASS, PassReason.TOO_MANY_MESSAGES),
+    "max_tokens_wrong_type": (ROUTED, "cheapest_meeting_target"),  # the default output estimate instead
+    "message_not_object": (FALLBACK, "no_prompt_text"),
+    "messages_object": (FALLBACK, "no_prompt_text"),
+    "messages_string": (FALLBACK, "no_prompt_text"),
+    "model_array": (PASS, PassReason.NO_MODEL),
+    "model_bool": (PASS, PassReason.NO_MODEL),
+    "model_null": (PASS, PassReason.NO_MODEL),
+    "model_number": (PASS, PassReason.NO_MODEL),
+    "model_object": (PASS, PassReason.NO_MODEL),
+    "model_with_escapes": (ROUTED, "cheapest_meeting_target"),
+    "nan_literal": (PASS, PassReason.INVALID_JSON),
+    "null": (PASS, PassReason.NOT_AN_OBJECT),
+    "role_missing": (FALLBACK, "no_prompt_text"),
+    "single_quotes": (PASS, PassReason.INVALID_JSON),
+    "stream_not_bool": (ROUTED, "cheapest_meeting_target"),
+    "top_level_array": (PASS, PassReason.NOT_AN_OBJECT),
+    "top_level_string": (PASS, PassReason.NOT_AN_OBJECT),
+    "trailing_garbage": (PASS, PassReason.INVALID_JSON),
+    "truncated": (PASS, PassReason.INVALID_JSON),
+    "truncated_in_string": (PASS, PassReason.INVALID_JSON),
+    "two_documents": (PASS, PassReason.INVALID_JSON),
+    "whitespace": (PASS, PassReason.INVALID_JSON),
+}
+"""What each corpus body gets on the chat path: a pass-through reason, a fallback to the requested/default model
+with nothing to classify, or a routing decision."""
+
+
+def test_every_corpus_file_has_an_expected_outcome() -> None:
+    assert sorted(EXPECTED) == [p.stem for p in CORPUS]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+async def test_corpus_outcome_and_reason(name: str) -> None:
     handler, sink = _handler()
-    await replay(handler, chat_headers(), (CORPUS[0].parent / f"{name}.json").read_bytes())
-    assert sink.records[0].reason == reason.value
-
-
-@pytest.mark.parametrize(
-    ("name", "routed"),
-    [("duplicate_model", False), ("escaped_model_key", True), ("model_with_escapes", True), ("huge_string", True)],
-)
-async def test_corpus_edge_cases_route_or_pass(name: str, routed: bool) -> None:
-    handler, _ = _handler()
-    raw = (CORPUS[0].parent / f"{name}.json").read_bytes()
-    responses = await replay(handler, chat_headers(), raw)
-    assert (responses[1] != UNCHANGED) is routed
+    responses = await replay(handler, chat_headers(), (CORPUS[0].parent / f"{name}.json").read_bytes())
+    outcome, reason = EXPECTED[name]
+    assert (sink.records[0].outcome.value, sink.records[0].reason) == (outcome, str(reason))
+    assert (responses[1] == UNCHANGED) is (outcome == PASS)
 
 
 @pytest.mark.parametrize(

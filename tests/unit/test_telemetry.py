@@ -231,3 +231,24 @@ _SPAN = "b7ad6b7169203331"
 def test_parse_traceparent(header: str | None, expected: tuple[int, int, bool] | None) -> None:
     parsed = parse_traceparent(header, "k=v")
     assert (None if parsed is None else (parsed.trace_id, parsed.span_id, parsed.sampled)) == expected
+
+
+@pytest.mark.parametrize(
+    ("tracestate", "kept"),
+    [
+        ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", True),
+        ("vendor@tenant=x y, other=1 ", True),
+        (",".join(f"k{n}=v" for n in range(32)), True),
+        (",".join(f"k{n}=v" for n in range(33)), False),  # more than 32 members
+        ("k=" + "v" * 600, False),  # over 512 characters
+        ("Upper=x", False),
+        ("k=v=w", False),
+        ("k=v\n", False),
+        ("k=", False),
+        ("prompt text, not a tracestate", False),
+    ],
+)
+def test_tracestate_outside_the_w3c_grammar_is_dropped(tracestate: str, kept: bool) -> None:
+    parent = parse_traceparent(f"00-{_TRACE}-{_SPAN}-01", tracestate)
+    assert parent is not None, "the traceparent itself still counts"
+    assert parent.trace_state == (tracestate.strip() if kept else "")
