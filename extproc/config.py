@@ -230,8 +230,8 @@ class PolicySettings(_Strict):
 class TenantPolicy(_Strict):
     """What one tenant may use and wants by default."""
 
-    models: tuple[str, ...] | None = None
-    """Catalog subset for this tenant (null = the whole catalog)."""
+    models: Annotated[tuple[str, ...], Field(min_length=1)] | None = None
+    """Catalog subset for this tenant (null = the whole catalog; an empty list is an error, not "everything")."""
     default_model: str | None = None
     quality_target: Unit | None = None
     allowed_constraints: tuple[Constraint, ...] | None = None

@@ -76,7 +76,7 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
     tenant_header = policy.tenant_header
     tenant = headers.get(tenant_header) if tenant_header else None
     view: TenantView = snap.tenant_view(tenant)
-    reject = policy.invalid_constraint == "reject"
+    reject = policy.invalid_constraint == "reject" and not view.shadow  # shadow mode changes nothing, not even this
     ignored: list[str] = []
     values: dict[str, object] = {}
     for name, header, parse, expected in (

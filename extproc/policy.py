@@ -85,6 +85,11 @@ def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -
     return (input_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) / 1e6
 
 
+def _list_price(m: ResolvedModel) -> float:
+    """Input plus output price per million tokens: the order of models when no request sizes are known."""
+    return m.input_price_per_mtok + m.output_price_per_mtok
+
+
 def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> dict[str, ResolvedModel]:
     """The model to ask for on each catalog cluster if Envoy's fallback chain moves ``chosen``'s request there.
 
@@ -94,9 +99,7 @@ def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> 
     the cheaper. ``chosen``'s own cluster maps to ``chosen``.
     """
 
-    def price(m: ResolvedModel) -> float:
-        return m.input_price_per_mtok + m.output_price_per_mtok
-
+    price = _list_price
     by_cluster: dict[str, list[ResolvedModel]] = {}
     for m in catalog:
         by_cluster.setdefault(m.cluster, []).append(m)
@@ -116,8 +119,18 @@ def pinned_decision(model: ResolvedModel) -> Decision:
     return Decision(model=model, reason=Reason.TRUSTED_OVERRIDE, fallback=False, success_probability=None)
 
 
-def fallback_decision(default: ResolvedModel, reason: Reason) -> Decision:
-    """The decision used when the router cannot decide on the merits."""
+def fallback_decision(
+    default: ResolvedModel, reason: Reason, catalog: Sequence[ResolvedModel] = (), min_ability: float | None = None
+) -> Decision:
+    """The decision used when the router cannot decide on the merits. A conversation that already used a model of
+    ``min_ability`` never falls back to a weaker one: the cheapest model of ``catalog`` at least that able, else the
+    most able (stickiness holds whether or not the classifier could answer)."""
+    if min_ability is not None and default.ability < min_ability and catalog:
+        able = [m for m in catalog if m.ability >= min_ability]
+        if able:
+            default = min(able, key=lambda m: (_list_price(m), -m.ability))
+        else:
+            default = max(catalog, key=lambda m: m.ability)
     return Decision(model=default, reason=reason, fallback=True, success_probability=None)
 
 
@@ -158,7 +171,7 @@ def choose_model(
     if facts.max_cost is not None:
         affordable = [m for m in eligible if cost(m) <= facts.max_cost]
         if not affordable:
-            cheapest = min(eligible, key=cost)
+            cheapest = min(eligible, key=lambda m: (cost(m), -m.ability))  # ties: the more able
             p = success_probability(cheapest.ability, prediction.difficulty)
             return Decision(model=cheapest, reason=Reason.BUDGET_TOO_LOW, fallback=False, success_probability=p)
         eligible = affordable

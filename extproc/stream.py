@@ -13,6 +13,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -341,7 +342,10 @@ class StreamHandler:
             return None
         session = self._request.headers.get(settings.session_header)
         seed = parsed.schema.conversation_seed(parsed.body) if isinstance(parsed.schema, HasConversation) else ""
-        return conversation_key(self._request.policy.tenant, session, seed)
+        # The tenant as sent, not its view: tenants without a configured view share the default view, not keys.
+        tenant_header = self._snap.settings.policy.tenant_header
+        tenant = self._request.headers.get(tenant_header) if tenant_header else None
+        return conversation_key(tenant, session, seed)
 
     def _trusted_pin(self, policy: RequestPolicy) -> ResolvedModel | None:
         """The pinned model if the request carries one and proves it is trusted; every other case is ignored."""
@@ -370,15 +374,19 @@ class StreamHandler:
         if pinned is not None:
             return pinned_decision(pinned), None, None, None
         fallback = next((m for m in policy.catalog if m.name == parsed.requested_model), policy.default)
+        floor = self._memory.floor(memory_key) if self._memory is not None and memory_key else None
         if not parsed.prompt_text.strip():
-            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT), None, None, None
+            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor), None, None, None
         t0 = self._clock()
         try:
             timeout = snap.settings.server.classifier_timeout_ms / 1000.0
             prediction, candidate_prediction = await self._predict(parsed.prompt_text, timeout)
+            if math.isnan(prediction.difficulty):
+                raise ValueError("the classifier returned NaN")
         except Exception as exc:  # the classifier's failure is a fallback, never a failed request
-            _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, fallback.name)
-            return fallback_decision(fallback, Reason.CLASSIFIER_FAILED), None, self._clock() - t0, None
+            decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor)
+            _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, decision.model.name)
+            return decision, None, self._clock() - t0, None
         classify_seconds = self._clock() - t0
         facts = RequestFacts(
             requested_model=parsed.requested_model,
@@ -387,7 +395,7 @@ class StreamHandler:
             quality_target=policy.quality_target,
             max_cost=policy.max_cost,
             interactive=policy.interactive,
-            min_ability=self._memory.floor(memory_key) if self._memory is not None and memory_key else None,
+            min_ability=floor,
         )
         decision = choose_model(prediction, facts, policy.catalog, fallback)
         candidate = None

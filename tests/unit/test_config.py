@@ -57,6 +57,11 @@ def base(**changes: object) -> dict[str, object]:
             id="every-problem-listed",
         ),
         pytest.param([1, 2], ["<root>: expected a mapping at the top of the file"], id="not-a-mapping"),
+        pytest.param(
+            base(tenants={"t": {"models": []}}),
+            ["tenants.t.models: Tuple should have at least 1 item after validation, not 0"],
+            id="tenant-with-no-models-is-not-everything",
+        ),
     ],
 )
 def test_invalid_config_names_fields(data: object, problems: list[str]) -> None:

@@ -11,6 +11,7 @@ from extproc.policy import (
     ResolvedModel,
     choose_model,
     estimate_cost,
+    fallback_decision,
     fallback_models,
     success_probability,
 )
@@ -69,10 +70,28 @@ def test_choose_model(difficulty: float, request_facts: RequestFacts, want: str,
     assert decision.fallback is (reason is Reason.NO_ELIGIBLE_MODEL)
 
 
-def test_price_tie_goes_to_more_able_model() -> None:
+@pytest.mark.parametrize("max_cost", [None, 0.0], ids=["target-met", "budget-too-low"])
+def test_price_tie_goes_to_more_able_model_in_any_catalog_order(max_cost: float | None) -> None:
     twin = _model("twin", 2.0, 0.15)
-    decision = choose_model(Prediction(-2.0, 1.0), facts(), (CHEAP, twin), FRONTIER)
-    assert decision.model.name == "twin"
+    for catalog in ((CHEAP, twin), (twin, CHEAP)):
+        decision = choose_model(Prediction(-2.0, 1.0), facts(max_cost=max_cost), catalog, FRONTIER)
+        assert decision.model.name == "twin"
+
+
+@pytest.mark.parametrize(
+    ("default", "floor", "want"),
+    [
+        (SMALL, None, "small"),
+        (SMALL, 0.0, "small"),
+        (SMALL, 1.0, "cheap"),  # the cheapest model at least as able as the conversation's floor
+        (SMALL, 2.5, "frontier"),
+        (SMALL, 9.0, "frontier"),  # none reaches it: the most able
+        (FRONTIER, 1.0, "frontier"),  # already above: unchanged
+    ],
+)
+def test_a_fallback_respects_the_conversation_floor(default: ResolvedModel, floor: float | None, want: str) -> None:
+    decision = fallback_decision(default, Reason.CLASSIFIER_FAILED, CATALOG, floor)
+    assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.CLASSIFIER_FAILED, True)
 
 
 @pytest.mark.parametrize(

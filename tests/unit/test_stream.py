@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format
 
+from classifier.model import Prediction
 from extproc.classify import ClassifierThreads
 from extproc.config import ServerSettings
 from extproc.policy import estimate_cost
@@ -283,3 +286,71 @@ async def test_response_usage_is_priced_for_the_model_that_answered(
     assert sink.errors == ([error] if error else [])
     renamed = answered != "gpt-4o-mini"
     assert tap.answered == ([(sink.records[0].decision_id, answered)] if renamed else [])
+
+
+def _conversation(**settings_changes: object) -> Callable[..., Awaitable[DecisionRecord]]:
+    """One snapshot and conversation memory; each call sends one turn and returns its record."""
+    from extproc.conversations import ConversationMemory
+
+    base = demo_settings()
+    settings = base.model_copy(update=settings_changes) if settings_changes else base
+    memory = ConversationMemory(100, 3600)
+    broken = FakeDifficultyModel(error=RuntimeError("down"))
+
+    async def turn(text: str, classifier_down: bool = False, **headers: str) -> DecisionRecord:
+        sink = RecordingSink()
+        snap = snapshot(broken if classifier_down else None, settings)
+        handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock(), memory=memory)
+        body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": text}]})
+        if text == "":
+            body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
+        await replay(handler, chat_headers(**headers), body)
+        return sink.records[0]
+
+    return turn
+
+
+async def test_a_conversation_never_falls_back_to_a_weaker_model() -> None:
+    """Once a turn used gpt-4o, a turn the classifier cannot decide (it fails, or there is no text) stays there,
+    although the default model (the fallback) is gpt-4o-mini."""
+    turn = _conversation(policy=demo_settings(default_model="gpt-4o-mini").policy)
+    first = await turn("a hard question", **{"x-session-id": "s1"})
+    assert first.selected_model == "gpt-4o"
+    down = await turn("easy", classifier_down=True, **{"x-session-id": "s1"})
+    no_text = await turn("", **{"x-session-id": "s1"})
+    assert [(r.reason, r.selected_model) for r in (down, no_text)] == [
+        ("classifier_failed", "gpt-4o"),
+        ("no_prompt_text", "gpt-4o"),
+    ]
+    other = await turn("easy", classifier_down=True, **{"x-session-id": "s2"})
+    assert other.selected_model == "gpt-4o-mini", "another conversation: the default model"
+
+
+async def test_tenants_without_a_view_of_their_own_do_not_share_conversations() -> None:
+    policy = demo_settings().policy.model_copy(update={"tenant_header": "x-tenant-id"})
+    turn = _conversation(policy=policy)
+    assert (await turn("a hard question", **{"x-tenant-id": "acme", "x-session-id": "1"})).selected_model == "gpt-4o"
+    later = await turn("easy", **{"x-tenant-id": "globex", "x-session-id": "1"})
+    assert (later.reason, later.selected_model) == ("cheapest_meeting_target", "llama-3.1-8b-instruct")
+    same = await turn("easy", **{"x-tenant-id": "acme", "x-session-id": "1"})
+    assert (same.reason, same.selected_model) == ("sticky_conversation", "gpt-4o")
+
+
+async def test_a_nan_difficulty_is_a_classifier_failure() -> None:
+    class NaNModel(FakeDifficultyModel):
+        def predict(self, text: str) -> Prediction:
+            return Prediction(float("nan"), 0.5)
+
+    handler, sink = make(NaNModel())
+    await replay(handler, chat_headers(), CHAT)
+    assert (sink.records[0].reason, sink.records[0].selected_model) == ("classifier_failed", "gpt-4o")
+
+
+async def test_shadow_mode_never_rejects_a_request() -> None:
+    settings = demo_settings(shadow=True, invalid_constraint="reject")
+    sink = RecordingSink()
+    handler = StreamHandler(snapshot(settings=settings), inline_classify, sink, sequential_ids(), fixed_clock())
+    responses = await replay(handler, chat_headers(**{"x-model-router-quality": "2"}), CHAT)
+    assert responses[0].WhichOneof("response") == "request_headers"
+    assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert sink.records[0].outcome is Outcome.SHADOW
