@@ -46,6 +46,7 @@ is rejected while the running config stays.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ import orjson
 from classifier.evaluate import choose_pair
 from classifier.features import DENSE_NAMES, Features, Featurizer
 from classifier.irt import CalibrationTable
-from classifier.jsonl import finite_number, read_jsonl
+from classifier.jsonl import read_jsonl, unit_score
 from classifier.loader import DEFAULT_MODEL_DIR
 from classifier.metrics import RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.onnx_model import OnnxDifficultyModel
@@ -272,6 +273,9 @@ class _Outcomes:
     unclassifiable: int
     malformed_lines: list[int]
     models_seen: dict[str, int]
+    duplicates: int = 0
+    """Items whose id came earlier in the file (concatenated exports): the first one counts, the rest are skipped,
+    or the same prompt would sit on both sides of a cross-validation fold."""
 
     def summary(self, source: Path, weak: str, strong: str) -> str:
         """One line on what was read and what was skipped, naming the first malformed line numbers."""
@@ -282,14 +286,14 @@ class _Outcomes:
             malformed = f", {len(self.malformed_lines)} malformed lines ({first}{more})"
         return (
             f"{source}: {self.total} items, {len(self.texts)} usable; skipped {self.missing_scores} without"
-            f" scores for both {weak!r} and {strong!r}, {self.unclassifiable} not classifiable by the server"
-            f"{malformed}"
+            f" scores for both {weak!r} and {strong!r} in [0, 1], {self.unclassifiable} not classifiable by the"
+            f" server, {self.duplicates} duplicate ids{malformed}"
         )
 
 
 def _score(scores: object, name: str) -> float | None:
-    """One model's numeric outcome, or None if absent/non-numeric."""
-    return finite_number(scores.get(name)) if isinstance(scores, dict) else None
+    """One model's outcome, or None if absent, non-numeric or outside [0, 1] (as everywhere in the pipeline)."""
+    return unit_score(scores.get(name)) if isinstance(scores, dict) else None
 
 
 def _items(path: Path) -> Iterator[tuple[int, Any]]:
@@ -309,7 +313,8 @@ def read_outcomes(path: Path, text_of: TextOf, weak: str, strong: str) -> _Outco
     s: list[float] = []
     malformed: list[int] = []
     seen: dict[str, int] = {}
-    total = missing = unclassifiable = 0
+    kept: set[str] = set()
+    total = missing = unclassifiable = duplicates = 0
     for lineno, item in _items(path):
         if not isinstance(item, dict):
             malformed.append(lineno)
@@ -322,15 +327,22 @@ def read_outcomes(path: Path, text_of: TextOf, weak: str, strong: str) -> _Outco
         if sw is None or ss is None:
             missing += 1
             continue
+        item_id = str(item.get("id", f"line {lineno}"))
+        if item_id in kept:
+            duplicates += 1
+            continue
         text = text_of(item)
         if text is None:
             unclassifiable += 1
             continue
-        ids.append(str(item.get("id", lineno)))
+        kept.add(item_id)
+        ids.append(item_id)
         texts.append(text)
         w.append(sw)
         s.append(ss)
-    return _Outcomes(ids, texts, np.asarray(w), np.asarray(s), total, missing, unclassifiable, malformed, seen)
+    return _Outcomes(
+        ids, texts, np.asarray(w), np.asarray(s), total, missing, unclassifiable, malformed, seen, duplicates
+    )
 
 
 def _fit_indices(n: int, seed: int, cap: int = MAX_TRAIN_ITEMS) -> IntArray:
@@ -500,7 +512,8 @@ def _run(
     for line in _cv_lines(cv):
         stdout.write(line + "\n")
     adapted, best_other = _mean_apgr(cv["adapted"]), max(_mean_apgr(cv["base"]), _mean_apgr(cv["length"]))
-    if adapted <= best_other:
+    if not (math.isfinite(adapted) and math.isfinite(best_other) and adapted > best_other):
+        # NaN: a fold where both models scored the same on average has no APGR, so nothing was shown to work.
         verdict = f"the adapted head (APGR {adapted:.3f}) does not beat the better of base and length"
         verdict += f" ({best_other:.3f})"
         if not force:

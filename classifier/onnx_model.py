@@ -33,7 +33,7 @@ class OnnxDifficultyModel:
     read-only after construction.
     """
 
-    __slots__ = ("_abilities", "_boundaries", "_featurizer", "_name", "_session", "_table", "_width")
+    __slots__ = ("_abilities", "_boundaries", "_featurizer", "_name", "_parity", "_session", "_table", "_width")
 
     def __init__(
         self,
@@ -56,16 +56,56 @@ class OnnxDifficultyModel:
         names = abilities.keys() if confidence_models is None else [m for m in confidence_models if m in abilities]
         self._boundaries = tuple(sorted(abilities[m] - shift for m in names))
         self._width = confidence_width
+        self._parity: list[dict[str, Any]] = []
+        """Training's raw scores of fixed strings (metadata ``parity``), checked by :meth:`load`."""
 
     @classmethod
     def load(cls, model_dir: Path) -> OnnxDifficultyModel:
-        """Load a model directory written by training; raises ``FileNotFoundError``/``ValueError`` if malformed."""
+        """Load a model directory written by training; raises ``FileNotFoundError``/``ValueError`` if malformed.
+
+        The directory is checked as a whole before it may serve: training stored the raw score of a few fixed
+        strings (``parity``), and the loaded tokenizer + graph must reproduce them. A tokenizer from another
+        model, a graph from another run or a half-replaced directory fails here, not at the first request (or,
+        worse, not at all with plausible wrong scores).
+        """
         for file in MODEL_FILES:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"{model_dir / file} is missing")
-        meta: dict[str, Any] = orjson.loads((model_dir / "metadata.json").read_bytes())
+        try:
+            model = cls._load(model_dir)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"{model_dir / 'metadata.json'}: missing or malformed field ({exc!r})") from exc
+        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
+            raise ValueError(f"{model_dir / 'model.onnx'}: {exc}") from exc
+        model._check_parity(model_dir)
+        return model
+
+    def _check_parity(self, model_dir: Path) -> None:
+        for entry in self._parity:
+            try:
+                got = self.raw(self._featurizer.encode(str(entry["text"])))
+            except Exception as exc:
+                raise ValueError(f"{model_dir}: the graph fails on its own parity text ({exc})") from exc
+            if not math.isclose(got, float(entry["raw"]), rel_tol=1e-4, abs_tol=1e-4):
+                raise ValueError(
+                    f"{model_dir}: tokenizer.json, model.onnx and metadata.json do not belong together (parity text"
+                    f" {entry['text'][:40]!r}: raw {got:.6f}, trained {float(entry['raw']):.6f})"
+                )
+
+    @classmethod
+    def _load(cls, model_dir: Path) -> OnnxDifficultyModel:
+        meta_bytes = (model_dir / "metadata.json").read_bytes()
+        try:
+            meta: dict[str, Any] = orjson.loads(meta_bytes)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{model_dir / 'metadata.json'}: not JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ValueError(f"{model_dir / 'metadata.json'}: not a JSON object")
         if meta.get("format") != 1 or tuple(meta.get("dense_features", ())) != DENSE_NAMES:
             raise ValueError(f"{model_dir}: unsupported model format or feature set")
+        width, cap = float(meta.get("confidence_width", 0.5)), int(meta["length_cap_tokens"])
+        if not (width > 0 and cap > 0):
+            raise ValueError(f"{model_dir / 'metadata.json'}: confidence_width and length_cap_tokens must be > 0")
         spec = FeatureSpec(
             cut=TextCut(head_chars=int(meta["cut"]["head_chars"]), tail_chars=int(meta["cut"]["tail_chars"])),
             length_cap_tokens=int(meta["length_cap_tokens"]),
@@ -81,21 +121,26 @@ class OnnxDifficultyModel:
         session = ort.InferenceSession(
             str(model_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        tokenizer = WordPieceTokenizer.from_file(model_dir / "tokenizer.json")
+        try:
+            tokenizer = WordPieceTokenizer.from_file(model_dir / "tokenizer.json")
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a malformed file
+            raise ValueError(f"{model_dir / 'tokenizer.json'}: cannot load ({exc})") from exc
         table = CalibrationTable(
             raw=tuple(float(v) for v in meta["calibration"]["raw"]),
             difficulty=tuple(float(v) for v in meta["calibration"]["difficulty"]),
         )
-        return cls(
+        model = cls(
             session=session,
             featurizer=Featurizer(tokenizer, spec),
             table=table,
             abilities={str(k): float(v) for k, v in meta["default_abilities"].items()},
             name=str(meta["name"]),
             quality_target=float(meta.get("quality_target", 0.8)),
-            confidence_width=float(meta.get("confidence_width", 0.5)),
+            confidence_width=width,
             confidence_models=[str(m) for m in meta.get("confidence_models", [])] or None,
         )
+        model._parity = [dict(e) for e in meta.get("parity", [])]
+        return model
 
     @property
     def name(self) -> str:

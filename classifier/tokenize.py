@@ -149,7 +149,10 @@ class WordPieceTokenizer:
         known = self._pieces.get(word)
         if known is not None:
             return known
-        pieces = self._fallback.tokenize(word)
+        try:
+            pieces = self._fallback.tokenize(word)
+        except UnicodeEncodeError:  # a lone surrogate (text decoded with surrogateescape): not UTF-8, not a word
+            pieces = []
         ids = tuple(p.id for p in pieces) if pieces else (self._unk_id,)
         if len(self._pieces) >= self.PIECES_CACHE:
             self._pieces.clear()

@@ -62,25 +62,34 @@ def open_private_append(path: Path) -> int:
     return fd
 
 
-def _first_stamp(path: Path, time_key: str) -> float | None:
-    """The time of the first line of ``path``; None if the file is missing or empty, 0.0 if it is unreadable.
+_STAMP_LINES = 1000
+"""How many leading lines may be torn or foreign before a file counts as unreadable."""
 
-    0.0 (the epoch) makes an unreadable file expire at once: for personal data, deleting is the safe side.
+
+def _first_stamp(path: Path, time_key: str) -> float | None:
+    """The time of the first readable line of ``path``; None if the file is missing or empty, 0.0 if none of its
+    first lines has a time (or it cannot be read).
+
+    0.0 (the epoch) makes an unreadable file expire at once: for personal data, deleting is the safe side. A torn
+    line (a short write on a full disk) is skipped rather than condemning the whole file.
     """
     try:
         with path.open("rb") as f:
-            first = f.readline()
+            lines = [line for _, line in zip(range(_STAMP_LINES), f, strict=False)]
     except FileNotFoundError:
         return None
     except OSError:
         return 0.0
-    if not first:
+    if not lines:
         return None
-    try:
-        stamp = orjson.loads(first).get(time_key)
-    except (orjson.JSONDecodeError, AttributeError):
-        return 0.0
-    return float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else 0.0
+    for line in lines:
+        try:
+            stamp = orjson.loads(line).get(time_key)
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+            return float(stamp)
+    return 0.0
 
 
 def _last_byte(path: Path) -> bytes:
@@ -101,6 +110,7 @@ class RotatingJsonl:
         self._clock = clock
         self._fd: int | None = None
         self._size = 0
+        self._torn = False
         self._oldest: float | None = None
         self._previous_oldest: float | None = None
         self._previous_size = 0
@@ -151,12 +161,25 @@ class RotatingJsonl:
         if self._size and self._size + len(line) > self.line_limit:
             self._rotate()
         assert self._fd is not None
-        os.write(self._fd, line)
-        self._size += len(line)
+        if self._torn:  # end the fragment a failed write left, so this line starts a line of its own
+            self._size += os.write(self._fd, b"\n")
+            self._torn = False
+        self._write_all(line)
         if self._oldest is None:
             self._oldest = stamp
         self.maintain()
         return True
+
+    def _write_all(self, line: bytes) -> None:
+        """``os.write`` until the whole line is out: a full disk may take part of it and then fail."""
+        assert self._fd is not None
+        view, done = memoryview(line), 0
+        try:
+            while done < len(line):
+                done += os.write(self._fd, view[done:])
+        finally:
+            self._size += done
+            self._torn = 0 < done < len(line)
 
     def _rotate(self) -> None:
         """The live file becomes ``<path>.1`` (the previous ``.1`` is gone); a new, empty live file is opened."""
@@ -168,6 +191,7 @@ class RotatingJsonl:
             self._previous_oldest = self._oldest
         self._oldest = None
         self._size = 0
+        self._torn = False  # a fragment left in the old file: its reader skips it; the new file starts clean
         self._open()
 
     def _drop_previous(self) -> None:

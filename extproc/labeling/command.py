@@ -30,7 +30,7 @@ from extproc.spool import open_private_append
 __all__ = ["Console", "UsageError", "run_label_command"]
 
 TextOf = Callable[[Mapping[str, object]], str | None]
-EXIT_DECLINED, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_DECLINED, EXIT_USAGE, EXIT_BUDGET, EXIT_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 SHOWN_LINES = 20
 
 
@@ -164,7 +164,7 @@ def format_summary(stats: RunStats, ledger: Ledger, settings: LabelSettings, ski
     """The lines printed at the end."""
     lines = [f"labelled {stats.written} items -> {out}"]
     if stats.not_written:
-        lines.append(f"{stats.not_written} items not written: every model failed transiently (a rerun retries them)")
+        lines.append(f"{stats.not_written} items not written: no model got a grade (a rerun retries them)")
     lines.append(f"skipped {skipped} items already in {out}")
     for model in settings.models:
         reasons = stats.missing.get(model)
@@ -298,4 +298,7 @@ def run_label_command(
         code = EXIT_INTERRUPTED
     skipped = sum(1 for item in p.prompts.items if item.key in p.resume.done)
     out.write("\n".join([*format_summary(stats, ledger, settings, skipped, args.out), *notes]) + "\n")
+    if not code and stats.not_written and not stats.written:
+        out.write("nothing was labelled: check the keys, URLs and models in the missing reasons above\n")
+        code = EXIT_FAILED
     return code or (EXIT_BUDGET if stats.not_started else 0)

@@ -195,8 +195,9 @@ def build_record(item: PromptItem, outcomes: Sequence[ModelOutcome], judge_model
 
 
 def worth_writing(outcomes: Iterable[ModelOutcome]) -> bool:
-    """False when every model failed for a transient reason: written, the item would never be retried."""
-    return not all(o.grade is None and o.transient for o in outcomes)
+    """False when no model got a grade: written, the item would count as done and never be retried, and a wrong key
+    or URL (every call refused the same way) would mark a whole file done with nothing in it."""
+    return any(o.grade is not None for o in outcomes)
 
 
 async def label_items(

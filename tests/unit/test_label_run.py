@@ -402,3 +402,21 @@ def test_the_cli_does_not_load_the_labeller_until_it_runs() -> None:
     code = "import sys, extproc.cli; print(sorted(m for m in sys.modules if m in {'httpx', 'extproc.labeling.run'}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_wrong_key_labels_nothing_marks_nothing_done_and_fails(tmp_path: Path) -> None:
+    """Every call refused (401): no record is written, the exit code says so, and the fixed rerun labels all."""
+    write_prompts(tmp_path, 3)
+    code, out, _ = run(tmp_path, FakeApi(fail={"small": 401, "big": 401}), "--yes")
+    assert code == 4 and "nothing was labelled" in out and "3 items not written" in out
+    assert not (tmp_path / "out.jsonl").read_bytes().strip()
+    code, out, _ = run(tmp_path, FakeApi(), "--yes")
+    assert code == 0 and "labelled 3 items" in out and "skipped 0" in out
+
+
+def test_an_item_with_one_grade_is_written_and_done(tmp_path: Path) -> None:
+    write_prompts(tmp_path, 2)
+    code, out, _ = run(tmp_path, FakeApi(fail={"big": 400}), "--yes")
+    assert code == 0 and "labelled 2 items" in out
+    rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert [sorted(r["scores"]) for r in rows] == [["small"], ["small"]]

@@ -226,3 +226,32 @@ def test_the_writer_expires_lines_on_its_own_timer(tmp_path: Path) -> None:
     _wait_for(lambda: _stamps(path) != [])
     _wait_for(lambda: _stamps(path) == [] and not _previous(path).exists(), timeout=3.0)
     spool.close()
+
+
+def test_a_short_write_is_ended_before_the_next_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk takes part of a line and fails: the next line starts on its own line, and readers (and a
+    restart) skip the fragment instead of losing the next line or expiring the whole file."""
+    import os
+
+    path = tmp_path / "c.jsonl"
+    clock = Clock(10_000.0)
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock)
+    real_write, calls = os.write, []
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:7]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError):
+        f.append(_line(10_000.0), 10_000.0)
+    monkeypatch.setattr(os, "write", real_write)
+    f.append(_line(10_001.0), 10_001.0)
+    f.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2 and lines[0] == _line(10_000.0)[:7] and json.loads(lines[1])[KEY] == 10_001.0
+    again = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock)  # a restart
+    again.close()
+    assert path.read_bytes().splitlines()[1:] == lines[1:], "the torn first line does not expire the file"

@@ -227,3 +227,34 @@ def test_pair_cannot_be_chosen_from_one_model(tmp_path: Path) -> None:
         write_jsonl(tmp_path / "one.jsonl", items), tmp_path / "m", None, None, None, prompt_text_of_item, 5, 0, stdout
     )
     assert code == 2 and "fewer than two models" in stdout.getvalue()
+
+
+def _noise_with_a_tied_fold(seed: int) -> list[dict[str, Any]]:
+    """Random outcomes of two ~50% models (the audit's generator): with this seed one cross-validation fold has the
+    same mean for both models, so its APGR is undefined (NaN)."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8))) for _ in range(3000)]
+    items = []
+    for i in range(400):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 25)))
+        scores = {"weak-m": int(rng.random() < 0.5), "strong-m": int(rng.random() < 0.55)}
+        items.append({"id": f"x{i}", "messages": [{"role": "user", "content": text}], "scores": scores})
+    return items
+
+
+def test_an_undefined_cross_validation_score_is_not_a_pass(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "noise.jsonl", _noise_with_a_tied_fold(2))
+    code, report = adapt(data, tmp_path / "model")
+    assert "nan" in report, "the seed must give a fold without a defined APGR, or this test checks nothing"
+    assert code == 2 and "too little signal" in report, report
+    assert not (tmp_path / "model").exists()
+
+
+def test_duplicate_ids_and_scores_outside_0_1_are_skipped_and_counted(tmp_path: Path) -> None:
+    items = synthetic_items(400, seed=6)
+    items += [dict(item) for item in items[:30]]  # a concatenated export: the same prompts again
+    bad = [{**item, "id": f"bad-{n}", "scores": {"weak-m": 100, "strong-m": 1.0}} for n, item in enumerate(items[:5])]
+    data = write_jsonl(tmp_path / "dups.jsonl", items + bad)
+    code, report = adapt(data, tmp_path / "model", force=True)
+    assert code == 0, report
+    assert "435 items, 400 usable; skipped 5 without scores" in report and "30 duplicate ids" in report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,6 +88,66 @@ def test_load_rejects_unknown_format(tiny_model_dir: Path, tmp_path: Path) -> No
     (tmp_path / "metadata.json").write_bytes(orjson.dumps(meta))
     with pytest.raises(ValueError, match="format"):
         OnnxDifficultyModel.load(tmp_path)
+
+
+def _mixed_dir(tmp_path: Path, base: Path, **files: bytes) -> Path:
+    for name in MODEL_FILES:
+        (tmp_path / name).write_bytes(files.get(name.replace(".", "_"), (base / name).read_bytes()))
+    return tmp_path
+
+
+def _shuffled_vocabulary(tokenizer_json: bytes) -> bytes:
+    """The same tokenizer with two words' ids swapped: loads fine, scores wrong."""
+    data = orjson.loads(tokenizer_json)
+    vocab = data["model"]["vocab"]
+    vocab["what"], vocab["def"] = vocab["def"], vocab["what"]
+    return orjson.dumps(data)
+
+
+def _metadata(base: Path, **changes: object) -> bytes:
+    meta = orjson.loads((base / "metadata.json").read_bytes())
+    for key, value in changes.items():
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+    return orjson.dumps(meta)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("tokenizer-of-another-model", "do not belong together"),
+        ("graph-of-another-model", "do not belong together"),
+        ("zero-confidence-width", "confidence_width and length_cap_tokens must be > 0"),
+        ("missing-calibration", r"metadata.json: missing or malformed field \(KeyError\('calibration'\)\)"),
+        ("metadata-not-an-object", "metadata.json: not a JSON object"),
+        ("tokenizer-not-json", "tokenizer.json: cannot load"),
+    ],
+)
+def test_a_directory_that_does_not_hold_together_fails_at_load(
+    tiny_model_dir: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    """Each of these loaded before and then failed at every request, or gave plausible wrong scores."""
+    files = {
+        "tokenizer-of-another-model": {
+            "tokenizer_json": _shuffled_vocabulary((SHIPPED / "tokenizer.json").read_bytes())
+        },
+        "graph-of-another-model": {"model_onnx": (tiny_model_dir / "model.onnx").read_bytes()},
+        "zero-confidence-width": {"metadata_json": _metadata(tiny_model_dir, confidence_width=0)},
+        "missing-calibration": {"metadata_json": _metadata(tiny_model_dir, calibration=None)},
+        "metadata-not-an-object": {"metadata_json": b"[1, 2]"},
+        "tokenizer-not-json": {"tokenizer_json": b"{not json"},
+    }[case]
+    with pytest.raises(ValueError, match=message):
+        base = SHIPPED if "another" in case else tiny_model_dir  # the shipped model stores parity texts
+        OnnxDifficultyModel.load(_mixed_dir(tmp_path, base, **files))
+
+
+def test_a_lone_surrogate_is_an_unknown_word_not_an_error(shipped: OnnxDifficultyModel) -> None:
+    for text in ("hello \ud800 world", "\ud83d\ude00", "zzqx\udcff"):
+        prediction = shipped.predict(text)
+        assert math.isfinite(prediction.difficulty) and 0.0 <= prediction.confidence <= 1.0
 
 
 def test_shipped_files_are_small() -> None:
