@@ -7,11 +7,12 @@ score that is a real number (JSON ``true`` is not one).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import orjson
 
@@ -29,13 +30,18 @@ NOT_JSON: Final = _NotJson()
 """What :func:`read_jsonl` yields for a line that does not parse (``null`` is a JSON value, so not ``None``)."""
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: Path, opened: IO[bytes] | None = None) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value or NOT_JSON)`` for each non-blank line of ``path`` (gunzipped if ``.gz``).
 
-    A file that cannot be opened, or a truncated or corrupt ``.gz``, raises (``OSError``, ``EOFError``) as it is met.
+    ``opened``: ``path``'s bytes, already open (a reader that must see files as they were at one moment opens them
+    all first). A file that cannot be opened, or a truncated or corrupt ``.gz``, raises (``OSError``,
+    ``EOFError``) as it is met.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
+    if opened is not None:
+        source: Any = gzip.open(opened) if path.suffix == ".gz" else contextlib.nullcontext(opened)  # noqa: SIM115
+    else:
+        source = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    with source as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

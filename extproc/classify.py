@@ -21,7 +21,7 @@ from typing import Any
 
 from classifier.model import DifficultyModel, Prediction
 
-__all__ = ["ClassifierThreads"]
+__all__ = ["ClassifierOverloaded", "ClassifierThreads"]
 
 _log = logging.getLogger("model_router.classify")
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Prediction]", DifficultyModel, str]
@@ -42,10 +42,20 @@ def _expire(future: asyncio.Future[Prediction], timeout: float) -> None:
         future.set_exception(TimeoutError(f"classifier missed its {timeout * 1000:.0f} ms deadline"))
 
 
-class ClassifierThreads:
-    """A :data:`~extproc.stream.Classify` callable backed by ``workers`` threads; :meth:`close` stops them."""
+class ClassifierOverloaded(RuntimeError):
+    """More prompts are waiting than the workers can classify within a deadline: the request falls back at once."""
 
-    def __init__(self, workers: int = 2, name: str = "classify") -> None:
+
+class ClassifierThreads:
+    """A :data:`~extproc.stream.Classify` callable backed by ``workers`` threads; :meth:`close` stops them.
+
+    At most ``max_queued`` prompts wait for a worker. Past that, a call fails at once (the stream falls back) instead
+    of joining a queue whose every job would miss its deadline: a stuck or slow model would otherwise hold every
+    waiting prompt's text in memory, and the workers, taking the oldest job first, would finish each one too late.
+    """
+
+    def __init__(self, workers: int = 2, name: str = "classify", max_queued: int = 64) -> None:
+        self._max_queued = max_queued
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
@@ -55,6 +65,8 @@ class ClassifierThreads:
 
     async def __call__(self, model: DifficultyModel, text: str, timeout: float) -> Prediction:
         """Classify ``text`` with ``model`` on a worker thread; ``TimeoutError`` after ``timeout`` seconds."""
+        if self._jobs.qsize() >= self._max_queued:
+            raise ClassifierOverloaded(f"{self._max_queued} prompts already wait for the classifier")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
         self._jobs.put((loop, future, model, text))

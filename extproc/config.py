@@ -5,6 +5,7 @@ No config is read at import time and nothing here is global: the server builds a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -289,8 +290,14 @@ class Settings(_Strict):
             problems.append("capture.path: required when capture.enabled is true")
         if self.feedback.enabled and self.feedback.path is None:
             problems.append("feedback.path: required when feedback.enabled is true")
-        if self.capture.path is not None and self.capture.path == self.feedback.path:
-            problems.append("feedback.path: must differ from capture.path")
+        if self.capture.path is not None and self.feedback.path is not None:
+            # Each file rotates to <path>.1: the four names must be four files, however they are spelled.
+            def names(path: Path) -> set[Path]:
+                full = Path(os.path.abspath(path))
+                return {full, full.with_name(full.name + ".1")}
+
+            if names(self.capture.path) & names(self.feedback.path):
+                problems.append("feedback.path: must differ from capture.path and from each other's rotated <path>.1")
         listen = self.feedback.listen
         if self.feedback.enabled and listen is not None and listen == self.telemetry.metrics_listen:
             problems.append("feedback.listen: must differ from telemetry.metrics_listen")

@@ -14,6 +14,7 @@ rotated ``.1`` files). The output holds prompts: it is created with mode 0600.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,14 +61,29 @@ class JoinStats:
         )
 
 
-def _lines(paths: Sequence[Path]) -> Iterator[Any]:
-    """Each line of each file, parsed; a line that is not JSON is ``None``."""
-    for path in paths:
-        for _, value in read_jsonl(path):
+def _lines(files: Sequence[tuple[Path, IO[bytes]]]) -> Iterator[Any]:
+    """Each line of each (already open) file, parsed; a line that is not JSON is ``None``."""
+    for path, opened in files:
+        for _, value in read_jsonl(path, opened):
             yield None if value is NOT_JSON else value
 
 
-def _read_feedback(paths: Sequence[Path], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
+def _open_all(stack: contextlib.ExitStack, paths: Sequence[Path]) -> list[tuple[Path, IO[bytes]]]:
+    """Every input opened before any is read, each file once: the router may rotate ``capture.jsonl`` to
+    ``capture.jsonl.1`` while a large ``.1`` is being read, and open files keep their contents (a file opened
+    under both names after such a rotation is read once)."""
+    files: list[tuple[Path, IO[bytes]]] = []
+    seen: set[tuple[int, int]] = set()
+    for path in paths:
+        fh = stack.enter_context(path.open("rb"))
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append((path, fh))
+    return files
+
+
+def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
     """decision id -> model -> scores."""
     by_id: dict[str, dict[str, list[float]]] = {}
     for line in _lines(paths):
@@ -88,6 +104,16 @@ def join_outcomes(
     captures: Sequence[Path], feedback: Sequence[Path], out: IO[bytes], keep_unscored: bool = False
 ) -> JoinStats:
     """Write the joined records to ``out`` in capture order; return the counts."""
+    with contextlib.ExitStack() as stack:
+        return _join(_open_all(stack, captures), _open_all(stack, feedback), out, keep_unscored)
+
+
+def _join(
+    captures: Sequence[tuple[Path, IO[bytes]]],
+    feedback: Sequence[tuple[Path, IO[bytes]]],
+    out: IO[bytes],
+    keep_unscored: bool,
+) -> JoinStats:
     stats = JoinStats()
     scores = _read_feedback(feedback, stats)
     seen: set[str] = set()
@@ -133,12 +159,18 @@ def run_outcomes(
         if not path.is_file():
             print(f"model-router outcomes: {path}: no such file", file=stderr)
             return 2
+    # Written next to ``out`` and renamed over it only when the join succeeded: a failed run (a corrupt .gz among
+    # the inputs) leaves the previous output whole, never an empty or partial file that adapt would read.
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as f:
             stats = join_outcomes(captures, feedback, f, keep_unscored)
+        os.replace(partial, out)
     except (OSError, EOFError) as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
         print(f"model-router outcomes: {exc}", file=stderr)
         return 2
     print(stats.summary(out, keep_unscored), file=stdout)

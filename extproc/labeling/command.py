@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import random
 import time
@@ -290,12 +291,21 @@ def run_label_command(
         return EXIT_DECLINED
     ledger = Ledger({**settings.prices, **({JUDGE: settings.judge_price} if settings.judge_price else {})})
     stats, code = RunStats(), 0
-    try:
-        if todo:
-            asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport))
-    except KeyboardInterrupt:
-        out.write("interrupted: records written so far are kept; run the same command again to resume\n")
-        code = EXIT_INTERRUPTED
+    # One run per --out at a time: a second one would read the same resume state and label everything again.
+    with os.fdopen(open_private_append(args.out), "ab") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.write(
+                f"model-router label: another label run is writing {args.out}; wait for it or use another --out\n"
+            )
+            return EXIT_USAGE
+        try:
+            if todo:
+                asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport))
+        except KeyboardInterrupt:
+            out.write("interrupted: records written so far are kept; run the same command again to resume\n")
+            code = EXIT_INTERRUPTED
     skipped = sum(1 for item in p.prompts.items if item.key in p.resume.done)
     out.write("\n".join([*format_summary(stats, ledger, settings, skipped, args.out), *notes]) + "\n")
     if not code and stats.not_written and not stats.written:

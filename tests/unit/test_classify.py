@@ -84,3 +84,33 @@ async def test_concurrent_requests_all_resolve(threads: ClassifierThreads) -> No
     results = await asyncio.gather(*(threads(model, f"medium {i}", 1.0) for i in range(50)))
     assert all(r == Prediction(-0.5, 0.5) for r in results)
     assert len(model.seen) == 50
+
+
+async def test_a_full_backlog_fails_at_once_and_drains_when_the_model_recovers() -> None:
+    """A stuck model: past max_queued waiting prompts a call fails immediately (the stream falls back) instead of
+    queueing more text behind work that can only finish too late."""
+    from extproc.classify import ClassifierOverloaded
+
+    one = ClassifierThreads(1, max_queued=3)
+    try:
+        stuck = Gate()
+        running = asyncio.ensure_future(one(stuck, "occupies the worker", 5.0))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.ensure_future(one(stuck, f"queued {n}", 0.05)) for n in range(3)]
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(ClassifierOverloaded, match="3 prompts already wait"):
+            await one(stuck, "one too many", 5.0)
+        assert loop.time() - start < 0.01, "refused at once, not after the deadline"
+        for task in waiting:
+            with pytest.raises(TimeoutError):
+                await task
+        stuck.release.set()
+        assert await running == Prediction(1.0, 0.5)
+        await asyncio.sleep(0.05)  # the expired jobs are skipped, the queue is empty again
+        recovered = Gate()
+        recovered.release.set()
+        assert await one(recovered, "after recovery", 1.0) == Prediction(1.0, 0.5)
+    finally:
+        one.close(timeout=0)

@@ -58,6 +58,16 @@ def base(**changes: object) -> dict[str, object]:
         ),
         pytest.param([1, 2], ["<root>: expected a mapping at the top of the file"], id="not-a-mapping"),
         pytest.param(
+            base(capture={"path": "/d/cap.jsonl"}, feedback={"path": "/d/cap.jsonl.1"}),
+            ["feedback.path: must differ from capture.path and from each other's rotated <path>.1"],
+            id="feedback-is-the-captures-rotated-file",
+        ),
+        pytest.param(
+            base(capture={"path": "/d/x/../cap.jsonl"}, feedback={"path": "/d/cap.jsonl"}),
+            ["feedback.path: must differ from capture.path and from each other's rotated <path>.1"],
+            id="same-file-spelled-differently",
+        ),
+        pytest.param(
             base(tenants={"t": {"models": []}}),
             ["tenants.t.models: Tuple should have at least 1 item after validation, not 0"],
             id="tenant-with-no-models-is-not-everything",

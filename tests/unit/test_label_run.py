@@ -420,3 +420,15 @@ def test_an_item_with_one_grade_is_written_and_done(tmp_path: Path) -> None:
     assert code == 0 and "labelled 2 items" in out
     rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert [sorted(r["scores"]) for r in rows] == [["small"], ["small"]]
+
+
+def test_a_second_run_on_the_same_out_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    write_prompts(tmp_path, 2)
+    with (tmp_path / "out.jsonl").open("ab") as held:  # another label run, mid-way
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out, _ = run(tmp_path, never_called, "--yes")
+    assert code == 2 and "another label run is writing" in out
+    code, out, _ = run(tmp_path, FakeApi(), "--yes")
+    assert code == 0 and "labelled 2 items" in out

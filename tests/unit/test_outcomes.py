@@ -108,3 +108,39 @@ def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
     code = run_outcomes([tmp_path / "nope.jsonl"], [], tmp_path / "out.jsonl", False, io.StringIO(), err)
     assert code == 2 and err.getvalue().count("\n") == 1 and "nope.jsonl: no such file" in err.getvalue()
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_failed_run_leaves_the_previous_output_whole(tmp_path: Path) -> None:
+    captures = _write(tmp_path / "c.jsonl", [_capture("a")])
+    feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])
+    out = tmp_path / "out.jsonl"
+    assert run_outcomes([captures], [feedback], out, False, io.StringIO(), io.StringIO()) == 0
+    good = out.read_bytes()
+    broken = tmp_path / "old.jsonl.gz"
+    broken.write_bytes(gzip.compress(b"\n".join(json.dumps(_capture(f"b{n}")).encode() for n in range(500)))[:-40])
+    err = io.StringIO()
+    assert run_outcomes([captures, broken], [feedback], out, False, io.StringIO(), err) == 2
+    assert out.read_bytes() == good, "the previous output is untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "f.jsonl", "old.jsonl.gz", "out.jsonl"]
+
+
+def test_a_rotation_during_the_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """The router renames capture.jsonl to capture.jsonl.1 while the join reads: files opened first keep their
+    lines, and a file that is then reachable under both names is read once."""
+    live, previous = tmp_path / "capture.jsonl", tmp_path / "capture.jsonl.1"
+    _write(previous, [_capture("old")])
+    _write(live, [_capture("new")])
+    feedback = _write(tmp_path / "f.jsonl", [_fb("old", "m", 1), _fb("new", "m", 0), _fb("new", "m", 0)])
+    out = io.BytesIO()
+    import contextlib
+
+    from extproc import outcomes
+
+    with contextlib.ExitStack() as stack:
+        files = outcomes._open_all(stack, [previous, live])
+        live.replace(previous)  # the rotation, after the inputs are open
+        _write(live, [_capture("newest")])
+        stats = outcomes._join(files, outcomes._open_all(stack, [feedback, feedback]), out, False)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["id"] for r in records] == ["old", "new"]
+    assert records[1]["scores"] == {"m": 0.0} and stats.averaged == 1, "the feedback file given twice is read once"
