@@ -78,4 +78,5 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                 for response in responses:
                     yield response
         finally:
+            handler.close()
             in_flight.dec()

@@ -306,11 +306,27 @@ class StreamHandler:
         chunk = msg.response_body
         self._usage.feed(chunk.body)
         if chunk.end_of_stream:
-            usage = self._usage.finish()
-            self._usage = None
-            if usage is not None:
-                cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
-                self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)
+            self._finish_usage()
+
+    def _finish_usage(self) -> None:
+        assert self._usage is not None and self._record is not None
+        usage = self._usage.finish()
+        self._usage = None
+        if usage is not None:
+            cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
+            self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)
+
+    def close(self) -> None:
+        """The ext_proc stream ended. A response whose last chunk never reached the router still reports the usage
+        it carried: a client that stops reading after the final SSE event (the OpenAI SDK does, at ``[DONE]``) may
+        close before the upstream's end of stream, and Envoy then ends the stream without it."""
+        if self._usage is None:
+            return
+        try:
+            self._finish_usage()
+        except Exception:
+            _log.exception("reading the usage of a cut response failed")
+            self._sink.error("handler_exception")
 
     def _check_fallback(self, msg: pb.ProcessingRequest) -> None:
         """If Envoy's fallback filter sent the request to another model, usage is that model's (tokens and cost at

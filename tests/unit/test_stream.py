@@ -354,3 +354,21 @@ async def test_shadow_mode_never_rejects_a_request() -> None:
     assert responses[0].WhichOneof("response") == "request_headers"
     assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
     assert sink.records[0].outcome is Outcome.SHADOW
+
+
+async def test_usage_of_a_response_cut_before_its_last_chunk_is_still_recorded_once() -> None:
+    """The client stopped reading at the final SSE event; Envoy ends the stream without end_of_stream."""
+    settings = demo_settings()
+    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
+    sink = RecordingSink()
+    snap = snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
+    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock())
+    await replay(handler, chat_headers(), CHAT)
+    sse = b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}\n\ndata: [DONE]\n\n'
+    await handler.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=sse)))
+    assert sink.usages == []
+    handler.close()
+    handler.close()
+    assert [(model, tokens_in, tokens_out) for model, tokens_in, tokens_out, _ in sink.usages] == [
+        ("gpt-4o-mini", 12, 7)
+    ]
