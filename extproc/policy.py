@@ -99,7 +99,6 @@ def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> 
     the cheaper. ``chosen``'s own cluster maps to ``chosen``.
     """
 
-    price = _list_price
     by_cluster: dict[str, list[ResolvedModel]] = {}
     for m in catalog:
         by_cluster.setdefault(m.cluster, []).append(m)
@@ -107,9 +106,9 @@ def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> 
     for cluster, models in by_cluster.items():
         no_worse = [m for m in models if m.ability >= chosen.ability]
         if no_worse:
-            out[cluster] = min(no_worse, key=lambda m: (m.ability, price(m)))
+            out[cluster] = min(no_worse, key=lambda m: (m.ability, _list_price(m)))
         else:
-            out[cluster] = max(models, key=lambda m: (m.ability, -price(m)))
+            out[cluster] = max(models, key=lambda m: (m.ability, -_list_price(m)))
     out[chosen.cluster] = chosen
     return out
 

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -66,6 +66,7 @@ Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
 """Runs the model on one text within a deadline in seconds; raises on failure or timeout."""
 
 _log = logging.getLogger("model_router.stream")
+_T = TypeVar("_T")
 
 
 class ProtocolError(Exception):
@@ -271,7 +272,6 @@ class StreamHandler:
         if self._snap.settings.telemetry.response_usage:
             self._usage = UsageScanner()
             self._usage_model = served
-            self._fallback_checked = policy.shadow  # shadow mode writes no metadata, so no filter renames
         if policy.shadow:
             return [self._continue("request_body")]
         assert self._record is not None
@@ -291,12 +291,16 @@ class StreamHandler:
         request. Returns the tap's dynamic metadata."""
         if self._tap is None or self._record is None:
             return {}
+        return self._tap_safely(self._tap.decided, self._snap.settings, self._record, parsed, served_model) or {}
+
+    def _tap_safely(self, call: Callable[..., _T], *args: Any) -> _T | None:
+        """Call the tap; its failure is logged and counted, and never touches the request."""
         try:
-            return self._tap.decided(self._snap.settings, self._record, parsed, served_model)
+            return call(*args)
         except Exception as exc:
             _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
             self._sink.error("tap_exception")
-            return {}
+            return None
 
     def _on_response_chunk(self, msg: pb.ProcessingRequest) -> None:
         assert self._usage is not None and self._record is not None
@@ -344,11 +348,7 @@ class StreamHandler:
             return
         self._usage_model = model
         if self._tap is not None:
-            try:
-                self._tap.answered_by(self._record, name)
-            except Exception as exc:
-                _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
-                self._sink.error("tap_exception")
+            self._tap_safely(self._tap.answered_by, self._record, name)
 
     def _conversation_key(self, parsed: ParsedRequest) -> str | None:
         if self._memory is None or self._request is None:

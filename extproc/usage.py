@@ -93,6 +93,8 @@ class UsageScanner:
 
     def feed(self, chunk: bytes) -> None:
         """Consume one response chunk."""
+        if self._overflow:  # a JSON body over the cap, a gzip bomb or a corrupt gzip stream: nothing more to read
+            return
         if self._prefix is not None:
             self._prefix += chunk
             if len(self._prefix) < len(_GZIP):
@@ -108,11 +110,11 @@ class UsageScanner:
         try:
             out: bytes = self._inflate.decompress(chunk, _MAX_INFLATE * len(chunk) + (1 << 20))
         except zlib.error:
-            out, self._inflate = b"", _Dead()
-        if self._inflate.unconsumed_tail:  # more than the ratio allows: a bomb, not a response
-            out, self._inflate = b"", _Dead()
-        if isinstance(self._inflate, _Dead):
             self._overflow = True
+            return b""
+        if self._inflate.unconsumed_tail:  # more than the ratio allows: a bomb, not a response
+            self._overflow = True
+            return b""
         return out
 
     def _feed_text(self, data: bytes) -> None:
@@ -167,12 +169,3 @@ class UsageScanner:
         if self._input is None and self._output is None:
             return None
         return Usage(self._input or 0, self._output or 0)
-
-
-class _Dead:
-    """A stopped inflater: what follows a bomb or a corrupt gzip stream is ignored."""
-
-    unconsumed_tail = b""
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        return b""

@@ -35,7 +35,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _BoundedServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
-    _slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # replaced per server by serve_wsgi
+    _slots: threading.BoundedSemaphore  # set by serve_wsgi before the server serves
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

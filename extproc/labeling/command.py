@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import httpx
 
@@ -204,6 +204,7 @@ async def _label(
     console: Console,
     env: Mapping[str, str],
     transport: httpx.AsyncBaseTransport | None,
+    out: BinaryIO,
 ) -> None:
     limits = httpx.Limits(max_connections=2 * settings.concurrency + 2)
     limiter = asyncio.Semaphore(settings.concurrency)
@@ -217,9 +218,7 @@ async def _label(
         judge = ChatEndpoint(http, args.judge_base_url, bearer(judge_key), args.judge_timeout, limiter, time.time)
         labeller = Labeller(answers, judge, settings, ledger, asyncio.sleep, random.Random().random, stats)
         progress = Progress(len(todo), console.stderr, time.monotonic, console.stderr.isatty())
-        # Owner-only, as the capture and feedback files: each record holds the prompt it labels.
-        with os.fdopen(open_private_append(args.out), "ab") as fh:
-            await label_items(todo, labeller, RecordWriter(fh), Budget(settings.max_cost, ledger), progress)
+        await label_items(todo, labeller, RecordWriter(out), Budget(settings.max_cost, ledger), progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +290,8 @@ def run_label_command(
         return EXIT_DECLINED
     ledger = Ledger({**settings.prices, **({JUDGE: settings.judge_price} if settings.judge_price else {})})
     stats, code = RunStats(), 0
-    # One run per --out at a time: a second one would read the same resume state and label everything again.
+    # Owner-only, as the capture and feedback files: each record holds the prompt it labels. One run per --out at a
+    # time: a second one would read the same resume state and label everything again.
     with os.fdopen(open_private_append(args.out), "ab") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -302,7 +302,7 @@ def run_label_command(
             return EXIT_USAGE
         try:
             if todo:
-                asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport))
+                asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport, lock))
         except KeyboardInterrupt:
             out.write("interrupted: records written so far are kept; run the same command again to resume\n")
             code = EXIT_INTERRUPTED
