@@ -1,10 +1,14 @@
 """The text cut (part of the model's contract) and the WordPiece tokenizer."""
 
+# ruff: noqa: RUF001  (non-Latin look-alike letters and full-width punctuation are the point of the tests below)
+
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer
 
-from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer
+from classifier.loader import DEFAULT_MODEL_DIR
+from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer, words
 from tests.unit.classifier.tiny import TINY_VOCAB, tiny_tokenizer
 
 CUT = TextCut(head_chars=10, tail_chars=5)
@@ -76,3 +80,39 @@ def test_distinct_ids_is_the_set_of_ids() -> None:
     assert tok.distinct_ids(text) == set(tok.ids(text))
     assert tok.distinct_ids(text, frozenset({"primes", "zebra"})) == set(tok.ids(text, frozenset({"primes", "zebra"})))
     assert TINY_VOCAB.index("[UNK]") not in tok.distinct_ids(text, frozenset({"zebra"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        pytest.param("Naïve CAFÉ", ["naive", "cafe"], id="accents-stripped"),
+        pytest.param("Cafe\u0301", ["cafe"], id="decomposed-accent-stripped"),
+        pytest.param("Ελληνικά ё", ["ελληνικα", "е"], id="greek-and-cyrillic-accents"),
+        pytest.param("你好，世界", ["你", "好", "，", "世", "界"], id="cjk-one-word-per-ideograph"),
+        pytest.param("n为负整数", ["n", "为", "负", "整", "数"], id="cjk-next-to-latin"),
+        pytest.param("Straße Łódź", ["straße", "łodz"], id="letters-without-decomposition-kept"),
+        pytest.param("snake_case x+1", ["snake_case", "x", "+", "1"], id="ascii-path-unchanged"),
+        pytest.param("snake_case é", ["snake_case", "e"], id="underscore-same-on-both-paths"),
+    ],
+)
+def test_words_spell_text_as_the_vocabulary_does(text: str, want: list[str]) -> None:
+    assert words(text) == want
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Naïve CAFÉ crème brûlée",
+        "你好，世界！请证明费马小定理。",
+        "Ελληνικά και Русский текст ё",
+        "Cafe\u0301 pho\u031b\u0309 Tiếng Việt",
+        "mixed 日本語のテキスト and English",
+        "O(n log n) — “quotes” … ¿qué?",
+    ],
+)
+def test_ids_match_the_full_tokenizers_pipeline(text: str) -> None:
+    """The fast path gives the ids of ``tokenizers``' own BERT normaliser + pre-tokenizer + WordPiece (accents
+    stripped, CJK split), so non-English prompts hit the vocabulary the teacher was distilled on."""
+    path = DEFAULT_MODEL_DIR / "tokenizer.json"
+    reference = Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids
+    assert WordPieceTokenizer.from_file(path).ids(text) == reference
