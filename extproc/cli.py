@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,13 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", type=Path, default=Path("envoy/model-router.yaml"), help="default: %(default)s")
     explain.add_argument("--target", metavar="HOST:PORT", help="ask a running router's Decide instead")
     explain.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
+    tls = explain.add_argument_group("TLS to --target (a router with server.tls)")
+    tls.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA bundle (PEM) that verifies the router: use TLS")
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (PEM) for mutual TLS")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="the client certificate's private key (PEM)")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="the name to check in the router's certificate")
     adapt = sub.add_parser("adapt", help="fit a deployment-specific classifier head from outcome records (seconds)")
     adapt.add_argument(
         "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with `scores`"
     )
     adapt.add_argument("--weak", help="the cheap model's name in `scores` (default: chosen as eval chooses it)")
     adapt.add_argument("--strong", help="the strong model's name in `scores` (default: the best-scoring model)")
-    adapt.add_argument("--out", type=Path, required=True, help="the new model directory to write (use a fresh one)")
+    adapt.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="model directory to write (new, or a model directory: replaced in one step)",
+    )
     adapt.add_argument("--base", type=Path, help="base model directory (default: the shipped model)")
     adapt.add_argument("--seed", type=int, default=0, help="seed of the folds (default: %(default)s)")
     adapt.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
@@ -154,7 +165,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from extproc.explain import ExplainInput, run_explain
+    # gRPC's C core would log a failed handshake on stderr itself; explain's one error line already carries the reason.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from extproc.explain import ExplainInput, RemoteTls, run_explain
 
     headers = []
     for raw in args.header:
@@ -164,7 +177,8 @@ def _explain(args: argparse.Namespace) -> int:
             return 2
         headers.append((name.strip().lower(), value.strip()))
     source = ExplainInput(args.prompt, args.file, args.path, args.model, tuple(headers))
-    return run_explain(source, args.config, args.target, args.json, sys.stdin, sys.stdout, sys.stderr)
+    tls = RemoteTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    return run_explain(source, args.config, args.target, args.json, sys.stdin, sys.stdout, sys.stderr, tls)
 
 
 def _adapt(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """``model-router explain``: what the router would do with one prompt or request body, and why, on one screen.
 
 In-process by default (loads ``--config`` and runs :func:`extproc.decide.decide`, the live request path, forwarding
-nothing and logging nothing); ``--target HOST:PORT`` asks a running router's ``Decide`` instead. Both print the
-same ``DecideResponse``: as a table, or as its canonical proto3 JSON with ``--json``.
+nothing and logging nothing); ``--target HOST:PORT`` asks a running router's ``Decide`` instead, over TLS when
+``--tls-ca`` is given (``server.tls``; ``--tls-cert``/``--tls-key`` for mutual TLS). Both print the same
+``DecideResponse``: as a table, or as its canonical proto3 JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import label
 from extproc.record import DecisionRecord
 
-__all__ = ["ExplainError", "ExplainInput", "decide_local", "decide_remote", "read_input", "render", "run_explain"]
+__all__ = [
+    "ExplainError",
+    "ExplainInput",
+    "RemoteTls",
+    "TlsCredentials",
+    "decide_local",
+    "decide_remote",
+    "read_input",
+    "render",
+    "run_explain",
+]
 
 DEFAULT_PATH = "/v1/chat/completions"
 _REASONS = {
@@ -50,6 +61,73 @@ class ExplainInput:
     path: str
     model: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTls:
+    """``--tls-*``: reach a ``--target`` whose gRPC port has ``server.tls``. ``ca`` switches to a secure channel that
+    verifies the router's certificate against it; ``cert`` and ``key`` are a client certificate for mutual TLS
+    (``server.tls.client_ca_file``); ``server_name`` is the name checked against the certificate instead of the host
+    in ``--target`` (``grpc.ssl_target_name_override``)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def _given(self) -> list[str]:
+        options = (
+            ("--tls-ca", self.ca),
+            ("--tls-cert", self.cert),
+            ("--tls-key", self.key),
+            ("--tls-server-name", self.server_name),
+        )
+        return [option for option, value in options if value is not None]
+
+    def usage_error(self, target: str | None) -> str | None:
+        """What is wrong with these options beside ``target``, in one line; None if nothing."""
+        given = self._given()
+        if not given:
+            return None
+        if target is None:
+            return f"{', '.join(given)}: only with --target (the in-process explain opens no connection)"
+        if (self.cert is None) != (self.key is None):
+            return "--tls-cert and --tls-key go together (a client certificate and its private key)"
+        if self.ca is None:
+            return f"{', '.join(given)}: only with --tls-ca (the CA that verifies the router's certificate)"
+        if not self.server_name and self.server_name is not None:
+            return "--tls-server-name: empty name"
+        return None
+
+    def load(self) -> TlsCredentials | None:
+        """The PEM files read (None without ``ca``: plaintext); ``ExplainError`` naming the option and the path if one
+        is unreadable or not PEM."""
+        if self.ca is None:
+            return None
+        root = _read_pem("--tls-ca", self.ca)
+        key = _read_pem("--tls-key", self.key) if self.key is not None else None
+        chain = _read_pem("--tls-cert", self.cert) if self.cert is not None else None
+        return TlsCredentials(self, root, key, chain)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCredentials:
+    """What :meth:`RemoteTls.load` read: the arguments of ``grpc.ssl_channel_credentials``, and the options."""
+
+    options: RemoteTls
+    root: bytes
+    key: bytes | None
+    chain: bytes | None
+
+
+def _read_pem(option: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExplainError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ExplainError(f"{option}: {path} is not PEM")
+    return data
 
 
 def _chat_body(prompt: str, model: str) -> bytes:
@@ -116,17 +194,50 @@ def decide_local(request: api.DecideRequest, config: Path) -> api.DecideResponse
     return asyncio.run(decide(request, snapshot, _inline_classify, _NullSink()))
 
 
-def decide_remote(request: api.DecideRequest, target: str, timeout: float = 10.0) -> api.DecideResponse:
-    """Ask the router at ``target`` (``host:port``)."""
+def _hint(code: str, details: str, tls: RemoteTls | None, target: str) -> str:
+    """What to try when the router cannot be reached, from gRPC's connection error (empty if nothing to add)."""
+    if code != "UNAVAILABLE" or "Connection refused" in details:
+        return ""
+    if tls is None:
+        return "; if the router has server.tls, give --tls-ca"
+    if "WRONG_VERSION_NUMBER" in details:
+        return "; the router's port does not speak TLS: drop the --tls-* options"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return f"; the router's certificate does not verify against --tls-ca {tls.ca}"
+    if "Hostname Verification" in details:
+        name = tls.server_name or target.rpartition(":")[0]
+        return f"; the router's certificate is not for {name!r} (--tls-server-name sets the name checked)"
+    if tls.cert is None:
+        return "; if the router requires client certificates (server.tls.client_ca_file), give --tls-cert and --tls-key"
+    return f"; the router may not accept the client certificate in --tls-cert {tls.cert}"
+
+
+def decide_remote(
+    request: api.DecideRequest,
+    target: str,
+    timeout: float = 10.0,
+    tls: TlsCredentials | None = None,
+) -> api.DecideResponse:
+    """Ask the router at ``target`` (``host:port``): over TLS with ``tls``, plaintext without."""
     import grpc
 
     from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    if tls is not None:
+        credentials = grpc.ssl_channel_credentials(tls.root, tls.key, tls.chain)
+        name = tls.options.server_name
+        channel = grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", name)] if name else []
+        )
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         try:
             reply: api.DecideResponse = api_grpc.ModelRouterServiceStub(channel).Decide(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise ExplainError(f"{target}: {exc.code().name}: {exc.details()}") from None
+            code, details = exc.code().name, exc.details() or ""
+            hint = _hint(code, details, tls.options if tls else None, target)
+            raise ExplainError(f"{target}: {code}: {details}{hint}") from None
     return reply
 
 
@@ -195,13 +306,19 @@ def run_explain(
     stdin: TextIO,
     stdout: TextIO,
     stderr: TextIO,
+    tls: RemoteTls | None = None,
 ) -> int:
-    """Explain one request; 0 on success, 2 with a one-line error on bad input or an unreachable router."""
+    """Explain one request; 0 on success, 2 with a one-line error on bad options or input or an unreachable router."""
     from extproc.errors import ConfigError
 
+    problem = tls.usage_error(target) if tls is not None else None
+    if problem:
+        print(f"model-router explain: {problem}", file=stderr)
+        return 2
     try:
+        credentials = tls.load() if tls is not None and target else None  # before reading stdin: fail fast
         request = read_input(source, stdin)
-        response = decide_remote(request, target) if target else decide_local(request, config)
+        response = decide_remote(request, target, tls=credentials) if target else decide_local(request, config)
     except ExplainError as exc:
         print(f"model-router explain: {exc}", file=stderr)
         return 2

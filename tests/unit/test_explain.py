@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -14,6 +17,7 @@ from devstack.stack import ENVOY_DIR, free_port
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.cli import main
 from extproc.explain import ExplainInput, run_explain
+from tests.certs import TestCA
 
 HARD = "Prove that the integral of x^2 from 0 to 1 equals 1/3 step by step, derive the theorem for x^n."
 EASY = "What is the capital of France?"
@@ -110,3 +114,126 @@ def test_unreachable_target_is_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
     code = main(["explain", "--target", f"127.0.0.1:{free_port()}", EASY])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "UNAVAILABLE" in err
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> dict[str, str]:
+    """Real PEM files (a CA and a client certificate it signed), plus a missing file, a directory and a non-PEM file."""
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("client", server=False)
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    return {
+        "ca": str(ca.path),
+        "cert": str(cert),
+        "key": str(key),
+        "missing": str(tmp_path / "missing.pem"),
+        "dir": str(tmp_path),
+        "junk": str(tmp_path / "junk.pem"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        pytest.param(["--tls-ca", "{ca}"], "--tls-ca: only with --target", id="ca-without-target"),
+        pytest.param(
+            ["--tls-ca", "{ca}", "--tls-cert", "{cert}", "--tls-key", "{key}"],
+            "--tls-ca, --tls-cert, --tls-key: only with --target",
+            id="mtls-without-target",
+        ),
+        pytest.param(["--tls-server-name", "router"], "--tls-server-name: only with --target", id="name-no-target"),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-cert", "{cert}"],
+            "--tls-cert and --tls-key go together",
+            id="cert-without-key",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-key", "{key}"],
+            "--tls-cert and --tls-key go together",
+            id="key-without-cert",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-cert", "{cert}"],
+            "--tls-cert and --tls-key go together",
+            id="cert-alone",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-cert", "{cert}", "--tls-key", "{key}"],
+            "--tls-cert, --tls-key: only with --tls-ca",
+            id="client-cert-without-ca",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-server-name", "router"],
+            "--tls-server-name: only with --tls-ca",
+            id="name-without-ca",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-server-name", ""],
+            "--tls-server-name: empty name",
+            id="empty-name",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{missing}"],
+            "--tls-ca: cannot read {missing}: No such file or directory",
+            id="missing-ca",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{dir}"], "--tls-ca: cannot read {dir}: Is a directory", id="ca-dir"
+        ),
+        pytest.param(["--target", "{target}", "--tls-ca", "{junk}"], "--tls-ca: {junk} is not PEM", id="ca-not-pem"),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-cert", "{missing}", "--tls-key", "{key}"],
+            "--tls-cert: cannot read {missing}",
+            id="missing-cert",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-cert", "{cert}", "--tls-key", "{missing}"],
+            "--tls-key: cannot read {missing}",
+            id="missing-key",
+        ),
+        pytest.param(
+            ["--target", "{target}", "--tls-ca", "{ca}", "--tls-cert", "{cert}", "--tls-key", "{junk}"],
+            "--tls-key: {junk} is not PEM",
+            id="key-not-pem",
+        ),
+    ],
+)
+def test_bad_tls_options_are_one_line_and_exit_2_before_any_connection(
+    pem: dict[str, str], capsys: pytest.CaptureFixture[str], argv: list[str], problem: str
+) -> None:
+    values = {**pem, "target": f"127.0.0.1:{free_port()}"}  # nothing listens: a connection would be UNAVAILABLE
+    # No prompt: the options are checked before stdin is read (pytest's stdin raises on read while capturing).
+    code = main(["explain", *(arg.format(**values) for arg in argv)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(f"model-router explain: {problem.format(**values)}") and err.count("\n") == 1, err
+
+
+@pytest.fixture
+def plaintext_port() -> Iterator[int]:
+    """A gRPC port without TLS (no services: the TLS handshake fails before any call)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
+def test_tls_to_a_plaintext_port_says_so(
+    pem: dict[str, str], plaintext_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["explain", "--target", f"127.0.0.1:{plaintext_port}", "--tls-ca", pem["ca"], EASY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "UNAVAILABLE" in err and "does not speak TLS: drop the --tls-* options" in err, err
+
+
+def test_tls_to_a_closed_port_is_unavailable_without_a_tls_hint(
+    pem: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["explain", "--target", f"127.0.0.1:{free_port()}", "--tls-ca", pem["ca"], EASY])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "UNAVAILABLE" in err and "Connection refused" in err and "--tls" not in err, err
