@@ -291,13 +291,16 @@ class Settings(_Strict):
         if self.feedback.enabled and self.feedback.path is None:
             problems.append("feedback.path: required when feedback.enabled is true")
         if self.capture.path is not None and self.feedback.path is not None:
-            # Each file rotates to <path>.1: the four names must be four files, however they are spelled.
+            # Each file rotates to <path>.1 and is locked through <path>.lock: the six names must be six files,
+            # however they are spelled.
             def names(path: Path) -> set[Path]:
                 full = Path(os.path.abspath(path))
-                return {full, full.with_name(full.name + ".1")}
+                return {full, full.with_name(full.name + ".1"), full.with_name(full.name + ".lock")}
 
             if names(self.capture.path) & names(self.feedback.path):
-                problems.append("feedback.path: must differ from capture.path and from each other's rotated <path>.1")
+                problems.append(
+                    "feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"
+                )
         listen = self.feedback.listen
         if self.feedback.enabled and listen is not None and listen == self.telemetry.metrics_listen:
             problems.append("feedback.listen: must differ from telemetry.metrics_listen")

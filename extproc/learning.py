@@ -3,24 +3,44 @@
 ``capture.*`` applies on reload (:meth:`Learning.reconfigure`); ``feedback.*`` is read once at start, like the
 listen addresses. On SIGTERM the server calls :meth:`Learning.close` after the gRPC server has drained, so every
 queued line is written before the process exits.
+
+Each file has one writer (:mod:`extproc.spool` locks ``<path>.lock``): a ``capture.path`` or ``feedback.path`` that
+another process is writing refuses the start with a :class:`~extproc.errors.ConfigError` naming the field (unless
+capture is off, when the files are that process's to expire), and a reload onto such a capture path is logged and
+not applied to the capture file.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from extproc import capture as capture_mod
 from extproc import feedback as feedback_mod
 from extproc.capture import PromptCapture
-from extproc.config import Settings
+from extproc.config import CaptureSettings, Settings
+from extproc.errors import ConfigError
 from extproc.feedback import DecisionStore, FeedbackRecorder
 from extproc.feedback_http import start_feedback_server
 from extproc.feedback_token import TokenSigner, load_signing_keys
-from extproc.spool import Spool, SpoolTarget
+from extproc.spool import Spool, SpoolBusyError, SpoolTarget
 from extproc.tap import LearningTap
 
 __all__ = ["Learning", "start_learning"]
+
+_log = logging.getLogger("model_router.learning")
+
+
+def _configure_capture(capture: PromptCapture, settings: CaptureSettings) -> SpoolBusyError | None:
+    """Apply ``settings``; the error if another process writes its path and capture is on (else only logged)."""
+    try:
+        capture.configure(settings)
+    except SpoolBusyError as exc:
+        if settings.enabled:
+            return exc
+        _log.warning("capture.path: %s; capture is off here, so its lines are left to that process to expire", exc)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +53,11 @@ class Learning:
     stop_http: Callable[[], None]
 
     def reconfigure(self, settings: Settings) -> None:
-        """Apply a reloaded config's ``capture`` section."""
-        self.capture.configure(settings.capture)
+        """Apply a reloaded config's ``capture`` section (a path another process writes: logged, the capture writer
+        keeps its current file)."""
+        busy = _configure_capture(self.capture, settings.capture)
+        if busy is not None:
+            _log.error("config reload: capture.path: %s; the capture writer keeps its current file", busy)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking feedback, then write every queued line and close the files."""
@@ -57,27 +80,37 @@ def start_learning(
     feedback submission (``model_router_feedback_total``).
     """
     capture = PromptCapture(Spool("capture", capture_mod.TIME_KEY, on_drop))
-    capture.configure(settings.capture)
+    busy = _configure_capture(capture, settings.capture)
+    if busy is not None:
+        capture.close()
+        raise ConfigError([f"capture.path: {busy}"]) from None
     cfg = settings.feedback
     if not cfg.enabled or cfg.path is None:
         return Learning(LearningTap(None, capture), capture, None, lambda: None)
-    signer = TokenSigner(load_signing_keys(cfg.signing_key_file)) if cfg.signing_key_file else None
-    decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
-    spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
-    spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
-    recorder = FeedbackRecorder(
-        decisions,
-        spool,
-        catalog,
-        on_result=on_feedback,
-        signer=signer,
-        token_ttl_seconds=cfg.decision_ttl_seconds,
-        max_scores_per_decision=cfg.max_scores_per_decision,
-    )
-    try:
-        stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
-    except OSError:
+    try:  # from here on, a failure closes the capture writer (and releases its file) before it propagates
+        signer = TokenSigner(load_signing_keys(cfg.signing_key_file)) if cfg.signing_key_file else None
+        decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
+        spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
+        try:
+            spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
+        except SpoolBusyError as exc:
+            spool.close()
+            raise ConfigError([f"feedback.path: {exc}"]) from None
+        recorder = FeedbackRecorder(
+            decisions,
+            spool,
+            catalog,
+            on_result=on_feedback,
+            signer=signer,
+            token_ttl_seconds=cfg.decision_ttl_seconds,
+            max_scores_per_decision=cfg.max_scores_per_decision,
+        )
+        try:
+            stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
+        except OSError:
+            recorder.close()
+            raise
+    except BaseException:
         capture.close()
-        recorder.close()
         raise
     return Learning(LearningTap(decisions, capture, signer=signer), capture, recorder, stop_http)

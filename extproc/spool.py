@@ -11,12 +11,22 @@ one) when the next line would take it past half of ``max_bytes``, or when its ol
 least half the TTL unless the size bound rotates it out sooner. Files are created with mode 0600 (an existing file
 is set to 0600), never through a symlink; a last line cut short by a crash is closed with a newline before
 appending, so it stays one malformed line instead of corrupting the next.
+
+One writer per file. Rotation renames the live file and expiry deletes ``<path>.1``, so two writers of one path
+(two router replicas on a shared volume, a restarted process overlapping the old one) would lose lines and break
+the size bound. The writer therefore holds an exclusive, non-blocking ``flock`` on ``<path>.lock`` (created 0600,
+never through a symlink, like the data files; a separate file because rotation renames the data file) from the
+moment the spool opens the path until it closes it. A path whose lock another process holds is refused with
+:class:`SpoolBusyError`, before anything is read, rotated or deleted. The lock file is never deleted (deleting it
+would let two writers lock two different files of the same name); it stays, empty. A :class:`Spool` keeps the lock
+of its path across :meth:`Spool.configure` calls that keep the path (a config reload), so it never fights itself.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -28,7 +38,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["RotatingJsonl", "Spool", "SpoolTarget", "open_private_append"]
+from extproc.errors import RouterError
+
+__all__ = ["RotatingJsonl", "Spool", "SpoolBusyError", "SpoolLock", "SpoolTarget", "lock_path", "open_private_append"]
 
 _log = logging.getLogger("model_router.spool")
 _MODE = 0o600
@@ -60,6 +72,64 @@ def open_private_append(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of the spool at ``path``: ``<path>.lock``."""
+    return path.with_name(path.name + ".lock")
+
+
+class SpoolBusyError(RouterError):
+    """Another process holds the lock of a spool path: it is writing (rotating, expiring) those files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = lock_path(path)
+        super().__init__(
+            f"another process is writing {path} (it holds {self.lock_path}); give each router process its own "
+            "path, or stop the other one"
+        )
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of ``<path>.lock`` (created 0600, never through a symlink; the parent directory 0700)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return open_private_append(lock_path(path))
+
+
+class SpoolLock:
+    """The exclusive ``flock`` on ``<path>.lock`` that makes this process the one writer of ``path``.
+
+    Held until :meth:`release` (or the process exits: the kernel drops it with the descriptor, so a crash never
+    leaves a stale lock). ``key`` names the lock file (device, inode), however the path is spelled.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        """Lock the open lock-file descriptor ``fd`` of ``path``; it is closed if the lock is not taken."""
+        try:
+            st = os.fstat(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolBusyError(path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.path = path
+        self.key = (st.st_dev, st.st_ino)
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: Path) -> SpoolLock:
+        """Take the lock of ``path`` now, or raise :class:`SpoolBusyError` (any other ``OSError`` as raised)."""
+        return cls(_open_lock_file(path), path)
+
+    def release(self) -> None:
+        """Let another process write ``path`` (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor of the open file drops the flock
+            self._fd = None
 
 
 _STAMP_LINES = 1000
@@ -101,10 +171,18 @@ def _last_byte(path: Path) -> bytes:
 class RotatingJsonl:
     """One live JSON Lines file and its rotated predecessor, kept within a :class:`SpoolTarget`'s bounds.
 
-    Synchronous and single-threaded: :class:`Spool` calls it from its writer thread only.
+    Synchronous and single-threaded: :class:`Spool` calls it from its writer thread only. It touches the files only
+    while ``target.path``'s :class:`SpoolLock` is held: ``lock`` is one the caller holds (and releases), or None to
+    take one here (:class:`SpoolBusyError` if another process holds it), released by :meth:`close`.
     """
 
-    def __init__(self, target: SpoolTarget, time_key: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        target: SpoolTarget,
+        time_key: str,
+        clock: Callable[[], float] = time.time,
+        lock: SpoolLock | None = None,
+    ) -> None:
         self.target = target
         self._time_key = time_key
         self._clock = clock
@@ -114,8 +192,13 @@ class RotatingJsonl:
         self._oldest: float | None = None
         self._previous_oldest: float | None = None
         self._previous_size = 0
-        self._open()
-        self.maintain()
+        self._own_lock = SpoolLock.acquire(target.path) if lock is None else None
+        try:
+            self._open()
+            self.maintain()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def previous_path(self) -> Path:
@@ -224,18 +307,27 @@ class RotatingJsonl:
         return min(due, default=None)
 
     def close(self) -> None:
-        """Close the live file (everything written is already in the OS: each line is one ``write``)."""
+        """Close the live file (everything written is already in the OS: each line is one ``write``), then release
+        the lock if this object took it."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._own_lock is not None:
+            self._own_lock.release()
+            self._own_lock = None
 
 
 class Spool:
     """A bounded queue of JSON objects and the one thread that appends them to a :class:`RotatingJsonl`.
 
     ``on_drop(reason)`` counts what could not be kept (``<name>_queue_full``, ``<name>_too_large``,
-    ``<name>_write_failed``); it is called on the offering thread for a full queue and on the writer thread
-    otherwise, and never receives the item's content.
+    ``<name>_write_failed``); it is called on the offering thread for a full queue, on the configuring thread for a
+    lock file it cannot create, and on the writer thread otherwise, and never receives the item's content.
+
+    The path's :class:`SpoolLock` is taken by :meth:`configure`, on the caller's thread, so a path another process
+    writes is refused right there; the writer thread releases it after closing the file. The spool counts its
+    references to each lock it holds, so a new target on a path it already holds (a reload that keeps the path, or
+    one back to a path whose switch is still queued) shares the lock instead of fighting itself over it.
     """
 
     def __init__(
@@ -254,9 +346,13 @@ class Spool:
         self._clock = clock
         self._cond = threading.Condition()
         self._items: collections.deque[Mapping[str, Any]] = collections.deque()
-        self._pending: tuple[SpoolTarget | None] | None = None
+        self._pending: tuple[SpoolTarget, SpoolLock] | tuple[None, None] | None = None
         self._closed = False
         self._file: RotatingJsonl | None = None
+        self._file_lock: SpoolLock | None = None
+        self._locks: dict[tuple[int, int], SpoolLock] = {}
+        self._lock_refs: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._locks_guard = threading.Lock()  # taken on the configuring thread, released on the writer thread
         self._next_due: float | None = None
         self.dropped: collections.Counter[str] = collections.Counter()
         """What could not be kept, by reason (also reported through ``on_drop``)."""
@@ -267,10 +363,59 @@ class Spool:
             self._thread.start()
 
     def configure(self, target: SpoolTarget | None) -> None:
-        """Write to ``target`` from now on (None: stop writing; items offered meanwhile are discarded)."""
+        """Write to ``target`` from now on (None: stop writing; items offered meanwhile are discarded).
+
+        Takes ``target.path``'s lock first (a little file I/O: call it at start-up and on reload, not per request).
+        Raises :class:`SpoolBusyError` if another process holds it, and then changes nothing: the spool keeps its
+        current file. Any other error creating the lock file is logged and counted (``<name>_write_failed``), like
+        an unwritable path, and the spool stops writing.
+        """
+        pending: tuple[SpoolTarget, SpoolLock] | tuple[None, None] = (None, None)
+        if target is not None:
+            try:
+                pending = (target, self._acquire(target.path))
+            except OSError as exc:
+                _log.error("%s: cannot open %s: %s", self.name, lock_path(target.path), exc.strerror or exc)
+                self._drop("write_failed")
         with self._cond:
-            self._pending = (target,)
-            self._cond.notify()
+            if self._closed:  # the writer is gone: nobody would ever apply (and release) it
+                stale = pending[1]
+            else:
+                stale = self._pending[1] if self._pending is not None else None  # replaced before it was applied
+                self._pending = pending
+                self._cond.notify()
+        self._release(stale)
+
+    def _acquire(self, path: Path) -> SpoolLock:
+        """One more reference to ``path``'s lock: the one this spool holds already, or a new one."""
+        fd = _open_lock_file(path)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        key = (st.st_dev, st.st_ino)
+        with self._locks_guard:
+            held = self._locks.get(key)
+            if held is not None:
+                # A second open file: locking it would conflict with our own lock. Closing it leaves that lock alone
+                # (a flock belongs to the open file it was taken on, unlike fcntl record locks).
+                os.close(fd)
+            else:
+                held = self._locks[key] = SpoolLock(fd, path)
+            self._lock_refs[key] += 1
+            return held
+
+    def _release(self, lock: SpoolLock | None) -> None:
+        """Drop one reference to ``lock``; the last one releases it."""
+        if lock is None:
+            return
+        with self._locks_guard:
+            self._lock_refs[lock.key] -= 1
+            if self._lock_refs[lock.key] > 0:
+                return
+            del self._lock_refs[lock.key], self._locks[lock.key]
+        lock.release()
 
     def offer(self, item: Mapping[str, Any]) -> bool:
         """Queue ``item`` for writing without waiting; False (and counted) if the queue is full or closed."""
@@ -320,32 +465,40 @@ class Spool:
                 pending, self._pending = self._pending, None
                 closed = self._closed
             if pending is not None:
-                self._switch(pending[0])
+                self._switch(*pending)
             for item in items:
                 self._write(item)
             self._maintain()
             if closed:
-                if self._file is not None:
-                    self._file.close()
+                self._close_file()
                 return
 
-    def _switch(self, target: SpoolTarget | None) -> None:
+    def _close_file(self) -> None:
+        """Close the current file, then release its lock (never before: another writer could start meanwhile)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._release(self._file_lock)
+        self._file_lock = None
+
+    def _switch(self, target: SpoolTarget | None, lock: SpoolLock | None) -> None:
         current = self._file
         if current is not None and target is not None and current.target.path == target.path:
+            self._release(lock)  # the same lock the current file holds a reference to
             try:
                 current.retarget(target)
             except OSError as exc:
                 self._failed(exc)
             return
-        if current is not None:
-            current.close()
-            self._file = None
+        self._close_file()
         if target is not None:
             try:
-                self._file = RotatingJsonl(target, self._time_key, self._clock)
+                self._file = RotatingJsonl(target, self._time_key, self._clock, lock=lock)
+                self._file_lock = lock
             except OSError as exc:
                 _log.error("%s: cannot open %s: %s", self.name, target.path, exc.strerror)
                 self._drop("write_failed")
+                self._release(lock)
 
     def _write(self, item: Mapping[str, Any]) -> None:
         file = self._file

@@ -59,13 +59,18 @@ def base(**changes: object) -> dict[str, object]:
         pytest.param([1, 2], ["<root>: expected a mapping at the top of the file"], id="not-a-mapping"),
         pytest.param(
             base(capture={"path": "/d/cap.jsonl"}, feedback={"path": "/d/cap.jsonl.1"}),
-            ["feedback.path: must differ from capture.path and from each other's rotated <path>.1"],
+            ["feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"],
             id="feedback-is-the-captures-rotated-file",
         ),
         pytest.param(
             base(capture={"path": "/d/x/../cap.jsonl"}, feedback={"path": "/d/cap.jsonl"}),
-            ["feedback.path: must differ from capture.path and from each other's rotated <path>.1"],
+            ["feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"],
             id="same-file-spelled-differently",
+        ),
+        pytest.param(
+            base(capture={"path": "/d/fb.jsonl.lock"}, feedback={"path": "/d/fb.jsonl"}),
+            ["feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"],
+            id="capture-is-the-feedback-lock-file",
         ),
         pytest.param(
             base(tenants={"t": {"models": []}}),

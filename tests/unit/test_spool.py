@@ -1,18 +1,29 @@
-"""The bounded JSON Lines writer: rotation by size and age, file modes, the queue's drop counting, flush on close."""
+"""The bounded JSON Lines writer: rotation by size and age, file modes, the queue's drop counting, flush on close,
+and one writer per path (the lock on ``<path>.lock``, across processes and across reloads)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from extproc.spool import RotatingJsonl, Spool, SpoolTarget
+from devstack.stack import ENVOY_DIR
+from extproc.config import Settings, parse_config
+from extproc.errors import ConfigError
+from extproc.learning import start_learning
+from extproc.spool import RotatingJsonl, Spool, SpoolBusyError, SpoolTarget, lock_path
 
 KEY = "t"
 
@@ -211,6 +222,7 @@ def test_reconfigure_switches_the_file_and_none_discards(tmp_path: Path) -> None
     _wait_for(lambda: b.exists() and b.read_text().count("\n") == 1)
     spool.configure(None)
     _wait_for(lambda: spool._file is None)
+    assert not _locked(a) and not _locked(b), "turned off: no path is held"
     spool.offer({KEY: 1.0, "n": 3})
     spool.close()
     assert [json.loads(x)["n"] for x in a.read_text().splitlines()] == [1]
@@ -255,3 +267,237 @@ def test_a_short_write_is_ended_before_the_next_line(tmp_path: Path, monkeypatch
     again = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, clock)  # a restart
     again.close()
     assert path.read_bytes().splitlines()[1:] == lines[1:], "the torn first line does not expire the file"
+
+
+# --- One writer per path: the lock on <path>.lock ---------------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parents[2]
+_HOLDER = """
+import sys
+from pathlib import Path
+from extproc.spool import RotatingJsonl, SpoolTarget
+f = RotatingJsonl(SpoolTarget(Path(sys.argv[1]), max_bytes=1 << 20), "t")
+print("ready", flush=True)
+sys.stdin.readline()
+f.close()
+print("closed", flush=True)
+"""
+
+
+class OtherProcess:
+    """Another router process writing ``path`` through the real spool code, until :meth:`stop`."""
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            cwd=_REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready", "the other process did not open the spool"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            assert self.proc.stdout.readline().strip() == "closed"
+        self.proc.communicate(timeout=10)  # closes the pipes
+        assert self.proc.returncode == 0
+
+
+@pytest.fixture
+def other_process() -> Iterator[Callable[[Path], OtherProcess]]:
+    started: list[OtherProcess] = []
+
+    def start(path: Path) -> OtherProcess:
+        started.append(OtherProcess(path))
+        return started[-1]
+
+    yield start
+    for other in started:
+        if other.proc.poll() is None:
+            other.proc.kill()
+        other.proc.communicate(timeout=10)
+
+
+def _locked(path: Path) -> bool:
+    """Whether some writer holds ``path``'s lock (a fresh descriptor conflicts even with this process's own)."""
+    if not lock_path(path).exists():
+        return False
+    fd = os.open(lock_path(path), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_path_another_process_writes_is_refused_until_it_closes(
+    tmp_path: Path, other_process: Callable[[Path], OtherProcess]
+) -> None:
+    path = tmp_path / "c.jsonl"
+    _previous(path).write_bytes(_line(0.0))  # expired for a TTL of 100 s at 10 000
+    other = other_process(path)
+    assert _locked(path)
+    assert stat.S_IMODE(lock_path(path).stat().st_mode) == 0o600
+    with pytest.raises(SpoolBusyError, match="another process is writing") as refused:
+        RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, Clock(10_000.0))
+    assert str(path) in str(refused.value) and refused.value.path == path
+    assert _stamps(_previous(path)) == [0.0], "refused before expiring (deleting) the other writer's file"
+
+    spool = Spool("capture", KEY, lambda _reason: None, start=False, clock=Clock(10_000.0))
+    with pytest.raises(SpoolBusyError, match="another process is writing"):
+        spool.configure(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0))
+    spool.offer({KEY: 10_000.0, "n": 1})
+    spool.close()
+    assert _stamps(path) == [] and _stamps(_previous(path)) == [0.0], "the refused spool wrote nothing"
+
+    other.stop()
+    assert not _locked(path)
+    f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20, ttl_seconds=100.0), KEY, Clock(10_000.0))
+    assert _locked(path) and not _previous(path).exists(), "now the one writer: it expires the old file"
+    f.close()
+    assert not _locked(path) and lock_path(path).exists(), "released on close; the lock file stays"
+
+
+def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    path = tmp_path / "c.jsonl"
+    lock_path(path).symlink_to(victim)
+    with pytest.raises(OSError):
+        RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20), KEY, Clock())
+    assert victim.read_text() == "keep" and not path.exists()
+    drops: list[str] = []
+    spool = Spool("capture", KEY, drops.append, start=False)
+    spool.configure(SpoolTarget(path, max_bytes=1 << 20))  # logged and counted like an unwritable path
+    spool.offer({KEY: 1.0})
+    spool.close()
+    assert drops == ["capture_write_failed"] and not path.exists()
+
+
+def test_a_reload_that_keeps_the_path_keeps_the_lock(tmp_path: Path) -> None:
+    """The running spool never fights itself: same path again (new bounds), another path, and back."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    spool = Spool("capture", KEY, lambda _reason: None)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 20))
+    spool.offer({KEY: 1.0, "n": 1})
+    _wait_for(lambda: _stamps(a) == [1.0])
+    assert _locked(a)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 19))  # a reload keeping the path
+    spool.offer({KEY: 2.0, "n": 2})
+    _wait_for(lambda: _stamps(a) == [1.0, 2.0])
+    assert _locked(a)
+    (tmp_path / "link").symlink_to(tmp_path)
+    spool.configure(SpoolTarget(tmp_path / "link" / "a.jsonl", max_bytes=1 << 19))  # the same file, spelled otherwise
+    spool.offer({KEY: 2.5, "n": 2})
+    _wait_for(lambda: _stamps(a) == [1.0, 2.0, 2.5])
+    assert _locked(a)
+    spool.configure(SpoolTarget(b, max_bytes=1 << 20))
+    spool.offer({KEY: 3.0, "n": 3})
+    _wait_for(lambda: _stamps(b) == [3.0])
+    _wait_for(lambda: not _locked(a))  # released once the writer closed a.jsonl
+    assert _locked(b)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 20))  # and back
+    spool.offer({KEY: 4.0, "n": 4})
+    _wait_for(lambda: _stamps(a) == [1.0, 2.0, 2.5, 4.0])
+    _wait_for(lambda: not _locked(b))
+    spool.close()
+    assert not _locked(a) and not _locked(b)
+
+
+def test_switches_replaced_before_the_writer_applies_them(tmp_path: Path) -> None:
+    """a -> b -> a queued faster than the writer runs: no conflict with itself, b is released, a is written."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    spool = Spool("capture", KEY, lambda _reason: None, start=False)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 20))
+    spool.configure(SpoolTarget(b, max_bytes=1 << 20))
+    assert _locked(b) and not _locked(a)
+    spool.configure(SpoolTarget(a, max_bytes=1 << 20))
+    assert _locked(a) and not _locked(b)
+    spool.offer({KEY: 1.0})
+    spool.close()
+    assert _stamps(a) == [1.0] and not b.exists()
+    assert not _locked(a)
+    spool.configure(SpoolTarget(b, max_bytes=1 << 20))  # after close: nothing would apply it, so nothing is held
+    assert not _locked(b)
+
+
+def _learning_settings(**sections: dict[str, Any]) -> Settings:
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    data["telemetry"]["metrics_listen"] = None
+    data["feedback"]["listen"] = None
+    for name, values in sections.items():
+        data[name].update(values)
+    return parse_config(data)
+
+
+def test_start_refuses_a_busy_capture_or_feedback_path(
+    tmp_path: Path, other_process: Callable[[Path], OtherProcess]
+) -> None:
+    capture, feedback = tmp_path / "capture.jsonl", tmp_path / "feedback.jsonl"
+    on = {"enabled": True, "path": str(capture)}
+    other = other_process(capture)
+    with pytest.raises(ConfigError) as refused:
+        start_learning(_learning_settings(capture=on), lambda: (), lambda _r: None)
+    assert refused.value.problems == [f"capture.path: {SpoolBusyError(capture)}"]
+    assert str(capture) in str(refused.value) and "another process is writing" in str(refused.value)
+    other.stop()
+
+    other = other_process(feedback)
+    settings = _learning_settings(capture=on, feedback={"enabled": True, "path": str(feedback)})
+    with pytest.raises(ConfigError, match=r"feedback\.path: another process is writing .*feedback\.jsonl"):
+        start_learning(settings, lambda: (), lambda _r: None)
+    assert not _locked(capture), "the capture writer started first is closed again"
+    other.stop()
+    learning = start_learning(settings, lambda: (), lambda _r: None)
+    assert _locked(capture) and _locked(feedback)
+    learning.close()
+    assert not _locked(capture) and not _locked(feedback)
+
+
+def test_capture_off_leaves_a_busy_path_to_its_writer(
+    tmp_path: Path, other_process: Callable[[Path], OtherProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Capture off but old files at the path (normally expired by this router): another writer has them."""
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(_line(1.0))
+    other = other_process(capture)
+    learning = start_learning(_learning_settings(capture={"path": str(capture)}), lambda: (), lambda _r: None)
+    assert "another process is writing" in caplog.text and str(capture) in caplog.text
+    learning.close()
+    assert _locked(capture), "still the other process's"
+    other.stop()
+
+
+def _ns(path: Path) -> list[int]:
+    return [json.loads(x)["n"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_learning_reload_keeps_or_refuses_the_capture_path(
+    tmp_path: Path, other_process: Callable[[Path], OtherProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first = _learning_settings(capture={"enabled": True, "path": str(a)})
+    learning = start_learning(first, lambda: (), lambda _r: None)
+    assert _locked(a)
+    learning.reconfigure(_learning_settings(capture={"enabled": True, "path": str(a), "sample_rate": 0.5}))
+    learning.reconfigure(first)
+    assert "another process" not in caplog.text
+    assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 1})
+    _wait_for(lambda: _ns(a) == [1])
+    other = other_process(b)
+    learning.reconfigure(_learning_settings(capture={"enabled": True, "path": str(b)}))
+    assert f"capture.path: another process is writing {b}" in caplog.text
+    assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 2})
+    _wait_for(lambda: _ns(a) == [1, 2])  # still writing a
+    assert _locked(a)
+    learning.close()
+    assert not _locked(a) and _locked(b)
+    other.stop()
+    assert b.read_text() == ""
