@@ -36,11 +36,20 @@ better of the base model and the length rule: then there is too little signal, a
 Writing needs ``onnx`` (the ``[dev]``/``[train]`` extra), as :mod:`classifier.train` does; serving the result needs
 only onnxruntime.
 
-Safe rollout: write to a fresh ``--out`` directory (files are replaced one by one, so never overwrite the directory
-a running router loads from); point ``classifier.model_dir`` at it in a *copy* of the config and run
-``model-router check-config --config COPY``; compare with ``model-router eval --model DIR --data FRESH.jsonl`` (or
-run a shadow router on the copy); then edit the live config: hot reload applies it, and an invalid model directory
-is rejected while the running config stays.
+Writing ``--out`` is atomic (:mod:`classifier.atomic_dir`): the files go into a hidden sibling
+``.<name>.tmp-<pid>``, fsynced, which then replaces ``--out`` in one step (Linux ``renameat2`` exchange; elsewhere
+rename aside, rename in). A reader of ``--out`` sees the complete old directory or the complete new one at any
+instant, never a partial or mixed one (what a loader opening the files one by one across the swap can see: that
+module's docstring); on any failure the temporary directory is removed and ``--out`` is left as it was. An existing
+``--out`` is replaced only if it is a model directory (it holds ``metadata.json``) or empty; a file, a symlink or
+another non-empty directory is refused (exit code 2), before anything is fitted and again just before the swap.
+
+Safe rollout: write to a new ``--out`` directory; point ``classifier.model_dir`` at it in a *copy* of the config and
+run ``model-router check-config --config COPY``; compare with ``model-router eval --model DIR --data FRESH.jsonl``
+(or run a shadow router on the copy, or ``classifier.candidate_model_dir``); then edit the live config: hot reload
+applies it, and an invalid model directory is rejected while the running config stays. Replacing the directory a
+running router already loads is safe too (the swap is atomic) but takes effect only at its next load, with no
+check-config in between.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from classifier.atomic_dir import OutDirError, check_target, publish_dir
 from classifier.evaluate import choose_pair
 from classifier.features import DENSE_NAMES, Features, Featurizer
 from classifier.irt import CalibrationTable
@@ -473,6 +483,7 @@ def _run(
         raise AdaptError(f"--folds must be between 2 and 20, got {folds}")
     if weak == strong:
         raise AdaptError("--weak and --strong must name different models")
+    _check_out(out)
     try:
         base = OnnxDifficultyModel.load(base_dir)
     except (OSError, ValueError, KeyError) as exc:
@@ -535,7 +546,8 @@ def _write_adapted(
     seed: int,
     stdout: TextIO,
 ) -> None:
-    """Fit on every record (up to :data:`MAX_TRAIN_ITEMS`), calibrate, and write the model directory."""
+    """Fit on every record (up to :data:`MAX_TRAIN_ITEMS`), calibrate, and write the model directory in one step
+    (:func:`~classifier.atomic_dir.publish_dir`: ``out`` is as it was unless this returns)."""
     from classifier import train
 
     started = time.perf_counter()
@@ -571,10 +583,27 @@ def _write_adapted(
         "ridge_lambda": RIDGE_LAMBDA,
         "calibration": "leave-one-out raw quantile-mapped onto the base model's difficulties; base abilities kept",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    train._write(out, "model.onnx", graph)
-    train._write(out, "tokenizer.json", (base_dir / "tokenizer.json").read_bytes())
-    train._write(out, "metadata.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
+    files = {
+        "model.onnx": graph,
+        "tokenizer.json": (base_dir / "tokenizer.json").read_bytes(),
+        "metadata.json": orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n",
+    }
+    try:
+        warnings = publish_dir(out, files)
+    except OutDirError as exc:
+        raise AdaptError(f"--out {exc}") from exc
+    except OSError as exc:
+        raise AdaptError(f"cannot write --out {out} ({exc}); it is left as it was") from exc
     stdout.write(
         f"wrote {out} ({meta['name']}): fitted on {len(idx)} records in {fit_seconds:.2f} s (ridge, calibration)\n"
     )
+    for warning in warnings:
+        stdout.write(f"warning: {warning}\n")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that must not be replaced before spending time on the fit (checked again at the swap)."""
+    try:
+        check_target(out)
+    except OutDirError as exc:
+        raise AdaptError(f"--out {exc}") from exc

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import math
+import os
 import random
 import re
+import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+import classifier.adapt as adapt_module
+from classifier import atomic_dir
 from classifier.adapt import run_adapt
 from classifier.onnx_model import MODEL_FILES, OnnxDifficultyModel
 from extproc.cli import prompt_text_of_item
@@ -258,3 +264,207 @@ def test_duplicate_ids_and_scores_outside_0_1_are_skipped_and_counted(tmp_path: 
     code, report = adapt(data, tmp_path / "model", force=True)
     assert code == 0, report
     assert "435 items, 400 usable; skipped 5 without scores" in report and "30 duplicate ids" in report
+
+
+# --- writing --out atomically (classifier.atomic_dir) ---------------------------------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Everything under ``root``: files with their bytes, directories as None, so two trees compare exactly."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def deployed(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """An existing model directory (the tiny model: its three files plus extras and a subdirectory) as ``--out``."""
+    out = tmp_path / "deploy" / "model"
+    shutil.copytree(tiny_model_dir, out)
+    assert (out / "folded").is_dir() and (out / "table.npy").is_file()  # extras the replacement must not keep
+    return out
+
+
+def _fail_on_second_file(monkeypatch: pytest.MonkeyPatch, out: Path, exc: BaseException) -> list[list[str]]:
+    """Make writing the second file raise ``exc``; returns what ``out``'s parent held at that moment."""
+    real = atomic_dir._write_file
+    seen: list[list[str]] = []
+
+    def write(path: Path, payload: bytes) -> None:
+        if path.name == "tokenizer.json":
+            seen.append(sorted(p.name for p in out.parent.iterdir()))
+            assert (path.parent / "model.onnx").is_file()  # midway: one file written, in the temporary directory
+            raise exc
+        real(path, payload)
+
+    monkeypatch.setattr(atomic_dir, "_write_file", write)
+    return seen
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_failure_while_writing_leaves_existing_out_identical_and_no_temp_dir(
+    synthetic: tuple[Path, Path, str], deployed: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException
+) -> None:
+    data, _, _ = synthetic
+    before = tree(deployed.parent)
+    seen = _fail_on_second_file(monkeypatch, deployed, exc)
+    if isinstance(exc, OSError):
+        code, report = adapt(data, deployed)
+        assert code == 2
+        assert report.splitlines()[-1] == (
+            f"model-router adapt: cannot write --out {deployed} ([Errno 28] No space left on device);"
+            " it is left as it was"
+        )
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            adapt(data, deployed)
+    assert len(seen) == 1 and seen[0][0].startswith(".model.tmp-") and seen[0][1:] == ["model"], seen
+    assert tree(deployed.parent) == before  # --out byte-identical, the temporary directory gone
+
+
+def test_failure_at_the_swap_leaves_existing_out_identical(
+    synthetic: tuple[Path, Path, str], deployed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _, _ = synthetic
+    before = tree(deployed.parent)
+
+    def exchange(a: Path, b: Path) -> bool:
+        assert (a / "metadata.json").is_file() and (b / "table.npy").is_file()  # new complete, old untouched
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic_dir, "_exchange", exchange)
+    code, report = adapt(data, deployed)
+    assert code == 2 and "cannot write --out" in report and "Input/output error" in report
+    assert tree(deployed.parent) == before
+
+
+def test_fallback_swap_puts_the_old_directory_back_if_the_new_one_cannot_go_in(
+    synthetic: tuple[Path, Path, str], deployed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the exchange: out is renamed aside, then renaming the new one in fails: the old one goes back."""
+    data, _, _ = synthetic
+    before = tree(deployed.parent)
+    real_rename = os.rename
+    renames: list[tuple[str, str]] = []
+
+    def rename(src: Any, dst: Any) -> None:
+        renames.append((Path(src).name, Path(dst).name))
+        if Path(src).name.startswith(".model.tmp-"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", rename)
+    code, report = adapt(data, deployed)
+    assert code == 2 and "cannot write --out" in report
+    assert [(s[:11], d[:11]) for s, d in renames] == [
+        ("model", ".model.old-"),
+        (".model.tmp-", "model"),
+        (".model.old-", "model"),
+    ]
+    assert tree(deployed.parent) == before
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-aside"])
+def test_existing_model_dir_is_replaced_completely_and_loads(
+    synthetic: tuple[Path, Path, str], deployed: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    data, fresh, _ = synthetic
+    if not exchange:
+        monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
+    deployed.chmod(0o750)
+    old_name = OnnxDifficultyModel.load(deployed).name
+    code, report = adapt(data, deployed)
+    assert code == 0, report
+    assert sorted(p.name for p in deployed.parent.iterdir()) == ["model"]  # nothing temporary or old left
+    assert sorted(p.name for p in deployed.iterdir()) == sorted(MODEL_FILES)  # the extras went with the old one
+    for name in MODEL_FILES:
+        assert (deployed / name).read_bytes() == (fresh / name).read_bytes(), name
+    assert stat.S_IMODE(deployed.stat().st_mode) == 0o750
+    model = OnnxDifficultyModel.load(deployed)
+    assert "+adapt-" in model.name and model.name != old_name
+
+
+def test_empty_out_directory_is_filled(synthetic: tuple[Path, Path, str], tmp_path: Path) -> None:
+    data, fresh, _ = synthetic
+    (tmp_path / "model").mkdir()
+    code, report = adapt(data, tmp_path / "model")
+    assert code == 0, report
+    assert tree(tmp_path) == {"model": None, **{f"model/{name}": (fresh / name).read_bytes() for name in MODEL_FILES}}
+
+
+def _unrelated_dir(out: Path) -> None:
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "sub" / "model.onnx").write_bytes(b"not yours")
+
+
+@pytest.mark.parametrize("kind", ["file", "unrelated-dir", "symlink"])
+def test_out_that_is_not_a_model_directory_is_refused_before_fitting(
+    synthetic: tuple[Path, Path, str], tmp_path: Path, kind: str
+) -> None:
+    data, fresh, _ = synthetic
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_bytes(b"precious")
+        expected = "exists and is not a directory"
+    elif kind == "unrelated-dir":
+        _unrelated_dir(out)
+        expected = "is a non-empty directory without metadata.json, so not a model directory; refusing to replace"
+    else:
+        shutil.copytree(fresh, tmp_path / "target")
+        out.symlink_to(tmp_path / "target", target_is_directory=True)
+        expected = f"is a symbolic link; name the directory it points to ({tmp_path / 'target'}) or a new path"
+    before = tree(tmp_path)
+    code, report = adapt(data, out)
+    assert code == 2
+    assert report.startswith(f"model-router adapt: --out {out} {expected}"), report
+    assert report.count("\n") == 1  # refused up front: no summary, no cross-validation
+    assert tree(tmp_path) == before and out.is_symlink() == (kind == "symlink")
+
+
+def test_out_that_becomes_unrelated_during_the_fit_is_refused_at_the_swap(
+    synthetic: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out is checked again just before the swap: a directory created meanwhile is not replaced."""
+    data, _, _ = synthetic
+    out = tmp_path / "out"
+    real = adapt_module.cross_validate
+
+    def cross_validate(*args: Any, **kwargs: Any) -> Any:
+        _unrelated_dir(out)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "cross_validate", cross_validate)
+    code, report = adapt(data, out)
+    assert code == 2 and "5-fold cross-validation" in report
+    assert report.splitlines()[-1].startswith(f"model-router adapt: --out {out} is a non-empty directory without")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert tree(out) == {"notes.txt": b"mine", "sub": None, "sub/model.onnx": b"not yours"}
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "new").write_bytes(b"new")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old").write_bytes(b"old")
+    if not atomic_dir._exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported here; the rename-aside fallback is tested above")
+    assert tree(tmp_path) == {"a": None, "a/old": b"old", "b": None, "b/new": b"new"}
+
+
+def test_out_created_while_the_files_are_written_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last check runs after the temporary directory is complete, right before the swap."""
+    out = tmp_path / "out"
+    real = atomic_dir._write_file
+
+    def write(path: Path, payload: bytes) -> None:
+        real(path, payload)
+        if not out.exists():
+            _unrelated_dir(out)
+
+    monkeypatch.setattr(atomic_dir, "_write_file", write)
+    with pytest.raises(atomic_dir.OutDirError, match=r"non-empty directory without metadata\.json"):
+        atomic_dir.publish_dir(out, {"metadata.json": b"{}", "model.onnx": b"graph"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert tree(out) == {"notes.txt": b"mine", "sub": None, "sub/model.onnx": b"not yours"}
