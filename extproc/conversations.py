@@ -51,10 +51,15 @@ class ConversationMemory:
             return None
         return ability
 
-    def remember(self, key: str, ability: float) -> None:
-        """Record that the conversation used a model of ``ability`` (only ever raises the floor)."""
+    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None:
+        """Record that the conversation used a model of ``ability`` (only ever raises the floor).
+
+        ``ttl_seconds`` (default: the one given at construction) is the running config's, so a reloaded
+        ``stickiness.ttl_seconds`` applies from the next turn of every conversation; only the size needs a restart.
+        """
         previous = self.floor(key)
-        self._entries[key] = (max(ability, previous) if previous is not None else ability, self._clock() + self._ttl)
+        ttl = self._ttl if ttl_seconds is None else ttl_seconds
+        self._entries[key] = (max(ability, previous) if previous is not None else ability, self._clock() + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

@@ -263,7 +263,8 @@ class StreamHandler:
             self._pass(PassReason.BODY_TOO_LARGE)
             return [self._continue("request_body")]
         if memory_key is not None and self._memory is not None and not policy.shadow:
-            self._memory.remember(memory_key, decision.model.ability)
+            ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
+            self._memory.remember(memory_key, decision.model.ability, ttl)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)

@@ -326,6 +326,30 @@ async def test_a_conversation_never_falls_back_to_a_weaker_model() -> None:
     assert other.selected_model == "gpt-4o-mini", "another conversation: the default model"
 
 
+async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
+    """The memory was built at start with a one-hour TTL; the running (reloaded) config says 10 s, and wins."""
+    from extproc.conversations import ConversationMemory
+
+    now = [0.0]
+    memory = ConversationMemory(100, 3600, clock=lambda: now[0])
+    base = demo_settings()
+    sticky = base.policy.stickiness.model_copy(update={"ttl_seconds": 10.0})
+    snap = snapshot(None, base.model_copy(update={"policy": base.policy.model_copy(update={"stickiness": sticky})}))
+
+    async def turn(text: str) -> DecisionRecord:
+        sink = RecordingSink()
+        handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock(), memory=memory)
+        body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": text}]})
+        await replay(handler, chat_headers(**{"x-session-id": "s1"}), body)
+        return sink.records[0]
+
+    assert (await turn("a hard question")).selected_model == "gpt-4o"
+    now[0] = 9.0
+    assert (await turn("easy")).reason == "sticky_conversation"
+    now[0] = 9.0 + 11.0  # the sticky turn refreshed the entry at 9 s, for the running config's 10 s
+    assert (await turn("easy")).selected_model == "llama-3.1-8b-instruct"
+
+
 async def test_tenants_without_a_view_of_their_own_do_not_share_conversations() -> None:
     policy = demo_settings().policy.model_copy(update={"tenant_header": "x-tenant-id"})
     turn = _conversation(policy=policy)
