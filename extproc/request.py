@@ -6,14 +6,12 @@ This is the one code path shared by the live stream handler and ``model-router e
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from extproc.bodyedit import JSON_STRING
 from extproc.config import LimitSettings
 from extproc.schemas import ApiSchema, schema_for_path
 
@@ -81,21 +79,24 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-_JSON_STRING = re.compile(JSON_STRING + b"?", re.DOTALL)
-"""The closing quote is optional: an unterminated string then matches to the end once, where a failed match would
-be retried from every later quote (quadratic on ``"\\"\\"\\"...``)."""
+def json_containers(raw: bytes, limit: int) -> int:
+    """How many arrays and objects the JSON text ``raw`` has, without parsing it; an upper bound when at most
+    ``limit``.
 
-
-def json_containers_exceed(raw: bytes, limit: int) -> bool:
-    """True if the JSON text ``raw`` has more than ``limit`` arrays and objects, without parsing it.
-
-    Counting brackets runs at memory speed; only when that count, which includes brackets inside strings, is over
-    the limit are the strings cut out for an exact count (tens of milliseconds at 4 MiB).
+    Counting brackets runs at memory speed, and that count (which includes brackets inside strings) is the answer
+    when it is at most ``limit``. Only above it are the strings cut out for an exact count: escaped backslashes and
+    quotes are dropped, after which every other quote-delimited piece is a string's content (JSON's own left-to-right
+    reading of escapes, in bytes operations; ~0.2 s for 4 MiB of 800,000 tiny strings, where a regex took 0.45 s).
+    An unterminated string runs to the end; text after a first syntax error may be counted differently from a
+    parser's reading, but the parser stops there.
     """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    structure = _JSON_STRING.sub(b"", raw)
-    return structure.count(b"[") + structure.count(b"{") > limit
+    count = raw.count(b"[") + raw.count(b"{")
+    if count <= limit:
+        return count
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = b"".join(raw.split(b'"')[0::2])
+    return structure.count(b"[") + structure.count(b"{")
 
 
 def parse_request(
@@ -105,7 +106,8 @@ def parse_request(
     schema = schema_for_path(path)
     if schema is None:
         return Passthrough(PassReason.UNKNOWN_PATH)
-    if json_containers_exceed(raw, limits.max_json_containers):
+    containers = json_containers(raw, limits.max_json_containers)
+    if containers > limits.max_json_containers:
         return Passthrough(PassReason.TOO_COMPLEX)
     try:
         body = orjson.loads(raw)
@@ -118,7 +120,7 @@ def parse_request(
         return Passthrough(PassReason.NO_MODEL)
     if model not in routable:
         return Passthrough(PassReason.MODEL_NOT_ROUTABLE)
-    if json_depth_exceeds(body, limits.max_json_depth):
+    if containers > limits.max_json_depth and json_depth_exceeds(body, limits.max_json_depth):  # depth <= count
         return Passthrough(PassReason.TOO_DEEP)
     if schema.message_count(body) > limits.max_messages:
         return Passthrough(PassReason.TOO_MANY_MESSAGES)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from extproc.bodyedit import find_model_span
 from extproc.config import LimitSettings, OverrideSettings, SecuritySettings
-from extproc.request import PassReason, Passthrough, json_containers_exceed, json_depth_exceeds, parse_request
+from extproc.request import PassReason, Passthrough, json_containers, json_depth_exceeds, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.stream import StreamHandler
 from tests.fakes import RecordingSink, demo_settings, inline_classify, sequential_ids, snapshot
@@ -165,7 +165,23 @@ async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: s
     ],
 )
 def test_container_count_is_exact_and_ignores_strings(raw: bytes, exceeds: bool) -> None:
-    assert json_containers_exceed(raw, 4) is exceeds
+    assert (json_containers(raw, 4) > 4) is exceeds
+
+
+def _count(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(map(_count, value.values()))
+    if isinstance(value, list):
+        return 1 + sum(map(_count, value))
+    return 0
+
+
+_TRICKY_TEXT = st.text(alphabet='[]{}"\\/abn\u00e9\u2028', max_size=8)
+
+
+@given(st.recursive(_TRICKY_TEXT, lambda c: st.lists(c, max_size=4) | st.dictionaries(_TRICKY_TEXT, c, max_size=4)))
+def test_container_count_matches_a_parser_on_strings_full_of_brackets_quotes_and_escapes(doc: object) -> None:
+    assert json_containers(orjson.dumps(doc), 0) == _count(doc)
 
 
 def test_depth_check_is_exact() -> None:
