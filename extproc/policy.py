@@ -146,6 +146,24 @@ def _pick(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel
     return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)
 
 
+def _no_eligible_model(
+    default: ResolvedModel, fits: Sequence[ResolvedModel], catalog: Sequence[ResolvedModel], min_ability: float | None
+) -> Decision:
+    """The fallback when the filters leave no model: still one that can answer, if any can.
+
+    Some models fit the context (only ``interactive`` excluded them all): the default if it fits, else the cheapest
+    that does, raised to the conversation's floor among them. None fits the *estimate* (which errs high): the model
+    with the widest window, the default among equals, else the cheaper; a default with a smaller window would
+    certainly be refused.
+    """
+    if not fits:
+        widest = max(catalog, key=lambda m: (m.context_window, m.name == default.name, -_list_price(m), m.ability))
+        return fallback_decision(widest, Reason.NO_ELIGIBLE_MODEL)
+    if all(m.name != default.name for m in fits):
+        default = min(fits, key=lambda m: (_list_price(m), -m.ability))
+    return fallback_decision(default, Reason.NO_ELIGIBLE_MODEL, fits, min_ability)
+
+
 def choose_model(
     prediction: Prediction,
     facts: RequestFacts,
@@ -162,11 +180,10 @@ def choose_model(
     def cost(m: ResolvedModel) -> float:
         return estimate_cost(m, facts.input_tokens, facts.output_tokens)
 
-    eligible = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
-    if facts.interactive:
-        eligible = [m for m in eligible if m.latency_class != "slow"]
+    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    eligible = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
     if not eligible:
-        return fallback_decision(default, Reason.NO_ELIGIBLE_MODEL)
+        return _no_eligible_model(default, fits, catalog, facts.min_ability)
     if facts.max_cost is not None:
         affordable = [m for m in eligible if cost(m) <= facts.max_cost]
         if not affordable:

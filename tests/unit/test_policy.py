@@ -118,6 +118,30 @@ def test_latency_class(interactive: bool, want: str) -> None:
     assert decision.model.name == want
 
 
+LONG = _model("long", 1.0, 1.0, window=1_000_000)
+SLOW = ResolvedModel("slow", "c-slow", "slow", 0.01, 0.04, 2.0, 1_000_000, latency_class="slow")
+SLOW_WEAK = ResolvedModel("slow-weak", "c-slow-weak", "slow", 0.001, 0.004, 0.5, 128_000, latency_class="slow")
+
+
+@pytest.mark.parametrize(
+    ("request_facts", "catalog", "default", "want"),
+    [
+        pytest.param(facts(tokens=10**6), CATALOG, FRONTIER, "frontier", id="none-fits-default-among-widest"),
+        pytest.param(facts(tokens=10**6), CATALOG, SMALL, "cheap", id="none-fits-default-narrower-cheapest-widest"),
+        pytest.param(facts(tokens=2 * 10**6), (*CATALOG, LONG), FRONTIER, "long", id="none-fits-widest-window"),
+        pytest.param(facts(tokens=500_000, interactive=True), (*CATALOG, SLOW), FRONTIER, "slow", id="only-slow-fits"),
+        pytest.param(facts(interactive=True), (SLOW, BATCH), BATCH, "batch", id="interactive-empties-default-fits"),
+        pytest.param(facts(interactive=True, min_ability=1.5), (SLOW_WEAK, SLOW), SLOW_WEAK, "slow", id="floor-raises"),
+        pytest.param(facts(interactive=True, min_ability=1.5), (SLOW, BATCH), BATCH, "batch", id="floor-met"),
+    ],
+)
+def test_no_eligible_model_still_goes_where_the_request_fits(
+    request_facts: RequestFacts, catalog: tuple[ResolvedModel, ...], default: ResolvedModel, want: str
+) -> None:
+    decision = choose_model(Prediction(0.0, 1.0), request_facts, catalog, default)
+    assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.NO_ELIGIBLE_MODEL, True)
+
+
 # A second model on the frontier cluster, more able and dearer, and one on the cheap cluster that is weaker.
 FRONTIER_MAX = ResolvedModel("frontier-max", "c-frontier", "frontier", 10.0, 40.0, 4.0, 128_000)
 CHEAP_LITE = ResolvedModel("cheap-lite", "c-cheap", "cheap", 0.1, 0.4, 0.5, 128_000)
