@@ -14,20 +14,42 @@ K8S = ROOT / "k8s"
 K8S_VERSION = "1.33.0"
 """Kubernetes schemas the manifests are validated against. Native sidecars (init containers with
 ``restartPolicy: Always``) are GA from 1.33 (beta and on by default from 1.29)."""
-KUSTOMIZATIONS = sorted(p.parent.relative_to(K8S).as_posix() for p in K8S.rglob("kustomization.yaml"))
+
+
+def _kind(path: Path) -> str:
+    kind: str = yaml.safe_load(path.read_text()).get("kind", "Kustomization")
+    return kind
+
+
+_ALL = sorted(K8S.rglob("kustomization.yaml"))
+KUSTOMIZATIONS = [p.parent.relative_to(K8S).as_posix() for p in _ALL if _kind(p) == "Kustomization"]
+"""Every directory ``kubectl kustomize`` builds on its own."""
+COMPONENTS = [p.parent.relative_to(K8S).as_posix() for p in _ALL if _kind(p) == "Component"]
+"""Kustomize Components: they only build as part of a kustomization that lists them under ``components:``."""
 
 Objects = list[dict[str, Any]]
 
 
-def kustomize(directory: str) -> Objects:
-    """The objects ``kubectl kustomize k8s/<directory>`` renders (a failed build fails the test with its stderr)."""
+def _kustomize(path: Path) -> subprocess.CompletedProcess[str]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed to build the kustomizations (it embeds kustomize)"
-    proc = subprocess.run(
-        [kubectl, "kustomize", str(K8S / directory)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, f"kubectl kustomize k8s/{directory} failed:\n{proc.stderr}"
+    return subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def kustomize(directory: str | Path) -> Objects:
+    """The objects ``kubectl kustomize k8s/<directory>`` (or of a kustomization directory given as a ``Path``)
+    renders; a failed build fails the test with its stderr."""
+    path = directory if isinstance(directory, Path) else K8S / directory
+    proc = _kustomize(path)
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def kustomize_error(path: Path) -> str:
+    """The stderr of ``kubectl kustomize`` on a kustomization that must not build."""
+    proc = _kustomize(path)
+    assert proc.returncode != 0, f"kubectl kustomize {path} built, but should have failed"
+    return proc.stderr
 
 
 def find(objects: Objects, kind: str, name: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Schemas: built-in kinds are validated with PyPI ``kubernetes-validate`` in strict mode (unknown fields rejected)
 against Kubernetes ``K8S_VERSION``. It has no schemas for CRDs, so the CRD kinds used here (EnvoyExtensionPolicy,
-ClientTrafficPolicy, HTTPRoute, EnvoyFilter, VirtualService, cert-manager Certificate and Issuer) are checked
+ClientTrafficPolicy, HTTPRoute, BackendTLSPolicy, EnvoyFilter, VirtualService, DestinationRule, cert-manager
+Certificate and Issuer) are checked
 against minimal JSON schemas written for these tests, in ``schemas/`` (each file's ``description`` names the API
 source it follows). They cover the fields used here and reject unknown ones; they are not the upstream CRDs.
 """
@@ -10,26 +11,49 @@ source it follows). They cover the fields used here and reject unknown ones; the
 from __future__ import annotations
 
 import copy
+import datetime
+import difflib
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.stack import envoy_binary
+from devstack.stack import envoy_binary, free_port
 from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
 from extproc.constraints import LATENCY_HEADER, MAX_COST_HEADER, QUALITY_HEADER
 from extproc.feedback_http import FEEDBACK_PATH
 from extproc.stream import CLUSTER_HEADER, OVERRIDE_HEADER, OVERRIDE_TOKEN_HEADER
 from extproc.webhook import load_webhook_config
-from tests.unit.k8s.manifests import K8S, K8S_VERSION, KUSTOMIZATIONS, ROOT, Objects, config_map_file, find, kustomize
+from tests.certs import TestCA
+from tests.unit.k8s.manifests import (
+    COMPONENTS,
+    K8S,
+    K8S_VERSION,
+    KUSTOMIZATIONS,
+    ROOT,
+    Objects,
+    config_map_file,
+    find,
+    kustomize,
+    kustomize_error,
+)
 
 SCHEMAS = Path(__file__).parent / "schemas"
 CRD_SCHEMAS = {
@@ -43,6 +67,12 @@ DATA_DIR = "/var/lib/model-router"
 """Where the router's capture and feedback files live: an emptyDir only the router container mounts."""
 GATEWAY_FEEDBACK_PATH = "/model-router/v1/feedback"
 """The gateway route to the router's HTTP feedback endpoint (envoy/envoy.yaml)."""
+TLS_COMPONENT = "components/router-tls"
+TLS_OVERLAYS = ["overlays/envoy-gateway-tls", "overlays/istio-tls"]
+"""The overlays with TLS between the gateway and the router; each is ``<overlay>-tls`` of a plaintext overlay."""
+ROUTER_DIRS = ["router", "overlays/envoy-gateway", "overlays/istio", *TLS_OVERLAYS]
+"""Every build with the standalone router (``k8s/router``) in it."""
+BASE_ROUTER_CONFIG = K8S / "base" / "router-config" / ROUTER_KEY
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
@@ -117,6 +147,8 @@ def test_kustomizations_found() -> None:
     assert {"base", "base/router-config", "router", "injector", "overlays/envoy-gateway", "overlays/istio"} <= set(
         KUSTOMIZATIONS
     )
+    assert set(TLS_OVERLAYS) <= set(KUSTOMIZATIONS)
+    assert COMPONENTS == [TLS_COMPONENT], "components are built through the kustomizations that use them"
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
@@ -169,6 +201,37 @@ def test_crd_schema_is_valid_json_schema(path: Path) -> None:
         ),
         pytest.param("overlays/istio", "EnvoyFilter", ["spec", "workloadSelectors"], {}, id="istio-unknown-field"),
         pytest.param("injector", "Certificate", ["spec", "issuerRef", "kind"], "Issuers", id="cert-bad-enum"),
+        pytest.param(
+            "overlays/envoy-gateway-tls",
+            "BackendTLSPolicy",
+            ["spec", "validation", "hostname"],
+            "model-router_tls.example",
+            id="btls-bad-hostname",
+        ),
+        pytest.param(
+            "overlays/envoy-gateway-tls",
+            "BackendTLSPolicy",
+            ["spec", "validation", "wellKnownCACertificates"],
+            "System",
+            id="btls-two-ca-sources",
+        ),
+        pytest.param(
+            "overlays/envoy-gateway-tls", "BackendTLSPolicy", ["spec", "targetRef"], {}, id="btls-unknown-field"
+        ),
+        pytest.param(
+            "overlays/istio-tls",
+            "DestinationRule",
+            ["spec", "trafficPolicy", "tls", "mode"],
+            "TLS",
+            id="dr-bad-enum",
+        ),
+        pytest.param(
+            "overlays/istio-tls",
+            "DestinationRule",
+            ["spec", "trafficPolicy", "tls", "credentialname"],
+            "model-router-tls",
+            id="dr-unknown-field",
+        ),
     ],
 )
 def test_validation_rejects_bad_objects(
@@ -188,20 +251,77 @@ def test_validation_rejects_bad_objects(
 
 
 def test_every_router_config_passes_check_config(builds: dict[str, Objects], tmp_path: Path) -> None:
-    """``model-router check-config`` (ONNX classifier loaded) accepts every router config the manifests contain."""
+    """``model-router check-config`` (ONNX classifier loaded) accepts every router config the manifests contain.
+    check-config reads ``server.tls``'s PEM files: a TLS config is checked with real ones (a throwaway CA, same file
+    names) in place of the mounted Secret's, every other setting as built."""
     configs = _router_configs(builds)
     assert configs
+    tls_configs = 0
     for i, text in enumerate(configs):
         data = yaml.safe_load(text)
+        if data["server"].get("tls"):
+            tls_configs += 1
+            data["server"]["tls"] = _tls_files_in(data["server"]["tls"], tmp_path / f"secret-{i}")
         path = tmp_path / f"router-{i}.yaml"
-        path.write_text(text)
-        proc = subprocess.run(
-            [sys.executable, "-m", "extproc", "check-config", "--config", str(path)],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
-        )  # fmt: skip
+        path.write_text(yaml.safe_dump(data))
+        proc = _check_config(path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("ok: classifier"), proc.stdout
+        assert proc.stdout.rstrip().endswith("; TLS") == bool(data["server"].get("tls")), proc.stdout
         assert data["classifier"]["kind"] == "onnx"
+    assert tls_configs == 1, "the TLS variant's config is among them"
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "extproc", "check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+def _issue(ca: TestCA, dns_names: list[str], directory: Path) -> tuple[Path, Path]:
+    """A server certificate for ``dns_names`` signed by ``ca`` (what cert-manager's CA Issuer would issue)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def _secret_files(directory: Path, dns_names: list[str]) -> dict[str, Path]:
+    """What cert-manager puts in a Certificate's Secret (tls.crt, tls.key, ca.crt), as files in ``directory``."""
+    directory.mkdir(parents=True)
+    ca = TestCA(directory, "issuing-ca")
+    cert, key = _issue(ca, dns_names, directory)
+    files = {"tls.crt": cert, "tls.key": key, "ca.crt": ca.path}
+    return {name: path.rename(directory / name) for name, path in files.items()}
+
+
+def _tls_files_in(tls: dict[str, Any], directory: Path, dns_names: list[str] | None = None) -> dict[str, Any]:
+    """``server.tls`` with each file moved from the Secret's mount into ``directory``, holding real PEM files."""
+    files = _secret_files(directory, dns_names or ["model-router.test.svc"])
+    moved = {}
+    for field, value in tls.items():
+        if value is not None:
+            assert Path(value).name in files, f"server.tls.{field}: {value} is not a key of a cert-manager Secret"
+            value = str(files[Path(value).name])
+        moved[field] = value
+    return moved
 
 
 @pytest.mark.parametrize("section", [CaptureSettings, FeedbackSettings], ids=["capture", "feedback"])
@@ -243,7 +363,7 @@ def test_router_config_parses_and_shows_the_candidate_slot(builds: dict[str, Obj
         }
 
 
-@pytest.mark.parametrize("directory", ["base", "router", "overlays/envoy-gateway", "overlays/istio"])
+@pytest.mark.parametrize("directory", ["base", *ROUTER_DIRS])
 def test_learning_files_are_on_the_routers_own_volume(builds: dict[str, Objects], directory: str) -> None:
     """capture.path and feedback.path are on a writable emptyDir that only the router mounts, sized for both."""
     objects = builds[directory]
@@ -427,7 +547,7 @@ def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> N
 # --- the pods: security, probes, metrics, selectors ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("directory", ["base", "router", "injector", "overlays/envoy-gateway", "overlays/istio"])
+@pytest.mark.parametrize("directory", ["base", "injector", *ROUTER_DIRS])
 def test_pods_are_locked_down(builds: dict[str, Objects], directory: str) -> None:
     pods = list(_pod_specs(builds[directory]))
     assert pods
@@ -448,7 +568,7 @@ def test_pods_are_locked_down(builds: dict[str, Objects], directory: str) -> Non
                 assert c["image"] == ROUTER_IMAGE, "one router image everywhere"
 
 
-@pytest.mark.parametrize("directory", ["base", "router", "overlays/envoy-gateway", "overlays/istio"])
+@pytest.mark.parametrize("directory", ["base", *ROUTER_DIRS])
 def test_router_metrics_are_scraped_and_grpc_is_not_exposed(builds: dict[str, Objects], directory: str) -> None:
     objects = builds[directory]
     router = _router_settings(objects)
@@ -476,7 +596,7 @@ def test_router_metrics_are_scraped_and_grpc_is_not_exposed(builds: dict[str, Ob
             assert grpc_rule["from"] != [{"podSelector": {}}], "the overlay narrows it to its gateway's pods"
 
 
-@pytest.mark.parametrize("directory", ["base", "router", "injector", "overlays/envoy-gateway", "overlays/istio"])
+@pytest.mark.parametrize("directory", ["base", "injector", *ROUTER_DIRS])
 def test_selectors_and_ports_line_up(builds: dict[str, Objects], directory: str) -> None:
     """Services, PDBs, HPAs and NetworkPolicies select the Deployment's pods; Service target ports exist."""
     objects = builds[directory]
@@ -500,8 +620,9 @@ def test_selectors_and_ports_line_up(builds: dict[str, Objects], directory: str)
 # --- overlays --------------------------------------------------------------------------------------------------------
 
 
-def test_envoy_gateway_overlay(builds: dict[str, Objects]) -> None:
-    objects = builds["overlays/envoy-gateway"]
+@pytest.mark.parametrize("directory", ["overlays/envoy-gateway", "overlays/envoy-gateway-tls"])
+def test_envoy_gateway_overlay(builds: dict[str, Objects], directory: str) -> None:
+    objects = builds[directory]
     router = _router_settings(objects)
     policy = find(objects, "EnvoyExtensionPolicy")
     (ext_proc,) = policy["spec"]["extProc"]
@@ -530,8 +651,9 @@ def test_envoy_gateway_overlay(builds: dict[str, Objects]) -> None:
     assert {o["metadata"]["namespace"] for o in objects} == {"llm-gateway"}
 
 
-def test_istio_overlay(builds: dict[str, Objects]) -> None:
-    objects = builds["overlays/istio"]
+@pytest.mark.parametrize("directory", ["overlays/istio", "overlays/istio-tls"])
+def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
+    objects = builds[directory]
     _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
     envoy_filter = find(objects, "EnvoyFilter")
     patches = {p["applyTo"]: p for p in envoy_filter["spec"]["configPatches"]}
@@ -567,10 +689,16 @@ def test_istio_overlay(builds: dict[str, Objects]) -> None:
     assert "match" not in vs["spec"]["http"][-1], "last route is the default route"
 
 
-def test_istio_envoy_filter_patches_pass_envoy_validate(builds: dict[str, Objects], tmp_path: Path) -> None:
-    """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy."""
+@pytest.mark.parametrize("directory", ["overlays/istio", "overlays/istio-tls"])
+def test_istio_envoy_filter_patches_pass_envoy_validate(
+    builds: dict[str, Objects], tmp_path: Path, directory: str
+) -> None:
+    """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy. With
+    TLS, the router cluster also gets the UpstreamTlsContext that Istio builds from the DestinationRule (SIMPLE: SNI,
+    the subjectAltNames to match, the CA; Istio serves the CA from credentialName over SDS, a PEM file here)."""
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
-    envoy_filter = find(builds["overlays/istio"], "EnvoyFilter")
+    objects = builds[directory]
+    envoy_filter = find(objects, "EnvoyFilter")
     patches = {p["applyTo"]: p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"]}
     hcm = _hcm(envoy)
     hcm["http_filters"] = [patches["HTTP_FILTER"], *hcm["http_filters"][1:]]
@@ -582,6 +710,14 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(builds: dict[str, Object
     cluster_name = patches["HTTP_FILTER"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
     router_cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "model_router")
     router_cluster["name"] = router_cluster["load_assignment"]["cluster_name"] = cluster_name
+    rules = [o for o in objects if o["kind"] == "DestinationRule"]
+    if directory.endswith("-tls"):
+        (rule,) = rules
+        assert cluster_name.endswith(f"||{rule['spec']['host']}"), "the DestinationRule is for the ext_proc cluster"
+        ca = TestCA(tmp_path)
+        router_cluster["transport_socket"] = _istio_upstream_tls(rule["spec"]["trafficPolicy"]["tls"], ca.path)
+    else:
+        assert not rules
     path = tmp_path / "istio-envoy.yaml"
     path.write_text(yaml.safe_dump(envoy))
     proc = subprocess.run(
@@ -589,6 +725,22 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(builds: dict[str, Object
         check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _istio_upstream_tls(tls: dict[str, Any], ca_file: Path) -> dict[str, Any]:
+    """The transport socket of a DestinationRule's SIMPLE ``tls`` (as in tests/integration/test_tls.py)."""
+    assert tls["mode"] == "SIMPLE"
+    sans = [{"san_type": "DNS", "matcher": {"exact": name}} for name in tls["subjectAltNames"]]
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls["sni"],
+            "common_tls_context": {
+                "validation_context": {"trusted_ca": {"filename": str(ca_file)}, "match_typed_subject_alt_names": sans}
+            },
+        },
+    }
 
 
 def _readme_yaml_blocks(directory: str) -> list[Any]:
@@ -644,6 +796,354 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
         assert checked == {"VirtualService:model-router-feedback", "EnvoyFilter:model-router-feedback"}
     else:
         assert checked == {"HTTPRoute"}
+
+
+# --- TLS between the gateway and the router (components/router-tls, overlays/*-tls) --------------------------------
+
+
+def _router_container(spec: dict[str, Any]) -> dict[str, Any]:
+    routers: list[dict[str, Any]] = [
+        c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "model-router"
+    ]
+    (router,) = routers
+    return router
+
+
+def _router_pod(objects: Objects) -> dict[str, Any]:
+    spec: dict[str, Any] = find(objects, "Deployment", "model-router")["spec"]["template"]["spec"]
+    return spec
+
+
+def _router_certificate(objects: Objects) -> dict[str, Any]:
+    """The router's serving certificate: the one whose Secret the router mounts."""
+    certificate: dict[str, Any] = find(objects, "Certificate", "model-router-tls")
+    return certificate
+
+
+def _service_fqdn(objects: Objects) -> str:
+    service = find(objects, "Service", "model-router")
+    return f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+
+
+def test_tls_router_config_is_the_shared_config_plus_server_tls() -> None:
+    """The component's config file is a copy of the shared one with lines added, never changed or removed, and the
+    only setting it adds is ``server.tls``: a change to the shared config that is not copied fails here."""
+    base_text = BASE_ROUTER_CONFIG.read_text()
+    tls_text = (K8S / TLS_COMPONENT / ROUTER_KEY).read_text()
+    base_lines, tls_lines = base_text.splitlines(), tls_text.splitlines()
+    matcher = difflib.SequenceMatcher(None, base_lines, tls_lines, autojunk=False)
+    changed = [
+        f"{tag}: {base_lines[i1:i2]} -> {tls_lines[j1:j2]}"
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag not in ("equal", "insert")
+    ]
+    assert not changed, f"{TLS_COMPONENT}/{ROUTER_KEY} must equal {BASE_ROUTER_CONFIG.name} plus added lines:\n" + (
+        "\n".join(changed)
+    )
+    base, tls = yaml.safe_load(base_text), yaml.safe_load(tls_text)
+    assert tls["server"].pop("tls"), "server.tls is set"
+    assert tls == base, "nothing but server.tls differs"
+
+
+@pytest.mark.parametrize("directory", ["router", "overlays/envoy-gateway", "overlays/istio", *TLS_OVERLAYS])
+def test_router_builds_use_the_config_of_their_variant(builds: dict[str, Objects], directory: str) -> None:
+    """One router ConfigMap per build, the one the router mounts: the shared config, or the TLS copy in the TLS
+    overlays (configMapGenerator ``behavior: replace`` keeps its name, hash suffix and labels)."""
+    objects = builds[directory]
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and ROUTER_KEY in o.get("data", {})]
+    source = K8S / TLS_COMPONENT / ROUTER_KEY if directory in TLS_OVERLAYS else BASE_ROUTER_CONFIG
+    assert config_map["data"][ROUTER_KEY] == source.read_text()
+    assert re.fullmatch(r"model-router-config-[a-z0-9]{10}", config_map["metadata"]["name"])
+    assert config_map["metadata"]["labels"] == {"app.kubernetes.io/part-of": "model-router"}
+    volumes = {v["name"]: v for v in _router_pod(objects)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in _router_container(_router_pod(objects))["volumeMounts"]}
+    assert volumes[mounts["/etc/model-router"]]["configMap"]["name"] == config_map["metadata"]["name"]
+
+
+@pytest.mark.parametrize("directory", ["base", *ROUTER_DIRS])
+def test_router_probes_are_grpc_in_plaintext_and_tcp_socket_with_tls(
+    builds: dict[str, Objects], directory: str
+) -> None:
+    """The kubelet's gRPC probes speak plaintext only: with server.tls the router's three probes are tcpSocket on the
+    gRPC port (timings unchanged from the plaintext variant); without it they stay gRPC."""
+    objects = builds[directory]
+    settings = parse_config(_router_settings(objects))
+    port = _port(settings.server.listen)
+    pods = [spec for name, _, spec in _pod_specs(objects) if name != "model-router-injector"]
+    assert pods
+    for spec in pods:
+        router = _router_container(spec)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            handlers = {k for k in router[probe] if k in ("grpc", "tcpSocket", "httpGet", "exec")}
+            if settings.server.tls is None:
+                assert handlers == {"grpc"}, (directory, probe)
+                assert router[probe]["grpc"]["port"] == port
+            else:
+                assert handlers == {"tcpSocket"}, (directory, probe)
+                assert router[probe]["tcpSocket"] == {"port": port}
+                plain = _router_container(_router_pod(builds[directory.removesuffix("-tls")]))[probe]
+                assert {k: v for k, v in router[probe].items() if k != "tcpSocket"} == {
+                    k: v for k, v in plain.items() if k != "grpc"
+                }, f"{probe}: only the handler changes"
+    assert (settings.server.tls is not None) == (directory in TLS_OVERLAYS)
+
+
+@pytest.mark.parametrize("directory", TLS_OVERLAYS)
+def test_tls_secret_is_mounted_read_only_into_the_router_only(builds: dict[str, Objects], directory: str) -> None:
+    """server.tls's files are the keys of the certificate's Secret, mounted read-only into the router container (no
+    other container, not readable by others), in a directory of its own."""
+    objects = builds[directory]
+    settings = parse_config(_router_settings(objects))
+    tls = settings.server.tls
+    assert tls is not None
+    certificate = _router_certificate(objects)
+    spec = _router_pod(objects)
+    router = _router_container(spec)
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert "items" not in volume["secret"], "tls.crt, tls.key and ca.crt keep their names"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key is not world-readable"
+    assert volume["secret"]["defaultMode"] & 0o040, "readable by the router's group (fsGroup)"
+    assert spec["securityContext"]["fsGroup"] == router["securityContext"]["runAsGroup"]
+    (mount,) = [m for m in router["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    secret_dir = Path(mount["mountPath"])
+    assert tls.cert_file == secret_dir / "tls.crt"
+    assert tls.key_file == secret_dir / "tls.key"
+    assert tls.client_ca_file in (None, secret_dir / "ca.crt")
+    others = [m["mountPath"] for m in router["volumeMounts"] if m is not mount]
+    assert all(not secret_dir.is_relative_to(o) and not Path(o).is_relative_to(secret_dir) for o in others), (
+        "not nested in (or around) another volume, such as the read-only ConfigMap"
+    )
+    containers = spec.get("initContainers", []) + spec["containers"]
+    readers = [c["name"] for c in containers if any(m["name"] == volume["name"] for m in c.get("volumeMounts", []))]
+    assert readers == ["model-router"]
+
+
+@pytest.mark.parametrize("directory", TLS_OVERLAYS)
+def test_tls_certificate_is_for_the_service_and_signed_by_a_stable_ca(
+    builds: dict[str, Objects], directory: str
+) -> None:
+    """The router's certificate names the Service in its namespace; a private CA (self-signed bootstrap Issuer, CA
+    Certificate, CA Issuer) signs it, and keeps its key when renewed, so the gateways' trust survives renewals."""
+    objects = builds[directory]
+    service = find(objects, "Service", "model-router")
+    namespace = service["metadata"]["namespace"]
+    leaf = _router_certificate(objects)["spec"]
+    name = service["metadata"]["name"]
+    assert leaf["dnsNames"] == [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+    assert "server auth" in leaf["usages"]
+    assert leaf["privateKey"]["rotationPolicy"] == "Always"
+    issuers = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Issuer"}
+    certificates = {o["spec"]["secretName"]: o["spec"] for o in objects if o["kind"] == "Certificate"}
+    assert leaf["issuerRef"]["kind"] == "Issuer"
+    ca_secret = issuers[leaf["issuerRef"]["name"]]["ca"]["secretName"]
+    ca = certificates[ca_secret]
+    assert ca["isCA"] is True
+    assert ca["privateKey"]["rotationPolicy"] == "Never"
+    assert issuers[ca["issuerRef"]["name"]] == {"selfSigned": {}}
+    assert {o["metadata"]["namespace"] for o in objects} == {namespace}, "Issuers are namespaced: all in one place"
+
+
+def test_envoy_gateway_tls_policy_verifies_the_router(builds: dict[str, Objects]) -> None:
+    """The BackendTLSPolicy targets the ext_proc backend's Service, checks the certificate's name and trusts the CA
+    in the mounted Secret (ca.crt), all in the Service's namespace (a BackendTLSPolicy reaches no further)."""
+    objects = builds["overlays/envoy-gateway-tls"]
+    service = find(objects, "Service", "model-router")
+    namespace = service["metadata"]["namespace"]
+    (ext_proc,) = find(objects, "EnvoyExtensionPolicy")["spec"]["extProc"]
+    (backend,) = ext_proc["backendRefs"]
+    assert backend["name"] == service["metadata"]["name"]
+    policy = find(objects, "BackendTLSPolicy")
+    assert policy["metadata"]["namespace"] == namespace
+    (target,) = copy.deepcopy(policy["spec"]["targetRefs"])
+    port_names = [p["name"] for p in service["spec"]["ports"] if p["port"] == backend["port"]]
+    assert target.pop("sectionName", port_names[0]) == port_names[0]
+    assert target == {"group": "", "kind": "Service", "name": service["metadata"]["name"]}
+    certificate = _router_certificate(objects)
+    validation = policy["spec"]["validation"]
+    assert validation["caCertificateRefs"] == [
+        {"group": "", "kind": "Secret", "name": certificate["spec"]["secretName"]}
+    ]
+    assert certificate["metadata"]["namespace"] == namespace
+    assert validation["hostname"] == _service_fqdn(objects)
+    assert validation["hostname"] in certificate["spec"]["dnsNames"]
+    assert "subjectAltNames" not in validation, "the hostname is the name checked"
+
+
+def test_istio_tls_destination_rule_verifies_the_router(builds: dict[str, Objects]) -> None:
+    """The DestinationRule puts SIMPLE TLS on the cluster the EnvoyFilter's ext_proc calls, for the gateway only,
+    with the CA of the mounted Secret (in the gateway's namespace) and the certificate's names; the router's pods
+    stay out of the mesh, so that TLS ends at the router."""
+    objects = builds["overlays/istio-tls"]
+    envoy_filter = find(objects, "EnvoyFilter")
+    patches = {p["applyTo"]: p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"]}
+    cluster = patches["HTTP_FILTER"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    service = find(objects, "Service", "model-router")
+    rule = find(objects, "DestinationRule")
+    host = _service_fqdn(objects)
+    assert rule["spec"]["host"] == host
+    assert cluster == f"outbound|{service['spec']['ports'][0]['port']}||{host}"
+    assert "portLevelSettings" not in rule["spec"]["trafficPolicy"], "one TLS setting for the Service's one port"
+    tls = rule["spec"]["trafficPolicy"]["tls"]
+    certificate = _router_certificate(objects)
+    assert tls["mode"] == "SIMPLE"
+    assert tls["credentialName"] == certificate["spec"]["secretName"]
+    assert not {"caCertificates", "clientCertificate", "privateKey", "insecureSkipVerify"} & set(tls)
+    gateway_namespace = envoy_filter["metadata"]["namespace"]  # a workloadSelector applies in its own namespace
+    assert rule["metadata"]["namespace"] == certificate["metadata"]["namespace"] == gateway_namespace
+    assert rule["spec"]["exportTo"] == ["."]
+    assert tls["sni"] == host
+    assert tls["subjectAltNames"] == [host]
+    assert host in certificate["spec"]["dnsNames"]
+    labels = find(objects, "Deployment", "model-router")["spec"]["template"]["metadata"]["labels"]
+    assert labels["sidecar.istio.io/inject"] == "false"
+    assert labels["istio.io/dataplane-mode"] == "none"
+
+
+@pytest.mark.parametrize("directory", TLS_OVERLAYS)
+def test_tls_overlays_change_nothing_else(builds: dict[str, Objects], directory: str) -> None:
+    """A TLS overlay is its plaintext overlay plus the TLS objects; the router Deployment differs only by the Secret
+    volume, the probe handlers and (Istio) the labels that keep it out of the mesh."""
+    tls_objects, plain_objects = builds[directory], builds[directory.removesuffix("-tls")]
+
+    def key(o: dict[str, Any]) -> tuple[str, str]:
+        name = o["metadata"]["name"]
+        return o["kind"], "model-router-config" if name.startswith("model-router-config-") else name
+
+    tls_by_key, plain_by_key = {key(o): o for o in tls_objects}, {key(o): o for o in plain_objects}
+    added = {k[0] for k in set(tls_by_key) - set(plain_by_key)}
+    assert set(plain_by_key) <= set(tls_by_key)
+    assert added == {"Certificate", "Issuer", "BackendTLSPolicy" if "envoy-gateway" in directory else "DestinationRule"}
+    for k, plain in plain_by_key.items():
+        if k[0] not in ("Deployment", "ConfigMap"):
+            assert tls_by_key[k] == plain, k
+    deployment = copy.deepcopy(tls_by_key[("Deployment", "model-router")])
+    expected = plain_by_key[("Deployment", "model-router")]
+    template = deployment["spec"]["template"]
+    for label in ("sidecar.istio.io/inject", "istio.io/dataplane-mode"):
+        template["metadata"]["labels"].pop(label, None)
+    spec = template["spec"]
+    (secret,) = [v for v in spec["volumes"] if "secret" in v]
+    spec["volumes"].remove(secret)
+    router = _router_container(spec)
+    router["volumeMounts"] = [m for m in router["volumeMounts"] if m["name"] != secret["name"]]
+    plain_router = _router_container(expected["spec"]["template"]["spec"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        router[probe] = plain_router[probe]
+    config = next(v for v in spec["volumes"] if "configMap" in v)
+    config["configMap"]["name"] = next(v for v in expected["spec"]["template"]["spec"]["volumes"] if "configMap" in v)[
+        "configMap"
+    ]["name"]
+    assert deployment == expected
+
+
+@pytest.mark.parametrize("directory", TLS_OVERLAYS)
+def test_tls_router_serves_tls_on_the_probed_port_to_the_gateways_names(
+    builds: dict[str, Objects], directory: str, tmp_path: Path
+) -> None:
+    """The built TLS config, run by ``model-router serve`` with a certificate for the Certificate's dnsNames: the
+    port the probes check accepts TCP, answers gRPC health over TLS to a client that verifies the names the gateway
+    checks (BackendTLSPolicy hostname; DestinationRule sni and subjectAltNames) against the CA, and refuses
+    plaintext. Only host-specific values change: the files' directory, the ports, and metrics off."""
+    objects = builds[directory]
+    data = _router_settings(objects)
+    dns_names = _router_certificate(objects)["spec"]["dnsNames"]
+    data["server"]["tls"] = _tls_files_in(data["server"]["tls"], tmp_path / "secret", dns_names)
+    port = free_port()
+    data["server"]["listen"] = f"127.0.0.1:{port}"
+    data["telemetry"]["metrics_listen"] = None
+    data["feedback"]["listen"] = None
+    path = tmp_path / ROUTER_KEY
+    path.write_text(yaml.safe_dump(data))
+    if directory == "overlays/envoy-gateway-tls":
+        names = [find(objects, "BackendTLSPolicy")["spec"]["validation"]["hostname"]]
+    else:
+        tls = find(objects, "DestinationRule")["spec"]["trafficPolicy"]["tls"]
+        names = [tls["sni"], *tls["subjectAltNames"]]
+    root = (tmp_path / "secret" / "ca.crt").read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extproc", "serve", "--config", str(path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        _wait_until_ready(proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=3):
+            pass  # what the kubelet's tcpSocket probe does
+        for name in names:
+            assert _health_over_tls(port, root, name) == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.RpcError):
+            _health_over_tls(port, root, "model-router.elsewhere.svc.cluster.local")  # not a name of the cert
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # and close the pipe
+
+
+def _wait_until_ready(proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    """Until the router prints ``model-router ready on`` (its port is open); its output if it exits first."""
+    assert proc.stdout is not None
+    stdout, seen, ready = proc.stdout, list[str](), threading.Event()
+
+    def read() -> None:
+        for line in stdout:
+            if line.startswith("model-router ready on"):
+                ready.set()
+                return
+            seen.append(line)
+        ready.set()  # exited
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(timeout):
+        pytest.fail(f"the router was not ready within {timeout}s:\n{''.join(seen)}")
+    if proc.poll() is not None:
+        pytest.fail(f"the router exited ({proc.returncode}):\n{''.join(seen)}")
+
+
+def _health_over_tls(port: int, root: bytes, server_name: str) -> Any:
+    options = [("grpc.ssl_target_name_override", server_name)]
+    credentials = grpc.ssl_channel_credentials(root)
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3).status
+
+
+def test_check_config_refuses_the_tls_config_without_its_files(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """check-config reads server.tls's files: the TLS config as built (the Secret is not mounted here) fails, naming
+    the field, so the check in test_every_router_config_passes_check_config is a real one."""
+    (text,) = [text for text in _router_configs(builds) if yaml.safe_load(text)["server"].get("tls")]
+    path = tmp_path / ROUTER_KEY
+    path.write_text(text)
+    proc = _check_config(path)
+    assert proc.returncode != 0
+    assert "server.tls.key_file: cannot read /etc/model-router-tls/tls.key" in proc.stderr, proc.stderr
+
+
+def _write_kustomization(directory: Path, **fields: Any) -> Path:
+    directory.mkdir(parents=True)
+    body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", **fields}
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(body))
+    return directory
+
+
+def test_tls_component_on_the_standalone_router(tmp_path: Path) -> None:
+    """The component works on ../router once the router has a namespace (the certificate's names follow it), and
+    refuses to build, rather than issue a certificate for the wrong names, while it has none."""
+    router = Path(os.path.relpath(K8S / "router", tmp_path / "x"))
+    component = Path(os.path.relpath(K8S / TLS_COMPONENT, tmp_path / "x"))
+    _write_kustomization(tmp_path / "ns", namespace="llm", resources=[str(router)])  # ns/, x/, bare/: one depth
+    tls = _write_kustomization(tmp_path / "x", resources=["../ns"], components=[str(component)])
+    objects = kustomize(tls)
+    assert _router_certificate(objects)["spec"]["dnsNames"] == [
+        "model-router.llm.svc",
+        "model-router.llm.svc.cluster.local",
+    ]
+    assert parse_config(_router_settings(objects)).server.tls is not None
+    for obj in objects:
+        _validate(obj)
+    bare = _write_kustomization(tmp_path / "bare", resources=[str(router)], components=[str(component)])
+    error = kustomize_error(bare)
+    assert "metadata.namespace" in error and "model-router" in error, error
 
 
 # --- the injector ----------------------------------------------------------------------------------------------------
