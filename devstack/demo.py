@@ -180,6 +180,11 @@ def run() -> int:
             "on the x-model-router-cluster header), the classifier's difficulty, the chosen model's predicted "
             "success probability, the router's own decision time, and the policy's reason."
         )
+        print(
+            "The shipped classifier learned difficulty from benchmark outcomes (multiple choice, math, code, short "
+            "QA), not chat: open-ended prompts such as [translate] or [algorithm] get untested scores "
+            "(classifier/MODEL_CARD.md, Known limits). `model-router adapt` fits it to your own traffic's outcomes."
+        )
     return 0
 
 
