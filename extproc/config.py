@@ -212,8 +212,9 @@ class PolicySettings(_Strict):
     """Used when the router cannot decide (classifier failure, nothing eligible)."""
     quality_target: Unit = 0.8
     """Pick the cheapest model whose predicted success probability reaches this."""
-    quality_header: bool = True
-    """Honour ``x-model-router-quality`` (0..1) per request."""
+    quality_header: bool = False
+    """Honour ``x-model-router-quality`` (0..1) per request. Off unless set: any client could otherwise ask for the
+    most able (dearest) model, and client-supplied routing headers are ignored unless explicitly trusted."""
     expected_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 300
     """Used for cost estimates when the request sets no output limit."""
     allowed_constraints: tuple[Constraint, ...] = ("quality", "max_cost", "latency")

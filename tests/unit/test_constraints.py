@@ -39,7 +39,12 @@ CATALOG = [
 def snap(invalid: str = "ignore") -> Snapshot:
     settings = parse_config(
         {
-            "policy": {"default_model": "gpt-4o", "tenant_header": "x-tenant", "invalid_constraint": invalid},
+            "policy": {
+                "default_model": "gpt-4o",
+                "tenant_header": "x-tenant",
+                "invalid_constraint": invalid,
+                "quality_header": True,
+            },
             "catalog": CATALOG,
             "tenants": {
                 "frugal": {
@@ -185,3 +190,11 @@ def test_fallback_table_leaves_out_names_it_cannot_splice(odd: str) -> None:
     assert odd not in table
     small = _lines(table["llama-3.1-8b-instruct"])
     assert "cheap2" not in small and small["cheap"] == "gpt-4o-mini"
+
+
+def test_the_quality_header_is_ignored_unless_the_config_trusts_it() -> None:
+    """Off by default: any client could otherwise ask for the dearest model."""
+    settings = parse_config({"policy": {"default_model": "gpt-4o"}, "catalog": CATALOG})
+    default = build_snapshot(settings, lambda _s: FakeDifficultyModel())
+    policy = resolve_request_policy({"x-model-router-quality": "0.99"}, default)
+    assert (policy.quality_target, policy.ignored) == (0.8, ("x-model-router-quality",))
