@@ -15,6 +15,7 @@ import enum
 import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -254,6 +255,7 @@ class FeedbackRecorder:
             entry = found
         chosen = model or entry.served_model
         line = {
+            "feedback_id": uuid.uuid4().hex,  # one per accepted score: copies of one archive can be told apart
             "decision_id": decision_id,
             "model": chosen,
             "score": checked,

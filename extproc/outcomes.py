@@ -8,8 +8,9 @@ decision that has feedback::
 Several scores for the same decision and model are averaged (two thumbs-up and one thumbs-down give 0.667): each
 is one observation of the same outcome. Feedback whose decision has no captured prompt (capture sampled it out, or
 its line expired) is counted and skipped; so are malformed lines, repeated capture lines for one id (the first
-wins) and, unless ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the
-rotated ``.1`` files). The output holds prompts: it is created with mode 0600.
+wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive) and, unless
+``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
+files). The output holds prompts: it is created with mode 0600.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class JoinStats:
     malformed_capture: int = 0
     malformed_feedback: int = 0
     duplicate_capture: int = 0
+    duplicate_feedback: int = 0
+    """Feedback lines whose ``feedback_id`` was already read (the same line in two copies of an archive)."""
     unscored_capture: int = 0
     """Captured prompts without feedback (written without ``scores`` with ``keep_unscored``)."""
     orphan_feedback: int = 0
@@ -56,7 +59,8 @@ class JoinStats:
             f"{wrote}\n"
             f"skipped: {self.orphan_feedback} feedback lines for {self.orphan_decisions} decisions without a captured "
             f"prompt, {self.malformed_feedback} malformed feedback lines, {self.malformed_capture} malformed capture "
-            f"lines, {self.duplicate_capture} repeated capture lines; {self.unscored_capture} captured prompts "
+            f"lines, {self.duplicate_capture} repeated capture lines, {self.duplicate_feedback} repeated feedback "
+            f"lines; {self.unscored_capture} captured prompts "
             f"without feedback ({unscored})"
         )
 
@@ -84,8 +88,10 @@ def _open_all(stack: contextlib.ExitStack, paths: Sequence[Path]) -> list[tuple[
 
 
 def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
-    """decision id -> model -> scores."""
+    """decision id -> model -> scores; a line whose ``feedback_id`` was already read counts once (lines written
+    before feedback ids existed have none and are all kept)."""
     by_id: dict[str, dict[str, list[float]]] = {}
+    seen: set[str] = set()
     for line in _lines(paths):
         decision_id = line.get("decision_id") if isinstance(line, dict) else None
         model = line.get("model") if isinstance(line, dict) else None
@@ -96,6 +102,12 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
         if score is None:
             stats.malformed_feedback += 1
             continue
+        feedback_id = line.get("feedback_id")
+        if isinstance(feedback_id, str) and feedback_id:
+            if feedback_id in seen:
+                stats.duplicate_feedback += 1
+                continue
+            seen.add(feedback_id)
         by_id.setdefault(decision_id, {}).setdefault(model, []).append(score)
     return by_id
 

@@ -219,6 +219,8 @@ def test_accepted_feedback_defaults_to_the_served_model(harness: Harness) -> Non
     assert harness.recorder.submit(KNOWN, 0.25, "gpt-4o", source="http").model == "gpt-4o"
     assert harness.recorder.submit(KNOWN, 0).score == 0.0, "thumbs down is a score, not a missing one"
     first, second, third = harness.lines()
+    ids = [line.pop("feedback_id") for line in (first, second, third)]
+    assert len(set(ids)) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids), "one unique id per line"
     assert first == {
         "decision_id": KNOWN,
         "model": "gpt-4o-mini",

@@ -75,6 +75,17 @@ def test_join_means_skips_and_counts(tmp_path: Path) -> None:
     assert (stats.malformed_feedback, stats.orphan_feedback, stats.orphan_decisions) == (4, 3, 2)
 
 
+def test_the_same_feedback_line_in_two_copies_of_an_archive_counts_once(tmp_path: Path) -> None:
+    captures = _write(tmp_path / "c.jsonl", [_capture("a")])
+    lines = [{**_fb("a", "m", 1), "feedback_id": "f1"}, {**_fb("a", "m", 0), "feedback_id": "f2"}, _fb("a", "m", 0)]
+    first = _write(tmp_path / "feedback-monday.jsonl", lines)
+    second = _write(tmp_path / "feedback-tuesday.jsonl", lines[:2])  # a later copy of the same (rotated) file
+    out = io.BytesIO()
+    stats = join_outcomes([captures], [first, second], out)
+    assert json.loads(out.getvalue())["scores"] == {"m": 1 / 3}  # f1, f2 and the id-less line, each once
+    assert (stats.feedback_joined, stats.duplicate_feedback) == (3, 2)
+
+
 def test_keep_unscored_writes_prompts_without_scores(tmp_path: Path) -> None:
     captures = _write(tmp_path / "c.jsonl", [_capture("a"), _capture("b")])
     feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])
