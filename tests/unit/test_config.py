@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR
-from extproc.config import Settings, load_config, parse_config
+from extproc.config import Settings, load_config, load_yaml, parse_config
 from extproc.errors import ConfigError
 from extproc.reload import load_snapshot, watch_config
 from extproc.snapshot import SnapshotRef, build_snapshot
@@ -113,6 +113,12 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("policy: {default_model: a, default_model: b}\n")
     with pytest.raises(ConfigError, match="duplicate key 'default_model'"):
         load_config(bad)
+    merged = tmp_path / "merged.yaml"  # a YAML merge key is not a duplicate, and merged keys may be overridden
+    merged.write_text("base: &b {max_messages: 10, max_json_depth: 8}\nlimits: {<<: *b, max_messages: 20}\n")
+    assert load_yaml(merged) == {
+        "base": {"max_messages": 10, "max_json_depth": 8},
+        "limits": {"max_messages": 20, "max_json_depth": 8},
+    }
     bad.write_text("a: " + "[" * 5000 + "]" * 5000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(bad)
