@@ -252,7 +252,7 @@ def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> P
     except OSError as exc:
         raise UsageError(f"--data {args.data}: {exc.strerror or exc}") from None
     try:
-        resume = prepare_output(args.out)
+        resume = prepare_output(args.out, repair=False)  # repaired once this run holds the lock
     except OSError as exc:
         raise UsageError(f"--out {args.out}: {exc.strerror or exc}") from None
     return Plan(settings, headers, prompts, resume)
@@ -300,6 +300,9 @@ def run_label_command(
                 f"model-router label: another label run is writing {args.out}; wait for it or use another --out\n"
             )
             return EXIT_USAGE
+        # Only now, holding the lock, is a torn last line cut off; what another run finished meanwhile is skipped.
+        done = prepare_output(args.out).done
+        todo = [item for item in todo if item.key not in done]
         try:
             if todo:
                 asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport, lock))

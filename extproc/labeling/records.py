@@ -121,12 +121,13 @@ def _record_key(line: bytes) -> str | None:
     return id_key(obj["id"])
 
 
-def prepare_output(path: Path) -> ResumeState:
+def prepare_output(path: Path, repair: bool = True) -> ResumeState:
     """Read the ids already in ``path`` and make it safe to append to.
 
     A last line without a newline is what a crash mid-write leaves: if it is not a whole record it is cut off
     (appending after it would glue the next record to garbage); if it is, the missing newline is added. A corrupt
-    line elsewhere is left in place and reported.
+    line elsewhere is left in place and reported. ``repair=False`` only reads (for the estimate, before the run holds
+    the file's lock: another run may be appending that very line).
     """
     if not path.exists():
         return ResumeState()
@@ -147,13 +148,15 @@ def prepare_output(path: Path) -> ResumeState:
     if tail.strip():
         key = _record_key(tail)
         if key is None:
-            with path.open("r+b") as fh:
-                fh.truncate(len(data) - len(tail))
+            if repair:
+                with path.open("r+b") as fh:
+                    fh.truncate(len(data) - len(tail))
             dropped = (len(lines) + 1, len(tail))
         else:
             done.add(key)
-            with path.open("ab") as fh:
-                fh.write(b"\n")
+            if repair:
+                with path.open("ab") as fh:
+                    fh.write(b"\n")
     return ResumeState(frozenset(done), tuple(corrupt), dropped)
 
 

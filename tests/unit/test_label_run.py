@@ -426,9 +426,12 @@ def test_a_second_run_on_the_same_out_is_refused(tmp_path: Path) -> None:
     import fcntl
 
     write_prompts(tmp_path, 2)
+    partial = b'{"id": "p0", "messa'  # the other run's record, half written so far
+    (tmp_path / "out.jsonl").write_bytes(partial)
     with (tmp_path / "out.jsonl").open("ab") as held:  # another label run, mid-way
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, out, _ = run(tmp_path, never_called, "--yes")
+        assert (tmp_path / "out.jsonl").read_bytes() == partial, "the refused run must not cut the other's line"
     assert code == 2 and "another label run is writing" in out
     code, out, _ = run(tmp_path, FakeApi(), "--yes")
     assert code == 0 and "labelled 2 items" in out
