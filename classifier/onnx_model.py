@@ -33,7 +33,7 @@ class OnnxDifficultyModel:
     read-only after construction.
     """
 
-    __slots__ = ("_abilities", "_boundaries", "_featurizer", "_name", "_parity", "_session", "_table", "_width")
+    __slots__ = ("_abilities", "_boundaries", "_featurizer", "_name", "_session", "_table", "_width")
 
     def __init__(
         self,
@@ -56,8 +56,6 @@ class OnnxDifficultyModel:
         names = abilities.keys() if confidence_models is None else [m for m in confidence_models if m in abilities]
         self._boundaries = tuple(sorted(abilities[m] - shift for m in names))
         self._width = confidence_width
-        self._parity: list[dict[str, Any]] = []
-        """Training's raw scores of fixed strings (metadata ``parity``), checked by :meth:`load`."""
 
     @classmethod
     def load(cls, model_dir: Path) -> OnnxDifficultyModel:
@@ -72,28 +70,31 @@ class OnnxDifficultyModel:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"{model_dir / file} is missing")
         try:
-            model = cls._load(model_dir)
+            model, parity = cls._load(model_dir)
+            checks = [(str(e["text"]), float(e["raw"])) for e in parity]
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ValueError(f"{model_dir / 'metadata.json'}: missing or malformed field ({exc!r})") from exc
         except ort.capi.onnxruntime_pybind11_state.Fail as exc:
             raise ValueError(f"{model_dir / 'model.onnx'}: {exc}") from exc
-        model._check_parity(model_dir)
+        model._check_parity(model_dir, checks)
         return model
 
-    def _check_parity(self, model_dir: Path) -> None:
-        for entry in self._parity:
+    def _check_parity(self, model_dir: Path, checks: Sequence[tuple[str, float]]) -> None:
+        """Training's raw scores of fixed strings (metadata ``parity``) must come out of this tokenizer and graph."""
+        for text, trained in checks:
             try:
-                got = self.raw(self._featurizer.encode(str(entry["text"])))
+                got = self.raw(self._featurizer.encode(text))
             except Exception as exc:
                 raise ValueError(f"{model_dir}: the graph fails on its own parity text ({exc})") from exc
-            if not math.isclose(got, float(entry["raw"]), rel_tol=1e-4, abs_tol=1e-4):
+            if not math.isclose(got, trained, rel_tol=1e-4, abs_tol=1e-4):
                 raise ValueError(
                     f"{model_dir}: tokenizer.json, model.onnx and metadata.json do not belong together (parity text"
-                    f" {entry['text'][:40]!r}: raw {got:.6f}, trained {float(entry['raw']):.6f})"
+                    f" {text[:40]!r}: raw {got:.6f}, trained {trained:.6f})"
                 )
 
     @classmethod
-    def _load(cls, model_dir: Path) -> OnnxDifficultyModel:
+    def _load(cls, model_dir: Path) -> tuple[OnnxDifficultyModel, list[Any]]:
+        """The model and its metadata's parity entries (checked by :meth:`load`)."""
         meta_bytes = (model_dir / "metadata.json").read_bytes()
         try:
             meta: dict[str, Any] = orjson.loads(meta_bytes)
@@ -108,7 +109,7 @@ class OnnxDifficultyModel:
             raise ValueError(f"{model_dir / 'metadata.json'}: confidence_width and length_cap_tokens must be > 0")
         spec = FeatureSpec(
             cut=TextCut(head_chars=int(meta["cut"]["head_chars"]), tail_chars=int(meta["cut"]["tail_chars"])),
-            length_cap_tokens=int(meta["length_cap_tokens"]),
+            length_cap_tokens=cap,
             prior_tokens=float(meta["prior_tokens"]),
             neutral_words=tuple(str(w) for w in meta["neutral_words"]),
         )
@@ -139,8 +140,7 @@ class OnnxDifficultyModel:
             confidence_width=width,
             confidence_models=[str(m) for m in meta.get("confidence_models", [])] or None,
         )
-        model._parity = [dict(e) for e in meta.get("parity", [])]
-        return model
+        return model, list(meta.get("parity", []))
 
     @property
     def name(self) -> str:

@@ -151,7 +151,6 @@ def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
         rows = [orjson.loads(line) for line in fh]
     rows.sort(key=lambda r: (r["source"], r["id"]))
     prompts = [str(r["prompt"]) for r in rows]
-    categories = [(str(r["source"]), str(r.get("category"))) for r in rows]
     sources = [str(r["source"]) for r in rows]
     raw_models = [{str(k): float(v) for k, v in r["scores"].items() if v is not None} for r in rows]
     models: dict[str, int] = {}
@@ -176,7 +175,7 @@ def load_dataset(data_dir: Path, target_kind: str = TARGETS[0]) -> Dataset:
         fit = fit_rasch(local[obs_item[mask]], obs_model[mask], obs_score[mask], len(idx), len(models))
         target[idx] = _source_target(fit, np.unique(obs_model[mask]), target_kind)
     if target_kind == "per-category":
-        _standardise_within(target, categories)
+        _standardise_within(target, list(zip(sources, (str(r.get("category")) for r in rows), strict=True)))
     return Dataset(
         prompts=prompts,
         sources=sources,

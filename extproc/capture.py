@@ -24,7 +24,7 @@ from extproc.config import CaptureSettings
 from extproc.record import DecisionRecord, Outcome
 from extproc.request import ParsedRequest
 from extproc.schemas.openai_chat import OpenAIChat
-from extproc.spool import Spool, SpoolTarget
+from extproc.spool import Spool, SpoolTarget, rotated_path
 
 __all__ = ["CAPTURED_OUTCOMES", "TIME_KEY", "PromptCapture", "capture_line", "capture_messages"]
 
@@ -66,7 +66,7 @@ class PromptCapture:
         """Point the writer at the configured file; when capture is off, only at files left from before (so their
         lines still expire), never creating one."""
         path = settings.path
-        keep = path is not None and (settings.enabled or path.exists() or path.with_name(path.name + ".1").exists())
+        keep = path is not None and (settings.enabled or path.exists() or rotated_path(path).exists())
         target = SpoolTarget(path, settings.max_bytes, settings.ttl_hours * 3600.0) if keep and path else None
         self._spool.configure(target)
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from extproc.errors import ConfigError
+from extproc.spool import lock_path, rotated_path
 
 __all__ = [
     "CaptureSettings",
@@ -296,7 +297,7 @@ class Settings(_Strict):
             # however they are spelled.
             def names(path: Path) -> set[Path]:
                 full = Path(os.path.abspath(path))
-                return {full, full.with_name(full.name + ".1"), full.with_name(full.name + ".lock")}
+                return {full, rotated_path(full), lock_path(full)}
 
             if names(self.capture.path) & names(self.feedback.path):
                 problems.append(

@@ -253,6 +253,11 @@ class FeedbackRecorder:
                     "replica's: send its feedback_token)",
                 )
             entry = found
+        if not self._decisions.admit_score(decision_id, self._max_scores):
+            return FeedbackResult(
+                FeedbackStatus.TOO_MANY,
+                f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)",
+            )
         chosen = model or entry.served_model
         line = {
             "feedback_id": uuid.uuid4().hex,  # one per accepted score: copies of one archive can be told apart
@@ -266,11 +271,6 @@ class FeedbackRecorder:
             "tenant": entry.tenant,
             "source": source,
         }
-        if not self._decisions.admit_score(decision_id, self._max_scores):
-            return FeedbackResult(
-                FeedbackStatus.TOO_MANY,
-                f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)",
-            )
         if not self._spool.offer(line):
             self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused
             return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback queue full; retry later")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
-from extproc.wsgi_server import MAX_CONNECTIONS, serve_wsgi
+from extproc.wsgi_server import serve_wsgi
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -98,11 +98,9 @@ def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
     return app
 
 
-def start_feedback_server(
-    listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5, max_connections: int = MAX_CONNECTIONS
-) -> Callable[[], None]:
+def start_feedback_server(listen: str, recorder: FeedbackRecorder, poll_interval: float = 0.5) -> Callable[[], None]:
     """Serve the feedback endpoint on ``listen`` (``host:port``, ``[v6]:port``) in a thread; return a stop function.
 
     ``poll_interval`` is how often the server checks for a stop request (the stop function waits up to that long).
     """
-    return serve_wsgi(listen, feedback_app(recorder), "feedback-http", poll_interval, max_connections)
+    return serve_wsgi(listen, feedback_app(recorder), "feedback-http", poll_interval)

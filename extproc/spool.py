@@ -40,7 +40,16 @@ import orjson
 
 from extproc.errors import RouterError
 
-__all__ = ["RotatingJsonl", "Spool", "SpoolBusyError", "SpoolLock", "SpoolTarget", "lock_path", "open_private_append"]
+__all__ = [
+    "RotatingJsonl",
+    "Spool",
+    "SpoolBusyError",
+    "SpoolLock",
+    "SpoolTarget",
+    "lock_path",
+    "open_private_append",
+    "rotated_path",
+]
 
 _log = logging.getLogger("model_router.spool")
 _MODE = 0o600
@@ -77,6 +86,11 @@ def open_private_append(path: Path) -> int:
 def lock_path(path: Path) -> Path:
     """The lock file of the spool at ``path``: ``<path>.lock``."""
     return path.with_name(path.name + ".lock")
+
+
+def rotated_path(path: Path) -> Path:
+    """The rotated predecessor of the spool file at ``path``: ``<path>.1``."""
+    return path.with_name(path.name + ".1")
 
 
 class SpoolBusyError(RouterError):
@@ -203,7 +217,7 @@ class RotatingJsonl:
     @property
     def previous_path(self) -> Path:
         """The rotated file, ``<path>.1``."""
-        return self.target.path.with_name(self.target.path.name + ".1")
+        return rotated_path(self.target.path)
 
     @property
     def line_limit(self) -> int:
