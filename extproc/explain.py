@@ -121,13 +121,12 @@ class TlsCredentials:
 
 
 def _read_pem(option: str, path: Path) -> bytes:
+    from extproc.tls import read_pem  # grpc, only for --target
+
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExplainError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise ExplainError(f"{option}: {path} is not PEM")
-    return data
+        return read_pem(option, path)
+    except ValueError as exc:
+        raise ExplainError(str(exc)) from None
 
 
 def _chat_body(prompt: str, model: str) -> bytes:

@@ -264,8 +264,10 @@ class Telemetry:
             ["result"],
             registry=r,
         )
-        service = settings.service_name or os.environ.get("OTEL_SERVICE_NAME") or "model-router"
-        resource = Resource.create({"service.name": service})  # + OTEL_RESOURCE_ATTRIBUTES
+        # The SDK reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the config wins, our name is the default.
+        resource = Resource.create({"service.name": settings.service_name} if settings.service_name else {})
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "model-router"}))
         self._resource = [(k, v) for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)]
         self._spans = span_sink if span_sink is not None else self._exporter()
         self._shared_attributes: dict[tuple[object, ...], bytes] = {}

@@ -18,31 +18,30 @@ import grpc
 from extproc.config import TlsSettings
 from extproc.errors import ConfigError
 
-__all__ = ["server_credentials"]
+__all__ = ["read_pem", "server_credentials"]
 
 _log = logging.getLogger("model_router.tls")
 
 
+def read_pem(name: str, path: Path) -> bytes:
+    """The PEM file at ``path``; ``ValueError`` starting with ``name`` (a config field, a CLI option) otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{name}: {path} is not PEM")
+    return data
+
+
 def _read(tls: TlsSettings) -> tuple[bytes, bytes, bytes | None]:
     """The key, the certificate chain and the client CA, as bytes; ``ConfigError`` naming the field otherwise."""
-    out: list[bytes | None] = []
-    for field, path in (
-        ("key_file", tls.key_file),
-        ("cert_file", tls.cert_file),
-        ("client_ca_file", tls.client_ca_file),
-    ):
-        if path is None:
-            out.append(None)
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError([f"server.tls.{field}: cannot read {path}: {exc.strerror}"]) from None
-        if b"-----BEGIN " not in data:
-            raise ConfigError([f"server.tls.{field}: {path} is not PEM"])
-        out.append(data)
-    key, cert, ca = out
-    assert key is not None and cert is not None
+    try:
+        key = read_pem("server.tls.key_file", tls.key_file)
+        cert = read_pem("server.tls.cert_file", tls.cert_file)
+        ca = read_pem("server.tls.client_ca_file", tls.client_ca_file) if tls.client_ca_file else None
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     return key, cert, ca
 
 

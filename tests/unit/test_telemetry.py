@@ -186,14 +186,22 @@ def test_span_attributes_equal_the_routing_decision_mapping(rec: DecisionRecord)
 
 
 @pytest.mark.parametrize(
-    ("configured", "env", "want"),
-    [(None, None, "model-router"), (None, "from-env", "from-env"), ("from-config", "from-env", "from-config")],
+    ("configured", "env", "attributes", "want"),
+    [
+        (None, None, None, "model-router"),
+        (None, "from-env", None, "from-env"),
+        ("from-config", "from-env", None, "from-config"),
+        (None, None, "service.name=from-attributes,team=ml", "from-attributes"),
+    ],
 )
-def test_service_name(monkeypatch: pytest.MonkeyPatch, configured: str | None, env: str | None, want: str) -> None:
-    if env is None:
-        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
-    else:
-        monkeypatch.setenv("OTEL_SERVICE_NAME", env)
+def test_service_name(
+    monkeypatch: pytest.MonkeyPatch, configured: str | None, env: str | None, attributes: str | None, want: str
+) -> None:
+    for name, value in (("OTEL_SERVICE_NAME", env), ("OTEL_RESOURCE_ATTRIBUTES", attributes)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     telemetry = Telemetry(TelemetrySettings(service_name=configured), logging.getLogger("test"), SpanList())
     assert ("service.name", want) in telemetry._resource
 
