@@ -6,12 +6,13 @@ queued line is written before the process exits.
 
 Each file has one writer (:mod:`extproc.spool` locks ``<path>.lock``): a ``capture.path`` or ``feedback.path`` that
 another process is writing refuses the start with a :class:`~extproc.errors.ConfigError` naming the field (unless
-capture is off, when the files are that process's to expire), and a reload onto such a capture path is logged and
-not applied to the capture file.
+capture is off, when the files are that process's to expire), and a reload onto such a capture path is rejected as
+a whole (the running config stays in force).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -32,15 +33,15 @@ __all__ = ["Learning", "start_learning"]
 _log = logging.getLogger("model_router.learning")
 
 
-def _configure_capture(capture: PromptCapture, settings: CaptureSettings) -> SpoolBusyError | None:
-    """Apply ``settings``; the error if another process writes its path and capture is on (else only logged)."""
+def _configure_capture(capture: PromptCapture, settings: CaptureSettings) -> None:
+    """Apply ``settings``; a ``ConfigError`` naming ``capture.path`` if another process writes it and capture is on
+    (then the writer keeps its current file), else only logged."""
     try:
         capture.configure(settings)
     except SpoolBusyError as exc:
         if settings.enabled:
-            return exc
+            raise ConfigError([f"capture.path: {exc}"]) from None
         _log.warning("capture.path: %s; capture is off here, so its lines are left to that process to expire", exc)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +54,13 @@ class Learning:
     stop_http: Callable[[], None]
 
     def reconfigure(self, settings: Settings) -> None:
-        """Apply a reloaded config's ``capture`` section (a path another process writes: logged, the capture writer
-        keeps its current file)."""
-        busy = _configure_capture(self.capture, settings.capture)
-        if busy is not None:
-            _log.error("config reload: capture.path: %s; the capture writer keeps its current file", busy)
+        """Apply a reloaded config's ``capture`` section before the config is swapped in
+        (:func:`extproc.reload.reload_snapshot`'s ``apply``).
+
+        Raises :class:`~extproc.errors.ConfigError` naming ``capture.path`` if another process writes that path;
+        the capture writer then keeps its current file and the reload is rejected, so config and file agree.
+        """
+        _configure_capture(self.capture, settings.capture)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking feedback, then write every queued line and close the files."""
@@ -79,22 +82,21 @@ def start_learning(
     a writer could not keep (``model_router_errors_total{reason}``); ``on_feedback(result, source)`` counts every
     feedback submission (``model_router_feedback_total``).
     """
-    capture = PromptCapture(Spool("capture", capture_mod.TIME_KEY, on_drop))
-    busy = _configure_capture(capture, settings.capture)
-    if busy is not None:
-        capture.close()
-        raise ConfigError([f"capture.path: {busy}"]) from None
-    cfg = settings.feedback
-    if not cfg.enabled or cfg.path is None:
-        return Learning(LearningTap(None, capture), capture, None, lambda: None)
-    try:  # from here on, a failure closes the capture writer (and releases its file) before it propagates
+    with contextlib.ExitStack() as undo:  # a failure closes what was started (and releases its file) first
+        capture = PromptCapture(Spool("capture", capture_mod.TIME_KEY, on_drop))
+        undo.callback(capture.close)
+        _configure_capture(capture, settings.capture)
+        cfg = settings.feedback
+        if not cfg.enabled or cfg.path is None:
+            undo.pop_all()
+            return Learning(LearningTap(None, capture), capture, None, lambda: None)
         signer = TokenSigner(load_signing_keys(cfg.signing_key_file)) if cfg.signing_key_file else None
         decisions = DecisionStore(cfg.max_decisions, cfg.decision_ttl_seconds)
         spool = Spool("feedback", feedback_mod.TIME_KEY, on_drop)
+        undo.callback(spool.close)
         try:
             spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
         except SpoolBusyError as exc:
-            spool.close()
             raise ConfigError([f"feedback.path: {exc}"]) from None
         recorder = FeedbackRecorder(
             decisions,
@@ -105,12 +107,6 @@ def start_learning(
             token_ttl_seconds=cfg.decision_ttl_seconds,
             max_scores_per_decision=cfg.max_scores_per_decision,
         )
-        try:
-            stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
-        except OSError:
-            recorder.close()
-            raise
-    except BaseException:
-        capture.close()
-        raise
+        stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
+        undo.pop_all()
     return Learning(LearningTap(decisions, capture, signer=signer), capture, recorder, stop_http)

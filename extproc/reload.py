@@ -1,10 +1,17 @@
-"""Builds and validates a new Snapshot from the config file, then swaps one reference; on error keeps the old one."""
+"""Builds and validates a new Snapshot from the config file, then swaps one reference; on error keeps the old one.
+
+A reload is all or nothing: the new settings are first applied to the parts that live outside the snapshot (the
+capture writer's file, via ``apply``), and a refusal there rejects the whole reload like an invalid file would, so
+the running config never ends up half applied. Reloads run one at a time (SIGHUP and the file watcher may race).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +21,16 @@ from extproc.config import Settings, load_config
 from extproc.errors import ConfigError
 from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
 
-__all__ = ["load_model_for", "load_snapshot", "reload_snapshot", "watch_config"]
+__all__ = ["Apply", "load_model_for", "load_snapshot", "reload_snapshot", "watch_config"]
 
 _log = logging.getLogger("model_router.reload")
+
+Apply = Callable[[Settings], None]
+"""Applies new settings outside the snapshot before it is swapped in; raises ``ConfigError`` to reject the reload."""
+
+
+def _apply_nothing(_settings: Settings) -> None:
+    return None
 
 
 def load_model_for(settings: Settings) -> DifficultyModel:
@@ -35,11 +49,22 @@ def load_snapshot(path: Path, load_model: Callable[[Settings], DifficultyModel] 
 
 
 def reload_snapshot(
-    path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel] = load_model_for
+    path: Path,
+    ref: SnapshotRef,
+    load_model: Callable[[Settings], DifficultyModel] = load_model_for,
+    apply: Apply = _apply_nothing,
+    serial: threading.Lock | None = None,
 ) -> bool:
-    """Swap in a snapshot built from ``path``; return False (and keep the running one) if it is invalid."""
+    """Swap in a snapshot built from ``path``; return False (and keep the running one) if it is invalid or ``apply``
+    refuses it. ``serial`` (the server's one reload lock) keeps two reloads from interleaving."""
+    with serial if serial is not None else contextlib.nullcontext():
+        return _reload(path, ref, load_model, apply)
+
+
+def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel], apply: Apply) -> bool:
     try:
         snapshot = load_snapshot(path, load_model)
+        apply(snapshot.settings)
     except ConfigError as exc:
         _log.error("config reload rejected, keeping the running config: %s", exc)
         return False
@@ -64,6 +89,8 @@ async def watch_config(
     on_result: Callable[[bool], None],
     interval: float,
     load_model: Callable[[Settings], DifficultyModel] = load_model_for,
+    apply: Apply = _apply_nothing,
+    serial: threading.Lock | None = None,
 ) -> None:
     """Poll ``path`` every ``interval`` seconds and reload when its content changes (runs until cancelled).
 
@@ -77,4 +104,4 @@ async def watch_config(
         if current is None or current == seen:
             continue
         seen = current
-        on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model))
+        on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model, apply, serial))

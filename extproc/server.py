@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from extproc.classify import ClassifierThreads
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.learning import start_learning
-from extproc.reload import reload_snapshot, watch_config
+from extproc.reload import load_model_for, reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
@@ -97,14 +98,13 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task[None]] = set()
-
-    def reloaded(applied: bool) -> None:
-        telemetry.config_reloaded(applied)
-        if applied:
-            learning.reconfigure(snapshots.current.settings)
+    serial = threading.Lock()  # SIGHUP and the file watcher may both reload at once
 
     async def reload() -> None:
-        reloaded(await asyncio.to_thread(reload_snapshot, config_path, snapshots))
+        applied = await asyncio.to_thread(
+            reload_snapshot, config_path, snapshots, load_model_for, learning.reconfigure, serial
+        )
+        telemetry.config_reloaded(applied)
 
     def on_sighup() -> None:
         task = loop.create_task(reload())  # the model loads off the event loop; streams keep flowing
@@ -113,7 +113,15 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     poll = first.server.config_poll_seconds
-    watcher = asyncio.create_task(watch_config(config_path, snapshots, reloaded, poll)) if poll else None
+    watcher = (
+        asyncio.create_task(
+            watch_config(
+                config_path, snapshots, telemetry.config_reloaded, poll, load_model_for, learning.reconfigure, serial
+            )
+        )
+        if poll
+        else None
+    )
     await stop.wait()
     if watcher:
         watcher.cancel()

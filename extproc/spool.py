@@ -105,11 +105,18 @@ class SpoolBusyError(RouterError):
         )
 
 
-def _open_lock_file(path: Path) -> int:
-    """A descriptor of ``<path>.lock`` (created 0600, never through a symlink; the parent directory 0700)."""
+def _open_lock_file(path: Path) -> tuple[int, tuple[int, int]]:
+    """A descriptor of ``<path>.lock`` (created 0600, never through a symlink; the parent directory 0700) and the
+    file's (device, inode), which name it however ``path`` is spelled."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return open_private_append(lock_path(path))
+    fd = open_private_append(lock_path(path))
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (st.st_dev, st.st_ino)
 
 
 class SpoolLock:
@@ -119,10 +126,10 @@ class SpoolLock:
     leaves a stale lock). ``key`` names the lock file (device, inode), however the path is spelled.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
-        """Lock the open lock-file descriptor ``fd`` of ``path``; it is closed if the lock is not taken."""
+    def __init__(self, fd: int, path: Path, key: tuple[int, int]) -> None:
+        """Lock the open lock-file descriptor ``fd`` of ``path`` (``key``: its file); ``fd`` is closed if the lock is
+        not taken."""
         try:
-            st = os.fstat(fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -131,13 +138,14 @@ class SpoolLock:
             os.close(fd)
             raise
         self.path = path
-        self.key = (st.st_dev, st.st_ino)
+        self.key = key
         self._fd: int | None = fd
 
     @classmethod
     def acquire(cls, path: Path) -> SpoolLock:
         """Take the lock of ``path`` now, or raise :class:`SpoolBusyError` (any other ``OSError`` as raised)."""
-        return cls(_open_lock_file(path), path)
+        fd, key = _open_lock_file(path)
+        return cls(fd, path, key)
 
     def release(self) -> None:
         """Let another process write ``path`` (idempotent)."""
@@ -364,8 +372,7 @@ class Spool:
         self._closed = False
         self._file: RotatingJsonl | None = None
         self._file_lock: SpoolLock | None = None
-        self._locks: dict[tuple[int, int], SpoolLock] = {}
-        self._lock_refs: collections.Counter[tuple[int, int]] = collections.Counter()
+        self._locks: dict[tuple[int, int], tuple[SpoolLock, int]] = {}  # lock file -> (its lock, references)
         self._locks_guard = threading.Lock()  # taken on the configuring thread, released on the writer thread
         self._next_due: float | None = None
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -402,22 +409,16 @@ class Spool:
 
     def _acquire(self, path: Path) -> SpoolLock:
         """One more reference to ``path``'s lock: the one this spool holds already, or a new one."""
-        fd = _open_lock_file(path)
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        key = (st.st_dev, st.st_ino)
+        fd, key = _open_lock_file(path)
         with self._locks_guard:
-            held = self._locks.get(key)
+            held, refs = self._locks.get(key, (None, 0))
             if held is not None:
                 # A second open file: locking it would conflict with our own lock. Closing it leaves that lock alone
                 # (a flock belongs to the open file it was taken on, unlike fcntl record locks).
                 os.close(fd)
             else:
-                held = self._locks[key] = SpoolLock(fd, path)
-            self._lock_refs[key] += 1
+                held = SpoolLock(fd, path, key)
+            self._locks[key] = (held, refs + 1)
             return held
 
     def _release(self, lock: SpoolLock | None) -> None:
@@ -425,10 +426,11 @@ class Spool:
         if lock is None:
             return
         with self._locks_guard:
-            self._lock_refs[lock.key] -= 1
-            if self._lock_refs[lock.key] > 0:
+            refs = self._locks[lock.key][1] - 1
+            if refs > 0:
+                self._locks[lock.key] = (lock, refs)
                 return
-            del self._lock_refs[lock.key], self._locks[lock.key]
+            del self._locks[lock.key]
         lock.release()
 
     def offer(self, item: Mapping[str, Any]) -> bool:

@@ -23,7 +23,10 @@ from devstack.stack import ENVOY_DIR
 from extproc.config import Settings, parse_config
 from extproc.errors import ConfigError
 from extproc.learning import start_learning
+from extproc.reload import load_snapshot, reload_snapshot
+from extproc.snapshot import SnapshotRef
 from extproc.spool import RotatingJsonl, Spool, SpoolBusyError, SpoolTarget, lock_path
+from tests.fakes import FakeDifficultyModel
 
 KEY = "t"
 
@@ -492,8 +495,9 @@ def test_learning_reload_keeps_or_refuses_the_capture_path(
     assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 1})
     _wait_for(lambda: _ns(a) == [1])
     other = other_process(b)
-    learning.reconfigure(_learning_settings(capture={"enabled": True, "path": str(b)}))
-    assert f"capture.path: another process is writing {b}" in caplog.text
+    with pytest.raises(ConfigError) as refused:
+        learning.reconfigure(_learning_settings(capture={"enabled": True, "path": str(b)}))
+    assert refused.value.problems == [f"capture.path: {SpoolBusyError(b)}"]
     assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 2})
     _wait_for(lambda: _ns(a) == [1, 2])  # still writing a
     assert _locked(a)
@@ -501,3 +505,47 @@ def test_learning_reload_keeps_or_refuses_the_capture_path(
     assert not _locked(a) and _locked(b)
     other.stop()
     assert b.read_text() == ""
+
+
+def test_a_reload_onto_a_busy_capture_path_is_rejected_whole(
+    tmp_path: Path, other_process: Callable[[Path], OtherProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The new config is not half applied: it stays out (policy included) and capture keeps its file."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    path = tmp_path / "model-router.yaml"
+
+    def write_config(capture: Path, quality_target: float) -> None:
+        data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+        data["telemetry"]["metrics_listen"] = None
+        data["feedback"]["listen"] = None
+        data["capture"].update({"enabled": True, "path": str(capture)})
+        data["policy"]["quality_target"] = quality_target
+        path.write_text(yaml.safe_dump(data))
+
+    write_config(a, 0.8)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    running = ref.current
+    learning = start_learning(running.settings, lambda: (), lambda _r: None)
+    other = other_process(b)
+    serial = threading.Lock()
+
+    def reload() -> bool:
+        return reload_snapshot(path, ref, lambda _s: FakeDifficultyModel(), learning.reconfigure, serial)
+
+    write_config(b, 0.7)
+    assert not reload()
+    assert ref.current is running and ref.current.settings.policy.quality_target == 0.8
+    assert (
+        f"capture.path: another process is writing {b}" in caplog.text and "keeping the running config" in caplog.text
+    )
+    assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 1})
+    _wait_for(lambda: _ns(a) == [1])  # capture still writes the running config's file
+    assert _locked(a) and not serial.locked()
+
+    other.stop()
+    assert reload(), "the same config applies once the other writer is gone"
+    assert ref.current.settings.policy.quality_target == 0.7
+    assert learning.capture._spool.offer({"captured_unix": time.time(), "n": 2})
+    _wait_for(lambda: _ns(b) == [2])
+    learning.close()
+    assert _ns(a) == [1] and not _locked(a) and not _locked(b)
