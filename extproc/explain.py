@@ -39,11 +39,12 @@ _REASONS = {
     "cheapest_meeting_target": "the cheapest model predicted to reach the quality target",
     "none_meets_target_most_able": "no model is predicted to reach the quality target: the most able one",
     "classifier_failed": "the classifier failed or missed its deadline: the fallback model",
-    "no_eligible_model": "no model passes the filters: the default if it fits the context, else the widest window",
+    "no_eligible_model": "no model fits the context: the one with the widest window",
     "no_prompt_text": "no text to classify: the fallback model",
     "trusted_override": "a trusted caller pinned the model",
     "budget_too_low_cheapest": "no model fits the request's cost ceiling: the cheapest one",
     "sticky_conversation": "the conversation already used a model this able",
+    "no_interactive_model": "only slow models fit this interactive request: the usual choice among them",
     "invalid_constraint": "a malformed constraint header: the router answers 400",
 }
 

@@ -2,14 +2,16 @@
 
 No I/O, no clock, no environment, no randomness: every rule is testable with a table (tests/unit/test_policy.py).
 Rule: among catalog models whose context window fits the prompt, pick the cheapest whose predicted success
-probability ``sigmoid(ability - difficulty)`` reaches the quality target; if none does, the most able one.
+probability ``sigmoid(ability - difficulty)`` reaches the quality target; if none does, the most able one. An
+``interactive`` request skips slow models unless only slow ones fit (then the rule runs over those,
+``no_interactive_model``); a prompt no model fits goes to the widest window (``no_eligible_model``).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from classifier.model import Prediction, success_probability
 
@@ -37,6 +39,8 @@ class Reason(enum.StrEnum):
     TRUSTED_OVERRIDE = "trusted_override"
     BUDGET_TOO_LOW = "budget_too_low_cheapest"
     STICKY_CONVERSATION = "sticky_conversation"
+    LATENCY_RELAXED = "no_interactive_model"
+    """Only slow models fit an interactive request; beats the inner reason, so this label counts every such one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +150,35 @@ def _pick(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel
     return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)
 
 
-def _no_eligible_model(
-    default: ResolvedModel, fits: Sequence[ResolvedModel], catalog: Sequence[ResolvedModel], min_ability: float | None
-) -> Decision:
-    """The fallback when the filters leave no model: still one that can answer, if any can.
+def _no_eligible_model(default: ResolvedModel, catalog: Sequence[ResolvedModel]) -> Decision:
+    """The fallback when no model fits the *estimate* (which errs high): the model with the widest window, the default
+    among equals, else the cheaper; a default with a smaller window would certainly be refused."""
+    widest = max(catalog, key=lambda m: (m.context_window, m.name == default.name, -_list_price(m), m.ability))
+    return fallback_decision(widest, Reason.NO_ELIGIBLE_MODEL)
 
-    Some models fit the context (only ``interactive`` excluded them all): the default if it fits, else the cheapest
-    that does, raised to the conversation's floor among them. None fits the *estimate* (which errs high): the model
-    with the widest window, the default among equals, else the cheaper; a default with a smaller window would
-    certainly be refused.
-    """
-    if not fits:
-        widest = max(catalog, key=lambda m: (m.context_window, m.name == default.name, -_list_price(m), m.ability))
-        return fallback_decision(widest, Reason.NO_ELIGIBLE_MODEL)
-    if all(m.name != default.name for m in fits):
-        default = min(fits, key=lambda m: (_list_price(m), -m.ability))
-    return fallback_decision(default, Reason.NO_ELIGIBLE_MODEL, fits, min_ability)
+
+def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel]) -> Decision:
+    """The decision on the merits among ``models`` (non-empty, all fit the context): ``max_cost`` excludes dearer
+    ones (if it excludes all, the cheapest is chosen and the reason says so), then the rule, then a conversation's
+    ``min_ability`` excludes weaker models if any is that able."""
+
+    def cost(m: ResolvedModel) -> float:
+        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
+
+    if facts.max_cost is not None:
+        affordable = [m for m in models if cost(m) <= facts.max_cost]
+        if not affordable:
+            cheapest = min(models, key=lambda m: (cost(m), -m.ability))  # ties: the more able
+            p = success_probability(cheapest.ability, difficulty)
+            return Decision(model=cheapest, reason=Reason.BUDGET_TOO_LOW, fallback=False, success_probability=p)
+        models = affordable
+    decision = _pick(difficulty, facts, models)
+    if facts.min_ability is not None and decision.model.ability < facts.min_ability:
+        floor = [m for m in models if m.ability >= facts.min_ability]
+        if floor:
+            sticky = _pick(difficulty, facts, floor)
+            return Decision(sticky.model, Reason.STICKY_CONVERSATION, False, sticky.success_probability)
+    return decision
 
 
 def choose_model(
@@ -172,29 +189,15 @@ def choose_model(
 ) -> Decision:
     """Pick the cheapest model predicted to meet the quality target; ties go to the more able model.
 
-    Filters, in order: the context window must fit; ``interactive`` excludes slow models; ``max_cost`` excludes
-    dearer ones (if it excludes all, the cheapest remaining model is chosen and the reason says so); a
-    conversation's ``min_ability`` then excludes weaker models.
+    Filters, in order: the context window must fit (if none does: the widest window, a fallback); ``interactive``
+    excludes slow models, unless that excludes all, in which case the decision is made among the slow ones that fit
+    and its reason is ``LATENCY_RELAXED``; ``max_cost`` excludes dearer ones (if it excludes all, the cheapest
+    remaining model is chosen and the reason says so); a conversation's ``min_ability`` then excludes weaker models.
     """
-
-    def cost(m: ResolvedModel) -> float:
-        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
-
     fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
-    eligible = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
-    if not eligible:
-        return _no_eligible_model(default, fits, catalog, facts.min_ability)
-    if facts.max_cost is not None:
-        affordable = [m for m in eligible if cost(m) <= facts.max_cost]
-        if not affordable:
-            cheapest = min(eligible, key=lambda m: (cost(m), -m.ability))  # ties: the more able
-            p = success_probability(cheapest.ability, prediction.difficulty)
-            return Decision(model=cheapest, reason=Reason.BUDGET_TOO_LOW, fallback=False, success_probability=p)
-        eligible = affordable
-    decision = _pick(prediction.difficulty, facts, eligible)
-    if facts.min_ability is not None and decision.model.ability < facts.min_ability:
-        floor = [m for m in eligible if m.ability >= facts.min_ability]
-        if floor:
-            sticky = _pick(prediction.difficulty, facts, floor)
-            return Decision(sticky.model, Reason.STICKY_CONVERSATION, False, sticky.success_probability)
-    return decision
+    if not fits:
+        return _no_eligible_model(default, catalog)
+    fast = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
+    if fast:
+        return _decide(prediction.difficulty, facts, fast)
+    return replace(_decide(prediction.difficulty, facts, fits), reason=Reason.LATENCY_RELAXED)

@@ -16,7 +16,8 @@ from google.protobuf import json_format
 from devstack.stack import ENVOY_DIR, free_port
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.cli import main
-from extproc.explain import ExplainInput, run_explain
+from extproc.explain import _REASONS, ExplainInput, run_explain
+from extproc.policy import Reason
 from tests.certs import TestCA
 
 HARD = "Prove that the integral of x^2 from 0 to 1 equals 1/3 step by step, derive the theorem for x^n."
@@ -237,3 +238,7 @@ def test_tls_to_a_closed_port_is_unavailable_without_a_tls_hint(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "UNAVAILABLE" in err and "Connection refused" in err and "--tls" not in err, err
+
+
+def test_every_policy_reason_has_a_description() -> None:
+    assert {r.value for r in Reason} <= _REASONS.keys()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from classifier.model import Prediction
+from classifier.model import Prediction, success_probability
 from extproc.policy import (
     Reason,
     RequestFacts,
@@ -13,7 +15,6 @@ from extproc.policy import (
     estimate_cost,
     fallback_decision,
     fallback_models,
-    success_probability,
 )
 
 
@@ -129,10 +130,13 @@ SLOW_WEAK = ResolvedModel("slow-weak", "c-slow-weak", "slow", 0.001, 0.004, 0.5,
         pytest.param(facts(tokens=10**6), CATALOG, FRONTIER, "frontier", id="none-fits-default-among-widest"),
         pytest.param(facts(tokens=10**6), CATALOG, SMALL, "cheap", id="none-fits-default-narrower-cheapest-widest"),
         pytest.param(facts(tokens=2 * 10**6), (*CATALOG, LONG), FRONTIER, "long", id="none-fits-widest-window"),
-        pytest.param(facts(tokens=500_000, interactive=True), (*CATALOG, SLOW), FRONTIER, "slow", id="only-slow-fits"),
-        pytest.param(facts(interactive=True), (SLOW, BATCH), BATCH, "batch", id="interactive-empties-default-fits"),
-        pytest.param(facts(interactive=True, min_ability=1.5), (SLOW_WEAK, SLOW), SLOW_WEAK, "slow", id="floor-raises"),
-        pytest.param(facts(interactive=True, min_ability=1.5), (SLOW, BATCH), BATCH, "batch", id="floor-met"),
+        # Unchanged when nothing fits, whatever the request asks: no relaxing of the latency, no conversation floor.
+        pytest.param(
+            facts(tokens=2 * 10**6, interactive=True), (*CATALOG, SLOW, LONG), FRONTIER, "slow", id="none-fits-slow"
+        ),
+        pytest.param(
+            facts(tokens=2 * 10**6, min_ability=2.5), (*CATALOG, LONG), FRONTIER, "long", id="none-fits-no-floor"
+        ),
     ],
 )
 def test_no_eligible_model_still_goes_where_the_request_fits(
@@ -140,6 +144,48 @@ def test_no_eligible_model_still_goes_where_the_request_fits(
 ) -> None:
     decision = choose_model(Prediction(0.0, 1.0), request_facts, catalog, default)
     assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.NO_ELIGIBLE_MODEL, True)
+    assert decision.success_probability is None
+
+
+# Only slow models fit a 20k-token prompt: SMALL is the one fast model and its window is 8k.
+SLOW_MAX = ResolvedModel("slow-max", "c-slow-max", "slow", 5.0, 20.0, 4.0, 128_000, latency_class="slow")
+ONLY_SLOW_FIT = (SMALL, SLOW_WEAK, BATCH, SLOW_MAX)
+
+
+def interactive(max_cost: float | None = None, min_ability: float | None = None) -> RequestFacts:
+    return facts(tokens=20_000, max_cost=max_cost, interactive=True, min_ability=min_ability)
+
+
+@pytest.mark.parametrize(
+    ("difficulty", "request_facts", "catalog", "default", "want"),
+    [
+        pytest.param(-3.0, interactive(), ONLY_SLOW_FIT, SMALL, "slow-weak", id="easy-goes-cheap-slow"),
+        pytest.param(0.0, interactive(), ONLY_SLOW_FIT, SMALL, "batch", id="medium-goes-middle-slow"),
+        pytest.param(1.5, interactive(), ONLY_SLOW_FIT, SMALL, "slow-max", id="hard-goes-strong-slow"),
+        pytest.param(9.0, interactive(), ONLY_SLOW_FIT, SMALL, "slow-max", id="too-hard-goes-most-able-slow"),
+        pytest.param(-3.0, interactive(), ONLY_SLOW_FIT, SLOW_MAX, "slow-weak", id="a-fitting-default-not-preferred"),
+        pytest.param(1.5, interactive(max_cost=0.001), ONLY_SLOW_FIT, SMALL, "batch", id="budget-caps-the-choice"),
+        pytest.param(1.5, interactive(max_cost=0.0), ONLY_SLOW_FIT, SMALL, "slow-weak", id="budget-below-all-cheapest"),
+        pytest.param(-3.0, interactive(min_ability=1.5), ONLY_SLOW_FIT, SMALL, "batch", id="sticky-floor"),
+        pytest.param(-3.0, interactive(min_ability=9.0), ONLY_SLOW_FIT, SMALL, "slow-weak", id="sticky-unreachable"),
+        pytest.param(
+            1.5, facts(tokens=500_000, interactive=True), (*CATALOG, SLOW), FRONTIER, "slow", id="only-slow-fits"
+        ),
+    ],
+)
+def test_interactive_decides_among_slow_models_when_only_they_fit(
+    difficulty: float,
+    request_facts: RequestFacts,
+    catalog: tuple[ResolvedModel, ...],
+    default: ResolvedModel,
+    want: str,
+) -> None:
+    decision = choose_model(Prediction(difficulty, 1.0), request_facts, catalog, default)
+    assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.LATENCY_RELAXED, False)
+    assert decision.success_probability == pytest.approx(success_probability(decision.model.ability, difficulty))
+    # The same choice as for a request that does not ask for interactive latency, bar the reason.
+    relaxed = dataclasses.replace(request_facts, interactive=False)
+    assert choose_model(Prediction(difficulty, 1.0), relaxed, catalog, default).model == decision.model
 
 
 # A second model on the frontier cluster, more able and dearer, and one on the cheap cluster that is weaker.

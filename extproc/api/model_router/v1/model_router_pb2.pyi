@@ -76,6 +76,7 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     REASON_TRUSTED_OVERRIDE: _Reason.ValueType  # 6
     REASON_BUDGET_TOO_LOW_CHEAPEST: _Reason.ValueType  # 7
     REASON_STICKY_CONVERSATION: _Reason.ValueType  # 8
+    REASON_NO_INTERACTIVE_MODEL: _Reason.ValueType  # 9
     REASON_UNKNOWN_PATH: _Reason.ValueType  # 20
     REASON_NOT_POST: _Reason.ValueType  # 21
     REASON_NO_BODY: _Reason.ValueType  # 22
@@ -107,6 +108,7 @@ REASON_NO_PROMPT_TEXT: Reason.ValueType  # 5
 REASON_TRUSTED_OVERRIDE: Reason.ValueType  # 6
 REASON_BUDGET_TOO_LOW_CHEAPEST: Reason.ValueType  # 7
 REASON_STICKY_CONVERSATION: Reason.ValueType  # 8
+REASON_NO_INTERACTIVE_MODEL: Reason.ValueType  # 9
 REASON_UNKNOWN_PATH: Reason.ValueType  # 20
 REASON_NOT_POST: Reason.ValueType  # 21
 REASON_NO_BODY: Reason.ValueType  # 22
