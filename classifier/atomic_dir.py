@@ -89,7 +89,7 @@ def publish_dir(out: Path, files: Mapping[str, bytes]) -> list[str]:
     target = check_target(out)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(parent, f".{target.name}.tmp-{os.getpid()}")
+    tmp = _fresh(parent, f".{target.name}.tmp-{os.getpid()}", mkdir=True)
     try:
         for name, payload in files.items():
             _write_file(tmp / name, payload)
@@ -120,7 +120,7 @@ def _swap(new: Path, target: Path) -> Path:
     """Put ``new`` at ``target`` (which exists); return where the old version now is (to be removed)."""
     if _exchange(new, target):
         return new
-    aside = _fresh_name(target.parent, f".{target.name}.old-{os.getpid()}")
+    aside = _fresh(target.parent, f".{target.name}.old-{os.getpid()}", mkdir=False)
     try:
         os.rename(target, aside)
         os.rename(new, target)
@@ -149,22 +149,17 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fresh_dir(parent: Path, stem: str) -> Path:
-    """Create and return a new empty directory ``stem`` (or ``stem-N``) in ``parent``; the umask applies."""
+def _fresh(parent: Path, stem: str, *, mkdir: bool) -> Path:
+    """The first of ``stem``, ``stem-1``, ... ``stem-999`` in ``parent`` that does not exist yet; with ``mkdir``, it
+    is created, an empty directory (the umask applies), in the same step as the check."""
     for n in range(1000):
         path = parent / (stem if n == 0 else f"{stem}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / stem))
-
-
-def _fresh_name(parent: Path, stem: str) -> Path:
-    """A name ``stem`` (or ``stem-N``) in ``parent`` that does not exist yet."""
-    for n in range(1000):
-        path = parent / (stem if n == 0 else f"{stem}-{n}")
+        if mkdir:
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
         if not path.exists() and not path.is_symlink():
             return path
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / stem))

