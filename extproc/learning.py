@@ -5,9 +5,9 @@ listen addresses. On SIGTERM the server calls :meth:`Learning.close` after the g
 queued line is written before the process exits.
 
 Each file has one writer (:mod:`extproc.spool` locks ``<path>.lock``): a ``capture.path`` or ``feedback.path`` that
-another process is writing refuses the start with a :class:`~extproc.errors.ConfigError` naming the field (unless
-capture is off, when the files are that process's to expire), and a reload onto such a capture path is rejected as
-a whole (the running config stays in force).
+another process is writing, or whose lock file cannot be created, refuses the start with a
+:class:`~extproc.errors.ConfigError` naming the field (unless capture is off, when the files are left alone), and a
+reload onto such a capture path is rejected as a whole (the running config stays in force).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from extproc.errors import ConfigError
 from extproc.feedback import DecisionStore, FeedbackRecorder
 from extproc.feedback_http import start_feedback_server
 from extproc.feedback_token import TokenSigner, load_signing_keys
-from extproc.spool import Spool, SpoolBusyError, SpoolTarget
+from extproc.spool import Spool, SpoolPathError, SpoolTarget
 from extproc.tap import LearningTap
 
 __all__ = ["Learning", "start_learning"]
@@ -34,14 +34,15 @@ _log = logging.getLogger("model_router.learning")
 
 
 def _configure_capture(capture: PromptCapture, settings: CaptureSettings) -> None:
-    """Apply ``settings``; a ``ConfigError`` naming ``capture.path`` if another process writes it and capture is on
-    (then the writer keeps its current file), else only logged."""
+    """Apply ``settings``; a ``ConfigError`` naming ``capture.path`` if this process cannot write it (another process
+    does, or its lock file cannot be created) and capture is on (then the writer keeps its current file), else only
+    logged."""
     try:
         capture.configure(settings)
-    except SpoolBusyError as exc:
+    except SpoolPathError as exc:
         if settings.enabled:
             raise ConfigError([f"capture.path: {exc}"]) from None
-        _log.warning("capture.path: %s; capture is off here, so its lines are left to that process to expire", exc)
+        _log.warning("capture.path: %s; capture is off here, so files left there are not expired by this router", exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ def start_learning(
         undo.callback(spool.close)
         try:
             spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
-        except SpoolBusyError as exc:
+        except SpoolPathError as exc:
             raise ConfigError([f"feedback.path: {exc}"]) from None
         recorder = FeedbackRecorder(
             decisions,

@@ -45,6 +45,7 @@ __all__ = [
     "Spool",
     "SpoolBusyError",
     "SpoolLock",
+    "SpoolPathError",
     "SpoolTarget",
     "lock_path",
     "open_private_append",
@@ -93,15 +94,24 @@ def rotated_path(path: Path) -> Path:
     return path.with_name(path.name + ".1")
 
 
-class SpoolBusyError(RouterError):
+class SpoolPathError(RouterError):
+    """A spool cannot take this path: its lock file cannot be created or opened (a missing, unwritable or read-only
+    directory), so nothing could ever be written there."""
+
+    def __init__(self, path: Path, message: str | None = None) -> None:
+        self.path = path
+        self.lock_path = lock_path(path)
+        super().__init__(message or f"cannot open {self.lock_path}")
+
+
+class SpoolBusyError(SpoolPathError):
     """Another process holds the lock of a spool path: it is writing (rotating, expiring) those files."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock_path = lock_path(path)
         super().__init__(
-            f"another process is writing {path} (it holds {self.lock_path}); give each router process its own "
-            "path, or stop the other one"
+            path,
+            f"another process is writing {path} (it holds {lock_path(path)}); give each router process its own "
+            "path, or stop the other one",
         )
 
 
@@ -387,17 +397,17 @@ class Spool:
         """Write to ``target`` from now on (None: stop writing; items offered meanwhile are discarded).
 
         Takes ``target.path``'s lock first (a little file I/O: call it at start-up and on reload, not per request).
-        Raises :class:`SpoolBusyError` if another process holds it, and then changes nothing: the spool keeps its
-        current file. Any other error creating the lock file is logged and counted (``<name>_write_failed``), like
-        an unwritable path, and the spool stops writing.
+        Raises :class:`SpoolBusyError` if another process holds it, or :class:`SpoolPathError` if the lock file
+        cannot be created or opened, and then changes nothing: the spool keeps its current file. (Errors writing
+        later, such as a full disk, are logged and counted per line instead: the router keeps serving.)
         """
         pending: tuple[SpoolTarget, SpoolLock] | tuple[None, None] = (None, None)
         if target is not None:
             try:
                 pending = (target, self._acquire(target.path))
             except OSError as exc:
-                _log.error("%s: cannot open %s: %s", self.name, lock_path(target.path), exc.strerror or exc)
-                self._drop("write_failed")
+                lock = lock_path(target.path)
+                raise SpoolPathError(target.path, f"cannot open {lock}: {exc.strerror or exc}") from None
         with self._cond:
             if self._closed:  # the writer is gone: nobody would ever apply (and release) it
                 stale = pending[1]

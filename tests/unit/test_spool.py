@@ -25,7 +25,7 @@ from extproc.errors import ConfigError
 from extproc.learning import start_learning
 from extproc.reload import load_snapshot, reload_snapshot
 from extproc.snapshot import SnapshotRef
-from extproc.spool import RotatingJsonl, Spool, SpoolBusyError, SpoolTarget, lock_path
+from extproc.spool import RotatingJsonl, Spool, SpoolBusyError, SpoolPathError, SpoolTarget, lock_path
 from tests.fakes import FakeDifficultyModel
 
 KEY = "t"
@@ -376,12 +376,12 @@ def test_a_lock_file_planted_as_a_symlink_is_not_followed(tmp_path: Path) -> Non
     with pytest.raises(OSError):
         RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20), KEY, Clock())
     assert victim.read_text() == "keep" and not path.exists()
-    drops: list[str] = []
-    spool = Spool("capture", KEY, drops.append, start=False)
-    spool.configure(SpoolTarget(path, max_bytes=1 << 20))  # logged and counted like an unwritable path
+    spool = Spool("capture", KEY, lambda _reason: None, start=False)
+    with pytest.raises(SpoolPathError, match=f"cannot open {lock_path(path)}: "):  # refused like an unwritable path
+        spool.configure(SpoolTarget(path, max_bytes=1 << 20))
     spool.offer({KEY: 1.0})
     spool.close()
-    assert drops == ["capture_write_failed"] and not path.exists()
+    assert victim.read_text() == "keep" and not path.exists()
 
 
 def test_a_reload_that_keeps_the_path_keeps_the_lock(tmp_path: Path) -> None:
@@ -462,6 +462,18 @@ def test_start_refuses_a_busy_capture_or_feedback_path(
     assert _locked(capture) and _locked(feedback)
     learning.close()
     assert not _locked(capture) and not _locked(feedback)
+
+
+@pytest.mark.parametrize("section", ["capture", "feedback"])
+def test_start_refuses_a_path_whose_lock_file_cannot_be_created(tmp_path: Path, section: str) -> None:
+    """A path under a file (or in a read-only directory) could never be written: refused at start, not logged
+    and dropped line by line for the life of the process."""
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / f"{section}.jsonl"
+    settings = _learning_settings(**{section: {"enabled": True, "path": str(path)}})
+    with pytest.raises(ConfigError) as refused:
+        start_learning(settings, lambda: (), lambda _r: None)
+    assert refused.value.problems == [f"{section}.path: cannot open {lock_path(path)}: Not a directory"]
 
 
 def test_capture_off_leaves_a_busy_path_to_its_writer(
