@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -433,17 +434,20 @@ def run_adapt(
     seed: int,
     stdout: TextIO,
     force: bool = False,
+    stderr: TextIO | None = None,
 ) -> int:
     """Cross-validate, then fit on every item and write an adapted model directory; exit code 0, or 2 with the
-    reason on bad input, too few records or too little signal (the last two unless ``force``). Without ``weak`` or
-    ``strong``, the pair is chosen from the file as ``model-router eval`` chooses it."""
+    reason (one ``model-router adapt: ...`` line on ``stderr``, default the process's) on bad input, too few records
+    or too little signal (the last two unless ``force``). Without ``weak`` or ``strong``, the pair is chosen from the
+    file as ``model-router eval`` chooses it."""
     try:
         if weak is None or strong is None:
             weak, strong = _default_pair(data, weak, strong)
             stdout.write(f"pair from the file's scores: weak {weak!r}, strong {strong!r}\n")
         return _run(data, out, weak, strong, base_dir or DEFAULT_MODEL_DIR, text_of, folds, seed, stdout, force)
     except AdaptError as exc:
-        stdout.write(f"model-router adapt: {exc}\n")
+        stdout.flush()  # the report so far, then the reason, in that order on a terminal
+        (sys.stderr if stderr is None else stderr).write(f"model-router adapt: {exc}\n")
         return 2
 
 

@@ -14,6 +14,7 @@ When the file carries outcomes, two router rows are printed:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_score
 from classifier.model import DifficultyModel
 
 __all__ = [
+    "EvalError",
+    "NotJsonLine",
     "choose_pair",
     "last_user_text",
     "pair_gain_scores",
@@ -40,13 +43,32 @@ FloatArray = npt.NDArray[np.float64]
 TextOf = Callable[[Mapping[str, Any]], str | None]
 
 
+class EvalError(Exception):
+    """What the operator must fix (unreadable ``--data``, unwritable ``--out`` or ``--plot``): one line, exit 2."""
+
+
+class NotJsonLine(ValueError):
+    """A line of a JSON Lines file that does not parse: ``path`` and its 1-based line ``number``."""
+
+    def __init__(self, path: Path, number: int) -> None:
+        super().__init__(f"{path}:{number}: not JSON")
+        self.path = path
+        self.number = number
+
+
 def read_items(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSON Lines file (gzip if the name ends in ``.gz``); blank lines are skipped, a
-    line that is not JSON raises ``ValueError`` naming it, a JSON value that is not an object is ``{"_invalid": v}``."""
+    line that is not JSON raises :class:`NotJsonLine` (a ``ValueError``) naming it, a JSON value that is not an
+    object is ``{"_invalid": v}``. A file that cannot be read raises ``OSError`` or ``EOFError`` (truncated .gz)."""
     for number, item in read_jsonl(path):
         if item is NOT_JSON:
-            raise ValueError(f"{path}:{number}: not JSON")
+            raise NotJsonLine(path, number)
         yield item if isinstance(item, dict) else {"_invalid": item}
+
+
+def _why(exc: OSError | EOFError) -> str:
+    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def last_user_text(item: Mapping[str, Any]) -> str | None:
@@ -121,6 +143,14 @@ def _format(rows: Sequence[_Row]) -> list[str]:
     return lines
 
 
+def _check_plot_support() -> None:
+    """``--plot`` needs matplotlib, which only the dev and train extras install: say so before any scoring."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise EvalError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
+
+
 def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
     """Quality against the share sent to the strong model, one line per router (matplotlib imported lazily)."""
     import matplotlib
@@ -137,8 +167,14 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise EvalError(f"cannot write --plot {path} ({_why(exc)})") from None
+    except ValueError as exc:  # a suffix matplotlib has no writer for
+        raise EvalError(f"cannot write --plot {path} ({exc})") from None
+    finally:
+        plt.close(fig)
 
 
 def run_eval(
@@ -150,16 +186,49 @@ def run_eval(
     strong: str | None,
     plot: Path | None,
     stdout: TextIO,
+    stderr: TextIO | None = None,
 ) -> int:
     """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
 
     Items whose text the server would not classify get the file's maximum score (such requests go to the default
-    model). Exit code: 0 on success, 2 if the file is empty or the named models are missing everywhere.
+    model). Exit code: 0 on success; 2, with one ``model-router eval: ...`` line on ``stderr`` (default: the
+    process's), if ``data`` cannot be read (a line that is not JSON is named by its number) or is empty, ``out`` or
+    ``plot`` cannot be written, or the named models are missing everywhere.
     """
-    items = list(read_items(data))
-    if not items:
-        stdout.write(f"{data}: no items\n")
+    try:
+        return _run(data, out, model, text_of, weak, strong, plot, stdout)
+    except EvalError as exc:
+        stdout.flush()  # what was printed so far, then the reason, in that order on a terminal
+        print(f"model-router eval: {exc}", file=sys.stderr if stderr is None else stderr)
         return 2
+
+
+def _read_data(data: Path) -> list[dict[str, Any]]:
+    """Every item of ``--data``; :class:`EvalError` naming the file (and the line) if it cannot be read."""
+    try:
+        return list(read_items(data))
+    except NotJsonLine as exc:
+        raise EvalError(f"cannot read --data {data} (line {exc.number} is not JSON)") from None
+    except (OSError, EOFError) as exc:
+        raise EvalError(f"cannot read --data {data} ({_why(exc)})") from None
+
+
+def _run(
+    data: Path,
+    out: Path,
+    model: DifficultyModel,
+    text_of: TextOf,
+    weak: str | None,
+    strong: str | None,
+    plot: Path | None,
+    stdout: TextIO,
+) -> int:
+    """The body of :func:`run_eval`; raises :class:`EvalError` for what the operator must fix."""
+    if plot is not None:
+        _check_plot_support()
+    items = _read_data(data)
+    if not items:
+        raise EvalError(f"--data {data} has no items")
     texts: list[str | None] = [text_of(item) for item in items]
     difficulty = np.asarray(
         [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
@@ -167,9 +236,12 @@ def run_eval(
     unparsed = np.isnan(difficulty)
     fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
     difficulty[unparsed] = fallback
-    with out.open("wb") as fh:
-        for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
-            fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
+    try:
+        with out.open("wb") as fh:
+            for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
+                fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
+    except OSError as exc:
+        raise EvalError(f"cannot write --out {out} ({_why(exc)})") from None
     stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
     if unparsed.any():
         stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")
@@ -184,8 +256,7 @@ def run_eval(
         strong = strong or pair[1]
     keep = np.asarray([weak in o and strong in o for o in outcomes])
     if not keep.any():
-        stdout.write(f"no item has scores for both {weak!r} and {strong!r}\n")
-        return 2
+        raise EvalError(f"no item of --data {data} has scores for both {weak!r} and {strong!r}")
     w = np.asarray([o[weak] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
     s = np.asarray([o[strong] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
     d = difficulty[keep]

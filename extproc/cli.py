@@ -20,41 +20,64 @@ __all__ = ["main", "prompt_text_of_item"]
 
 _EVAL_PATH = "/v1/chat/completions"
 _EVAL_MODEL = "auto"
+# --help is plain text: no reStructuredText markup (the module docstrings are written for the code's readers).
+_DESCRIPTION = (
+    "Content-aware LLM model router: an Envoy ext_proc sidecar that sends each prompt to the cheapest good-enough "
+    "model, and the tools around it."
+)
+
+
+def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line help is also the description its own --help shows."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="model-router", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="model-router", description=_DESCRIPTION, epilog="model-router COMMAND --help: the command's options"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the ext_proc gRPC server")
+    serve = _command(sub, "serve", "run the ext_proc gRPC server")
     serve.add_argument("--config", type=Path, required=True, help="YAML config file")
     serve.add_argument("--listen", help="override server.listen (host:port or unix:/path)")
-    check = sub.add_parser("check-config", help="validate a config file and load its classifier")
+    check = _command(sub, "check-config", "validate a config file and load its classifier")
     check.add_argument("--config", type=Path, required=True)
-    ev = sub.add_parser("eval", help="score an EVAL.md file with the live request path and report APGR etc.")
+    ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
     ev.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format")
     ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
     ev.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
     ev.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")
-    ev.add_argument("--weak", help="the cheap model's name in `scores`")
-    ev.add_argument("--strong", help="the strong model's name in `scores`")
+    ev.add_argument("--weak", help="the cheap model's name in the items' scores (default: chosen from the file)")
+    ev.add_argument("--strong", help="the strong model's name in the items' scores (default: the best-scoring one)")
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
-    report = sub.add_parser("report", help="savings per tenant and model from the router's JSON decision logs")
+    report = _command(sub, "report", "savings per tenant and model from the router's JSON decision logs")
     report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--html", type=Path, help="also write a self-contained HTML report to this file")
-    report.add_argument("--eval", type=Path, dest="eval_scores", help="`model-router eval --out` scores (JSONL)")
+    report.add_argument("--eval", type=Path, dest="eval_scores", help="scores written by model-router eval --out")
     report.add_argument("--data", type=Path, help="the EVAL.md data the scores were computed on (with --eval)")
-    report.add_argument("--weak", help="the cheap model's name in the data's `scores` (with --eval)")
-    report.add_argument("--strong", help="the strong model's name in the data's `scores` (with --eval)")
-    explain = sub.add_parser("explain", help="what the router would do with a prompt or request body, and why")
-    explain.add_argument("prompt", nargs="?", help="prompt text (default: stdin; a JSON object there is a body)")
+    report.add_argument("--weak", help="the cheap model's name in the data's scores (with --eval)")
+    report.add_argument("--strong", help="the strong model's name in the data's scores (with --eval)")
+    explain = _command(sub, "explain", "what the router would do with a prompt or request body, and why")
+    explain.add_argument(
+        "prompt",
+        nargs="?",
+        help="prompt text, sent in the body shape of the --path API (default: stdin; a JSON object there is a body)",
+    )
     explain.add_argument("-f", "--file", help="a request body (JSON) file; - for stdin")
     explain.add_argument("--path", default="/v1/chat/completions", help="the request path (default: %(default)s)")
     explain.add_argument("--model", default="auto", help="requested model for a prompt (default: %(default)s)")
     explain.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
     )
-    explain.add_argument("--config", type=Path, default=Path("envoy/model-router.yaml"), help="default: %(default)s")
+    explain.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="router config to decide with in-process (default: envoy/model-router.yaml of the source checkout "
+        "model-router runs from, else /etc/model-router/model-router.yaml as in the image; not with --target)",
+    )
     explain.add_argument("--target", metavar="HOST:PORT", help="ask a running router's Decide instead")
     explain.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
     tls = explain.add_argument_group("TLS to --target (a router with server.tls)")
@@ -62,12 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (PEM) for mutual TLS")
     tls.add_argument("--tls-key", type=Path, metavar="FILE", help="the client certificate's private key (PEM)")
     tls.add_argument("--tls-server-name", metavar="NAME", help="the name to check in the router's certificate")
-    adapt = sub.add_parser("adapt", help="fit a deployment-specific classifier head from outcome records (seconds)")
+    adapt = _command(sub, "adapt", "fit a deployment-specific classifier head from outcome records (seconds)")
     adapt.add_argument(
-        "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with `scores`"
+        "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with scores"
     )
-    adapt.add_argument("--weak", help="the cheap model's name in `scores` (default: chosen as eval chooses it)")
-    adapt.add_argument("--strong", help="the strong model's name in `scores` (default: the best-scoring model)")
+    adapt.add_argument("--weak", help="the cheap model's name in the scores (default: chosen as eval chooses it)")
+    adapt.add_argument("--strong", help="the strong model's name in the scores (default: the best-scoring model)")
     adapt.add_argument(
         "--out",
         type=Path,
@@ -79,12 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     adapt.add_argument("--force", action="store_true", help="write even with too few records or too little signal")
     add_label_parser(sub)
-    outcomes = sub.add_parser("outcomes", help="join captured prompts with feedback into EVAL.md outcome records")
+    outcomes = _command(sub, "outcomes", "join captured prompts with feedback into EVAL.md outcome records")
     outcomes.add_argument("--capture", type=Path, nargs="+", required=True, help="capture files (plain or .gz)")
     outcomes.add_argument("--feedback", type=Path, nargs="+", required=True, help="feedback files (plain or .gz)")
     outcomes.add_argument("--out", type=Path, required=True, help="the EVAL.md JSON Lines file to write (mode 0600)")
     outcomes.add_argument("--keep-unscored", action="store_true", help="also write captured prompts without feedback")
-    inject = sub.add_parser("inject-webhook", help="serve the Kubernetes sidecar-injection admission webhook (TLS)")
+    inject = _command(sub, "inject-webhook", "serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
 
@@ -138,9 +161,14 @@ def _check(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from classifier.evaluate import run_eval
-    from classifier.loader import load_difficulty_model
+    from classifier.loader import DEFAULT_MODEL_DIR, load_difficulty_model
 
-    model = load_difficulty_model("heuristic" if args.heuristic else "onnx", args.model)
+    try:
+        model = load_difficulty_model("heuristic" if args.heuristic else "onnx", args.model)
+    except (OSError, ValueError) as exc:  # what OnnxDifficultyModel.load raises for a missing or malformed directory
+        what = f"--model {args.model}" if args.model else f"the shipped model {DEFAULT_MODEL_DIR}"
+        print(f"model-router eval: cannot load {what} ({exc})", file=sys.stderr)
+        return 2
     code: int = run_eval(
         data=args.data,
         out=args.out,
@@ -150,6 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
         strong=args.strong,
         plot=args.plot,
         stdout=sys.stdout,
+        stderr=sys.stderr,
     )
     return code
 
@@ -161,7 +190,7 @@ def _report(args: argparse.Namespace) -> int:
         print("model-router report: --eval and --data go together", file=sys.stderr)
         return 2
     evaluation = EvalInput(args.eval_scores, args.data, args.weak, args.strong) if args.eval_scores else None
-    return write_report(args.logs, sys.stdout, as_json=args.json, html=args.html, evaluation=evaluation)
+    return write_report(args.logs, sys.stdout, as_json=args.json, html=args.html, evaluation=evaluation, err=sys.stderr)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -195,6 +224,7 @@ def _adapt(args: argparse.Namespace) -> int:
         seed=args.seed,
         stdout=sys.stdout,
         force=args.force,
+        stderr=sys.stderr,
     )
     return code
 

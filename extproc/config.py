@@ -5,12 +5,14 @@ No config is read at import time and nothing here is global: the server builds a
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from extproc.errors import ConfigError
 from extproc.spool import lock_path, rotated_path
@@ -32,6 +34,7 @@ __all__ = [
     "load_config",
     "load_yaml",
     "parse_config",
+    "parse_listen",
     "validate_model",
 ]
 
@@ -40,6 +43,52 @@ LatencyClass = Literal["fast", "standard", "slow"]
 Constraint = Literal["quality", "max_cost", "latency"]
 """The per-request constraint headers a tenant may be allowed to send."""
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+@overload
+def parse_listen(value: str) -> tuple[str, int]: ...
+@overload
+def parse_listen(value: str, unix: bool) -> tuple[str, int] | None: ...
+def parse_listen(value: str, unix: bool = False) -> tuple[str, int] | None:
+    """``(host, port)`` of a listen address ``host:port`` (IPv6 as ``[::1]:port``, returned without brackets), or
+    None for ``unix:/absolute/path`` where ``unix`` allows one; else a ``ValueError`` saying what is wrong.
+
+    The host is required: a bare port would listen on every interface, which must be asked for explicitly
+    (``0.0.0.0:port``, ``[::]:port``). Config validation and the code that binds both parse here.
+    """
+    form = "host:port ([::1]:port for IPv6)" + (" or unix:/absolute/path" if unix else "")
+    if unix and value.startswith("unix:/"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if value.startswith("unix:") or not (sep or value.isdigit()):  # a bare port: "has no host", below
+        raise ValueError(f"expected {form}, got {value!r}")
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(f"{value!r}: the port must be a number 0..65535")
+    if not host:
+        raise ValueError(f"{value!r} has no host; write 127.0.0.1:{port}, or 0.0.0.0:{port} for every interface")
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    try:
+        ok = ipaddress.ip_address(bare).version == (6 if bracketed else 4)
+    except ValueError:  # a host name (digits and dots only: a mistyped IPv4 address)
+        ok = not bracketed and bool(_HOSTNAME.fullmatch(host)) and not host.replace(".", "").isdigit()
+    if not ok:
+        raise ValueError(f"expected {form}, got {value!r}")
+    return bare, int(port)
+
+
+def _listen(unix: bool) -> AfterValidator:
+    def check(value: str) -> str:
+        parse_listen(value, unix)
+        return value
+
+    return AfterValidator(check)
+
+
+TcpListen = Annotated[str, _listen(unix=False)]
+"""``host:port`` of an HTTP endpoint (:func:`parse_listen`)."""
 
 
 class _Strict(BaseModel):
@@ -74,8 +123,8 @@ class TlsSettings(_Strict):
 class ServerSettings(_Strict):
     """Where and how the gRPC server listens."""
 
-    listen: str = "127.0.0.1:50051"
-    """``host:port`` or ``unix:/path/to.sock``."""
+    listen: Annotated[str, _listen(unix=True)] = "127.0.0.1:50051"
+    """``host:port`` (``[::1]:port`` for IPv6) or ``unix:/absolute/path.sock``; one router per address."""
     classifier_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 50.0
     """Deadline for one classification; keep it well below Envoy's ``message_timeout``."""
     decision_api: bool = True
@@ -133,7 +182,7 @@ class SecuritySettings(_Strict):
 class TelemetrySettings(_Strict):
     """Metrics, traces and what they may contain."""
 
-    metrics_listen: str | None = "127.0.0.1:9464"
+    metrics_listen: TcpListen | None = "127.0.0.1:9464"
     """``host:port`` of the Prometheus ``/metrics`` endpoint; null disables it."""
     otlp_endpoint: str | None = None
     """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; null = ``OTEL_EXPORTER_OTLP_ENDPOINT`` or no traces."""
@@ -175,7 +224,7 @@ class FeedbackSettings(_Strict):
     """Scores for recent decisions, over gRPC (``Feedback``) and HTTP (``POST /v1/feedback``). Needs a restart."""
 
     enabled: bool = False
-    listen: str | None = "127.0.0.1:9465"
+    listen: TcpListen | None = "127.0.0.1:9465"
     """``host:port`` of the HTTP feedback endpoint; null serves feedback over gRPC only."""
     path: Path | None = None
     """The JSON Lines file accepted feedback is appended to (required when enabled); rotated to ``<path>.1``."""
@@ -198,8 +247,10 @@ class StickinessSettings(_Strict):
     """Conversations that escalated to a stronger model do not fall back to a weaker one mid-conversation."""
 
     enabled: bool = True
-    session_header: Annotated[str, Field(pattern=r"^[a-z0-9\-]+$")] = "x-session-id"
-    """If absent, the key is a hash of the conversation's system prompt and first user message."""
+    session_header: Annotated[str, Field(pattern=r"^[a-z0-9\-]+$")] | None = None
+    """A request header carrying the conversation id (e.g. ``x-session-id``), honoured only when named here: any client
+    could send another conversation's id and inherit its floor (cost, not trust; SECURITY.md). Without it, or when a
+    request lacks it, the key is a hash of the conversation's system prompt and first user message."""
     max_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 100_000
     ttl_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
 

@@ -1,10 +1,10 @@
 """Conversation stickiness: once a conversation was escalated to a stronger model, later turns stay at least as strong.
 
 Switching a conversation to a weaker model mid-way changes the voice, the formatting and often the quality of the
-answers the user has been building on. The memory maps a conversation key (the session header, else a hash of the
-conversation's first messages, always prefixed by the tenant) to the strongest ability used so far. It is bounded
-(LRU) and entries expire after a TTL. It lives in one router process: with several workers, a conversation is
-sticky per worker (a session header with consistent hashing in Envoy keeps it on one worker).
+answers the user has been building on. The memory maps a conversation key (the session header if the config names
+one, else a hash of the conversation's first messages, always prefixed by the tenant) to the strongest ability used
+so far. It is bounded (LRU) and entries expire after a TTL. It lives in one router process: with several workers, a
+conversation is sticky per worker (a session header with consistent hashing in Envoy keeps it on one worker).
 """
 
 from __future__ import annotations

@@ -4,15 +4,25 @@ In-process by default (loads ``--config`` and runs :func:`extproc.decide.decide`
 nothing and logging nothing); ``--target HOST:PORT`` asks a running router's ``Decide`` instead, over TLS when
 ``--tls-ca`` is given (``server.tls``; ``--tls-cert``/``--tls-key`` for mutual TLS). Both print the same
 ``DecideResponse``: as a table, or as its canonical proto3 JSON with ``--json``.
+
+Without ``--config`` (and without ``--target``) the first of :data:`DEFAULT_CONFIGS` that exists is used: the dev
+stack's ``envoy/model-router.yaml`` of the source checkout this package runs from, then
+``/etc/model-router/model-router.yaml``, where the image and the k8s manifests mount the router's config (so
+``kubectl exec ... -c model-router -- model-router explain "..."`` explains with the live config).
+
+A prompt (on the command line, or plain text on stdin) is sent as the minimal request body of the API that
+``--path`` selects (:data:`PROMPT_BODIES`, one function per schema of :mod:`extproc.schemas`), so it is read the way
+a real request to that path would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 from google.protobuf import json_format
@@ -21,20 +31,33 @@ from classifier.model import DifficultyModel, Prediction
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import label
 from extproc.record import DecisionRecord
+from extproc.schemas import schema_for_path
+from extproc.schemas.anthropic_messages import AnthropicMessages
+from extproc.schemas.openai_chat import OpenAIChat
+from extproc.schemas.openai_completions import OpenAICompletions
+from extproc.schemas.openai_responses import OpenAIResponses
 
 __all__ = [
+    "DEFAULT_CONFIGS",
+    "PROMPT_BODIES",
     "ExplainError",
     "ExplainInput",
     "RemoteTls",
     "TlsCredentials",
     "decide_local",
     "decide_remote",
+    "default_config",
+    "prompt_body",
     "read_input",
     "render",
     "run_explain",
 ]
 
 DEFAULT_PATH = "/v1/chat/completions"
+DEFAULT_CONFIGS: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[1] / "envoy" / "model-router.yaml",  # a source checkout: the dev stack's config
+    Path("/etc/model-router/model-router.yaml"),  # the image's and the k8s manifests' config mount
+)
 _REASONS = {
     "cheapest_meeting_target": "the cheapest model predicted to reach the quality target",
     "none_meets_target_most_able": "no model is predicted to reach the quality target: the most able one",
@@ -130,8 +153,48 @@ def _read_pem(option: str, path: Path) -> bytes:
         raise ExplainError(str(exc)) from None
 
 
-def _chat_body(prompt: str, model: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+def default_config() -> Path | None:
+    """The first of :data:`DEFAULT_CONFIGS` that is a file, or None."""
+    return next((path for path in DEFAULT_CONFIGS if path.is_file()), None)
+
+
+def _chat_body(prompt: str, model: str) -> dict[str, Any]:
+    """OpenAI Chat Completions: one user message."""
+    return {"model": model, "messages": [{"role": "user", "content": prompt}]}
+
+
+def _completions_body(prompt: str, model: str) -> dict[str, Any]:
+    """OpenAI legacy Completions: the prompt string."""
+    return {"model": model, "prompt": prompt}
+
+
+def _responses_body(prompt: str, model: str) -> dict[str, Any]:
+    """OpenAI Responses: a string ``input``."""
+    return {"model": model, "input": prompt}
+
+
+def _anthropic_messages_body(prompt: str, model: str) -> dict[str, Any]:
+    """Anthropic Messages: one user turn. No ``max_tokens``, which the API requires but no value of which would be the
+    caller's: the output-token estimate is the policy's own, as for the other minimal bodies (``--file`` explains a
+    body with its own ``max_tokens``)."""
+    return {"model": model, "messages": [{"role": "user", "content": prompt}]}
+
+
+PROMPT_BODIES: Mapping[str, Callable[[str, str], dict[str, Any]]] = {
+    OpenAIChat.name: _chat_body,
+    OpenAICompletions.name: _completions_body,
+    OpenAIResponses.name: _responses_body,
+    AnthropicMessages.name: _anthropic_messages_body,
+}
+"""The minimal request body carrying a prompt, by the name of the schema that reads it: ``(prompt, model)``."""
+
+
+def prompt_body(prompt: str, model: str, path: str) -> bytes:
+    """A minimal request body for ``path`` with ``prompt`` as the user's turn. A path no schema reads gets a chat
+    body: the router passes it through untouched whatever it holds (``unknown_path``)."""
+    schema = schema_for_path(path)
+    build = PROMPT_BODIES[schema.name] if schema is not None else _chat_body
+    return orjson.dumps(build(prompt, model))
 
 
 def _check_body(raw: bytes, where: str) -> bytes:
@@ -159,12 +222,15 @@ def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
                 raise ExplainError(f"cannot read {source.file}: {exc.strerror or exc}") from None
             body = _check_body(raw, source.file)
     elif source.prompt is not None:
-        body = _chat_body(source.prompt, source.model)
+        body = prompt_body(source.prompt, source.model, source.path)
     else:
         text = stdin.read()
         if not text.strip():
             raise ExplainError("nothing to explain: give a prompt, --file FILE, or text on stdin")
-        body = _check_body(text.encode(), "stdin") if text.lstrip().startswith("{") else _chat_body(text, source.model)
+        if text.lstrip().startswith("{"):
+            body = _check_body(text.encode(), "stdin")
+        else:
+            body = prompt_body(text, source.model, source.path)
     return api.DecideRequest(path=source.path, headers=dict(source.headers), body=body)
 
 
@@ -298,9 +364,27 @@ def render(response: api.DecideResponse) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_for(config: Path | None, target: str | None) -> Path | None:
+    """The readable config to decide with in-process (None with ``target``); ``ExplainError`` if there is none."""
+    if target is not None:
+        if config is not None:
+            raise ExplainError("--config: only without --target (a running router decides with its own config)")
+        return None
+    if config is None:
+        config = default_config()
+        if config is None:
+            looked = ", ".join(str(p) for p in DEFAULT_CONFIGS)
+            raise ExplainError(f"no --config given and no default config ({looked}): give --config FILE, or --target")
+    try:
+        config.open("rb").close()
+    except OSError as exc:
+        raise ExplainError(f"cannot read --config {config} ({exc.strerror or exc})") from None
+    return config
+
+
 def run_explain(
     source: ExplainInput,
-    config: Path,
+    config: Path | None,
     target: str | None,
     as_json: bool,
     stdin: TextIO,
@@ -308,7 +392,10 @@ def run_explain(
     stderr: TextIO,
     tls: RemoteTls | None = None,
 ) -> int:
-    """Explain one request; 0 on success, 2 with a one-line error on bad options or input or an unreachable router."""
+    """Explain one request; 0 on success, 2 with a one-line error on bad options or input or an unreachable router.
+
+    ``config`` None: the first of :data:`DEFAULT_CONFIGS` that exists (in-process only: with ``target`` a config is
+    an error, the running router has its own)."""
     from extproc.errors import ConfigError
 
     problem = tls.usage_error(target) if tls is not None else None
@@ -316,17 +403,22 @@ def run_explain(
         print(f"model-router explain: {problem}", file=stderr)
         return 2
     try:
+        config = _config_for(config, target)  # before reading stdin, as the TLS files: fail fast
         credentials = tls.load() if tls is not None and target else None  # before reading stdin: fail fast
         request = read_input(source, stdin)
-        response = decide_remote(request, target, tls=credentials) if target else decide_local(request, config)
+        if config is None:
+            assert target is not None
+            response = decide_remote(request, target, tls=credentials)
+        else:
+            response = decide_local(request, config)
     except ExplainError as exc:
         print(f"model-router explain: {exc}", file=stderr)
         return 2
     except ConfigError as exc:
-        print(f"model-router explain: {config}: {'; '.join(exc.problems)}", file=stderr)
+        print(f"model-router explain: --config {config}: {'; '.join(exc.problems)}", file=stderr)
         return 2
     except OSError as exc:
-        print(f"model-router explain: cannot read {config}: {exc.strerror or exc}", file=stderr)
+        print(f"model-router explain: --config {config}: {exc}", file=stderr)
         return 2
     if as_json:
         out = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)

@@ -14,6 +14,7 @@ import gzip
 import html
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "EvalCurve",
     "EvalInput",
     "LogReader",
+    "ReportError",
     "Savings",
     "Summary",
     "eval_curve",
@@ -130,6 +132,15 @@ class Summary:
     candidate: CandidateComparison = field(default_factory=CandidateComparison)
 
 
+class ReportError(Exception):
+    """An input that cannot be read or used, or an output that cannot be written: one line for the user, exit 2."""
+
+
+def _why(exc: OSError | EOFError) -> str:
+    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
 class LogReader:
     """Reads decision lines from log files (plain or .gz) and counts the bad ones."""
 
@@ -137,16 +148,23 @@ class LogReader:
         self.bad_lines = 0
 
     def decisions(self, paths: Iterable[Path]) -> Iterator[api.RoutingDecision]:
-        """Every decision in ``paths``; other log lines are ignored, unreadable decision lines counted."""
+        """Every decision in ``paths``; other log lines are ignored, unreadable decision lines counted. A file that
+        cannot be read (missing, not gzip, a truncated .gz) raises :class:`ReportError` naming it."""
         for path in paths:
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if '"decision"' not in line or '"event"' not in line:
-                        continue
-                    decision = self._parse(line)
-                    if decision is not None:
-                        yield decision
+            try:
+                yield from self._read(path)
+            except (OSError, EOFError) as exc:
+                raise ReportError(f"cannot read {path} ({_why(exc)})") from None
+
+    def _read(self, path: Path) -> Iterator[api.RoutingDecision]:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if '"decision"' not in line or '"event"' not in line:
+                    continue
+                decision = self._parse(line)
+                if decision is not None:
+                    yield decision
 
     def _parse(self, line: str) -> api.RoutingDecision | None:
         start = line.find("{")
@@ -214,35 +232,55 @@ class EvalCurve:
     s95: float
 
 
+def _eval_items(option: str, path: Path) -> list[dict[str, Any]]:
+    """The items of an ``--eval`` or ``--data`` file; :class:`ReportError` naming the option if unreadable."""
+    from classifier.evaluate import NotJsonLine, read_items
+
+    try:
+        return list(read_items(path))
+    except NotJsonLine as exc:
+        raise ReportError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
+    except (OSError, EOFError) as exc:
+        raise ReportError(f"cannot read {option} {path} ({_why(exc)})") from None
+
+
+def _numbers(scores: Mapping[str, Any]) -> dict[str, float]:
+    """The outcomes that are finite numbers (as ``model-router eval`` reads them; ``null`` or text is no score)."""
+    from classifier.jsonl import finite_number
+
+    return {str(k): n for k, v in scores.items() if (n := finite_number(v)) is not None}
+
+
 def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
-    """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises ValueError on bad input."""
+    """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises :class:`ReportError`
+    naming the option on an unreadable file or data it cannot use."""
     import numpy as np
 
-    from classifier.evaluate import choose_pair, read_items
+    from classifier.evaluate import choose_pair
     from classifier.metrics import routing_curve
 
     scores: dict[str, float] = {}
-    for item in read_items(evaluation.scores):
+    for item in _eval_items("--eval", evaluation.scores):
         if isinstance(item.get("score"), (int, float)):
             scores[str(item.get("id"))] = float(item["score"])
     outcomes = [
-        (scores[str(item.get("id"))], item["scores"])
-        for item in read_items(evaluation.data)
+        (scores[str(item.get("id"))], _numbers(item["scores"]))
+        for item in _eval_items("--data", evaluation.data)
         if str(item.get("id")) in scores and isinstance(item.get("scores"), dict)
     ]
     if not outcomes:
-        raise ValueError(f"no item of {evaluation.data} has both a score and model outcomes")
+        raise ReportError(f"no item of --data {evaluation.data} has both a score in --eval and model outcomes")
     pair = (evaluation.weak, evaluation.strong)
     if pair[0] is None or pair[1] is None:
-        chosen = choose_pair([o for _, o in outcomes])
+        chosen = choose_pair([o for _, o in outcomes if o])
         if chosen is None:
-            raise ValueError(f"{evaluation.data}: fewer than two models with outcomes")
+            raise ReportError(f"--data {evaluation.data}: fewer than two models with outcomes")
         pair = (evaluation.weak or chosen[0], evaluation.strong or chosen[1])
     weak, strong = pair
     assert weak is not None and strong is not None
-    rows = [(s, float(o[weak]), float(o[strong])) for s, o in outcomes if weak in o and strong in o]
+    rows = [(s, o[weak], o[strong]) for s, o in outcomes if weak in o and strong in o]
     if not rows:
-        raise ValueError(f"{evaluation.data}: no item has outcomes for both {weak} and {strong}")
+        raise ReportError(f"--data {evaluation.data}: no item has outcomes for both {weak} and {strong}")
     curve = routing_curve([r[0] for r in rows], np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
     step = max(1, (len(curve.fraction) - 1) // (points - 1))
     keep = list(range(0, len(curve.fraction), step))
@@ -338,27 +376,37 @@ def write_report(
     as_json: bool = False,
     html: Path | None = None,
     evaluation: EvalInput | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision."""
-    reader = LogReader()
+    """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision; 2, with
+    one ``model-router report: ...`` line on ``err`` (default: the process's stderr), if a file cannot be read or
+    used, or the HTML report cannot be written."""
     try:
-        summary = summarise(reader.decisions(paths), 0)
-    except OSError as exc:
-        print(f"model-router report: cannot read {exc.filename}: {exc.strerror}", file=out)
+        return _write_report(paths, out, as_json, html, evaluation)
+    except ReportError as exc:
+        out.flush()  # what was printed so far, then the reason, in that order on a terminal
+        print(f"model-router report: {exc}", file=sys.stderr if err is None else err)
         return 2
+
+
+def _write_report(
+    paths: list[Path], out: TextIO, as_json: bool, html: Path | None, evaluation: EvalInput | None
+) -> int:
+    """The body of :func:`write_report`; raises :class:`ReportError` for what the operator must fix."""
+    reader = LogReader()
+    summary = summarise(reader.decisions(paths), 0)
     summary.bad_lines = reader.bad_lines
     if not summary.outcomes:
         print("no decision events found: run the router with telemetry.decision_log: true", file=out)
         if summary.bad_lines:
             print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
         return 1
-    curve = None
-    if evaluation is not None:
+    curve = eval_curve(evaluation) if evaluation is not None else None
+    if html is not None:  # before anything is printed: a failed run prints only its error
         try:
-            curve = eval_curve(evaluation)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"model-router report: --eval: {exc}", file=out)
-            return 2
+            html.write_text(render_html(summary, [str(p) for p in paths], curve), encoding="utf-8")
+        except OSError as exc:
+            raise ReportError(f"cannot write --html {html} ({_why(exc)})") from None
     if as_json:
         print(json.dumps(_json(summary), indent=2), file=out)
     else:
@@ -367,9 +415,7 @@ def write_report(
             _candidate_text(summary.candidate, out)
         if summary.bad_lines:
             print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
-    if html is not None:
-        html.write_text(render_html(summary, [str(p) for p in paths], curve), encoding="utf-8")
-        if not as_json:
+        if html is not None:
             print(f"HTML report written to {html}", file=out)
     return 0
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,15 +21,17 @@ from prometheus_client import make_wsgi_app
 
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.classify import ClassifierThreads
+from extproc.config import parse_listen
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
+from extproc.errors import ConfigError
 from extproc.learning import start_learning
 from extproc.reload import load_model_for, reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
 from extproc.tls import server_credentials
-from extproc.wsgi_server import serve_wsgi
+from extproc.wsgi_server import ListenError, serve_wsgi
 
 __all__ = ["serve"]
 
@@ -41,53 +46,104 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
     return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http")
 
 
+@contextlib.contextmanager
+def _listening(field: str) -> Iterator[None]:
+    """A listener that cannot bind refuses the start like an invalid config: one line naming ``field``, exit 2."""
+    try:
+        yield
+    except ListenError as exc:
+        raise ConfigError([f"{field}: {exc}"]) from None
+
+
+def _probe(address: str) -> None:
+    """Bind ``address`` once with a plain socket and let go, for the OS's reason if it cannot be bound (gRPC only
+    says that binding failed). An existing Unix socket path is left to gRPC, which replaces a stale one."""
+    tcp = parse_listen(address, unix=True)
+    if tcp is None:
+        path = address.removeprefix("unix:")
+        if not os.path.lexists(path):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(path)
+            os.unlink(path)
+        return
+    family, kind, proto, _, where = socket.getaddrinfo(*tcp, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a closed socket's TIME_WAIT is no owner
+        sock.bind(where)
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
+    """Add the port; :class:`ListenError` if it cannot be bound (in use, no such address or directory, no right)."""
+    try:
+        _probe(address)
+        if credentials:
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
+    except OSError as exc:
+        raise ListenError(address, exc) from None
+    except RuntimeError:  # gRPC's "Failed to bind", after the probe found nothing wrong (a race, or gRPC's own limits)
+        raise ListenError(address, "gRPC could not bind it (its log line says why)") from None
+
+
 async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns after a graceful stop.
 
     The port opens only once the classifier is loaded (the caller builds the snapshot first), so gRPC health and
-    readiness probes fail until the model is ready.
+    readiness probes fail until the model is ready. A listener that cannot bind (``server.listen``, ``--listen``,
+    ``telemetry.metrics_listen``, ``feedback.listen``) is a ``ConfigError`` naming it, raised after everything
+    already started is closed again.
     """
     first = snapshots.current.settings
-    address = listen or first.server.listen
-    credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
-    telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
-    stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
+    address, field = (listen, "--listen") if listen else (first.server.listen, "server.listen")
     try:
-        learning = start_learning(first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result)
-    except OSError:
-        stop_metrics()
-        raise
-    classify = ClassifierThreads(workers=2)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)])
-    sticky = first.policy.stickiness
-    memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
-    pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessorService(snapshots, classify, telemetry, memory=memory, tap=learning.tap), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [EXT_PROC_SERVICE]
-    if first.server.decision_api:
-        api_grpc.add_ModelRouterServiceServicer_to_server(
-            DecisionService(
-                snapshots,
-                classify,
-                telemetry,
-                memory,
-                tap=dataclasses.replace(learning.tap, via_decide=True),
-                feedback=learning.feedback,
-            ),
-            server,
+        parse_listen(address, unix=True)  # server.listen is validated with the config; --listen here
+    except ValueError as exc:
+        raise ConfigError([f"{field}: {exc}"]) from None
+    credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
+    with contextlib.ExitStack() as undo:  # a failed start closes what it started, so the process exits at once
+        telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
+        undo.callback(telemetry.shutdown)
+        with _listening("telemetry.metrics_listen"):
+            stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
+        undo.callback(stop_metrics)
+        with _listening("feedback.listen"):
+            learning = start_learning(
+                first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result
+            )
+        undo.callback(learning.close)
+        classify = ClassifierThreads(workers=2)
+        undo.callback(classify.close, timeout=0)
+        # One router per port: with SO_REUSEPORT (gRPC's default on Linux) a second router, e.g. an old process in a
+        # restart overlap, would silently share the port and answer part of the traffic with its own config.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+        sticky = first.policy.stickiness
+        memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorService(snapshots, classify, telemetry, memory=memory, tap=learning.tap), server
         )
-        services.append(DECIDE_SERVICE)
-        # Reflection only beside the Decide API: it reveals the services, and decision_api: false turns both off.
-        reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    if bound == 0 and not address.startswith("unix:"):
-        stop_metrics()
-        learning.close()
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        services = [EXT_PROC_SERVICE]
+        if first.server.decision_api:
+            api_grpc.add_ModelRouterServiceServicer_to_server(
+                DecisionService(
+                    snapshots,
+                    classify,
+                    telemetry,
+                    memory,
+                    tap=dataclasses.replace(learning.tap, via_decide=True),
+                    feedback=learning.feedback,
+                ),
+                server,
+            )
+            services.append(DECIDE_SERVICE)
+            # Reflection only beside the Decide API: it reveals the services, and decision_api: false turns both off.
+            reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        with _listening(field):
+            _bind(server, address, credentials)
+        await server.start()
+        undo.pop_all()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _log.info("model-router listening on %s (classifier %s)", address, snapshots.current.model.name)

@@ -357,7 +357,7 @@ class StreamHandler:
         settings = self._snap.settings.policy.stickiness
         if not settings.enabled:
             return None
-        session = self._request.headers.get(settings.session_header)
+        session = self._request.headers.get(settings.session_header) if settings.session_header else None
         seed = parsed.schema.conversation_seed(parsed.body) if isinstance(parsed.schema, HasConversation) else ""
         # The tenant as sent, not its view: tenants without a configured view share the default view, not keys.
         tenant_header = self._snap.settings.policy.tenant_header

@@ -15,13 +15,23 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from extproc.config import parse_listen
+
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
 
-__all__ = ["serve_wsgi"]
+__all__ = ["ListenError", "serve_wsgi"]
 
 MAX_CONNECTIONS = 32
 TIMEOUT_SECONDS = 10.0
+
+
+class ListenError(OSError):
+    """A listen address cannot be bound; the message says which and why: ``cannot listen on ADDRESS: reason``."""
+
+    def __init__(self, address: str, cause: Exception | str) -> None:
+        reason = cause if isinstance(cause, str) else getattr(cause, "strerror", None) or str(cause)
+        super().__init__(f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}")
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -67,12 +77,15 @@ def serve_wsgi(
     timeout: float = TIMEOUT_SECONDS,
 ) -> Callable[[], None]:
     """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``) in a thread named ``name``; return a stop function
-    (which waits up to ``poll_interval`` seconds for the serving loop to notice)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    server_class = _BoundedServer6 if ":" in host else _BoundedServer
+    (which waits up to ``poll_interval`` seconds for the serving loop to notice). :class:`ListenError` if it cannot
+    listen there."""
     handler = type("_Handler", (_QuietHandler,), {"timeout": timeout})
-    server = make_server(host, int(port), app, server_class, handler)
+    try:
+        host, port = parse_listen(listen)  # config validation refuses a malformed address first
+        server_class = _BoundedServer6 if ":" in host else _BoundedServer
+        server = make_server(host, port, app, server_class, handler)
+    except (OSError, ValueError) as exc:
+        raise ListenError(listen, exc) from None
     server._slots = threading.BoundedSemaphore(max_connections)
     thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name=name, daemon=True)
     thread.start()

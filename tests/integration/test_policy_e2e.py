@@ -27,7 +27,11 @@ def _catalog() -> list[dict[str, object]]:
 OVERRIDES = {
     "classifier": {"kind": "heuristic"},
     "telemetry": {"decision_log": True},
-    "policy": {"tenant_header": "x-tenant-id", "invalid_constraint": "reject"},
+    "policy": {
+        "tenant_header": "x-tenant-id",
+        "invalid_constraint": "reject",
+        "stickiness": {"session_header": "x-session-id"},
+    },
     "catalog": _catalog(),
     "tenants": {
         "frugal": {"models": ["llama-3.1-8b-instruct", "gpt-4o-mini"], "default_model": "gpt-4o-mini"},

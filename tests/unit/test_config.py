@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR
-from extproc.config import Settings, load_config, load_yaml, parse_config
+from extproc.cli import main
+from extproc.config import Settings, load_config, load_yaml, parse_config, parse_listen
 from extproc.errors import ConfigError
-from extproc.reload import load_snapshot, watch_config
+from extproc.reload import load_snapshot, reload_snapshot, watch_config
 from extproc.snapshot import SnapshotRef, build_snapshot
 from tests.fakes import FakeDifficultyModel
 
@@ -188,3 +190,122 @@ def test_the_readmes_full_example_is_a_valid_config_with_every_key() -> None:
         model = type(getattr(parse_config(data), section))
         missing = set(model.model_fields) - set(data.get(section) or {})
         assert not missing, f"README example lacks {section}.{sorted(missing)}"
+
+
+LISTENERS = ("server.listen", "telemetry.metrics_listen", "feedback.listen")
+"""Every listen address in the config; only ``server.listen`` (gRPC) may be a Unix socket."""
+_FORM = "expected host:port ([::1]:port for IPv6){unix}, got {value!r}"
+_PORT = "{value!r}: the port must be a number 0..65535"
+
+
+def _listen_config(field: str, value: str) -> dict[str, object]:
+    section, key = field.split(".")
+    return base(**{section: {key: value}})
+
+
+@pytest.mark.parametrize("field", LISTENERS)
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("localhost", _FORM),  # gRPC listened on 127.0.0.1:443 and [::1]:443
+        ("9464", "'9464' has no host; write 127.0.0.1:9464, or 0.0.0.0:9464 for every interface"),  # was 0.0.0.0
+        (":9464", "':9464' has no host; write 127.0.0.1:9464, or 0.0.0.0:9464 for every interface"),
+        ("127.0.0.1:abc", _PORT),  # was a ValueError traceback at start
+        ("127.0.0.1:65536", _PORT),
+        ("127.0.0.1:", _PORT),
+        ("127.0.0.1:-1", _PORT),
+        ("127.0.0.1:+80", _PORT),
+        ("127.0.0.1:\u0663", _PORT),  # a digit, but not 0-9
+        ("[::1]", _PORT),
+        ("::1:9464", _FORM),  # IPv6 needs brackets
+        ("[127.0.0.1]:9464", _FORM),
+        ("[localhost]:9464", _FORM),
+        ("999.0.0.1:9464", _FORM),
+        ("127.1:9464", _FORM),
+        (" 127.0.0.1:9464", _FORM),
+        ("local_host:9464", _FORM),
+        ("-host:9464", _FORM),
+        ("unix:router.sock", _FORM),  # relative
+        ("", _FORM),
+    ],
+)
+def test_a_bad_listen_address_is_named(field: str, value: str, message: str) -> None:
+    unix = " or unix:/absolute/path" if field == "server.listen" else ""
+    with pytest.raises(ConfigError) as info:
+        parse_config(_listen_config(field, value))
+    assert info.value.problems == [f"{field}: {message.format(value=value, unix=unix)}"]
+
+
+@pytest.mark.parametrize("field", LISTENERS[1:])
+def test_http_endpoints_cannot_listen_on_a_unix_socket(field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_listen_config(field, "unix:/run/r.sock"))
+    assert info.value.problems == [f"{field}: expected host:port ([::1]:port for IPv6), got 'unix:/run/r.sock'"]
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
+        ("0.0.0.0:9464", ("0.0.0.0", 9464)),  # every interface, asked for explicitly
+        ("[::1]:9465", ("::1", 9465)),
+        ("[::]:9465", ("::", 9465)),
+        ("[::ffff:127.0.0.1]:1", ("::ffff:127.0.0.1", 1)),
+        ("localhost:0", ("localhost", 0)),
+        ("router-0.router.svc.cluster.local:65535", ("router-0.router.svc.cluster.local", 65535)),
+    ],
+)
+def test_good_listen_addresses(value: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen(value) == parsed
+    for field in LISTENERS:
+        section, key = field.split(".")
+        assert getattr(getattr(parse_config(_listen_config(field, value)), section), key) == value
+
+
+def test_server_listen_may_be_a_unix_socket() -> None:
+    value = "unix:/var/run/model-router/router.sock"  # k8s/README.md
+    assert parse_listen(value, unix=True) is None
+    assert parse_config(_listen_config("server.listen", value)).server.listen == value
+
+
+_SHIPPED_DOCS = ("README.md", "k8s/README.md", "k8s/overlays/envoy-gateway/README.md", "k8s/overlays/istio/README.md")
+_SHIPPED_CONFIGS = (
+    "envoy/model-router.yaml",
+    "k8s/base/router-config/model-router.yaml",
+    "k8s/components/router-tls/model-router.yaml",
+)
+
+
+def test_every_shipped_listen_address_is_valid() -> None:
+    """The shipped router configs validate, and every address the docs quote for a listener parses."""
+    root = ENVOY_DIR.parent
+    for name in _SHIPPED_CONFIGS:
+        load_config(root / name)
+    quoted = {
+        address
+        for name in (*_SHIPPED_DOCS, *_SHIPPED_CONFIGS)
+        for address in re.findall(
+            r"[\"`](unix:/[^\"`\s]+|(?:[0-9.]+|\[[0-9a-f:]*\]):[0-9]+)[\"`]", (root / name).read_text()
+        )
+    }
+    assert {"127.0.0.1:50051", "0.0.0.0:50051", "0.0.0.0:9464", "0.0.0.0:9465", "127.0.0.1:9465"} <= quoted
+    assert "unix:/var/run/model-router/router.sock" in quoted
+    for address in quoted:
+        parse_listen(address, unix=True)
+
+
+def test_check_config_and_reload_refuse_a_bad_listen_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "model-router.yaml"
+    shipped = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(shipped))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    running = ref.current
+    shipped["telemetry"]["metrics_listen"] = "9464"
+    path.write_text(yaml.safe_dump(shipped))
+    assert main(["check-config", "--config", str(path)]) == 2
+    problem = "telemetry.metrics_listen: '9464' has no host; write 127.0.0.1:9464, or 0.0.0.0:9464 for every interface"
+    assert capsys.readouterr().err == f"model-router: invalid configuration:\n  {problem}\n"
+    assert not reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    assert ref.current is running

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -13,11 +14,14 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from devstack.stack import ENVOY_DIR, free_port
+from devstack.stack import ENVOY_DIR, ROOT, free_port
+from extproc import explain
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.cli import main
-from extproc.explain import _REASONS, ExplainInput, run_explain
+from extproc.decision_proto import label
+from extproc.explain import _REASONS, PROMPT_BODIES, ExplainInput, run_explain
 from extproc.policy import Reason
+from extproc.schemas import SCHEMAS_BY_PATH
 from tests.certs import TestCA
 
 HARD = "Prove that the integral of x^2 from 0 to 1 equals 1/3 step by step, derive the theorem for x^n."
@@ -109,6 +113,95 @@ def test_empty_stdin_and_bad_config_are_exit_2(config: Path, tmp_path: Path) -> 
     assert _run(config, stdin="   ")[0] == 2
     code, _, err = _run(tmp_path / "missing.yaml", EASY)
     assert code == 2 and err.count("\n") == 1 and "missing.yaml" in err
+
+
+def _readme_routed_paths() -> list[str]:
+    """The paths README.md lists as routed ("Routed APIs, by exact path ...", up to "Every other path")."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("Routed APIs, by exact path")
+    return re.findall(r"`(/[^`]+)`", text[start : text.index("Every other path", start)])
+
+
+README_PATHS = _readme_routed_paths()
+
+
+def test_readme_lists_every_routed_path_and_each_schema_has_a_prompt_body() -> None:
+    assert sorted(README_PATHS) == sorted(SCHEMAS_BY_PATH)
+    assert {schema.name for schema in SCHEMAS_BY_PATH.values()} == PROMPT_BODIES.keys()
+
+
+def _decision(capsys: pytest.CaptureFixture[str], argv: list[str], stdin: str | None = None) -> api.RoutingDecision:
+    if stdin is not None:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("sys.stdin", io.StringIO(stdin))
+            code = main(argv)
+    else:
+        code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json_format.Parse(out, api.DecideResponse()).decision
+
+
+@pytest.mark.parametrize("path", README_PATHS)
+@pytest.mark.parametrize("source", ["argument", "stdin"])
+def test_prompt_is_sent_in_the_body_shape_of_the_path(
+    config: Path, capsys: pytest.CaptureFixture[str], path: str, source: str
+) -> None:
+    """A prompt is classified on every routed path, as the same prompt in a real request to that path would be."""
+    argv = ["explain", "--config", str(config), "--json"]
+    chat = _decision(capsys, [*argv, HARD])
+    prompt = [HARD] if source == "argument" else []
+    got = _decision(capsys, [*argv, "--path", path, *prompt], stdin=None if prompt else HARD)
+    schema = SCHEMAS_BY_PATH[path].name
+    assert got.reason != api.REASON_NO_PROMPT_TEXT and got.HasField("difficulty"), got
+    assert label("api_schema", got.api_schema) == schema
+    assert got.difficulty == chat.difficulty and got.selected_model == chat.selected_model
+    body = json.loads(explain.prompt_body(HARD, "auto", path))
+    assert SCHEMAS_BY_PATH[path].prompt_text(body) == HARD
+
+
+def test_prompt_on_an_unknown_path_is_passed_through(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    got = _decision(capsys, ["explain", "--config", str(config), "--json", "--path", "/v1/messages/count_tokens", EASY])
+    assert got.outcome == api.OUTCOME_PASSTHROUGH and got.reason == api.REASON_UNKNOWN_PATH
+
+
+def test_default_config_is_found_from_any_directory(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --config: the first default that exists, whatever the working directory (not a relative path)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(explain, "DEFAULT_CONFIGS", (tmp_path / "absent.yaml", config))
+    assert _decision(capsys, ["explain", "--json", EASY]).outcome == api.OUTCOME_ROUTED
+
+
+def test_no_default_config_is_one_line_naming_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    candidates = (tmp_path / "checkout.yaml", tmp_path / "etc.yaml")
+    monkeypatch.setattr(explain, "DEFAULT_CONFIGS", candidates)
+    assert main(["explain", EASY]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("model-router explain: no --config given")
+    assert all(str(c) in err for c in candidates) and "--config FILE" in err and "--target" in err
+
+
+def test_default_configs_are_the_checkouts_and_the_images() -> None:
+    """The checkout's dev config (absolute: works from any directory), then where the image and k8s mount it."""
+    checkout, image = explain.DEFAULT_CONFIGS
+    assert checkout == ENVOY_DIR / "model-router.yaml" and checkout.is_absolute() and checkout.is_file()
+    assert f'"--config", "{image}"' in (ROOT / "Dockerfile").read_text()
+    assert f'"--config", "{image}"' in (ROOT / "k8s" / "base" / "deployment.yaml").read_text()
+
+
+def test_missing_config_and_config_with_target_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["explain", "--config", str(missing), EASY]) == 2
+    err = capsys.readouterr().err
+    assert err == f"model-router explain: cannot read --config {missing} (No such file or directory)\n"
+    assert main(["explain", "--config", str(missing), "--target", f"127.0.0.1:{free_port()}", EASY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("model-router explain: --config: only without --target") and err.count("\n") == 1
 
 
 def test_unreachable_target_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ screenshot in pytest's tmp dir (``--update-golden`` also refreshes ``docs/report
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import random
@@ -174,6 +175,75 @@ def test_no_decisions_is_exit_1(tmp_path: Path) -> None:
     out = io.StringIO()
     assert write_report([empty], out) == 1
     assert "no decision events" in out.getvalue() and "skipped 1" in out.getvalue()
+
+
+def _report_error(paths: list[Path], html: Path | None = None, evaluation: EvalInput | None = None) -> str:
+    """Run the report expecting exit code 2: its one error line, written to ``err`` and nothing to ``out``."""
+    out, err = io.StringIO(), io.StringIO()
+    assert write_report(paths, out, html=html, evaluation=evaluation, err=err) == 2
+    assert out.getvalue() == "", "a failed report prints only its error"
+    assert err.getvalue().startswith("model-router report: ") and err.getvalue().count("\n") == 1, err.getvalue()
+    return err.getvalue().removeprefix("model-router report: ").rstrip("\n")
+
+
+def test_unwritable_html_is_one_line_on_err(log: Path, tmp_path: Path) -> None:
+    page = tmp_path / "missing" / "report.html"
+    assert _report_error([log], html=page) == f"cannot write --html {page} (No such file or directory)"
+    assert _report_error([log], html=tmp_path) == f"cannot write --html {tmp_path} (Is a directory)"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "why"),
+    [
+        ("missing.log", None, "No such file or directory"),
+        ("bad.log.gz", b"not gzip", "Not a gzipped file (b'no')"),
+        (
+            "cut.log.gz",
+            gzip.compress(b"x" * 1000)[:20],
+            "Compressed file ended before the end-of-stream marker was reached",
+        ),
+    ],
+    ids=["missing", "not-gzip", "truncated-gzip"],
+)
+def test_unreadable_log_is_one_line_naming_it(
+    log: Path, tmp_path: Path, name: str, payload: bytes | None, why: str
+) -> None:
+    bad = tmp_path / name
+    if payload is not None:
+        bad.write_bytes(payload)
+    assert _report_error([log, bad]) == f"cannot read {bad} ({why})"
+
+
+def test_unreadable_eval_files_are_named_by_option(log: Path, tmp_path: Path) -> None:
+    scores, data, _ = _eval_files(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(scores.read_text() + "{cut\n")
+    lines = len(scores.read_text().splitlines()) + 1
+    assert (
+        _report_error([log], evaluation=EvalInput(bad, data)) == f"cannot read --eval {bad} (line {lines} is not JSON)"
+    )
+    missing = tmp_path / "missing.jsonl"
+    assert _report_error([log], evaluation=EvalInput(scores, missing)) == (
+        f"cannot read --data {missing} (No such file or directory)"
+    )
+    assert _report_error([log], evaluation=EvalInput(scores, data, "weak-m", "nobody")) == (
+        f"--data {data}: no item has outcomes for both weak-m and nobody"
+    )
+
+
+def test_eval_outcomes_that_are_not_numbers_are_no_scores(log: Path, tmp_path: Path) -> None:
+    """``null`` or text where a model's outcome should be: the item lacks that outcome, as ``model-router eval``
+    reads it (it was a TypeError traceback)."""
+    scores, data, _ = _eval_files(tmp_path)
+    items = [json.loads(line) for line in data.read_text().splitlines()]
+    for item in items[:20]:
+        item["scores"]["strong-m"] = None if int(item["id"][1:]) % 2 else "1.0"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    for pair in (("weak-m", "strong-m"), (None, None)):
+        page = tmp_path / "report.html"
+        out = io.StringIO()
+        assert write_report([log], out, html=page, evaluation=EvalInput(scores, data, *pair)) == 0, out.getvalue()
+        assert "180 EVAL items" in page.read_text()
 
 
 class _Figures(HTMLParser):

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from classifier.model import Prediction
 from extproc.classify import ClassifierThreads
-from extproc.config import ServerSettings
+from extproc.config import PolicySettings, ServerSettings
 from extproc.policy import estimate_cost
 from extproc.record import DecisionRecord, Outcome
 from extproc.stream import Classify, ProtocolError, Stage, StreamHandler
@@ -288,11 +288,17 @@ async def test_response_usage_is_priced_for_the_model_that_answered(
     assert tap.answered == ([(sink.records[0].decision_id, answered)] if renamed else [])
 
 
+def _with_session_header(policy: PolicySettings, header: str | None = "x-session-id") -> PolicySettings:
+    return policy.model_copy(update={"stickiness": policy.stickiness.model_copy(update={"session_header": header})})
+
+
 def _conversation(**settings_changes: object) -> Callable[..., Awaitable[DecisionRecord]]:
-    """One snapshot and conversation memory; each call sends one turn and returns its record."""
+    """One snapshot and conversation memory; each call sends one turn and returns its record. The session header is
+    ``x-session-id`` unless ``policy`` says otherwise."""
     from extproc.conversations import ConversationMemory
 
     base = demo_settings()
+    base = base.model_copy(update={"policy": _with_session_header(base.policy)})
     settings = base.model_copy(update=settings_changes) if settings_changes else base
     memory = ConversationMemory(100, 3600)
     broken = FakeDifficultyModel(error=RuntimeError("down"))
@@ -313,7 +319,7 @@ def _conversation(**settings_changes: object) -> Callable[..., Awaitable[Decisio
 async def test_a_conversation_never_falls_back_to_a_weaker_model() -> None:
     """Once a turn used gpt-4o, a turn the classifier cannot decide (it fails, or there is no text) stays there,
     although the default model (the fallback) is gpt-4o-mini."""
-    turn = _conversation(policy=demo_settings(default_model="gpt-4o-mini").policy)
+    turn = _conversation(policy=_with_session_header(demo_settings(default_model="gpt-4o-mini").policy))
     first = await turn("a hard question", **{"x-session-id": "s1"})
     assert first.selected_model == "gpt-4o"
     down = await turn("easy", classifier_down=True, **{"x-session-id": "s1"})
@@ -326,6 +332,23 @@ async def test_a_conversation_never_falls_back_to_a_weaker_model() -> None:
     assert other.selected_model == "gpt-4o-mini", "another conversation: the default model"
 
 
+@pytest.mark.parametrize(
+    ("session_header", "shared"),
+    [(None, False), ("x-session-id", True)],
+    ids=["default", "configured"],
+)
+async def test_a_client_session_header_is_honoured_only_when_configured(
+    session_header: str | None, shared: bool
+) -> None:
+    """Off by default: a client sending another conversation's id must not inherit its floor (non-negotiable 6)."""
+    policy = demo_settings().policy  # the default stickiness settings
+    turn = _conversation(policy=_with_session_header(policy, session_header) if session_header else policy)
+    assert (await turn("a hard question", **{"x-session-id": "victim"})).selected_model == "gpt-4o"
+    other = await turn("easy", **{"x-session-id": "victim"})  # a different conversation (its own first message)
+    assert (other.reason == "sticky_conversation") is shared
+    assert (other.selected_model == "gpt-4o") is shared
+
+
 async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
     """The memory was built at start with a one-hour TTL; the running (reloaded) config says 10 s, and wins."""
     from extproc.conversations import ConversationMemory
@@ -333,7 +356,7 @@ async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
     now = [0.0]
     memory = ConversationMemory(100, 3600, clock=lambda: now[0])
     base = demo_settings()
-    sticky = base.policy.stickiness.model_copy(update={"ttl_seconds": 10.0})
+    sticky = base.policy.stickiness.model_copy(update={"ttl_seconds": 10.0, "session_header": "x-session-id"})
     snap = snapshot(None, base.model_copy(update={"policy": base.policy.model_copy(update={"stickiness": sticky})}))
 
     async def turn(text: str) -> DecisionRecord:
@@ -351,7 +374,7 @@ async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
 
 
 async def test_tenants_without_a_view_of_their_own_do_not_share_conversations() -> None:
-    policy = demo_settings().policy.model_copy(update={"tenant_header": "x-tenant-id"})
+    policy = _with_session_header(demo_settings().policy).model_copy(update={"tenant_header": "x-tenant-id"})
     turn = _conversation(policy=policy)
     assert (await turn("a hard question", **{"x-tenant-id": "acme", "x-session-id": "1"})).selected_model == "gpt-4o"
     later = await turn("easy", **{"x-tenant-id": "globex", "x-session-id": "1"})

@@ -66,9 +66,16 @@ def apgr(report: str, label: str) -> float:
 def adapt(
     data: Path, out: Path, weak: str = "weak-m", strong: str = "strong-m", seed: int = 0, force: bool = False
 ) -> tuple[int, str]:
-    stdout = io.StringIO()
-    code = run_adapt(data, out, weak, strong, None, prompt_text_of_item, 5, seed, stdout, force=force)
-    return code, stdout.getvalue()
+    """Run adapt; the report on stdout, then the error line, which must be on stderr (and only with exit code 2)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = run_adapt(data, out, weak, strong, None, prompt_text_of_item, 5, seed, stdout, force=force, stderr=stderr)
+    report, error = stdout.getvalue(), stderr.getvalue()
+    assert "model-router adapt:" not in report, "errors go to stderr"
+    if code == 2:
+        assert error.startswith("model-router adapt: ") and error.count("\n") == 1, error
+    else:
+        assert error == "", error
+    return code, report + error
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +141,7 @@ def test_unreadable_data_is_one_line_and_exit_2(tmp_path: Path, name: str, paylo
         data.write_bytes(payload)
     code, report = adapt(data, tmp_path / "model")
     assert code == 2
-    assert report.count("\n") == 1 and report.startswith("model-router adapt: ")
+    assert report.count("\n") == 1 and report.startswith("model-router adapt: "), "only the error, on stderr"
     assert not (tmp_path / "model").exists()
 
 
@@ -228,11 +235,11 @@ def test_pair_defaults_to_the_files_models(synthetic: tuple[Path, Path, str], tm
 
 def test_pair_cannot_be_chosen_from_one_model(tmp_path: Path) -> None:
     items = [{"id": i, "messages": [{"role": "user", "content": "x"}], "scores": {"only": 1.0}} for i in range(50)]
-    stdout = io.StringIO()
-    code = run_adapt(
-        write_jsonl(tmp_path / "one.jsonl", items), tmp_path / "m", None, None, None, prompt_text_of_item, 5, 0, stdout
-    )
-    assert code == 2 and "fewer than two models" in stdout.getvalue()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    data = write_jsonl(tmp_path / "one.jsonl", items)
+    code = run_adapt(data, tmp_path / "m", None, None, None, prompt_text_of_item, 5, 0, stdout, stderr=stderr)
+    assert code == 2 and stdout.getvalue() == ""
+    assert stderr.getvalue().startswith("model-router adapt: ") and "fewer than two models" in stderr.getvalue()
 
 
 def _noise_with_a_tied_fold(seed: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from classifier.evaluate import choose_pair, last_user_text, pair_gain_scores, read_items, run_eval
+from classifier.evaluate import NotJsonLine, choose_pair, last_user_text, pair_gain_scores, read_items, run_eval
 from classifier.model import Prediction
 
 ABILITIES: Mapping[str, float] = {"small": 0.0, "big": 2.0}
@@ -97,10 +98,69 @@ def test_run_eval_without_outcomes(tmp_path: Path) -> None:
     assert "metrics skipped" in stdout.getvalue()
 
 
+def _failing(
+    data: Path, out: Path, weak: str | None = None, strong: str | None = None, plot: Path | None = None
+) -> tuple[str, str]:
+    """Run eval expecting exit code 2: (stdout, the one error line on stderr without its prefix)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    assert run_eval(data, out, KeywordModel(), last_user_text, weak, strong, plot, stdout, stderr) == 2
+    error = stderr.getvalue()
+    assert error.startswith("model-router eval: ") and error.count("\n") == 1, error
+    assert "model-router eval:" not in stdout.getvalue(), "errors go to stderr"
+    return stdout.getvalue(), error.removeprefix("model-router eval: ").rstrip("\n")
+
+
 def test_run_eval_empty_file(tmp_path: Path) -> None:
     data = tmp_path / "empty.jsonl"
     data.write_bytes(b"\n")
-    assert run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, None, None, None, io.StringIO()) == 2
+    assert _failing(data, tmp_path / "s.jsonl") == ("", f"--data {data} has no items")
+
+
+def test_run_eval_unreadable_data_names_the_file_and_the_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert _failing(missing, tmp_path / "s.jsonl")[1] == (f"cannot read --data {missing} (No such file or directory)")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(orjson.dumps(ITEMS[0]) + b"\n\n" + orjson.dumps(ITEMS[1]) + b"\n{truncated\n")
+    assert _failing(bad, tmp_path / "s.jsonl") == ("", f"cannot read --data {bad} (line 4 is not JSON)")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_run_eval_unwritable_outputs(tmp_path: Path) -> None:
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    out = tmp_path / "no" / "s.jsonl"
+    assert _failing(data, out) == ("", f"cannot write --out {out} (No such file or directory)")
+    plot = tmp_path / "no" / "curve.png"
+    stdout, error = _failing(data, tmp_path / "s.jsonl", plot=plot)
+    assert error == f"cannot write --plot {plot} (No such file or directory)"
+    assert "APGR" in stdout and (tmp_path / "s.jsonl").is_file(), "the scores and the metrics are kept"
+    assert _failing(data, tmp_path / "s.jsonl", plot=tmp_path / "c.nope")[1].startswith(
+        f"cannot write --plot {tmp_path / 'c.nope'} (Format 'nope' is not supported"
+    )
+
+
+def test_run_eval_plot_without_matplotlib_fails_before_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib comes only with the dev and train extras (not in the image): --plot says so up front."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    stdout, error = _failing(data, tmp_path / "s.jsonl", plot=tmp_path / "c.png")
+    assert stdout == "" and error == "--plot needs matplotlib, which is not installed (pip install matplotlib)"
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_run_eval_models_missing_everywhere(tmp_path: Path) -> None:
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    stdout, error = _failing(data, tmp_path / "s.jsonl", weak="tiny", strong="big")
+    assert error == f"no item of --data {data} has scores for both 'tiny' and 'big'"
+    assert "scored 5 items" in stdout
+
+
+def test_read_items_names_a_line_that_is_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"id": 1}\n\nnope\n')
+    with pytest.raises(NotJsonLine) as caught:
+        list(read_items(path))
+    assert isinstance(caught.value, ValueError) and str(caught.value) == f"{path}:3: not JSON"
+    assert (caught.value.path, caught.value.number) == (path, 3)
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def test_build_stage_installs_runtime_dependencies_and_the_model() -> None:
     installs = [r for r in build.args("RUN") if "pip install" in r]
     assert installs and all(re.search(r"pip install \.(\s|$)", r) for r in installs), "no extras: runtime deps only"
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "models/default/*" in pyproject["tool"]["setuptools"]["package-data"]["classifier"]
+    assert "classifier.models.default" in pyproject["tool"]["setuptools"]["packages"]  # the wheel: test_packaging.py
     assert (ROOT / MODEL_DIR / "model.onnx").is_file()
 
 

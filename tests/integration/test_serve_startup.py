@@ -1,0 +1,191 @@
+"""``model-router serve`` start-up failures: a listener that cannot bind (port in use, missing directory, a second
+router on the same port) refuses the start with one line naming its config field and exit 2, like an invalid config,
+after closing whatever it had already started."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from devstack.stack import ENVOY_DIR, ROOT, Stack, deep_merge, free_port
+from extproc.errors import ConfigError
+from extproc.reload import load_snapshot
+from extproc.server import serve
+from extproc.snapshot import SnapshotRef
+from tests.fakes import FakeDifficultyModel
+from tests.integration.conftest import HEURISTIC
+from tests.unit.test_spool import _locked
+
+ADDRESS_IN_USE = "address already in use"
+
+
+@pytest.fixture
+def busy() -> Iterator[int]:
+    """A port another process listens on."""
+    with socket.create_server(("127.0.0.1", free_port())) as holder:
+        yield holder.getsockname()[1]
+
+
+def _config(workdir: Path, **overrides: Any) -> Path:
+    """The shipped router config on free ports (heuristic classifier), with ``overrides`` merged in."""
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    ports = {
+        "server": {"listen": f"127.0.0.1:{free_port()}", "config_poll_seconds": 0},
+        "telemetry": {"metrics_listen": f"127.0.0.1:{free_port()}"},
+        "feedback": {"listen": f"127.0.0.1:{free_port()}"},
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "model-router.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(deep_merge(deep_merge(data, HEURISTIC), ports), overrides)))
+    return path
+
+
+def _serve(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), *args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _refused(run: subprocess.CompletedProcess[str], problem: str) -> None:
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr
+    assert run.stderr == f"model-router: invalid configuration:\n  {problem}\n", "no traceback, no gRPC log line"
+
+
+BUSY = "127.0.0.1:{busy}"
+
+
+def _fill(value: Any, **names: object) -> Any:
+    """``value`` with ``{name}`` in every string replaced."""
+    if isinstance(value, dict):
+        return {key: _fill(item, **names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, **names) for item in value]
+    return value.format(**names) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "args", "problem"),
+    [
+        pytest.param(
+            {"server": {"listen": BUSY}}, [], f"server.listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}", id="grpc"
+        ),
+        pytest.param(
+            {"telemetry": {"metrics_listen": BUSY}},
+            [],
+            f"telemetry.metrics_listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}",
+            id="metrics",
+        ),
+        pytest.param(
+            {"feedback": {"enabled": True, "path": "{tmp}/f.jsonl", "listen": BUSY}},
+            [],
+            f"feedback.listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}",
+            id="feedback",
+        ),
+        pytest.param({}, ["--listen", BUSY], f"--listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}", id="--listen"),
+        pytest.param(
+            {"server": {"listen": "unix:{tmp}/missing/r.sock"}},
+            [],
+            "server.listen: cannot listen on unix:{tmp}/missing/r.sock: no such file or directory",
+            id="unix-missing-directory",
+        ),
+        pytest.param(
+            {},
+            ["--listen", "9"],
+            "--listen: '9' has no host; write 127.0.0.1:9, or 0.0.0.0:9 for every interface",
+            id="--listen-without-host",
+        ),
+    ],
+)
+def test_a_listener_that_cannot_bind_refuses_the_start(
+    tmp_path: Path, busy: int, overrides: dict[str, Any], args: list[str], problem: str
+) -> None:
+    overrides, args, problem = _fill([overrides, args, problem], busy=busy, tmp=tmp_path)
+    config = _config(tmp_path / "router", **overrides)
+    started = time.monotonic()
+    run = _serve(config, *args)
+    _refused(run, problem)
+    assert time.monotonic() - started < 15, "exits at once: nothing it started keeps it alive"
+
+
+def test_a_second_router_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    """A restart overlap (or a second worker on one port) must not share the port: the old process would keep part
+    of the traffic with the old config. The running router's socket does not allow sharing (SO_REUSEPORT off), and
+    the second router says so and exits 2; once the first has stopped, the same config starts."""
+    first = Stack(workdir=tmp_path / "first", router_overrides=HEURISTIC)
+    second = Stack(workdir=tmp_path / "second", router_overrides=HEURISTIC, router_port=first.router_port)
+    port = first.router_port
+    for stack in (first, second):
+        stack.workdir.mkdir()
+    try:
+        first.start_router()
+        _refused(
+            _serve(second.write_router_config()), f"server.listen: cannot listen on 127.0.0.1:{port}: {ADDRESS_IN_USE}"
+        )
+        with socket.socket() as sharer:  # what gRPC's default (SO_REUSEPORT on) does: refused as well
+            sharer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError, match="Address already in use"):
+                sharer.bind(("127.0.0.1", port))
+        assert _grpc_default_server_cannot_bind(port)
+        assert first.stop_router() == 0
+        second.start_router()  # right after the first one stopped: its closed connections do not hold the port
+        assert second.stop_router() == 0
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _grpc_default_server_cannot_bind(port: int) -> bool:
+    async def attempt() -> bool:
+        server = grpc.aio.server()
+        try:
+            server.add_insecure_port(f"127.0.0.1:{port}")
+        except RuntimeError:
+            return True
+        finally:
+            await server.stop(None)
+        return False
+
+    return asyncio.run(attempt())
+
+
+def test_a_failed_start_closes_what_it_started(tmp_path: Path, busy: int) -> None:
+    """In-process: after the refusal, the metrics and feedback ports are free again, the capture and feedback files
+    are no longer locked, and every thread the start began has ended."""
+    capture, feedback = tmp_path / "capture.jsonl", tmp_path / "feedback.jsonl"
+    metrics_port, feedback_port = free_port(), free_port()
+    sections = {
+        "server": {"listen": f"127.0.0.1:{busy}"},
+        "telemetry": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "capture": {"enabled": True, "path": str(capture)},
+        "feedback": {"enabled": True, "path": str(feedback), "listen": f"127.0.0.1:{feedback_port}"},
+    }
+    config = _config(tmp_path / "router", **sections)
+    before = set(threading.enumerate())
+    snapshots = SnapshotRef(load_snapshot(config, lambda _s: FakeDifficultyModel()))
+    try:
+        asyncio.run(asyncio.wait_for(serve(config, snapshots), timeout=20))
+    except ConfigError as exc:  # not kept: its traceback holds the unstarted gRPC server (and so gRPC's poller)
+        problems = exc.problems
+    else:
+        pytest.fail("the router started on a busy port")
+    assert problems == [f"server.listen: cannot listen on 127.0.0.1:{busy}: {ADDRESS_IN_USE}"]
+    assert not _locked(capture) and not _locked(feedback)
+    for port in (metrics_port, feedback_port):
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, sorted(t.name for t in left)

@@ -1,0 +1,177 @@
+"""The ``model-router`` command line as users run it: plain ``--help`` texts, and one ``model-router <command>: ...``
+line on stderr with exit code 2 (never a traceback) for files the commands cannot read or write."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from extproc.cli import _parser, main
+
+ITEM = {"id": "a", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "scores": {"weak": 0.0, "strong": 1.0}}
+DECISION = {
+    "ts": "2025-11-23T00:00:00.000Z",
+    "level": "info",
+    "event": "decision",
+    "decision_id": "0000000000000001",
+    "outcome": "OUTCOME_ROUTED",
+    "selected_model": "gpt-4o-mini",
+    "tier": "cheap",
+    "estimated_cost_requested": 0.003,
+    "estimated_cost_selected": 0.0002,
+}
+
+
+def _commands() -> list[str]:
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices, dict)
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("argv", [[], *([name] for name in _commands())], ids=lambda argv: " ".join(argv) or "main")
+def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """No reStructuredText or Markdown markup from docstrings: ``--help`` is read in a terminal."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "`" not in out, out
+    if argv:
+        assert out.split("\n\n")[1].strip(), "the command's --help describes it"
+
+
+def _fails_with(capsys: pytest.CaptureFixture[str], argv: list[str], line: str) -> str:
+    """Run ``argv``; it must exit 2 with exactly ``line`` (a prefix of it, if it ends in ...) on stderr."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    if line.endswith("..."):
+        assert err.startswith(line.removesuffix("...")), err
+    else:
+        assert err == line + "\n"
+    return out
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(ITEM) + "\n")
+    return path
+
+
+def test_eval_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.jsonl"
+    line = f"model-router eval: cannot read --data {missing} (No such file or directory)"
+    assert (
+        _fails_with(capsys, ["eval", "--heuristic", "--data", str(missing), "--out", str(tmp_path / "o")], line) == ""
+    )
+
+
+def test_eval_data_line_that_is_not_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(f"{json.dumps(ITEM)}\n\n{{not json\n".encode()))
+    line = f"model-router eval: cannot read --data {bad} (line 3 is not JSON)"
+    assert _fails_with(capsys, ["eval", "--heuristic", "--data", str(bad), "--out", str(tmp_path / "o")], line) == ""
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [(b"not gzip", "Not a gzipped file (b'no')"), (gzip.compress(b"x" * 1000)[:20], "Compressed file ended...")],
+    ids=["not-gzip", "truncated-gzip"],
+)
+def test_eval_corrupt_gzip_data(tmp_path: Path, capsys: pytest.CaptureFixture[str], payload: bytes, why: str) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(payload)
+    line = f"model-router eval: cannot read --data {bad} ({why}" + ("" if why.endswith("...") else ")")
+    assert _fails_with(capsys, ["eval", "--heuristic", "--data", str(bad), "--out", str(tmp_path / "o")], line) == ""
+
+
+def test_eval_unwritable_out(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "missing" / "dir" / "x.jsonl"
+    line = f"model-router eval: cannot write --out {out} (No such file or directory)"
+    assert _fails_with(capsys, ["eval", "--heuristic", "--data", str(data), "--out", str(out)], line) == ""
+
+
+def test_eval_missing_model(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "nope"
+    line = f"model-router eval: cannot load --model {model} ({model / 'model.onnx'} is missing)"
+    assert (
+        _fails_with(capsys, ["eval", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")], line)
+        == ""
+    )
+
+
+def test_eval_malformed_model(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.onnx_model import MODEL_FILES
+
+    model = tmp_path / "junk"
+    model.mkdir()
+    for name in MODEL_FILES:
+        (model / name).write_text("junk")
+    line = f"model-router eval: cannot load --model {model} ({model / 'metadata.json'}: not JSON..."
+    assert (
+        _fails_with(capsys, ["eval", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")], line)
+        == ""
+    )
+
+
+def test_eval_unwritable_plot(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "missing" / "curve.png"
+    argv = ["eval", "--heuristic", "--data", str(data), "--out", str(tmp_path / "o"), "--plot", str(plot)]
+    out = _fails_with(capsys, argv, f"model-router eval: cannot write --plot {plot} (No such file or directory)")
+    assert "APGR" in out, "the scores and the metrics come first"
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    path = tmp_path / "router.log"
+    path.write_text(json.dumps(DECISION) + "\n")
+    return path
+
+
+def test_report_unwritable_html(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    html = tmp_path / "missing" / "dir" / "r.html"
+    line = f"model-router report: cannot write --html {html} (No such file or directory)"
+    assert _fails_with(capsys, ["report", str(log), "--html", str(html)], line) == "", "nothing printed on failure"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "why"),
+    [
+        ("missing.log", None, "No such file or directory"),
+        ("bad.log.gz", b"not gzip", "Not a gzipped file (b'no')"),
+        ("cut.log.gz", gzip.compress(b"x" * 1000)[:20], "Compressed file ended before the end-of-stream marker..."),
+    ],
+    ids=["missing", "not-gzip", "truncated-gzip"],
+)
+def test_report_unreadable_log(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, payload: bytes | None, why: str
+) -> None:
+    bad = tmp_path / name
+    if payload is not None:
+        bad.write_bytes(payload)
+    line = f"model-router report: cannot read {bad} ({why}" + ("" if why.endswith("...") else ")")
+    _fails_with(capsys, ["report", str(log), str(bad)], line)
+
+
+def test_report_eval_files_are_named(log: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"id": "a", "score": 0.5}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "score": 0.5}\n[oops\n')
+    argv = ["report", str(log), "--eval", str(bad), "--data", str(data)]
+    _fails_with(capsys, argv, f"model-router report: cannot read --eval {bad} (line 2 is not JSON)")
+    argv = ["report", str(log), "--eval", str(scores), "--data", str(tmp_path / "missing.jsonl")]
+    line = f"model-router report: cannot read --data {tmp_path / 'missing.jsonl'} (No such file or directory)"
+    _fails_with(capsys, argv, line)
+
+
+def test_adapt_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.jsonl"
+    argv = ["adapt", "--outcomes", str(missing), "--weak", "w", "--strong", "s", "--out", str(tmp_path / "m")]
+    out = _fails_with(capsys, argv, f"model-router adapt: {missing}: cannot read outcome records...")
+    assert out == ""
