@@ -217,7 +217,7 @@ class CaptureSettings(_Strict):
     """Disk bound of the capture: the live file and ``<path>.1`` together."""
     include_decide: bool = True
     """Also capture prompts of ``Decide`` calls. On: a gateway that routes itself with ``Decide`` serves real traffic
-    through it. Off: only requests that went through ext_proc are captured (e.g. when ``Decide`` serves dry runs)."""
+    through it. Off: only requests that went through ext_proc are captured. A ``dry_run`` request is never captured."""
 
 
 class FeedbackSettings(_Strict):

@@ -13,8 +13,9 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["ConversationMemory", "conversation_key"]
+__all__ = ["ConversationMemory", "Floors", "ReadOnlyMemory", "conversation_key"]
 
 
 def conversation_key(tenant: str | None, session: str | None, seed: str) -> str | None:
@@ -26,6 +27,14 @@ def conversation_key(tenant: str | None, session: str | None, seed: str) -> str 
     else:
         return None
     return hashlib.blake2b(f"{tenant or ''}\x00{material}".encode(), digest_size=16).hexdigest()
+
+
+class Floors(Protocol):
+    """What a request handler needs of the memory: read a conversation's floor, record a decision's model."""
+
+    def floor(self, key: str) -> float | None: ...
+
+    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None: ...
 
 
 class ConversationMemory:
@@ -63,3 +72,18 @@ class ConversationMemory:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+class ReadOnlyMemory:
+    """Reads floors from ``memory`` and records nothing: a dry-run decision (``explain``) shows what the live path
+    would do for a conversation without raising that conversation's later turns."""
+
+    def __init__(self, memory: Floors) -> None:
+        self._memory = memory
+
+    def floor(self, key: str) -> float | None:
+        """The conversation's floor in the wrapped memory."""
+        return self._memory.floor(key)
+
+    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None:
+        """Record nothing."""

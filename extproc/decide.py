@@ -20,12 +20,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from classifier.model import success_probability
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
-from extproc.conversations import ConversationMemory
+from extproc.conversations import ConversationMemory, Floors, ReadOnlyMemory
 from extproc.decision_proto import to_proto
 from extproc.envoy import METADATA_NAMESPACE
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
 from extproc.policy import estimate_cost
-from extproc.record import DecisionRecord, DecisionSink, Outcome
+from extproc.record import DecisionRecord, DecisionSink, DiscardSink, Outcome
 from extproc.request import ParsedRequest, PassReason, parse_request
 from extproc.schemas import schema_for_path
 from extproc.service import new_decision_id
@@ -91,13 +91,20 @@ async def decide(
     classify: Classify,
     sink: DecisionSink,
     new_id: Callable[[], str] = new_decision_id,
-    memory: ConversationMemory | None = None,
+    memory: Floors | None = None,
     clock: Callable[[], float] = time.perf_counter,
     trace_headers: Mapping[str, str] | None = None,
     wall_clock_ns: Callable[[], int] = time.time_ns,
     tap: DecisionTap | None = None,
 ) -> api.DecideResponse:
-    """The decision the live ext_proc path would make for ``request`` (whose path and body must be set)."""
+    """The decision the live ext_proc path would make for ``request`` (whose path and body must be set).
+
+    ``request.dry_run`` records nothing: the sink, the tap (capture, feedback) and the memory's writes are left out,
+    so an operator's test prompt is neither counted nor stored, and does not raise a real conversation's floor.
+    """
+    if request.dry_run:
+        sink, tap = DiscardSink(), None
+        memory = ReadOnlyMemory(memory) if memory is not None else None
     handler = StreamHandler(
         snap,
         classify,

@@ -30,7 +30,7 @@ from google.protobuf import json_format
 from classifier.model import DifficultyModel, Prediction
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import label
-from extproc.record import DecisionRecord
+from extproc.record import DiscardSink
 from extproc.schemas import schema_for_path
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
@@ -231,20 +231,7 @@ def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
             body = _check_body(text.encode(), "stdin")
         else:
             body = prompt_body(text, source.model, source.path)
-    return api.DecideRequest(path=source.path, headers=dict(source.headers), body=body)
-
-
-class _NullSink:
-    """Explaining is not routing: nothing is counted or logged."""
-
-    def record(self, rec: DecisionRecord) -> None:
-        """Discard ``rec``."""
-
-    def error(self, reason: str) -> None:
-        """Discard ``reason``."""
-
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-        """Discard the usage (explain sends no request upstream)."""
+    return api.DecideRequest(path=source.path, headers=dict(source.headers), body=body, dry_run=True)
 
 
 async def _inline_classify(model: DifficultyModel, text: str, timeout: float) -> Prediction:
@@ -257,7 +244,7 @@ def decide_local(request: api.DecideRequest, config: Path) -> api.DecideResponse
     from extproc.reload import load_snapshot
 
     snapshot = load_snapshot(config)
-    return asyncio.run(decide(request, snapshot, _inline_classify, _NullSink()))
+    return asyncio.run(decide(request, snapshot, _inline_classify, DiscardSink()))
 
 
 def _hint(code: str, details: str, tls: RemoteTls | None, target: str) -> str:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["DecisionRecord", "DecisionSink", "LogSink", "Outcome", "record_json"]
+__all__ = ["DecisionRecord", "DecisionSink", "DiscardSink", "LogSink", "Outcome", "record_json"]
 
 
 class Outcome(enum.StrEnum):
@@ -85,6 +85,20 @@ def record_json(rec: DecisionRecord) -> str:
     from extproc.decision_proto import decision_dict, to_proto  # the mapping module imports this one
 
     return json.dumps({"event": "decision", **decision_dict(to_proto(rec))})
+
+
+class DiscardSink:
+    """Explaining is not routing: nothing is counted, logged or traced (``explain``, and ``Decide`` with
+    ``dry_run``)."""
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Discard ``rec``."""
+
+    def error(self, reason: str) -> None:
+        """Discard ``reason``."""
+
+    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Discard the usage (nothing was sent upstream)."""
 
 
 class LogSink:

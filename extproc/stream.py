@@ -25,7 +25,7 @@ from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
 from extproc.bodyedit import rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
-from extproc.conversations import ConversationMemory, conversation_key
+from extproc.conversations import Floors, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
 from extproc.policy import (
     Decision,
@@ -128,7 +128,7 @@ class StreamHandler:
         clock: Callable[[], float] = time.perf_counter,
         trace_headers: Mapping[str, str] | None = None,
         wall_clock_ns: Callable[[], int] = time.time_ns,
-        memory: ConversationMemory | None = None,
+        memory: Floors | None = None,
         tap: DecisionTap | None = None,
     ) -> None:
         self._snap = snapshot

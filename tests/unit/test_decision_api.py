@@ -252,3 +252,36 @@ async def test_reflection_lists_the_decision_service(decide_channel: grpc.aio.Ch
 
     names = [s.name async for r in stub.ServerReflectionInfo(ask()) for s in r.list_services_response.service]
     assert DECIDE_SERVICE in names
+
+
+async def test_a_dry_run_decides_the_same_and_records_nothing() -> None:
+    """``explain`` sets dry_run: the same decision, but no record, no stored decision or token, and the conversation
+    memory is read (a sticky conversation still shows as sticky) but never raised by the test prompt."""
+    from extproc.conversations import ConversationMemory
+
+    base = demo_settings()
+    sticky = base.policy.stickiness.model_copy(update={"session_header": "x-session-id"})
+    snap = snapshot(None, base.model_copy(update={"policy": base.policy.model_copy(update={"stickiness": sticky})}))
+    memory, store, signer = ConversationMemory(100, 3600.0), DecisionStore(10, 60.0), TokenSigner([b"k" * 32])
+    ids = sequential_ids()
+
+    async def ask(text: str, session: str, dry_run: bool) -> tuple[api.DecideResponse, RecordingSink]:
+        sink = RecordingSink()
+        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": text}]}).encode()
+        request = api.DecideRequest(
+            path="/v1/chat/completions", headers={"x-session-id": session}, body=body, dry_run=dry_run
+        )
+        tap = LearningTap(store, None, signer=signer)
+        return await decide(request, snap, inline_classify, sink, ids, memory, tap=tap), sink
+
+    dry, dry_sink = await ask("a hard question", "a", dry_run=True)
+    real, real_sink = await ask("a hard question", "b", dry_run=False)
+    assert dry.decision.selected_model == real.decision.selected_model == "gpt-4o"
+    assert dry.models == real.models
+    assert not dry_sink.records and len(real_sink.records) == 1
+    assert dry.feedback_token == "" and real.feedback_token != ""
+    assert store.get(dry.decision.decision_id) is None and store.get(real.decision.decision_id) is not None
+    after_dry, _ = await ask("easy", "a", dry_run=False)
+    assert label("reason", after_dry.decision.reason) == "cheapest_meeting_target", "the dry run raised no floor"
+    read, _ = await ask("easy", "b", dry_run=True)
+    assert label("reason", read.decision.reason) == "sticky_conversation", "a dry run reads the floor"

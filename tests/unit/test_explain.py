@@ -335,3 +335,12 @@ def test_tls_to_a_closed_port_is_unavailable_without_a_tls_hint(
 
 def test_every_policy_reason_has_a_description() -> None:
     assert {r.value for r in Reason} <= _REASONS.keys()
+
+
+@pytest.mark.parametrize("stdin", ["a prompt", '{"model": "auto", "messages": []}'])
+def test_every_explain_request_is_a_dry_run(stdin: str) -> None:
+    """Sent to a live router (--target), an operator's test prompt must not be counted, captured or made sticky."""
+    for prompt in ("a prompt", None):
+        source = ExplainInput(prompt=prompt, file=None, path="/v1/chat/completions", model="auto")
+        request = explain.read_input(source, io.StringIO(stdin))
+        assert request.dry_run

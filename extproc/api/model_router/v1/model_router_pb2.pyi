@@ -255,10 +255,15 @@ class DecideRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """The request path, e.g. "/v1/chat/completions" (query string ignored). Required."""
     body: _builtins.bytes
     """The raw request body, byte-exact. Required."""
+    dry_run: _builtins.bool
+    """Decide without recording anything: no decision log line, metric, span, prompt capture or feedback token, and
+    the conversation memory is read but not raised (model-router explain sets it). The answer is the same.
+    """
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Request headers (names are case-insensitive). ":method" is always POST; "content-type" defaults to
@@ -271,10 +276,11 @@ class DecideRequest(_message.Message):
         path: _builtins.str = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         body: _builtins.bytes = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "dry_run", b"dry_run", "headers", b"headers", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
