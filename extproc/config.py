@@ -8,11 +8,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from contextlib import suppress
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar, overload
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from extproc.errors import ConfigError
 from extproc.spool import lock_path, rotated_path
@@ -293,7 +295,7 @@ class TenantPolicy(_Strict):
 
 
 class Settings(_Strict):
-    """The whole configuration file."""
+    """The whole configuration file; :func:`parse_config` validates it, checks between fields included."""
 
     server: ServerSettings = ServerSettings()
     classifier: ClassifierSettings = ClassifierSettings()
@@ -306,58 +308,141 @@ class Settings(_Strict):
     capture: CaptureSettings = CaptureSettings()
     feedback: FeedbackSettings = FeedbackSettings()
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Self:
-        names = [m.name for m in self.catalog]
-        seen: set[str] = set()
-        for i, name in enumerate(names):
-            if name in seen:
-                raise ValueError(f"catalog[{i}].name: duplicate model name {name!r}")
-            seen.add(name)
-        problems: list[str] = []
-        if self.policy.default_model not in seen:
-            problems.append(f"policy.default_model: {self.policy.default_model!r} is not in catalog")
-        for tenant, rules in self.tenants.items():
-            for j, name in enumerate(rules.models or ()):
-                if name not in seen:
+
+_Loc = tuple[int | str, ...]
+"""Where a value sits in the loaded YAML, as pydantic reports it: ``("catalog", 0, "name")``."""
+
+
+class _Failed(Exception):
+    """A check between fields read a field that failed validation itself: the check is skipped."""
+
+
+@cache
+def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """Validates one field of ``model`` alone, with its constraints and validators."""
+    field = model.model_fields[name]
+    form: Any = Annotated[field.annotation, field]  # built at run time: no static type
+    return TypeAdapter(form)
+
+
+class _Fields:
+    """Single fields of the loaded YAML, each validated alone: what the checks between fields read. A field that
+    failed validation skips only the checks that read it; the rest of its section is still checked."""
+
+    def __init__(self, data: dict[str, Any], failed: list[_Loc]) -> None:
+        self._data = data
+        self._failed = failed  # where pydantic reported a problem
+
+    def get(self, model: type[BaseModel], *loc: int | str) -> Any:
+        """Field ``loc[-1]`` of ``model``: validated, or its default where the YAML omits it; ``_Failed`` if a
+        problem was reported for it, for a part of it or for a section holding it."""
+        if any(loc[: len(f)] == f or f[: len(loc)] == loc for f in self._failed):
+            raise _Failed
+        node: Any = self._data
+        for key in loc:  # each section on the way validated as a mapping (list), or is absent
+            if isinstance(node, dict) and key not in node:
+                return model.model_fields[str(loc[-1])].get_default(call_default_factory=True)
+            node = node[key]
+        return _adapter(model, str(loc[-1])).validate_python(node)
+
+    def keys(self, section: str) -> list[Any]:
+        """The tenant names or catalog indices; ``_Failed`` if the section failed as a whole."""
+        if (section,) in self._failed:
+            raise _Failed
+        node = self._data.get(section, ())
+        return list(range(len(node))) if isinstance(node, list) else list(node)
+
+
+def _cross_checks(v: _Fields) -> list[str]:
+    """The checks between fields, in a fixed order. A ``suppress(_Failed)`` block ends where it reads a field that
+    failed validation: a broken field is named once, not again by every check that reads it."""
+    problems: list[str] = []
+    catalog: set[str] = set()
+    catalog_known = True  # every model name is valid: "not in catalog" can be told
+    try:
+        entries = v.keys("catalog")
+    except _Failed:
+        entries, catalog_known = [], False
+    for i in entries:
+        try:
+            name = v.get(CatalogModel, "catalog", i, "name")
+        except _Failed:
+            catalog_known = False  # a reference to the broken entry's model is not "not in catalog"
+            continue
+        if name in catalog:
+            problems.append(f"catalog[{i}].name: duplicate model name {name!r}")
+        catalog.add(name)
+
+    def not_in_catalog(name: str) -> bool:
+        if not catalog_known:
+            raise _Failed
+        return name not in catalog
+
+    def policy(name: str) -> Any:
+        return v.get(PolicySettings, "policy", name)
+
+    def rule(tenant: Any, name: str) -> Any:
+        return v.get(TenantPolicy, "tenants", tenant, name)
+
+    with suppress(_Failed):
+        if not_in_catalog(default := policy("default_model")):
+            problems.append(f"policy.default_model: {default!r} is not in catalog")
+    tenants: list[Any] = []
+    with suppress(_Failed):
+        tenants = v.keys("tenants")
+    for tenant in tenants:
+        with suppress(_Failed):
+            for j, name in enumerate(rule(tenant, "models") or ()):
+                if not_in_catalog(name):
                     problems.append(f"tenants.{tenant}.models[{j}]: {name!r} is not in catalog")
-            default = rules.default_model
-            if default is not None and default not in (rules.models or seen):
+        with suppress(_Failed):
+            models, default = rule(tenant, "models"), rule(tenant, "default_model")
+            if default is not None and (default not in models if models else not_in_catalog(default)):
                 problems.append(f"tenants.{tenant}.default_model: {default!r} is not among the tenant's models")
-            if default is None and rules.models and self.policy.default_model not in rules.models:
+            elif default is None and models and (fallback := policy("default_model")) not in models:
                 problems.append(
                     f"tenants.{tenant}.default_model: required, policy.default_model "
-                    f"{self.policy.default_model!r} is not among the tenant's models"
+                    f"{fallback!r} is not among the tenant's models"
                 )
-        if self.tenants and self.policy.tenant_header is None:
+    with suppress(_Failed):
+        if tenants and policy("tenant_header") is None:
             problems.append("policy.tenant_header: required when tenants are configured")
-        problems.extend(self._learning_checks())
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+    return problems + _learning_checks(v)
 
-    def _learning_checks(self) -> list[str]:
-        """Capture and feedback need their files, and must not share a file or the metrics port."""
-        problems: list[str] = []
-        if self.capture.enabled and self.capture.path is None:
+
+def _learning_checks(v: _Fields) -> list[str]:
+    """Capture and feedback need their files, and must not share a file or the metrics port."""
+    problems: list[str] = []
+
+    def capture(name: str) -> Any:
+        return v.get(CaptureSettings, "capture", name)
+
+    def feedback(name: str) -> Any:
+        return v.get(FeedbackSettings, "feedback", name)
+
+    with suppress(_Failed):
+        if capture("enabled") and capture("path") is None:
             problems.append("capture.path: required when capture.enabled is true")
-        if self.feedback.enabled and self.feedback.path is None:
+    with suppress(_Failed):
+        if feedback("enabled") and feedback("path") is None:
             problems.append("feedback.path: required when feedback.enabled is true")
-        if self.capture.path is not None and self.feedback.path is not None:
+    with suppress(_Failed):
+        if capture("path") is not None and feedback("path") is not None:
             # Each file rotates to <path>.1 and is locked through <path>.lock: the six names must be six files,
             # however they are spelled.
             def names(path: Path) -> set[Path]:
                 full = Path(os.path.abspath(path))
                 return {full, rotated_path(full), lock_path(full)}
 
-            if names(self.capture.path) & names(self.feedback.path):
+            if names(capture("path")) & names(feedback("path")):
                 problems.append(
                     "feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"
                 )
-        listen = self.feedback.listen
-        if self.feedback.enabled and listen is not None and listen == self.telemetry.metrics_listen:
+    with suppress(_Failed):
+        listen, metrics = feedback("listen"), v.get(TelemetrySettings, "telemetry", "metrics_listen")
+        if feedback("enabled") and listen is not None and listen == metrics:
             problems.append("feedback.listen: must differ from telemetry.metrics_listen")
-        return problems
+    return problems
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -370,28 +455,44 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def validate_model(model: type[ModelT], data: object) -> ModelT:
-    """Validate loaded YAML into ``model``; raise one ``ConfigError`` listing every problem with its field path."""
+def _validate(model: type[ModelT], data: object) -> tuple[ModelT | None, list[str], list[_Loc]]:
+    """``model`` validated from ``data``, or None, every problem with its field path and where each sits."""
     if not isinstance(data, dict):
-        raise ConfigError(["<root>: expected a mapping at the top of the file"])
+        return None, ["<root>: expected a mapping at the top of the file"], [()]
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), [], []
     except ValidationError as exc:
         errors = exc.errors()
-        item_paths = {_field_path(tuple(e["loc"][:1])) for e in errors if len(e["loc"]) > 1}
-        problems: list[str] = []
-        for err in errors:
-            path = _field_path(tuple(err["loc"]))
-            if err["type"] == "too_short" and path in item_paths:
-                continue  # pydantic also reports an empty tuple when its only items are invalid
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.extend(line if not path else f"{path}: {line}" for line in msg.split("\n"))
-        raise ConfigError(problems) from None
+    item_paths = {_field_path(tuple(e["loc"][:1])) for e in errors if len(e["loc"]) > 1}
+    problems: list[str] = []
+    failed: list[_Loc] = []
+    for err in errors:
+        path = _field_path(tuple(err["loc"]))
+        if err["type"] == "too_short" and path in item_paths:
+            continue  # pydantic also reports an empty tuple when its only items are invalid
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.extend(line if not path else f"{path}: {line}" for line in msg.split("\n"))
+        failed.append(tuple(err["loc"]))
+    return None, problems, failed
+
+
+def validate_model(model: type[ModelT], data: object) -> ModelT:
+    """Validate loaded YAML into ``model``; raise one ``ConfigError`` listing every problem with its field path."""
+    value, problems, _ = _validate(model, data)
+    if value is None:
+        raise ConfigError(problems)
+    return value
 
 
 def parse_config(data: object) -> Settings:
-    """Validate already-loaded YAML data; raise ``ConfigError`` listing every problem with its field path."""
-    return validate_model(Settings, data)
+    """Validate already-loaded YAML data; raise one ``ConfigError`` listing every problem with its field path: the
+    fields' own, then those between fields (:func:`_cross_checks`) that do not read a field already named."""
+    settings, problems, failed = _validate(Settings, data)
+    if isinstance(data, dict):
+        problems += _cross_checks(_Fields(data, failed))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
 
 
 class _StrictLoader(yaml.SafeLoader):

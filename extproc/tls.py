@@ -35,13 +35,22 @@ def read_pem(name: str, path: Path) -> bytes:
 
 
 def _read(tls: TlsSettings) -> tuple[bytes, bytes, bytes | None]:
-    """The key, the certificate chain and the client CA, as bytes; ``ConfigError`` naming the field otherwise."""
-    try:
-        key = read_pem("server.tls.key_file", tls.key_file)
-        cert = read_pem("server.tls.cert_file", tls.cert_file)
-        ca = read_pem("server.tls.client_ca_file", tls.client_ca_file) if tls.client_ca_file else None
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from None
+    """The key, the certificate chain and the client CA, as bytes; one ``ConfigError`` naming every bad file
+    otherwise."""
+    problems: list[str] = []
+
+    def pem(field: str, path: Path) -> bytes:
+        try:
+            return read_pem(f"server.tls.{field}", path)
+        except ValueError as exc:
+            problems.append(str(exc))
+            return b""
+
+    cert = pem("cert_file", tls.cert_file)
+    key = pem("key_file", tls.key_file)
+    ca = pem("client_ca_file", tls.client_ca_file) if tls.client_ca_file else None
+    if problems:
+        raise ConfigError(problems)
     return key, cert, ca
 
 

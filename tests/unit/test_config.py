@@ -76,7 +76,10 @@ def base(**changes: object) -> dict[str, object]:
         ),
         pytest.param(
             base(tenants={"t": {"models": []}}),
-            ["tenants.t.models: Tuple should have at least 1 item after validation, not 0"],
+            [
+                "tenants.t.models: Tuple should have at least 1 item after validation, not 0",
+                "policy.tenant_header: required when tenants are configured",
+            ],
             id="tenant-with-no-models-is-not-everything",
         ),
     ],
@@ -85,6 +88,136 @@ def test_invalid_config_names_fields(data: object, problems: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert info.value.problems == problems
+
+
+BIG = {**MODEL, "name": "big", "tier": "strong"}
+_MISSING = "cannot read /nonexistent/model-router/{}: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("data", "problems"),
+    [
+        pytest.param(
+            base(policy={"default_model": "nope", "quality_target": 2}),
+            [
+                "policy.quality_target: Input should be less than or equal to 1",
+                "policy.default_model: 'nope' is not in catalog",
+            ],
+            id="a-field-error-does-not-stop-the-cross-checks",
+        ),
+        pytest.param(
+            base(limits={"max_messages": 0}, policy={"default_model": "nope"}, catalog=[MODEL, MODEL]),
+            [
+                "limits.max_messages: Input should be greater than 0",
+                "catalog[1].name: duplicate model name 'm'",
+                "policy.default_model: 'nope' is not in catalog",
+            ],
+            id="a-duplicate-name-hides-nothing",
+        ),
+        pytest.param(
+            base(
+                classifier={"kind": "heuristic"},
+                catalog=[{**MODEL, "ability": 0}],
+                server={
+                    "tls": {
+                        f: f"/nonexistent/model-router/{f}.pem" for f in ("cert_file", "key_file", "client_ca_file")
+                    }
+                },
+            ),
+            [f"server.tls.{f}: " + _MISSING.format(f"{f}.pem") for f in ("cert_file", "key_file", "client_ca_file")],
+            id="every-unreadable-tls-file",
+        ),
+        pytest.param(
+            base(
+                policy={"default_model": "m", "tenant_header": "x-tenant"},
+                catalog=[{**MODEL, "cluster": None}, BIG],
+                tenants={"t": {"models": ["m", "big", "zz"]}},
+            ),
+            ["catalog[0].cluster: Input should be a valid string", "tenants.t.models[2]: 'zz' is not in catalog"],
+            id="a-broken-entry-still-names-its-model",
+        ),
+        pytest.param(
+            base(
+                policy={"default_model": "m", "quality_target": 2},
+                catalog=[{**MODEL, "name": ""}, BIG],
+                tenants={"t": {"models": ["m"]}},
+            ),
+            [
+                "policy.quality_target: Input should be less than or equal to 1",
+                "catalog[0].name: String should have at least 1 character",
+                "policy.tenant_header: required when tenants are configured",
+            ],
+            id="a-broken-name-skips-only-the-not-in-catalog-checks",
+        ),
+        pytest.param(
+            {"policy": {"default_model": "m"}, "tenants": {"t": {"models": ["m"]}}, "capture": {"enabled": True}},
+            [
+                "catalog: Field required",
+                "policy.tenant_header: required when tenants are configured",
+                "capture.path: required when capture.enabled is true",
+            ],
+            id="a-missing-catalog-skips-only-what-reads-it",
+        ),
+        pytest.param(
+            base(policy={"default_model": 5}, tenants={"t": {"models": ["m"]}}),
+            [
+                "policy.default_model: Input should be a valid string",
+                "policy.tenant_header: required when tenants are configured",
+            ],
+            id="a-broken-default-model-is-not-compared-with-tenants",
+        ),
+        pytest.param(
+            base(
+                policy={"default_model": "m", "tenant_header": "x-tenant"},
+                tenants={"a": {"models": []}, "b": {"models": ["zz"], "default_model": "m"}},
+            ),
+            [
+                "tenants.a.models: Tuple should have at least 1 item after validation, not 0",
+                "tenants.b.models[0]: 'zz' is not in catalog",
+                "tenants.b.default_model: 'm' is not among the tenant's models",
+            ],
+            id="a-broken-tenant-hides-no-other",
+        ),
+        pytest.param(
+            base(
+                telemetry={"sampling_ratio": 2},
+                capture={"path": "/d/cap.jsonl"},
+                feedback={"enabled": True, "path": "/d/cap.jsonl", "listen": "127.0.0.1:9464"},
+            ),
+            [
+                "telemetry.sampling_ratio: Input should be less than or equal to 1",
+                "feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock",
+                "feedback.listen: must differ from telemetry.metrics_listen",
+            ],
+            id="learning-checks-beside-a-field-error",
+        ),
+        pytest.param(
+            base(
+                capture={"enabled": True, "path": ["x"]},
+                feedback={"enabled": "maybe", "path": "/d/cap.jsonl"},
+                tenants={"t": {}},
+            ),
+            [
+                "capture.path: Input is not a valid path for <class 'pathlib.Path'>",
+                "feedback.enabled: Input should be a valid boolean, unable to interpret input",
+                "policy.tenant_header: required when tenants are configured",
+            ],
+            id="broken-learning-fields-skip-the-checks-that-read-them",
+        ),
+    ],
+)
+def test_check_config_names_every_independent_problem_once(
+    data: dict[str, object], problems: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README "Configuration": a message per field, all at once. A check between fields still runs when an unrelated
+    field failed, and is skipped when a field it reads failed (that field's own problem is the one reported)."""
+    path = tmp_path / "model-router.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "model-router: invalid configuration:",
+        *(f"  {p}" for p in problems),
+    ]
 
 
 def test_unknown_model_without_ability_is_named() -> None:

@@ -32,6 +32,23 @@ def test_a_missing_or_non_pem_file_is_a_config_error_naming_the_field(
         server_credentials(tls.model_copy(update={field: tmp_path / "junk.pem"}))
 
 
+def test_every_bad_file_is_named_at_once(files: tuple[TestCA, TlsSettings], tmp_path: Path) -> None:
+    _, tls = files
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    broken = {
+        "cert_file": tmp_path / "cert.pem",
+        "key_file": tmp_path / "key.pem",
+        "client_ca_file": tmp_path / "junk.pem",
+    }
+    with pytest.raises(ConfigError) as info:
+        server_credentials(tls.model_copy(update=broken))
+    assert info.value.problems == [
+        f"server.tls.cert_file: cannot read {tmp_path}/cert.pem: No such file or directory",
+        f"server.tls.key_file: cannot read {tmp_path}/key.pem: No such file or directory",
+        f"server.tls.client_ca_file: {tmp_path}/junk.pem is not PEM",
+    ]
+
+
 def test_a_rotated_certificate_is_picked_up_and_a_broken_one_is_not(files: tuple[TestCA, TlsSettings]) -> None:
     ca, tls = files
     fetch = _CertificateFiles(tls)
