@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,14 +58,10 @@ def _listening(field: str) -> Iterator[None]:
 
 def _probe(address: str) -> None:
     """Bind ``address`` once with a plain socket and let go, for the OS's reason if it cannot be bound (gRPC only
-    says that binding failed). An existing Unix socket path is left to gRPC, which replaces a stale one."""
+    says that binding failed); :class:`ListenError` if a ``unix:`` path is not free for gRPC to take."""
     tcp = parse_listen(address, unix=True)
     if tcp is None:
-        path = address.removeprefix("unix:")
-        if not os.path.lexists(path):
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.bind(path)
-            os.unlink(path)
+        _probe_unix(address)
         return
     family, kind, proto, _, where = socket.getaddrinfo(*tcp, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     with socket.socket(family, kind, proto) as sock:
@@ -72,14 +69,46 @@ def _probe(address: str) -> None:
         sock.bind(where)
 
 
+def _probe_unix(address: str) -> None:
+    """gRPC unlinks any socket file at the path before it binds, even one a running process listens on (a second
+    router would take the path and leave the first running but unreachable), and fails with only "Failed to bind"
+    on anything else there. So: no file, a test bind; a socket, a connect, refused when something accepts it and
+    left to gRPC when nobody does (a stale socket left by a crash); anything else (a regular file, a directory) is
+    not gRPC's to take."""
+    path = address.removeprefix("unix:")
+    if not os.path.lexists(path):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path)
+        os.unlink(path)
+        return
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)  # through a symbolic link, as gRPC's own check
+    except FileNotFoundError:
+        is_socket = False  # a dangling symbolic link
+    if not is_socket:
+        raise ListenError(address, "it exists and is not a socket")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            return  # stale: nobody listens, gRPC replaces it
+        except (BlockingIOError, TimeoutError):
+            pass  # a listener whose backlog is full: still a listener
+    raise ListenError(address, "another process is listening on it")
+
+
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
-    """Add the port; :class:`ListenError` if it cannot be bound (in use, no such address or directory, no right)."""
+    """Add the port; :class:`ListenError` if it cannot be bound (in use, no such address or directory, no right, a
+    ``unix:`` path another process listens on or that is not a socket)."""
     try:
         _probe(address)
         if credentials:
             server.add_secure_port(address, credentials)
         else:
             server.add_insecure_port(address)
+    except ListenError:
+        raise
     except OSError as exc:
         raise ListenError(address, exc) from None
     except RuntimeError:  # gRPC's "Failed to bind", after the probe found nothing wrong (a race, or gRPC's own limits)

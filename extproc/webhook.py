@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import Mapping
@@ -33,10 +34,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from extproc.config import load_yaml, validate_model
+from extproc.config import load_yaml, parse_listen, validate_model
 from extproc.errors import ConfigError
+from extproc.wsgi_server import ListenError
 
 __all__ = [
     "ANNOTATION_CONFIG_MAP",
@@ -122,21 +124,24 @@ class InjectionSettings(_Strict):
         return self
 
 
+def _check_listen(value: str) -> str:
+    """The router's own listen-address rules (:func:`extproc.config.parse_listen`), and a fixed port."""
+    _, port = parse_listen(value)
+    if port == 0:
+        raise ValueError(f"{value!r}: the port must be 1..65535 (the Deployment's containerPort)")
+    return value
+
+
 class WebhookSettings(_Strict):
     """The webhook's config file."""
 
-    listen: Annotated[str, Field(pattern=r"^[^\s:]*:[0-9]{1,5}$")] = "0.0.0.0:8443"
-    """``host:port`` of the HTTPS server."""
+    listen: Annotated[str, AfterValidator(_check_listen)]
+    """``host:port`` of the HTTPS server (``[::]:port`` for IPv6). Required, and a host is required: the API server
+    reaches the webhook on the pod IP, so ``k8s/injector/webhook.yaml`` asks for every interface, ``0.0.0.0:8443``."""
     tls_cert_file: Path
     tls_key_file: Path
     sidecar: InjectionSettings
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @model_validator(mode="after")
-    def _port_in_range(self) -> Self:
-        if not 0 < int(self.listen.rsplit(":", 1)[1]) <= 65535:
-            raise ValueError("listen: the port must be 1..65535")
-        return self
 
 
 class InvalidReviewError(ValueError):
@@ -441,18 +446,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, json.dumps(answer).encode())
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host, int(port)
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def build_server(settings: WebhookSettings) -> ThreadingHTTPServer:
-    """Bind the HTTPS server (not yet serving); raises ``ConfigError`` if the certificate cannot be loaded."""
+    """Bind the HTTPS server (not yet serving); raises ``ConfigError`` if the certificate cannot be loaded or
+    ``listen`` cannot be bound (``listen: cannot listen on ADDRESS: address already in use``)."""
     try:
         tls = _ReloadingTLS(settings.tls_cert_file, settings.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError([f"tls_cert_file/tls_key_file: cannot load the certificate: {exc}"]) from None
-    return _Server(_split_listen(settings.listen), settings, tls)
+    host, port = parse_listen(settings.listen)  # validated with the config
+    try:
+        return (_Server6 if ":" in host else _Server)((host, port), settings, tls)
+    except OSError as exc:
+        raise ConfigError([f"listen: {ListenError(settings.listen, exc)}"]) from None
 
 
 def run_webhook(config_path: Path) -> int:

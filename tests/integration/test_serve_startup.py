@@ -1,12 +1,16 @@
 """``model-router serve`` start-up failures: a listener that cannot bind (port in use, missing directory, a second
-router on the same port) refuses the start with one line naming its config field and exit 2, like an invalid config,
-after closing whatever it had already started."""
+router on the same port or Unix socket, a regular file at the socket path) refuses the start with one line naming its
+config field and exit 2, like an invalid config, after closing whatever it had already started."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -18,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.stack import ENVOY_DIR, ROOT, Stack, deep_merge, free_port
 from extproc.errors import ConfigError
@@ -143,6 +148,91 @@ def test_a_second_router_on_the_same_port_is_refused(tmp_path: Path) -> None:
     finally:
         first.stop()
         second.stop()
+
+
+def _serving_on(address: str) -> bool:
+    """Whether a router answers SERVING on ``address`` (``unix:/path``) right now."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@contextlib.contextmanager
+def _router_on(workdir: Path, address: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A router process serving on ``address``, ready when this yields; killed on the way out if still running."""
+    config = _config(workdir, server={"listen": address})
+    log = workdir / "router.log"
+    with log.open("wb") as out:
+        argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config)]
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not _serving_on(address):
+            assert proc.poll() is None, f"router exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"router not ready:\n{log.read_text()}"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def test_a_second_router_on_the_same_unix_socket_is_refused(tmp_path: Path) -> None:
+    """gRPC replaces whatever socket file is at a ``unix:`` path, even one a running router listens on: the second
+    router would start and the first, still running, could no longer be reached. The start connects first: a
+    listener there refuses the start (exit 2); once the first router is gone, the same config starts."""
+    address = f"unix:{tmp_path}/r.sock"
+    second = _config(tmp_path / "second", server={"listen": address})
+    with _router_on(tmp_path / "first", address) as first:
+        _refused(_serve(second), f"server.listen: cannot listen on {address}: another process is listening on it")
+        assert _serving_on(address), "the first router is still reachable on its socket"
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+    with _router_on(tmp_path / "third", address) as third:
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=20) == 0
+
+
+def test_a_stale_unix_socket_is_replaced(tmp_path: Path) -> None:
+    """A router that crashed (SIGKILL) leaves its socket file behind with nobody listening (a connect is refused):
+    the next router replaces it and starts."""
+    address = f"unix:{tmp_path}/r.sock"
+    path = tmp_path / "r.sock"
+    with _router_on(tmp_path / "crashed", address) as crashed:
+        crashed.kill()
+        crashed.wait(timeout=15)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode), "the crash left the socket file"
+    with socket.socket(socket.AF_UNIX) as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(str(path))
+    with _router_on(tmp_path / "next", address) as router:
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "dangling-symlink"])
+def test_a_unix_path_that_is_not_a_socket_is_refused(tmp_path: Path, kind: str) -> None:
+    """A regular file (a directory, a symbolic link to nothing) at the socket path is not the router's to replace:
+    the start is refused with one line saying so, and the file is left as it was. (gRPC itself leaves it too, but
+    fails with "Failed to bind" and a log line of its own.)"""
+    path = tmp_path / "r.sock"
+    if kind == "file":
+        path.write_text("a user's data\n")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "nothing")
+    before = os.lstat(path)
+    address = f"unix:{path}"
+    run = _serve(_config(tmp_path / "router", server={"listen": address}))
+    _refused(run, f"server.listen: cannot listen on {address}: it exists and is not a socket")
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode, before.st_mtime_ns)
+    if kind == "file":
+        assert path.read_text() == "a user's data\n"
 
 
 def _grpc_default_server_cannot_bind(port: int) -> bool:

@@ -1189,6 +1189,7 @@ def test_injector_wiring(builds: dict[str, Objects], tmp_path: Path) -> None:
     assert settings.tls_key_file == Path(mounts[tls_volume]) / "tls.key"
     assert settings.sidecar.image == container["image"] == ROUTER_IMAGE
     listen_port = _port(settings.listen)
+    assert settings.listen == f"0.0.0.0:{listen_port}", "the API server calls the pod IP: every interface, explicitly"
     assert container["ports"] == [{"name": "https", "containerPort": listen_port, "protocol": "TCP"}]
     assert service["spec"]["ports"][0]["targetPort"] == "https"
     assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"

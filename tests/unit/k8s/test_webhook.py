@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -303,12 +304,49 @@ def test_config_errors_name_every_field() -> None:
 def test_config_rejects_same_ports_and_non_mapping() -> None:
     with pytest.raises(ConfigError, match=r"sidecar\.metrics_port: must differ"):
         parse_webhook_config(
-            {"tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i", "grpc_port": 1, "metrics_port": 1}}
+            {
+                "listen": "0.0.0.0:8443",
+                "tls_cert_file": "c",
+                "tls_key_file": "k",
+                "sidecar": {"image": "i", "grpc_port": 1, "metrics_port": 1},
+            }
         )
     with pytest.raises(ConfigError, match="<root>"):
         parse_webhook_config(["not", "a", "mapping"])
-    with pytest.raises(ConfigError, match=r"listen: the port must be 1\.\.65535"):
-        parse_webhook_config({"listen": ":70000", "tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i"}})
+
+
+NO_HOST = "has no host; write 127.0.0.1:8443, or 0.0.0.0:8443 for every interface"
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        pytest.param(":8443", f"':8443' {NO_HOST}", id="empty-host"),
+        pytest.param("8443", f"'8443' {NO_HOST}", id="bare-port"),
+        pytest.param("0.0.0.0:70000", "'0.0.0.0:70000': the port must be a number 0..65535", id="port-too-big"),
+        pytest.param("0.0.0.0:0", "'0.0.0.0:0': the port must be 1..65535 (the Deployment's containerPort)",
+                     id="port-zero"),
+        pytest.param("unix:/run/webhook.sock", "expected host:port ([::1]:port for IPv6), got 'unix:/run/webhook.sock'",
+                     id="unix"),
+        pytest.param("0.0.0.0 :8443", "expected host:port ([::1]:port for IPv6), got '0.0.0.0 :8443'", id="space"),
+        pytest.param(None, "Field required", id="missing"),
+    ],
+)  # fmt: skip
+def test_config_listen_is_parsed_like_the_routers(listen: str | None, problem: str) -> None:
+    """``listen`` follows the router's rules (extproc.config.parse_listen): a host is required, so every interface
+    is asked for explicitly (0.0.0.0:8443, as k8s/injector/webhook.yaml does), and there is no default."""
+    data: dict[str, Any] = {"tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i"}}
+    if listen is not None:
+        data["listen"] = listen
+    with pytest.raises(ConfigError) as info:
+        parse_webhook_config(data)
+    assert info.value.problems == [f"listen: {problem}"]
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8443", "127.0.0.1:8443", "[::]:8443", "[::1]:1", "localhost:65535"])
+def test_config_listen_accepts(listen: str) -> None:
+    data = {"listen": listen, "tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i"}}
+    assert parse_webhook_config(data).listen == listen
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
@@ -332,6 +370,47 @@ def test_unloadable_certificate_is_a_config_error(tmp_path: Path) -> None:
 
 
 # --- the real server over HTTPS ------------------------------------------------------------------------------------
+
+
+def _run_webhook(config: Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "extproc", "inject-webhook", "--config", str(config)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        pytest.param(":{port}", f"':{{port}}' {NO_HOST.replace('8443', '{port}')}", id="empty-host"),
+        pytest.param("127.0.0.1:{busy}", "cannot listen on 127.0.0.1:{busy}: address already in use", id="in-use"),
+        pytest.param("192.0.2.1:{port}", "cannot listen on 192.0.2.1:{port}: cannot assign requested address",
+                     id="not-a-local-address"),
+    ],
+)  # fmt: skip
+def test_webhook_with_a_bad_listen_exits_with_one_line(tmp_path: Path, listen: str, problem: str) -> None:
+    """``model-router inject-webhook`` with a listen address it refuses or cannot bind: exit 2 and one line naming
+    ``listen``, no traceback, nothing on stdout."""
+    cert, key = _self_signed(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        names = {"port": free_port(), "busy": holder.getsockname()[1]}
+        listen, problem = listen.format(**names), problem.format(**names)
+        config = tmp_path / "webhook.yaml"
+        data = {"listen": listen, "tls_cert_file": str(cert), "tls_key_file": str(key), "sidecar": {"image": "i"}}
+        config.write_text(yaml.safe_dump(data))
+        run = _run_webhook(config)
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr
+    assert run.stderr == f"model-router: invalid configuration:\n  listen: {problem}\n"
+
+
+def test_webhook_server_binds_ipv6(tmp_path: Path) -> None:
+    """``[::1]:port`` (accepted by the shared parser) binds an IPv6 socket, not a failed IPv4 one."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    settings = parse_webhook_config(
+        {"listen": f"[::1]:{port}", "tls_cert_file": str(cert), "tls_key_file": str(key), "sidecar": {"image": "i"}}
+    )
+    with build_server(settings) as server:
+        assert server.socket.family == socket.AF_INET6
+        assert server.socket.getsockname()[:2] == ("::1", port)
 
 
 def _self_signed(directory: Path, name_suffix: str = "") -> tuple[Path, Path]:
