@@ -25,7 +25,7 @@ import numpy.typing as npt
 import orjson
 
 from classifier.irt import fit_success_curve
-from classifier.jsonl import NOT_JSON, read_jsonl
+from classifier.jsonl import NOT_JSON, io_reason, read_jsonl
 from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.model import DifficultyModel
 
@@ -34,6 +34,7 @@ __all__ = [
     "NotJsonLine",
     "choose_pair",
     "last_user_text",
+    "load_items",
     "pair_gain_scores",
     "read_items",
     "run_eval",
@@ -64,11 +65,6 @@ def read_items(path: Path) -> Iterator[dict[str, Any]]:
         if item is NOT_JSON:
             raise NotJsonLine(path, number)
         yield item if isinstance(item, dict) else {"_invalid": item}
-
-
-def _why(exc: OSError | EOFError) -> str:
-    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def last_user_text(item: Mapping[str, Any]) -> str | None:
@@ -170,7 +166,7 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
     try:
         fig.savefig(path, dpi=120)
     except OSError as exc:
-        raise EvalError(f"cannot write --plot {path} ({_why(exc)})") from None
+        raise EvalError(f"cannot write --plot {path} ({io_reason(exc)})") from None
     except ValueError as exc:  # a suffix matplotlib has no writer for
         raise EvalError(f"cannot write --plot {path} ({exc})") from None
     finally:
@@ -203,14 +199,15 @@ def run_eval(
         return 2
 
 
-def _read_data(data: Path) -> list[dict[str, Any]]:
-    """Every item of ``--data``; :class:`EvalError` naming the file (and the line) if it cannot be read."""
+def load_items(option: str, path: Path) -> list[dict[str, Any]]:
+    """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
+    that is not JSON) if it cannot be read."""
     try:
-        return list(read_items(data))
+        return list(read_items(path))
     except NotJsonLine as exc:
-        raise EvalError(f"cannot read --data {data} (line {exc.number} is not JSON)") from None
+        raise EvalError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
     except (OSError, EOFError) as exc:
-        raise EvalError(f"cannot read --data {data} ({_why(exc)})") from None
+        raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
 
 
 def _run(
@@ -226,7 +223,7 @@ def _run(
     """The body of :func:`run_eval`; raises :class:`EvalError` for what the operator must fix."""
     if plot is not None:
         _check_plot_support()
-    items = _read_data(data)
+    items = load_items("--data", data)
     if not items:
         raise EvalError(f"--data {data} has no items")
     texts: list[str | None] = [text_of(item) for item in items]
@@ -241,7 +238,7 @@ def _run(
             for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
                 fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
     except OSError as exc:
-        raise EvalError(f"cannot write --out {out} ({_why(exc)})") from None
+        raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
     stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
     if unparsed.any():
         stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")

@@ -16,7 +16,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["NOT_JSON", "finite_number", "read_jsonl", "unit_score"]
+__all__ = ["NOT_JSON", "finite_number", "io_reason", "read_jsonl", "unit_score"]
 
 
 class _NotJson:
@@ -63,3 +63,8 @@ def unit_score(value: object) -> float | None:
     """``value`` as a score if it is a finite number in [0, 1], else None."""
     number = finite_number(value)
     return number if number is not None and 0.0 <= number <= 1.0 else None
+
+
+def io_reason(exc: OSError | EOFError) -> str:
+    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 from google.protobuf import json_format
@@ -32,14 +31,10 @@ from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import label
 from extproc.record import DiscardSink
 from extproc.schemas import schema_for_path
-from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
-from extproc.schemas.openai_completions import OpenAICompletions
-from extproc.schemas.openai_responses import OpenAIResponses
 
 __all__ = [
     "DEFAULT_CONFIGS",
-    "PROMPT_BODIES",
     "ExplainError",
     "ExplainInput",
     "RemoteTls",
@@ -158,43 +153,11 @@ def default_config() -> Path | None:
     return next((path for path in DEFAULT_CONFIGS if path.is_file()), None)
 
 
-def _chat_body(prompt: str, model: str) -> dict[str, Any]:
-    """OpenAI Chat Completions: one user message."""
-    return {"model": model, "messages": [{"role": "user", "content": prompt}]}
-
-
-def _completions_body(prompt: str, model: str) -> dict[str, Any]:
-    """OpenAI legacy Completions: the prompt string."""
-    return {"model": model, "prompt": prompt}
-
-
-def _responses_body(prompt: str, model: str) -> dict[str, Any]:
-    """OpenAI Responses: a string ``input``."""
-    return {"model": model, "input": prompt}
-
-
-def _anthropic_messages_body(prompt: str, model: str) -> dict[str, Any]:
-    """Anthropic Messages: one user turn. No ``max_tokens``, which the API requires but no value of which would be the
-    caller's: the output-token estimate is the policy's own, as for the other minimal bodies (``--file`` explains a
-    body with its own ``max_tokens``)."""
-    return {"model": model, "messages": [{"role": "user", "content": prompt}]}
-
-
-PROMPT_BODIES: Mapping[str, Callable[[str, str], dict[str, Any]]] = {
-    OpenAIChat.name: _chat_body,
-    OpenAICompletions.name: _completions_body,
-    OpenAIResponses.name: _responses_body,
-    AnthropicMessages.name: _anthropic_messages_body,
-}
-"""The minimal request body carrying a prompt, by the name of the schema that reads it: ``(prompt, model)``."""
-
-
 def prompt_body(prompt: str, model: str, path: str) -> bytes:
     """A minimal request body for ``path`` with ``prompt`` as the user's turn. A path no schema reads gets a chat
     body: the router passes it through untouched whatever it holds (``unknown_path``)."""
-    schema = schema_for_path(path)
-    build = PROMPT_BODIES[schema.name] if schema is not None else _chat_body
-    return orjson.dumps(build(prompt, model))
+    schema = schema_for_path(path) or OpenAIChat()
+    return orjson.dumps(schema.prompt_body(prompt, model))
 
 
 def _check_body(raw: bytes, where: str) -> bytes:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
+from classifier.jsonl import io_reason
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import from_legacy_dict, label
 
@@ -136,11 +137,6 @@ class ReportError(Exception):
     """An input that cannot be read or used, or an output that cannot be written: one line for the user, exit 2."""
 
 
-def _why(exc: OSError | EOFError) -> str:
-    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
-
-
 class LogReader:
     """Reads decision lines from log files (plain or .gz) and counts the bad ones."""
 
@@ -154,7 +150,7 @@ class LogReader:
             try:
                 yield from self._read(path)
             except (OSError, EOFError) as exc:
-                raise ReportError(f"cannot read {path} ({_why(exc)})") from None
+                raise ReportError(f"cannot read {path} ({io_reason(exc)})") from None
 
     def _read(self, path: Path) -> Iterator[api.RoutingDecision]:
         opener = gzip.open if path.suffix == ".gz" else open
@@ -234,14 +230,12 @@ class EvalCurve:
 
 def _eval_items(option: str, path: Path) -> list[dict[str, Any]]:
     """The items of an ``--eval`` or ``--data`` file; :class:`ReportError` naming the option if unreadable."""
-    from classifier.evaluate import NotJsonLine, read_items
+    from classifier.evaluate import EvalError, load_items
 
     try:
-        return list(read_items(path))
-    except NotJsonLine as exc:
-        raise ReportError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
-    except (OSError, EOFError) as exc:
-        raise ReportError(f"cannot read {option} {path} ({_why(exc)})") from None
+        return load_items(option, path)
+    except EvalError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _numbers(scores: Mapping[str, Any]) -> dict[str, float]:
@@ -378,35 +372,38 @@ def write_report(
     evaluation: EvalInput | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision; 2, with
-    one ``model-router report: ...`` line on ``err`` (default: the process's stderr), if a file cannot be read or
-    used, or the HTML report cannot be written."""
+    """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision (said on
+    ``err``, so ``--json`` output stays empty rather than not JSON); 2, with one ``model-router report: ...`` line on
+    ``err`` (default: the process's stderr), if a file cannot be read or used, or the HTML report cannot be written."""
+    err = sys.stderr if err is None else err
     try:
-        return _write_report(paths, out, as_json, html, evaluation)
+        return _write_report(paths, out, as_json, html, evaluation, err)
     except ReportError as exc:
         out.flush()  # what was printed so far, then the reason, in that order on a terminal
-        print(f"model-router report: {exc}", file=sys.stderr if err is None else err)
+        print(f"model-router report: {exc}", file=err)
         return 2
 
 
 def _write_report(
-    paths: list[Path], out: TextIO, as_json: bool, html: Path | None, evaluation: EvalInput | None
+    paths: list[Path], out: TextIO, as_json: bool, html: Path | None, evaluation: EvalInput | None, err: TextIO
 ) -> int:
     """The body of :func:`write_report`; raises :class:`ReportError` for what the operator must fix."""
     reader = LogReader()
     summary = summarise(reader.decisions(paths), 0)
     summary.bad_lines = reader.bad_lines
     if not summary.outcomes:
-        print("no decision events found: run the router with telemetry.decision_log: true", file=out)
+        print(
+            "model-router report: no decision events found: run the router with telemetry.decision_log: true", file=err
+        )
         if summary.bad_lines:
-            print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
+            print(f"model-router report: skipped {summary.bad_lines} unreadable decision line(s)", file=err)
         return 1
     curve = eval_curve(evaluation) if evaluation is not None else None
     if html is not None:  # before anything is printed: a failed run prints only its error
         try:
             html.write_text(render_html(summary, [str(p) for p in paths], curve), encoding="utf-8")
         except OSError as exc:
-            raise ReportError(f"cannot write --html {html} ({_why(exc)})") from None
+            raise ReportError(f"cannot write --html {html} ({io_reason(exc)})") from None
     if as_json:
         print(json.dumps(_json(summary), indent=2), file=out)
     else:

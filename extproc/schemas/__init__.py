@@ -1,6 +1,7 @@
 """One module per inbound API schema, behind the small :class:`ApiSchema` protocol, and the exact-path registry.
 
-A schema only *reads* its own wire format; rewriting ``model`` is schema-independent (``bodyedit.py``).
+A schema reads its own wire format (and builds the smallest body carrying a prompt, for ``explain``); rewriting
+``model`` is schema-independent (``bodyedit.py``).
 An unknown path passes through untouched: we are a guest on someone else's gateway.
 """
 
@@ -36,6 +37,10 @@ class ApiSchema(Protocol):
 
     def message_count(self, body: Mapping[str, Any]) -> int:
         """How many messages (or prompts) the request carries, for the ``limits.max_messages`` bound."""
+        ...
+
+    def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
+        """The smallest request body of this API carrying ``prompt`` as the user's turn (``model-router explain``)."""
         ...
 
 

@@ -68,6 +68,11 @@ class AnthropicMessages:
 
     name: ClassVar[str] = "anthropic.messages"
 
+    def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
+        """The smallest request carrying ``prompt`` as the user's turn (``explain``). No ``max_tokens``, which the API
+        requires but no value of which would be the caller's: the output-token estimate is then the policy's own."""
+        return {"model": model, "messages": [{"role": "user", "content": prompt}]}
+
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """Text of the last user turn; for a tool-result-only turn, the results' text or the previous user text."""
         for message in reversed(objects_in(body, "messages")):

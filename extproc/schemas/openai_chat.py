@@ -20,6 +20,10 @@ class OpenAIChat:
 
     name: ClassVar[str] = "openai.chat"
 
+    def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
+        """The smallest request carrying ``prompt`` as the user's turn (``explain``): one user message."""
+        return {"model": model, "messages": [{"role": "user", "content": prompt}]}
+
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """Text of the last user message."""
         for message in reversed(objects_in(body, "messages")):

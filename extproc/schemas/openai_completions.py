@@ -18,6 +18,10 @@ class OpenAICompletions:
 
     name: ClassVar[str] = "openai.completions"
 
+    def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
+        """The smallest request carrying ``prompt`` (``explain``): the prompt string."""
+        return {"model": model, "prompt": prompt}
+
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """The prompt string, or the strings of a list prompt joined by newlines."""
         prompt = body.get("prompt")

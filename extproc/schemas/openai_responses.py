@@ -51,6 +51,10 @@ class OpenAIResponses:
 
     name: ClassVar[str] = "openai.responses"
 
+    def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
+        """The smallest request carrying ``prompt`` as the user's turn (``explain``): a string ``input``."""
+        return {"model": model, "input": prompt}
+
     def prompt_text(self, body: Mapping[str, Any]) -> str:
         """``input`` if it is a string, else the text of the last user message item."""
         items = body.get("input")

@@ -19,7 +19,7 @@ from extproc import explain
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.cli import main
 from extproc.decision_proto import label
-from extproc.explain import _REASONS, PROMPT_BODIES, ExplainInput, run_explain
+from extproc.explain import _REASONS, ExplainInput, run_explain
 from extproc.policy import Reason
 from extproc.schemas import SCHEMAS_BY_PATH
 from tests.certs import TestCA
@@ -127,7 +127,6 @@ README_PATHS = _readme_routed_paths()
 
 def test_readme_lists_every_routed_path_and_each_schema_has_a_prompt_body() -> None:
     assert sorted(README_PATHS) == sorted(SCHEMAS_BY_PATH)
-    assert {schema.name for schema in SCHEMAS_BY_PATH.values()} == PROMPT_BODIES.keys()
 
 
 def _decision(capsys: pytest.CaptureFixture[str], argv: list[str], stdin: str | None = None) -> api.RoutingDecision:

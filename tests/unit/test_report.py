@@ -172,9 +172,10 @@ def test_json_totals(log: Path) -> None:
 def test_no_decisions_is_exit_1(tmp_path: Path) -> None:
     empty = tmp_path / "empty.log"
     empty.write_text("\n".join((*OTHER_LINES, BAD_LINES[0])) + "\n")
-    out = io.StringIO()
-    assert write_report([empty], out) == 1
-    assert "no decision events" in out.getvalue() and "skipped 1" in out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert write_report([empty], out, as_json=True, err=err) == 1
+    assert out.getvalue() == "", "--json output is JSON or nothing"
+    assert "no decision events" in err.getvalue() and "skipped 1" in err.getvalue()
 
 
 def _report_error(paths: list[Path], html: Path | None = None, evaluation: EvalInput | None = None) -> str:
