@@ -7,9 +7,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -17,6 +17,8 @@ from extproc.errors import ConfigError
 from extproc.labeling.options import add_label_parser
 
 __all__ = ["main", "prompt_text_of_item"]
+
+_T = TypeVar("_T")
 
 _EVAL_PATH = "/v1/chat/completions"
 _EVAL_MODEL = "auto"
@@ -143,19 +145,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Validate the config, then load what it names (classifier, signing keys, TLS files) and report every problem
+    of those three at once: each is checked even when another failed."""
+    from extproc.config import load_config
     from extproc.feedback_token import load_signing_keys
-    from extproc.reload import load_snapshot
+    from extproc.reload import load_model_for
+    from extproc.snapshot import build_snapshot
     from extproc.tls import server_credentials
 
-    snapshot = load_snapshot(args.config)
-    key_file = snapshot.settings.feedback.signing_key_file
-    keys = f"; {len(load_signing_keys(key_file))} feedback signing key(s)" if key_file else ""
-    tls = snapshot.settings.server.tls
+    settings = load_config(args.config)  # field problems: nothing below can be checked without valid settings
+    problems: list[str] = []
+
+    def attempt(load: Callable[[], _T]) -> _T | None:
+        try:
+            return load()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return None
+
+    snapshot = attempt(lambda: build_snapshot(settings, load_model_for))
+    key_file, tls = settings.feedback.signing_key_file, settings.server.tls
+    keys = attempt(lambda: load_signing_keys(key_file)) if key_file else ()
     if tls:
-        server_credentials(tls)  # reads the PEM files: an unreadable one is a ConfigError naming the field
+        attempt(lambda: server_credentials(tls))  # reads the PEM files: an unreadable one names its field
+    if problems or snapshot is None or keys is None:
+        raise ConfigError(problems)
     mode = ("; TLS with client certificates" if tls.client_ca_file else "; TLS") if tls else ""
     names = ", ".join(f"{m.name} ({m.tier}, ability {m.ability:.2f})" for m in snapshot.catalog)
-    print(f"ok: classifier {snapshot.model.name}; catalog: {names}{keys}{mode}")
+    signing = f"; {len(keys)} feedback signing key(s)" if key_file else ""
+    print(f"ok: classifier {snapshot.model.name}; catalog: {names}{signing}{mode}")
     return 0
 
 

@@ -18,6 +18,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ import orjson
 from extproc.errors import ConfigError
 
 __all__ = ["MIN_KEY_CHARS", "TokenError", "TokenSigner", "load_signing_keys"]
+
+_log = logging.getLogger("model_router.feedback")
 
 MIN_KEY_CHARS = 32
 """A key line's minimum length, e.g. ``openssl rand -hex 32`` (64 characters)."""
@@ -40,11 +44,24 @@ class TokenError(Exception):
 
 
 def load_signing_keys(path: Path) -> tuple[bytes, ...]:
-    """The keys in ``path`` (one per line; blank lines and ``#`` comments skipped); ``ConfigError`` names the field."""
+    """The keys in ``path`` (one per line; blank lines and ``#`` comments skipped); ``ConfigError`` names the field.
+
+    A file any local user may read (or group/others may write) is logged as a warning, not refused: whoever reads a
+    key can sign feedback for any decision, but a Kubernetes Secret mounts 0644 unless ``defaultMode`` says otherwise.
+    """
     try:
         text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{_FIELD}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"]) from None
+    if mode & 0o026:
+        _log.warning(
+            "%s: %s has mode %04o: other users can read (or change) the keys that sign feedback tokens; chmod 600, "
+            "or set defaultMode: 0400 on the Secret volume",
+            _FIELD,
+            path,
+            stat.S_IMODE(mode),
+        )
     lines = [line.strip() for line in text.splitlines()]
     keys = [line for line in lines if line and not line.startswith("#")]
     if not keys:

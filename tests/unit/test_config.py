@@ -129,6 +129,26 @@ _MISSING = "cannot read /nonexistent/model-router/{}: No such file or directory"
         ),
         pytest.param(
             base(
+                catalog=[{**MODEL, "ability": 0}],
+                classifier={"kind": "onnx", "model_dir": "/nonexistent/model-router/model"},
+                feedback={"signing_key_file": "/nonexistent/model-router/keys"},
+                server={
+                    "tls": {
+                        "cert_file": "/nonexistent/model-router/c.pem",
+                        "key_file": "/nonexistent/model-router/k.pem",
+                    }
+                },
+            ),
+            [
+                "classifier.model_dir: cannot load onnx model: /nonexistent/model-router/model/model.onnx is missing",
+                "feedback.signing_key_file: cannot read /nonexistent/model-router/keys: No such file or directory",
+                "server.tls.cert_file: " + _MISSING.format("c.pem"),
+                "server.tls.key_file: " + _MISSING.format("k.pem"),
+            ],
+            id="the-classifier-signing-keys-and-tls-files-are-all-checked",
+        ),
+        pytest.param(
+            base(
                 policy={"default_model": "m", "tenant_header": "x-tenant"},
                 catalog=[{**MODEL, "cluster": None}, BIG],
                 tenants={"t": {"models": ["m", "big", "zz"]}},

@@ -108,3 +108,19 @@ def test_check_config_reads_the_key_file(
         assert "feedback.signing_key_file: key 1 of" in out.err
     else:
         assert "1 feedback signing key(s)" in out.out
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [(0o600, False), (0o400, False), (0o640, False), (0o644, True), (0o660, True), (0o666, True)],
+)
+def test_a_key_file_others_can_read_or_change_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    """Loaded either way (a Kubernetes Secret mounts 0644 by default), but whoever reads a key can forge tokens."""
+    path = tmp_path / "keys"
+    path.write_text(KEY_A + "\n")
+    path.chmod(mode)
+    assert load_signing_keys(path) == (KEY_A.encode(),)
+    assert (f"has mode {mode:04o}" in caplog.text) is warned
+    assert KEY_A not in caplog.text, "the warning never shows a key"
