@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = _command(sub, "serve", "run the ext_proc gRPC server")
     serve.add_argument("--config", type=Path, required=True, help="YAML config file")
-    serve.add_argument("--listen", help="override server.listen (host:port or unix:/path)")
+    serve.add_argument("--listen", help="override server.listen (host:port, [::1]:port or unix:/absolute/path)")
     check = _command(sub, "check-config", "validate a config file and load its classifier")
     check.add_argument("--config", type=Path, required=True)
     ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
@@ -206,6 +206,12 @@ def _report(args: argparse.Namespace) -> int:
 
     if (args.eval_scores is None) != (args.data is None):
         print("model-router report: --eval and --data go together", file=sys.stderr)
+        return 2
+    if args.eval_scores is None and (args.weak or args.strong):
+        print(
+            "model-router report: --weak and --strong name models of --eval's data: give --eval and --data",
+            file=sys.stderr,
+        )
         return 2
     evaluation = EvalInput(args.eval_scores, args.data, args.weak, args.strong) if args.eval_scores else None
     return write_report(args.logs, sys.stdout, as_json=args.json, html=args.html, evaluation=evaluation, err=sys.stderr)

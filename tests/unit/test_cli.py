@@ -175,3 +175,12 @@ def test_adapt_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture
     argv = ["adapt", "--outcomes", str(missing), "--weak", "w", "--strong", "s", "--out", str(tmp_path / "m")]
     out = _fails_with(capsys, argv, f"model-router adapt: {missing}: cannot read outcome records...")
     assert out == ""
+
+
+@pytest.mark.parametrize("option", ["--weak", "--strong"])
+def test_report_model_names_without_eval_are_refused(
+    log: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    """They only mean something for --eval's data: silently ignoring them would print a report the user did not ask."""
+    line = "model-router report: --weak and --strong name models of --eval's data: give --eval and --data"
+    _fails_with(capsys, ["report", str(log), option, "gpt-4o"], line)
