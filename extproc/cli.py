@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -131,6 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
     from extproc.server import serve
     from extproc.snapshot import SnapshotRef
 
+    if hasattr(signal, "SIGHUP"):  # a reload sent while the model loads would kill the process: the server's handler
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # replaces this once it listens (and the file is read then)
     snapshot = load_snapshot(args.config)
     configure_logging(snapshot.settings.server.log_level)
     try:

@@ -57,7 +57,7 @@ def load_signing_keys(path: Path) -> tuple[bytes, ...]:
     if mode & 0o026:
         _log.warning(
             "%s: %s has mode %04o: other users can read (or change) the keys that sign feedback tokens; chmod 600, "
-            "or set defaultMode: 0400 on the Secret volume",
+            "or set defaultMode: 0440 (with the pod's fsGroup) on the Secret volume",
             _FIELD,
             path,
             stat.S_IMODE(mode),

@@ -23,11 +23,16 @@ from extproc.config import TelemetrySettings
 from extproc.decision_proto import OPTIONAL_NUMBERS, SCHEMA_NAMES, known_reason
 from extproc.errors import ConfigError
 from extproc.otlp import FinishedSpan, OtlpSpanExporter, encode_attribute, encode_double_attribute, exporter_options
+from extproc.policy import Reason
 from extproc.record import DecisionRecord, LogSink, Outcome
 
 __all__ = ["SPAN_NAME", "SpanSink", "Telemetry", "TraceParent", "parse_traceparent", "span_attributes"]
 
 SPAN_NAME = "model_router.decide"
+_ERROR_REASONS = frozenset({Reason.CLASSIFIER_FAILED.value})
+"""Fallbacks whose span status is ERROR: the router failed at its own work. The other fallbacks (no prompt text, no
+model that fits the context) are how a request is, not failures, and would inflate error-rate alerts."""
+
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _LOW64 = (1 << 64) - 1
 _SCOPE = "model_router"
@@ -359,7 +364,7 @@ class Telemetry:
                 end_unix_ns=rec.started_unix_ns + int(max(rec.total_seconds or 0.0, 0.0) * 1e9),
                 attributes=self._encoded_attributes(rec),
                 trace_state=state,
-                error=rec.reason if rec.outcome is Outcome.FALLBACK else None,
+                error=rec.reason if rec.reason in _ERROR_REASONS else None,
             )
         )
 

@@ -38,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from extproc.config import load_yaml, parse_listen, validate_model
 from extproc.errors import ConfigError
+from extproc.logs import configure_logging
 from extproc.wsgi_server import ListenError
 
 __all__ = [
@@ -178,9 +179,11 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
             {"name": "router-grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
             {"name": "router-metrics", "containerPort": settings.metrics_port, "protocol": "TCP"},
         ],
+        # As in k8s/base/deployment.yaml: the startup probe holds back the pod's containers until the model is
+        # loaded; no readinessProbe, since a native sidecar's readiness is the pod's and the pod's Envoy fails open
+        # without the router; a lenient liveness probe, so that load alone does not restart the router.
         "startupProbe": {"grpc": probe_port, "periodSeconds": 2, "failureThreshold": 30},
-        "readinessProbe": {"grpc": probe_port, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {"grpc": probe_port, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {"grpc": probe_port, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         "resources": resources,
         "securityContext": {
             "runAsUser": settings.run_as_user,
@@ -467,9 +470,7 @@ def build_server(settings: WebhookSettings) -> ThreadingHTTPServer:
 def run_webhook(config_path: Path) -> int:
     """Serve the webhook over HTTPS until SIGTERM or SIGINT; returns the process exit code."""
     settings = load_webhook_config(config_path)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
-    )
+    configure_logging(settings.log_level)  # one JSON object per line on stderr, as the router's own logs
     with build_server(settings) as server:
 
         def stop(signum: int, frame: FrameType | None) -> None:

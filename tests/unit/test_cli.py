@@ -184,3 +184,29 @@ def test_report_model_names_without_eval_are_refused(
     """They only mean something for --eval's data: silently ignoring them would print a report the user did not ask."""
     line = "model-router report: --weak and --strong name models of --eval's data: give --eval and --data"
     _fails_with(capsys, ["report", str(log), option, "gpt-4o"], line)
+
+
+def test_serve_ignores_sighup_until_it_can_reload(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SIGHUP's default action ends the process: a reload sent while the model loads (before the server installs its
+    handler) would kill the router. It is ignored from the moment serve starts."""
+    import signal
+
+    import extproc.reload
+
+    seen: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def load_snapshot(_path: Path) -> None:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        raise Stop
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    monkeypatch.setattr(extproc.reload, "load_snapshot", load_snapshot)
+    try:
+        with pytest.raises(Stop):
+            main(["serve", "--config", str(tmp_path / "model-router.yaml")])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert seen == [signal.SIG_IGN]

@@ -98,6 +98,14 @@ def test_fallback_span_has_error_status(telemetry: Telemetry, spans: SpanList) -
     assert span.parent_span_id == 0 and span.trace_id != 0
 
 
+@pytest.mark.parametrize("reason", ["no_prompt_text", "no_eligible_model"])
+def test_a_fallback_that_is_not_a_failure_is_not_an_error(telemetry: Telemetry, spans: SpanList, reason: str) -> None:
+    """An image-only prompt or one no model's window fits is how the request is: an ERROR span would page someone."""
+    telemetry.record(dataclasses.replace(FALLBACK, reason=reason))
+    (span,) = spans
+    assert span.error is None
+
+
 def test_unsampled_parent_is_respected(telemetry: Telemetry, spans: SpanList) -> None:
     unsampled = PARENT[:-2] + "00"
     telemetry.record(dataclasses.replace(ROUTED, traceparent=unsampled))

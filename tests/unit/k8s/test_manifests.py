@@ -531,8 +531,11 @@ def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> N
         f"/etc/model-router/{ROUTER_KEY}",
     ]
     grpc_port = _port(router["server"]["listen"])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert sidecar[probe]["grpc"]["port"] == grpc_port
+    # A native sidecar's readiness counts toward the pod's: a router slow to answer health checks under load would
+    # take the whole gateway out of its Service, though Envoy fails open without it. Only Envoy decides readiness.
+    assert "readinessProbe" not in sidecar
     assert router["server"]["listen"].startswith("0.0.0.0:"), "kubelet gRPC probes connect to the pod IP"
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
@@ -563,7 +566,11 @@ def test_pods_are_locked_down(builds: dict[str, Objects], directory: str) -> Non
             assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), (name, c["name"])
             assert {"cpu", "memory"} <= set(c["resources"]["limits"]), (name, c["name"])
-            assert c.get("readinessProbe") and c.get("livenessProbe"), (name, c["name"])
+            assert c.get("livenessProbe"), (name, c["name"])
+            if c.get("restartPolicy") == "Always":  # a native sidecar: its readiness would be the pod's (above)
+                assert "readinessProbe" not in c, (name, c["name"])
+            else:
+                assert c.get("readinessProbe"), (name, c["name"])
             if c["image"].startswith("ghcr.io/example/model-router"):
                 assert c["image"] == ROUTER_IMAGE, "one router image everywhere"
 
@@ -873,7 +880,8 @@ def test_router_probes_are_grpc_in_plaintext_and_tcp_socket_with_tls(
     assert pods
     for spec in pods:
         router = _router_container(spec)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probes = ["startupProbe", "livenessProbe"] + ([] if directory == "base" else ["readinessProbe"])
+        for probe in probes:  # base's router is a native sidecar: no readinessProbe (test above)
             handlers = {k for k in router[probe] if k in ("grpc", "tcpSocket", "httpGet", "exec")}
             if settings.server.tls is None:
                 assert handlers == {"grpc"}, (directory, probe)
@@ -886,6 +894,23 @@ def test_router_probes_are_grpc_in_plaintext_and_tcp_socket_with_tls(
                     k: v for k, v in plain.items() if k != "grpc"
                 }, f"{probe}: only the handler changes"
     assert (settings.server.tls is not None) == (directory in TLS_OVERLAYS)
+
+
+@pytest.mark.parametrize("directory", ["base", *ROUTER_DIRS])
+def test_router_probes_tolerate_load(builds: dict[str, Objects], directory: str) -> None:
+    """A router busy with traffic answers health checks late: that alone must not restart it (liveness waits 5 s
+    per check and a minute in all) nor, for the standalone router, take a replica out of its Service's endpoints
+    on one slow answer (readiness waits 3 s per check, 3 checks in a row). The sidecar has no readiness (above)."""
+    for name, _, spec in _pod_specs(builds[directory]):
+        if name == "model-router-injector":
+            continue
+        router = _router_container(spec)
+        liveness = router["livenessProbe"]
+        assert liveness["timeoutSeconds"] >= 5, (directory, liveness)
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60, (directory, liveness)
+        if directory != "base":
+            readiness = router["readinessProbe"]
+            assert readiness["timeoutSeconds"] >= 3 and readiness["failureThreshold"] >= 3, (directory, readiness)
 
 
 @pytest.mark.parametrize("directory", TLS_OVERLAYS)

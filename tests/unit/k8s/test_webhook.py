@@ -193,8 +193,11 @@ def test_injected_sidecar_matches_the_base_deployment() -> None:
     base_spec = find(kustomize("base"), "Deployment")["spec"]["template"]["spec"]
     base = base_spec["initContainers"][0]
     same = ("name", "image", "restartPolicy", "command", "args", "ports", "resources", "startupProbe",
-            "readinessProbe", "livenessProbe")  # fmt: skip
+            "livenessProbe")  # fmt: skip
     assert {k: injected[k] for k in same} == {k: base[k] for k in same}
+    # A native sidecar's readiness is the pod's: a router slow under load would take the injected pod out of its
+    # Service, though its Envoy fails open without the router. So, as in k8s/base, no readinessProbe.
+    assert "readinessProbe" not in injected and "readinessProbe" not in base
     assert injected["securityContext"] == {**base["securityContext"], "seccompProfile": {"type": "RuntimeDefault"}}
     base_paths = [m["mountPath"] for m in base["volumeMounts"]]
     assert [m["mountPath"] for m in injected["volumeMounts"]] == base_paths
@@ -518,6 +521,27 @@ def test_webhook_server_over_https(webhook: tuple[int, ssl.SSLContext, Path]) ->
 
     with pytest.raises(ssl.SSLCertVerificationError):
         _request(port, ssl.create_default_context(), "GET", "/healthz")
+
+
+def test_webhook_logs_one_json_object_per_line(webhook: tuple[int, ssl.SSLContext, Path]) -> None:
+    """The webhook logs like the router (extproc.logs): each line on stderr is one JSON object, even when what it
+    logs holds quotes (``inject: "false"``), backslashes and newlines (here from the request's namespace and uid)."""
+    port, client, directory = webhook
+    namespace, uid = 'gw"\\ns\nforged"}', 'uid-"1"\\2\n3'
+    for wanted in ({ANNOTATION_INJECT: "false"}, {ANNOTATION_INJECT: 'say "yes"\\\n'}):
+        body = review(pod(wanted))
+        body["request"].update(namespace=namespace, uid=uid)
+        assert _request(port, client, "POST", "/mutate", json.dumps(body).encode())[0] == 200
+    ready = "model-router inject-webhook ready on"  # the one line on stdout, merged into the same file here
+    lines = [line for line in (directory / "webhook.log").read_text().splitlines() if not line.startswith(ready)]
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and {"ts", "level", "logger", "msg"} <= set(r) for r in records), lines
+    decisions = [r["msg"] for r in records if r["logger"] == "model_router.webhook" and uid in r["msg"]]
+    assert decisions == [
+        f'{namespace} uid={uid}: not injected: opted out ({ANNOTATION_INJECT}: "false")',
+        f'{namespace} uid={uid}: not injected: {ANNOTATION_INJECT} must be "true" or "false", got '
+        + repr('say "yes"\\\n'),
+    ]
 
 
 def test_webhook_server_picks_up_a_renewed_certificate(webhook: tuple[int, ssl.SSLContext, Path]) -> None:
