@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from extproc.config import CaptureSettings
+from extproc.policy import Reason
 from extproc.record import DecisionRecord, Outcome
 from extproc.request import ParsedRequest
 from extproc.schemas.openai_chat import OpenAIChat
@@ -29,7 +30,9 @@ from extproc.spool import Spool, SpoolTarget, rotated_path
 __all__ = ["CAPTURED_OUTCOMES", "TIME_KEY", "PromptCapture", "capture_line", "capture_messages"]
 
 CAPTURED_OUTCOMES = frozenset({Outcome.ROUTED, Outcome.FALLBACK, Outcome.SHADOW})
-"""Decisions worth labelling: the router chose (or would have chosen) a model for the prompt."""
+"""Decisions worth labelling: the router chose (or would have chosen) a model for the prompt, unless a trusted
+caller pinned the model (``trusted_override``: ``model-router label`` replays captured prompts that way)."""
+PINNED = Reason.TRUSTED_OVERRIDE.value
 TIME_KEY = "captured_unix"
 
 
@@ -73,6 +76,8 @@ class PromptCapture:
     def offer(self, settings: CaptureSettings, rec: DecisionRecord, parsed: ParsedRequest) -> bool:
         """Capture this decision's prompt if capture is on and the sample says so; never blocks."""
         if not settings.enabled or rec.outcome not in CAPTURED_OUTCOMES or not parsed.prompt_text.strip():
+            return False
+        if rec.reason == PINNED:  # a labeller's (or operator's) pinned replay: capturing it would label it again
             return False
         if self._rng() >= settings.sample_rate:
             return False

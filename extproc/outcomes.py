@@ -10,21 +10,25 @@ is one observation of the same outcome. Feedback whose decision has no captured 
 its line expired) is counted and skipped; so are malformed lines, repeated capture lines for one id (the first
 wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive) and, unless
 ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
-files). The output holds prompts: it is created with mode 0600.
+files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any other
+missing input is an error. The output holds prompts: it is created with mode 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import stat
+import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 import orjson
 
-from classifier.jsonl import NOT_JSON, read_jsonl, unit_score
+from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
 
 __all__ = ["JoinStats", "join_outcomes", "run_outcomes"]
 
@@ -47,6 +51,8 @@ class JoinStats:
     orphan_feedback: int = 0
     """Feedback lines whose decision has no captured prompt."""
     orphan_decisions: int = 0
+    missing_rotated: list[Path] = field(default_factory=list)
+    """Inputs ``X.1`` given with ``X`` that did not exist (the router has not rotated ``X`` yet)."""
 
     def summary(self, out: Path, keep_unscored: bool) -> str:
         """Two lines for people: what was written, and what was skipped and why."""
@@ -62,28 +68,81 @@ class JoinStats:
             f"lines, {self.duplicate_capture} repeated capture lines, {self.duplicate_feedback} repeated feedback "
             f"lines; {self.unscored_capture} captured prompts "
             f"without feedback ({unscored})"
+            + "".join(f"\nskipped missing {path} (not rotated yet)" for path in self.missing_rotated)
         )
 
 
-def _lines(files: Sequence[tuple[Path, IO[bytes]]]) -> Iterator[Any]:
-    """Each line of each (already open) file, parsed; a line that is not JSON is ``None``."""
+class InputError(Exception):
+    """An input that cannot be read: ``flag`` (``--capture``/``--feedback``), the path as given, and why."""
+
+    def __init__(self, flag: str, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read {flag} {path} ({reason})")
+
+
+def _read_reason(exc: OSError | EOFError | zlib.error) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, gzip.BadGzipFile):
+        return "not a gzip file"
+    if isinstance(exc, EOFError):
+        return "truncated gzip file"
+    if isinstance(exc, zlib.error):
+        return "corrupt gzip file"
+    return io_reason(exc)
+
+
+def _lines(files: Sequence[tuple[Path, IO[bytes]]], flag: str) -> Iterator[Any]:
+    """Each line of each (already open) file, parsed; a line that is not JSON is ``None``. A file that cannot be
+    read (a corrupt ``.gz``) raises :class:`InputError`."""
     for path, opened in files:
-        for _, value in read_jsonl(path, opened):
-            yield None if value is NOT_JSON else value
+        try:
+            for _, value in read_jsonl(path, opened):
+                yield None if value is NOT_JSON else value
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(flag, path, _read_reason(exc)) from exc
 
 
-def _open_all(stack: contextlib.ExitStack, paths: Sequence[Path]) -> list[tuple[Path, IO[bytes]]]:
-    """Every input opened before any is read, each file once: the router may rotate ``capture.jsonl`` to
-    ``capture.jsonl.1`` while a large ``.1`` is being read, and open files keep their contents (a file opened
-    under both names after such a rotation is read once)."""
+def _rotated(path: Path, paths: Sequence[Path]) -> bool:
+    """``path`` is ``X.1`` for another input ``X``: the file the router rotates ``X`` to."""
+    return path.name.endswith(".1") and path.with_name(path.name[:-2]) in paths
+
+
+def _open_all(
+    stack: contextlib.ExitStack, paths: Sequence[Path], flag: str = "--capture", missing: list[Path] | None = None
+) -> list[tuple[Path, IO[bytes]]]:
+    """Every input opened before any is read, each file once, returned in the order given.
+
+    The router may rotate ``capture.jsonl`` to ``capture.jsonl.1`` (replacing the old ``.1``) at any moment, and an
+    open file keeps its contents. Each live file is therefore opened before its ``.1`` whatever the argument order:
+    a rotation between the two opens then finds the same file under both names, read once, which is what both names
+    held just after the rotation (the other order would read the old ``.1`` and the new, empty live file, and lose
+    the previous live file). A rotated ``.1`` that does not exist yet is skipped and appended to ``missing``."""
+    order = sorted(range(len(paths)), key=lambda i: _rotated(paths[i], paths))  # live files first; stable
+    opened: dict[int, tuple[IO[bytes], tuple[int, int]]] = {}
+    for i in order:
+        path = paths[i]
+        try:
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                raise InputError(flag, path, "not a regular file")  # a FIFO would block the open
+            fh = stack.enter_context(path.open("rb"))
+        except FileNotFoundError:
+            if _rotated(path, paths) and missing is not None:
+                missing.append(path)
+                continue
+            raise InputError(flag, path, "no such file") from None
+        except OSError as exc:
+            raise InputError(flag, path, _read_reason(exc)) from exc
+        st = os.fstat(fh.fileno())
+        opened[i] = (fh, (st.st_dev, st.st_ino))
     files: list[tuple[Path, IO[bytes]]] = []
     seen: set[tuple[int, int]] = set()
-    for path in paths:
-        fh = stack.enter_context(path.open("rb"))
-        st = os.fstat(fh.fileno())
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            files.append((path, fh))
+    for i in range(len(paths)):
+        if i in opened and opened[i][1] not in seen:
+            seen.add(opened[i][1])
+            files.append((paths[i], opened[i][0]))
     return files
 
 
@@ -92,7 +151,7 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
     before feedback ids existed have none and are all kept)."""
     by_id: dict[str, dict[str, list[float]]] = {}
     seen: set[str] = set()
-    for line in _lines(paths):
+    for line in _lines(paths, "--feedback"):
         decision_id = line.get("decision_id") if isinstance(line, dict) else None
         model = line.get("model") if isinstance(line, dict) else None
         score = unit_score(line.get("score")) if isinstance(line, dict) else None
@@ -115,9 +174,18 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
 def join_outcomes(
     captures: Sequence[Path], feedback: Sequence[Path], out: IO[bytes], keep_unscored: bool = False
 ) -> JoinStats:
-    """Write the joined records to ``out`` in capture order; return the counts."""
+    """Write the joined records to ``out`` in capture order; return the counts. An input that cannot be read
+    raises :class:`InputError`."""
+    missing: list[Path] = []
     with contextlib.ExitStack() as stack:
-        return _join(_open_all(stack, captures), _open_all(stack, feedback), out, keep_unscored)
+        stats = _join(
+            _open_all(stack, captures, "--capture", missing),
+            _open_all(stack, feedback, "--feedback", missing),
+            out,
+            keep_unscored,
+        )
+    stats.missing_rotated = missing
+    return stats
 
 
 def _join(
@@ -129,7 +197,7 @@ def _join(
     stats = JoinStats()
     scores = _read_feedback(feedback, stats)
     seen: set[str] = set()
-    for line in _lines(captures):
+    for line in _lines(captures, "--capture"):
         decision_id = line.get("id") if isinstance(line, dict) else None
         messages = line.get("messages") if isinstance(line, dict) else None
         if not isinstance(decision_id, str) or not decision_id or not isinstance(messages, list) or not messages:
@@ -166,11 +234,8 @@ def run_outcomes(
     stdout: TextIO,
     stderr: TextIO,
 ) -> int:
-    """The ``model-router outcomes`` command: 0 on success, 2 (one line on stderr) if a file cannot be read."""
-    for path in (*captures, *feedback):
-        if not path.is_file():
-            print(f"model-router outcomes: {path}: no such file", file=stderr)
-            return 2
+    """The ``model-router outcomes`` command: 0 on success, 2 (one line on stderr naming the argument and the file)
+    if an input cannot be read or the output cannot be written."""
     # Written next to ``out`` and renamed over it only when the join succeeded: a failed run (a corrupt .gz among
     # the inputs) leaves the previous output whole, never an empty or partial file that adapt would read.
     partial = out.with_name(f".{out.name}.partial")
@@ -180,10 +245,11 @@ def run_outcomes(
         with os.fdopen(fd, "wb") as f:
             stats = join_outcomes(captures, feedback, f, keep_unscored)
         os.replace(partial, out)
-    except (OSError, EOFError) as exc:
+    except (InputError, OSError) as exc:
         with contextlib.suppress(OSError):
             partial.unlink()
-        print(f"model-router outcomes: {exc}", file=stderr)
+        message = str(exc) if isinstance(exc, InputError) else f"cannot write --out {out} ({io_reason(exc)})"
+        print(f"model-router outcomes: {message}", file=stderr)
         return 2
     print(stats.summary(out, keep_unscored), file=stdout)
     return 0

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from classifier.jsonl import io_reason
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import from_legacy_dict, label
+from extproc.policy import Reason
 
 __all__ = [
     "CandidateComparison",
@@ -42,6 +43,9 @@ __all__ = [
 
 _COUNTED = ("routed", "fallback", "shadow")
 NOT_ROUTED = "(not routed)"
+PINNED = "(pinned)"
+"""The tier of decisions a trusted caller pinned (``trusted_override``, e.g. ``model-router label``'s replays): not
+the router's choice, so not its savings."""
 """The tier label of pass-throughs and rejections in the traffic shares."""
 
 
@@ -127,7 +131,8 @@ class Summary:
     by_day: dict[str, Savings] = field(default_factory=dict)
     total: Savings = field(default_factory=Savings)
     tiers: dict[str, int] = field(default_factory=dict)
-    """Every decision by the tier it was sent to (:data:`NOT_ROUTED` for pass-throughs and rejections)."""
+    """Every decision by the tier it was sent to (:data:`NOT_ROUTED` for pass-throughs and rejections, :data:`PINNED`
+    for pinned requests)."""
     outcomes: dict[str, int] = field(default_factory=dict)
     bad_lines: int = 0
     candidate: CandidateComparison = field(default_factory=CandidateComparison)
@@ -186,8 +191,9 @@ def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> S
     for d in decisions:
         outcome = label("outcome", d.outcome) if d.outcome else "unspecified"
         s.outcomes[outcome] = s.outcomes.get(outcome, 0) + 1
-        chose = outcome in _COUNTED and bool(d.selected_model)
-        tier = (d.tier or "-") if chose else NOT_ROUTED
+        pinned = label("reason", d.reason) == Reason.TRUSTED_OVERRIDE.value if d.reason else False
+        chose = outcome in _COUNTED and bool(d.selected_model) and not pinned
+        tier = (d.tier or "-") if chose else (PINNED if pinned else NOT_ROUTED)
         s.tiers[tier] = s.tiers.get(tier, 0) + 1
         if chose and d.candidate_selected_model and d.HasField("estimated_cost_candidate"):
             s.candidate.add(d)
@@ -468,7 +474,7 @@ def _tier_section(tiers: Mapping[str, int]) -> str:
     bar, rows = [], []
     for i, (tier, n) in enumerate(sorted(tiers.items(), key=lambda kv: (-kv[1], kv[0]))):
         share = 100 * n / total if total else 0.0
-        colour = "#cbd5e1" if tier == NOT_ROUTED else _TIER_COLOURS[i % len(_TIER_COLOURS)]
+        colour = "#cbd5e1" if tier in (NOT_ROUTED, PINNED) else _TIER_COLOURS[i % len(_TIER_COLOURS)]
         bar.append(f'<div style="width:{share:.3f}%;background:{colour}" title="{html.escape(tier)}"></div>')
         rows.append(
             f'<tr><td><span style="color:{colour}">&#9632;</span> {html.escape(tier)}</td>'

@@ -262,7 +262,13 @@ class StreamHandler:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).
             self._pass(PassReason.BODY_TOO_LARGE)
             return [self._continue("request_body")]
-        if memory_key is not None and self._memory is not None and not policy.shadow:
+        # A pinned request (a labeller replaying a captured conversation) must not raise that conversation's floor.
+        if (
+            memory_key is not None
+            and self._memory is not None
+            and not policy.shadow
+            and decision.reason is not Reason.TRUSTED_OVERRIDE
+        ):
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
             self._memory.remember(memory_key, decision.model.ability, ttl)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))

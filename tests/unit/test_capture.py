@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -121,6 +122,19 @@ def test_what_is_not_captured(
     assert not capture.offer(settings, _record(outcome), prompt)
     capture.close()
     assert _lines(path) == []
+
+
+def test_a_pinned_decision_is_not_captured(tmp_path: Path) -> None:
+    """``model-router label`` replays captured prompts pinned to each model: capturing those would label the same
+    prompt again under new ids (and put it on both sides of adapt's folds)."""
+    spool, path = _spool(tmp_path)
+    capture = PromptCapture(spool, rng=lambda: 0.0)
+    settings = CaptureSettings(enabled=True, path=path, sample_rate=1.0)
+    capture.configure(settings)
+    assert not capture.offer(settings, dataclasses.replace(_record(), reason="trusted_override"), CHAT)
+    assert capture.offer(settings, _record(), CHAT)
+    capture.close()
+    assert len(_lines(path)) == 1
 
 
 @pytest.mark.parametrize(

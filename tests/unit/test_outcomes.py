@@ -117,8 +117,69 @@ def test_cli_reads_gzip_writes_private_file_and_summarises(tmp_path: Path, capsy
 def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
     err = io.StringIO()
     code = run_outcomes([tmp_path / "nope.jsonl"], [], tmp_path / "out.jsonl", False, io.StringIO(), err)
-    assert code == 2 and err.getvalue().count("\n") == 1 and "nope.jsonl: no such file" in err.getvalue()
-    assert not (tmp_path / "out.jsonl").exists()
+    assert err.getvalue() == f"model-router outcomes: cannot read --capture {tmp_path / 'nope.jsonl'} (no such file)\n"
+    assert code == 2 and sorted(tmp_path.iterdir()) == []
+
+
+def test_the_readme_command_works_before_the_first_rotation(tmp_path: Path) -> None:
+    """A missing ``X.1`` given with ``X`` is skipped and named; a missing live file, or a ``.1`` alone, is an error."""
+    live = _write(tmp_path / "capture.jsonl", [_capture("a")])
+    feedback = _write(tmp_path / "feedback.jsonl", [_fb("a", "m", 1)])
+    rotated, feedback_rotated = tmp_path / "capture.jsonl.1", tmp_path / "feedback.jsonl.1"
+    out, stdout = tmp_path / "out.jsonl", io.StringIO()
+    code = run_outcomes([rotated, live], [feedback_rotated, feedback], out, False, stdout, io.StringIO())
+    assert code == 0 and [r["id"] for r in _records(out)] == ["a"]
+    assert stdout.getvalue().splitlines()[2:] == [
+        f"skipped missing {rotated} (not rotated yet)",
+        f"skipped missing {feedback_rotated} (not rotated yet)",
+    ]
+    assert "not rotated" not in run_ok_summary(tmp_path, [live], [feedback])
+    for captures, feedbacks, named in (
+        ([rotated], [feedback], f"--capture {rotated}"),  # a .1 without its live file: a typo, not a rotation
+        ([live, tmp_path / "other.jsonl.1"], [feedback], f"--capture {tmp_path / 'other.jsonl.1'}"),
+        (
+            [live],
+            [_write(tmp_path / "gone.jsonl.1", []), tmp_path / "gone.jsonl"],
+            f"--feedback {tmp_path / 'gone.jsonl'}",
+        ),
+    ):
+        err = io.StringIO()
+        assert run_outcomes(captures, feedbacks, out, False, io.StringIO(), err) == 2
+        assert err.getvalue() == f"model-router outcomes: cannot read {named} (no such file)\n"
+
+
+def run_ok_summary(tmp_path: Path, captures: list[Path], feedback: list[Path]) -> str:
+    stdout = io.StringIO()
+    assert run_outcomes(captures, feedback, tmp_path / "ok.jsonl", False, stdout, io.StringIO()) == 0
+    return stdout.getvalue()
+
+
+def test_errors_name_the_argument_and_the_file(tmp_path: Path) -> None:
+    captures = _write(tmp_path / "c.jsonl", [_capture("a")])
+    feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])
+    not_gzip = _write(tmp_path / "plain.jsonl.gz", [_capture("a")])
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(gzip.compress(b"x" * 1000)[:10] + b"garbage, not deflate" * 5)
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b"\n".join(json.dumps(_capture(f"b{n}")).encode() for n in range(500)))[:-40])
+    out = tmp_path / "out.jsonl"
+    cases = [
+        ([not_gzip], [feedback], out, f"cannot read --capture {not_gzip} (not a gzip file)"),
+        ([captures], [corrupt], out, f"cannot read --feedback {corrupt} (corrupt gzip file)"),
+        ([truncated], [feedback], out, f"cannot read --capture {truncated} (truncated gzip file)"),
+        ([tmp_path], [feedback], out, f"cannot read --capture {tmp_path} (is a directory)"),
+        (
+            [captures],
+            [feedback],
+            tmp_path / "x" / "o.jsonl",
+            f"cannot write --out {tmp_path / 'x' / 'o.jsonl'} (No such file or directory)",
+        ),
+    ]
+    for caps, fbs, target, message in cases:
+        err = io.StringIO()
+        assert run_outcomes(caps, fbs, target, False, io.StringIO(), err) == 2
+        assert err.getvalue() == f"model-router outcomes: {message}\n"
+    assert not out.exists()
 
 
 def test_a_failed_run_leaves_the_previous_output_whole(tmp_path: Path) -> None:
@@ -155,3 +216,35 @@ def test_a_rotation_during_the_run_loses_and_doubles_nothing(tmp_path: Path) -> 
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["id"] for r in records] == ["old", "new"]
     assert records[1]["scores"] == {"m": 0.0} and stats.averaged == 1, "the feedback file given twice is read once"
+
+
+def test_a_rotation_between_the_opens_keeps_the_live_file_in_either_argument_order(tmp_path: Path) -> None:
+    """Each live file is opened before its ``.1``: a rotation between the two opens then finds the same file under
+    both names (read once), never the old ``.1`` and the new empty live file (which would lose the live file)."""
+    import contextlib
+
+    from extproc import outcomes
+
+    live, previous = tmp_path / "capture.jsonl", tmp_path / "capture.jsonl.1"
+
+    class RotateAfterFirstOpen(contextlib.ExitStack):
+        rotated = False
+
+        def enter_context(self, cm: Any) -> Any:
+            opened = super().enter_context(cm)
+            if not self.rotated:
+                self.rotated = True
+                live.replace(previous)  # the router's rotation: the live file becomes .1, the old .1 is gone
+                _write(live, [_capture("newest")])
+            return opened
+
+    feedback = _write(tmp_path / "f.jsonl", [_fb("new", "m", 1)])
+    for order in ([previous, live], [live, previous]):
+        _write(previous, [_capture("old")])
+        _write(live, [_capture("new")])
+        out = io.BytesIO()
+        with RotateAfterFirstOpen() as stack:
+            files = outcomes._open_all(stack, order)
+            stats = outcomes._join(files, outcomes._open_all(stack, [feedback]), out, True)
+        assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["new"], order
+        assert stats.records == 1 and stats.orphan_feedback == 0

@@ -353,3 +353,19 @@ def test_html_report_in_headless_chromium(log: Path, tmp_path: Path, request: py
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if request.config.getoption("--update-golden"):
         shutil.copyfile(shot, ROOT / "docs" / "report.png")
+
+
+def test_pinned_requests_are_their_own_tier_and_not_savings(tmp_path: Path) -> None:
+    """``model-router label`` replays prompts pinned to each model (``trusted_override``): counting them would report
+    the labeller's traffic as the router's savings."""
+    routed = _records(n=3)[0]
+    routed = dataclasses.replace(routed, outcome=Outcome.ROUTED, reason="cheapest_meeting_target")
+    pinned = dataclasses.replace(routed, decision_id="00000000000000ff", reason="trusted_override", cost_selected=0.0)
+    log = tmp_path / "router.log"
+    log.write_text(_log_line(routed) + "\n" + _log_line(pinned) + "\n")
+    out = io.StringIO()
+    assert write_report([log], out, as_json=True) == 0
+    data = json.loads(out.getvalue())
+    assert data["total"]["requests"] == 1
+    assert data["total"]["saved"] == pytest.approx(routed.cost_requested - routed.cost_selected)
+    assert data["tiers"] == {routed.tier: 1, "(pinned)": 1}

@@ -349,6 +349,23 @@ async def test_a_client_session_header_is_honoured_only_when_configured(
     assert (other.selected_model == "gpt-4o") is shared
 
 
+async def test_a_pinned_turn_does_not_raise_the_conversation_floor() -> None:
+    """``model-router label`` replays captured conversations pinned to each model: a replay pinned to gpt-4o must not
+    move the live user's later turns to gpt-4o."""
+    import hashlib
+
+    from extproc.config import OverrideSettings, SecuritySettings
+
+    secret = "s3cret-token"
+    trusted = SecuritySettings(override=OverrideSettings(token_sha256=hashlib.sha256(secret.encode()).hexdigest()))
+    turn = _conversation(security=trusted)
+    pin = {"x-model-router-override": "gpt-4o", "x-model-router-override-token": secret}
+    pinned = await turn("easy", **{"x-session-id": "s1"}, **pin)
+    assert (pinned.reason, pinned.selected_model) == ("trusted_override", "gpt-4o")
+    later = await turn("easy", **{"x-session-id": "s1"})
+    assert (later.reason, later.selected_model) == ("cheapest_meeting_target", "llama-3.1-8b-instruct")
+
+
 async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
     """The memory was built at start with a one-hour TTL; the running (reloaded) config says 10 s, and wins."""
     from extproc.conversations import ConversationMemory
