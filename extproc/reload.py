@@ -21,7 +21,7 @@ from extproc.config import Settings, load_config
 from extproc.errors import ConfigError
 from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
 
-__all__ = ["Apply", "load_model_for", "load_snapshot", "reload_snapshot", "watch_config"]
+__all__ = ["Apply", "load_model_for", "load_snapshot", "reload_snapshot", "restart_only_changes", "watch_config"]
 
 _log = logging.getLogger("model_router.reload")
 
@@ -71,9 +71,31 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
     except Exception as exc:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
         _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
         return False
+    pending = restart_only_changes(ref.current.settings, snapshot.settings)
     ref.current = snapshot
-    _log.info("config reloaded from %s", path)
+    if pending:  # applied, but these keys were read at start: say so, or an operator believes e.g. feedback is off
+        _log.warning("config reloaded from %s; needs a restart to take effect: %s", path, ", ".join(pending))
+    else:
+        _log.info("config reloaded from %s", path)
     return True
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """The changed keys that only a restart applies (README "Configuration"): listeners, TLS, log level, telemetry
+    except what is read per request, feedback, the stickiness memory's size."""
+
+    def read_at_start(s: Settings) -> dict[str, object]:
+        server = s.server.model_dump(include={"listen", "decision_api", "log_level", "config_poll_seconds", "tls"})
+        telemetry = s.telemetry.model_dump(exclude={"response_usage", "log_prompts"})
+        return {
+            **{f"server.{k}": v for k, v in server.items()},
+            **{f"telemetry.{k}": v for k, v in telemetry.items()},
+            **{f"feedback.{k}": v for k, v in s.feedback.model_dump().items()},
+            "policy.stickiness.max_entries": s.policy.stickiness.max_entries,
+        }
+
+    before, after = read_at_start(old), read_at_start(new)
+    return [key for key in after if after[key] != before[key]]
 
 
 def _fingerprint(path: Path) -> bytes | None:

@@ -462,3 +462,37 @@ def test_check_config_and_reload_refuse_a_bad_listen_address(
     assert capsys.readouterr().err == f"model-router: invalid configuration:\n  {problem}\n"
     assert not reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
     assert ref.current is running
+
+
+@pytest.mark.parametrize(
+    ("changes", "pending"),
+    [
+        pytest.param({"policy": {"quality_target": 0.7}}, [], id="applies-on-reload"),
+        pytest.param({"telemetry": {"log_prompts": True, "response_usage": False}}, [], id="read-per-request"),
+        pytest.param({"feedback": {"enabled": True, "path": "/tmp/fb.jsonl"}}, ["feedback.enabled", "feedback.path"]),
+        pytest.param(
+            {"server": {"decision_api": False, "log_level": "debug"}, "telemetry": {"sampling_ratio": 0.5}},
+            ["server.decision_api", "server.log_level", "telemetry.sampling_ratio"],
+            id="server-and-telemetry",
+        ),
+    ],
+)
+def test_a_reload_says_which_changes_need_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, changes: dict[str, dict[str, object]], pending: list[str]
+) -> None:
+    """The reload applies, but a key read only at start (feedback turned off during an incident, say) must not look
+    applied: the log line names it."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    for section, values in changes.items():
+        data[section].update(values)
+    path.write_text(yaml.safe_dump(data))
+    caplog.set_level("INFO", logger="model_router.reload")
+    assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "model_router.reload"]
+    if pending:
+        assert line.endswith("needs a restart to take effect: " + ", ".join(pending)), line
+    else:
+        assert "restart" not in line, line
