@@ -271,27 +271,56 @@ def fit_success_curve(difficulty: FloatArray, score: FloatArray, prior_sd: float
     return SuccessCurve(intercept=float(theta[0]), slope=float(theta[1]))
 
 
-def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout) -> int:
-    """CLI: fit catalog abilities on a model's scale from an EVAL.md-format file whose items carry ``scores``."""
-    parser = argparse.ArgumentParser(prog="python -m classifier.irt", description=main.__doc__)
+def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
+    """CLI: fit catalog abilities on a model's scale from an EVAL.md-format file whose items carry ``scores``.
+
+    Scores must be numbers in [0, 1] (as ``model-router eval`` and ``adapt`` read them); others are skipped and
+    counted, never clamped. An unreadable file or model, or no usable record, is one line on stderr and exit 2.
+    """
+    parser = argparse.ArgumentParser(prog="python -m classifier.irt", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) as in EVAL.md")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
     args = parser.parse_args(argv)
 
     import orjson
 
-    from classifier.evaluate import last_user_text, read_items
+    from classifier.evaluate import EvalError, last_user_text, load_items
+    from classifier.jsonl import unit_score
     from classifier.loader import load_difficulty_model
 
-    model = load_difficulty_model("onnx", args.model)
+    def fail(message: str) -> int:
+        print(f"{parser.prog}: {message}", file=stderr)
+        return 2
+
+    try:
+        model = load_difficulty_model("onnx", args.model)
+        items = load_items("--data", args.data)
+    except (OSError, ValueError) as exc:  # what OnnxDifficultyModel.load raises for a missing or malformed directory
+        return fail(f"cannot load --model {args.model or 'the shipped model'} ({exc})")
+    except EvalError as exc:
+        return fail(str(exc))
     records: list[tuple[str, float, float]] = []
-    for item in read_items(args.data):
+    no_text = bad_scores = 0
+    for item in items:
         text = last_user_text(item)
         scores = item.get("scores")
         if text is None or not isinstance(scores, dict):
+            no_text += 1
             continue
         difficulty = model.predict(text).difficulty
-        records.extend((str(m), difficulty, float(s)) for m, s in scores.items() if isinstance(s, int | float))
+        for name, value in scores.items():
+            score = unit_score(value)
+            if score is None:
+                bad_scores += 1
+            else:
+                records.append((str(name), difficulty, score))
+    print(
+        f"{len(records)} outcome records from {len(items)} items; skipped {no_text} items without user text or"
+        f" scores, {bad_scores} scores that are not numbers in [0, 1]",
+        file=stderr,
+    )
+    if not records:
+        return fail(f"no usable outcome records in --data {args.data}")
     fits = fit_abilities(records)
     out = {name: {"ability": round(f.ability, 3), "records": f.records} for name, f in sorted(fits.items())}
     stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -116,3 +116,38 @@ def test_cli_fits_abilities_on_the_model_scale(tiny_model_dir: Path, tmp_path: P
     assert set(fitted) == {"a", "b"}
     assert fitted["a"]["records"] == 40
     assert fitted["b"]["ability"] > fitted["a"]["ability"]
+
+
+def test_cli_skips_and_counts_scores_outside_0_1_instead_of_clamping(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """85 (a percentage), true and -3 are not scores: clamped to 1, 1 and 0 they would bias the fitted ability."""
+    items = [{"messages": [{"role": "user", "content": "what is x ?"}], "scores": {"a": 0.5}}] * 5 + [
+        {"messages": [{"role": "user", "content": "what is x ?"}], "scores": {"a": 85, "b": True, "c": -3}},
+        {"messages": [{"role": "user", "content": "what is x ?"}]},
+    ]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=out, stderr=err) == 0
+    assert set(orjson.loads(out.getvalue())) == {"a"}
+    assert orjson.loads(out.getvalue())["a"]["records"] == 5
+    assert "skipped 1 items without user text or scores, 3 scores that are not numbers in [0, 1]" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read --data {data} (No such file or directory)"),
+        (b'{"messages": []}\nnot json\n', "cannot read --data {data} (line 2 is not JSON)"),
+        (b'{"messages": [{"role": "user", "content": "q"}]}\n', "no usable outcome records in --data {data}"),
+    ],
+    ids=["missing", "not-json", "no-scores"],
+)
+def test_cli_bad_data_is_one_line_and_exit_2(
+    tiny_model_dir: Path, tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    data = tmp_path / "d.jsonl"
+    if content is not None:
+        data.write_bytes(content)
+    err = io.StringIO()
+    assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue().splitlines()[-1] == "python -m classifier.irt: " + message.format(data=data)
