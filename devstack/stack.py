@@ -186,13 +186,21 @@ class Stack:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
+    def _catalog_by_cluster(self) -> dict[str, list[str]]:
+        """The models each cluster serves, from the catalog of the router config this stack runs."""
+        merged = deep_merge(yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text()), self.router_overrides)
+        served: dict[str, list[str]] = {}
+        for model in merged["catalog"]:
+            served.setdefault(model["cluster"], []).append(model["name"])
+        return served
+
     def start_upstreams(self) -> None:
-        """Start one fake upstream per cluster."""
+        """Start one fake upstream per cluster, serving only its catalog models (a real provider's 404 for others)."""
+        served = self._catalog_by_cluster()
         for cluster, port in self.upstream_ports.items():
-            self._spawn(
-                f"upstream-{cluster}",
-                [sys.executable, "-m", "devstack.upstream", "--cluster", cluster, "--port", str(port)],
-            )
+            models = ",".join(served.get(cluster, ()))
+            argv = ["--cluster", cluster, "--port", str(port), "--models", models]
+            self._spawn(f"upstream-{cluster}", [sys.executable, "-m", "devstack.upstream", *argv])
         for cluster, port in self.upstream_ports.items():
             name = f"upstream-{cluster}"
             url = f"http://127.0.0.1:{port}/v1/models"

@@ -6,7 +6,9 @@ ending in ``data: [DONE]``), legacy Completions (``text_completion``), the Respo
 ``message_stop``), with each API's error object. It answers with which cluster and model it received, and keeps
 what it received so tests can check every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model``
 and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with their headers.
-``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals).
+``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals). Started with ``--models``, it
+serves only those names, as a real provider does: any other model is a 404 (``model_not_found``), so a request that
+reaches the wrong cluster, or the literal ``auto``, fails here as it would in production.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def digest_without_model(raw: bytes) -> str:
 _RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
 _CLUSTER: web.AppKey[str] = web.AppKey("cluster")
 _FAIL: web.AppKey[dict[str, int]] = web.AppKey("fail")
+_MODELS: web.AppKey[frozenset[str] | None] = web.AppKey("models")
 
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -314,6 +317,14 @@ async def _llm(request: web.Request) -> web.StreamResponse:
     if expected is not None and digest_without_model(raw) != expected:
         return _error(api, 422, "body bytes outside `model` differ from what the client sent", "body_corrupted")
     model = body["model"]
+    served = request.app[_MODELS]
+    if served is not None and model not in served:
+        message = (
+            f"model: {model}"
+            if api is Api.MESSAGES
+            else f"The model `{model}` does not exist or you do not have access to it."
+        )
+        return _error(api, 404, message, "model_not_found")
     headers = {"x-upstream-cluster": cluster, "x-upstream-model": model, "x-upstream-body-sha256": digest}
     answer = Answer(
         model=model,
@@ -354,7 +365,10 @@ async def _set_fail(request: web.Request) -> web.Response:
 
 
 async def _models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": []})
+    served = sorted(request.app[_MODELS] or ())
+    owner = request.app[_CLUSTER]
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": owner} for m in served]
+    return web.json_response({"object": "list", "data": data})
 
 
 @web.middleware
@@ -366,10 +380,12 @@ async def _tag_cluster(request: web.Request, handler: Any) -> web.StreamResponse
     return response
 
 
-def make_app(cluster: str, keep: int = 256) -> web.Application:
-    """The fake upstream for ``cluster``, remembering the last ``keep`` requests."""
+def make_app(cluster: str, keep: int = 256, models: frozenset[str] | None = None) -> web.Application:
+    """The fake upstream for ``cluster``, remembering the last ``keep`` requests; ``models``: the only names it
+    serves (None: any)."""
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_tag_cluster])
     app[_CLUSTER] = cluster
+    app[_MODELS] = models
     app[_RECEIVED] = deque(maxlen=keep)
     app[_FAIL] = {}
     app.router.add_get("/v1/models", _models)
@@ -380,12 +396,15 @@ def make_app(cluster: str, keep: int = 256) -> web.Application:
 
 
 def main() -> None:
-    """``python -m devstack.upstream --cluster NAME --port N``."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """``python -m devstack.upstream --cluster NAME --port N [--models A,B]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--models", default=None, help="comma-separated model names served (default: any)")
     args = parser.parse_args()
-    web.run_app(make_app(args.cluster), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    models = frozenset(args.models.split(",")) if args.models is not None else None
+    app = make_app(args.cluster, models=models)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

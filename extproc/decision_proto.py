@@ -134,6 +134,7 @@ def decision_labels(msg: api.RoutingDecision) -> dict[str, Any]:
 def envoy_metadata(msg: api.RoutingDecision) -> dict[str, str]:
     """The ``model_router`` dynamic metadata Envoy turns into response headers and access-log fields."""
     return {
+        "outcome": label("outcome", msg.outcome),
         "selected_model": msg.selected_model,
         "tier": msg.tier,
         "cluster": msg.cluster,

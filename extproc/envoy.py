@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 
 __all__ = [
     "METADATA_NAMESPACE",
+    "body_continue",
     "body_rewrite",
     "continue_for",
     "header_mutation",
@@ -80,19 +81,41 @@ def header_mutation(set_headers: Mapping[str, str], remove: Iterable[str] = ()) 
     )
 
 
-def headers_continue(remove: Iterable[str], skip_body: bool, watch_response: bool = False) -> pb.ProcessingResponse:
+def _dynamic(metadata: Mapping[str, str]) -> struct_pb2.Struct | None:
+    """``metadata`` under the router's namespace (None for none)."""
+    if not metadata:
+        return None
+    dynamic = struct_pb2.Struct()
+    dynamic.get_or_create_struct(METADATA_NAMESPACE).update(dict(metadata))
+    return dynamic
+
+
+def headers_continue(
+    remove: Iterable[str], skip_body: bool, watch_response: bool = False, metadata: Mapping[str, str] | None = None
+) -> pb.ProcessingResponse:
     """Answer the request-headers message: drop ``remove``; ``skip_body`` asks Envoy not to send the body;
     ``watch_response`` asks for the response body too, streamed chunk by chunk (to read token usage)."""
     remove = list(remove)
     common = pb.CommonResponse(header_mutation=header_mutation({}, remove)) if remove else None
     override = _SKIP_BODY if skip_body else (_WATCH_RESPONSE if watch_response else None)
-    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common), mode_override=override)
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(response=common),
+        mode_override=override,
+        dynamic_metadata=_dynamic(metadata or {}),
+    )
+
+
+def body_continue(metadata: Mapping[str, str], set_headers: Mapping[str, str] | None = None) -> pb.ProcessingResponse:
+    """Forward the body unchanged with ``metadata``; ``set_headers`` (a cluster header) also re-runs route
+    selection."""
+    common = None
+    if set_headers:
+        common = pb.CommonResponse(header_mutation=header_mutation(set_headers), clear_route_cache=True)
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common), dynamic_metadata=_dynamic(metadata))
 
 
 def body_rewrite(body: bytes, set_headers: Mapping[str, str], metadata: Mapping[str, str]) -> pb.ProcessingResponse:
     """Replace the request body, set headers (incl. ``content-length``) and re-run route selection."""
-    dynamic = struct_pb2.Struct()
-    dynamic.get_or_create_struct(METADATA_NAMESPACE).update(dict(metadata))
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(
             response=pb.CommonResponse(
@@ -101,7 +124,7 @@ def body_rewrite(body: bytes, set_headers: Mapping[str, str], metadata: Mapping[
                 clear_route_cache=True,
             )
         ),
-        dynamic_metadata=dynamic,
+        dynamic_metadata=_dynamic(metadata),
     )
 
 

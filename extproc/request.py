@@ -46,6 +46,8 @@ class Passthrough:
     """The request is forwarded exactly as received."""
 
     reason: PassReason
+    model: str | None = None
+    """The requested model, for ``MODEL_NOT_ROUTABLE`` (a catalog model named by the client goes to its cluster)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ def parse_request(
     if not isinstance(model, str):
         return Passthrough(PassReason.NO_MODEL)
     if model not in routable:
-        return Passthrough(PassReason.MODEL_NOT_ROUTABLE)
+        return Passthrough(PassReason.MODEL_NOT_ROUTABLE, model)
     if containers > limits.max_json_depth and json_depth_exceeds(body, limits.max_json_depth):  # depth <= count
         return Passthrough(PassReason.TOO_DEEP)
     if schema.message_count(body) > limits.max_messages:

@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
-from extproc.bodyedit import rewrite_model
+from extproc.bodyedit import find_model_span, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import Floors, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
@@ -197,12 +197,37 @@ class StreamHandler:
             "tenant": self._request.policy.tenant if self._request else None,
         }
 
-    def _pass(self, reason: PassReason) -> None:
-        self._emit(
-            DecisionRecord(
-                decision_id=self._new_id(), outcome=Outcome.PASSTHROUGH, reason=reason.value, **self._context_fields()
-            )
+    def _pass(self, reason: PassReason, model: ResolvedModel | None = None) -> DecisionRecord:
+        """Record a pass-through; ``model`` is the catalog model the client named (it goes to its own cluster)."""
+        rec = DecisionRecord(
+            decision_id=self._new_id(),
+            outcome=Outcome.PASSTHROUGH,
+            reason=reason.value,
+            requested_model=model.name if model else None,
+            selected_model=model.name if model else None,
+            cluster=model.cluster if model else None,
+            tier=model.tier if model else None,
+            **self._context_fields(),
         )
+        self._emit(rec)
+        return rec
+
+    def _pass_body(self, reason: PassReason) -> list[pb.ProcessingResponse]:
+        """Forward the body untouched; the metadata tells Envoy's fail-open filter that the router answered."""
+        return [envoy.body_continue(self._pass_metadata(self._pass(reason)))]
+
+    def _pass_to_own_cluster(self, raw: bytes, model: ResolvedModel) -> list[pb.ProcessingResponse]:
+        """A catalog model the client named itself (not a routable alias): the body stays as it is, and the request
+        goes to the model's cluster, not the default route (which may be another provider that does not serve it).
+        Envoy's fallback filter may rename it on a stronger cluster, as for any routed request."""
+        assert self._request is not None
+        span = find_model_span(raw)
+        if span is None:  # a duplicate key: which one the upstream reads is unknown, so the default route
+            return self._pass_body(PassReason.MODEL_NOT_ROUTABLE)
+        metadata = self._pass_metadata(self._pass(PassReason.MODEL_NOT_ROUTABLE, model))
+        metadata["model_span"] = f"{span[0]}-{span[1]}"
+        metadata["fallback_models"] = self._request.policy.fallbacks.get(model.name, "")
+        return [envoy.body_continue(metadata, {CLUSTER_HEADER: model.cluster})]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
@@ -213,9 +238,10 @@ class StreamHandler:
         if reason is not None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
+                metadata = {"outcome": Outcome.PASSTHROUGH.value, "reason": reason.value}
             else:
-                self._pass(reason)
-            return [envoy.headers_continue(owned, skip_body=True)]
+                metadata = self._pass_metadata(self._pass(reason))
+            return [envoy.headers_continue(owned, skip_body=True, metadata=metadata)]
         try:
             policy = resolve_request_policy(h, self._snap)
         except ConstraintError as exc:
@@ -241,27 +267,23 @@ class StreamHandler:
         self._started_ns = self._wall_clock_ns()
         raw = body.body
         if not body.end_of_stream:
-            self._pass(PassReason.STREAMED_BODY)
-            return [self._continue("request_body")]
+            return self._pass_body(PassReason.STREAMED_BODY)
         if len(raw) > self._snap.settings.limits.max_body_bytes:
-            self._pass(PassReason.BODY_TOO_LARGE)
-            return [self._continue("request_body")]
+            return self._pass_body(PassReason.BODY_TOO_LARGE)
         assert self._request is not None  # WAIT_BODY is only reached through the headers stage
+        policy = self._request.policy
         parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):
-            self._pass(parsed.reason)
-            return [self._continue("request_body")]
-        policy = self._request.policy
+            named = self._snap.by_name.get(parsed.model) if parsed.model else None
+            return self._pass_body(parsed.reason) if named is None else self._pass_to_own_cluster(raw, named)
         memory_key = self._conversation_key(parsed)
         decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
         rewritten = rewrite_model(raw, decision.model.name)
         if rewritten is None:  # a duplicate key, or too costly to locate: ambiguous, do not touch
-            self._pass(PassReason.AMBIGUOUS_MODEL)
-            return [self._continue("request_body")]
+            return self._pass_body(PassReason.AMBIGUOUS_MODEL)
         if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).
-            self._pass(PassReason.BODY_TOO_LARGE)
-            return [self._continue("request_body")]
+            return self._pass_body(PassReason.BODY_TOO_LARGE)
         # A pinned request (a labeller replaying a captured conversation) must not raise that conversation's floor.
         if (
             memory_key is not None
@@ -280,7 +302,7 @@ class StreamHandler:
             self._usage = UsageScanner()
             self._usage_model = served
         if policy.shadow:
-            return [self._continue("request_body")]
+            return self._shadow(raw, parsed.requested_model, served)
         assert self._record is not None
         new_body, (value_start, value_end) = rewritten
         # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
@@ -292,6 +314,19 @@ class StreamHandler:
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, metadata)]
+
+    def _shadow(self, raw: bytes, requested: str, served: ResolvedModel) -> list[pb.ProcessingResponse]:
+        """Shadow mode: the request goes where it would without the router. A catalog model keeps its body and goes
+        to its cluster; an alias such as "auto", which no upstream serves, becomes the default model (as Envoy's
+        fail-open filter does), the baseline the decision record's costs assume."""
+        metadata = {"outcome": Outcome.SHADOW.value}
+        headers = {CLUSTER_HEADER: served.cluster}
+        if requested == served.name:
+            return [envoy.body_continue(metadata, headers)]
+        rewritten = rewrite_model(raw, served.name)
+        if rewritten is None or len(rewritten[0]) > self._snap.settings.limits.max_body_bytes:
+            return [envoy.body_continue(metadata)]  # Envoy's default route (the default model's cluster)
+        return [envoy.body_rewrite(rewritten[0], headers, metadata)]
 
     def _observe(self, parsed: ParsedRequest, served_model: str) -> Mapping[str, str]:
         """Hand the decision to the tap (feedback store, token, prompt capture); its failure never touches the
@@ -496,6 +531,12 @@ class StreamHandler:
     def _metadata(rec: DecisionRecord) -> dict[str, str]:
         """Dynamic metadata Envoy turns into response headers and access-log fields (no response phase needed)."""
         return envoy_metadata(to_proto(rec))
+
+    @classmethod
+    def _pass_metadata(cls, rec: DecisionRecord) -> dict[str, str]:
+        """A pass-through's metadata: its outcome tells Envoy's fail-open filter that the router answered. No decision
+        id: no response header should invite feedback on a request the router did not route."""
+        return {k: v for k, v in cls._metadata(rec).items() if v and k != "decision_id"}
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)

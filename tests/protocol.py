@@ -37,3 +37,19 @@ async def replay(handler: StreamHandler, headers: Mapping[str, str], body: bytes
     out = await handler.handle(headers_msg(headers))
     out += await handler.handle(body_msg(body))
     return out
+
+
+def router_metadata(response: pb.ProcessingResponse) -> dict[str, str]:
+    """The ``model_router`` dynamic metadata of an answer (what Envoy's access log and fail-open filter read)."""
+    fields = response.dynamic_metadata.fields
+    if "model_router" not in fields:
+        return {}
+    return {k: v.string_value for k, v in fields["model_router"].struct_value.fields.items()}
+
+
+def forwards_unchanged(response: pb.ProcessingResponse, outcome: str | None = "passthrough") -> bool:
+    """A body answer that changes nothing (no header or body mutation); with ``outcome``, it also tells Envoy's
+    fail-open filter that the router answered (``None``: no metadata at all, the handler's error boundary)."""
+    if response.WhichOneof("response") != "request_body" or response.request_body.HasField("response"):
+        return False
+    return router_metadata(response).get("outcome") == outcome

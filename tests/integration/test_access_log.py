@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR, Stack
-from tests.integration.test_routing import EASY, HARD, chat_body, post
+from tests.integration.test_routing import EASY, HARD, chat_body, post, received_body
 
 OVERRIDES = {"classifier": {"kind": "heuristic"}, "telemetry": {"decision_log": True}}
 
@@ -111,9 +111,30 @@ def test_access_log_has_the_decision(astack: Stack, prompt: str) -> None:
     assert "REASON_" + mr["reason"].upper() == logged["reason"]
 
 
-def test_passthrough_has_no_decision_fields(astack: Stack) -> None:
-    r = post(astack, chat_body(EASY, model="gpt-4o-mini"), **{"x-request-id": "access-pass"})
-    assert r.status_code == 200
+def test_a_named_catalog_model_passes_through_to_its_cluster(astack: Stack) -> None:
+    """Not routed (no decision id, body untouched), but sent to the cluster that serves it: the default route's
+    provider would answer 404 for another provider's model."""
+    sent = chat_body(EASY, model="llama-3.1-8b-instruct")
+    r = post(astack, sent, **{"x-request-id": "access-pass"})
+    assert r.status_code == 200, r.text
+    assert received_body(astack, "small") == sent
     entry = _access_line(astack, "access-pass")
+    assert entry["upstream_cluster"] == "small_then_stronger"
+    mr = entry["model_router"]
+    assert (mr["outcome"], mr["reason"], mr["selected_model"], mr["cluster"]) == (
+        "passthrough",
+        "model_not_routable",
+        "llama-3.1-8b-instruct",
+        "small",
+    )
+    assert mr["decision_id"] is None and "x-model-router-decision-id" not in r.headers
+
+
+def test_passthrough_has_no_decision_fields(astack: Stack) -> None:
+    r = post(astack, chat_body(EASY, model="not-in-the-catalog"), **{"x-request-id": "access-other"})
+    assert r.status_code == 404  # the default route's provider does not serve it either
+    entry = _access_line(astack, "access-other")
     assert entry["upstream_cluster"] == "frontier"
-    assert all(v is None for v in entry["model_router"].values()), entry
+    mr = entry["model_router"]
+    assert (mr.pop("outcome"), mr.pop("reason")) == ("passthrough", "model_not_routable")
+    assert all(v is None for v in mr.values()), entry

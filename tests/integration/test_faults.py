@@ -48,7 +48,8 @@ def test_router_killed_mid_load_fails_open_then_routing_resumes(stack: Stack) ->
                     content=chat_body(EASY),
                     headers={"content-type": "application/json"},
                 )
-                results.append((r.status_code, r.headers.get("x-model-router-model"), r.headers["x-upstream-cluster"]))
+                decided = r.headers.get("x-model-router-decision-id")  # none: Envoy failed open
+                results.append((r.status_code, decided, r.headers["x-upstream-cluster"]))
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(load) for _ in range(4)]
@@ -64,10 +65,10 @@ def test_router_killed_mid_load_fails_open_then_routing_resumes(stack: Stack) ->
         for f in futures:
             f.result()
     assert all(code == 200 for code, _, _ in results), {code for code, _, _ in results}
-    assert any(model is None and cluster == "frontier" for _, model, cluster in down), "no request saw the outage"
-    assert all(cluster == "frontier" for _, model, cluster in down if model is None)
+    assert any(decided is None and cluster == "frontier" for _, decided, cluster in down), "no request saw the outage"
+    assert all(cluster == "frontier" for _, decided, cluster in down if decided is None)
     after = results[resumed_at:]
-    assert after and all(model is not None for _, model, _ in after[-5:]), "routing did not resume"
+    assert after and all(decided is not None for _, decided, _ in after[-5:]), "routing did not resume"
 
 
 def test_fail_closed_gives_a_clear_5xx_not_a_hang(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def _rewrite_config(stack: Stack, **policy: Any) -> None:
 
 
 def _routed(stack: Stack, model: str) -> bool:
-    return "x-model-router-model" in post(stack, chat_body(EASY, model=model)).headers
+    return "x-model-router-decision-id" in post(stack, chat_body(EASY, model=model)).headers  # pass-throughs have none
 
 
 @pytest.mark.parametrize("trigger", ["file-change", "sighup"])

@@ -62,13 +62,23 @@ def test_hard_prompt_goes_frontier(stack: Stack) -> None:
     assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == ("frontier", "gpt-4o")
 
 
-def test_non_routable_model_is_untouched_on_default_route(stack: Stack) -> None:
-    sent = chat_body(EASY, model="gpt-4o-mini")
+@pytest.mark.parametrize(
+    ("model", "cluster", "status"),
+    [
+        pytest.param("gpt-4o-mini", "cheap", 200, id="catalog-model-to-its-cluster"),
+        pytest.param("llama-3.1-8b-instruct", "small", 200, id="another-catalog-model"),
+        pytest.param("not-in-the-catalog", "frontier", 404, id="unknown-model-default-route"),
+    ],
+)
+def test_non_routable_model_is_untouched(stack: Stack, model: str, cluster: str, status: int) -> None:
+    """The router does not choose (no decision headers, body byte for byte), but a catalog model goes to the
+    cluster that serves it; the fake upstreams answer 404 for models they do not serve, as providers do."""
+    sent = chat_body(EASY, model=model)
     r = post(stack, sent)
-    assert r.status_code == 200
-    assert r.headers["x-upstream-cluster"] == "frontier"  # the default route: the router did not choose
-    assert received_body(stack, "frontier") == sent
-    assert "x-model-router-model" not in r.headers
+    assert r.status_code == status, r.text
+    assert r.headers["x-upstream-cluster"] == cluster
+    assert received_body(stack, cluster) == sent
+    assert "x-model-router-decision-id" not in r.headers
 
 
 def router_headers_received(stack: Stack, cluster: str) -> set[str]:
@@ -92,7 +102,7 @@ def test_client_cannot_choose_the_route(stack: Stack) -> None:
     assert r.headers["x-upstream-cluster"] in ("small", "cheap")
     # Not even the cluster header the router set itself goes upstream.
     assert router_headers_received(stack, r.headers["x-upstream-cluster"]) == set()
-    r = post(stack, chat_body(EASY, model="gpt-4o-mini"), **{"x-model-router-cluster": "cheap"})
+    r = post(stack, chat_body(EASY, model="not-in-the-catalog"), **{"x-model-router-cluster": "cheap"})
     assert r.headers["x-upstream-cluster"] == "frontier"
     assert router_headers_received(stack, "frontier") == set()
 
@@ -173,19 +183,46 @@ def test_openai_sdk_completions(stack: Stack) -> None:
 
 def test_get_requests_pass(stack: Stack) -> None:
     r = httpx.get(stack.base_url + "/v1/models", timeout=10)
-    assert r.status_code == 200 and r.json() == {"object": "list", "data": []}
+    assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["gpt-4o"]  # the frontier upstream's
 
 
 def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> None:
-    sent = chat_body(EASY)
+    """Envoy's fail-open filter gives a routable alias the default model, every other byte as sent: "auto" would
+    be a 404 from the default route's provider, an outage in place of the promised lost savings."""
+    sent = chat_body(
+        'He wrote {"model":"auto"} and \\"model\\":\\"auto\\"', temperature=0.5, metadata={"model": "auto"}
+    )
     r = post(routerless_stack, sent)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert r.headers["x-upstream-cluster"] == "frontier"
-    assert received_body(routerless_stack, "frontier") == sent
+    assert received_body(routerless_stack, "frontier") == sent.replace(b'"model":"auto"', b'"model":"gpt-4o"', 1)
+    assert r.headers["x-model-router-model"] == "gpt-4o"
+    assert "x-model-router-decision-id" not in r.headers
     r = post(routerless_stack, sent, **ROUTER_HEADERS)
     assert r.headers["x-upstream-cluster"] == "frontier"  # Envoy strips the header even without the router
     # Nobody stripped them in the router's place: Envoy's route does, so the override secret stays in the gateway.
     assert router_headers_received(routerless_stack, "frontier") == set()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/chat/completions", chat_body(EASY, model="gpt-4o"), id="named-model"),
+        pytest.param(
+            "/v1/chat/completions",
+            b'{"metadata":{"model":"auto"},"model":"gpt-4o","messages":[]}',
+            id="auto-only-nested",
+        ),
+        pytest.param("/v1/chat/completions", b'{"model":"auto","model":"auto"}', id="duplicate-model-key"),
+        pytest.param("/v1/chat/completions", b'{"model":"auto","messages":[', id="malformed-json"),
+        pytest.param("/v1/embeddings", b'{"model":"auto","input":"x"}', id="not-a-router-path"),
+    ],
+)
+def test_router_down_leaves_other_requests_untouched(routerless_stack: Stack, path: str, body: bytes) -> None:
+    r = httpx.post(routerless_stack.base_url + path, content=body, headers={"content-type": "application/json"})
+    assert r.headers["x-upstream-cluster"] == "frontier"
+    assert received_body(routerless_stack, "frontier") == body
+    assert "x-model-router-model" not in r.headers
 
 
 def test_decision_log_has_no_prompt_text(stack: Stack) -> None:

@@ -105,9 +105,9 @@ def test_responses_non_routable_model_is_untouched(stack: Stack) -> None:
     sent = orjson.dumps({"model": "gpt-4o-mini", "input": HARD})
     r = post(stack, sent, RESPONSES)
     assert r.status_code == 200
-    assert r.headers["x-upstream-cluster"] == "frontier"  # the default route
-    assert received_body(stack, "frontier") == sent
-    assert "x-model-router-model" not in r.headers
+    assert r.headers["x-upstream-cluster"] == "cheap"  # the catalog model's own cluster, not the router's choice
+    assert received_body(stack, "cheap") == sent
+    assert "x-model-router-decision-id" not in r.headers
 
 
 # --- Anthropic Messages -------------------------------------------------------------------------------------------
@@ -234,14 +234,15 @@ def test_messages_non_routable_model_is_untouched(stack: Stack) -> None:
         {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": HARD}]}
     )
     r = post(stack, sent, MESSAGES, **ANTHROPIC_HEADERS)
-    assert r.status_code == 200
+    assert r.status_code == 404  # not in the catalog: the default route, whose provider does not serve it
+    assert r.json()["error"] == {"type": "not_found_error", "message": "model: claude-sonnet-4-5"}
     assert r.headers["x-upstream-cluster"] == "frontier"
     assert received_body(stack, "frontier") == sent
     assert "x-model-router-model" not in r.headers
 
 
 def test_unrouted_subpaths_pass_through(stack: Stack) -> None:
-    sent = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": EASY}]})
+    sent = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": EASY}]})
     r = httpx.post(stack.base_url + "/v1/messages/count_tokens", content=sent, headers=ANTHROPIC_HEADERS, timeout=10)
     assert r.status_code == 200
     assert r.headers["x-upstream-cluster"] == "frontier"

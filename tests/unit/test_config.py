@@ -333,6 +333,41 @@ def test_envoy_routes_cover_every_catalog_cluster() -> None:
     assert catalog <= routed <= clusters
 
 
+def _fail_open_lua(envoy_yaml: Path) -> str:
+    envoy = yaml.safe_load(envoy_yaml.read_text())
+    hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (lua,) = (f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.lua")
+    return str(lua["typed_config"]["default_source_code"]["inline_string"])
+
+
+def _lua_names(lua: str, table: str) -> set[str]:
+    line = next(line for line in lua.splitlines() if line.startswith(f"local {table} = "))
+    body = lua[lua.index(line) : lua.index("}", lua.index(line))]
+    return set(re.findall(r'\["([^"]+)"\] = true', body))
+
+
+@pytest.mark.parametrize(
+    ("envoy_yaml", "router_yaml"),
+    [
+        pytest.param("envoy/envoy.yaml", "envoy/model-router.yaml", id="envoy"),
+        pytest.param("k8s/base/envoy.yaml", "k8s/base/router-config/model-router.yaml", id="k8s-base"),
+    ],
+)
+def test_the_fail_open_filter_knows_the_routers_aliases_default_model_and_paths(
+    envoy_yaml: str, router_yaml: str
+) -> None:
+    """Envoy's fail-open filter renames a routable alias to the default model when the router did not answer: its
+    tables must say what the router config says, or a router outage sends "auto" (a 404) or the wrong model."""
+    from extproc.schemas import SCHEMAS_BY_PATH
+
+    lua = _fail_open_lua(ENVOY_DIR.parent / envoy_yaml)
+    settings = load_config(ENVOY_DIR.parent / router_yaml)
+    aliases = {m for m in settings.policy.routable_models if m not in {c.name for c in settings.catalog}}
+    assert _lua_names(lua, "ROUTABLE") == aliases
+    assert re.search(rf'^local DEFAULT_MODEL = "{re.escape(settings.policy.default_model)}"$', lua, re.MULTILINE)
+    assert _lua_names(lua, "ROUTER_PATHS") == set(SCHEMAS_BY_PATH)
+
+
 def test_the_readmes_full_example_is_a_valid_config_with_every_key() -> None:
     """README "Configuration": the example names every setting (so a new key must be documented) and validates."""
     readme = (ENVOY_DIR.parent / "README.md").read_text()

@@ -25,7 +25,7 @@ from tests.fakes import (
     sequential_ids,
     snapshot,
 )
-from tests.protocol import body_msg, chat_headers, headers_msg, replay
+from tests.protocol import body_msg, chat_headers, forwards_unchanged, headers_msg, replay, router_metadata
 
 CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
 
@@ -70,6 +70,8 @@ async def test_header_time_passthrough_skips_body(
     assert handler.stage is Stage.FINISHED
     assert [r.reason for r in sink.records] == ([reason] if reason else [])
     # Envoy may still send a body (if it ignores the override): it is continued unchanged.
+    assert router_metadata(response)["outcome"] == "passthrough"
+    assert router_metadata(response)["reason"] == (reason or "unknown_path")
     (again,) = await handler.handle(body_msg(CHAT))
     assert again == pb.ProcessingResponse(request_body=pb.BodyResponse())
 
@@ -141,7 +143,7 @@ async def test_body_over_limit_passes_through() -> None:
     limit = handler._snap.settings.limits.max_body_bytes
     big = b'{"model":"auto","messages":[{"role":"user","content":"' + b"x" * limit + b'"}]}'
     responses = await replay(handler, chat_headers(), big)
-    assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert forwards_unchanged(responses[1])
     assert sink.records[0].reason == "body_too_large"
 
 
@@ -158,7 +160,7 @@ async def test_a_rewrite_never_grows_a_body_over_the_limit(over: int, routed: bo
         assert len(responses[1].request_body.response.body_mutation.body) == limit + over
         assert sink.records[0].selected_model == "gpt-4o-mini"
     else:
-        assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+        assert forwards_unchanged(responses[1])
         assert sink.records[0].reason == "body_too_large"
 
 
@@ -166,7 +168,7 @@ async def test_partial_body_chunk_passes_through() -> None:
     handler, sink = make()
     await handler.handle(headers_msg(chat_headers()))
     (response,) = await handler.handle(body_msg(CHAT[:20], end_of_stream=False))
-    assert response == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert forwards_unchanged(response)
     assert sink.records[0].reason == "streamed_body"
 
 
@@ -231,7 +233,7 @@ async def test_handler_bug_degrades_to_continue() -> None:
     handler._snap = None  # type: ignore[assignment]  # any internal error must not fail the request
     await handler.handle(headers_msg(chat_headers()))
     (response,) = await handler.handle(body_msg(CHAT))
-    assert response == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert forwards_unchanged(response, outcome=None)  # no metadata: Envoy's fail-open filter takes over
 
 
 class _AnsweredByTap:
@@ -416,7 +418,7 @@ async def test_shadow_mode_never_rejects_a_request() -> None:
     handler = StreamHandler(snapshot(settings=settings), inline_classify, sink, sequential_ids(), fixed_clock())
     responses = await replay(handler, chat_headers(**{"x-model-router-quality": "2"}), CHAT)
     assert responses[0].WhichOneof("response") == "request_headers"
-    assert responses[1] == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert responses[1].WhichOneof("response") == "request_body"
     assert sink.records[0].outcome is Outcome.SHADOW
 
 
@@ -436,3 +438,65 @@ async def test_usage_of_a_response_cut_before_its_last_chunk_is_still_recorded_o
     assert [(model, tokens_in, tokens_out) for model, tokens_in, tokens_out, _ in sink.usages] == [
         ("gpt-4o-mini", 12, 7)
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "shadow", "cluster"),
+    [
+        pytest.param(b'{"model":"llama-3.1-8b-instruct","messages":[]}', False, "small", id="catalog-model"),
+        pytest.param(b'{"model":"gpt-4o-mini","messages":[]}', False, "cheap", id="another-catalog-model"),
+        pytest.param(b'{"model":"text-embedding-3-small","input":"x"}', False, None, id="not-in-catalog"),
+        pytest.param(b'{"model":"gpt-4o-mini","messages":[]}', True, "cheap", id="shadow-too"),
+        pytest.param(b'{"model":"gpt-4o-mini","model":"gpt-4o","messages":[]}', False, None, id="duplicate-key"),
+    ],
+)
+async def test_a_catalog_model_named_by_the_client_goes_to_its_own_cluster(
+    body: bytes, shadow: bool, cluster: str | None
+) -> None:
+    """Not routed, body untouched: but the default route may be another provider that does not serve the model."""
+    sink = RecordingSink()
+    snap = snapshot(settings=demo_settings(shadow=shadow))
+    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock())
+    responses = await replay(handler, chat_headers(), body)
+    assert (sink.records[0].outcome, sink.records[0].reason) == (Outcome.PASSTHROUGH, "model_not_routable")
+    if cluster is None:
+        assert forwards_unchanged(responses[1])
+        return
+    answer = responses[1].request_body.response
+    assert not answer.HasField("body_mutation") and answer.clear_route_cache
+    assert cluster_of(responses[1]) == cluster
+    meta = router_metadata(responses[1])
+    assert (meta["selected_model"], meta["cluster"], meta["outcome"]) == (
+        orjson.loads(body)["model"],
+        cluster,
+        "passthrough",
+    )
+    assert "decision_id" not in meta
+    start, end = (int(x) for x in meta["model_span"].split("-"))
+    assert body[start:end] == orjson.dumps(orjson.loads(body)["model"])
+    assert (sink.records[0].selected_model, sink.records[0].cluster) == (meta["selected_model"], cluster)
+
+
+@pytest.mark.parametrize(
+    ("requested", "served", "cluster"),
+    [
+        pytest.param("gpt-4o-mini", "gpt-4o-mini", "cheap", id="catalog-model-untouched-to-its-cluster"),
+        pytest.param("auto", "gpt-4o", "frontier", id="alias-becomes-the-default-model"),
+    ],
+)
+async def test_shadow_mode_sends_the_request_where_it_would_go_without_the_router(
+    requested: str, served: str, cluster: str
+) -> None:
+    """Shadow decides (the record says what the router would have chosen) and applies nothing: "auto" is served
+    by no upstream, so it goes as the default model, the baseline the record's costs assume."""
+    settings = demo_settings(shadow=True, routable_models=["auto", "gpt-4o-mini"])
+    sink = RecordingSink()
+    handler = StreamHandler(snapshot(settings=settings), inline_classify, sink, sequential_ids(), fixed_clock())
+    body = CHAT.replace(b'"auto"', orjson.dumps(requested))
+    responses = await replay(handler, chat_headers(), body)
+    rec = sink.records[0]
+    assert (rec.outcome, rec.requested_model, rec.selected_model) == (Outcome.SHADOW, requested, "gpt-4o-mini")
+    assert cluster_of(responses[1]) == cluster
+    sent = responses[1].request_body.response.body_mutation.body or body
+    assert sent == body.replace(orjson.dumps(requested), orjson.dumps(served))
+    assert router_metadata(responses[1]) == {"outcome": "shadow"}

@@ -425,6 +425,7 @@ def test_base_envoy_config_matches_upstream_envoy_yaml(builds: dict[str, Objects
     upstream_vhost = _hcm(upstream)["route_config"]["virtual_hosts"][0]
     assert vhost["response_headers_to_add"] == upstream_vhost["response_headers_to_add"]
     assert vhost["request_headers_to_remove"] == upstream_vhost["request_headers_to_remove"] == ROUTER_REQUEST_HEADERS
+    assert _hcm(envoy)["http_filters"] == _hcm(upstream)["http_filters"]  # ext_proc, the fail-open filter, router
 
 
 ROUTER_REQUEST_HEADERS = [
@@ -545,6 +546,74 @@ def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> N
     envoy_mounts = {m["mountPath"]: m["name"] for m in envoy["volumeMounts"]}
     assert volumes[envoy_mounts["/etc/envoy"]]["configMap"]["name"] == envoy_cm
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 19003}
+
+
+DRAIN_SCRIPT = K8S / "base" / "envoy-drain.sh"
+"""The gateway Envoy's preStop hook (tests/integration/test_envoy_drain.py runs it against a real Envoy)."""
+
+
+def _flag(args: list[str], name: str) -> str:
+    """The value after ``name`` in an argument list (exactly once)."""
+    assert args.count(name) == 1, f"{name} once in {args}"
+    return args[args.index(name) + 1]
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)s", duration)
+    assert match, f"unexpected duration {duration!r}"
+    return float(match[1])
+
+
+def test_base_envoy_prestop_runs_the_drain_script_from_its_config_map(builds: dict[str, Objects]) -> None:
+    """preStop runs envoy-drain.sh with bash from a read-only ConfigMap mount holding exactly the file's bytes."""
+    objects = builds["base"]
+    spec = find(objects, "Deployment", "model-router-gateway")["spec"]["template"]["spec"]
+    envoy = next(c for c in spec["containers"] if c["name"] == "envoy")
+    command = envoy["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/bash", "the script runs with bash (/dev/tcp); it needs no exec bit"
+    script_path = Path(command[1])
+    (mount,) = [m for m in envoy["volumeMounts"] if m["mountPath"] == str(script_path.parent)]
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config_map = find(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["metadata"]["name"].startswith("model-router-envoy-drain-"), "generated: a change rolls the pods"
+    assert config_map["data"] == {script_path.name: DRAIN_SCRIPT.read_text()}
+    assert script_path.name == DRAIN_SCRIPT.name
+    others = [c for c in spec["initContainers"] + spec["containers"] if c is not envoy]
+    assert all(m["name"] != mount["name"] for c in others for m in c.get("volumeMounts", []))
+    # the admin address the hook talks to is Envoy's, and the script drains what envoy.yaml marks INBOUND
+    _, envoy_config = config_map_file(objects, ENVOY_KEY)
+    admin = envoy_config["admin"]["address"]["socket_address"]
+    assert _flag(command, "--admin") == f"{admin['address']}:{admin['port_value']}"
+    assert "/drain_listeners?graceful&inboundonly" in DRAIN_SCRIPT.read_text()
+    directions = {li["name"]: li.get("traffic_direction") for li in envoy_config["static_resources"]["listeners"]}
+    assert directions == {"llm_gateway": "INBOUND", "health_and_stats": None}, "/ready must answer through the drain"
+    syntax = subprocess.run(["bash", "-n", str(DRAIN_SCRIPT)], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_base_grace_period_covers_the_drain_and_the_router(builds: dict[str, Objects]) -> None:
+    """terminationGracePeriodSeconds >= settle + max wait + the router's grace; the max wait covers a stream admitted
+    at the end of Envoy's drain time running to the longest route timeout; Envoy drains with `immediate`."""
+    objects = builds["base"]
+    spec = find(objects, "Deployment", "model-router-gateway")["spec"]["template"]["spec"]
+    envoy = next(c for c in spec["containers"] if c["name"] == "envoy")
+    command = envoy["lifecycle"]["preStop"]["exec"]["command"]
+    settle = int(_flag(command, "--settle-seconds"))
+    max_wait = int(_flag(command, "--max-wait-seconds"))
+    drain_time = int(_flag(envoy["args"], "--drain-time-s"))
+    assert _flag(envoy["args"], "--drain-strategy") == "immediate"
+    _, envoy_config = config_map_file(objects, ENVOY_KEY)
+    longest_route = max(_seconds(r["route"]["timeout"]) for r in _routes(envoy_config) if "route" in r)
+    assert longest_route == 300
+    assert max_wait >= drain_time + longest_route
+    assert 0 < settle <= 10 and 0 < drain_time < longest_route
+    router_grace = _router_settings(objects)["server"]["grace_seconds"]
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace >= settle + max_wait + router_grace
+    assert grace <= settle + max_wait + router_grace + 30, "not much more: a stuck pod is killed after this"
+    # a liveness failure (a wedged Envoy) restarts it quickly, not after the whole drain budget
+    assert envoy["livenessProbe"]["terminationGracePeriodSeconds"] <= 30
 
 
 # --- the pods: security, probes, metrics, selectors ----------------------------------------------------------------
