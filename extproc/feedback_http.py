@@ -10,7 +10,8 @@ accepts writes and the metrics port is often open to every scraper. ``envoy/envo
     POST /v1/feedback  {"feedback_token": "v1....", "score": 1}    (any replica with the signing key)
 
 Answers: 200 ``{"decision_id", "model", "score"}``; 400 / 404 / 503 ``{"error": {"code", "message"}}`` (also 405,
-411, 413 for the wrong method, a missing length or a body over 4 KiB). No access log: Envoy keeps one.
+411, 413 for the wrong method, neither a length nor chunked encoding, or a body over 4 KiB; chunked bodies, which
+Envoy sends for HTTP/2 requests without ``content-length``, are decoded here). No access log: Envoy keeps one.
 """
 
 from __future__ import annotations
@@ -52,16 +53,61 @@ def _error(start_response: StartResponse, status: str, code: str, message: str, 
     return _reply(start_response, status, {"error": {"code": code, "message": message}}, extra)
 
 
-def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[str, Any] | list[bytes]:
-    """The request's JSON object, or the error response already started."""
+class _TooLarge(Exception):
+    pass
+
+
+def _read_chunked(stream: Any, limit: int) -> bytes:
+    """A ``Transfer-Encoding: chunked`` body (what Envoy forwards for an HTTP/2 request without ``content-length``;
+    the standard library's WSGI server does not decode it). :class:`_TooLarge` past ``limit`` bytes, ValueError if
+    malformed. Trailers are read and ignored; the server closes the connection after each request."""
+    body = b""
+    for _ in range(limit + 1):  # a chunk holds at least one byte: more chunks than that is over the limit anyway
+        size = int(stream.readline(80).split(b";", 1)[0].strip() or b"x", 16)
+        if size < 0:
+            raise ValueError("negative chunk size")
+        if size == 0:
+            for _ in range(64):  # trailers, up to the blank line
+                if not stream.readline(1024).strip():
+                    return body
+            raise ValueError("too many trailers")
+        if len(body) + size > limit:
+            raise _TooLarge
+        chunk = stream.read(size)
+        if len(chunk) != size or stream.readline(4).strip():
+            raise ValueError("chunk shorter than its size")
+        body += chunk
+    raise _TooLarge
+
+
+def _read_body(environ: WSGIEnvironment) -> bytes | None:
+    """The request body; None when there is neither a length nor chunked encoding (411). :class:`_TooLarge` past
+    :data:`MAX_BODY_BYTES`, ValueError if malformed."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return _read_chunked(environ["wsgi.input"], MAX_BODY_BYTES)
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
-        return _error(start_response, "411 Length Required", "length_required", "Content-Length: required")
+        return None
     if length < 0 or length > MAX_BODY_BYTES:
-        return _error(start_response, "413 Content Too Large", "too_large", f"body: at most {MAX_BODY_BYTES} bytes")
+        raise _TooLarge
+    data: bytes = environ["wsgi.input"].read(length)
+    return data
+
+
+def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[str, Any] | list[bytes]:
+    """The request's JSON object, or the error response already started."""
     try:
-        body = orjson.loads(environ["wsgi.input"].read(length))
+        raw = _read_body(environ)
+    except _TooLarge:
+        return _error(start_response, "413 Content Too Large", "too_large", f"body: at most {MAX_BODY_BYTES} bytes")
+    except ValueError:
+        return _error(start_response, "400 Bad Request", "invalid_argument", "body: malformed chunked encoding")
+    if raw is None:
+        message = "Content-Length or Transfer-Encoding: chunked: required"
+        return _error(start_response, "411 Length Required", "length_required", message)
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _error(start_response, "400 Bad Request", "invalid_argument", "body: not valid JSON")
     if not isinstance(body, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,3 +418,58 @@ def test_the_score_counts_are_bounded_like_the_store() -> None:
         assert store.admit_score(f"{n:016x}", 1)
     assert store.admit_score(f"{9:016x}", 1) is False
     assert store.admit_score(f"{0:016x}", 1), "the oldest counts were dropped at the bound"
+
+
+def _raw_post(url: str, head: bytes, body: bytes) -> tuple[int, dict[str, Any]]:
+    """One HTTP/1.1 request written by hand (httpx always sends a length for bytes content)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n")
+        conn.sendall(body)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def _chunked(data: bytes, size: int) -> bytes:
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status", "code"),
+    [
+        pytest.param(
+            b"Transfer-Encoding: chunked\r\n",
+            _chunked(json.dumps({"decision_id": KNOWN, "score": 1}).encode(), 7),
+            200,
+            None,
+            id="chunked",
+        ),
+        pytest.param(
+            b"Transfer-Encoding: chunked\r\n",
+            _chunked(b"x" * (MAX_BODY_BYTES + 1), 1000),
+            413,
+            "too_large",
+            id="chunked-too-large",
+        ),
+        pytest.param(
+            b"Transfer-Encoding: chunked\r\n", b"zz\r\nab\r\n0\r\n\r\n", 400, "invalid_argument", id="bad-size"
+        ),
+        pytest.param(b"", b"", 411, "length_required", id="neither-length-nor-chunked"),
+    ],
+)
+def test_http_endpoint_reads_chunked_bodies(
+    harness: Harness, http_url: str, head: bytes, body: bytes, status: int, code: str | None
+) -> None:
+    """Envoy forwards an HTTP/2 request without content-length as chunked HTTP/1.1: that must not be a 411."""
+    got, answer = _raw_post(http_url, head, body)
+    assert got == status, answer
+    if code is None:
+        assert answer == {"decision_id": KNOWN, "model": "gpt-4o-mini", "score": 1.0}
+        assert len(harness.lines()) == 1
+    else:
+        assert answer["error"]["code"] == code
+        assert harness.lines() == []

@@ -68,6 +68,13 @@ DATA_DIR = "/var/lib/model-router"
 GATEWAY_FEEDBACK_PATH = "/model-router/v1/feedback"
 """The gateway route to the router's HTTP feedback endpoint (envoy/envoy.yaml)."""
 TLS_COMPONENT = "components/router-tls"
+EG_FAIL_OPEN = "overlays/envoy-gateway/fail-open-filter"
+"""Opt-in Component: Envoy's fail-open filter as a Lua extension of the Envoy Gateway overlays' EnvoyExtensionPolicy."""
+EG_OVERLAYS = ["overlays/envoy-gateway", "overlays/envoy-gateway-tls"]
+ISTIO_OVERLAYS = ["overlays/istio", "overlays/istio-tls"]
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+LUA_FILTER = "envoy.filters.http.lua"
+ROUTER_FILTER = "envoy.filters.http.router"
 TLS_OVERLAYS = ["overlays/envoy-gateway-tls", "overlays/istio-tls"]
 """The overlays with TLS between the gateway and the router; each is ``<overlay>-tls`` of a plaintext overlay."""
 ROUTER_DIRS = ["router", "overlays/envoy-gateway", "overlays/istio", *TLS_OVERLAYS]
@@ -148,7 +155,7 @@ def test_kustomizations_found() -> None:
         KUSTOMIZATIONS
     )
     assert set(TLS_OVERLAYS) <= set(KUSTOMIZATIONS)
-    assert COMPONENTS == [TLS_COMPONENT], "components are built through the kustomizations that use them"
+    assert COMPONENTS == [TLS_COMPONENT, EG_FAIL_OPEN], "components are built through the kustomizations that use them"
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS)
@@ -732,8 +739,9 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     objects = builds[directory]
     _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
     envoy_filter = find(objects, "EnvoyFilter")
-    patches = {p["applyTo"]: p for p in envoy_filter["spec"]["configPatches"]}
-    ext_proc = patches["HTTP_FILTER"]["patch"]["value"]["typed_config"]
+    patches = _istio_patches(envoy_filter)
+    ext_proc_patch = patches[f"HTTP_FILTER/{EXT_PROC_FILTER}"]
+    ext_proc = ext_proc_patch["patch"]["value"]["typed_config"]
     service = find(objects, "Service", "model-router")
     namespace = envoy_filter["metadata"]["namespace"]
     cluster = f"outbound|{service['spec']['ports'][0]['port']}||model-router.{namespace}.svc.cluster.local"
@@ -741,10 +749,8 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     expected = json.loads(json.dumps(_ext_proc(base_envoy)))
     expected["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster
     assert ext_proc == expected, "same ext_proc settings as the tested Envoy config"
-    assert patches["HTTP_FILTER"]["patch"]["operation"] == "INSERT_BEFORE"
-    assert patches["HTTP_FILTER"]["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == (
-        "envoy.filters.http.router"
-    )
+    assert ext_proc_patch["patch"]["operation"] == "INSERT_BEFORE"
+    assert ext_proc_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == ROUTER_FILTER
     hcm = patches["NETWORK_FILTER"]["patch"]["value"]["typed_config"]
     assert hcm["early_header_mutation_extensions"] == _hcm(base_envoy)["early_header_mutation_extensions"]
     assert (
@@ -769,21 +775,31 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
 def test_istio_envoy_filter_patches_pass_envoy_validate(
     builds: dict[str, Objects], tmp_path: Path, directory: str
 ) -> None:
-    """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy. With
+    """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy. Its
+    HTTP filters are inserted as istiod does it, into an Istio gateway's chain (another filter, then the router):
+    ext_proc before the router, then the fail-open filter right after ext_proc, which gives ext_proc, Lua, router. With
     TLS, the router cluster also gets the UpstreamTlsContext that Istio builds from the DestinationRule (SIMPLE: SNI,
     the subjectAltNames to match, the CA; Istio serves the CA from credentialName over SDS, a PEM file here)."""
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
     objects = builds[directory]
     envoy_filter = find(objects, "EnvoyFilter")
-    patches = {p["applyTo"]: p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"]}
+    patches = {key: p["patch"]["value"] for key, p in _istio_patches(envoy_filter).items()}
     hcm = _hcm(envoy)
-    hcm["http_filters"] = [patches["HTTP_FILTER"], *hcm["http_filters"][1:]]
+    ours = {EXT_PROC_FILTER, LUA_FILTER}
+    gateway_filters = [ISTIO_GATEWAY_FILTER, *(f for f in hcm["http_filters"] if f["name"] not in ours)]
+    assert [f["name"] for f in gateway_filters][-1] == ROUTER_FILTER
+    http_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
+    hcm["http_filters"] = _apply_istio_http_filter_patches(gateway_filters, http_patches)
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names == [ISTIO_GATEWAY_FILTER["name"], EXT_PROC_FILTER, LUA_FILTER, ROUTER_FILTER], names
+    assert hcm["http_filters"][2] == _upstream_lua_filter(), "the fail-open filter of envoy/envoy.yaml"
     hcm["early_header_mutation_extensions"] = patches["NETWORK_FILTER"]["typed_config"][
         "early_header_mutation_extensions"
     ]
     hcm["route_config"]["virtual_hosts"][0].update(patches["VIRTUAL_HOST"])
     envoy["static_resources"]["listeners"][0].update(patches["LISTENER"])
-    cluster_name = patches["HTTP_FILTER"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    ext_proc = patches[f"HTTP_FILTER/{EXT_PROC_FILTER}"]["typed_config"]
+    cluster_name = ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"]
     router_cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "model_router")
     router_cluster["name"] = router_cluster["load_assignment"]["cluster_name"] = cluster_name
     rules = [o for o in objects if o["kind"] == "DestinationRule"]
@@ -819,6 +835,41 @@ def _istio_upstream_tls(tls: dict[str, Any], ca_file: Path) -> dict[str, Any]:
     }
 
 
+ISTIO_GATEWAY_FILTER = {
+    "name": "envoy.filters.http.cors",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
+}
+"""A filter of Istio's own in an ingress gateway's chain, before the router filter."""
+
+
+def _istio_patches(envoy_filter: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The EnvoyFilter's patches by ``applyTo``, each at most once, but an HTTP filter's as ``HTTP_FILTER/<name>``."""
+    patches: dict[str, dict[str, Any]] = {}
+    for patch in envoy_filter["spec"]["configPatches"]:
+        key = patch["applyTo"]
+        if key == "HTTP_FILTER":
+            key += "/" + patch["patch"]["value"]["name"]
+        assert key not in patches, f"{key} twice"
+        patches[key] = patch
+    return patches
+
+
+def _apply_istio_http_filter_patches(filters: list[dict[str, Any]], patches: list[dict[str, Any]]) -> list[Any]:
+    """What istiod does with HTTP_FILTER patches (pilot/pkg/networking/core/envoyfilter, patchHTTPFilters): one
+    after the other, in the EnvoyFilter's order, each inserted before or after the filter its ``subFilter`` names in
+    the chain as it stands then; a patch whose filter is not (yet) there is not applied."""
+    chain = list(filters)
+    for patch in patches:
+        operation = patch["patch"]["operation"]
+        assert operation in ("INSERT_BEFORE", "INSERT_AFTER"), operation
+        names = [f["name"] for f in chain]
+        anchor = patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]
+        if anchor in names:
+            index = names.index(anchor) + (operation == "INSERT_AFTER")
+            chain.insert(index, copy.deepcopy(patch["patch"]["value"]))
+    return chain
+
+
 def _readme_yaml_blocks(directory: str) -> list[Any]:
     text = (K8S / directory / "README.md").read_text()
     return [yaml.safe_load(block) for block in re.findall(r"^```yaml\n(.*?)^```$", text, re.S | re.M)]
@@ -838,6 +889,8 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
     assert blocks
     checked: set[str] = set()
     for block in blocks:
+        if isinstance(block, dict) and block["kind"] == "EnvoyProxy":
+            continue  # the fail-open filter's order (test_envoy_gateway_readme_orders_lua_after_ext_proc)
         if isinstance(block, dict):  # a whole object
             _validate(block)
             assert block["kind"] == "HTTPRoute"
@@ -872,6 +925,211 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
         assert checked == {"VirtualService:model-router-feedback", "EnvoyFilter:model-router-feedback"}
     else:
         assert checked == {"HTTPRoute"}
+
+
+# --- Envoy's fail-open filter in the overlays (top-level README "Envoy settings") -----------------------------------
+
+
+def _upstream_lua_filter() -> dict[str, Any]:
+    """The fail-open filter of envoy/envoy.yaml, the one tests/integration/test_routing.py runs (test_router_down_*)."""
+    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
+    filters: list[dict[str, Any]] = [f for f in _hcm(upstream)["http_filters"] if f["name"] == LUA_FILTER]
+    (lua,) = filters
+    return lua
+
+
+def _upstream_lua() -> str:
+    source: str = _upstream_lua_filter()["typed_config"]["default_source_code"]["inline_string"]
+    return source
+
+
+@pytest.fixture(scope="module")
+def fail_open_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Objects]:
+    """The Envoy Gateway overlays with the fail-open Component, as an operator enables it (``components:``)."""
+    builds = {}
+    for directory in EG_OVERLAYS:
+        root = tmp_path_factory.mktemp(directory.replace("/", "-")) / "with-fail-open-filter"
+        relative = {d: os.path.relpath(K8S / d, root) for d in (directory, EG_FAIL_OPEN)}
+        builds[directory] = kustomize(
+            _write_kustomization(root, resources=[relative[directory]], components=[relative[EG_FAIL_OPEN]])
+        )
+    return builds
+
+
+def _fail_open_scripts(objects: Objects) -> list[str]:
+    """Every Lua script a build adds to a gateway: EnvoyFilter HTTP filters and EnvoyExtensionPolicy ``lua``."""
+    scripts = []
+    for obj in objects:
+        if obj["kind"] == "EnvoyFilter":
+            for patch in obj["spec"]["configPatches"]:
+                value = patch["patch"].get("value", {})
+                if value.get("typed_config", {}).get("@type", "").endswith(".lua.v3.Lua"):
+                    scripts.append(value["typed_config"]["default_source_code"]["inline_string"])
+        elif obj["kind"] == "EnvoyExtensionPolicy":
+            scripts += [lua["inline"] for lua in obj["spec"].get("lua", [])]
+    return scripts
+
+
+def _lua_names(lua: str, table: str) -> set[str]:
+    """The keys of the Lua table ``local TABLE = { ["name"] = true, ... }`` (as tests/unit/test_config.py reads it)."""
+    line = next(line for line in lua.splitlines() if line.startswith(f"local {table} = "))
+    body = lua[lua.index(line) : lua.index("}", lua.index(line))]
+    return set(re.findall(r'\["([^"]+)"\] = true', body))
+
+
+def _default_route_backends(objects: Objects) -> tuple[Any, dict[str, Any]]:
+    """The example route's default destination, and the destination of each catalog cluster's header route."""
+    if any(o["kind"] == "VirtualService" for o in objects):
+        http = find(objects, "VirtualService")["spec"]["http"]
+        by_cluster = {
+            m["headers"]["x-model-router-cluster"]["exact"]: r["route"] for r in http for m in r.get("match", [])
+        }
+        return http[-1]["route"], by_cluster
+    rules = find(objects, "HTTPRoute", "llm")["spec"]["rules"]
+    by_cluster = {h["value"]: r["backendRefs"] for r in rules for m in r["matches"] for h in m.get("headers", [])}
+    return rules[-1]["backendRefs"], by_cluster
+
+
+@pytest.mark.parametrize("directory", [*ISTIO_OVERLAYS, *EG_OVERLAYS])
+def test_overlay_fail_open_filter_is_envoy_yaml_s_and_knows_the_router_config(
+    builds: dict[str, Objects], fail_open_builds: dict[str, Objects], directory: str
+) -> None:
+    """The overlay's fail-open script is envoy/envoy.yaml's byte for byte (its tables live there), and those tables
+    say what the overlay's router config says: the routable aliases, the default model (which the example route's
+    default backend serves: the backend of the default model's cluster) and the router's paths. A router outage then
+    renames "auto" to a model the default backend serves, as in envoy/."""
+    from extproc.schemas import SCHEMAS_BY_PATH
+
+    objects = (fail_open_builds if directory in EG_OVERLAYS else builds)[directory]
+    (script,) = _fail_open_scripts(objects)
+    assert script == _upstream_lua(), "the script of envoy/envoy.yaml, byte for byte"
+    settings = parse_config(_router_settings(objects))
+    catalog = {m.name: m for m in settings.catalog}
+    assert _lua_names(script, "ROUTABLE") == {m for m in settings.policy.routable_models if m not in catalog}
+    assert re.search(rf'^local DEFAULT_MODEL = "{re.escape(settings.policy.default_model)}"$', script, re.MULTILINE)
+    assert _lua_names(script, "ROUTER_PATHS") == set(SCHEMAS_BY_PATH)
+    default_backend, by_cluster = _default_route_backends(objects)
+    assert default_backend == by_cluster[catalog[settings.policy.default_model].cluster]
+
+
+def test_istio_envoy_filter_adds_the_fail_open_filter_right_after_ext_proc(builds: dict[str, Objects]) -> None:
+    """The fail-open filter goes right after the ext_proc filter (same listener match, INSERT_AFTER it), in a patch
+    after the one that inserts ext_proc: istiod applies patches in order, and an INSERT_AFTER whose filter is not there
+    yet is dropped. The filter is envoy/envoy.yaml's, name and config."""
+    envoy_filter = find(builds["overlays/istio"], "EnvoyFilter")
+    order = [p.get("patch", {}).get("value", {}).get("name") for p in envoy_filter["spec"]["configPatches"]]
+    assert order.index(EXT_PROC_FILTER) < order.index(LUA_FILTER)
+    patches = _istio_patches(envoy_filter)
+    ext_proc, lua = patches[f"HTTP_FILTER/{EXT_PROC_FILTER}"], patches[f"HTTP_FILTER/{LUA_FILTER}"]
+    expected_match = copy.deepcopy(ext_proc["match"])
+    expected_match["listener"]["filterChain"]["filter"]["subFilter"] = {"name": EXT_PROC_FILTER}
+    assert lua["match"] == expected_match
+    assert lua["patch"] == {"operation": "INSERT_AFTER", "value": _upstream_lua_filter()}
+    reordered = copy.deepcopy(envoy_filter["spec"]["configPatches"])
+    reordered.insert(0, reordered.pop(order.index(LUA_FILTER)))
+    chain = _apply_istio_http_filter_patches(
+        [{"name": ROUTER_FILTER}], [p for p in reordered if p["applyTo"] == "HTTP_FILTER"]
+    )
+    assert [f["name"] for f in chain] == [EXT_PROC_FILTER, ROUTER_FILTER], "the emulation drops a patch out of order"
+
+
+@pytest.mark.parametrize("directory", EG_OVERLAYS)
+def test_envoy_gateway_fail_open_component(
+    builds: dict[str, Objects], fail_open_builds: dict[str, Objects], directory: str
+) -> None:
+    """The Component adds one inline Lua extension, the fail-open script, to the overlay's EnvoyExtensionPolicy (a
+    Gateway takes one) and changes nothing else; every object still validates. Its ext_proc lets the router write
+    the model_router namespace the script reads (``writableNamespaces``: Envoy's receiving_namespaces), so the script
+    can tell that the router answered. Off by default."""
+    plain, objects = builds[directory], fail_open_builds[directory]
+    for obj in objects:
+        _validate(obj)
+    policy = find(objects, "EnvoyExtensionPolicy")
+    plain_policy = find(plain, "EnvoyExtensionPolicy")
+    assert "lua" not in plain_policy["spec"], 'opt-in: the overlay alone has no Lua (README "Fail open")'
+    spec = copy.deepcopy(policy["spec"])
+    assert spec.pop("lua") == [{"type": "Inline", "inline": _upstream_lua()}]
+    assert spec == plain_policy["spec"]
+    assert [o for o in objects if o is not policy] == [o for o in plain if o is not plain_policy]
+    (ext_proc,) = policy["spec"]["extProc"]
+    assert 'dynamicMetadata():get("model_router")' in _upstream_lua()
+    assert "model_router" in ext_proc["metadata"]["writableNamespaces"]
+    assert ext_proc["failOpen"] is True
+
+
+def _envoy_gateway_filter_order(names: list[str], filter_order: list[dict[str, str]]) -> list[str]:
+    """Envoy Gateway's HTTP filter order (internal/xds/translator/httpfilters.go, sortHTTPFilters), for the filter
+    types of these overlays: its default order puts Lua before ext_proc; then each ``filterOrder`` entry moves every
+    filter of its type before the first, or after the last, filter of the other type."""
+    default = [LUA_FILTER, EXT_PROC_FILTER, ROUTER_FILTER]
+    chain = sorted(names, key=lambda name: (default.index(name.split("/")[0]), name))
+    for position in filter_order:
+        moving = [n for n in chain if n.split("/")[0] == position["name"]]
+        rest = [n for n in chain if n not in moving]
+        other = [i for i, n in enumerate(rest) if n.split("/")[0] == position.get("before", position.get("after"))]
+        if moving and other:
+            at = other[0] if "before" in position else other[-1] + 1
+            chain = rest[:at] + moving + rest[at:]
+    return chain
+
+
+def test_envoy_gateway_readme_orders_lua_after_ext_proc(fail_open_builds: dict[str, Objects]) -> None:
+    """The README's EnvoyProxy ``filterOrder`` validates and moves the Lua filter after ext_proc. Without it Envoy
+    Gateway runs Lua first, and the script would rename every "auto" before the router could route it."""
+    (envoy_proxy,) = [
+        b for b in _readme_yaml_blocks("overlays/envoy-gateway") if isinstance(b, dict) and b["kind"] == "EnvoyProxy"
+    ]
+    _validate(envoy_proxy)
+    filter_order = envoy_proxy["spec"]["filterOrder"]
+    assert filter_order == [{"name": LUA_FILTER, "after": EXT_PROC_FILTER}]
+    policy = find(fail_open_builds["overlays/envoy-gateway"], "EnvoyExtensionPolicy")
+    name = f"envoyextensionpolicy/{policy['metadata']['namespace']}/{policy['metadata']['name']}"
+    filters = [f"{LUA_FILTER}/{name}/lua/0", f"{EXT_PROC_FILTER}/{name}/extproc/0", ROUTER_FILTER]
+    assert [f.split("/")[0] for f in _envoy_gateway_filter_order(filters, [])] == [
+        LUA_FILTER,
+        EXT_PROC_FILTER,
+        ROUTER_FILTER,
+    ], "Envoy Gateway's default"
+    assert [f.split("/")[0] for f in _envoy_gateway_filter_order(filters, filter_order)] == [
+        EXT_PROC_FILTER,
+        LUA_FILTER,
+        ROUTER_FILTER,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "bad_value"),
+    [
+        pytest.param("EnvoyExtensionPolicy", ["spec", "lua", 0, "type"], "inline", id="lua-bad-enum"),
+        pytest.param("EnvoyExtensionPolicy", ["spec", "lua", 0, "type"], "ValueRef", id="lua-type-mismatch"),
+        pytest.param(
+            "EnvoyExtensionPolicy",
+            ["spec", "lua", 0, "valueRef"],
+            {"group": "", "kind": "ConfigMap", "name": "x"},
+            id="lua-two-sources",
+        ),
+        pytest.param("EnvoyExtensionPolicy", ["spec", "lua", 0, "source"], "x", id="lua-unknown-field"),
+        pytest.param("EnvoyProxy", ["spec", "filterOrder", 0, "before"], EXT_PROC_FILTER, id="order-before-and-after"),
+        pytest.param("EnvoyProxy", ["spec", "filterOrder", 0, "after"], "envoy.filters.http.luaa", id="order-bad-enum"),
+        pytest.param("EnvoyProxy", ["spec", "filterorder"], [], id="envoyproxy-unknown-field"),
+    ],
+)
+def test_fail_open_validation_rejects_bad_objects(
+    fail_open_builds: dict[str, Objects], kind: str, path: list[str | int], bad_value: object
+) -> None:
+    """The schemas the fail-open objects validate against are strict too."""
+    if kind == "EnvoyProxy":
+        (obj,) = [b for b in _readme_yaml_blocks("overlays/envoy-gateway") if isinstance(b, dict) and b["kind"] == kind]
+    else:
+        obj = find(fail_open_builds["overlays/envoy-gateway"], kind)
+    obj = copy.deepcopy(obj)
+    _validate(obj)
+    parent: Any = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = bad_value
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(obj)
 
 
 # --- TLS between the gateway and the router (components/router-tls, overlays/*-tls) --------------------------------
@@ -963,6 +1221,20 @@ def test_router_probes_are_grpc_in_plaintext_and_tcp_socket_with_tls(
                     k: v for k, v in plain.items() if k != "grpc"
                 }, f"{probe}: only the handler changes"
     assert (settings.server.tls is not None) == (directory in TLS_OVERLAYS)
+
+
+@pytest.mark.parametrize("directory", ROUTER_DIRS)
+def test_standalone_router_keeps_serving_while_it_leaves_the_endpoints(
+    builds: dict[str, Objects], directory: str
+) -> None:
+    """On SIGTERM the router refuses new streams at once; gateways that still list the pod would fail open (no
+    savings) until their endpoints catch up. The preStop pause keeps it serving meanwhile, and the grace period
+    covers the pause plus the router's own drain."""
+    spec = _router_pod(builds[directory])
+    pause = _router_container(spec)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pause >= 5
+    grace = _router_settings(builds[directory])["server"].get("grace_seconds", 10)
+    assert spec["terminationGracePeriodSeconds"] >= pause + grace + 5
 
 
 @pytest.mark.parametrize("directory", ["base", *ROUTER_DIRS])
@@ -1071,8 +1343,8 @@ def test_istio_tls_destination_rule_verifies_the_router(builds: dict[str, Object
     stay out of the mesh, so that TLS ends at the router."""
     objects = builds["overlays/istio-tls"]
     envoy_filter = find(objects, "EnvoyFilter")
-    patches = {p["applyTo"]: p["patch"]["value"] for p in envoy_filter["spec"]["configPatches"]}
-    cluster = patches["HTTP_FILTER"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    ext_proc = _istio_patches(envoy_filter)[f"HTTP_FILTER/{EXT_PROC_FILTER}"]["patch"]["value"]["typed_config"]
+    cluster = ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"]
     service = find(objects, "Service", "model-router")
     rule = find(objects, "DestinationRule")
     host = _service_fqdn(objects)
