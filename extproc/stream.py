@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import DifficultyModel, Prediction
@@ -225,8 +226,7 @@ class StreamHandler:
         if span is None:  # a duplicate key: which one the upstream reads is unknown, so the default route
             return self._pass_body(PassReason.MODEL_NOT_ROUTABLE)
         metadata = self._pass_metadata(self._pass(PassReason.MODEL_NOT_ROUTABLE, model))
-        metadata["model_span"] = f"{span[0]}-{span[1]}"
-        metadata["fallback_models"] = self._request.policy.fallbacks.get(model.name, "")
+        metadata.update(_fallback_fields(self._request.policy, model.name, raw, span))
         return [envoy.body_continue(metadata, {CLUSTER_HEADER: model.cluster})]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
@@ -274,7 +274,8 @@ class StreamHandler:
         policy = self._request.policy
         parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):
-            named = self._snap.by_name.get(parsed.model) if parsed.model else None
+            # Only the tenant's catalog: a subset is what the tenant may be sent to.
+            named = next((m for m in policy.catalog if m.name == parsed.model), None) if parsed.model else None
             return self._pass_body(parsed.reason) if named is None else self._pass_to_own_cluster(raw, named)
         memory_key = self._conversation_key(parsed)
         decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
@@ -302,31 +303,35 @@ class StreamHandler:
             self._usage = UsageScanner()
             self._usage_model = served
         if policy.shadow:
-            return self._shadow(raw, parsed.requested_model, served)
+            return self._shadow(raw, parsed.requested_model, served, policy)
         assert self._record is not None
-        new_body, (value_start, value_end) = rewritten
-        # For Envoy's fallback filter: where the model value is, and what to name on each cluster a retry may reach.
+        new_body, span = rewritten
         metadata = {
             **self._metadata(self._record),
             **observed,
-            "model_span": f"{value_start}-{value_end}",
-            "fallback_models": policy.fallbacks.get(decision.model.name, ""),
+            **_fallback_fields(policy, decision.model.name, new_body, span),
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, metadata)]
 
-    def _shadow(self, raw: bytes, requested: str, served: ResolvedModel) -> list[pb.ProcessingResponse]:
+    def _shadow(
+        self, raw: bytes, requested: str, served: ResolvedModel, policy: RequestPolicy
+    ) -> list[pb.ProcessingResponse]:
         """Shadow mode: the request goes where it would without the router. A catalog model keeps its body and goes
         to its cluster; an alias such as "auto", which no upstream serves, becomes the default model (as Envoy's
-        fail-open filter does), the baseline the decision record's costs assume."""
-        metadata = {"outcome": Outcome.SHADOW.value}
+        fail-open filter does), the baseline the decision record's costs assume. Envoy's fallback filter renames
+        it on a retry, as for a routed request."""
+        metadata = {"outcome": Outcome.SHADOW.value, "cluster": served.cluster}
         headers = {CLUSTER_HEADER: served.cluster}
         if requested == served.name:
-            return [envoy.body_continue(metadata, headers)]
+            span = find_model_span(raw)
+            fallback = _fallback_fields(policy, served.name, raw, span) if span else {}
+            return [envoy.body_continue({**metadata, **fallback}, headers)]
         rewritten = rewrite_model(raw, served.name)
         if rewritten is None or len(rewritten[0]) > self._snap.settings.limits.max_body_bytes:
-            return [envoy.body_continue(metadata)]  # Envoy's default route (the default model's cluster)
-        return [envoy.body_rewrite(rewritten[0], headers, metadata)]
+            return [envoy.body_continue({"outcome": Outcome.SHADOW.value})]  # the default route, unchanged
+        body, span = rewritten
+        return [envoy.body_rewrite(body, headers, {**metadata, **_fallback_fields(policy, served.name, body, span)})]
 
     def _observe(self, parsed: ParsedRequest, served_model: str) -> Mapping[str, str]:
         """Hand the decision to the tap (feedback store, token, prompt capture); its failure never touches the
@@ -540,6 +545,16 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
+
+
+def _fallback_fields(policy: RequestPolicy, model: str, body: bytes, span: tuple[int, int]) -> dict[str, str]:
+    """For Envoy's fallback filter: where the model value is in the body sent, and what to name on each cluster a
+    retry may reach. None when the value there is not the plain quoted name (a client's escapes): the filter would
+    not recognise it and log an error on every retry."""
+    start, end = span
+    if body[start:end] != orjson.dumps(model):
+        return {}
+    return {"model_span": f"{start}-{end}", "fallback_models": policy.fallbacks.get(model, "")}
 
 
 @dataclass(frozen=True, slots=True)

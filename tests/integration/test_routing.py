@@ -196,18 +196,30 @@ def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> Non
     assert r.status_code == 200, r.text
     assert r.headers["x-upstream-cluster"] == "frontier"
     assert received_body(routerless_stack, "frontier") == sent.replace(b'"model":"auto"', b'"model":"gpt-4o"', 1)
-    assert r.headers["x-model-router-model"] == "gpt-4o"
-    assert "x-model-router-decision-id" not in r.headers
+    # No decision headers: the router did not decide (a labeller must not take this for a pinned answer).
+    assert not {h for h in r.headers if h.startswith("x-model-router-")}
     r = post(routerless_stack, sent, **ROUTER_HEADERS)
     assert r.headers["x-upstream-cluster"] == "frontier"  # Envoy strips the header even without the router
     # Nobody stripped them in the router's place: Envoy's route does, so the override secret stays in the gateway.
     assert router_headers_received(routerless_stack, "frontier") == set()
 
 
+@pytest.mark.parametrize(("model", "cluster"), [("llama-3.1-8b-instruct", "small"), ("gpt-4o-mini", "cheap")])
+def test_router_down_sends_a_named_catalog_model_to_its_cluster(
+    routerless_stack: Stack, model: str, cluster: str
+) -> None:
+    sent = chat_body(EASY, model=model)
+    r = post(routerless_stack, sent)
+    assert r.status_code == 200, r.text  # the default route's provider would answer 404
+    assert r.headers["x-upstream-cluster"] == cluster
+    assert received_body(routerless_stack, cluster) == sent
+    assert router_headers_received(routerless_stack, cluster) == set()
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        pytest.param("/v1/chat/completions", chat_body(EASY, model="gpt-4o"), id="named-model"),
+        pytest.param("/v1/chat/completions", chat_body(EASY, model="not-in-the-catalog"), id="unknown-model"),
         pytest.param(
             "/v1/chat/completions",
             b'{"metadata":{"model":"auto"},"model":"gpt-4o","messages":[]}',
@@ -216,6 +228,11 @@ def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> Non
         pytest.param("/v1/chat/completions", b'{"model":"auto","model":"auto"}', id="duplicate-model-key"),
         pytest.param("/v1/chat/completions", b'{"model":"auto","messages":[', id="malformed-json"),
         pytest.param("/v1/embeddings", b'{"model":"auto","input":"x"}', id="not-a-router-path"),
+        pytest.param(
+            "/v1/chat/completions",
+            b'{"model":"auto","messages":[{"role":"user","content":"x"}],"pad":"' + b"x" * (4194304 - 69) + b'"}',
+            id="rename-would-pass-envoys-buffer-limit",
+        ),
     ],
 )
 def test_router_down_leaves_other_requests_untouched(routerless_stack: Stack, path: str, body: bytes) -> None:

@@ -340,10 +340,14 @@ def _fail_open_lua(envoy_yaml: Path) -> str:
     return str(lua["typed_config"]["default_source_code"]["inline_string"])
 
 
-def _lua_names(lua: str, table: str) -> set[str]:
+def _lua_table(lua: str, table: str) -> dict[str, str]:
     line = next(line for line in lua.splitlines() if line.startswith(f"local {table} = "))
     body = lua[lua.index(line) : lua.index("}", lua.index(line))]
-    return set(re.findall(r'\["([^"]+)"\] = true', body))
+    return dict(re.findall(r'\["([^"]+)"\] = "?(\w[^",\s]*)"?', body))
+
+
+def _lua_names(lua: str, table: str) -> set[str]:
+    return {k for k, v in _lua_table(lua, table).items() if v == "true"}
 
 
 @pytest.mark.parametrize(
@@ -356,8 +360,9 @@ def _lua_names(lua: str, table: str) -> set[str]:
 def test_the_fail_open_filter_knows_the_routers_aliases_default_model_and_paths(
     envoy_yaml: str, router_yaml: str
 ) -> None:
-    """Envoy's fail-open filter renames a routable alias to the default model when the router did not answer: its
-    tables must say what the router config says, or a router outage sends "auto" (a 404) or the wrong model."""
+    """Envoy's fail-open filter renames a routable alias to the default model and sends a named catalog model to its
+    cluster when the router did not answer: its tables must say what the router config says, or a router outage
+    sends "auto" (a 404), the wrong model or a body over Envoy's buffer limit (a 413)."""
     from extproc.schemas import SCHEMAS_BY_PATH
 
     lua = _fail_open_lua(ENVOY_DIR.parent / envoy_yaml)
@@ -366,6 +371,9 @@ def test_the_fail_open_filter_knows_the_routers_aliases_default_model_and_paths(
     assert _lua_names(lua, "ROUTABLE") == aliases
     assert re.search(rf'^local DEFAULT_MODEL = "{re.escape(settings.policy.default_model)}"$', lua, re.MULTILINE)
     assert _lua_names(lua, "ROUTER_PATHS") == set(SCHEMAS_BY_PATH)
+    assert _lua_table(lua, "CATALOG") == {m.name: m.cluster for m in settings.catalog}
+    listener = yaml.safe_load((ENVOY_DIR.parent / envoy_yaml).read_text())["static_resources"]["listeners"][0]
+    assert f"local MAX_BODY_BYTES = {listener['per_connection_buffer_limit_bytes']}\n" in lua
 
 
 def test_the_readmes_full_example_is_a_valid_config_with_every_key() -> None:
