@@ -4,6 +4,7 @@ where each one went and why (from the router's JSON decision log, matched by dec
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -98,6 +99,26 @@ def _fallback(stack: Stack, client: openai.OpenAI) -> str:
     )
 
 
+def _unrouted(client: openai.OpenAI, model: str) -> str:
+    """Where a request for ``model`` went, with the router's headers if any (none: nothing was decided)."""
+    label, messages = PROMPTS[0]
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)  # type: ignore[arg-type]
+    decided = "x-model-router-decision-id" in raw.headers
+    return (
+        f"[{label}] asking for {model!r}: answered by cluster {raw.headers.get('x-upstream-cluster')} as "
+        f"{raw.parse().model} ({'a router decision' if decided else 'no router decision'})"
+    )
+
+
+def _fail_open(stack: Stack, client: openai.OpenAI) -> str:
+    """Kill the router and show Envoy failing open: the request is served, 'auto' as the default model."""
+    stack.stop_router(signal.SIGKILL)
+    return (
+        f"Router killed, Envoy fails open: {_unrouted(client, 'auto')}; Envoy's fail-open filter gave 'auto' the "
+        "default model, which no upstream would serve as 'auto'."
+    )
+
+
 def _gaming_line(table: dict[str, dict[str, Any]]) -> str:
     """Compare [gaming-attempt] with [math-l5], the same prompt without the claim in front."""
     plain, claimed = table.get("math-l5", {}), table.get("gaming-attempt", {})
@@ -128,7 +149,7 @@ def run() -> int:
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         fallback = _fallback(stack, client)
-        client.close()
+        named = _unrouted(client, "llama-3.1-8b-instruct")
         time.sleep(0.2)  # let the router flush its log
         decisions = _decisions(stack.log("router"))
 
@@ -165,6 +186,7 @@ def run() -> int:
         print(_gaming_line(table))
         print(f"Streaming through Envoy (SSE) also works: {streamed!r}")
         print(fallback)
+        print(f"A catalog model named by the client is not routed but goes to its own cluster: {named}.")
         metrics = [
             line
             for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
@@ -173,6 +195,8 @@ def run() -> int:
         print(f"\nRouter metrics (Prometheus) at {stack.metrics_url}:")
         for line in metrics:
             print("  " + line)
+        print(_fail_open(stack, client))
+        client.close()
         print(
             "Traces: set telemetry.otlp_endpoint in envoy/model-router.yaml (or OTEL_EXPORTER_OTLP_ENDPOINT) and run "
             "an OTLP/gRPC collector on 127.0.0.1:4317; Envoy's tracer exports there too (envoy/envoy.yaml)."

@@ -1,0 +1,29 @@
+"""`make demo` is the main job: run it as a user would and check what it prints, not only that it exits 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from devstack.demo import PROMPTS
+from devstack.stack import ROOT
+
+
+def test_demo_prints_where_each_prompt_went_and_why() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "devstack.demo"], cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    rows = lines[start : lines.index("", start)]
+    assert [row.split("]")[0] + "]" for row in rows] == [f"[{label}]" for label, _ in PROMPTS], out
+    for row in rows:
+        tier, _model, answered_by = row[47:].split()[:3]
+        assert tier == answered_by, row  # Envoy sent each request to the cluster the router chose
+    assert re.search(r"\(\d+% saved;", out), out
+    assert "Envoy retried it on cluster frontier, which was asked for gpt-4o" in out
+    assert "answered by cluster small as llama-3.1-8b-instruct (no router decision)" in out
+    assert "Router killed, Envoy fails open: [fact] asking for 'auto': answered by cluster frontier as gpt-4o" in out
