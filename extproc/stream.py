@@ -303,7 +303,7 @@ class StreamHandler:
             self._usage = UsageScanner()
             self._usage_model = served
         if policy.shadow:
-            return self._shadow(raw, parsed.requested_model, served, policy)
+            return self._shadow(raw, parsed.requested_model, served, policy, observed)
         assert self._record is not None
         new_body, span = rewritten
         metadata = {
@@ -315,13 +315,20 @@ class StreamHandler:
         return [envoy.body_rewrite(new_body, headers, metadata)]
 
     def _shadow(
-        self, raw: bytes, requested: str, served: ResolvedModel, policy: RequestPolicy
+        self, raw: bytes, requested: str, served: ResolvedModel, policy: RequestPolicy, observed: Mapping[str, str]
     ) -> list[pb.ProcessingResponse]:
         """Shadow mode: the request goes where it would without the router. A catalog model keeps its body and goes
         to its cluster; an alias such as "auto", which no upstream serves, becomes the default model (as Envoy's
         fail-open filter does), the baseline the decision record's costs assume. Envoy's fallback filter renames
-        it on a retry, as for a routed request."""
-        metadata = {"outcome": Outcome.SHADOW.value, "cluster": served.cluster}
+        it on a retry, as for a routed request. The decision id and feedback token go to the client (feedback on
+        shadow decisions is for the served model); the shadow choice does not, as it would pass for the served one."""
+        assert self._record is not None
+        metadata = {
+            "outcome": Outcome.SHADOW.value,
+            "cluster": served.cluster,
+            "decision_id": self._record.decision_id,
+            **observed,
+        }
         headers = {CLUSTER_HEADER: served.cluster}
         if requested == served.name:
             span = find_model_span(raw)
@@ -329,7 +336,7 @@ class StreamHandler:
             return [envoy.body_continue({**metadata, **fallback}, headers)]
         rewritten = rewrite_model(raw, served.name)
         if rewritten is None or len(rewritten[0]) > self._snap.settings.limits.max_body_bytes:
-            return [envoy.body_continue({"outcome": Outcome.SHADOW.value})]  # the default route, unchanged
+            return [envoy.body_continue({k: v for k, v in metadata.items() if k != "cluster"})]  # default route
         body, span = rewritten
         return [envoy.body_rewrite(body, headers, {**metadata, **_fallback_fields(policy, served.name, body, span)})]
 

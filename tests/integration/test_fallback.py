@@ -334,3 +334,23 @@ def test_an_endpoint_without_metadata_gets_the_routers_body_even_after_a_rename(
         assert "x-model-router-fallback-model" not in r.headers
         assert received_body(stack, "cheap") == replace_model(body, MODEL_OF["cheap"])
         assert received_body(stack, "frontier") == replace_model(body, MODEL_OF["small"])
+
+
+@pytest.mark.parametrize("router", [False, True], ids=["router-down", "router-up-escaped-name"])
+def test_a_retry_that_could_not_rename_still_says_so(tmp_path: Path, router: bool) -> None:
+    """Without a rename table (the fail-open filter chose the cluster, or the client's model value has escapes the
+    router leaves alone), a retry goes to a stronger cluster under the name asked for: the response must say so,
+    or a labeller would score that cluster's answer for the model it asked."""
+    s = Stack(workdir=tmp_path, router_overrides=HEURISTIC, envoy_patch=without_outlier_detection)
+    s.start(router=router)
+    try:
+        fail(s, "small", 503)
+        name = "llama\\u002d3.1-8b-instruct" if router else MODEL_OF["small"]
+        body = b'{"model":"' + name.encode() + b'","messages":[{"role":"user","content":"hi"}]}'
+        r = post(s, body)
+        assert r.headers["x-upstream-cluster"] == "cheap"  # the next cluster of the chain, asked for llama: a 404
+        assert r.status_code == 404
+        assert r.headers["x-model-router-fallback-model"] == MODEL_OF["small"]
+        assert received_body(s, "cheap") == body
+    finally:
+        s.stop()

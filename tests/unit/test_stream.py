@@ -506,6 +506,7 @@ async def test_shadow_mode_sends_the_request_where_it_would_go_without_the_route
     meta = router_metadata(responses[1])
     assert (meta["outcome"], meta["cluster"]) == ("shadow", cluster)
     assert "selected_model" not in meta  # the client must not read the shadow choice as the served model
+    assert meta["decision_id"] == rec.decision_id  # feedback on shadow decisions (for the served model)
     # Envoy's fallback filter can rename it on a retry: the span is the served name's, in the body sent.
     start, end = (int(x) for x in meta["model_span"].split("-"))
     assert sent[start:end] == orjson.dumps(served) and meta["fallback_models"]
