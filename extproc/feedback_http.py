@@ -54,7 +54,7 @@ def _error(start_response: StartResponse, status: str, code: str, message: str, 
 
 
 class _TooLarge(Exception):
-    pass
+    """The body is over :data:`MAX_BODY_BYTES` (413)."""
 
 
 def _read_chunked(stream: Any, limit: int) -> bytes:
