@@ -1,5 +1,5 @@
 """The ``model-router`` command: ``serve``, ``check-config``, ``eval``, ``report``, ``explain``, ``adapt``, ``label``,
-``outcomes``, ``inject-webhook``."""
+``outcomes``, ``fail-open-lua``, ``inject-webhook``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     outcomes.add_argument("--feedback", type=Path, nargs="+", required=True, help="feedback files (plain or .gz)")
     outcomes.add_argument("--out", type=Path, required=True, help="the EVAL.md JSON Lines file to write (mode 0600)")
     outcomes.add_argument("--keep-unscored", action="store_true", help="also write captured prompts without feedback")
+    lua = _command(
+        sub, "fail-open-lua", "print the Lua of Envoy's fail-open filter for a config (README 'Envoy settings')"
+    )
+    lua.add_argument("--config", type=Path, required=True, help="the router's YAML config")
+    lua.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4194304,
+        help="the Envoy listener's per_connection_buffer_limit_bytes (default: %(default)s)",
+    )
     inject = _command(sub, "inject-webhook", "serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")
     return parser
@@ -268,6 +278,14 @@ def _outcomes(args: argparse.Namespace) -> int:
     return run_outcomes(args.capture, args.feedback, args.out, args.keep_unscored, sys.stdout, sys.stderr)
 
 
+def _fail_open_lua(args: argparse.Namespace) -> int:
+    from extproc.config import load_config
+    from extproc.fail_open_lua import render_fail_open_lua
+
+    sys.stdout.write(render_fail_open_lua(load_config(args.config), args.max_body_bytes))
+    return 0
+
+
 def _inject_webhook(args: argparse.Namespace) -> int:
     from extproc.webhook import run_webhook
 
@@ -287,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "label": _label,
         "outcomes": _outcomes,
+        "fail-open-lua": _fail_open_lua,
         "inject-webhook": _inject_webhook,
     }
     try:

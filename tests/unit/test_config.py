@@ -14,6 +14,7 @@ from devstack.stack import ENVOY_DIR
 from extproc.cli import main
 from extproc.config import Settings, load_config, load_yaml, parse_config, parse_listen
 from extproc.errors import ConfigError
+from extproc.fail_open_lua import render_fail_open_lua
 from extproc.reload import load_snapshot, reload_snapshot, watch_config
 from extproc.snapshot import SnapshotRef, build_snapshot
 from tests.fakes import FakeDifficultyModel
@@ -340,16 +341,6 @@ def _fail_open_lua(envoy_yaml: Path) -> str:
     return str(lua["typed_config"]["default_source_code"]["inline_string"])
 
 
-def _lua_table(lua: str, table: str) -> dict[str, str]:
-    line = next(line for line in lua.splitlines() if line.startswith(f"local {table} = "))
-    body = lua[lua.index(line) : lua.index("}", lua.index(line))]
-    return dict(re.findall(r'\["([^"]+)"\] = "?(\w[^",\s]*)"?', body))
-
-
-def _lua_names(lua: str, table: str) -> set[str]:
-    return {k for k, v in _lua_table(lua, table).items() if v == "true"}
-
-
 @pytest.mark.parametrize(
     ("envoy_yaml", "router_yaml"),
     [
@@ -357,23 +348,28 @@ def _lua_names(lua: str, table: str) -> set[str]:
         pytest.param("k8s/base/envoy.yaml", "k8s/base/router-config/model-router.yaml", id="k8s-base"),
     ],
 )
-def test_the_fail_open_filter_knows_the_routers_aliases_default_model_and_paths(
-    envoy_yaml: str, router_yaml: str
-) -> None:
+def test_the_shipped_fail_open_filter_is_generated_from_its_router_config(envoy_yaml: str, router_yaml: str) -> None:
     """Envoy's fail-open filter renames a routable alias to the default model and sends a named catalog model to its
     cluster when the router did not answer: its tables must say what the router config says, or a router outage
     sends "auto" (a 404), the wrong model or a body over Envoy's buffer limit (a 413)."""
-    from extproc.schemas import SCHEMAS_BY_PATH
-
-    lua = _fail_open_lua(ENVOY_DIR.parent / envoy_yaml)
-    settings = load_config(ENVOY_DIR.parent / router_yaml)
-    aliases = {m for m in settings.policy.routable_models if m not in {c.name for c in settings.catalog}}
-    assert _lua_names(lua, "ROUTABLE") == aliases
-    assert re.search(rf'^local DEFAULT_MODEL = "{re.escape(settings.policy.default_model)}"$', lua, re.MULTILINE)
-    assert _lua_names(lua, "ROUTER_PATHS") == set(SCHEMAS_BY_PATH)
-    assert _lua_table(lua, "CATALOG") == {m.name: m.cluster for m in settings.catalog}
     listener = yaml.safe_load((ENVOY_DIR.parent / envoy_yaml).read_text())["static_resources"]["listeners"][0]
-    assert f"local MAX_BODY_BYTES = {listener['per_connection_buffer_limit_bytes']}\n" in lua
+    settings = load_config(ENVOY_DIR.parent / router_yaml)
+    want = render_fail_open_lua(settings, listener["per_connection_buffer_limit_bytes"])
+    assert _fail_open_lua(ENVOY_DIR.parent / envoy_yaml) == want, f"model-router fail-open-lua --config {router_yaml}"
+
+
+def test_the_fail_open_lua_tables_follow_the_config(tmp_path: Path) -> None:
+    """Aliases are the routable names that are no catalog model; odd names are escaped as Lua strings."""
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    data["policy"]["routable_models"] = ["auto", "gpt-4o-mini", 'we"ird\\one']
+    data["catalog"][0]["cluster"] = "small-v2"
+    lua = render_fail_open_lua(parse_config(data), 1000)
+    assert 'local ROUTABLE = {\n  ["auto"] = true,\n  ["we\\"ird\\\\one"] = true,\n}\n' in lua
+    assert '["llama-3.1-8b-instruct"] = "small-v2",' in lua
+    assert "local MAX_BODY_BYTES = 1000\n" in lua
+    out = tmp_path / "cfg.yaml"
+    out.write_text(yaml.safe_dump(data))
+    assert main(["fail-open-lua", "--config", str(out), "--max-body-bytes", "1000"]) == 0
 
 
 def test_the_readmes_full_example_is_a_valid_config_with_every_key() -> None:
