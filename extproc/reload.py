@@ -19,6 +19,7 @@ from classifier.loader import load_difficulty_model
 from classifier.model import DifficultyModel
 from extproc.config import Settings, load_config
 from extproc.errors import ConfigError
+from extproc.fail_open_lua import render_fail_open_lua
 from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
 
 __all__ = ["Apply", "load_model_for", "load_snapshot", "reload_snapshot", "restart_only_changes", "watch_config"]
@@ -72,11 +73,18 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
         _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
         return False
     pending = restart_only_changes(ref.current.settings, snapshot.settings)
+    stale_lua = render_fail_open_lua(ref.current.settings) != render_fail_open_lua(snapshot.settings)
     ref.current = snapshot
     if pending:  # applied, but these keys were read at start: say so, or an operator believes e.g. feedback is off
         _log.warning("config reloaded from %s; needs a restart to take effect: %s", path, ", ".join(pending))
     else:
         _log.info("config reloaded from %s", path)
+    if stale_lua:  # Envoy's copy of these tables acts only while the router is down: a stale one shows only then
+        _log.warning(
+            "the catalog, policy.routable_models or policy.default_model changed: regenerate Envoy's fail-open filter"
+            " with `model-router fail-open-lua --config %s`",
+            path,
+        )
     return True
 
 

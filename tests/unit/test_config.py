@@ -535,3 +535,23 @@ def test_a_reload_says_which_changes_need_a_restart(
         assert line.endswith("needs a restart to take effect: " + ", ".join(pending)), line
     else:
         assert "restart" not in line, line
+
+
+def test_a_reload_that_changes_the_fail_open_tables_says_to_regenerate_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Envoy's fail-open filter carries the default model and the catalog's clusters; after a reload that changes
+    them, its copy is stale, which would show only during the next router outage."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    data["policy"]["default_model"] = "gpt-4o-mini"
+    path.write_text(yaml.safe_dump(data))
+    caplog.set_level("INFO", logger="model_router.reload")
+    assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "the catalog, policy.routable_models or policy.default_model changed: regenerate Envoy's fail-open filter"
+        f" with `model-router fail-open-lua --config {path}`"
+    ]
