@@ -173,6 +173,17 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
         plt.close(fig)
 
 
+def load_items(option: str, path: Path) -> list[dict[str, Any]]:
+    """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
+    that is not JSON) if it cannot be read."""
+    try:
+        return list(read_items(path))
+    except NotJsonLine as exc:
+        raise EvalError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
+    except (OSError, EOFError) as exc:
+        raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
+
+
 def run_eval(
     data: Path,
     out: Path,
@@ -192,89 +203,64 @@ def run_eval(
     ``plot`` cannot be written, or the named models are missing everywhere.
     """
     try:
-        return _run(data, out, model, text_of, weak, strong, plot, stdout)
+        if plot is not None:
+            _check_plot_support()
+        items = load_items("--data", data)
+        if not items:
+            raise EvalError(f"--data {data} has no items")
+        texts: list[str | None] = [text_of(item) for item in items]
+        difficulty = np.asarray(
+            [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
+        )
+        unparsed = np.isnan(difficulty)
+        fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
+        difficulty[unparsed] = fallback
+        try:
+            with out.open("wb") as fh:
+                for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
+                    fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
+        except OSError as exc:
+            raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
+        stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
+        if unparsed.any():
+            stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")
+
+        outcomes = [_scores_of(item) for item in items]
+        if weak is None or strong is None:
+            pair = choose_pair([o for o in outcomes if o])
+            if pair is None:
+                stdout.write("no outcome scores for two models: metrics skipped\n")
+                return 0
+            weak = weak or pair[0]
+            strong = strong or pair[1]
+        keep = np.asarray([weak in o and strong in o for o in outcomes])
+        if not keep.any():
+            raise EvalError(f"no item of --data {data} has scores for both {weak!r} and {strong!r}")
+        w = np.asarray([o[weak] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
+        s = np.asarray([o[strong] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
+        d = difficulty[keep]
+        kept_texts = [t or "" for t, k in zip(texts, keep, strict=True) if k]
+        stdout.write(
+            f"pair: weak {weak} (mean {w.mean():.3f}) -> strong {strong} (mean {s.mean():.3f})"
+            f" on {int(keep.sum())} items ({int((~keep).sum())} without both scores left out)\n"
+        )
+        rows = [
+            _Row("router", routing_curve(d, w, s)),
+            _Row("router+fit", routing_curve(pair_gain_scores(d, w, s), w, s)),
+            _Row("length", routing_curve(length_scores(kept_texts), w, s)),
+            _Row("random", routing_curve(np.zeros(len(d)), w, s)),
+            _Row("oracle", routing_curve(oracle_scores(w, s), w, s)),
+        ]
+        for line in _format(rows):
+            stdout.write(line + "\n")
+        if plot is not None:
+            _plot([r for r in rows if r.label != "router+fit"] + rows[1:2], plot, f"{data.name}\n{weak} → {strong}")
+            stdout.write(f"plot written to {plot}\n")
+        return 0
     except EvalError as exc:
         stdout.flush()  # what was printed so far, then the reason, in that order on a terminal
         print(f"model-router eval: {exc}", file=sys.stderr if stderr is None else stderr)
         return 2
-
-
-def load_items(option: str, path: Path) -> list[dict[str, Any]]:
-    """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
-    that is not JSON) if it cannot be read."""
-    try:
-        return list(read_items(path))
-    except NotJsonLine as exc:
-        raise EvalError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
-    except (OSError, EOFError) as exc:
-        raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
-
-
-def _run(
-    data: Path,
-    out: Path,
-    model: DifficultyModel,
-    text_of: TextOf,
-    weak: str | None,
-    strong: str | None,
-    plot: Path | None,
-    stdout: TextIO,
-) -> int:
-    """The body of :func:`run_eval`; raises :class:`EvalError` for what the operator must fix."""
-    if plot is not None:
-        _check_plot_support()
-    items = load_items("--data", data)
-    if not items:
-        raise EvalError(f"--data {data} has no items")
-    texts: list[str | None] = [text_of(item) for item in items]
-    difficulty = np.asarray(
-        [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
-    )
-    unparsed = np.isnan(difficulty)
-    fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
-    difficulty[unparsed] = fallback
-    try:
-        with out.open("wb") as fh:
-            for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
-                fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
-    except OSError as exc:
-        raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
-    stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
-    if unparsed.any():
-        stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")
-
-    outcomes = [_scores_of(item) for item in items]
-    if weak is None or strong is None:
-        pair = choose_pair([o for o in outcomes if o])
-        if pair is None:
-            stdout.write("no outcome scores for two models: metrics skipped\n")
-            return 0
-        weak = weak or pair[0]
-        strong = strong or pair[1]
-    keep = np.asarray([weak in o and strong in o for o in outcomes])
-    if not keep.any():
-        raise EvalError(f"no item of --data {data} has scores for both {weak!r} and {strong!r}")
-    w = np.asarray([o[weak] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
-    s = np.asarray([o[strong] for o, k in zip(outcomes, keep, strict=True) if k], dtype=np.float64)
-    d = difficulty[keep]
-    kept_texts = [t or "" for t, k in zip(texts, keep, strict=True) if k]
-    stdout.write(
-        f"pair: weak {weak} (mean {w.mean():.3f}) -> strong {strong} (mean {s.mean():.3f}) on {int(keep.sum())} items"
-        f" ({int((~keep).sum())} without both scores left out)\n"
-    )
-    rows = [
-        _Row("router", routing_curve(d, w, s)),
-        _Row("router+fit", routing_curve(pair_gain_scores(d, w, s), w, s)),
-        _Row("length", routing_curve(length_scores(kept_texts), w, s)),
-        _Row("random", routing_curve(np.zeros(len(d)), w, s)),
-        _Row("oracle", routing_curve(oracle_scores(w, s), w, s)),
-    ]
-    for line in _format(rows):
-        stdout.write(line + "\n")
-    if plot is not None:
-        _plot([r for r in rows if r.label != "router+fit"] + rows[1:2], plot, f"{data.name}\n{weak} → {strong}")
-        stdout.write(f"plot written to {plot}\n")
-    return 0
 
 
 def _scores_of(item: Mapping[str, Any]) -> dict[str, float]:

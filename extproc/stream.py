@@ -226,7 +226,7 @@ class StreamHandler:
         if span is None:  # a duplicate key: which one the upstream reads is unknown, so the default route
             return self._pass_body(PassReason.MODEL_NOT_ROUTABLE)
         metadata = self._pass_metadata(self._pass(PassReason.MODEL_NOT_ROUTABLE, model))
-        metadata.update(_fallback_fields(self._request.policy, model.name, raw, span))
+        metadata.update(_client_fallback_fields(self._request.policy, model.name, raw, span))
         return [envoy.body_continue(metadata, {CLUSTER_HEADER: model.cluster})]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
@@ -238,7 +238,7 @@ class StreamHandler:
         if reason is not None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
-                metadata = {"outcome": Outcome.PASSTHROUGH.value, "reason": reason.value}
+                metadata = _UNKNOWN_PATH_METADATA
             else:
                 metadata = self._pass_metadata(self._pass(reason))
             return [envoy.headers_continue(owned, skip_body=True, metadata=metadata)]
@@ -309,7 +309,7 @@ class StreamHandler:
         metadata = {
             **self._metadata(self._record),
             **observed,
-            **_fallback_fields(policy, decision.model.name, new_body, span),
+            **_fallback_fields(policy, decision.model.name, span),
         }
         headers = {CLUSTER_HEADER: decision.model.cluster}
         return [envoy.body_rewrite(new_body, headers, metadata)]
@@ -332,13 +332,13 @@ class StreamHandler:
         headers = {CLUSTER_HEADER: served.cluster}
         if requested == served.name:
             span = find_model_span(raw)
-            fallback = _fallback_fields(policy, served.name, raw, span) if span else {}
+            fallback = _client_fallback_fields(policy, served.name, raw, span) if span else {}
             return [envoy.body_continue({**metadata, **fallback}, headers)]
         rewritten = rewrite_model(raw, served.name)
         if rewritten is None or len(rewritten[0]) > self._snap.settings.limits.max_body_bytes:
             return [envoy.body_continue({k: v for k, v in metadata.items() if k != "cluster"})]  # default route
         body, span = rewritten
-        return [envoy.body_rewrite(body, headers, {**metadata, **_fallback_fields(policy, served.name, body, span)})]
+        return [envoy.body_rewrite(body, headers, {**metadata, **_fallback_fields(policy, served.name, span)})]
 
     def _observe(self, parsed: ParsedRequest, served_model: str) -> Mapping[str, str]:
         """Hand the decision to the tap (feedback store, token, prompt capture); its failure never touches the
@@ -552,16 +552,20 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
+_UNKNOWN_PATH_METADATA = {"outcome": Outcome.PASSTHROUGH.value, "reason": PassReason.UNKNOWN_PATH.value}
 
 
-def _fallback_fields(policy: RequestPolicy, model: str, body: bytes, span: tuple[int, int]) -> dict[str, str]:
-    """For Envoy's fallback filter: where the model value is in the body sent, and what to name on each cluster a
-    retry may reach. None when the value there is not the plain quoted name (a client's escapes): the filter would
-    not recognise it and log an error on every retry."""
-    start, end = span
-    if body[start:end] != orjson.dumps(model):
-        return {}
-    return {"model_span": f"{start}-{end}", "fallback_models": policy.fallbacks.get(model, "")}
+def _fallback_fields(policy: RequestPolicy, model: str, span: tuple[int, int]) -> dict[str, str]:
+    """For Envoy's fallback filter: where the model value (the plain quoted name) is in the body sent, and what to
+    name on each cluster a retry may reach."""
+    return {"model_span": f"{span[0]}-{span[1]}", "fallback_models": policy.fallbacks.get(model, "")}
+
+
+def _client_fallback_fields(policy: RequestPolicy, model: str, body: bytes, span: tuple[int, int]) -> dict[str, str]:
+    """:func:`_fallback_fields` for a body as the client wrote it: none when the value is not the plain quoted name
+    (escapes), which the filter would not recognise (an error logged on every retry). A body the router rewrote
+    holds the plain name by construction."""
+    return _fallback_fields(policy, model, span) if body[span[0] : span[1]] == orjson.dumps(model) else {}
 
 
 @dataclass(frozen=True, slots=True)
