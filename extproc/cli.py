@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = _command(sub, "serve", "run the ext_proc gRPC server")
     serve.add_argument("--config", type=Path, required=True, help="YAML config file")
     serve.add_argument("--listen", help="override server.listen (host:port, [::1]:port or unix:/absolute/path)")
+    serve.add_argument(
+        "--health-listen",
+        help="also serve GET /healthz on this host:port (probes that cannot reach a loopback gRPC port)",
+    )
     check = _command(sub, "check-config", "validate a config file and load its classifier")
     check.add_argument("--config", type=Path, required=True)
     ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
@@ -153,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(args.config, SnapshotRef(snapshot), args.listen))
+        runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, args.health_listen))
     return 0
 
 

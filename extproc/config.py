@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
+from collections.abc import Mapping
 from contextlib import suppress
 from functools import cache
 from pathlib import Path
@@ -79,6 +81,25 @@ def parse_listen(value: str, unix: bool = False) -> tuple[str, int] | None:
     if not ok:
         raise ValueError(f"expected {form}, got {value!r}")
     return bare, int(port)
+
+
+def _check_otlp_endpoint(value: str) -> str:
+    """``http(s)://host[:port]`` or ``host[:port]`` (port 4317 by default, as :mod:`extproc.otlp` reads it): a typo
+    would otherwise only show as spans that never arrive."""
+    parsed = urllib.parse.urlsplit(value if "://" in value else "//" + value)
+    host = parsed.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        valid_host = True
+    except ValueError:
+        valid_host = bool(_HOSTNAME.fullmatch(host))
+    try:
+        port_ok = parsed.port != 0
+    except ValueError:
+        port_ok = False
+    if parsed.scheme not in ("", "http", "https") or not valid_host or not port_ok or parsed.path not in ("", "/"):
+        raise ValueError(f"expected http(s)://host[:port] or host[:port], got {value!r}")
+    return value
 
 
 def _listen(unix: bool) -> AfterValidator:
@@ -186,7 +207,7 @@ class TelemetrySettings(_Strict):
 
     metrics_listen: TcpListen | None = "127.0.0.1:9464"
     """``host:port`` of the Prometheus ``/metrics`` endpoint; null disables it."""
-    otlp_endpoint: str | None = None
+    otlp_endpoint: Annotated[str, AfterValidator(_check_otlp_endpoint)] | None = None
     """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; null = ``OTEL_EXPORTER_OTLP_ENDPOINT`` or no traces."""
     sampling_ratio: Unit = 1.0
     """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""
@@ -439,9 +460,27 @@ def _learning_checks(v: _Fields) -> list[str]:
                     "feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock"
                 )
     with suppress(_Failed):
-        listen, metrics = feedback("listen"), v.get(TelemetrySettings, "telemetry", "metrics_listen")
-        if feedback("enabled") and listen is not None and listen == metrics:
-            problems.append("feedback.listen: must differ from telemetry.metrics_listen")
+        listens = {
+            "server.listen": v.get(ServerSettings, "server", "listen"),
+            "telemetry.metrics_listen": v.get(TelemetrySettings, "telemetry", "metrics_listen"),
+            "feedback.listen": feedback("listen") if feedback("enabled") else None,
+        }
+        problems.extend(_listen_clashes(listens))
+    return problems
+
+
+_ANY_HOST = {"0.0.0.0", "::"}
+
+
+def _listen_clashes(listens: Mapping[str, str | None]) -> list[str]:
+    """Two listeners on one port of one address (or of every address): caught here, the second bind would fail at
+    start as if another process held the port, naming whichever field was bound second."""
+    bound = [(field, parse_listen(value, unix=True)) for field, value in listens.items() if value is not None]
+    problems = []
+    for i, (field, at) in enumerate(bound):
+        for earlier, other in bound[:i]:
+            if at and other and at[1] == other[1] != 0 and (at[0] == other[0] or {at[0], other[0]} & _ANY_HOST):
+                problems.append(f"{field}: must differ from {earlier} (both on port {at[1]})")
     return problems
 
 

@@ -90,9 +90,19 @@ class TokenSigner:
     """Signs with the first key, verifies with any; thread-safe (each call works on a copy of the keyed HMACs)."""
 
     def __init__(self, keys: Sequence[bytes]) -> None:
+        self._keys: tuple[hmac.HMAC, ...] = ()
+        self._given: tuple[bytes, ...] = ()
+        self.rekey(keys)
+
+    def rekey(self, keys: Sequence[bytes]) -> bool:
+        """Sign with the new first key and verify with only the new keys from now on; True if they differ from the
+        current ones. One atomic swap: a call in flight uses the old set or the new one, never a mix."""
         if not keys:
             raise ValueError("at least one key")
+        changed = tuple(keys) != self._given
+        self._given = tuple(keys)
         self._keys = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
+        return changed
 
     def sign(self, fields: dict[str, Any]) -> str:
         """A token carrying ``fields`` (JSON-serialisable)."""

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from extproc import capture as capture_mod
 from extproc import feedback as feedback_mod
@@ -53,15 +54,25 @@ class Learning:
     capture: PromptCapture
     feedback: FeedbackRecorder | None
     stop_http: Callable[[], None]
+    signer: TokenSigner | None = None
+    key_file: Path | None = None
+    """``feedback.signing_key_file`` as read at start; its content is read again on every reload."""
 
     def reconfigure(self, settings: Settings) -> None:
-        """Apply a reloaded config's ``capture`` section before the config is swapped in
-        (:func:`extproc.reload.reload_snapshot`'s ``apply``).
+        """Apply a reloaded config's ``capture`` section and re-read the feedback signing keys, before the config is
+        swapped in (:func:`extproc.reload.reload_snapshot`'s ``apply``). The server reloads when the key file changes
+        too, so replacing a leaked key in the Secret revokes it without a restart.
 
-        Raises :class:`~extproc.errors.ConfigError` naming ``capture.path`` if another process writes that path;
-        the capture writer then keeps its current file and the reload is rejected, so config and file agree.
+        Raises :class:`~extproc.errors.ConfigError` naming ``capture.path`` if another process writes that path, or
+        ``feedback.signing_key_file`` if it no longer holds valid keys; nothing is changed then and the reload is
+        rejected, so config, file and keys agree.
         """
+        keys = None
+        if self.signer is not None and settings.feedback.signing_key_file == self.key_file is not None:
+            keys = load_signing_keys(self.key_file)  # a new path is restart-only (feedback.*): keep these keys
         _configure_capture(self.capture, settings.capture)
+        if keys is not None and self.signer is not None and self.signer.rekey(keys):
+            _log.info("feedback.signing_key_file: new keys from %s (%d), the first signs", self.key_file, len(keys))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking feedback, then write every queued line and close the files."""
@@ -110,4 +121,5 @@ def start_learning(
         )
         stop_http = start_feedback_server(cfg.listen, recorder) if cfg.listen else (lambda: None)
         undo.pop_all()
-    return Learning(LearningTap(decisions, capture, signer=signer), capture, recorder, stop_http)
+    tap = LearningTap(decisions, capture, signer=signer)
+    return Learning(tap, capture, recorder, stop_http, signer, cfg.signing_key_file)

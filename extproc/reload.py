@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from classifier.loader import load_difficulty_model
@@ -90,7 +90,8 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
 
 def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     """The changed keys that only a restart applies (README "Configuration"): listeners, TLS, log level, telemetry
-    except what is read per request, feedback, the stickiness memory's size."""
+    except what is read per request, feedback, the stickiness memory's size, and a raised body limit (a lowered
+    one applies at once)."""
 
     def read_at_start(s: Settings) -> dict[str, object]:
         server = s.server.model_dump(include={"listen", "decision_api", "log_level", "config_poll_seconds", "tls"})
@@ -103,7 +104,10 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
         }
 
     before, after = read_at_start(old), read_at_start(new)
-    return [key for key in after if after[key] != before[key]]
+    pending = [key for key in after if after[key] != before[key]]
+    if new.limits.max_body_bytes > old.limits.max_body_bytes:  # gRPC's message limit (server.message_limit)
+        pending.append("limits.max_body_bytes (raised: larger gRPC messages are refused until a restart)")
+    return pending
 
 
 def _fingerprint(path: Path) -> bytes | None:
@@ -121,16 +125,23 @@ async def watch_config(
     load_model: Callable[[Settings], DifficultyModel] = load_model_for,
     apply: Apply = _apply_nothing,
     serial: threading.Lock | None = None,
+    also: Sequence[Path] = (),
 ) -> None:
-    """Poll ``path`` every ``interval`` seconds and reload when its content changes (runs until cancelled).
+    """Poll ``path`` and the files ``also`` names (read by ``apply``, e.g. the feedback signing keys) every
+    ``interval`` seconds and reload when their content changes (runs until cancelled).
 
     Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
     touched-but-unchanged file does not reload. The model is loaded off the event loop.
     """
-    seen = _fingerprint(path)
+
+    def fingerprint() -> tuple[bytes | None, ...] | None:
+        config = _fingerprint(path)  # unreadable (e.g. mid-swap): wait; an unreadable `also` file is a change
+        return None if config is None else (config, *(_fingerprint(p) for p in also))
+
+    seen = fingerprint()
     while True:
         await asyncio.sleep(interval)
-        current = _fingerprint(path)
+        current = fingerprint()
         if current is None or current == seen:
             continue
         seen = current

@@ -47,7 +47,8 @@ class Passthrough:
 
     reason: PassReason
     model: str | None = None
-    """The requested model, for ``MODEL_NOT_ROUTABLE`` (a catalog model named by the client goes to its cluster)."""
+    """The requested model where it is known: ``MODEL_NOT_ROUTABLE`` (a catalog model named by the client goes to its
+    cluster) and the limits checked after parsing (a routable alias is renamed to the default model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +124,9 @@ def parse_request(
     if model not in routable:
         return Passthrough(PassReason.MODEL_NOT_ROUTABLE, model)
     if containers > limits.max_json_depth and json_depth_exceeds(body, limits.max_json_depth):  # depth <= count
-        return Passthrough(PassReason.TOO_DEEP)
+        return Passthrough(PassReason.TOO_DEEP, model)
     if schema.message_count(body) > limits.max_messages:
-        return Passthrough(PassReason.TOO_MANY_MESSAGES)
+        return Passthrough(PassReason.TOO_MANY_MESSAGES, model)
     return ParsedRequest(
         schema=schema,
         body=body,

@@ -22,10 +22,11 @@ from prometheus_client import make_wsgi_app
 
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.classify import ClassifierThreads
-from extproc.config import parse_listen
+from extproc.config import LimitSettings, parse_listen
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.errors import ConfigError
+from extproc.health_http import start_health_server
 from extproc.learning import start_learning
 from extproc.reload import load_model_for, reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
@@ -38,6 +39,20 @@ __all__ = ["serve"]
 
 _log = logging.getLogger("model_router.server")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+MESSAGE_HEADROOM = 1 << 20
+"""Room in a gRPC message beside a body of ``limits.max_body_bytes``: its headers, attributes and protobuf framing."""
+
+
+def message_limit(limits: LimitSettings) -> int:
+    """The largest gRPC message the router accepts, fixed at start.
+
+    gRPC buffers and decodes a whole message before the handler sees it, so this, not ``limits.max_body_bytes``,
+    bounds the memory one stream or Decide call can take (with a fixed 64 MiB, six concurrent Decide calls took the
+    router to 684 MB). A body up to the limit plus the headroom still reaches the handler and passes through as
+    ``body_too_large``; a larger message is refused with RESOURCE_EXHAUSTED, which Envoy treats as a router failure
+    (``failure_mode_allow``: forwarded unrouted). Keep Envoy's buffer limit at or below ``limits.max_body_bytes``.
+    """
+    return limits.max_body_bytes + MESSAGE_HEADROOM
 
 
 def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], None]:
@@ -45,6 +60,13 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
     if not listen:
         return lambda: None
     return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http")
+
+
+def _start_health(listen: str | None, serving: threading.Event) -> Callable[[], None]:
+    """Serve ``GET /healthz`` on ``listen`` (``serve --health-listen``); return a stop function."""
+    if not listen:
+        return lambda: None
+    return start_health_server(listen, serving, asyncio.get_running_loop())
 
 
 @contextlib.contextmanager
@@ -115,20 +137,25 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
         raise ListenError(address, "gRPC could not bind it (its log line says why)") from None
 
 
-async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = None) -> None:
+async def serve(
+    config_path: Path, snapshots: SnapshotRef, listen: str | None = None, health_listen: str | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns after a graceful stop.
 
     The port opens only once the classifier is loaded (the caller builds the snapshot first), so gRPC health and
-    readiness probes fail until the model is ready. A listener that cannot bind (``server.listen``, ``--listen``,
+    readiness probes fail until the model is ready. ``health_listen`` adds ``GET /healthz`` on its own port
+    (:mod:`extproc.health_http`). A listener that cannot bind (``server.listen``, ``--listen``, ``--health-listen``,
     ``telemetry.metrics_listen``, ``feedback.listen``) is a ``ConfigError`` naming it, raised after everything
     already started is closed again.
     """
     first = snapshots.current.settings
     address, field = (listen, "--listen") if listen else (first.server.listen, "server.listen")
-    try:
-        parse_listen(address, unix=True)  # server.listen is validated with the config; --listen here
-    except ValueError as exc:
-        raise ConfigError([f"{field}: {exc}"]) from None
+    for value, name, unix in ((address, field, True), (health_listen, "--health-listen", False)):
+        try:
+            if value is not None:
+                parse_listen(value, unix)  # server.listen is validated with the config; the flags here
+        except ValueError as exc:
+            raise ConfigError([f"{name}: {exc}"]) from None
     credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
     with contextlib.ExitStack() as undo:  # a failed start closes what it started, so the process exits at once
         telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
@@ -136,6 +163,10 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
         with _listening("telemetry.metrics_listen"):
             stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
         undo.callback(stop_metrics)
+        serving = threading.Event()
+        with _listening("--health-listen"):
+            stop_health = _start_health(health_listen, serving)
+        undo.callback(stop_health)
         with _listening("feedback.listen"):
             learning = start_learning(
                 first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result
@@ -145,7 +176,8 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
         undo.callback(classify.close, timeout=0)
         # One router per port: with SO_REUSEPORT (gRPC's default on Linux) a second router, e.g. an old process in a
         # restart overlap, would silently share the port and answer part of the traffic with its own config.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+        options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", message_limit(first.limits))]
+        server = grpc.aio.server(options=options)
         sticky = first.policy.stickiness
         memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)  # one memory for ext_proc and Decide
         pb_grpc.add_ExternalProcessorServicer_to_server(
@@ -175,6 +207,7 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
         undo.pop_all()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    serving.set()
     _log.info("model-router listening on %s (classifier %s)", address, snapshots.current.model.name)
     print(f"model-router ready on {address}", flush=True)
 
@@ -201,7 +234,14 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     watcher = (
         asyncio.create_task(
             watch_config(
-                config_path, snapshots, telemetry.config_reloaded, poll, load_model_for, learning.reconfigure, serial
+                config_path,
+                snapshots,
+                telemetry.config_reloaded,
+                poll,
+                load_model_for,
+                learning.reconfigure,
+                serial,
+                also=(learning.key_file,) if learning.key_file else (),
             )
         )
         if poll
@@ -219,4 +259,5 @@ async def serve(config_path: Path, snapshots: SnapshotRef, listen: str | None = 
     await asyncio.to_thread(learning.close)  # flush captured prompts and feedback
     telemetry.shutdown()
     stop_metrics()
+    stop_health()
     _log.info("stopped")

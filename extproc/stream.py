@@ -198,13 +198,16 @@ class StreamHandler:
             "tenant": self._request.policy.tenant if self._request else None,
         }
 
-    def _pass(self, reason: PassReason, model: ResolvedModel | None = None) -> DecisionRecord:
-        """Record a pass-through; ``model`` is the catalog model the client named (it goes to its own cluster)."""
+    def _pass(
+        self, reason: PassReason, model: ResolvedModel | None = None, requested: str | None = None
+    ) -> DecisionRecord:
+        """Record a pass-through; ``model`` is the catalog model that serves it (the one the client named, or the
+        default model an alias was renamed to) and ``requested`` the alias, if it differs."""
         rec = DecisionRecord(
             decision_id=self._new_id(),
             outcome=Outcome.PASSTHROUGH,
             reason=reason.value,
-            requested_model=model.name if model else None,
+            requested_model=requested or (model.name if model else None),
             selected_model=model.name if model else None,
             cluster=model.cluster if model else None,
             tier=model.tier if model else None,
@@ -217,17 +220,44 @@ class StreamHandler:
         """Forward the body untouched; the metadata tells Envoy's fail-open filter that the router answered."""
         return [envoy.body_continue(self._pass_metadata(self._pass(reason)))]
 
-    def _pass_to_own_cluster(self, raw: bytes, model: ResolvedModel) -> list[pb.ProcessingResponse]:
+    def _pass_to_own_cluster(
+        self, raw: bytes, model: ResolvedModel, reason: PassReason = PassReason.MODEL_NOT_ROUTABLE
+    ) -> list[pb.ProcessingResponse]:
         """A catalog model the client named itself (not a routable alias): the body stays as it is, and the request
         goes to the model's cluster, not the default route (which may be another provider that does not serve it).
         Envoy's fallback filter may rename it on a stronger cluster, as for any routed request."""
         assert self._request is not None
         span = find_model_span(raw)
         if span is None:  # a duplicate key: which one the upstream reads is unknown, so the default route
-            return self._pass_body(PassReason.MODEL_NOT_ROUTABLE)
-        metadata = self._pass_metadata(self._pass(PassReason.MODEL_NOT_ROUTABLE, model))
+            return self._pass_body(reason)
+        metadata = self._pass_metadata(self._pass(reason, model))
         metadata.update(_client_fallback_fields(self._request.policy, model.name, raw, span))
         return [envoy.body_continue(metadata, {CLUSTER_HEADER: model.cluster})]
+
+    def _pass_unclassified(self, raw: bytes, reason: PassReason) -> list[pb.ProcessingResponse]:
+        """A body the router will not classify (a limit) or cannot give its choice (the renamed body would pass the
+        body limit) goes where it would without the router, as Envoy's fail-open filter and shadow mode send it.
+        Sent as is, a routable alias such as "auto" reaches an upstream that serves no such model (a 404 where a
+        router outage would have served it): it becomes the default model, unless the rename would itself pass the
+        limit. A catalog model goes to its cluster. A model value that cannot be located unambiguously, or any
+        other model, is forwarded untouched on the default route."""
+        assert self._request is not None
+        policy = self._request.policy
+        span = find_model_span(raw)
+        name = _string_at(raw, span)
+        named = next((m for m in policy.catalog if m.name == name), None)
+        if span is None or name is None or (named is None and name not in self._snap.routable):
+            return self._pass_body(reason)
+        if named is not None:
+            return self._pass_to_own_cluster(raw, named, reason)
+        start, end = span
+        value = orjson.dumps(policy.default.name)
+        body = raw[:start] + value + raw[end:]
+        if len(body) > self._snap.settings.limits.max_body_bytes:
+            return self._pass_body(reason)
+        metadata = self._pass_metadata(self._pass(reason, policy.default, requested=name))
+        metadata.update(_fallback_fields(policy, policy.default.name, (start, start + len(value))))
+        return [envoy.body_rewrite(body, {CLUSTER_HEADER: policy.default.cluster}, metadata)]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
@@ -274,6 +304,8 @@ class StreamHandler:
         policy = self._request.policy
         parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):
+            if parsed.reason in _UNCLASSIFIED:
+                return self._pass_unclassified(raw, parsed.reason)
             # Only the tenant's catalog: a subset is what the tenant may be sent to.
             named = next((m for m in policy.catalog if m.name == parsed.model), None) if parsed.model else None
             return self._pass_body(parsed.reason) if named is None else self._pass_to_own_cluster(raw, named)
@@ -284,7 +316,7 @@ class StreamHandler:
             return self._pass_body(PassReason.AMBIGUOUS_MODEL)
         if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).
-            return self._pass_body(PassReason.BODY_TOO_LARGE)
+            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
         # A pinned request (a labeller replaying a captured conversation) must not raise that conversation's floor.
         if (
             memory_key is not None
@@ -552,6 +584,22 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
+_UNCLASSIFIED = frozenset({PassReason.TOO_COMPLEX, PassReason.TOO_DEEP, PassReason.TOO_MANY_MESSAGES})
+"""Limits that pass a request through unclassified whatever its model (a routable alias, or a catalog model when the
+body is too complex to parse)."""
+
+
+def _string_at(raw: bytes, span: tuple[int, int] | None) -> str | None:
+    """The JSON string at ``span`` (escapes decoded), or None."""
+    if span is None:
+        return None
+    try:
+        value = orjson.loads(raw[span[0] : span[1]])
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 _UNKNOWN_PATH_METADATA = {"outcome": Outcome.PASSTHROUGH.value, "reason": PassReason.UNKNOWN_PATH.value}
 
 

@@ -14,6 +14,15 @@ returns HTTP 400, after which the API server applies the webhook's ``failurePoli
 
 ``run_webhook`` serves ``POST /mutate`` and ``GET /healthz`` over HTTPS (stdlib ``http.server`` + ``ssl``) until
 SIGTERM. The certificate files are reloaded when they change on disk (cert-manager rotates them in place).
+
+The port is open to every source (the API server's address differs per cluster), so what one request or many can
+cost is bounded before anything is parsed: a body over ``MAX_BODY_BYTES`` (413) or with more than
+``MAX_JSON_CONTAINERS`` arrays and objects (413, counted without parsing), at most ``MAX_REQUESTS`` reviews read and
+parsed at once (the others wait up to ``QUEUE_SECONDS`` for a turn, then get 503), a body that takes longer than
+``BODY_SECONDS`` to arrive (408), and at most ``MAX_CONNECTIONS`` open connections (the next ones are closed at once,
+as in :mod:`extproc.wsgi_server`). To each refusal, an HTTP error or a closed connection, the API server applies
+the ``failurePolicy``. Together they keep the worst case inside the Deployment's memory limit (``k8s/injector/``;
+``tests/unit/k8s/test_webhook.py`` measures it).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,8 +81,25 @@ DATA_VOLUME = "model-router-data"
 CONFIG_MOUNT = "/etc/model-router"
 DATA_MOUNT = "/var/lib/model-router"
 """capture.path and feedback.path in k8s/base/router-config/model-router.yaml live here."""
-MAX_BODY_BYTES = 8 * 1024 * 1024
-"""The API server caps objects at about 1.5 MiB; an AdmissionReview carries the object (and oldObject)."""
+MAX_BODY_BYTES = 3 * 1024 * 1024
+"""An AdmissionReview for a CREATE carries one object (``oldObject`` is null). etcd stores no object over 1.5 MiB,
+and the API server reads no write body over 3 MiB (``--max-request-body-bytes``, twice etcd's limit to allow for
+JSON), so a pod it can create fits here with its review's few hundred bytes of envelope."""
+MAX_JSON_CONTAINERS = 100_000
+"""Arrays and objects a body may hold, counted before parsing. A real pod has hundreds, a few thousand with long env
+lists (each container, port, env var, mount and volume is one); ``[{},{},...]`` in 3 MiB holds a million, which
+``json.loads`` would turn into ~80 MiB of objects."""
+MAX_REQUESTS = 2
+"""Reviews read and parsed at once: each can cost ~70 MiB at worst (3 MiB of short strings and small objects), and
+with the GIL more would not answer faster. A real review takes about a millisecond; a burst waits its turn."""
+QUEUE_SECONDS = 2.0
+"""How long a review waits for a turn before 503; with ``BODY_SECONDS``, below the webhook's timeoutSeconds (5)."""
+BODY_SECONDS = 2.0
+"""The whole body must arrive within this (the API server sends it at once), so a slow sender holds a turn no
+longer; the handler's ``timeout`` bounds each read, not the total."""
+MAX_CONNECTIONS = 128
+"""Open connections (a thread each, ~64 KiB); past it, new ones are closed at once. The API server opens one per
+concurrent review and keeps some alive; idle ones close after the handler's ``timeout``."""
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
@@ -372,9 +399,24 @@ class _ReloadingTLS:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], settings: WebhookSettings, tls: _ReloadingTLS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        settings: WebhookSettings,
+        tls: _ReloadingTLS,
+        max_connections: int,
+        max_requests: int,
+        queue_seconds: float,
+        body_seconds: float,
+    ) -> None:
         self.settings = settings
         self.tls = tls
+        self.max_connections = max_connections
+        self.connections = threading.BoundedSemaphore(max_connections)
+        self.max_requests = max_requests
+        self.requests = threading.BoundedSemaphore(max_requests)
+        self.queue_seconds = queue_seconds
+        self.body_seconds = body_seconds
         super().__init__(address, _Handler)
 
     def get_request(self) -> tuple[Any, Any]:
@@ -382,6 +424,23 @@ class _Server(ThreadingHTTPServer):
         self.tls.refresh()
         # The handshake runs in the handler's thread (_Handler.handle), so a slow client blocks no one.
         return self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            _log.warning("closed a connection from %s: %d are open", client_address[0], self.max_connections)
+            self.shutdown_request(request)  # over the bound: closed, never given a thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.warning("connection from %s failed", client_address[0], exc_info=True)
@@ -433,8 +492,54 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body must be 1..{MAX_BODY_BYTES} bytes")
             return
+        # A turn before the body is read: at most max_requests bodies are in memory, raw or parsed.
+        if not self.server.requests.acquire(timeout=self.server.queue_seconds):
+            self.close_connection = True  # the body is still unread
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {self.server.max_requests} reviews in progress")
+            return
         try:
-            review = json.loads(self.rfile.read(length))
+            self._review(length)
+        finally:
+            self.server.requests.release()
+
+    def _read_body(self, length: int) -> bytes:
+        """``length`` bytes, which must all arrive within ``body_seconds``: TimeoutError or ConnectionError."""
+        deadline = time.monotonic() + self.server.body_seconds
+        body = bytearray()
+        try:
+            while len(body) < length:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(length - len(body))
+                if not chunk:
+                    raise ConnectionError("the client closed the connection")
+                body += chunk
+        finally:
+            self.connection.settimeout(self.timeout)
+        return bytes(body)
+
+    def _review(self, length: int) -> None:
+        try:
+            raw = self._read_body(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {self.server.body_seconds:g} s")
+            return
+        except OSError as exc:  # ConnectionError, or an SSL error: no one to answer
+            self.close_connection = True
+            _log.warning("rejected request: reading the body failed: %s", exc)
+            return
+        # Every "[" and "{", those in strings too: the fast, upper-bound half of extproc.request.json_containers.
+        # Its exact half splits the body at every quote, which costs ~80 bytes per string (a 3 MiB body of
+        # 100,001 "[" and then "" strings: ~85 MiB); no real pod comes near the limit even with its strings.
+        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_CONTAINERS:
+            message = f"body has more than {MAX_JSON_CONTAINERS} JSON arrays and objects"
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+            return
+        try:
+            review = json.loads(raw)
             answer = mutate(review, self.server.settings.sidecar)
         except (ValueError, RecursionError) as exc:  # InvalidReviewError, JSONDecodeError: ValueErrors
             self._error(HTTPStatus.BAD_REQUEST, f"not an AdmissionReview v1: {exc}")
@@ -453,16 +558,25 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def build_server(settings: WebhookSettings) -> ThreadingHTTPServer:
+def build_server(
+    settings: WebhookSettings,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    max_requests: int = MAX_REQUESTS,
+    queue_seconds: float = QUEUE_SECONDS,
+    body_seconds: float = BODY_SECONDS,
+) -> ThreadingHTTPServer:
     """Bind the HTTPS server (not yet serving); raises ``ConfigError`` if the certificate cannot be loaded or
-    ``listen`` cannot be bound (``listen: cannot listen on ADDRESS: address already in use``)."""
+    ``listen`` cannot be bound (``listen: cannot listen on ADDRESS: address already in use``). The bounds default to
+    the module's constants."""
     try:
         tls = _ReloadingTLS(settings.tls_cert_file, settings.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError([f"tls_cert_file/tls_key_file: cannot load the certificate: {exc}"]) from None
     host, port = parse_listen(settings.listen)  # validated with the config
     try:
-        return (_Server6 if ":" in host else _Server)((host, port), settings, tls)
+        server_class = _Server6 if ":" in host else _Server
+        return server_class((host, port), settings, tls, max_connections, max_requests, queue_seconds, body_seconds)
     except OSError as exc:
         raise ConfigError([f"listen: {ListenError(settings.listen, exc)}"]) from None
 

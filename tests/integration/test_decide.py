@@ -12,14 +12,16 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from devstack.stack import Stack
+from devstack.stack import ENVOY_DIR, Stack
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.decision_proto import label
+from extproc.server import MESSAGE_HEADROOM
 from tests.integration.test_routing import EASY, HARD, chat_body, post
 
 OVERRIDES = {"classifier": {"kind": "heuristic"}, "telemetry": {"decision_log": True}}
@@ -78,6 +80,21 @@ def test_bad_body_is_a_passthrough_decision(channel: grpc.Channel) -> None:
     )
     assert reply.decision.outcome == api.OUTCOME_PASSTHROUGH
     assert label("reason", reply.decision.reason) == "invalid_json"
+
+
+def test_grpc_messages_are_bounded_by_the_body_limit(channel: grpc.Channel) -> None:
+    """gRPC decodes a whole message before the handler runs: a 64 MiB cap let a few Decide calls exhaust the
+    router's memory. A body just over ``limits.max_body_bytes`` still gets its passthrough answer; a message over the
+    limit plus the headroom is refused before it is decoded."""
+    limit = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())["limits"]["max_body_bytes"]
+    decide = api_grpc.ModelRouterServiceStub(channel).Decide
+    over = api.DecideRequest(path="/v1/chat/completions", body=b" " * (limit + 1))
+    assert label("reason", decide(over, timeout=20).decision.reason) == "body_too_large"
+    with pytest.raises(grpc.RpcError) as info:
+        decide(api.DecideRequest(path="/v1/chat/completions", body=b" " * (limit + MESSAGE_HEADROOM)), timeout=20)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    still = decide(api.DecideRequest(path="/v1/chat/completions", body=b"{}"), timeout=10)
+    assert label("reason", still.decision.reason) == "no_model", "the router keeps answering"
 
 
 def test_missing_path_is_invalid_argument(channel: grpc.Channel) -> None:

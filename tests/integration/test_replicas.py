@@ -59,3 +59,38 @@ def test_feedback_reaches_a_replica_that_did_not_decide(replicas: tuple[Stack, S
     assert (line["decision_id"], line["selected_model"], line["score"]) == (decision_id, "gpt-4o-mini", 1.0)
     assert not (decided_on.workdir / "feedback.jsonl").exists() or _jsonl(decided_on.workdir / "feedback.jsonl") == []
     assert KEY not in json.dumps(line) and KEY not in other.log("router").read_text()
+
+
+def test_a_key_removed_from_the_key_file_is_revoked_without_a_restart(tmp_path: Path) -> None:
+    """The documented rotation: add the new key first, later drop the old one. Updating the Secret must be enough:
+    the router reads the key file again when it changes (a leaked key stayed valid until a restart)."""
+    keys = tmp_path / "feedback-keys"
+    keys.write_text(f"{KEY}\n")
+    stack = _replica(tmp_path, keys)
+    stack.router_overrides["server"] = {"config_poll_seconds": 0.2}
+    new_key = "9ab2" * 16
+    with stack:
+
+        def token(prompt: str) -> str:
+            client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": prompt}]
+            )
+            return raw.headers["x-model-router-feedback-token"]
+
+        def accepted(feedback_token: str) -> bool:
+            answer = httpx.post(stack.base_url + FEEDBACK, json={"feedback_token": feedback_token, "score": 1})
+            assert answer.status_code in (200, 400), answer.text
+            return answer.status_code == 200
+
+        old = token(EASY)
+        keys.write_text(f"{new_key}\n{KEY}\n")  # step 1: the new key signs, the old one still verifies
+        assert wait_until(lambda: "new keys from" in stack.log("router").read_text())
+        assert accepted(old)
+        rotated = token(EASY + " again")
+        keys.write_text(f"{new_key}\n")  # step 2: the old key is dropped
+        assert wait_until(lambda: not accepted(old)), "a removed key must stop verifying"
+        assert accepted(rotated), "tokens signed after step 1 stay valid"
+        keys.write_text("")  # an empty key file is refused; the running keys stay
+        assert wait_until(lambda: "holds no key" in stack.log("router").read_text())
+        assert accepted(rotated) and not accepted(old)

@@ -186,6 +186,23 @@ def test_get_requests_pass(stack: Stack) -> None:
     assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["gpt-4o"]  # the frontier upstream's
 
 
+@pytest.mark.parametrize(
+    ("model", "cluster", "served"), [("auto", "frontier", "gpt-4o"), ("gpt-4o-mini", "cheap", "gpt-4o-mini")]
+)
+def test_a_body_over_a_limit_is_served_as_without_the_router(
+    stack: Stack, model: str, cluster: str, served: str
+) -> None:
+    """2,001 messages (``limits.max_messages`` is 2,000): not classified, but "auto" must not reach the upstream,
+    which serves no such model (a 404 while a router outage would have served it)."""
+    turns = [{"role": "user", "content": f"turn {i}"} for i in range(2001)]
+    sent = json.dumps({"model": model, "messages": turns}).encode()
+    r = post(stack, sent)
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == (cluster, served)
+    assert received_body(stack, cluster) == sent.replace(f'"{model}"'.encode(), f'"{served}"'.encode(), 1)
+    assert r.headers["x-model-router-model"] == served and "x-model-router-decision-id" not in r.headers
+
+
 def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> None:
     """Envoy's fail-open filter gives a routable alias the default model, every other byte as sent: "auto" would
     be a 404 from the default route's provider, an outage in place of the promised lost savings."""

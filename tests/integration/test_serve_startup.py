@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,6 +99,18 @@ def _fill(value: Any, **names: object) -> Any:
             id="feedback",
         ),
         pytest.param({}, ["--listen", BUSY], f"--listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}", id="--listen"),
+        pytest.param(
+            {},
+            ["--health-listen", BUSY],
+            f"--health-listen: cannot listen on {BUSY}: {ADDRESS_IN_USE}",
+            id="--health-listen",
+        ),
+        pytest.param(
+            {},
+            ["--health-listen", "unix:/tmp/h.sock"],
+            "--health-listen: expected host:port ([::1]:port for IPv6), got 'unix:/tmp/h.sock'",
+            id="--health-listen-unix",
+        ),
         pytest.param(
             {"server": {"listen": "unix:{tmp}/missing/r.sock"}},
             [],
@@ -279,3 +292,32 @@ def test_a_failed_start_closes_what_it_started(tmp_path: Path, busy: int) -> Non
     while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, sorted(t.name for t in left)
+
+
+def test_health_listen_answers_probes_beside_a_loopback_grpc_port(tmp_path: Path) -> None:
+    """``serve --health-listen``: the injected sidecar keeps gRPC (ext_proc, Decide, reflection) on loopback and the
+    kubelet probes this port instead, which says only whether the router serves."""
+    health = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_port()}"
+    config = _config(tmp_path)
+    log = tmp_path / "router.log"
+    with log.open("wb") as out:
+        argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", address]
+        proc = subprocess.Popen([*argv, "--health-listen", health], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not _serving_on(address):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        url = f"http://{health}"
+        assert (httpx.get(url + "/healthz").status_code, httpx.get(url + "/healthz").text) == (200, "serving\n")
+        assert httpx.get(url + "/metrics").status_code == 404, "nothing else on the probe port"
+        assert httpx.post(url + "/healthz").status_code == 405
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)

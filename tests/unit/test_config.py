@@ -208,9 +208,39 @@ _MISSING = "cannot read /nonexistent/model-router/{}: No such file or directory"
             [
                 "telemetry.sampling_ratio: Input should be less than or equal to 1",
                 "feedback.path: must differ from capture.path and from each other's <path>.1 and <path>.lock",
-                "feedback.listen: must differ from telemetry.metrics_listen",
+                "feedback.listen: must differ from telemetry.metrics_listen (both on port 9464)",
             ],
             id="learning-checks-beside-a-field-error",
+        ),
+        pytest.param(
+            base(
+                server={"listen": "127.0.0.1:7000"},
+                telemetry={"metrics_listen": "0.0.0.0:7000"},
+                feedback={"enabled": True, "path": "/d/fb.jsonl", "listen": "[::1]:7001"},
+            ),
+            ["telemetry.metrics_listen: must differ from server.listen (both on port 7000)"],
+            id="every-interface-includes-loopback",
+        ),
+        pytest.param(
+            base(telemetry={"otlp_endpoint": "not a url"}),
+            ["telemetry.otlp_endpoint: expected http(s)://host[:port] or host[:port], got 'not a url'"],
+            id="otlp-endpoint-not-a-url",
+        ),
+        pytest.param(
+            base(telemetry={"otlp_endpoint": "http://otel:4317/v1/traces"}),  # OTLP/HTTP's path: we speak gRPC
+            [
+                "telemetry.otlp_endpoint: expected http(s)://host[:port] or host[:port], got 'http://otel:4317/v1/traces'"
+            ],
+            id="otlp-endpoint-with-a-path",
+        ),
+        pytest.param(
+            base(
+                server={"listen": "[::]:7001"},
+                telemetry={"metrics_listen": "127.0.0.1:7002"},
+                feedback={"enabled": True, "path": "/d/fb.jsonl", "listen": "[::1]:7001"},
+            ),
+            ["feedback.listen: must differ from server.listen (both on port 7001)"],
+            id="ipv6-any",
         ),
         pytest.param(
             base(
@@ -428,6 +458,23 @@ def test_a_bad_listen_address_is_named(field: str, value: str, message: str) -> 
     assert info.value.problems == [f"{field}: {message.format(value=value, unix=unix)}"]
 
 
+@pytest.mark.parametrize(
+    ("server", "metrics", "feedback"),
+    [
+        ("127.0.0.1:7000", "127.0.0.2:7000", "[::1]:7000"),  # one port, three addresses
+        ("unix:/run/r.sock", "0.0.0.0:7000", "127.0.0.1:7001"),
+        ("127.0.0.1:0", "127.0.0.1:0", "0.0.0.0:0"),  # port 0: each listener gets its own free port
+    ],
+)
+def test_listeners_on_distinct_addresses_are_accepted(server: str, metrics: str, feedback: str) -> None:
+    data = base(
+        server={"listen": server},
+        telemetry={"metrics_listen": metrics},
+        feedback={"enabled": True, "path": "/d/fb.jsonl", "listen": feedback},
+    )
+    assert parse_config(data).feedback.listen == feedback
+
+
 @pytest.mark.parametrize("field", LISTENERS[1:])
 def test_http_endpoints_cannot_listen_on_a_unix_socket(field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -451,7 +498,9 @@ def test_good_listen_addresses(value: str, parsed: tuple[str, int]) -> None:
     assert parse_listen(value) == parsed
     for field in LISTENERS:
         section, key = field.split(".")
-        assert getattr(getattr(parse_config(_listen_config(field, value)), section), key) == value
+        data = base(server={"listen": "unix:/run/r.sock"}, telemetry={"metrics_listen": None})  # no port to share
+        data[section] = {**data.get(section, {}), key: value}  # type: ignore[dict-item]
+        assert getattr(getattr(parse_config(data), section), key) == value
 
 
 def test_server_listen_may_be_a_unix_socket() -> None:
@@ -514,6 +563,12 @@ def test_check_config_and_reload_refuse_a_bad_listen_address(
             ["server.decision_api", "server.log_level", "telemetry.sampling_ratio"],
             id="server-and-telemetry",
         ),
+        pytest.param({"limits": {"max_body_bytes": 1 << 20}}, [], id="lowered-body-limit"),
+        pytest.param(
+            {"limits": {"max_body_bytes": 8 << 20}},
+            ["limits.max_body_bytes (raised: larger gRPC messages are refused until a restart)"],
+            id="raised-body-limit",
+        ),
     ],
 )
 def test_a_reload_says_which_changes_need_a_restart(
@@ -526,7 +581,7 @@ def test_a_reload_says_which_changes_need_a_restart(
     path.write_text(yaml.safe_dump(data))
     ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
     for section, values in changes.items():
-        data[section].update(values)
+        data.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(data))
     caplog.set_level("INFO", logger="model_router.reload")
     assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())

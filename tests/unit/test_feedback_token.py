@@ -124,3 +124,19 @@ def test_a_key_file_others_can_read_or_change_is_warned_about(
     assert load_signing_keys(path) == (KEY_A.encode(),)
     assert (f"has mode {mode:04o}" in caplog.text) is warned
     assert KEY_A not in caplog.text, "the warning never shows a key"
+
+
+def test_rekey_signs_with_the_new_first_key_and_forgets_removed_ones() -> None:
+    old_key, new_key = b"o" * 32, b"n" * 32
+    signer = TokenSigner([old_key])
+    old = signer.sign({"d": "1"})
+    assert signer.rekey([new_key, old_key]) is True
+    assert signer.verify(old) == {"d": "1"}, "a key still listed still verifies"
+    rotated = signer.sign({"d": "2"})
+    assert signer.rekey([new_key]) is True and signer.rekey([new_key]) is False
+    assert signer.verify(rotated) == {"d": "2"}
+    with pytest.raises(TokenError, match="not signed by this deployment's key"):
+        signer.verify(old)
+    with pytest.raises(ValueError, match="at least one key"):
+        signer.rekey([])
+    assert signer.verify(rotated) == {"d": "2"}, "a refused rekey keeps the running keys"

@@ -119,39 +119,91 @@ async def test_corpus_outcome_and_reason(name: str) -> None:
     responses = await replay(handler, chat_headers(), (CORPUS[0].parent / f"{name}.json").read_bytes())
     outcome, reason = EXPECTED[name]
     assert (sink.records[0].outcome.value, sink.records[0].reason) == (outcome, str(reason))
-    assert (forwards_unchanged(responses[1])) is (outcome == PASS)
+    renamed = reason in (PassReason.TOO_DEEP, PassReason.TOO_MANY_MESSAGES)  # "auto" over a limit: the default model
+    assert (forwards_unchanged(responses[1])) is (outcome == PASS and not renamed)
+    assert (sink.records[0].selected_model == "gpt-4o") if renamed else True
+
+
+_MESSAGES = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}] * 3})
+_CONTAINERS = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": [[]] * 99})
+_ESCAPED = rb'"\u0061uto"'  # "auto", escaped: what the upstream reads is the alias
+_NESTED = _MESSAGES.replace(b'"auto"', _ESCAPED).replace(b'[{"role"', b'[{"model":"auto","role"')
 
 
 @pytest.mark.parametrize(
-    ("limits", "body", "reason"),
+    ("limits", "body", "reason", "want"),
     [
-        pytest.param(LimitSettings(max_json_depth=4), b'{"model":"auto","a":[[[[1]]]]}', "json_too_deep", id="depth"),
+        pytest.param(
+            LimitSettings(max_json_depth=4),
+            b'{"model":"auto","a":[[[[1]]]]}',
+            "json_too_deep",
+            b'{"model":"gpt-4o","a":[[[[1]]]]}',
+            id="depth",
+        ),
         pytest.param(
             LimitSettings(max_messages=2),
-            orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}] * 3}),
+            _MESSAGES,
             "too_many_messages",
+            _MESSAGES.replace(b'"auto"', b'"gpt-4o"'),
             id="messages",
         ),
-        pytest.param(LimitSettings(max_body_bytes=10), b'{"model":"auto","messages":[]}', "body_too_large", id="size"),
+        pytest.param(
+            LimitSettings(max_body_bytes=10), b'{"model":"auto","messages":[]}', "body_too_large", None, id="size"
+        ),
         pytest.param(
             LimitSettings(max_json_containers=100),
-            orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "x"}], "x": [[]] * 99}),
+            _CONTAINERS,
             "json_too_complex",
+            _CONTAINERS.replace(b'"auto"', b'"gpt-4o"'),
             id="containers",
+        ),
+        pytest.param(
+            LimitSettings(max_json_containers=100),
+            _CONTAINERS.replace(b'"auto"', b'"gpt-4o-mini"'),
+            "json_too_complex",
+            b"",  # unchanged, to its own cluster
+            id="containers-catalog-model",
+        ),
+        pytest.param(
+            LimitSettings(max_json_containers=100),
+            _CONTAINERS.replace(b'"auto"', b'"other-vendor-model"'),
+            "json_too_complex",
+            None,
+            id="containers-foreign-model",
+        ),
+        pytest.param(
+            LimitSettings(max_messages=2),
+            _NESTED,
+            "too_many_messages",
+            _NESTED.replace(_ESCAPED, b'"gpt-4o"'),
+            id="escaped-alias-beside-nested-model-keys",
         ),
         pytest.param(
             LimitSettings(),
             b'{"model":"gpt-4o","model":"auto","messages":[{"role":"user","content":"x"}]}',
             "ambiguous_model",
+            None,
             id="duplicate-model-last-routable",
         ),
     ],
 )
-async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: str) -> None:
+async def test_configurable_limits(limits: LimitSettings, body: bytes, reason: str, want: bytes | None) -> None:
+    """Over a limit the body is not classified. A routable alias becomes the default model (sent as "auto", no
+    upstream would serve it), a catalog model goes to its cluster (``want`` empty); every other byte stays as sent."""
     handler, sink = _handler(limits=limits)
     responses = await replay(handler, chat_headers(), body)
-    assert forwards_unchanged(responses[1])
-    assert sink.records[0].reason == reason
+    (record,) = sink.records
+    assert (record.outcome.value, record.reason) == (PASS, reason)
+    if want is None:
+        assert forwards_unchanged(responses[1]) and record.selected_model is None
+        return
+    _check_safe(body, responses)
+    if not want:
+        assert not responses[1].request_body.response.HasField("body_mutation")
+        assert (record.selected_model, record.cluster) == ("gpt-4o-mini", "cheap")
+        return
+    assert responses[1].request_body.response.body_mutation.body == want
+    assert (record.requested_model, record.selected_model, record.cluster) == ("auto", "gpt-4o", "frontier")
 
 
 @pytest.mark.parametrize(

@@ -147,21 +147,32 @@ async def test_body_over_limit_passes_through() -> None:
     assert sink.records[0].reason == "body_too_large"
 
 
-@pytest.mark.parametrize(("over", "routed"), [(-1, True), (0, True), (1, False)])
-async def test_a_rewrite_never_grows_a_body_over_the_limit(over: int, routed: bool) -> None:
-    """ "auto" -> "gpt-4o-mini" adds 7 bytes: a body within the limit must stay within it, or go unchanged."""
+@pytest.mark.parametrize(
+    ("over", "served"), [(-1, "gpt-4o-mini"), (0, "gpt-4o-mini"), (1, "gpt-4o"), (5, "gpt-4o"), (6, None)]
+)
+async def test_a_rewrite_never_grows_a_body_over_the_limit(over: int, served: str | None) -> None:
+    """ "auto" -> "gpt-4o-mini" adds 7 bytes: a body within the limit must stay within it. When the choice does not
+    fit, "auto" becomes the default model (+2 bytes) if that fits, as when the router is down: sent as "auto", no
+    upstream would serve it. Otherwise the body goes unchanged."""
     handler, sink = make()
     limit = handler._snap.settings.limits.max_body_bytes
     # Padded with JSON whitespace, so the prompt (and so the choice, gpt-4o-mini) stays that of CHAT.
     body = CHAT[:-1] + b" " * (limit - 7 + over - len(CHAT)) + b"}"
     assert len(body) < limit
     responses = await replay(handler, chat_headers(), body)
-    if routed:
-        assert len(responses[1].request_body.response.body_mutation.body) == limit + over
-        assert sink.records[0].selected_model == "gpt-4o-mini"
-    else:
+    (record,) = sink.records
+    if served is None:
         assert forwards_unchanged(responses[1])
-        assert sink.records[0].reason == "body_too_large"
+        assert (record.reason, record.selected_model) == ("body_too_large", None)
+        return
+    sent = responses[1].request_body.response.body_mutation.body
+    assert sent == body.replace(b'"auto"', orjson.dumps(served)) and len(sent) <= limit
+    assert cluster_of(responses[1]) == ("cheap" if served == "gpt-4o-mini" else "frontier")
+    assert record.selected_model == served
+    if served == "gpt-4o":
+        assert (record.outcome, record.reason, record.requested_model) == ("passthrough", "body_too_large", "auto")
+        metadata = router_metadata(responses[1])
+        assert "decision_id" not in metadata and metadata["selected_model"] == "gpt-4o"
 
 
 async def test_partial_body_chunk_passes_through() -> None:

@@ -207,7 +207,13 @@ def test_crd_schema_is_valid_json_schema(path: Path) -> None:
             id="istio-bad-enum",
         ),
         pytest.param("overlays/istio", "EnvoyFilter", ["spec", "workloadSelectors"], {}, id="istio-unknown-field"),
-        pytest.param("injector", "Certificate", ["spec", "issuerRef", "kind"], "Issuers", id="cert-bad-enum"),
+        pytest.param(
+            "injector",
+            "Certificate/model-router-injector",
+            ["spec", "issuerRef", "kind"],
+            "Issuers",
+            id="cert-bad-enum",
+        ),
         pytest.param(
             "overlays/envoy-gateway-tls",
             "BackendTLSPolicy",
@@ -244,8 +250,10 @@ def test_crd_schema_is_valid_json_schema(path: Path) -> None:
 def test_validation_rejects_bad_objects(
     builds: dict[str, Objects], directory: str, kind: str, path: list[str | int], bad_value: object
 ) -> None:
-    """The validators are strict: a typo or a wrong type in any kind fails the build test."""
-    _assert_rejected(json.loads(json.dumps(find(builds[directory], kind))), path, bad_value)
+    """The validators are strict: a typo or a wrong type in any kind fails the build test. ``kind`` is ``Kind`` or,
+    where there are several, ``Kind/name``."""
+    kind, _, name = kind.partition("/")
+    _assert_rejected(json.loads(json.dumps(find(builds[directory], kind, name or None))), path, bad_value)
 
 
 def _assert_rejected(obj: Any, path: list[str | int], bad_value: object) -> None:
@@ -721,21 +729,50 @@ def test_envoy_gateway_overlay(builds: dict[str, Objects], directory: str) -> No
     assert ext_proc["messageTimeout"] == "200ms"
     assert ext_proc["processingMode"] == {"request": {"body": "Buffered"}, "allowModeOverride": True}
     assert ext_proc["metadata"]["writableNamespaces"] == ["model_router"]
+    route = find(objects, "HTTPRoute")
+    assert policy["spec"]["targetRefs"] == _route_target(route), "ext_proc on the LLM route only, not the Gateway"
     traffic = find(objects, "ClientTrafficPolicy")
     assert traffic["spec"]["headers"]["earlyRequestHeaders"]["remove"] == ["x-model-router-cluster"]
-    assert traffic["spec"]["targetRefs"] == policy["spec"]["targetRefs"]
-    route = find(objects, "HTTPRoute")
+    (parent,) = route["spec"]["parentRefs"]
+    assert traffic["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent["name"]}
+    ], "a ClientTrafficPolicy can only target the route's Gateway"
     for rule in route["spec"]["rules"]:
         (modifier,) = rule["filters"]
         assert modifier["requestHeaderModifier"] == {"remove": ROUTER_REQUEST_HEADERS}
-    gateway = policy["spec"]["targetRefs"][0]["name"]
-    assert route["spec"]["parentRefs"] == [{"name": gateway}]
     header_values = {
         h["value"] for rule in route["spec"]["rules"] for m in rule["matches"] for h in m.get("headers", [])
     }
     assert header_values == {m["cluster"] for m in router["catalog"]}
     assert not route["spec"]["rules"][-1]["matches"][0].get("headers"), "last rule is the default route"
     assert {o["metadata"]["namespace"] for o in objects} == {"llm-gateway"}
+
+
+def _route_target(route: dict[str, Any]) -> list[dict[str, str]]:
+    """The ``targetRefs`` of a policy attached to ``route`` (an HTTPRoute in the policy's namespace)."""
+    return [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route["metadata"]["name"]}]
+
+
+@pytest.mark.parametrize("directory", EG_OVERLAYS)
+def test_envoy_gateway_policies_reach_only_the_llm_route(
+    builds: dict[str, Objects], fail_open_builds: dict[str, Objects], directory: str
+) -> None:
+    """F5: the ext_proc filter (and the opt-in fail-open Lua, in the same policy) is attached to the LLM HTTPRoute,
+    never to a Gateway: Envoy Gateway then enables it on that route's rules only, so other apps' requests on the
+    shared Gateway never reach the router. The route names its hosts, so it does not take every unclaimed host."""
+    for objects in (builds[directory], fail_open_builds[directory]):
+        route = find(objects, "HTTPRoute", "llm")
+        (policy,) = [o for o in objects if o["kind"] == "EnvoyExtensionPolicy"]
+        assert policy["spec"]["targetRefs"] == _route_target(route)
+        assert "targetRef" not in policy["spec"] and "targetSelectors" not in policy["spec"]
+        assert route["spec"]["hostnames"], "without hostnames the route takes every host no other route claims"
+        assert all("*" not in host for host in route["spec"]["hostnames"])
+        gateway_scoped = [
+            o["kind"]
+            for o in objects
+            if any(ref.get("kind") == "Gateway" for ref in o.get("spec", {}).get("targetRefs", []))
+        ]
+        assert gateway_scoped == ["ClientTrafficPolicy"], "only the header strip and buffer size are Gateway-wide"
 
 
 @pytest.mark.parametrize("directory", ["overlays/istio", "overlays/istio-tls"])
@@ -763,6 +800,7 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     )
     assert patches["VIRTUAL_HOST"]["patch"]["value"]["request_headers_to_remove"] == ROUTER_REQUEST_HEADERS
     assert all(p["match"]["context"] == "GATEWAY" for p in envoy_filter["spec"]["configPatches"])
+    _assert_istio_scoped_to_the_llm_host(envoy_filter, find(objects, "VirtualService"))
     selector = envoy_filter["spec"]["workloadSelector"]["labels"]
     policy = find(objects, "NetworkPolicy", "model-router")
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": selector}}]
@@ -775,13 +813,38 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     assert "match" not in vs["spec"]["http"][-1], "last route is the default route"
 
 
+ISTIO_ENABLE_FILTER = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+"""Per-route config that turns on a filter inserted with ``disabled: true``, with its listener-level settings (an
+empty ``config``: Envoy refuses a FilterConfig with no ``config`` for these filters, "Empty route/virtual host per
+filter configuration")."""
+
+
+def _assert_istio_scoped_to_the_llm_host(envoy_filter: dict[str, Any], vs: dict[str, Any]) -> None:
+    """F5: an EnvoyFilter cannot add an HTTP filter to one virtual host, so ext_proc and the fail-open filter go into
+    every gateway HCM disabled, and the VIRTUAL_HOST patch, matched by name to the VirtualService's host (Istio names
+    gateway virtual hosts HOST:PORT), enables both there. What else applies gateway-wide is only the listener-level
+    header strip and buffer size."""
+    patches = _istio_patches(envoy_filter)
+    for name in (EXT_PROC_FILTER, LUA_FILTER):
+        assert patches[f"HTTP_FILTER/{name}"]["patch"]["value"]["disabled"] is True, f"{name} off by default"
+    vhost_patch = patches["VIRTUAL_HOST"]
+    host, port = vhost_patch["match"]["routeConfiguration"]["vhost"]["name"].rsplit(":", 1)
+    assert host in vs["spec"]["hosts"] and 1 <= int(port) <= 65535, "the VirtualService's host, HOST:PORT"
+    assert set(vhost_patch["match"]["routeConfiguration"]) == {"vhost"}
+    per_filter = vhost_patch["patch"]["value"]["typed_per_filter_config"]
+    assert per_filter == {EXT_PROC_FILTER: ISTIO_ENABLE_FILTER, LUA_FILTER: ISTIO_ENABLE_FILTER}
+    unscoped = {k for k, p in patches.items() if not p["match"].get("routeConfiguration", {}).get("vhost")}
+    assert unscoped == {f"HTTP_FILTER/{EXT_PROC_FILTER}", f"HTTP_FILTER/{LUA_FILTER}", "NETWORK_FILTER", "LISTENER"}
+
+
 @pytest.mark.parametrize("directory", ["overlays/istio", "overlays/istio-tls"])
 def test_istio_envoy_filter_patches_pass_envoy_validate(
     builds: dict[str, Objects], tmp_path: Path, directory: str
 ) -> None:
     """The EnvoyFilter's Envoy config fragments, put into the base gateway config, are accepted by real Envoy. Its
     HTTP filters are inserted as istiod does it, into an Istio gateway's chain (another filter, then the router):
-    ext_proc before the router, then the fail-open filter right after ext_proc, which gives ext_proc, Lua, router. With
+    ext_proc before the router, then the fail-open filter right after ext_proc, which gives ext_proc, Lua, router, both
+    disabled; the VIRTUAL_HOST patch goes into the LLM virtual host, which it names, beside another host's. With
     TLS, the router cluster also gets the UpstreamTlsContext that Istio builds from the DestinationRule (SIMPLE: SNI,
     the subjectAltNames to match, the CA; Istio serves the CA from credentialName over SDS, a PEM file here)."""
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
@@ -796,11 +859,22 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     hcm["http_filters"] = _apply_istio_http_filter_patches(gateway_filters, http_patches)
     names = [f["name"] for f in hcm["http_filters"]]
     assert names == [ISTIO_GATEWAY_FILTER["name"], EXT_PROC_FILTER, LUA_FILTER, ROUTER_FILTER], names
-    assert hcm["http_filters"][2] == _upstream_lua_filter(), "the fail-open filter of envoy/envoy.yaml"
+    assert {**hcm["http_filters"][2], "disabled": False} == {**_upstream_lua_filter(), "disabled": False}, (
+        "the fail-open filter of envoy/envoy.yaml"
+    )
+    assert [f.get("disabled", False) for f in hcm["http_filters"]] == [False, True, True, False]
     hcm["early_header_mutation_extensions"] = patches["NETWORK_FILTER"]["typed_config"][
         "early_header_mutation_extensions"
     ]
-    hcm["route_config"]["virtual_hosts"][0].update(patches["VIRTUAL_HOST"])
+    llm = hcm["route_config"]["virtual_hosts"][0]
+    other = copy.deepcopy(llm)  # another app's host on the same listener: the filters stay off there
+    other.update(name="other.example.com:443", domains=["*"])
+    for key in ("request_headers_to_remove", "response_headers_to_add", "typed_per_filter_config"):
+        other.pop(key, None)
+    vhost_name = _istio_patches(envoy_filter)["VIRTUAL_HOST"]["match"]["routeConfiguration"]["vhost"]["name"]
+    llm.update(name=vhost_name, domains=[vhost_name.rsplit(":", 1)[0]])
+    llm.update(patches["VIRTUAL_HOST"])
+    hcm["route_config"]["virtual_hosts"].append(other)
     envoy["static_resources"]["listeners"][0].update(patches["LISTENER"])
     ext_proc = patches[f"HTTP_FILTER/{EXT_PROC_FILTER}"]["typed_config"]
     cluster_name = ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"]
@@ -903,7 +977,10 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
             assert rule["filters"][0]["urlRewrite"]["path"]["replaceFullPath"] == FEEDBACK_PATH
             assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": port}]
             assert block["spec"]["parentRefs"] == find(objects, "HTTPRoute", "llm")["spec"]["parentRefs"]
+            assert block["spec"]["hostnames"] == find(objects, "HTTPRoute", "llm")["spec"]["hostnames"]
             checked.add("HTTPRoute")
+        elif all("target" in item for item in block):
+            continue  # kustomize patches for the router in the mesh (test_istio_readme_mesh_network_policies)
         elif all("applyTo" in item for item in block):  # EnvoyFilter configPatches
             envoy_filter = copy.deepcopy(find(objects, "EnvoyFilter"))
             envoy_filter["spec"]["configPatches"] += block
@@ -929,6 +1006,40 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
         assert checked == {"VirtualService:model-router-feedback", "EnvoyFilter:model-router-feedback"}
     else:
         assert checked == {"HTTPRoute"}
+
+
+def test_istio_readme_mesh_network_policies(builds: dict[str, Objects], tmp_path: Path) -> None:
+    """F2: the Istio README's NetworkPolicy patches for a router in the mesh build on the overlay, validate and open
+    what each mode needs and nothing else: ambient, HBONE (15008) from the gateway pods and the kubelet's probes from
+    ztunnel's SNAT address on the probed port; sidecar, egress to istiod's 15012 and to DNS. Everything but the
+    router's NetworkPolicy is unchanged."""
+    plain = builds["overlays/istio"]
+    plain_policy = find(plain, "NetworkPolicy", "model-router")
+    probe_port = _router_container(_router_pod(plain))["startupProbe"]["grpc"]["port"]
+    blocks = [b for b in _readme_yaml_blocks("overlays/istio") if isinstance(b, list) and all("target" in i for i in b)]
+    assert len(blocks) == 2, "one block for ambient, one for sidecars"
+    opened: list[dict[str, Any]] = []
+    for i, block in enumerate(blocks):
+        overlay = os.path.relpath(K8S / "overlays/istio", tmp_path / str(i))
+        objects = kustomize(_write_kustomization(tmp_path / str(i), resources=[overlay], patches=block))
+        policy = find(objects, "NetworkPolicy", "model-router")
+        _validate(policy)
+        assert [o for o in objects if o is not policy] == [o for o in plain if o is not plain_policy]
+        opened.append(policy["spec"])
+    ambient, sidecar = opened
+    gateway_rule = ambient["ingress"][0]
+    assert gateway_rule["from"] == plain_policy["spec"]["ingress"][0]["from"], "still only the gateway pods"
+    assert {"port": 15008, "protocol": "TCP"} in gateway_rule["ports"]
+    assert ambient["ingress"][-1] == {
+        "from": [{"ipBlock": {"cidr": "169.254.7.127/32"}}],
+        "ports": [{"port": probe_port, "protocol": "TCP"}],
+    }
+    assert ambient["egress"] == [], "the router calls nothing: egress stays closed"
+    assert sidecar["ingress"] == plain_policy["spec"]["ingress"]
+    istiod, dns = sidecar["egress"]
+    assert istiod["ports"] == [{"port": 15012, "protocol": "TCP"}]
+    assert istiod["to"][0]["podSelector"] == {"matchLabels": {"app": "istiod"}}
+    assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
 
 
 # --- Envoy's fail-open filter in the overlays (top-level README "Envoy settings") -----------------------------------
@@ -1028,7 +1139,7 @@ def test_istio_envoy_filter_adds_the_fail_open_filter_right_after_ext_proc(build
     expected_match = copy.deepcopy(ext_proc["match"])
     expected_match["listener"]["filterChain"]["filter"]["subFilter"] = {"name": EXT_PROC_FILTER}
     assert lua["match"] == expected_match
-    assert lua["patch"] == {"operation": "INSERT_AFTER", "value": _upstream_lua_filter()}
+    assert lua["patch"] == {"operation": "INSERT_AFTER", "value": {**_upstream_lua_filter(), "disabled": True}}
     reordered = copy.deepcopy(envoy_filter["spec"]["configPatches"])
     reordered.insert(0, reordered.pop(order.index(LUA_FILTER)))
     chain = _apply_istio_http_filter_patches(
@@ -1530,19 +1641,16 @@ def test_injector_wiring(builds: dict[str, Objects], tmp_path: Path) -> None:
     assert hook["rules"][0]["resources"] == ["pods"] and hook["rules"][0]["operations"] == ["CREATE"]
     assert namespace not in json.dumps(hook["namespaceSelector"]), "the injector's namespace is never selected"
 
-    certificate = find(objects, "Certificate")
-    assert mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
-        f"{namespace}/{certificate['metadata']['name']}"
-    )
-    assert f"{ref['name']}.{namespace}.svc" in certificate["spec"]["dnsNames"]
-    assert certificate["spec"]["issuerRef"]["name"] == find(objects, "Issuer")["metadata"]["name"]
-
     spec = find(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     tls_volume = next(n for n, v in volumes.items() if "secret" in v)
+    certificate = _injector_serving_certificate(objects)
     assert volumes[tls_volume]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert f"{ref['name']}.{namespace}.svc" in certificate["spec"]["dnsNames"]
+    issuer = find(objects, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert certificate["spec"]["issuerRef"]["kind"] == "Issuer" and issuer["metadata"]["namespace"] == namespace
 
     cm_name, webhook_yaml = config_map_file(objects, "webhook.yaml")
     config_volume = next(n for n, v in volumes.items() if v.get("configMap", {}).get("name") == cm_name)
@@ -1563,6 +1671,41 @@ def test_injector_wiring(builds: dict[str, Objects], tmp_path: Path) -> None:
     assert settings.sidecar.grpc_port == _port(router["server"]["listen"])
     assert settings.sidecar.metrics_port == _port(router["telemetry"]["metrics_listen"])
     assert settings.sidecar.config_key == ROUTER_KEY
+
+
+def _injector_serving_certificate(objects: Objects) -> dict[str, Any]:
+    """The webhook's serving certificate: the one whose Secret the injector's Deployment mounts."""
+    spec = find(objects, "Deployment", "model-router-injector")["spec"]["template"]["spec"]
+    (secret,) = [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v]
+    (certificate,) = [o for o in objects if o["kind"] == "Certificate" and o["spec"]["secretName"] == secret]
+    return certificate
+
+
+def test_injector_ca_bundle_is_the_long_lived_ca(builds: dict[str, Objects]) -> None:
+    """cainjector fills the webhook's caBundle from a long-lived private CA that signs the serving certificate, not
+    from the serving certificate itself: renewing (and re-keying) that one must leave the caBundle unchanged, or the
+    API server stops trusting the pods that still serve the old certificate until the kubelet updates their Secret,
+    and with failurePolicy Ignore admits pods without the sidecar meanwhile (as in components/router-tls)."""
+    objects = builds["injector"]
+    namespace = find(objects, "Namespace")["metadata"]["name"]
+    mwc = find(objects, "MutatingWebhookConfiguration")
+    ca_namespace, ca_name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    ca = find(objects, "Certificate", ca_name)
+    assert ca_namespace == ca["metadata"]["namespace"] == namespace
+    leaf = _injector_serving_certificate(objects)
+    assert ca is not leaf, "the caBundle is not the serving certificate"
+    assert ca["spec"]["isCA"] is True and "isCA" not in leaf["spec"]
+    assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never", "a renewed CA keeps its key: old leaves verify"
+    ca_hours, leaf_hours = (int(c["spec"]["duration"].removesuffix("h")) for c in (ca, leaf))
+    assert ca_hours >= 10 * leaf_hours, "the CA outlives many renewals of the serving certificate"
+    assert leaf["spec"]["privateKey"]["rotationPolicy"] == "Always"
+    assert "server auth" in leaf["spec"]["usages"]
+    issuers = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Issuer"}
+    assert leaf["spec"]["issuerRef"]["kind"] == "Issuer"
+    assert issuers[leaf["spec"]["issuerRef"]["name"]] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert ca["spec"]["issuerRef"]["kind"] == "Issuer"
+    assert issuers[ca["spec"]["issuerRef"]["name"]] == {"selfSigned": {}}
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] in ("Issuer", "Certificate")} == {namespace}
 
 
 def test_readmes_exist() -> None:

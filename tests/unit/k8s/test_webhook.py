@@ -9,18 +9,21 @@ without a patch, with ``status.message`` saying why.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import http.client
 import ipaddress
 import json
+import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devstack.stack import free_port
+from extproc import webhook as webhook_module
 from extproc.errors import ConfigError
 from extproc.webhook import (
     ANNOTATION_CONFIG_MAP,
     ANNOTATION_INJECT,
     ANNOTATION_STATUS,
+    MAX_REQUESTS,
     InjectionSettings,
     InvalidReviewError,
     build_server,
@@ -446,6 +451,15 @@ def _self_signed(directory: Path, name_suffix: str = "") -> tuple[Path, Path]:
 @pytest.fixture
 def webhook(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, Path]]:
     """``model-router inject-webhook`` in a subprocess, on a free port, with a fresh self-signed certificate."""
+    with _webhook_process(tmp_path) as (_, port, client):
+        yield port, client, tmp_path
+
+
+@contextlib.contextmanager
+def _webhook_process(
+    tmp_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int, ssl.SSLContext]]:
+    """``model-router inject-webhook`` (environment ``env``) until it has answered /healthz; stopped with SIGTERM."""
     cert, key = _self_signed(tmp_path)
     port = free_port()
     config = tmp_path / "webhook.yaml"
@@ -464,7 +478,7 @@ def webhook(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, Path]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "extproc", "inject-webhook", "--config", str(config)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -478,7 +492,7 @@ def webhook(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext, Path]]:
                 pass
             assert time.monotonic() < deadline, f"webhook not ready:\n{log.read_text()}"
             time.sleep(0.1)
-        yield port, client, tmp_path
+        yield proc, port, client
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, log.read_text()
     finally:
@@ -556,3 +570,230 @@ def test_webhook_server_picks_up_a_renewed_certificate(webhook: tuple[int, ssl.S
     assert _request(port, new_client, "GET", "/healthz")[0] == 200
     with pytest.raises(ssl.SSLCertVerificationError):
         _request(port, old_client, "GET", "/healthz")
+
+
+# --- what a client can make the server hold ------------------------------------------------------------------------
+# The port is open to every source: one review must not cost more than the Deployment's memory limit, nor many at
+# once. The reviewer's finding: an 8 MiB ``[{},{},...]`` peaked at 257 MB and each concurrent one added as much.
+
+Serve = Callable[..., tuple[Any, int, ssl.SSLContext]]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """``serve(**bounds)``: ``build_server`` with those bounds, serving in a thread of this process; returns the
+    server, its port and a client context that trusts it. Every server is stopped at the end of the test."""
+    cert, key = _self_signed(tmp_path)
+    running: list[tuple[Any, threading.Thread]] = []
+
+    def start(**bounds: Any) -> tuple[Any, int, ssl.SSLContext]:
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        data = {"listen": listen, "tls_cert_file": str(cert), "tls_key_file": str(key), "sidecar": {"image": "i"}}
+        server = build_server(parse_webhook_config(data), **bounds)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server, port, ssl.create_default_context(cafile=str(cert))
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+REVIEW = json.dumps(review(pod(INJECT))).encode()
+
+
+def test_a_body_over_3_mib_is_refused_unread(serve: Serve) -> None:
+    """The API server reads no write body over 3 MiB and etcd stores no pod over 1.5 MiB: a bigger review is not one
+    it sends, and is refused from its Content-Length alone (the body is never sent here)."""
+    _, port, client = serve()
+    conn = http.client.HTTPSConnection("localhost", port, context=client, timeout=10)
+    try:
+        conn.putrequest("POST", "/mutate")
+        conn.putheader("Content-Length", str(3 * 1024 * 1024 + 1))
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read()) == {"error": f"body must be 1..{3 * 1024 * 1024} bytes"}
+    finally:
+        conn.close()
+
+
+def test_a_body_with_too_many_json_containers_is_refused_before_parsing(serve: Serve) -> None:
+    """The reviewer's ``[{},{},...]``, cut to 100,001 objects (200 kB): refused with 413 and a message, unparsed."""
+    _, port, client = serve()
+    status, body = _request(port, client, "POST", "/mutate", json.dumps(review([{}] * 100_001)).encode())
+    assert status == 413
+    assert json.loads(body) == {"error": "body has more than 100000 JSON arrays and objects"}
+
+
+def test_pods_near_the_limits_are_still_injected(serve: Serve) -> None:
+    """The limits leave room for real pods: one with 50,000 env vars, and one of almost 3 MiB."""
+    _, port, client = serve()
+    env = [{"name": f"VAR_{i}", "value": "x"} for i in range(5_000)]
+    many = pod(INJECT, containers=[{**APP, "name": f"app-{i}", "env": env} for i in range(10)])
+    big = pod({**INJECT, "example.com/blob": "x" * (3 * 1024 * 1024 - 2_000)})
+    for obj in (many, big):
+        status, body = _request(port, client, "POST", "/mutate", json.dumps(review(obj)).encode())
+        assert status == 200, body[:200]
+        assert json.loads(body)["response"]["status"]["message"].startswith("injected")
+
+
+class _SpiedTurns:
+    """The server's semaphore of review turns, telling the test each time a handler asks for one."""
+
+    def __init__(self, turns: threading.BoundedSemaphore) -> None:
+        self.turns = turns
+        self.asked = threading.Semaphore(0)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        self.asked.release()
+        return self.turns.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.turns.release()
+
+
+@contextlib.contextmanager
+def _reviews_held_in_mutate(monkeypatch: pytest.MonkeyPatch, port: int, client: ssl.SSLContext) -> Iterator[None]:
+    """``MAX_REQUESTS`` reviews in progress, each held inside ``mutate`` (so holding its turn) until the block ends;
+    later calls to ``mutate`` run at once. Each held review is then answered 200."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    held, lock = [0], threading.Lock()
+    real_mutate = webhook_module.mutate
+
+    def holding_mutate(body: Any, settings: InjectionSettings) -> dict[str, Any]:
+        with lock:
+            held[0] += 1
+            hold = held[0] <= MAX_REQUESTS
+        if hold:
+            entered.release()
+            release.wait(timeout=30)
+        return real_mutate(body, settings)
+
+    monkeypatch.setattr(webhook_module, "mutate", holding_mutate)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(_request(port, client, "POST", "/mutate", REVIEW)[0]))
+        for _ in range(MAX_REQUESTS)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(MAX_REQUESTS):
+            assert entered.acquire(timeout=30), "the held reviews did not reach mutate"
+        yield
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert statuses == [200] * MAX_REQUESTS
+
+
+def test_reviews_beyond_max_requests_get_503(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most MAX_REQUESTS reviews are read and parsed at once: with every turn taken (and no time to wait for one,
+    ``queue_seconds=0``), the next review is answered 503 without being read; a turn given back serves again."""
+    _, port, client = serve(queue_seconds=0)
+    with _reviews_held_in_mutate(monkeypatch, port, client):
+        status, body = _request(port, client, "POST", "/mutate", REVIEW)
+        assert status == 503
+        assert json.loads(body) == {"error": f"busy: {MAX_REQUESTS} reviews in progress"}
+    assert _request(port, client, "POST", "/mutate", REVIEW)[0] == 200
+
+
+def test_a_review_waits_for_a_turn(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review that finds every turn taken waits (up to ``queue_seconds``) and is answered once one is free."""
+    server, port, client = serve(queue_seconds=30)
+    spy = _SpiedTurns(server.requests)
+    server.requests = spy
+    statuses: list[int] = []
+    waiter = threading.Thread(target=lambda: statuses.append(_request(port, client, "POST", "/mutate", REVIEW)[0]))
+    with _reviews_held_in_mutate(monkeypatch, port, client):
+        for _ in range(MAX_REQUESTS):
+            assert spy.asked.acquire(timeout=30)
+        waiter.start()
+        assert spy.asked.acquire(timeout=30), "the waiting review never asked for a turn"
+    waiter.join(timeout=30)
+    assert statuses == [200]
+
+
+def test_connections_beyond_max_connections_are_closed(serve: Serve) -> None:
+    """Past ``max_connections`` open connections, a new one is closed at once (no thread); the open ones still work."""
+    _, port, client = serve(max_connections=2)
+    held = [http.client.HTTPSConnection("localhost", port, context=client, timeout=10) for _ in range(2)]
+    try:
+        for conn in held:
+            conn.connect()  # the TLS handshake is done by the connection's own thread: it has its slot
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, pytest.raises(OSError):
+            client.wrap_socket(raw, server_hostname="localhost")
+        held[0].request("GET", "/healthz")
+        assert held[0].getresponse().read() == b"ok\n"
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_a_body_that_trickles_in_is_cut_off(serve: Serve) -> None:
+    """A body must arrive within ``body_seconds`` in all: a slow sender holds a review turn no longer (408), and
+    the turn is given back."""
+    _, port, client = serve(max_requests=1, body_seconds=0.2)
+    head = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        client.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(head + b'{"apiVersion"')
+        with tls.makefile("rb") as response:
+            answer = response.read()  # until the server closes the connection
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b'{"error": "the body did not arrive within 0.2 s"}')
+    assert _request(port, client, "POST", "/mutate", REVIEW)[0] == 200
+
+
+def _costly_review() -> bytes:
+    """A review built to cost the most memory that the limits let through: just under 3 MiB and 100,000 containers,
+    one non-BMP character (so the decoded text is 4 bytes a character) and the rest 2-character strings."""
+    target = 3 * 1024 * 1024 - 4096
+    head: list[Any] = ["\U0001f600", *({"a": 0} for _ in range(99_000))]
+    fixed = len(json.dumps(review(head), ensure_ascii=False, separators=(",", ":")).encode())
+    items = head + ["ab"] * ((target - fixed) // 5)
+    body = json.dumps(review(items), ensure_ascii=False, separators=(",", ":")).encode()
+    assert target - 10 < len(body) <= target
+    return body
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    (line,) = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    kib, unit = line.split()[1:]
+    assert unit == "kB"
+    return int(kib) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak RSS (VmHWM) from /proc")
+def test_costly_reviews_stay_inside_the_memory_limit(tmp_path: Path) -> None:
+    """The real webhook, with the injector Deployment's environment, under rounds of 8 concurrent reviews that each
+    cost the most the limits allow: its peak RSS stays below the Deployment's memory limit, with room to spare."""
+    (container,) = find(kustomize("injector"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env", [])}}
+    body = _costly_review()
+    statuses: list[int] = []
+    with _webhook_process(tmp_path, env) as (proc, port, client):
+
+        def post() -> None:
+            statuses.append(_request(port, client, "POST", "/mutate", body)[0])
+
+        for _ in range(2):
+            threads = [threading.Thread(target=post) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+        peak = _peak_rss_bytes(proc.pid)
+    assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses  # 503: no turn free within QUEUE_SECONDS
+    assert 200 in statuses
+    assert peak < 0.8 * int(limit.removesuffix("Mi")) * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB, limit {limit}"
