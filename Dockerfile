@@ -26,5 +26,5 @@ RUN groupadd --system --gid 10001 model-router \
 COPY --from=build /opt/model-router /opt/model-router
 USER 10001:10001
 # 50051 ext_proc gRPC + grpc.health.v1, 9464 Prometheus /metrics, 8443 the injection webhook (HTTPS).
-EXPOSE 50051 9464 8443
+EXPOSE 50051 9464 9466 8443
 CMD ["model-router", "serve", "--config", "/etc/model-router/model-router.yaml"]

@@ -8,14 +8,19 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from extproc.errors import ConfigError
 from extproc.labeling.options import add_label_parser
+
+if TYPE_CHECKING:
+    from extproc.health_http import Health
+    from extproc.snapshot import Snapshot
 
 __all__ = ["main", "prompt_text_of_item"]
 
@@ -47,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--health-listen",
         help="also serve GET /healthz on this host:port (probes that cannot reach a loopback gRPC port)",
+    )
+    serve.add_argument(
+        "--wait-for-config",
+        action="store_true",
+        help="a missing or invalid config is logged and read again every 2 s instead of exiting (for sidecars: "
+        "the pod's Envoy starts and fails open)",
     )
     check = _command(sub, "check-config", "validate a config file and load its classifier")
     check.add_argument("--config", type=Path, required=True)
@@ -141,24 +152,57 @@ def prompt_text_of_item(item: Mapping[str, Any]) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extproc.config import parse_listen
+    from extproc.health_http import Health, start_health_server
     from extproc.logs import configure_logging
-    from extproc.reload import load_snapshot
     from extproc.server import serve
     from extproc.snapshot import SnapshotRef
+    from extproc.wsgi_server import ListenError
 
     if hasattr(signal, "SIGHUP"):  # a reload sent while the model loads would kill the process: the server's handler
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # replaces this once it listens (and the file is read then)
-    snapshot = load_snapshot(args.config)
-    configure_logging(snapshot.settings.server.log_level)
+    health = Health()
+    stop_health: Callable[[], None] = lambda: None  # noqa: E731
+    if args.health_listen:  # before the config: the probe port can then say "waiting for a valid config"
+        try:
+            parse_listen(args.health_listen)
+            stop_health = start_health_server(args.health_listen, health)
+        except (ValueError, ListenError) as exc:
+            raise ConfigError([f"--health-listen: {exc}"]) from None
     try:
-        import uvloop
+        snapshot = _load_for_serve(args.config, health if args.wait_for_config else None)
+        configure_logging(snapshot.settings.server.log_level)
+        try:
+            import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        runner = asyncio.Runner()
-    with runner:
-        runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, args.health_listen))
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+            runner = asyncio.Runner()
+        with runner:
+            runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
+    finally:
+        stop_health()
     return 0
+
+
+def _load_for_serve(path: Path, waiting: Health | None, poll_seconds: float = 2.0) -> Snapshot:
+    """The snapshot to serve; with ``waiting`` (``--wait-for-config``), a config that is missing or invalid (or
+    whose model does not load) is reported once per distinct problem and read again every ``poll_seconds``."""
+    from extproc.health_http import RouterState
+    from extproc.reload import load_snapshot
+
+    reported = None
+    while True:
+        try:
+            return load_snapshot(path)
+        except ConfigError as exc:
+            if waiting is None:
+                raise
+            if str(exc) != reported:
+                reported = str(exc)
+                print(f"model-router: {exc}\nmodel-router: waiting for a valid config", file=sys.stderr, flush=True)
+            waiting.state = RouterState.WAITING
+            time.sleep(poll_seconds)
 
 
 def _check(args: argparse.Namespace) -> int:

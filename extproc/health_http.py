@@ -1,16 +1,20 @@
 """``GET /healthz`` on its own HTTP port, for probes that cannot reach a loopback-only gRPC port.
 
-An injected sidecar's gRPC port serves ext_proc, the Decide API and reflection; the kubelet's gRPC probes connect to
-the pod IP, so probing it there meant listening on every interface, open to the whole cluster. With
+A sidecar's gRPC port serves ext_proc, the Decide API and reflection; the kubelet's gRPC probes connect to the pod
+IP, so probing it there meant listening on every interface, open to the whole cluster. With
 ``serve --health-listen``, gRPC stays on loopback (only the pod's Envoy calls it) and the probes use this port,
-which reveals nothing but "serving" or not.
+which reveals nothing but the router's state.
+
+The port opens before the config is read, so it can also say "waiting for a valid config"
+(``serve --wait-for-config``): a sidecar whose config is missing or invalid then stays up without routing, its
+probes pass, and the pod's Envoy starts and fails open, where an exiting router would hold it back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
+import enum
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +23,29 @@ from extproc.wsgi_server import serve_wsgi
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication
 
-__all__ = ["LOOP_TIMEOUT_SECONDS", "health_app", "start_health_server"]
+__all__ = ["LOOP_TIMEOUT_SECONDS", "Health", "RouterState", "health_app", "start_health_server"]
 
 LOOP_TIMEOUT_SECONDS = 2.0
 """How long the event loop may take to run a no-op before the router counts as wedged (probes allow several)."""
+
+
+class RouterState(enum.Enum):
+    LOADING = "loading"
+    WAITING = "waiting for a valid config"
+    SERVING = "serving"
+
+
+class Health:
+    """The router's state as the probe port reports it; set by the process, read by the probe thread."""
+
+    def __init__(self) -> None:
+        self.state = RouterState.LOADING
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def serving(self, loop: asyncio.AbstractEventLoop) -> None:
+        """gRPC serves; from now on the probe also checks that ``loop`` (which answers every stream) runs."""
+        self.loop = loop
+        self.state = RouterState.SERVING
 
 
 def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
@@ -33,11 +56,10 @@ def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
     return True
 
 
-def health_app(
-    serving: threading.Event, loop: asyncio.AbstractEventLoop, timeout: float = LOOP_TIMEOUT_SECONDS
-) -> WSGIApplication:
-    """200 once gRPC serves (``serving`` is set) and the event loop, which answers every stream, runs a no-op within
-    ``timeout`` seconds; 503 otherwise. A thread of its own answers, so a wedged loop shows as a failed probe."""
+def health_app(health: Health, timeout: float = LOOP_TIMEOUT_SECONDS) -> WSGIApplication:
+    """200 while serving and the event loop runs a no-op within ``timeout`` seconds, and while waiting for a valid
+    config (a restart would not fix it, and the pod's Envoy must not wait for it); 503 while the model loads or when
+    the loop is stuck. A thread of its own answers, so a wedged loop shows as a failed probe."""
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != "/healthz":
@@ -46,13 +68,17 @@ def health_app(
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Content-Type", "text/plain"), ("Allow", "GET, HEAD")])
             return [b"method not allowed\n"]
-        ok = serving.is_set() and _loop_answers(loop, timeout)
+        state, loop = health.state, health.loop
+        if state is RouterState.SERVING and loop is not None and not _loop_answers(loop, timeout):
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"event loop not answering\n"]
+        ok = state is not RouterState.LOADING
         start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-        return [b"serving\n" if ok else b"not serving\n"]
+        return [f"{state.value}\n".encode()]
 
     return app
 
 
-def start_health_server(listen: str, serving: threading.Event, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+def start_health_server(listen: str, health: Health) -> Callable[[], None]:
     """Serve :func:`health_app` on ``listen``; return a stop function (``ListenError`` if it cannot bind)."""
-    return serve_wsgi(listen, health_app(serving, loop), "health-http")
+    return serve_wsgi(listen, health_app(health), "health-http")

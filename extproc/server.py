@@ -26,7 +26,7 @@ from extproc.config import LimitSettings, parse_listen
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.errors import ConfigError
-from extproc.health_http import start_health_server
+from extproc.health_http import Health
 from extproc.learning import start_learning
 from extproc.reload import load_model_for, reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
@@ -60,13 +60,6 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
     if not listen:
         return lambda: None
     return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http")
-
-
-def _start_health(listen: str | None, serving: threading.Event) -> Callable[[], None]:
-    """Serve ``GET /healthz`` on ``listen`` (``serve --health-listen``); return a stop function."""
-    if not listen:
-        return lambda: None
-    return start_health_server(listen, serving, asyncio.get_running_loop())
 
 
 @contextlib.contextmanager
@@ -138,24 +131,21 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 
 
 async def serve(
-    config_path: Path, snapshots: SnapshotRef, listen: str | None = None, health_listen: str | None = None
+    config_path: Path, snapshots: SnapshotRef, listen: str | None = None, probe: Health | None = None
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads ``config_path``. Returns after a graceful stop.
 
     The port opens only once the classifier is loaded (the caller builds the snapshot first), so gRPC health and
-    readiness probes fail until the model is ready. ``health_listen`` adds ``GET /healthz`` on its own port
-    (:mod:`extproc.health_http`). A listener that cannot bind (``server.listen``, ``--listen``, ``--health-listen``,
-    ``telemetry.metrics_listen``, ``feedback.listen``) is a ``ConfigError`` naming it, raised after everything
-    already started is closed again.
+    readiness probes fail until the model is ready; ``probe`` (the ``--health-listen`` port's state) says serving
+    once it is. A listener that cannot bind (``server.listen``, ``--listen``, ``telemetry.metrics_listen``,
+    ``feedback.listen``) is a ``ConfigError`` naming it, raised after everything already started is closed again.
     """
     first = snapshots.current.settings
     address, field = (listen, "--listen") if listen else (first.server.listen, "server.listen")
-    for value, name, unix in ((address, field, True), (health_listen, "--health-listen", False)):
-        try:
-            if value is not None:
-                parse_listen(value, unix)  # server.listen is validated with the config; the flags here
-        except ValueError as exc:
-            raise ConfigError([f"{name}: {exc}"]) from None
+    try:
+        parse_listen(address, unix=True)  # server.listen is validated with the config; --listen here
+    except ValueError as exc:
+        raise ConfigError([f"{field}: {exc}"]) from None
     credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
     with contextlib.ExitStack() as undo:  # a failed start closes what it started, so the process exits at once
         telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
@@ -163,10 +153,6 @@ async def serve(
         with _listening("telemetry.metrics_listen"):
             stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
         undo.callback(stop_metrics)
-        serving = threading.Event()
-        with _listening("--health-listen"):
-            stop_health = _start_health(health_listen, serving)
-        undo.callback(stop_health)
         with _listening("feedback.listen"):
             learning = start_learning(
                 first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result
@@ -207,7 +193,8 @@ async def serve(
         undo.pop_all()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    serving.set()
+    if probe is not None:
+        probe.serving(asyncio.get_running_loop())
     _log.info("model-router listening on %s (classifier %s)", address, snapshots.current.model.name)
     print(f"model-router ready on {address}", flush=True)
 
@@ -259,5 +246,4 @@ async def serve(
     await asyncio.to_thread(learning.close)  # flush captured prompts and feedback
     telemetry.shutdown()
     stop_metrics()
-    stop_health()
     _log.info("stopped")

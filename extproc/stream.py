@@ -88,6 +88,8 @@ class _Request:
     path: str
     headers: Mapping[str, str]
     policy: RequestPolicy
+    unclassified: PassReason | None = None
+    """Set when the body is read only to send the request where it would go without the router."""
 
 
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
@@ -265,7 +267,11 @@ class StreamHandler:
             self._trace = {k: h[k] for k in _TRACE_HEADERS if k in h}
         owned = sorted(k for k in h if k.startswith(HEADER_PREFIX))
         reason = _header_pass_reason(h, headers.end_of_stream)
-        if reason is not None:
+        # Not declared as JSON, but possibly JSON all the same (curl -d sends a form type): read it, not to classify,
+        # but so that "auto" does not reach an upstream that serves no such model (Envoy's fail-open filter, too,
+        # renames it whatever the content type).
+        unclassified = reason if reason is PassReason.NOT_JSON_CONTENT_TYPE else None
+        if reason is not None and unclassified is None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
                 metadata = _UNKNOWN_PATH_METADATA
@@ -287,9 +293,9 @@ class StreamHandler:
         for ignored in policy.ignored:
             self._sink.error("constraint_ignored")
             _log.debug("ignoring constraint header %s", ignored)
-        self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy)
+        self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy, unclassified=unclassified)
         self.stage = Stage.WAIT_BODY
-        watch = self._snap.settings.telemetry.response_usage
+        watch = self._snap.settings.telemetry.response_usage and unclassified is None
         return [envoy.headers_continue(owned, skip_body=False, watch_response=watch)]
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
@@ -301,6 +307,8 @@ class StreamHandler:
         if len(raw) > self._snap.settings.limits.max_body_bytes:
             return self._pass_body(PassReason.BODY_TOO_LARGE)
         assert self._request is not None  # WAIT_BODY is only reached through the headers stage
+        if self._request.unclassified is not None:
+            return self._pass_unclassified(raw, self._request.unclassified)
         policy = self._request.policy
         parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):

@@ -3,7 +3,8 @@
 A pod annotated ``model-router.io/inject: "true"`` gets the ``model-router`` container as an init container with
 ``restartPolicy: Always`` (a native sidecar: started before the pod's containers, stopped after them), its config
 and scratch volumes, and the annotation ``model-router.io/status: injected``. The pod's Envoy then reaches the
-router on ``127.0.0.1:<grpc_port>``.
+router on ``127.0.0.1:<grpc_port>``, the only address it listens on for gRPC; the kubelet probes ``GET /healthz``
+on ``<health_port>``.
 
 ``mutate`` is a pure function from an AdmissionReview (``admission.k8s.io/v1``) to its answer. It always allows
 the pod: injection is an optimisation, so a pod the webhook will not or cannot change is admitted unchanged with a
@@ -136,9 +137,12 @@ class InjectionSettings(_Strict):
     """ConfigMap in the pod's namespace with the router config under ``config_key``."""
     config_key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "model-router.yaml"
     grpc_port: Port = 50051
-    """Must match ``server.listen`` in the router config; gRPC health probes use it."""
+    """The port the pod's Envoy calls on ``127.0.0.1``: the sidecar runs ``serve --listen 127.0.0.1:<grpc_port>``
+    whatever ``server.listen`` says, so ext_proc, the Decide API and reflection are never reachable from other pods."""
     metrics_port: Port = 9464
     """Must match ``telemetry.metrics_listen`` in the router config."""
+    health_port: Port = 9466
+    """``serve --health-listen 0.0.0.0:<health_port>``: the probes' ``GET /healthz`` (the gRPC port is loopback)."""
     run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = 10001
     resources: Resources = Resources()
     data_size_limit: Quantity = "384Mi"
@@ -149,6 +153,8 @@ class InjectionSettings(_Strict):
     def _distinct_ports(self) -> Self:
         if self.grpc_port == self.metrics_port:
             raise ValueError("sidecar.metrics_port: must differ from sidecar.grpc_port")
+        if self.health_port in (self.grpc_port, self.metrics_port):
+            raise ValueError("sidecar.health_port: must differ from sidecar.grpc_port and sidecar.metrics_port")
         return self
 
 
@@ -194,23 +200,33 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
     resources: dict[str, Any] = {"requests": settings.resources.requests.model_dump()}
     if settings.resources.limits is not None:
         resources["limits"] = settings.resources.limits.model_dump()
-    probe_port = {"port": settings.grpc_port}
+    probe = {"path": "/healthz", "port": settings.health_port}
     return {
         "name": CONTAINER_NAME,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "restartPolicy": "Always",
         "command": ["model-router"],
-        "args": ["serve", "--config", f"{CONFIG_MOUNT}/{settings.config_key}"],
+        "args": [
+            "serve",
+            "--config",
+            f"{CONFIG_MOUNT}/{settings.config_key}",
+            "--listen",
+            f"127.0.0.1:{settings.grpc_port}",
+            "--health-listen",
+            f"0.0.0.0:{settings.health_port}",
+            "--wait-for-config",
+        ],
         "ports": [
-            {"name": "router-grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
             {"name": "router-metrics", "containerPort": settings.metrics_port, "protocol": "TCP"},
+            {"name": "router-health", "containerPort": settings.health_port, "protocol": "TCP"},
         ],
         # As in k8s/base/deployment.yaml: the startup probe holds back the pod's containers until the model is
-        # loaded; no readinessProbe, since a native sidecar's readiness is the pod's and the pod's Envoy fails open
-        # without the router; a lenient liveness probe, so that load alone does not restart the router.
-        "startupProbe": {"grpc": probe_port, "periodSeconds": 2, "failureThreshold": 30},
-        "livenessProbe": {"grpc": probe_port, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+        # loaded, or until the router reports that it waits for a valid config (then Envoy starts and fails open:
+        # a config error must not stop new gateway pods); no readinessProbe, since a native sidecar's readiness is
+        # the pod's; a lenient liveness probe, so that load alone does not restart the router.
+        "startupProbe": {"httpGet": probe, "periodSeconds": 2, "failureThreshold": 30},
+        "livenessProbe": {"httpGet": probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         "resources": resources,
         "securityContext": {
             "runAsUser": settings.run_as_user,
@@ -233,7 +249,12 @@ def _volumes(config_map: str, settings: InjectionSettings) -> list[dict[str, Any
     return [
         {
             "name": CONFIG_VOLUME,
-            "configMap": {"name": config_map, "items": [{"key": settings.config_key, "path": settings.config_key}]},
+            # optional: a missing ConfigMap must not keep the pod (and its Envoy) from starting; the router waits
+            "configMap": {
+                "name": config_map,
+                "items": [{"key": settings.config_key, "path": settings.config_key}],
+                "optional": True,
+            },
         },
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
         {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": settings.data_size_limit}},
@@ -302,7 +323,8 @@ def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dic
     clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME, DATA_VOLUME})
     if clashes:
         return [], f"not injected: the pod already has volumes named {', '.join(clashes)}"
-    taken = sorted(_container_ports(containers + (init_containers or [])) & {settings.grpc_port, settings.metrics_port})
+    ours = {settings.grpc_port, settings.metrics_port, settings.health_port}
+    taken = sorted(_container_ports(containers + (init_containers or [])) & ours)
     if taken:
         return [], f"not injected: the pod already uses port {', '.join(map(str, taken))}"
     config_map = annotations.get(ANNOTATION_CONFIG_MAP, settings.config_map)

@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 import yaml
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from devstack.stack import Stack
@@ -25,7 +26,8 @@ from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
 from tests.fakes import FakeDifficultyModel, demo_settings, snapshot
 from tests.integration.conftest import router_metric, wait_until
-from tests.integration.test_routing import EASY, HARD, chat_body, post
+from tests.integration.test_routing import EASY, HARD, JSON, chat_body, post
+from tests.protocol import body_msg, chat_headers, headers_msg, router_metadata
 
 HEURISTIC = {"classifier": {"kind": "heuristic"}}
 
@@ -132,35 +134,30 @@ async def test_classifier_fault_falls_back_within_budget(tmp_path: Path, model: 
         s.stop()
 
 
-async def _slow_body(first: bytes, rest: bytes, pause: float) -> AsyncIterator[bytes]:
-    yield first
-    await asyncio.sleep(pause)
-    yield rest
-
-
 async def test_sigterm_drains_in_flight_streams_and_exits(stack: Stack) -> None:
-    body = chat_body(HARD)
+    """A stream open when SIGTERM comes (its headers answered, its body not yet sent) is still answered in full; new
+    requests fail open at once; the process exits within ``grace_seconds``. Envoy's buffer filter opens the ext_proc
+    stream only once a body is complete, so the open stream is held here as Envoy would hold it, over gRPC."""
     proc = stack.procs["router"]
-    async with httpx.AsyncClient(timeout=20) as client:
-        in_flight = asyncio.create_task(
-            client.post(
-                stack.base_url + "/v1/chat/completions",
-                content=_slow_body(body[:10], body[10:], 1.5),
-                headers={"content-type": "application/json"},
-            )
-        )
-        await asyncio.sleep(0.5)  # the headers phase has happened; the stream waits for the body
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+        messages: asyncio.Queue[pb.ProcessingRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+            while (message := await messages.get()) is not None:
+                yield message
+
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests())
+        await messages.put(headers_msg(chat_headers()))
+        assert (await replies.read()).HasField("request_headers")
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
-        during = await client.post(
-            stack.base_url + "/v1/chat/completions",
-            content=chat_body(EASY),
-            headers={"content-type": "application/json"},
-        )
-        finished = await in_flight
-    assert finished.status_code == 200
-    assert finished.headers["x-model-router-model"] == "gpt-4o", "the in-flight stream was not finished"
-    assert during.status_code == 200 and during.headers["x-upstream-cluster"] == "frontier"  # new: fail-open
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(timeout=20) as client:
+            during = await client.post(stack.base_url + "/v1/chat/completions", content=chat_body(EASY), headers=JSON)
+        assert during.status_code == 200 and during.headers["x-upstream-cluster"] == "frontier"  # new: fail-open
+        await messages.put(body_msg(chat_body(HARD)))
+        answer = await replies.read()
+        await messages.put(None)
+    assert router_metadata(answer)["selected_model"] == "gpt-4o", "the in-flight stream was not finished"
     start = time.monotonic()
     code = await asyncio.to_thread(proc.wait, 10)
     assert code == 0

@@ -33,6 +33,9 @@ def received_body(stack: Stack, cluster: str) -> bytes:
     return base64.b64decode(str(last_received(stack, cluster)["body_b64"]))
 
 
+JSON = {"content-type": "application/json"}
+
+
 def post(stack: Stack, body: bytes, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
     return httpx.post(
         stack.base_url + path,
@@ -112,7 +115,7 @@ def test_client_cannot_choose_the_route(stack: Stack) -> None:
     [
         pytest.param("/v1/chat/completions", "application/json", b'{"model":"auto","messages":[', id="malformed-json"),
         pytest.param("/v1/chat/completions", "application/json", b'{"messages":[]}', id="missing-model"),
-        pytest.param("/v1/chat/completions", "text/plain", chat_body(EASY), id="non-json-content-type"),
+        pytest.param("/v1/chat/completions", "text/plain", chat_body(EASY, model="gpt-4o"), id="non-json-content-type"),
         pytest.param("/v1/embeddings", "application/json", chat_body(EASY), id="unknown-path"),
         pytest.param(
             "/v1/chat/completions",
@@ -134,6 +137,35 @@ def test_bad_or_foreign_requests_are_forwarded_unchanged(
 def test_body_over_envoy_limit_gets_413(stack: Stack) -> None:
     r = post(stack, chat_body("x" * (5 * 1024 * 1024)))
     assert r.status_code == 413
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_the_body_limit_holds_for_every_protocol(stack: Stack, http2: bool) -> None:
+    """Over HTTP/2 the listener's buffer limit did not bound a stream's body (16 MiB went through, whole, to the
+    router and the upstream); Envoy's buffer filter makes 4 MiB the limit for both protocols."""
+    limit = 4 * 1024 * 1024
+    prefix, suffix = chat_body("What is 2+2? ").split(b"What is 2+2? ")
+    room = 16  # for the chosen model's name, longer than "auto"
+    body = prefix + b"What is 2+2? " + b"a" * (limit - room - len(prefix) - len(suffix) - 13) + suffix
+    assert len(body) == limit - room
+    with httpx.Client(http1=not http2, http2=http2, timeout=30) as client:
+        sent = client.post(stack.base_url + "/v1/chat/completions", content=body, headers=JSON)
+        assert sent.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert sent.status_code == 200, sent.text
+        assert "x-model-router-decision-id" in sent.headers
+        at_limit = client.post(stack.base_url + "/v1/chat/completions", content=body + b" " * room, headers=JSON)
+        assert at_limit.status_code != 413, "the limit itself is accepted"
+        over = client.post(stack.base_url + "/v1/chat/completions", content=body + b" " * (room + 1), headers=JSON)
+        assert over.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["//v1/chat/completions", "/v1/chat%2Fcompletions", "/v1/%63hat/completions"])
+def test_path_spellings_of_a_routed_api_are_routed(stack: Stack, path: str) -> None:
+    """Envoy normalises the path before the router and the route table see it: an upstream reads these spellings as
+    its chat API, so sent as they were they would reach it unrouted (as "auto": a 404)."""
+    r = httpx.post(stack.base_url + path, content=chat_body(EASY), headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert "x-model-router-decision-id" in r.headers
 
 
 def test_large_body_under_limit_is_routed(stack: Stack) -> None:

@@ -294,29 +294,51 @@ def test_a_failed_start_closes_what_it_started(tmp_path: Path, busy: int) -> Non
     assert not left, sorted(t.name for t in left)
 
 
-def test_health_listen_answers_probes_beside_a_loopback_grpc_port(tmp_path: Path) -> None:
-    """``serve --health-listen``: the injected sidecar keeps gRPC (ext_proc, Decide, reflection) on loopback and the
-    kubelet probes this port instead, which says only whether the router serves."""
+def test_a_sidecar_waits_for_a_valid_config_with_its_probe_port_up(tmp_path: Path) -> None:
+    """``serve --listen 127.0.0.1:P --health-listen ADDR --wait-for-config``, as the injected sidecar runs: gRPC
+    only on loopback, probes on their own port. A missing or invalid config must not end the process (an exiting
+    native sidecar holds back its pod's Envoy): it is reported once, the probe says so, and the router starts as
+    soon as the file is valid."""
     health = f"127.0.0.1:{free_port()}"
     address = f"127.0.0.1:{free_port()}"
-    config = _config(tmp_path)
+    config = tmp_path / "model-router.yaml"  # missing at first, like a ConfigMap not created yet
     log = tmp_path / "router.log"
+    argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", address]
     with log.open("wb") as out:
-        argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", address]
-        proc = subprocess.Popen([*argv, "--health-listen", health], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
+        argv += ["--health-listen", health, "--wait-for-config"]
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://{health}/healthz"
+
+    def probe() -> tuple[int, str]:
+        try:
+            answer = httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            return 0, ""
+        return answer.status_code, answer.text
+
+    def wait_for(want: tuple[int, str]) -> None:
         deadline = time.monotonic() + 30
-        while not _serving_on(address):
+        while probe() != want:
+            assert proc.poll() is None, f"router exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"probe never said {want}:\n{log.read_text()}"
+            time.sleep(0.1)
+
+    try:
+        wait_for((200, "waiting for a valid config\n"))
+        config.write_text("policy: [unclosed")
+        wait_for_text = "not valid YAML"
+        deadline = time.monotonic() + 30
+        while wait_for_text not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        url = f"http://{health}"
-        assert (httpx.get(url + "/healthz").status_code, httpx.get(url + "/healthz").text) == (200, "serving\n")
-        assert httpx.get(url + "/metrics").status_code == 404, "nothing else on the probe port"
-        assert httpx.post(url + "/healthz").status_code == 405
+            time.sleep(0.1)
+        assert not _serving_on(address)
+        config.write_text(_config(tmp_path / "valid").read_text())
+        wait_for((200, "serving\n"))
+        assert _serving_on(address)
+        assert log.read_text().count("cannot read") == 1, "each problem is reported once, not every 2 s"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(url + "/healthz")
+        assert probe() == (0, ""), "the probe port closes with the router"
     finally:
         if proc.poll() is None:
             proc.kill()

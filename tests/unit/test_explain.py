@@ -190,7 +190,9 @@ def test_default_configs_are_the_checkouts_and_the_images() -> None:
     checkout, image = explain.DEFAULT_CONFIGS
     assert checkout == ENVOY_DIR / "model-router.yaml" and checkout.is_absolute() and checkout.is_file()
     assert f'"--config", "{image}"' in (ROOT / "Dockerfile").read_text()
-    assert f'"--config", "{image}"' in (ROOT / "k8s" / "base" / "deployment.yaml").read_text()
+    deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
+    (router,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert router["args"][router["args"].index("--config") + 1] == str(image)
 
 
 def test_missing_config_and_config_with_target_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

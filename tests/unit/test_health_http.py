@@ -1,4 +1,5 @@
-"""``GET /healthz`` (``serve --health-listen``): serving only once gRPC serves and while the event loop answers."""
+"""``GET /healthz`` (``serve --health-listen``): what a probe sees while the model loads, while the router waits for
+a valid config, while it serves, and when its event loop is stuck."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from devstack.stack import free_port
-from extproc.health_http import start_health_server
+from extproc.health_http import Health, RouterState, start_health_server
 
 
 @pytest.fixture
@@ -26,21 +27,25 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     running.close()
 
 
-def test_healthz_follows_serving_and_the_event_loop(loop: asyncio.AbstractEventLoop) -> None:
-    serving = threading.Event()
+def test_healthz_follows_the_router_state_and_its_event_loop(loop: asyncio.AbstractEventLoop) -> None:
+    health = Health()
     listen = f"127.0.0.1:{free_port()}"
-    stop = start_health_server(listen, serving, loop)
+    stop = start_health_server(listen, health)
     try:
         url = f"http://{listen}/healthz"
-        assert httpx.get(url).status_code == 503, "not serving before gRPC is up (the model is still loading)"
-        serving.set()
-        assert httpx.get(url).status_code == 200
+        assert (httpx.get(url).status_code, httpx.get(url).text) == (503, "loading\n"), "hold the pod's Envoy back"
+        health.state = RouterState.WAITING  # a restart would not fix the config; the pod's Envoy must not wait
+        assert (httpx.get(url).status_code, httpx.get(url).text) == (200, "waiting for a valid config\n")
+        health.serving(loop)
+        assert (httpx.get(url).status_code, httpx.get(url).text) == (200, "serving\n")
         assert httpx.head(url).status_code == 200
+        assert httpx.post(url).status_code == 405
+        assert httpx.get(f"http://{listen}/metrics").status_code == 404, "nothing else on the probe port"
         loop.call_soon_threadsafe(time.sleep, 3)  # the loop is stuck: no stream would be answered either
         time.sleep(0.1)
         stuck = httpx.get(url, timeout=10)
-        assert (stuck.status_code, stuck.text) == (503, "not serving\n")
+        assert (stuck.status_code, stuck.text) == (503, "event loop not answering\n")
         time.sleep(1)
-        assert httpx.get(url).status_code == 200, "and serving again once the loop runs"
+        assert httpx.get(url, timeout=10).status_code == 200, "and serving again once the loop runs"
     finally:
         stop()

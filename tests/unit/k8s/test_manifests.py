@@ -544,19 +544,22 @@ def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> N
     sidecar = spec["initContainers"][0]
     assert sidecar["name"] == "model-router"
     assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["command"] + sidecar["args"] == [
+    assert sidecar["command"] + sidecar["args"][:3] == [
         "model-router",
         "serve",
         "--config",
         f"/etc/model-router/{ROUTER_KEY}",
     ]
-    grpc_port = _port(router["server"]["listen"])
+    # gRPC only on loopback, whatever the shared config says (k8s/router needs every interface), on its port.
+    assert _flag(sidecar["args"], "--listen") == f"127.0.0.1:{_port(router['server']['listen'])}"
+    assert "--wait-for-config" in sidecar["args"], "a config error must not hold back Envoy"
     for probe in ("startupProbe", "livenessProbe"):
-        assert sidecar[probe]["grpc"]["port"] == grpc_port
+        assert sidecar[probe]["httpGet"] == {"path": "/healthz", "port": _health_port(sidecar)}
+    metrics_port = _port(router["telemetry"]["metrics_listen"])
+    assert {p["containerPort"] for p in sidecar["ports"]} == {_health_port(sidecar), metrics_port}
     # A native sidecar's readiness counts toward the pod's: a router slow to answer health checks under load would
     # take the whole gateway out of its Service, though Envoy fails open without it. Only Envoy decides readiness.
     assert "readinessProbe" not in sidecar
-    assert router["server"]["listen"].startswith("0.0.0.0:"), "kubelet gRPC probes connect to the pod IP"
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
     assert volumes[mounts["/etc/model-router"]]["configMap"]["name"] == router_cm
@@ -569,6 +572,13 @@ def test_base_pod_runs_router_as_native_sidecar(builds: dict[str, Objects]) -> N
 
 DRAIN_SCRIPT = K8S / "base" / "envoy-drain.sh"
 """The gateway Envoy's preStop hook (tests/integration/test_envoy_drain.py runs it against a real Envoy)."""
+
+
+def _health_port(router: dict[str, Any]) -> int:
+    """The port of a sidecar's ``serve --health-listen 0.0.0.0:PORT``."""
+    listen = _flag(router["args"], "--health-listen")
+    assert listen.startswith("0.0.0.0:"), "the kubelet probes the pod IP"
+    return _port(listen)
 
 
 def _flag(args: list[str], name: str) -> str:
@@ -852,7 +862,7 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     envoy_filter = find(objects, "EnvoyFilter")
     patches = {key: p["patch"]["value"] for key, p in _istio_patches(envoy_filter).items()}
     hcm = _hcm(envoy)
-    ours = {EXT_PROC_FILTER, LUA_FILTER}
+    ours = {EXT_PROC_FILTER, LUA_FILTER, "envoy.filters.http.buffer"}  # the body limit is the gateway's own setting
     gateway_filters = [ISTIO_GATEWAY_FILTER, *(f for f in hcm["http_filters"] if f["name"] not in ours)]
     assert [f["name"] for f in gateway_filters][-1] == ROUTER_FILTER
     http_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
@@ -1320,7 +1330,10 @@ def test_router_probes_are_grpc_in_plaintext_and_tcp_socket_with_tls(
         probes = ["startupProbe", "livenessProbe"] + ([] if directory == "base" else ["readinessProbe"])
         for probe in probes:  # base's router is a native sidecar: no readinessProbe (test above)
             handlers = {k for k in router[probe] if k in ("grpc", "tcpSocket", "httpGet", "exec")}
-            if settings.server.tls is None:
+            if directory == "base":  # gRPC on loopback (serve --listen): the probes use --health-listen's port
+                assert router[probe]["httpGet"] == {"path": "/healthz", "port": _health_port(router)}, probe
+                assert handlers == {"httpGet"}
+            elif settings.server.tls is None:
                 assert handlers == {"grpc"}, (directory, probe)
                 assert router[probe]["grpc"]["port"] == port
             else:

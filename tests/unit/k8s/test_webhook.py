@@ -164,7 +164,19 @@ def test_mutate_injects(
     sidecar = spec["initContainers"][0]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == SETTINGS.image
-    assert sidecar["args"] == ["serve", "--config", "/etc/model-router/model-router.yaml"]
+    assert sidecar["args"] == [
+        "serve",
+        "--config",
+        "/etc/model-router/model-router.yaml",
+        "--listen",
+        "127.0.0.1:50051",  # only the pod's Envoy: ext_proc, Decide and reflection are not on the pod IP
+        "--health-listen",
+        "0.0.0.0:9466",  # the probes' port, which says only loading / waiting for a valid config / serving
+        "--wait-for-config",  # a config error must not stop the pod's Envoy from starting
+    ]
+    assert [p["containerPort"] for p in sidecar["ports"]] == [9464, 9466]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert sidecar[probe]["httpGet"] == {"path": "/healthz", "port": 9466}
     kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
 
 
@@ -185,6 +197,7 @@ def test_config_map_annotation_overrides_the_default() -> None:
     assert config["configMap"] == {
         "name": "router-team-a",
         "items": [{"key": "model-router.yaml", "path": "model-router.yaml"}],
+        "optional": True,  # missing: the pod still starts (its router waits for the file, its Envoy fails open)
     }
 
 
@@ -252,6 +265,8 @@ def test_injected_sidecar_gets_the_learning_volume() -> None:
                      "not injected: the pod already has volumes named model-router-tmp", id="volume-name-clash"),
         pytest.param(review(pod(INJECT, containers=[{**APP, "ports": [{"containerPort": 9464}]}])),
                      "not injected: the pod already uses port 9464", id="port-clash"),
+        pytest.param(review(pod(INJECT, containers=[{**APP, "ports": [{"containerPort": 9466}]}])),
+                     "not injected: the pod already uses port 9466", id="health-port-clash"),
         pytest.param(review(pod({**INJECT, ANNOTATION_CONFIG_MAP: "Not_A_Name"})),
                      "not injected: model-router.io/config-map is not a valid ConfigMap name: 'Not_A_Name'",
                      id="bad-config-map-override"),
@@ -317,6 +332,15 @@ def test_config_rejects_same_ports_and_non_mapping() -> None:
                 "tls_cert_file": "c",
                 "tls_key_file": "k",
                 "sidecar": {"image": "i", "grpc_port": 1, "metrics_port": 1},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"sidecar\.health_port: must differ"):
+        parse_webhook_config(
+            {
+                "listen": "0.0.0.0:8443",
+                "tls_cert_file": "c",
+                "tls_key_file": "k",
+                "sidecar": {"image": "i", "grpc_port": 1, "metrics_port": 2, "health_port": 2},
             }
         )
     with pytest.raises(ConfigError, match="<root>"):
