@@ -5,17 +5,22 @@ This is the one code path shared by the live stream handler and ``model-router e
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import orjson
 
 from extproc.config import LimitSettings
 from extproc.schemas import ApiSchema, schema_for_path
 
 _DEFAULT_LIMITS = LimitSettings()
+_QUOTE, _OPEN_ARRAY, _OPEN_OBJECT = ord('"'), ord("["), ord("{")
+_NO_BODY: Mapping[str, Any] = MappingProxyType({})
 
 __all__ = ["ParsedRequest", "PassReason", "Passthrough", "estimate_tokens", "json_depth_exceeds", "parse_request"]
 
@@ -61,6 +66,13 @@ class ParsedRequest:
     prompt_text: str
     input_tokens: int
     max_output_tokens: int | None
+    stream: bool = False
+    """The request asks for a streamed answer (``"stream": true``)."""
+
+    def without_body(self) -> ParsedRequest:
+        """This request without its parsed body, which can take tens of MB (a 2.6 MB body of short strings: 29
+        MiB): what stays held while the classifier runs, once nothing later needs the body (prompt capture)."""
+        return dataclasses.replace(self, body=_NO_BODY)
 
 
 def estimate_tokens(chars: int) -> int:
@@ -87,10 +99,11 @@ def json_containers(raw: bytes, limit: int) -> int:
     ``limit``.
 
     Counting brackets runs at memory speed, and that count (which includes brackets inside strings) is the answer
-    when it is at most ``limit``. Only above it are the strings cut out for an exact count: escaped backslashes and
-    quotes are dropped, after which every other quote-delimited piece is a string's content (JSON's own left-to-right
-    reading of escapes, in bytes operations; ~0.2 s for 4 MiB of 800,000 tiny strings, where a regex took 0.45 s).
-    An unterminated string runs to the end; text after a first syntax error may be counted differently from a
+    when it is at most ``limit``. Only above it are brackets inside strings left out, for an exact count: escaped
+    backslashes and quotes are dropped, after which a byte is inside a string when an odd number of quotes precede
+    it (JSON's own left-to-right reading of escapes). numpy does that in one pass over the bytes: 23 ms and 12 MiB
+    for a crafted 4 MiB body of 1.3 million strings, where splitting at every quote took 141 ms and 114 MiB. An
+    unterminated string runs to the end; text after a first syntax error may be counted differently from a
     parser's reading, but the parser stops there.
     """
     count = raw.count(b"[") + raw.count(b"{")
@@ -98,8 +111,9 @@ def json_containers(raw: bytes, limit: int) -> int:
         return count
     if b"\\" in raw:
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = b"".join(raw.split(b'"')[0::2])
-    return structure.count(b"[") + structure.count(b"{")
+    text = np.frombuffer(raw, dtype=np.uint8)
+    outside = (np.cumsum(text == _QUOTE, dtype=np.uint8) & 1) == 0  # uint8 wraps: the parity stays right
+    return int(np.count_nonzero(((text == _OPEN_ARRAY) | (text == _OPEN_OBJECT)) & outside))
 
 
 def parse_request(
@@ -134,4 +148,5 @@ def parse_request(
         prompt_text=schema.prompt_text(body),
         input_tokens=estimate_tokens(schema.input_chars(body)),
         max_output_tokens=schema.max_output_tokens(body),
+        stream=body.get("stream") is True,
     )

@@ -318,6 +318,8 @@ class StreamHandler:
             named = next((m for m in policy.catalog if m.name == parsed.model), None) if parsed.model else None
             return self._pass_body(parsed.reason) if named is None else self._pass_to_own_cluster(raw, named)
         memory_key = self._conversation_key(parsed)
+        if not self._snap.settings.capture.enabled:  # the body's last reader: free it while the classifier runs
+            parsed = parsed.without_body()
         decision, prediction, classify_seconds, candidate = await self._decide(parsed, policy, memory_key)
         rewritten = rewrite_model(raw, decision.model.name)
         if rewritten is None:  # a duplicate key, or too costly to locate: ambiguous, do not touch
@@ -568,7 +570,7 @@ class StreamHandler:
             cost_selected=estimate_cost(decision.model, parsed.input_tokens, out_tokens),
             classify_seconds=classify_seconds,
             total_seconds=self._clock() - start,
-            stream=parsed.body.get("stream") is True,
+            stream=parsed.stream,
             prompt_excerpt=excerpt,
             **_candidate_fields(candidate, parsed.input_tokens, out_tokens),
             **self._context_fields(),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import orjson
 import pytest
 
+from extproc.request import ParsedRequest, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
@@ -374,3 +377,15 @@ def test_anthropic_tool_use_input_deeper_than_orjson_can_write_counts_nothing() 
     body = {"messages": [_user("q"), {"role": "assistant", "content": [tool_use]}, _user("next")]}
     assert MESSAGES.input_chars(body) == len("q") + len("next")
     assert MESSAGES.conversation_seed(body) == "\x1eq\x1e\x1ew\x1f"
+
+
+@pytest.mark.parametrize(("stream", "want"), [(True, True), (False, False), ("yes", False), (None, False)])
+def test_what_a_decision_needs_outlives_the_parsed_body(stream: object, want: bool) -> None:
+    """With capture off the handler drops the parsed body before classifying (it can take tens of MB while the
+    classifier runs): the record's fields must not need it."""
+    raw = orjson.dumps({"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi there"}]})
+    parsed = parse_request("/v1/chat/completions", raw, {"auto"})
+    assert isinstance(parsed, ParsedRequest)
+    light = parsed.without_body()
+    assert light.stream is want and not light.body
+    assert dataclasses.replace(light, body=parsed.body) == parsed, "nothing but the body is dropped"
