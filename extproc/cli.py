@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGHUP"):  # a reload sent while the model loads would kill the process: the server's handler
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # replaces this once it listens (and the file is read then)
     health = Health()
-    stop_health: Callable[[], None] = lambda: None  # noqa: E731
+    stop_health = None
     if args.health_listen:  # before the config: the probe port can then say "waiting for a valid config"
         try:
             parse_listen(args.health_listen)
@@ -181,7 +181,8 @@ def _serve(args: argparse.Namespace) -> int:
         with runner:
             runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
     finally:
-        stop_health()
+        if stop_health is not None:
+            stop_health()
     return 0
 
 

@@ -325,7 +325,8 @@ class StreamHandler:
         if rewritten is None:  # a duplicate key, or too costly to locate: ambiguous, do not touch
             return self._pass_body(PassReason.AMBIGUOUS_MODEL)
         if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
-            # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused).
+            # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused):
+            # the request goes as without the router (the default model's name may still fit).
             return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
         # A pinned request (a labeller replaying a captured conversation) must not raise that conversation's floor.
         if (

@@ -142,7 +142,7 @@ def test_body_over_envoy_limit_gets_413(stack: Stack) -> None:
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 def test_the_body_limit_holds_for_every_protocol(stack: Stack, http2: bool) -> None:
     """Over HTTP/2 the listener's buffer limit did not bound a stream's body (16 MiB went through, whole, to the
-    router and the upstream); Envoy's buffer filter makes 4 MiB the limit for both protocols."""
+    router and the upstream); Envoy's buffer filter makes 4 MiB the limit of the router's APIs for both protocols."""
     limit = 4 * 1024 * 1024
     prefix, suffix = chat_body("What is 2+2? ").split(b"What is 2+2? ")
     room = 16  # for the chosen model's name, longer than "auto"
@@ -157,6 +157,9 @@ def test_the_body_limit_holds_for_every_protocol(stack: Stack, http2: bool) -> N
         assert at_limit.status_code != 413, "the limit itself is accepted"
         over = client.post(stack.base_url + "/v1/chat/completions", content=body + b" " * (room + 1), headers=JSON)
         assert over.status_code == 413
+        # Other APIs are not buffered: an audio or file upload streams through, whatever its size.
+        upload = client.post(stack.base_url + "/v1/audio/transcriptions", content=b"\0" * (3 * limit))
+        assert upload.status_code != 413 and upload.headers["x-upstream-cluster"] == "frontier"
 
 
 @pytest.mark.parametrize("path", ["//v1/chat/completions", "/v1/chat%2Fcompletions", "/v1/%63hat/completions"])

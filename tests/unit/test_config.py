@@ -16,6 +16,7 @@ from extproc.config import Settings, load_config, load_yaml, parse_config, parse
 from extproc.errors import ConfigError
 from extproc.fail_open_lua import render_fail_open_lua
 from extproc.reload import load_snapshot, reload_snapshot, watch_config
+from extproc.schemas import SCHEMAS_BY_PATH
 from extproc.snapshot import SnapshotRef, build_snapshot
 from tests.fakes import FakeDifficultyModel
 
@@ -362,6 +363,27 @@ def test_envoy_routes_cover_every_catalog_cluster() -> None:
     }
     catalog = {m.cluster for m in load_config(ENVOY_DIR / "model-router.yaml").catalog}
     assert catalog <= routed <= clusters
+
+
+@pytest.mark.parametrize("envoy_yaml", ["envoy/envoy.yaml", "k8s/base/envoy.yaml"])
+def test_the_buffered_paths_are_exactly_the_routers_apis(envoy_yaml: str) -> None:
+    """The buffer filter (the 4 MiB body limit for every protocol) and ext_proc are on for the route of the router's
+    APIs and off on the catch-all, so other paths (file and audio uploads) stream and skip the router: its path regex
+    must be the schemas' paths."""
+    envoy = yaml.safe_load((ENVOY_DIR.parent / envoy_yaml).read_text())
+    hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    (api,) = [r for r in routes if "safe_regex" in r["match"]]
+    *_, catch_all = routes
+    assert catch_all["match"] == {"prefix": "/"} and api["route"] == catch_all["route"]
+    per_route = catch_all["typed_per_filter_config"]
+    assert per_route["envoy.filters.http.buffer"]["disabled"] and per_route["envoy.filters.http.ext_proc"]["disabled"]
+    pattern = re.compile(api["match"]["safe_regex"]["regex"])  # RE2 matches the whole path, as fullmatch does
+    assert {p for p in [*SCHEMAS_BY_PATH, *_NOT_THE_ROUTERS] if pattern.fullmatch(p)} == set(SCHEMAS_BY_PATH)
+    assert hcm["http_filters"][0]["typed_config"]["max_request_bytes"] == 4 * 1024 * 1024
+
+
+_NOT_THE_ROUTERS = ("/v1/chat/completions/", "/v1/audio/transcriptions", "/x/v1/messages", "/v1/embeddings")
 
 
 def _fail_open_lua(envoy_yaml: Path) -> str:

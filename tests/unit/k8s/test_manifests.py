@@ -472,8 +472,13 @@ def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict
     per_route = route["typed_per_filter_config"][ext_proc_name]
     assert per_route["@type"].endswith("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute")
     assert per_route["disabled"] is True
-    others = [r for r in _routes(envoy) if r is not route]
-    assert all("typed_per_filter_config" not in r for r in others), "every other route goes through the router"
+    *others, catch_all = [r for r in _routes(envoy) if r is not route]
+    assert all("typed_per_filter_config" not in r for r in others), "the router's APIs go through the router"
+    assert catch_all["match"] == {"prefix": "/"}  # other APIs: neither buffered nor sent to the router
+    assert {f: c["disabled"] for f, c in catch_all["typed_per_filter_config"].items()} == {
+        ext_proc_name: True,
+        "envoy.filters.http.buffer": True,
+    }
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
     cluster = clusters[route["route"]["cluster"]]
     assert cluster["type"] == "STATIC"
