@@ -301,7 +301,12 @@ async def _llm(request: web.Request) -> web.StreamResponse:
     cluster = request.app[_CLUSTER]
     api = Api.of(request.path)
     request.app[_RECEIVED].append(
-        {"path": request.path, "headers": dict(request.headers), "body_b64": base64.b64encode(raw).decode()}
+        {
+            "path": request.path,
+            "raw_path": request.raw_path,  # as sent, escapes kept
+            "headers": dict(request.headers),
+            "body_b64": base64.b64encode(raw).decode(),
+        }
     )
     digest = hashlib.sha256(raw).hexdigest()
     fail = request.app[_FAIL].get("status", 0)

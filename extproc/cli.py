@@ -20,7 +20,6 @@ from extproc.labeling.options import add_label_parser
 
 if TYPE_CHECKING:
     from extproc.health_http import Health
-    from extproc.snapshot import Snapshot
 
 __all__ = ["main", "prompt_text_of_item"]
 
@@ -155,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     from extproc.config import parse_listen
     from extproc.health_http import Health, start_health_server
     from extproc.logs import configure_logging
+    from extproc.reload import load_snapshot
     from extproc.server import serve
     from extproc.snapshot import SnapshotRef
     from extproc.wsgi_server import ListenError
@@ -169,41 +169,51 @@ def _serve(args: argparse.Namespace) -> int:
             stop_health = start_health_server(args.health_listen, health)
         except (ValueError, ListenError) as exc:
             raise ConfigError([f"--health-listen: {exc}"]) from None
+    waiting = _ConfigWait(health) if args.wait_for_config else None
     try:
-        snapshot = _load_for_serve(args.config, health if args.wait_for_config else None)
-        configure_logging(snapshot.settings.server.log_level)
-        try:
-            import uvloop
-
-            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-            runner = asyncio.Runner()
-        with runner:
-            runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
+        with _event_loop_runner() as runner:
+            while True:
+                try:
+                    snapshot = load_snapshot(args.config)
+                    configure_logging(snapshot.settings.server.log_level)
+                    runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
+                    return 0
+                except ConfigError as exc:  # the config, its model, or what the server opens at start
+                    if waiting is None:
+                        raise
+                    waiting.failed(exc)
     finally:
         if stop_health is not None:
             stop_health()
-    return 0
 
 
-def _load_for_serve(path: Path, waiting: Health | None, poll_seconds: float = 2.0) -> Snapshot:
-    """The snapshot to serve; with ``waiting`` (``--wait-for-config``), a config that is missing or invalid (or
-    whose model does not load) is reported once per distinct problem and read again every ``poll_seconds``."""
-    from extproc.health_http import RouterState
-    from extproc.reload import load_snapshot
+def _event_loop_runner() -> asyncio.Runner:
+    try:
+        import uvloop
 
-    reported = None
-    while True:
-        try:
-            return load_snapshot(path)
-        except ConfigError as exc:
-            if waiting is None:
-                raise
-            if str(exc) != reported:
-                reported = str(exc)
-                print(f"model-router: {exc}\nmodel-router: waiting for a valid config", file=sys.stderr, flush=True)
-            waiting.state = RouterState.WAITING
-            time.sleep(poll_seconds)
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.Runner()
+
+
+class _ConfigWait:
+    """``serve --wait-for-config``: a start that fails on the config (invalid or missing file, a model that does not
+    load, a listener, key or capture file it names that cannot be used) is reported once per distinct problem, the
+    probe port says so, and the start is tried again from the file every ``poll_seconds``."""
+
+    def __init__(self, health: Health, poll_seconds: float = 2.0) -> None:
+        self._health = health
+        self._poll_seconds = poll_seconds
+        self._reported: str | None = None
+
+    def failed(self, exc: ConfigError) -> None:
+        from extproc.health_http import RouterState
+
+        if str(exc) != self._reported:
+            self._reported = str(exc)
+            print(f"model-router: {exc}\nmodel-router: waiting for a valid config", file=sys.stderr, flush=True)
+        self._health.state = RouterState.WAITING
+        time.sleep(self._poll_seconds)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -84,8 +84,9 @@ def parse_listen(value: str, unix: bool = False) -> tuple[str, int] | None:
 
 
 def _check_otlp_endpoint(value: str) -> str:
-    """``http(s)://host[:port]`` or ``host[:port]`` (port 4317 by default, as :mod:`extproc.otlp` reads it): a typo
-    would otherwise only show as spans that never arrive."""
+    """``http(s)://host[:port]`` or ``host[:port]`` (port 4317 by default, as :mod:`extproc.otlp` reads it), and
+    nothing else (credentials, a path or a query would be dropped unsaid): a typo would otherwise only show as spans
+    that never arrive."""
     parsed = urllib.parse.urlsplit(value if "://" in value else "//" + value)
     host = parsed.hostname or ""
     try:
@@ -97,7 +98,10 @@ def _check_otlp_endpoint(value: str) -> str:
         port_ok = parsed.port != 0
     except ValueError:
         port_ok = False
-    if parsed.scheme not in ("", "http", "https") or not valid_host or not port_ok or parsed.path not in ("", "/"):
+    if parsed.username is not None:  # not echoed: the message goes to logs
+        raise ValueError("credentials in the URL would not be sent: use OTEL_EXPORTER_OTLP_HEADERS")
+    extras = parsed.query or parsed.fragment or parsed.path not in ("", "/")
+    if parsed.scheme not in ("", "http", "https") or not valid_host or not port_ok or extras:
         raise ValueError(f"expected http(s)://host[:port] or host[:port], got {value!r}")
     return value
 
@@ -469,7 +473,25 @@ def _learning_checks(v: _Fields) -> list[str]:
     return problems
 
 
-_ANY_HOST = {"0.0.0.0", "::"}
+def _bind_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    """``host`` as an address where it is one (``[::0]`` is ``::``; ``localhost`` is 127.0.0.1), else the name."""
+    try:
+        return ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+    except ValueError:
+        return host
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether listening on host ``a`` and host ``b`` (same port) would collide: the same address, or a wildcard
+    of the other's family (``[::]`` takes IPv4 too on Linux's default dual stack; ``0.0.0.0`` leaves ``::1``)."""
+    x, y = _bind_host(a), _bind_host(b)
+    if x == y:
+        return True
+    if any(not isinstance(h, str) and h.version == 6 and h.is_unspecified for h in (x, y)):
+        return True
+    if isinstance(x, str) or isinstance(y, str):  # a host name: only the same name is known to collide
+        return False
+    return x.version == y.version and (x.is_unspecified or y.is_unspecified)
 
 
 def _listen_clashes(listens: Mapping[str, str | None]) -> list[str]:
@@ -479,7 +501,7 @@ def _listen_clashes(listens: Mapping[str, str | None]) -> list[str]:
     problems = []
     for i, (field, at) in enumerate(bound):
         for earlier, other in bound[:i]:
-            if at and other and at[1] == other[1] != 0 and (at[0] == other[0] or {at[0], other[0]} & _ANY_HOST):
+            if at and other and at[1] == other[1] != 0 and _overlap(at[0], other[0]):
                 problems.append(f"{field}: must differ from {earlier} (both on port {at[1]})")
     return problems
 

@@ -73,6 +73,8 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
         _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
         return False
     pending = restart_only_changes(ref.current.settings, snapshot.settings)
+    if snapshot.settings.limits.max_body_bytes > ref.first.limits.max_body_bytes:  # server.message_limit: at start
+        pending.append("limits.max_body_bytes (above the value at start: larger gRPC messages are refused)")
     stale_lua = render_fail_open_lua(ref.current.settings) != render_fail_open_lua(snapshot.settings)
     ref.current = snapshot
     if pending:  # applied, but these keys were read at start: say so, or an operator believes e.g. feedback is off
@@ -90,8 +92,7 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
 
 def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     """The changed keys that only a restart applies (README "Configuration"): listeners, TLS, log level, telemetry
-    except what is read per request, feedback, the stickiness memory's size, and a raised body limit (a lowered
-    one applies at once)."""
+    except what is read per request, feedback, the stickiness memory's size."""
 
     def read_at_start(s: Settings) -> dict[str, object]:
         server = s.server.model_dump(include={"listen", "decision_api", "log_level", "config_poll_seconds", "tls"})
@@ -104,10 +105,7 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
         }
 
     before, after = read_at_start(old), read_at_start(new)
-    pending = [key for key in after if after[key] != before[key]]
-    if new.limits.max_body_bytes > old.limits.max_body_bytes:  # gRPC's message limit (server.message_limit)
-        pending.append("limits.max_body_bytes (raised: larger gRPC messages are refused until a restart)")
-    return pending
+    return [key for key in after if after[key] != before[key]]
 
 
 def _fingerprint(path: Path) -> bytes | None:

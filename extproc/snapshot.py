@@ -158,9 +158,11 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
 
 
 class SnapshotRef:
-    """The one mutable cell: the snapshot new streams start with."""
+    """The one mutable cell: the snapshot new streams start with (and the first one's settings, which set what only
+    a restart changes)."""
 
-    __slots__ = ("current",)
+    __slots__ = ("current", "first")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
+        self.first = snapshot.settings

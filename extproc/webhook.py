@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal, Self
@@ -50,7 +50,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from extproc.config import load_yaml, parse_listen, validate_model
 from extproc.errors import ConfigError
 from extproc.logs import configure_logging
-from extproc.wsgi_server import ListenError
+from extproc.wsgi_server import BoundedConnections, ListenError
 
 __all__ = [
     "ANNOTATION_CONFIG_MAP",
@@ -98,6 +98,8 @@ QUEUE_SECONDS = 2.0
 BODY_SECONDS = 2.0
 """The whole body must arrive within this (the API server sends it at once), so a slow sender holds a turn no
 longer; the handler's ``timeout`` bounds each read, not the total."""
+CONNECTION_SECONDS = 10.0
+"""How long a connection may go without an answer: a client trickling its headers holds its slot no longer."""
 MAX_CONNECTIONS = 128
 """Open connections (a thread each, ~64 KiB); past it, new ones are closed at once. The API server opens one per
 concurrent review and keeps some alive; idle ones close after the handler's ``timeout``."""
@@ -128,6 +130,13 @@ class Resources(_Strict):
     limits: ResourceList | None = ResourceList(cpu="1", memory="512Mi")
 
 
+def _check_item_path(value: str) -> str:
+    """The API server refuses a volume item path ``.``, ``..`` or starting with ``..``: every injected pod would be."""
+    if value == "." or value.startswith(".."):
+        raise ValueError(f"{value!r} cannot be a file name in the config volume")
+    return value
+
+
 class InjectionSettings(_Strict):
     """What the webhook injects: the router container and the volumes it needs."""
 
@@ -135,7 +144,10 @@ class InjectionSettings(_Strict):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     config_map: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS1123.pattern)] = "model-router-config"
     """ConfigMap in the pod's namespace with the router config under ``config_key``."""
-    config_key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "model-router.yaml"
+    config_key: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$"), AfterValidator(_check_item_path)
+    ] = "model-router.yaml"
+    """The key and file name."""
     grpc_port: Port = 50051
     """The port the pod's Envoy calls on ``127.0.0.1``: the sidecar runs ``serve --listen 127.0.0.1:<grpc_port>``
     whatever ``server.listen`` says, so ext_proc, the Decide API and reflection are never reachable from other pods."""
@@ -397,13 +409,19 @@ class _ReloadingTLS:
         self._cert = cert
         self._key = key
         self._lock = threading.Lock()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._stamp = self._mtimes()
-        self.context.load_cert_chain(cert, key)
+        self.context = self._load()
 
     def _mtimes(self) -> tuple[int, int]:
         return os.stat(self._cert).st_mtime_ns, os.stat(self._key).st_mtime_ns
+
+    def _load(self) -> ssl.SSLContext:
+        """A new context: loading into the live one would replace its certificate before OpenSSL checks the key
+        (a mismatched pair then broke every handshake while the log said the old one was kept)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self._cert, self._key)
+        return context
 
     def refresh(self) -> None:
         """Reload the certificate if its files changed; keep the old one if the new pair does not load."""
@@ -411,16 +429,14 @@ class _ReloadingTLS:
             try:
                 stamp = self._mtimes()
                 if stamp != self._stamp:
-                    self.context.load_cert_chain(self._cert, self._key)
+                    self.context = self._load()
                     self._stamp = stamp
                     _log.info("reloaded TLS certificate %s", self._cert)
             except (OSError, ssl.SSLError) as exc:
                 _log.warning("keeping the current TLS certificate: %s", exc)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(BoundedConnections, HTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -434,7 +450,7 @@ class _Server(ThreadingHTTPServer):
         self.settings = settings
         self.tls = tls
         self.max_connections = max_connections
-        self.connections = threading.BoundedSemaphore(max_connections)
+        self.bound(max_connections, CONNECTION_SECONDS)
         self.max_requests = max_requests
         self.requests = threading.BoundedSemaphore(max_requests)
         self.queue_seconds = queue_seconds
@@ -447,22 +463,8 @@ class _Server(ThreadingHTTPServer):
         # The handshake runs in the handler's thread (_Handler.handle), so a slow client blocks no one.
         return self.tls.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.connections.acquire(blocking=False):
-            _log.warning("closed a connection from %s: %d are open", client_address[0], self.max_connections)
-            self.shutdown_request(request)  # over the bound: closed, never given a thread
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.connections.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.connections.release()
+    def refused(self, client_address: Any) -> None:
+        _log.warning("closed a connection from %s: %d are open", client_address[0], self.max_connections)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.warning("connection from %s failed", client_address[0], exc_info=True)
@@ -490,6 +492,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.server.answered(self.request)  # a kept-alive connection's time starts again
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         _log.warning("rejected request: %s", message)
@@ -586,7 +589,7 @@ def build_server(
     max_requests: int = MAX_REQUESTS,
     queue_seconds: float = QUEUE_SECONDS,
     body_seconds: float = BODY_SECONDS,
-) -> ThreadingHTTPServer:
+) -> HTTPServer:
     """Bind the HTTPS server (not yet serving); raises ``ConfigError`` if the certificate cannot be loaded or
     ``listen`` cannot be bound (``listen: cannot listen on ADDRESS: address already in use``). The bounds default to
     the module's constants."""

@@ -8,8 +8,10 @@ thread. The threads live in the ext_proc process, whose memory and pids bound it
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -20,10 +22,12 @@ from extproc.config import parse_listen
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
 
-__all__ = ["ListenError", "serve_wsgi"]
+__all__ = ["BoundedConnections", "ListenError", "serve_wsgi"]
 
 MAX_CONNECTIONS = 32
 TIMEOUT_SECONDS = 10.0
+CONNECTION_SECONDS = 10.0
+"""The longest a connection may stay open (one request each: wsgiref answers one and closes)."""
 
 
 class ListenError(OSError):
@@ -38,30 +42,74 @@ class _QuietHandler(WSGIRequestHandler):
     """No per-request lines on stderr (the router's log is JSON; Envoy has the access log); reads time out."""
 
     timeout = TIMEOUT_SECONDS
+    server_version = "model-router"
+    sys_version = ""  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:
         """Discard."""
 
 
-class _BoundedServer(ThreadingMixIn, WSGIServer):
+class BoundedConnections(ThreadingMixIn):
+    """A thread per connection, up to ``max_connections``: past it, new connections are closed at once, never queued
+    on a thread. A connection may stay ``connection_seconds`` at most, counted from its start or its last answer
+    (:meth:`answered`): a client trickling its request line or headers a byte at a time, which the handler's
+    per-read timeout never ends, would hold its slot forever. Also the injection webhook's server."""
+
     daemon_threads = True
-    _slots: threading.BoundedSemaphore  # set by serve_wsgi before the server serves
+
+    def bound(self, max_connections: int, connection_seconds: float) -> None:
+        """Set the bounds (before the server serves)."""
+        self.connection_slots = threading.BoundedSemaphore(max_connections)
+        self.connection_seconds = connection_seconds
+        self._deadlines: dict[Any, float] = {}
+        self._deadlines_lock = threading.Lock()
+
+    def answered(self, request: Any) -> None:
+        """A request on this connection was answered: its time starts again (HTTP/1.1 keep-alive)."""
+        with self._deadlines_lock:
+            if request in self._deadlines:
+                self._deadlines[request] = time.monotonic() + self.connection_seconds
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the bound: closed, never queued on a thread
+        if not self.connection_slots.acquire(blocking=False):
+            self.refused(client_address)
+            self.shutdown_request(request)  # type: ignore[attr-defined]  # socketserver.BaseServer's
             return
+        with self._deadlines_lock:
+            self._deadlines[request] = time.monotonic() + self.connection_seconds
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._done(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._done(request)
+
+    def _done(self, request: Any) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(request, None)
+        self.connection_slots.release()
+
+    def service_actions(self) -> None:
+        """Run by ``serve_forever`` at every poll: end the connections past their time (their handler's read fails,
+        and its thread gives the slot back)."""
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [request for request, deadline in self._deadlines.items() if deadline < now]
+        for request in late:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+
+    def refused(self, client_address: Any) -> None:
+        """Called for each connection closed over the bound."""
+
+
+class _BoundedServer(BoundedConnections, WSGIServer):
+    pass
 
 
 class _BoundedServer6(_BoundedServer):
@@ -75,6 +123,7 @@ def serve_wsgi(
     poll_interval: float = 0.5,
     max_connections: int = MAX_CONNECTIONS,
     timeout: float = TIMEOUT_SECONDS,
+    connection_seconds: float = CONNECTION_SECONDS,
 ) -> Callable[[], None]:
     """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``) in a thread named ``name``; return a stop function
     (which waits up to ``poll_interval`` seconds for the serving loop to notice). :class:`ListenError` if it cannot
@@ -86,7 +135,7 @@ def serve_wsgi(
         server = make_server(host, port, app, server_class, handler)
     except (OSError, ValueError) as exc:
         raise ListenError(listen, exc) from None
-    server._slots = threading.BoundedSemaphore(max_connections)
+    server.bound(max_connections, connection_seconds)
     thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name=name, daemon=True)
     thread.start()
 

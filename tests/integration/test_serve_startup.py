@@ -296,9 +296,9 @@ def test_a_failed_start_closes_what_it_started(tmp_path: Path, busy: int) -> Non
 
 def test_a_sidecar_waits_for_a_valid_config_with_its_probe_port_up(tmp_path: Path) -> None:
     """``serve --listen 127.0.0.1:P --health-listen ADDR --wait-for-config``, as the injected sidecar runs: gRPC
-    only on loopback, probes on their own port. A missing or invalid config must not end the process (an exiting
-    native sidecar holds back its pod's Envoy): it is reported once, the probe says so, and the router starts as
-    soon as the file is valid."""
+    only on loopback, probes on their own port. A missing or invalid config, or one the server cannot start on,
+    must not end the process (an exiting native sidecar holds back its pod's Envoy): it is reported once, the probe
+    says so, and the router starts as soon as the file is valid."""
     health = f"127.0.0.1:{free_port()}"
     address = f"127.0.0.1:{free_port()}"
     config = tmp_path / "model-router.yaml"  # missing at first, like a ConfigMap not created yet
@@ -332,7 +332,16 @@ def test_a_sidecar_waits_for_a_valid_config_with_its_probe_port_up(tmp_path: Pat
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         assert not _serving_on(address)
-        config.write_text(_config(tmp_path / "valid").read_text())
+        # Valid for check-config, but the server cannot start on it (its metrics port is the probe port's).
+        valid = yaml.safe_load(_config(tmp_path / "valid").read_text())
+        clash = deep_merge(valid, {"telemetry": {"metrics_listen": health}})
+        config.write_text(yaml.safe_dump(clash))
+        deadline = time.monotonic() + 30
+        while f"telemetry.metrics_listen: cannot listen on {health}" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert probe() == (200, "waiting for a valid config\n")
+        config.write_text(yaml.safe_dump(valid))
         wait_for((200, "serving\n"))
         assert _serving_on(address)
         assert log.read_text().count("cannot read") == 1, "each problem is reported once, not every 2 s"

@@ -223,6 +223,21 @@ _MISSING = "cannot read /nonexistent/model-router/{}: No such file or directory"
             id="every-interface-includes-loopback",
         ),
         pytest.param(
+            base(server={"listen": "localhost:7000"}, telemetry={"metrics_listen": "127.0.0.1:7000"}),
+            ["telemetry.metrics_listen: must differ from server.listen (both on port 7000)"],
+            id="localhost-is-loopback",
+        ),
+        pytest.param(
+            base(server={"listen": "[::0]:7000"}, telemetry={"metrics_listen": "127.0.0.1:7000"}),
+            ["telemetry.metrics_listen: must differ from server.listen (both on port 7000)"],
+            id="ipv6-any-spelled-out-takes-ipv4-too",
+        ),
+        pytest.param(
+            base(telemetry={"otlp_endpoint": "http://user:pw@otel:4317"}),
+            ["telemetry.otlp_endpoint: credentials in the URL would not be sent: use OTEL_EXPORTER_OTLP_HEADERS"],
+            id="otlp-endpoint-with-credentials",
+        ),
+        pytest.param(
             base(telemetry={"otlp_endpoint": "not a url"}),
             ["telemetry.otlp_endpoint: expected http(s)://host[:port] or host[:port], got 'not a url'"],
             id="otlp-endpoint-not-a-url",
@@ -484,6 +499,7 @@ def test_a_bad_listen_address_is_named(field: str, value: str, message: str) -> 
     ("server", "metrics", "feedback"),
     [
         ("127.0.0.1:7000", "127.0.0.2:7000", "[::1]:7000"),  # one port, three addresses
+        ("0.0.0.0:7000", "[::1]:7000", "127.0.0.1:7001"),  # the IPv4 wildcard leaves ::1 free
         ("unix:/run/r.sock", "0.0.0.0:7000", "127.0.0.1:7001"),
         ("127.0.0.1:0", "127.0.0.1:0", "0.0.0.0:0"),  # port 0: each listener gets its own free port
     ],
@@ -587,7 +603,7 @@ def test_check_config_and_reload_refuse_a_bad_listen_address(
         pytest.param({"limits": {"max_body_bytes": 1 << 20}}, [], id="lowered-body-limit"),
         pytest.param(
             {"limits": {"max_body_bytes": 8 << 20}},
-            ["limits.max_body_bytes (raised: larger gRPC messages are refused until a restart)"],
+            ["limits.max_body_bytes (above the value at start: larger gRPC messages are refused)"],
             id="raised-body-limit",
         ),
     ],
@@ -611,6 +627,27 @@ def test_a_reload_says_which_changes_need_a_restart(
         assert line.endswith("needs a restart to take effect: " + ", ".join(pending)), line
     else:
         assert "restart" not in line, line
+
+
+def test_the_body_limit_warning_compares_with_the_limit_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gRPC's message limit is set at start: back at the start value after a lower one is no restart, and above it
+    stays one however many reloads come in between."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    start = data["limits"]["max_body_bytes"]
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    caplog.set_level("INFO", logger="model_router.reload")
+    warned = []
+    for limit, quality in [(start // 2, 0.8), (start, 0.8), (start * 2, 0.8), (start * 2, 0.7)]:
+        data["limits"]["max_body_bytes"], data["policy"]["quality_target"] = limit, quality
+        path.write_text(yaml.safe_dump(data))
+        caplog.clear()
+        assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+        warned.append(any("limits.max_body_bytes" in r.getMessage() for r in caplog.records))
+    assert warned == [False, False, True, True]
 
 
 def test_a_reload_that_changes_the_fail_open_tables_says_to_regenerate_them(

@@ -51,3 +51,31 @@ def test_connections_over_the_bound_are_closed_and_idle_ones_time_out(url: str) 
     assert httpx.get(url, timeout=5).text == "ok"
     for sock in [*idle, third]:
         sock.close()
+
+
+def test_a_connection_trickling_its_request_is_ended_at_its_deadline() -> None:
+    """A byte of request line every 0.2 s never trips the 5 s per-read timeout: without a deadline for the whole
+    connection, 32 such clients held every slot (the probe port's too) for as long as they liked."""
+    port = free_port()
+    stop = serve_wsgi(
+        f"127.0.0.1:{port}", _ok, "test-http", poll_interval=0.02, max_connections=1, timeout=5, connection_seconds=0.5
+    )
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        slow.settimeout(0.2)
+        closed = False
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100:  # at most 20 s of trickle
+            try:
+                slow.sendall(bytes([byte]))
+                closed = slow.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+        assert closed, "the server never ended the trickling connection"
+        slow.close()
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok", "its slot is free again"
+    finally:
+        stop()

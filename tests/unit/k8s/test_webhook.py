@@ -596,6 +596,18 @@ def test_webhook_server_picks_up_a_renewed_certificate(webhook: tuple[int, ssl.S
         _request(port, old_client, "GET", "/healthz")
 
 
+def test_a_certificate_without_its_key_keeps_the_old_pair(webhook: tuple[int, ssl.SSLContext, Path]) -> None:
+    """A certificate file replaced before its key (a non-atomic update): the pair does not load, and the old one
+    must go on serving (loaded into the live context, the new certificate replaced the old before OpenSSL found the
+    mismatch, and every handshake failed while the log said the old pair was kept)."""
+    port, client, directory = webhook
+    other = directory / "other"
+    other.mkdir()
+    new_cert, _ = _self_signed(other, name_suffix=".other")
+    (directory / "tls.crt").write_bytes(new_cert.read_bytes())
+    assert _request(port, client, "GET", "/healthz")[0] == 200
+
+
 # --- what a client can make the server hold ------------------------------------------------------------------------
 # The port is open to every source: one review must not cost more than the Deployment's memory limit, nor many at
 # once. The reviewer's finding: an 8 MiB ``[{},{},...]`` peaked at 257 MB and each concurrent one added as much.
@@ -821,3 +833,12 @@ def test_costly_reviews_stay_inside_the_memory_limit(tmp_path: Path) -> None:
     assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses  # 503: no turn free within QUEUE_SECONDS
     assert 200 in statuses
     assert peak < 0.8 * int(limit.removesuffix("Mi")) * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB, limit {limit}"
+
+
+@pytest.mark.parametrize("key", [".", "..", "..data"])
+def test_config_key_that_no_volume_item_can_have_is_refused(key: str) -> None:
+    """The API server refuses a volume item path "." or starting with "..": with it, every injected pod would be."""
+    data = {"listen": "0.0.0.0:8443", "tls_cert_file": "c", "tls_key_file": "k", "sidecar": {"image": "i"}}
+    data["sidecar"]["config_key"] = key  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"sidecar\.config_key: .* cannot be a file name in the config volume"):
+        parse_webhook_config(data)
