@@ -50,7 +50,7 @@ def message_limit(limits: LimitSettings) -> int:
     bounds the memory one stream or Decide call can take (with a fixed 64 MiB, six concurrent Decide calls took the
     router to 684 MB). A body up to the limit plus the headroom still reaches the handler and passes through as
     ``body_too_large``; a larger message is refused with RESOURCE_EXHAUSTED, which Envoy treats as a router failure
-    (``failure_mode_allow``: forwarded unrouted). Keep Envoy's buffer limit at or below ``limits.max_body_bytes``.
+    (``failure_mode_allow``: forwarded unrouted). Set Envoy's body limit equal to ``limits.max_body_bytes``.
     """
     return limits.max_body_bytes + MESSAGE_HEADROOM
 

@@ -304,9 +304,9 @@ class StreamHandler:
         raw = body.body
         if not body.end_of_stream:
             return self._pass_body(PassReason.STREAMED_BODY)
-        if len(raw) > self._snap.settings.limits.max_body_bytes:
-            return self._pass_body(PassReason.BODY_TOO_LARGE)
         assert self._request is not None  # WAIT_BODY is only reached through the headers stage
+        if len(raw) > self._snap.settings.limits.max_body_bytes:  # a catalog model still goes to its cluster
+            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
         if self._request.unclassified is not None:
             return self._pass_unclassified(raw, self._request.unclassified)
         policy = self._request.policy

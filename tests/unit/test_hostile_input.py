@@ -151,6 +151,13 @@ _NESTED = _MESSAGES.replace(b'"auto"', _ESCAPED).replace(b'[{"role"', b'[{"model
             LimitSettings(max_body_bytes=10), b'{"model":"auto","messages":[]}', "body_too_large", None, id="size"
         ),
         pytest.param(
+            LimitSettings(max_body_bytes=10),
+            b'{"model":"gpt-4o-mini","messages":[]}',
+            "body_too_large",
+            b"",  # unchanged, to its own cluster (a 404 from the default route's provider otherwise)
+            id="size-catalog-model",
+        ),
+        pytest.param(
             LimitSettings(max_json_containers=100),
             _CONTAINERS,
             "json_too_complex",
