@@ -213,7 +213,10 @@ class _ConfigWait:
             self._reported = str(exc)
             print(f"model-router: {exc}\nmodel-router: waiting for a valid config", file=sys.stderr, flush=True)
         self._health.state = RouterState.WAITING
-        time.sleep(self._poll_seconds)
+        try:
+            time.sleep(self._poll_seconds)
+        except KeyboardInterrupt:  # Ctrl-C while waiting: an exit, not a traceback
+            raise SystemExit(130) from None
 
 
 def _check(args: argparse.Namespace) -> int:

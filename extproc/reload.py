@@ -108,6 +108,10 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     return [key for key in after if after[key] != before[key]]
 
 
+_UNREADABLE_POLLS = 3
+"""Polls in a row the config file must be unreadable before the watcher says so (once)."""
+
+
 def _fingerprint(path: Path) -> bytes | None:
     try:
         return hashlib.sha256(path.read_bytes()).digest()
@@ -137,9 +141,13 @@ async def watch_config(
         return None if config is None else (config, *(_fingerprint(p) for p in also))
 
     seen = fingerprint()
+    unreadable = 0  # polls in a row; a ConfigMap's symlink swap can miss one, a deleted file misses them all
     while True:
         await asyncio.sleep(interval)
         current = fingerprint()
+        unreadable = unreadable + 1 if current is None else 0
+        if unreadable == _UNREADABLE_POLLS:
+            _log.warning("config file %s cannot be read; keeping the running config until it can", path)
         if current is None or current == seen:
             continue
         seen = current

@@ -358,6 +358,32 @@ async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_w
         watcher.cancel()
 
 
+async def test_a_config_file_that_disappears_is_said_once_and_the_running_config_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    running = ref.current
+    caplog.set_level("WARNING", logger="model_router.reload")
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, lambda _s: FakeDifficultyModel()))
+    await asyncio.sleep(0)
+    try:
+        path.unlink()
+        await _until(lambda: any("cannot be read" in r.getMessage() for r in caplog.records))
+        await asyncio.sleep(0.1)  # many more polls: still one line
+        assert [r.getMessage() for r in caplog.records] == [
+            f"config file {path} cannot be read; keeping the running config until it can"
+        ]
+        assert ref.current is running and results == []
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
+        await _until(lambda: results == [True])
+    finally:
+        watcher.cancel()
+
+
 async def _until(check: Callable[[], bool]) -> None:
     for _ in range(500):
         if check():
