@@ -113,3 +113,13 @@ def test_dockerignore_sends_what_the_build_copies(path: str) -> None:
     assert patterns[0] == "*", "deny by default: no .venv, tests or training data in the build context"
     assert f"!{path}" in patterns
     assert any(path in c.split()[:-1] for c in _stages()[0].args("COPY")), "and the build copies it"
+
+
+def test_large_allocations_go_back_to_the_system() -> None:
+    """glibc raises its mmap threshold after the first large free and then keeps request-sized allocations in the
+    heap: the router's RSS grew with each burst of large prompts (118 -> 176 MB over three; 134 MB with the fixed
+    threshold). The image fixes it, as the webhook's Deployment does for its parses."""
+    (env,) = _stages()[-1].args("ENV")
+    assert "MALLOC_MMAP_THRESHOLD_=131072" in env.split()
+    injector = find(kustomize("injector"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MALLOC_MMAP_THRESHOLD_", "value": "131072"} in injector["env"]
