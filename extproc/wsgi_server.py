@@ -97,6 +97,7 @@ class BoundedConnections(ThreadingMixIn):
     def service_actions(self) -> None:
         """Run by ``serve_forever`` at every poll: end the connections past their time (their handler's read fails,
         and its thread gives the slot back)."""
+        super().service_actions()  # type: ignore[misc]  # socketserver.BaseServer's (a no-op today)
         now = time.monotonic()
         with self._deadlines_lock:
             late = [request for request, deadline in self._deadlines.items() if deadline < now]
