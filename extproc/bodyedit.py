@@ -15,7 +15,7 @@ import re
 
 import orjson
 
-__all__ = ["JSON_STRING", "find_model_span", "replace_model", "rewrite_model"]
+__all__ = ["JSON_STRING", "find_model_span", "replace_at", "replace_model", "rewrite_model"]
 
 JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 """A JSON string, quotes included, in the unrolled form: one regex step per escape, not one per character."""
@@ -77,8 +77,11 @@ def rewrite_model(raw: bytes, new_model: str) -> tuple[bytes, tuple[int, int]] |
     """``raw`` with the top-level model value replaced, and the new value's byte span (quotes included); None when
     it cannot be done unambiguously. The span lets Envoy's fallback filter swap the value again without a parser."""
     span = find_model_span(raw)
-    if span is None:
-        return None
+    return None if span is None else replace_at(raw, span, new_model)
+
+
+def replace_at(raw: bytes, span: tuple[int, int], new_model: str) -> tuple[bytes, tuple[int, int]]:
+    """``raw`` with the value at ``span`` (from :func:`find_model_span`) replaced, and the new value's span."""
     start, end = span
     value = orjson.dumps(new_model)
     return raw[:start] + value + raw[end:], (start, start + len(value))

@@ -53,6 +53,10 @@ class RequestPolicy:
     fallbacks: Mapping[str, str]
     """The tenant's fallback table (``TenantView.fallbacks``)."""
 
+    def model(self, name: str | None) -> ResolvedModel | None:
+        """The model called ``name`` in this request's catalog (a tenant's subset is all it may be sent to)."""
+        return next((m for m in self.catalog if m.name == name), None)
+
 
 def _parse_unit(raw: str) -> float | None:
     try:

@@ -24,7 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
-from extproc.bodyedit import find_model_span, rewrite_model
+from extproc.bodyedit import find_model_span, replace_at, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import Floors, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
@@ -223,13 +223,13 @@ class StreamHandler:
         return [envoy.body_continue(self._pass_metadata(self._pass(reason)))]
 
     def _pass_to_own_cluster(
-        self, raw: bytes, model: ResolvedModel, reason: PassReason = PassReason.MODEL_NOT_ROUTABLE
+        self, raw: bytes, model: ResolvedModel, reason: PassReason, span: tuple[int, int] | None
     ) -> list[pb.ProcessingResponse]:
         """A catalog model the client named itself (not a routable alias): the body stays as it is, and the request
         goes to the model's cluster, not the default route (which may be another provider that does not serve it).
-        Envoy's fallback filter may rename it on a stronger cluster, as for any routed request."""
+        Envoy's fallback filter may rename it on a stronger cluster, as for any routed request. ``span`` is where
+        the model value is (:func:`find_model_span`)."""
         assert self._request is not None
-        span = find_model_span(raw)
         if span is None:  # a duplicate key: which one the upstream reads is unknown, so the default route
             return self._pass_body(reason)
         metadata = self._pass_metadata(self._pass(reason, model))
@@ -247,18 +247,16 @@ class StreamHandler:
         policy = self._request.policy
         span = find_model_span(raw)
         name = _string_at(raw, span)
-        named = next((m for m in policy.catalog if m.name == name), None)
+        named = policy.model(name)
         if span is None or name is None or (named is None and name not in self._snap.routable):
             return self._pass_body(reason)
         if named is not None:
-            return self._pass_to_own_cluster(raw, named, reason)
-        start, end = span
-        value = orjson.dumps(policy.default.name)
-        body = raw[:start] + value + raw[end:]
+            return self._pass_to_own_cluster(raw, named, reason, span)
+        body, renamed = replace_at(raw, span, policy.default.name)
         if len(body) > self._snap.settings.limits.max_body_bytes:
             return self._pass_body(reason)
         metadata = self._pass_metadata(self._pass(reason, policy.default, requested=name))
-        metadata.update(_fallback_fields(policy, policy.default.name, (start, start + len(value))))
+        metadata.update(_fallback_fields(policy, policy.default.name, renamed))
         return [envoy.body_rewrite(body, {CLUSTER_HEADER: policy.default.cluster}, metadata)]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
@@ -314,9 +312,10 @@ class StreamHandler:
         if isinstance(parsed, Passthrough):
             if parsed.reason in _UNCLASSIFIED:
                 return self._pass_unclassified(raw, parsed.reason)
-            # Only the tenant's catalog: a subset is what the tenant may be sent to.
-            named = next((m for m in policy.catalog if m.name == parsed.model), None) if parsed.model else None
-            return self._pass_body(parsed.reason) if named is None else self._pass_to_own_cluster(raw, named)
+            named = policy.model(parsed.model)
+            if named is None:
+                return self._pass_body(parsed.reason)
+            return self._pass_to_own_cluster(raw, named, parsed.reason, find_model_span(raw))
         memory_key = self._conversation_key(parsed)
         if not self._snap.settings.capture.enabled:  # the body's last reader: free it while the classifier runs
             parsed = parsed.without_body()
@@ -439,7 +438,7 @@ class StreamHandler:
         name = value.string_value if value is not None else ""
         if not name or name == self._usage_model.name:
             return
-        model = next((m for m in self._request.policy.catalog if m.name == name), None)
+        model = self._request.policy.model(name)
         if model is None:  # the filter only names models of the tenant's catalog: a foreign config wrote it
             self._sink.error("unknown_fallback_model")
             return
@@ -474,7 +473,7 @@ class StreamHandler:
         if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):
             self._sink.error("untrusted_override")
             return None
-        model = next((m for m in policy.catalog if m.name == pin.strip()), None)
+        model = policy.model(pin.strip())
         if model is None:
             self._sink.error("unknown_override_model")
         return model
@@ -486,7 +485,7 @@ class StreamHandler:
         pinned = self._trusted_pin(policy)
         if pinned is not None:
             return pinned_decision(pinned), None, None, None
-        fallback = next((m for m in policy.catalog if m.name == parsed.requested_model), policy.default)
+        fallback = policy.model(parsed.requested_model) or policy.default
         floor = self._memory.floor(memory_key) if self._memory is not None and memory_key else None
         if not parsed.prompt_text.strip():
             return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor), None, None, None
