@@ -9,12 +9,13 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/model-router
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY extproc/ extproc/
 COPY classifier/*.py classifier/
 # The classifier model (model.onnx, tokenizer.json, metadata.json), installed as package data.
 COPY classifier/models/default/ classifier/models/default/
-RUN /opt/model-router/bin/pip install . \
+# constraints.txt: the exact versions the tests passed with, so two builds of one commit hold the same packages.
+RUN /opt/model-router/bin/pip install -c constraints.txt . \
  && /opt/model-router/bin/python -c "import pathlib, classifier; m = pathlib.Path(classifier.__file__).parent / 'models/default/model.onnx'; assert m.is_file(), m"
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -12,12 +12,13 @@ OTEL_PROTO_FIX = $(PIP) install -q --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 TRAIN_STAMP := $(VENV)/.train-installed
 
-.PHONY: demo test lint unit integration train bench soak install clean
+.PHONY: demo test lint unit integration train bench soak install lock clean
 
-$(DEV_STAMP): pyproject.toml
+# constraints.txt: the exact versions the tests pass with (the image installs the same); `make lock` refreshes it.
+$(DEV_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(OTEL_PROTO_FIX)
 	@touch $@
 
@@ -50,7 +51,7 @@ lint: $(DEV_STAMP)
 
 # The [train] extra pins torch==2.13.0: a looser pin would pull several GB of CUDA wheels.
 $(TRAIN_STAMP): $(DEV_STAMP)
-	$(PIP) install -q -e '.[dev,train]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,train]'
 	@touch $@
 
 train: $(TRAIN_STAMP)
@@ -64,6 +65,15 @@ soak: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The newest versions pyproject.toml's ranges allow, in a scratch venv, written to constraints.txt; then run `make test`.
+LOCK_VENV := build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m devstack.lock
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -73,7 +73,10 @@ def test_build_stage_installs_runtime_dependencies_and_the_model() -> None:
     copies = build.args("COPY")
     assert f"{MODEL_DIR} {MODEL_DIR}" in copies
     installs = [r for r in build.args("RUN") if "pip install" in r]
-    assert installs and all(re.search(r"pip install \.(\s|$)", r) for r in installs), "no extras: runtime deps only"
+    assert installs and all(re.search(r"pip install -c constraints\.txt \.(\s|$)", r) for r in installs), (
+        "no extras (runtime deps only), at the versions the tests pass with (tests/unit/test_lock.py)"
+    )
+    assert any(c.split()[-1] == "./" and "constraints.txt" in c.split() for c in copies)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "classifier.models.default" in pyproject["tool"]["setuptools"]["packages"]  # the wheel: test_packaging.py
     assert (ROOT / MODEL_DIR / "model.onnx").is_file()
