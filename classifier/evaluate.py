@@ -173,6 +173,21 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
         plt.close(fig)
 
 
+def _eval_items(path: Path) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """``path``'s items for ``eval`` (a JSON value that is not an object is ``{"_invalid": v}``), and for each line
+    that is not JSON, its position in the list -> its line number. EVAL.md asks for a line per item even then."""
+    items: list[dict[str, Any]] = []
+    torn: dict[int, int] = {}
+    try:
+        for number, item in read_jsonl(path):
+            if item is NOT_JSON:
+                torn[len(items)] = number
+            items.append(item if isinstance(item, dict) else {"_invalid": item})
+    except (OSError, EOFError) as exc:
+        raise EvalError(f"cannot read --data {path} ({io_reason(exc)})") from None
+    return items, torn
+
+
 def load_items(option: str, path: Path) -> list[dict[str, Any]]:
     """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
     that is not JSON) if it cannot be read."""
@@ -198,17 +213,18 @@ def run_eval(
     """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
 
     Items whose text the server would not classify get the file's maximum score (such requests go to the default
-    model). Exit code: 0 on success; 2, with one ``model-router eval: ...`` line on ``stderr`` (default: the
-    process's), if ``data`` cannot be read (a line that is not JSON is named by its number) or is empty, ``out`` or
-    ``plot`` cannot be written, or the named models are missing everywhere.
+    model), as does a line that is not JSON (torn by a crash or a full disk): it has no id, so its line says
+    ``{"id": null, "line": N, "score": S}``. Both are counted in a summary line. Exit code: 0 on success; 2, with
+    one ``model-router eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is
+    empty, ``out`` or ``plot`` cannot be written, or the named models are missing everywhere.
     """
     try:
         if plot is not None:
             _check_plot_support()
-        items = load_items("--data", data)
+        items, torn = _eval_items(data)
         if not items:
             raise EvalError(f"--data {data} has no items")
-        texts: list[str | None] = [text_of(item) for item in items]
+        texts: list[str | None] = [None if i in torn else text_of(item) for i, item in enumerate(items)]
         difficulty = np.asarray(
             [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
         )
@@ -218,12 +234,18 @@ def run_eval(
         try:
             with out.open("wb") as fh:
                 for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
-                    fh.write(orjson.dumps({"id": item.get("id", i), "score": round(score, 6)}) + b"\n")
+                    key = {"id": None, "line": torn[i]} if i in torn else {"id": item.get("id", i)}
+                    fh.write(orjson.dumps({**key, "score": round(score, 6)}) + b"\n")
         except OSError as exc:
             raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
         stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
-        if unparsed.any():
-            stdout.write(f"not classifiable by the server: {int(unparsed.sum())} items (scored as the maximum)\n")
+        if torn:
+            numbers = ", ".join(map(str, list(torn.values())[:5])) + (", ..." if len(torn) > 5 else "")
+            stdout.write(f"not JSON: {len(torn)} lines ({numbers}; scored as the maximum, id null)\n")
+        if len(torn) < int(unparsed.sum()):
+            stdout.write(
+                f"not classifiable by the server: {int(unparsed.sum()) - len(torn)} items (scored as the maximum)\n"
+            )
 
         outcomes = [_scores_of(item) for item in items]
         if weak is None or strong is None:

@@ -62,7 +62,7 @@ def finite_number(value: object) -> float | None:
 def unit_score(value: object) -> float | None:
     """``value`` as a score if it is a finite number in [0, 1], else None."""
     number = finite_number(value)
-    return number if number is not None and 0.0 <= number <= 1.0 else None
+    return number + 0.0 if number is not None and 0.0 <= number <= 1.0 else None  # + 0.0: -0.0 becomes 0.0
 
 
 def io_reason(exc: OSError | EOFError) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from extproc.errors import ConfigError
+from extproc.errors import CANNOT_START, ConfigError
 from extproc.labeling.options import add_label_parser
 
 if TYPE_CHECKING:
@@ -166,9 +166,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.health_listen:  # before the config: the probe port can then say "waiting for a valid config"
         try:
             parse_listen(args.health_listen)
-            stop_health = start_health_server(args.health_listen, health)
-        except (ValueError, ListenError) as exc:
+        except ValueError as exc:
             raise ConfigError([f"--health-listen: {exc}"]) from None
+        try:
+            stop_health = start_health_server(args.health_listen, health)
+        except ListenError as exc:
+            raise ConfigError([f"--health-listen: {exc}"], CANNOT_START) from None
     waiting = _ConfigWait(health) if args.wait_for_config else None
     try:
         with _event_loop_runner() as runner:
@@ -226,6 +229,7 @@ def _check(args: argparse.Namespace) -> int:
     from extproc.feedback_token import load_signing_keys
     from extproc.reload import load_model_for
     from extproc.snapshot import build_snapshot
+    from extproc.telemetry import span_export_options
     from extproc.tls import server_credentials
 
     settings = load_config(args.config)  # field problems: nothing below can be checked without valid settings
@@ -243,6 +247,7 @@ def _check(args: argparse.Namespace) -> int:
     keys = attempt(lambda: load_signing_keys(key_file)) if key_file else ()
     if tls:
         attempt(lambda: server_credentials(tls))  # reads the PEM files: an unreadable one names its field
+    attempt(lambda: span_export_options(settings.telemetry, os.environ))  # the OTEL_* variables serve would read
     if problems or snapshot is None or keys is None:
         raise ConfigError(problems)
     mode = ("; TLS with client certificates" if tls.client_ca_file else "; TLS") if tls else ""

@@ -200,7 +200,7 @@ class DecisionService(api_grpc.ModelRouterServiceServicer):
         assert self._feedback is not None
         score = request.score if request.HasField("score") else None
         model = request.model or None  # an empty model is an absent one
-        result = self._feedback.submit(
+        result = await self._feedback.submit_async(
             request.decision_id, score, model, source="grpc", token=request.feedback_token or None
         )
         if result.status is not FeedbackStatus.RECORDED:

@@ -12,7 +12,7 @@ A message kind the handler cannot answer ends the stream with a gRPC status (see
 
 from __future__ import annotations
 
-__all__ = ["ClassifierError", "ConfigError", "PolicyError", "RouterError"]
+__all__ = ["CANNOT_START", "ClassifierError", "ConfigError", "PolicyError", "RouterError"]
 
 
 class RouterError(Exception):
@@ -20,11 +20,19 @@ class RouterError(Exception):
 
 
 class ConfigError(RouterError):
-    """The configuration is invalid; ``problems`` lists every problem as ``field.path: message``."""
+    """The configuration is invalid; ``problems`` lists every problem as ``field.path: message``.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``heading`` says what kind of problem: ``cannot start`` for a valid address that cannot be bound (another process
+    holds it), so the operator looks for that process rather than at the YAML.
+    """
+
+    def __init__(self, problems: list[str], heading: str = "invalid configuration") -> None:
         self.problems = problems
-        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        super().__init__(f"{heading}:\n  " + "\n  ".join(problems))
+
+
+CANNOT_START = "cannot start"
+"""The :class:`ConfigError` heading of a listener that cannot bind."""
 
 
 class ClassifierError(RouterError):

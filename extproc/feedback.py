@@ -1,17 +1,23 @@
 """Feedback on recent decisions: a bounded store of what was decided, and the one validation + write path.
 
-The gRPC ``Feedback`` method and ``POST /v1/feedback`` both call :meth:`FeedbackRecorder.submit`. A score is only
+The gRPC ``Feedback`` method (:meth:`FeedbackRecorder.submit_async`) and ``POST /v1/feedback``
+(:meth:`FeedbackRecorder.submit`) share one validation and write path. A score is only
 accepted for a decision made within ``feedback.decision_ttl_seconds``: one this process made (the store is per
 process), or one whose signed feedback token (``extproc/feedback_token.py``) carries it, which lets any replica
 holding the key accept feedback for another replica's decisions. Accepted feedback is appended to
 ``feedback.path`` through a :class:`~extproc.spool.Spool`; it holds ids, model names, a number and times, never
-text from the request or the caller.
+text from the request or the caller. The caller is answered "recorded" only once the line is appended: a score lost
+to a full disk is answered "unavailable" (retry) instead, and does not count towards the decision's cap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import enum
+import functools
 import re
 import threading
 import time
@@ -28,6 +34,8 @@ from extproc.spool import Spool
 __all__ = ["TIME_KEY", "DecisionEntry", "DecisionStore", "FeedbackRecorder", "FeedbackResult", "FeedbackStatus"]
 
 TIME_KEY = "received_unix"
+WRITE_WAIT_SECONDS = 5.0
+"""How long a submission waits for its line to be appended before answering "unavailable"."""
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -149,7 +157,8 @@ class FeedbackStatus(enum.Enum):
     INVALID = "invalid_argument"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
-    """The writer's queue is full (or the router is stopping): retry later."""
+    """The score was not written: the writer's queue is full, the router is stopping, or the write failed (or was
+    not confirmed in time). Retry later."""
     TOO_MANY = "resource_exhausted"
     """This decision already has ``feedback.max_scores_per_decision`` scores."""
 
@@ -169,6 +178,12 @@ def _invalid(message: str) -> FeedbackResult:
     return FeedbackResult(FeedbackStatus.INVALID, message)
 
 
+def _resolve(written: concurrent.futures.Future[bool], ok: bool) -> None:
+    """The spool's callback (writer thread); a future already given up on is left alone."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        written.set_result(ok)
+
+
 class FeedbackRecorder:
     """Validates one piece of feedback against the decision store and queues it for the feedback file."""
 
@@ -182,10 +197,12 @@ class FeedbackRecorder:
         signer: TokenSigner | None = None,
         token_ttl_seconds: float = 3600.0,
         max_scores_per_decision: int = 10,
+        write_wait_seconds: float = WRITE_WAIT_SECONDS,
     ) -> None:
         """``on_result(status, source)`` counts every submission (``model_router_feedback_total``); ``signer``
         verifies feedback tokens (None: tokens are refused), accepted ``token_ttl_seconds`` after the decision;
-        past ``max_scores_per_decision`` accepted scores, a decision's feedback is refused."""
+        past ``max_scores_per_decision`` accepted scores, a decision's feedback is refused; a submission waits up to
+        ``write_wait_seconds`` for its line to be appended."""
         self._decisions = decisions
         self._spool = spool
         self._catalog = catalog
@@ -194,6 +211,7 @@ class FeedbackRecorder:
         self._signer = signer
         self._token_ttl = token_ttl_seconds
         self._max_scores = max_scores_per_decision
+        self._write_wait = write_wait_seconds
 
     def submit(
         self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
@@ -201,11 +219,44 @@ class FeedbackRecorder:
         """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``, or of the
         decision a feedback ``token`` carries (then ``decision_id`` may be omitted, and must match if given).
 
-        Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place.
+        Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place. Blocks
+        until the line is appended (at most ``write_wait_seconds``): for threads, not the event loop.
         """
-        result = self._submit(decision_id, score, model, source, token)
+        result, written = self._submit(decision_id, score, model, source, token)
+        if written is not None:
+            try:
+                ok: bool | None = written.result(self._write_wait)
+            except concurrent.futures.TimeoutError:
+                ok = None
+            result = self._settle(result, ok)
         self._on_result(result.status.value, source)
         return result
+
+    async def submit_async(
+        self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
+    ) -> FeedbackResult:
+        """:meth:`submit` for the event loop: waits for the write without blocking it."""
+        result, written = self._submit(decision_id, score, model, source, token)
+        if written is not None:
+            try:
+                ok: bool | None = await asyncio.wait_for(asyncio.wrap_future(written), self._write_wait)
+            except TimeoutError:
+                ok = None
+            result = self._settle(result, ok)
+        self._on_result(result.status.value, source)
+        return result
+
+    def _settle(self, queued: FeedbackResult, ok: bool | None) -> FeedbackResult:
+        """The answer once the writer has spoken: ``ok`` True (written), False (lost) or None (not yet known)."""
+        if ok:
+            return queued
+        if ok is False:
+            self._decisions.take_back_score(queued.decision_id)  # not written: the retry must not be refused
+            return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback.path: the score could not be written; retry")
+        # Still queued: it may be written yet, so it keeps its place under the cap.
+        return FeedbackResult(
+            FeedbackStatus.UNAVAILABLE, f"feedback.path: the write was not confirmed within {self._write_wait:g} s"
+        )
 
     def _from_token(self, token: Any, decision_id: Any) -> tuple[str, DecisionEntry] | FeedbackResult:
         if not isinstance(token, str):
@@ -222,7 +273,42 @@ class FeedbackRecorder:
             return FeedbackResult(FeedbackStatus.NOT_FOUND, "feedback_token: expired (feedback.decision_ttl_seconds)")
         return found_id, entry
 
-    def _submit(self, decision_id: Any, score: Any, model: Any, source: str, token: Any) -> FeedbackResult:
+    def _submit(
+        self, decision_id: Any, score: Any, model: Any, source: str, token: Any
+    ) -> tuple[FeedbackResult, concurrent.futures.Future[bool] | None]:
+        """The result, and for a queued line the future its writer completes (see :meth:`_settle`)."""
+        checked = self._check(decision_id, score, model, token)
+        if isinstance(checked, FeedbackResult):
+            return checked, None
+        decision_id, entry, value = checked
+        if not self._decisions.admit_score(decision_id, self._max_scores):
+            message = (
+                f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)"
+            )
+            return FeedbackResult(FeedbackStatus.TOO_MANY, message), None
+        chosen = model or entry.served_model
+        line = {
+            "feedback_id": uuid.uuid4().hex,  # one per accepted score: copies of one archive can be told apart
+            "decision_id": decision_id,
+            "model": chosen,
+            "score": value,
+            TIME_KEY: round(self._wall_clock(), 3),
+            "decided_unix": entry.decided_unix,
+            "requested_model": entry.requested_model,
+            "selected_model": entry.selected_model,
+            "tenant": entry.tenant,
+            "source": source,
+        }
+        written: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        if not self._spool.offer(line, functools.partial(_resolve, written)):
+            self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused
+            return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback queue full; retry later"), None
+        return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, value), written
+
+    def _check(
+        self, decision_id: Any, score: Any, model: Any, token: Any
+    ) -> tuple[str, DecisionEntry, float] | FeedbackResult:
+        """The submission's decision id, decision and score, or why it is refused (nothing counted yet)."""
         if token is None or token == "":
             if not isinstance(decision_id, str) or not decision_id:
                 return _invalid("decision_id: required")
@@ -253,28 +339,7 @@ class FeedbackRecorder:
                     "replica's: send its feedback_token)",
                 )
             entry = found
-        if not self._decisions.admit_score(decision_id, self._max_scores):
-            return FeedbackResult(
-                FeedbackStatus.TOO_MANY,
-                f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)",
-            )
-        chosen = model or entry.served_model
-        line = {
-            "feedback_id": uuid.uuid4().hex,  # one per accepted score: copies of one archive can be told apart
-            "decision_id": decision_id,
-            "model": chosen,
-            "score": checked,
-            TIME_KEY: round(self._wall_clock(), 3),
-            "decided_unix": entry.decided_unix,
-            "requested_model": entry.requested_model,
-            "selected_model": entry.selected_model,
-            "tenant": entry.tenant,
-            "source": source,
-        }
-        if not self._spool.offer(line):
-            self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused
-            return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback queue full; retry later")
-        return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, checked)
+        return decision_id, entry, checked
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued and stop the writer."""

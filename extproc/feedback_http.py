@@ -16,6 +16,7 @@ Envoy sends for HTTP/2 requests without ``content-length``, are decoded here). N
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +116,23 @@ def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[
     if not set(body) <= set(_FIELDS):
         message = f"body: unknown field (allowed: {', '.join(_FIELDS)})"
         return _error(start_response, "400 Bad Request", "invalid_argument", message)
+    repeated = _repeated_field(raw)
+    if repeated:  # parsers disagree on which copy counts (orjson: the last): refuse rather than guess
+        return _error(start_response, "400 Bad Request", "invalid_argument", f"{repeated}: given more than once")
     return body
+
+
+def _repeated_field(raw: bytes) -> str | None:
+    """A top-level field the body gives twice (the body is a JSON object with only known fields, at most 4 KiB)."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=keep)
+    names = [name for name, _ in objects[-1]]  # the outermost object is completed last
+    return next((name for name in _FIELDS if names.count(name) > 1), None)
 
 
 def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:

@@ -261,12 +261,12 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
 
     scores: dict[str, float] = {}
     for item in _eval_items("--eval", evaluation.scores):
-        if isinstance(item.get("score"), (int, float)):
-            scores[str(item.get("id"))] = float(item["score"])
+        if item.get("id") is not None and isinstance(item.get("score"), (int, float)):  # null: a torn --data line
+            scores[str(item["id"])] = float(item["score"])
     outcomes = [
-        (scores[str(item.get("id"))], _numbers(item["scores"]))
+        (scores[str(item["id"])], _numbers(item["scores"]))
         for item in _eval_items("--data", evaluation.data)
-        if str(item.get("id")) in scores and isinstance(item.get("scores"), dict)
+        if item.get("id") is not None and str(item["id"]) in scores and isinstance(item.get("scores"), dict)
     ]
     if not outcomes:
         raise ReportError(f"no item of --data {evaluation.data} has both a score in --eval and model outcomes")

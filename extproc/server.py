@@ -25,7 +25,7 @@ from extproc.classify import ClassifierThreads
 from extproc.config import LimitSettings, parse_listen
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
-from extproc.errors import ConfigError
+from extproc.errors import CANNOT_START, ConfigError
 from extproc.health_http import Health
 from extproc.learning import start_learning
 from extproc.reload import load_model_for, reload_snapshot, watch_config
@@ -68,7 +68,7 @@ def _listening(field: str) -> Iterator[None]:
     try:
         yield
     except ListenError as exc:
-        raise ConfigError([f"{field}: {exc}"]) from None
+        raise ConfigError([f"{field}: {exc}"], CANNOT_START) from None
 
 
 def _probe(address: str) -> None:

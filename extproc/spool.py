@@ -377,7 +377,7 @@ class Spool:
         self._capacity = capacity
         self._clock = clock
         self._cond = threading.Condition()
-        self._items: collections.deque[Mapping[str, Any]] = collections.deque()
+        self._items: collections.deque[tuple[Mapping[str, Any], Callable[[bool], None] | None]] = collections.deque()
         self._pending: tuple[SpoolTarget, SpoolLock] | tuple[None, None] | None = None
         self._closed = False
         self._file: RotatingJsonl | None = None
@@ -443,11 +443,15 @@ class Spool:
             del self._locks[lock.key]
         lock.release()
 
-    def offer(self, item: Mapping[str, Any]) -> bool:
-        """Queue ``item`` for writing without waiting; False (and counted) if the queue is full or closed."""
+    def offer(self, item: Mapping[str, Any], written: Callable[[bool], None] | None = None) -> bool:
+        """Queue ``item`` for writing without waiting; False (and counted) if the queue is full or closed.
+
+        ``written(ok)`` is called on the writer thread once the line is appended (True) or lost (False: the write
+        failed, the line is too large, or writing was turned off meanwhile); it must not block or raise.
+        """
         with self._cond:
             if not self._closed and len(self._items) < self._capacity:
-                self._items.append(item)
+                self._items.append((item, written))
                 self._cond.notify()
                 return True
         self._drop("queue_full")
@@ -492,8 +496,13 @@ class Spool:
                 closed = self._closed
             if pending is not None:
                 self._switch(*pending)
-            for item in items:
-                self._write(item)
+            for item, written in items:
+                ok = self._write(item)
+                if written is not None:
+                    try:
+                        written(ok)
+                    except Exception:  # the writer thread must survive a caller's bug
+                        _log.exception("%s: a write callback failed", self.name)
             self._maintain()
             if closed:
                 self._close_file()
@@ -526,22 +535,26 @@ class Spool:
                 self._drop("write_failed")
                 self._release(lock)
 
-    def _write(self, item: Mapping[str, Any]) -> None:
+    def _write(self, item: Mapping[str, Any]) -> bool:
+        """Append one line; whether it was written."""
         file = self._file
         if file is None:
-            return  # turned off while the item was queued
+            return False  # turned off while the item was queued
         try:
             line = orjson.dumps(item) + b"\n"
         except (orjson.JSONEncodeError, TypeError):
             self._drop("write_failed")
-            return
+            return False
         stamp = item.get(self._time_key)
         stamp = float(stamp) if isinstance(stamp, (int, float)) else self._clock()
         try:
             if not file.append(line, stamp):
                 self._drop("too_large")
+                return False
         except OSError as exc:
             self._failed(exc)
+            return False
+        return True
 
     def _maintain(self) -> None:
         file = self._file

@@ -410,8 +410,10 @@ class StreamHandler:
 
     def _finish_usage(self) -> None:
         assert self._usage is not None and self._record is not None
-        usage = self._usage.finish()
-        self._usage = None
+        scanner, self._usage = self._usage, None
+        usage = scanner.finish()
+        if usage is None and scanner.unreadable:
+            self._sink.error("usage_unreadable")  # cost would vanish from the metrics unnoticed
         if usage is not None:
             cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
             self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)

@@ -22,11 +22,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from extproc.config import TelemetrySettings
 from extproc.decision_proto import OPTIONAL_NUMBERS, SCHEMA_NAMES, known_reason
 from extproc.errors import ConfigError
-from extproc.otlp import FinishedSpan, OtlpSpanExporter, encode_attribute, encode_double_attribute, exporter_options
+from extproc.otlp import (
+    ExporterOptions,
+    FinishedSpan,
+    OtlpSpanExporter,
+    encode_attribute,
+    encode_double_attribute,
+    exporter_options,
+)
 from extproc.policy import Reason
 from extproc.record import DecisionRecord, LogSink, Outcome
 
-__all__ = ["SPAN_NAME", "SpanSink", "Telemetry", "TraceParent", "parse_traceparent", "span_attributes"]
+__all__ = [
+    "SPAN_NAME",
+    "SpanSink",
+    "Telemetry",
+    "TraceParent",
+    "parse_traceparent",
+    "span_attributes",
+    "span_export_options",
+]
 
 SPAN_NAME = "model_router.decide"
 _ERROR_REASONS = frozenset({Reason.CLASSIFIER_FAILED.value})
@@ -178,6 +193,24 @@ def span_attributes(rec: DecisionRecord) -> dict[str, Any]:
     return attrs
 
 
+def span_export_options(settings: TelemetrySettings, environ: Mapping[str, str]) -> ExporterOptions | None:
+    """Where spans go: ``telemetry.otlp_endpoint``, else the standard variables (None: nowhere). A
+    :class:`ConfigError` names whichever of them gave the bad value: the file or the environment. ``check-config``
+    runs this too, so a bad variable fails there and not only at ``serve``."""
+    sources = (
+        ("telemetry.otlp_endpoint", settings.otlp_endpoint),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (environment)", environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT (environment)", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")),
+    )
+    for source, endpoint in sources:
+        if endpoint:
+            try:
+                return exporter_options(endpoint, environ)
+            except ValueError as exc:
+                raise ConfigError([f"{source}: {exc}"]) from None
+    return None
+
+
 class Telemetry:
     """A :class:`~extproc.record.DecisionSink` that feeds Prometheus metrics, OpenTelemetry spans and logs."""
 
@@ -280,17 +313,9 @@ class Telemetry:
         self._ratio_bound = int(settings.sampling_ratio * (1 << 64))
 
     def _exporter(self) -> OtlpSpanExporter | None:
-        endpoint = (
-            self.settings.otlp_endpoint
-            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        )
-        if not endpoint:
+        options = span_export_options(self.settings, os.environ)
+        if options is None:
             return None
-        try:
-            options = exporter_options(endpoint, os.environ)
-        except ValueError as exc:
-            raise ConfigError([f"telemetry.otlp_endpoint: {exc}"]) from exc
         for result in ("exported", "dropped", "failed"):
             self.spans.labels(result=result)
         return OtlpSpanExporter(options, self._resource, _SCOPE, self._count_spans)

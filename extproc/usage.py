@@ -2,14 +2,16 @@
 
 Off by default (``telemetry.response_usage``): it makes Envoy send every response chunk to the router, which keeps
 the ext_proc stream open for the whole response and adds a round trip per chunk. JSON bodies are buffered up to a
-cap and parsed at the end; SSE streams are scanned line by line and only ``data:`` events that mention ``usage``
-are parsed (OpenAI chat/completions final chunk with ``stream_options.include_usage``, Responses
+cap and parsed at the end (past the cap, only the last 64 KiB are kept and the last ``"usage"`` object in them is
+read: the APIs put it after the output); SSE streams are scanned line by line and only ``data:`` events that
+mention ``usage`` are parsed (OpenAI chat/completions final chunk with ``stream_options.include_usage``, Responses
 ``response.completed``, Anthropic ``message_start``/``message_delta``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import zlib
 from dataclasses import dataclass
@@ -27,6 +29,11 @@ _GZIP = b"\x1f\x8b"
 _MAX_INFLATE = 256
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _OUTPUT_KEYS = ("completion_tokens", "output_tokens")
+_TAIL_BYTES = 64 * 1024
+_USAGE_KEY = b'"usage"'
+_USAGE_WINDOW = 4096  # a usage object is a few hundred bytes
+_TAIL_TRIES = 8  # the last few "usage" strings of the tail, not every one an upstream can pack into 64 KiB
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class UsageScanner:
         self._buffer = bytearray()
         self._skip_line = False
         self._overflow = False
+        self._tail: bytes | None = None  # a JSON body past the cap: its last _TAIL_BYTES
         self._input: int | None = None
         self._output: int | None = None
 
@@ -131,10 +139,12 @@ class UsageScanner:
             self._sse = data.startswith(_SSE_FIELDS)
         if self._sse:
             self._feed_sse(data)
+        elif self._tail is not None:
+            self._tail = (self._tail + data)[-_TAIL_BYTES:]
         else:
             self._buffer += data
             if len(self._buffer) > self._max:
-                self._overflow, self._buffer = True, bytearray()
+                self._tail, self._buffer = bytes(self._buffer[-_TAIL_BYTES:]), bytearray()
 
     def _feed_sse(self, data: bytes) -> None:
         start = 0
@@ -162,6 +172,8 @@ class UsageScanner:
             self._feed_text(self._prefix)
         if self._sse:
             self._end_line(b"")
+        elif self._tail is not None:
+            self._take_from_tail(self._tail)
         elif not self._overflow and (self._buffer or self._head):  # JSON, or too short to tell: try it as JSON
             with contextlib.suppress(orjson.JSONDecodeError):
                 self._take(orjson.loads(bytes(self._buffer or self._head)))
@@ -169,3 +181,25 @@ class UsageScanner:
         if self._input is None and self._output is None:
             return None
         return Usage(self._input or 0, self._output or 0)
+
+    @property
+    def unreadable(self) -> bool:
+        """The response could not be read whole (a JSON body past the cap, a gzip bomb or corrupt gzip): a missing
+        usage then means "not found", not "not reported"."""
+        return self._overflow or self._tail is not None
+
+    def _take_from_tail(self, tail: bytes) -> None:
+        """The last ``"usage": {...}`` object in the end of an oversized JSON body. Inside a JSON string a quote is
+        escaped, so an unescaped ``"usage"`` followed by a colon is a key."""
+        at = tail.rfind(_USAGE_KEY)
+        for _ in range(_TAIL_TRIES):
+            if at < 0:
+                return
+            rest = tail[at + len(_USAGE_KEY) : at + len(_USAGE_KEY) + _USAGE_WINDOW].lstrip()
+            if rest.startswith(b":"):
+                with contextlib.suppress(ValueError):
+                    value, _ = _DECODER.raw_decode(rest[1:].lstrip().decode("utf-8", "replace"))
+                    if isinstance(value, dict):
+                        self._take({"usage": value})
+                        return
+            at = tail.rfind(_USAGE_KEY, 0, at)

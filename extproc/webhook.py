@@ -48,7 +48,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from extproc.config import load_yaml, parse_listen, validate_model
-from extproc.errors import ConfigError
+from extproc.errors import CANNOT_START, ConfigError
 from extproc.logs import configure_logging
 from extproc.wsgi_server import BoundedConnections, ListenError
 
@@ -602,7 +602,7 @@ def build_server(
         server_class = _Server6 if ":" in host else _Server
         return server_class((host, port), settings, tls, max_connections, max_requests, queue_seconds, body_seconds)
     except OSError as exc:
-        raise ConfigError([f"listen: {ListenError(settings.listen, exc)}"]) from None
+        raise ConfigError([f"listen: {ListenError(settings.listen, exc)}"], CANNOT_START) from None
 
 
 def run_webhook(config_path: Path) -> int:

@@ -64,8 +64,10 @@ def _serve(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _refused(run: subprocess.CompletedProcess[str], problem: str) -> None:
+    """Exit 2 with the problem alone; an address that cannot be bound is not an invalid config, and says so."""
     assert (run.returncode, run.stdout) == (2, ""), run.stderr
-    assert run.stderr == f"model-router: invalid configuration:\n  {problem}\n", "no traceback, no gRPC log line"
+    heading = "cannot start" if ": cannot listen on " in problem else "invalid configuration"
+    assert run.stderr == f"model-router: {heading}:\n  {problem}\n", "no traceback, no gRPC log line"
 
 
 BUSY = "127.0.0.1:{busy}"

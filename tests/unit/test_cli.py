@@ -71,11 +71,14 @@ def test_eval_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
 
 
-def test_eval_data_line_that_is_not_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_data_line_that_is_not_json_is_scored_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(f"{json.dumps(ITEM)}\n\n{{not json\n".encode()))
-    line = f"model-router eval: cannot read --data {bad} (line 3 is not JSON)"
-    assert _fails_with(capsys, ["eval", "--heuristic", "--data", str(bad), "--out", str(tmp_path / "o")], line) == ""
+    assert main(["eval", "--heuristic", "--data", str(bad), "--out", str(tmp_path / "o")]) == 0
+    assert "not JSON: 1 lines (3; scored as the maximum, id null)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o").read_text().splitlines()[1])["line"] == 3
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import socket
@@ -22,7 +23,7 @@ from extproc.feedback import DecisionEntry, DecisionStore, FeedbackRecorder, Fee
 from extproc.feedback_http import MAX_BODY_BYTES, start_feedback_server
 from extproc.feedback_token import TokenSigner
 from extproc.snapshot import SnapshotRef
-from extproc.spool import Spool, SpoolTarget
+from extproc.spool import RotatingJsonl, Spool, SpoolTarget
 from tests.fakes import RecordingSink, demo_settings, inline_classify, snapshot
 
 CATALOG = frozenset({"llama-3.1-8b-instruct", "gpt-4o-mini", "gpt-4o"})
@@ -106,16 +107,17 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Harness:
+def harness(tmp_path: Path) -> Iterator[Harness]:
     store = DecisionStore(100, 60.0, clock=Clock())
     store.remember(KNOWN, ENTRY)
     path = tmp_path / "feedback.jsonl"
-    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=4, start=False)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=4)
     spool.configure(SpoolTarget(path, max_bytes=1 << 20))
     recorder = FeedbackRecorder(
         store, spool, lambda: CATALOG, wall_clock=lambda: 1_700_000_100.0, signer=SIGNER, token_ttl_seconds=600.0
     )
-    return Harness(recorder, spool, path, store)
+    yield Harness(recorder, spool, path, store)
+    spool.close()
 
 
 @pytest.mark.parametrize(
@@ -241,11 +243,12 @@ def test_every_submission_is_counted_by_result_and_source(tmp_path: Path) -> Non
     counted: list[tuple[str, str]] = []
     store = DecisionStore(100, 60.0, clock=Clock())
     store.remember(KNOWN, ENTRY)
-    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=1, start=False)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=1)
     spool.configure(SpoolTarget(tmp_path / "f.jsonl", max_bytes=1 << 20))
     recorder = FeedbackRecorder(store, spool, lambda: CATALOG, on_result=lambda r, s: counted.append((r, s)))
     recorder.submit(KNOWN, 1, source="http")
-    recorder.submit(KNOWN, 1)  # the queue holds one line: unavailable
+    spool.configure(None)  # writing turned off: the next line is not written
+    recorder.submit(KNOWN, 1)
     recorder.submit("f" * 16, 1)
     recorder.submit(KNOWN, 7, source="http")
     assert counted == [
@@ -257,10 +260,51 @@ def test_every_submission_is_counted_by_result_and_source(tmp_path: Path) -> Non
     spool.close()
 
 
-def test_a_full_writer_queue_is_unavailable_not_lost_silently(harness: Harness) -> None:
-    results = [harness.recorder.submit(KNOWN, 1).status for _ in range(6)]
-    assert results == [FeedbackStatus.RECORDED] * 4 + [FeedbackStatus.UNAVAILABLE] * 2
-    assert len(harness.lines()) == 4
+def _stalled(tmp_path: Path, capacity: int) -> tuple[FeedbackRecorder, Spool, DecisionStore]:
+    """A recorder whose writer never runs until ``spool.close()``, and which waits 10 ms for a write."""
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=capacity, start=False)
+    spool.configure(SpoolTarget(tmp_path / "feedback.jsonl", max_bytes=1 << 20))
+    return FeedbackRecorder(store, spool, lambda: CATALOG, write_wait_seconds=0.01), spool, store
+
+
+def test_a_slow_or_full_writer_is_unavailable_not_lost_silently(tmp_path: Path) -> None:
+    """Not confirmed in time: 'unavailable' (it may still be written, so it keeps its place under the cap); a full
+    queue: 'unavailable' and not counted, so the retry is not refused."""
+    recorder, spool, store = _stalled(tmp_path, capacity=2)
+    got = [recorder.submit(KNOWN, 1) for _ in range(3)]
+    assert [r.status for r in got] == [FeedbackStatus.UNAVAILABLE] * 3
+    assert [r.message for r in got] == ["feedback.path: the write was not confirmed within 0.01 s"] * 2 + [
+        "feedback queue full; retry later"
+    ]
+    spool.close()
+    assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 2, "the queued ones were written late"
+    assert [store.admit_score(KNOWN, 10) for _ in range(9)] == [True] * 8 + [False]
+
+
+def test_a_score_lost_to_a_failed_write_is_unavailable_and_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the caller is told to retry (not "recorded"), the drop is counted, and the decision's allowance
+    is not used up."""
+    drops: list[str] = []
+    counted: list[str] = []
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    spool = Spool("feedback", "received_unix", drops.append)
+    spool.configure(SpoolTarget(tmp_path / "feedback.jsonl", max_bytes=1 << 20))
+    recorder = FeedbackRecorder(store, spool, lambda: CATALOG, on_result=lambda r, _s: counted.append(r))
+
+    def full_disk(*_args: Any) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RotatingJsonl, "append", full_disk)
+    result = recorder.submit(KNOWN, 1, source="http")
+    spool.close()
+    assert result == FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback.path: the score could not be written; retry")
+    assert (counted, drops) == (["unavailable"], ["feedback_write_failed"])
+    assert [store.admit_score(KNOWN, 10) for _ in range(11)] == [True] * 10 + [False]
 
 
 @pytest.fixture
@@ -290,6 +334,14 @@ def http_url(harness: Harness) -> Iterator[str]:
             id="no-free-text",
         ),
         pytest.param("POST", "/v1/feedback", [KNOWN, 1], 400, "invalid_argument", id="not-an-object"),
+        pytest.param(
+            "POST",
+            "/v1/feedback",
+            f'{{"decision_id": "{KNOWN}", "score": 1, "score": 0}}'.encode(),
+            400,
+            "invalid_argument",
+            id="duplicate-field",
+        ),
         pytest.param("POST", "/v1/feedback", b"{nope", 400, "invalid_argument", id="not-json"),
         pytest.param("POST", "/v1/feedback", b"x" * (MAX_BODY_BYTES + 1), 413, "too_large", id="too-large"),
         pytest.param("GET", "/v1/feedback", None, 405, "method_not_allowed", id="get"),
@@ -361,12 +413,21 @@ async def test_too_many_scores_are_429_and_resource_exhausted(
     assert harness.lines() == []
 
 
-def test_a_score_the_writer_could_not_take_does_not_count(harness: Harness) -> None:
-    """The harness's writer queue holds 4: the 5th is UNAVAILABLE (retry later), and the retry is not refused."""
-    got = [harness.recorder.submit(KNOWN, 1).status for _ in range(5)]
-    assert got == [FeedbackStatus.RECORDED] * 4 + [FeedbackStatus.UNAVAILABLE]
-    harness.lines()  # writes the queue out
-    assert [harness.store.admit_score(KNOWN, 10) for _ in range(7)] == [True] * 6 + [False]
+async def test_grpc_feedback_waits_for_the_write_off_the_event_loop(tmp_path: Path) -> None:
+    """``submit_async`` answers "recorded" once the writer thread appended the line, and "unavailable" when the line
+    is lost (writing turned off), without blocking the loop meanwhile."""
+    store = DecisionStore(100, 60.0, clock=Clock())
+    store.remember(KNOWN, ENTRY)
+    spool = Spool("feedback", "received_unix", lambda _r: None)
+    spool.configure(SpoolTarget(tmp_path / "feedback.jsonl", max_bytes=1 << 20))
+    recorder = FeedbackRecorder(store, spool, lambda: CATALOG)
+    try:
+        assert (await recorder.submit_async(KNOWN, 1)).status is FeedbackStatus.RECORDED
+        assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 1, "written before the answer"
+        spool.configure(None)
+        assert (await recorder.submit_async(KNOWN, 0)).status is FeedbackStatus.UNAVAILABLE
+    finally:
+        spool.close()
 
 
 async def test_grpc_feedback_when_disabled_is_failed_precondition() -> None:
@@ -391,7 +452,7 @@ def test_one_decision_cannot_flood_the_feedback_file(tmp_path: Path) -> None:
     nothing is written; other decisions are unaffected; refusals do not use up the allowance."""
     store = DecisionStore(100, 60.0, clock=Clock())
     store.remember(KNOWN, ENTRY)
-    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=64, start=False)
+    spool = Spool("feedback", "received_unix", lambda _r: None, capacity=64)
     path = tmp_path / "feedback.jsonl"
     spool.configure(SpoolTarget(path, max_bytes=1 << 20))
     recorder = FeedbackRecorder(
@@ -473,3 +534,14 @@ def test_http_endpoint_reads_chunked_bodies(
     else:
         assert answer["error"]["code"] == code
         assert harness.lines() == []
+
+
+def test_negative_zero_is_written_as_zero(harness: Harness) -> None:
+    assert math.copysign(1.0, harness.recorder.submit(KNOWN, -0.0).score) == 1.0
+    assert '"score":0.0' in harness.path.read_text()
+
+
+def test_a_repeated_field_is_named_not_guessed(harness: Harness, http_url: str) -> None:
+    body = f'{{"decision_id": "{KNOWN}", "score": 1, "model": "gpt-4o", "score": 0}}'
+    r = httpx.post(http_url + "/v1/feedback", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()["error"]["message"]) == (400, "score: given more than once")

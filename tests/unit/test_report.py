@@ -369,3 +369,16 @@ def test_pinned_requests_are_their_own_tier_and_not_savings(tmp_path: Path) -> N
     assert data["total"]["requests"] == 1
     assert data["total"]["saved"] == pytest.approx(routed.cost_requested - routed.cost_selected)
     assert data["tiers"] == {routed.tier: 1, "(pinned)": 1}
+
+
+def test_a_score_line_without_an_id_joins_no_item(log: Path, tmp_path: Path) -> None:
+    """``model-router eval`` writes ``"id": null`` for a --data line that was not JSON; an item without an id must
+    not pick that score up (both would be the string "None")."""
+    scores, data, _ = _eval_files(tmp_path)
+    items = [json.loads(line) for line in data.read_text().splitlines()]
+    del items[0]["id"]
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    scores.write_text(scores.read_text() + json.dumps({"id": None, "line": 7, "score": 9.0}) + "\n")
+    page = tmp_path / "report.html"
+    assert write_report([log], io.StringIO(), html=page, evaluation=EvalInput(scores, data)) == 0
+    assert f"{len(items) - 1} EVAL items" in page.read_text()

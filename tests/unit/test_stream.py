@@ -479,6 +479,31 @@ async def test_usage_of_a_response_cut_before_its_last_chunk_is_still_recorded_o
 
 
 @pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        pytest.param(b'{"object":"chat.completion"}', [], id="none-reported"),
+        pytest.param(b"\x1f\x8b" + b"corrupt" * 10, ["usage_unreadable"], id="corrupt-gzip"),
+        pytest.param(b'{"pad":"' + b"x" * (2 << 20) + b'"}', ["usage_unreadable"], id="oversized-without-usage"),
+    ],
+)
+async def test_a_response_whose_usage_cannot_be_read_is_counted(body: bytes, errors: list[str]) -> None:
+    """Its cost would otherwise vanish from the usage metrics with nothing to alert on."""
+    settings = demo_settings()
+    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
+    sink = RecordingSink()
+    handler = StreamHandler(
+        snapshot(settings=settings.model_copy(update={"telemetry": telemetry})),
+        inline_classify,
+        sink,
+        sequential_ids(),
+        fixed_clock(),
+    )
+    await replay(handler, chat_headers(), CHAT)
+    await handler.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=True)))
+    assert (sink.usages, sink.errors) == ([], errors)
+
+
+@pytest.mark.parametrize(
     ("body", "shadow", "cluster"),
     [
         pytest.param(b'{"model":"llama-3.1-8b-instruct","messages":[]}', False, "small", id="catalog-model"),

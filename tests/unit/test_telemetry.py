@@ -18,7 +18,14 @@ from extproc.decision_proto import decision_labels, to_proto
 from extproc.errors import ConfigError
 from extproc.otlp import FinishedSpan, encode_span
 from extproc.record import DecisionRecord, Outcome
-from extproc.telemetry import _ATTRIBUTES, _OPERATIONS, Telemetry, parse_traceparent, span_attributes
+from extproc.telemetry import (
+    _ATTRIBUTES,
+    _OPERATIONS,
+    Telemetry,
+    parse_traceparent,
+    span_attributes,
+    span_export_options,
+)
 from tests.fakes import SAMPLE_ROUTED
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics" / "three_records.prom"
@@ -220,6 +227,53 @@ def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     quiet = Telemetry(TelemetrySettings(), logging.getLogger("test"))
     assert not quiet.tracing
     quiet.record(ROUTED)  # metrics only; must not raise
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ", "problem"),
+    [
+        pytest.param(
+            None,
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector:4317/x"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT (environment): OTLP endpoint 'ftp://collector:4317/x': expected "
+            "http(s)://host:port or host:port",
+            id="generic-variable",
+        ),
+        pytest.param(
+            None,
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://c:1", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://ok:4317"},
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (environment): OTLP endpoint 'ftp://c:1': expected "
+            "http(s)://host:port or host:port",
+            id="traces-variable-first",
+        ),
+        pytest.param(
+            "http://collector:4317",
+            {"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"},
+            "telemetry.otlp_endpoint: OTEL_EXPORTER_OTLP_COMPRESSION='brotli': expected gzip or none",
+            id="file",
+        ),
+    ],
+)
+def test_a_bad_span_exporter_setting_names_where_it_came_from(
+    configured: str | None, environ: dict[str, str], problem: str
+) -> None:
+    """An operator told "telemetry.otlp_endpoint" looks in the YAML, where the value may be null."""
+    with pytest.raises(ConfigError) as info:
+        span_export_options(TelemetrySettings(otlp_endpoint=configured), environ)
+    assert info.value.problems == [problem]
+
+
+def test_check_config_reads_the_otlp_variables_serve_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devstack.stack import ENVOY_DIR
+    from extproc.cli import main
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")
+    assert main(["check-config", "--config", str(ENVOY_DIR / "model-router.yaml")]) == 2
+    assert "  OTEL_EXPORTER_OTLP_ENDPOINT (environment): OTLP endpoint" in capsys.readouterr().err
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert main(["check-config", "--config", str(ENVOY_DIR / "model-router.yaml")]) == 0
 
 
 _TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -49,10 +49,41 @@ def test_no_usage(body: bytes) -> None:
     assert scanner.finish() is None
 
 
-def test_json_over_cap_is_dropped_not_buffered() -> None:
-    scanner = UsageScanner(max_json_bytes=16)
-    scanner.feed(CHAT_JSON)
-    assert scanner.finish() is None
+def _big_chat_json(content: str, usage: dict[str, int] | None) -> bytes:
+    body: dict[str, object] = {"object": "chat.completion", "choices": [{"message": {"content": content}}]}
+    if usage is not None:
+        body["usage"] = usage
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+def test_json_over_the_cap_keeps_only_its_tail_and_reads_the_usage_there(chunk: int) -> None:
+    """Long outputs, ``n > 1`` or logprobs push JSON answers past the cap; their usage (after the output) is still
+    read, and memory stays bounded by the tail."""
+    body = _big_chat_json("x" * (3 << 20), {"prompt_tokens": 12, "completion_tokens": 7})
+    scanner = UsageScanner()
+    for i in range(0, len(body), chunk):
+        scanner.feed(body[i : i + chunk])
+        assert len(scanner._buffer) <= 1 << 20 and len(scanner._tail or b"") <= 64 * 1024
+    assert scanner.finish() == Usage(12, 7)
+    assert scanner.unreadable, "read from the tail: the body itself was never whole"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        'the text says "usage": {"prompt_tokens": 99, "completion_tokens": 99} in quotes',  # escaped in JSON
+        "usage",
+    ],
+)
+def test_usage_in_the_output_text_is_not_mistaken_for_the_key(content: str) -> None:
+    with_usage = _big_chat_json(content + "y" * 5000, {"prompt_tokens": 12, "completion_tokens": 7})
+    assert _feed(with_usage, 999, UsageScanner(max_json_bytes=1024)) == Usage(12, 7)
+    scanner = UsageScanner(max_json_bytes=1024)
+    assert _feed(_big_chat_json("y" * 5000 + content, None), 999, scanner) is None
+    assert scanner.unreadable, "no usage in an oversized body: the caller counts it"
+    value_not_key = orjson.dumps({"pad": "y" * 5000, "kind": "usage", "n": 1})
+    assert _feed(value_not_key, 999, UsageScanner(max_json_bytes=1024)) is None
 
 
 def _feed(body: bytes, chunk: int, scanner: UsageScanner | None = None) -> Usage | None:
@@ -96,10 +127,20 @@ def test_a_gzip_bomb_gives_no_usage_and_holds_no_memory() -> None:
         scanner.feed(bomb[i : i + 16384])
         assert len(scanner._buffer) <= 1 << 20
     assert scanner.finish() is None
+    assert scanner.unreadable
 
 
 def test_corrupt_gzip_gives_no_usage() -> None:
-    assert _feed(b"\x1f\x8b" + b"not gzip at all" * 10, 4) is None
+    scanner = UsageScanner()
+    assert _feed(b"\x1f\x8b" + b"not gzip at all" * 10, 4, scanner) is None
+    assert scanner.unreadable
+
+
+@pytest.mark.parametrize("body", [CHAT_JSON, b'{"object":"chat.completion"}', CHAT_SSE, b"data: [DONE]\n\n"])
+def test_a_body_read_whole_is_not_unreadable(body: bytes) -> None:
+    scanner = UsageScanner()
+    _feed(body, 5, scanner)
+    assert not scanner.unreadable
 
 
 def test_megabytes_of_leading_whitespace_are_not_buffered() -> None:

@@ -119,10 +119,23 @@ def test_run_eval_empty_file(tmp_path: Path) -> None:
 def test_run_eval_unreadable_data_names_the_file_and_the_line(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
     assert _failing(missing, tmp_path / "s.jsonl")[1] == (f"cannot read --data {missing} (No such file or directory)")
+
+
+def test_run_eval_gives_a_line_that_is_not_json_a_score_too(tmp_path: Path) -> None:
+    """EVAL.md: items it cannot parse still get a line, and are counted. A torn line (a crash, a full disk) has no
+    id, so its output line carries its line number instead; the live server would send it to the default model."""
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(orjson.dumps(ITEMS[0]) + b"\n\n" + orjson.dumps(ITEMS[1]) + b"\n{truncated\n")
-    assert _failing(bad, tmp_path / "s.jsonl") == ("", f"cannot read --data {bad} (line 4 is not JSON)")
-    assert not (tmp_path / "s.jsonl").exists()
+    bad.write_bytes(orjson.dumps(ITEMS[0]) + b"\n\n" + orjson.dumps(ITEMS[1]) + b'\n{"id": "torn", "mess\n[1]\n')
+    out = tmp_path / "s.jsonl"
+    stdout = io.StringIO()
+    assert run_eval(bad, out, KeywordModel(), last_user_text, None, None, None, stdout) == 0
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    top = max(x["score"] for x in lines)
+    assert [x["id"] for x in lines] == [ITEMS[0]["id"], ITEMS[1]["id"], None, 3]
+    assert lines[2] == {"id": None, "line": 4, "score": top}
+    assert lines[3]["score"] == top
+    assert "not JSON: 1 lines (4; scored as the maximum, id null)" in stdout.getvalue()
+    assert "not classifiable by the server: 1 items" in stdout.getvalue()
 
 
 def test_run_eval_unwritable_outputs(tmp_path: Path) -> None:

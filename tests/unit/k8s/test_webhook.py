@@ -430,7 +430,8 @@ def test_webhook_with_a_bad_listen_exits_with_one_line(tmp_path: Path, listen: s
         config.write_text(yaml.safe_dump(data))
         run = _run_webhook(config)
     assert (run.returncode, run.stdout) == (2, ""), run.stderr
-    assert run.stderr == f"model-router: invalid configuration:\n  listen: {problem}\n"
+    heading = "cannot start" if problem.startswith("cannot listen on ") else "invalid configuration"
+    assert run.stderr == f"model-router: {heading}:\n  listen: {problem}\n"
 
 
 def test_webhook_server_binds_ipv6(tmp_path: Path) -> None:
