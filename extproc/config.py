@@ -83,7 +83,7 @@ def parse_listen(value: str, unix: bool = False) -> tuple[str, int] | None:
     return bare, int(port)
 
 
-def _check_otlp_endpoint(value: str) -> str:
+def check_otlp_endpoint(value: str) -> str:
     """``http(s)://host[:port]`` or ``host[:port]`` (port 4317 by default, as :mod:`extproc.otlp` reads it), and
     nothing else (credentials, a path or a query would be dropped unsaid): a typo would otherwise only show as spans
     that never arrive."""
@@ -211,7 +211,7 @@ class TelemetrySettings(_Strict):
 
     metrics_listen: TcpListen | None = "127.0.0.1:9464"
     """``host:port`` of the Prometheus ``/metrics`` endpoint; null disables it."""
-    otlp_endpoint: Annotated[str, AfterValidator(_check_otlp_endpoint)] | None = None
+    otlp_endpoint: Annotated[str, AfterValidator(check_otlp_endpoint)] | None = None
     """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; null = ``OTEL_EXPORTER_OTLP_ENDPOINT`` or no traces."""
     sampling_ratio: Unit = 1.0
     """Share of decisions traced when no parent span decides (a sampled Envoy parent is always followed)."""

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from extproc.config import TelemetrySettings
+from extproc.config import TelemetrySettings, check_otlp_endpoint
 from extproc.decision_proto import OPTIONAL_NUMBERS, SCHEMA_NAMES, known_reason
 from extproc.errors import ConfigError
 from extproc.otlp import (
@@ -205,7 +205,7 @@ def span_export_options(settings: TelemetrySettings, environ: Mapping[str, str])
     for source, endpoint in sources:
         if endpoint:
             try:
-                return exporter_options(endpoint, environ)
+                return exporter_options(check_otlp_endpoint(endpoint), environ)  # the file's rules for variables too
             except ValueError as exc:
                 raise ConfigError([f"{source}: {exc}"]) from None
     return None

@@ -235,16 +235,30 @@ def test_no_tracing_without_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param(
             None,
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector:4317/x"},
-            "OTEL_EXPORTER_OTLP_ENDPOINT (environment): OTLP endpoint 'ftp://collector:4317/x': expected "
-            "http(s)://host:port or host:port",
+            "OTEL_EXPORTER_OTLP_ENDPOINT (environment): expected http(s)://host[:port] or host[:port], got "
+            "'ftp://collector:4317/x'",
             id="generic-variable",
         ),
         pytest.param(
             None,
             {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://c:1", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://ok:4317"},
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (environment): OTLP endpoint 'ftp://c:1': expected "
-            "http(s)://host:port or host:port",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (environment): expected http(s)://host[:port] or host[:port], got "
+            "'ftp://c:1'",
             id="traces-variable-first",
+        ),
+        pytest.param(
+            None,
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318/v1/traces"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT (environment): expected http(s)://host[:port] or host[:port], got "
+            "'collector:4318/v1/traces'",
+            id="a-path-would-be-dropped",
+        ),
+        pytest.param(
+            None,
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://user:secret@collector:4317"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT (environment): credentials in the URL would not be sent: use "
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            id="credentials-not-echoed",
         ),
         pytest.param(
             "http://collector:4317",
@@ -271,7 +285,7 @@ def test_check_config_reads_the_otlp_variables_serve_reads(
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")
     assert main(["check-config", "--config", str(ENVOY_DIR / "model-router.yaml")]) == 2
-    assert "  OTEL_EXPORTER_OTLP_ENDPOINT (environment): OTLP endpoint" in capsys.readouterr().err
+    assert "  OTEL_EXPORTER_OTLP_ENDPOINT (environment): expected http" in capsys.readouterr().err
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
     assert main(["check-config", "--config", str(ENVOY_DIR / "model-router.yaml")]) == 0
 
