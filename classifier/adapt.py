@@ -139,11 +139,18 @@ def read_base_head(model_dir: Path) -> BaseHead:
         )
     if "table" in inits:
         table = np.asarray(inits["table"]).astype(np.float32) * np.asarray(inits["scale"], dtype=np.float32)
-        weight = np.asarray(inits["weight"], dtype=np.float32).reshape(-1)
         dims = table.shape[1]
+        if "token_weight" in inits:  # per-token scores, clipped if the graph clips them
+            token_score = table @ np.asarray(inits["token_weight"], dtype=np.float32).reshape(dims)
+            if "clip_max" in inits:
+                token_score = np.clip(token_score, float(inits["clip_min"]), float(inits["clip_max"]))
+            dense_weight = np.asarray(inits["dense_weight"], dtype=np.float32).reshape(dense_n)
+        else:  # a full-table graph from before clipping: one weight vector over [pooled bag, dense]
+            weight = np.asarray(inits["weight"], dtype=np.float32).reshape(-1)
+            token_score, dense_weight = table @ weight[:dims], weight[dims:]
         return BaseHead(
-            token_score=(table @ weight[:dims]).astype(np.float32),
-            dense_weight=weight[dims:].astype(np.float32),
+            token_score=token_score.astype(np.float32),
+            dense_weight=dense_weight.astype(np.float32),
             bias=float(np.asarray(inits["bias"]).reshape(-1)[0]),
         )
     raise AdaptError(f"{model_dir / 'model.onnx'}: not a graph written by classifier.train")
@@ -569,12 +576,15 @@ def _write_adapted(
         prior,
     )
     base_meta: dict[str, Any] = orjson.loads((base_dir / "metadata.json").read_bytes())
-    parity_raw = _raw_of(fit.head, [featurizer.encode(t) for t in train.PARITY_TEXTS], prior)
-    parity = list(zip(train.PARITY_TEXTS, parity_raw.tolist(), strict=True))
+    parity_features = [featurizer.encode(t) for t in train.PARITY_TEXTS]
+    parity_raw = _raw_of(fit.head, parity_features, prior)
     meta = dict(base_meta)
     meta["name"] = f"{base_meta['name']}+adapt-{hashlib.sha256(graph).hexdigest()[:8]}"
     meta["calibration"] = {"raw": list(table.raw), "difficulty": list(table.difficulty)}
-    meta["parity"] = [{"text": text, "raw": round(raw, 7)} for text, raw in parity]
+    meta["parity"] = [
+        {"text": text, "raw": round(raw, 7), "ids": f.ids.tolist()}
+        for text, raw, f in zip(train.PARITY_TEXTS, parity_raw.tolist(), parity_features, strict=True)
+    ]
     meta["training"] = {
         "adapted_from": str(base_meta["name"]),
         "base_training": base_meta.get("training", {}),

@@ -173,19 +173,22 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
         plt.close(fig)
 
 
-def _eval_items(path: Path) -> tuple[list[dict[str, Any]], dict[int, int]]:
-    """``path``'s items for ``eval`` (a JSON value that is not an object is ``{"_invalid": v}``), and for each line
-    that is not JSON, its position in the list -> its line number. EVAL.md asks for a line per item even then."""
+def _eval_items(path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, int]]:
+    """``path``'s items for ``eval`` (a JSON value that is not an object is ``{"_invalid": v}``), their line numbers,
+    and for each line that is not JSON, its position in the list -> its line number. EVAL.md asks for a line per item
+    even then."""
     items: list[dict[str, Any]] = []
+    lines: list[int] = []
     torn: dict[int, int] = {}
     try:
         for number, item in read_jsonl(path):
             if item is NOT_JSON:
                 torn[len(items)] = number
             items.append(item if isinstance(item, dict) else {"_invalid": item})
+            lines.append(number)
     except (OSError, EOFError) as exc:
         raise EvalError(f"cannot read --data {path} ({io_reason(exc)})") from None
-    return items, torn
+    return items, lines, torn
 
 
 def load_items(option: str, path: Path) -> list[dict[str, Any]]:
@@ -213,15 +216,16 @@ def run_eval(
     """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
 
     Items whose text the server would not classify get the file's maximum score (such requests go to the default
-    model), as does a line that is not JSON (torn by a crash or a full disk): it has no id, so its line says
-    ``{"id": null, "line": N, "score": S}``. Both are counted in a summary line. Exit code: 0 on success; 2, with
+    model), as does a line that is not JSON (torn by a crash or a full disk). Both are counted in a summary line. An
+    item without an id (a torn line has none) is written as ``{"id": null, "line": N, "score": S}``, N its line
+    number: an invented id could collide with a real one. Exit code: 0 on success; 2, with
     one ``model-router eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is
     empty, ``out`` or ``plot`` cannot be written, or the named models are missing everywhere.
     """
     try:
         if plot is not None:
             _check_plot_support()
-        items, torn = _eval_items(data)
+        items, lines, torn = _eval_items(data)
         if not items:
             raise EvalError(f"--data {data} has no items")
         texts: list[str | None] = [None if i in torn else text_of(item) for i, item in enumerate(items)]
@@ -233,8 +237,9 @@ def run_eval(
         difficulty[unparsed] = fallback
         try:
             with out.open("wb") as fh:
-                for i, (item, score) in enumerate(zip(items, difficulty.tolist(), strict=True)):
-                    key = {"id": None, "line": torn[i]} if i in torn else {"id": item.get("id", i)}
+                for item, number, score in zip(items, lines, difficulty.tolist(), strict=True):
+                    item_id = item.get("id")
+                    key = {"id": item_id} if item_id is not None else {"id": None, "line": number}
                     fh.write(orjson.dumps({**key, "score": round(score, 6)}) + b"\n")
         except OSError as exc:
             raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None

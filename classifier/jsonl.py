@@ -1,14 +1,16 @@
 """JSON Lines files as the EVAL.md tools read them, and what counts as a score in them.
 
 One place for the choices every reader of outcome, prompt, capture and feedback files makes the same way: ``.gz`` by
-suffix, blank lines skipped, line numbers for the summary, a line that is not JSON reported rather than raised, and a
-score that is a real number (JSON ``true`` is not one).
+suffix, a UTF-8 BOM and blank lines skipped, ``NaN``/``Infinity`` read (as non-finite numbers, which are no score),
+line numbers for the summary, a line that is not JSON reported rather than raised, and a score that is a real number
+(JSON ``true`` is not one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ class _NotJson:
         return "NOT_JSON"
 
 
+_BOM = b"\xef\xbb\xbf"
 NOT_JSON: Final = _NotJson()
 """What :func:`read_jsonl` yields for a line that does not parse (``null`` is a JSON value, so not ``None``)."""
 
@@ -43,12 +46,24 @@ def read_jsonl(path: Path, opened: IO[bytes] | None = None) -> Iterator[tuple[in
         source = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
     with source as fh:
         for number, line in enumerate(fh, start=1):
+            if number == 1 and line.startswith(_BOM):  # editors on Windows write one; it is not part of the JSON
+                line = line[len(_BOM) :]
             if not line.strip():
                 continue
             try:
                 yield number, orjson.loads(line)
             except orjson.JSONDecodeError:
-                yield number, NOT_JSON
+                yield number, _lenient(line)
+
+
+def _lenient(line: bytes) -> Any:
+    """A line orjson refuses, read as Python's ``json`` does (which writes ``NaN`` and ``Infinity`` by default, so a
+    score file from ``json.dumps`` has them): the values are then non-finite numbers, which no reader takes as a
+    score (:func:`finite_number`), and the rest of the line is kept. Anything else is :data:`NOT_JSON`."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return NOT_JSON
 
 
 def finite_number(value: object) -> float | None:

@@ -22,8 +22,9 @@ so the spread is not a choice of pairs.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import orjson
 
 from classifier import train as t
 from classifier.evaluate import pair_gain_scores
-from classifier.features import NEUTRAL_WORDS, FeatureSpec, Featurizer
+from classifier.features import NEUTRAL_WORDS, Features, FeatureSpec, Featurizer
 from classifier.irt import canonical_model_name
 from classifier.metrics import length_scores, oracle_scores, routing_curve
 from classifier.model import expected_gain
@@ -151,6 +152,16 @@ def _pair_abilities(abilities: Mapping[str, float], weak: str, strong: str) -> t
     return None if w is None or s is None else (w, s)
 
 
+def _on_rows(
+    raw: Callable[[t.Head, npt.NDArray[np.int64]], FloatArray],
+    rows_of_all: npt.NDArray[np.int64],
+    head: t.Head,
+    rows: npt.NDArray[np.int64],
+) -> FloatArray:
+    """``raw`` on a subset's ``rows``, given where the subset's rows are among all prompts."""
+    return raw(head, rows_of_all[rows])
+
+
 def unit_bags(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The ``--normalise-bag`` ablation: each row's bag columns (all but the last, the length) scaled to unit L2 norm.
 
@@ -172,28 +183,45 @@ def run_loso(
     target_kind: str = t.TARGETS[0],
     normalise_bag: bool = False,
     pairs: str = PAIR_MODES[0],
+    token_clip: float = t.TOKEN_SCORE_CLIP,
 ) -> list[PairResult]:
-    """Train without each source in turn and score it on its pairs (``pairs``: one of :data:`PAIR_MODES`)."""
+    """Train without each source in turn and score it on its pairs (``pairs``: one of :data:`PAIR_MODES`;
+    ``token_clip``: the per-token score clip, inf for none; the normalised-bag ablation is never clipped)."""
     data = t.load_dataset(data_dir, target_kind)
     table, tokenizer_path = t.distil_table(cache, pca_dims)
     featurizer = Featurizer(WordPieceTokenizer.from_file(tokenizer_path), spec)
-    x = t.design_matrix(featurizer, table.dequantized, data.prompts, "features")
-    if not use_length:
-        x[:, -1] = 0.0  # a constant column gets no weight: the ablation without the length feature
+    features = t.encode_all(featurizer, data.prompts, "features")
+    if not use_length:  # a constant column gets no weight: the ablation without the length feature
+        features = [Features(f.ids, np.zeros_like(f.dense)) for f in features]
+    x = t.pooled(table.dequantized, features, spec.prior_tokens)
     if normalise_bag:
         x = unit_bags(x)
+
+    def raw(head: t.Head, rows: npt.NDArray[np.int64]) -> FloatArray:
+        if normalise_bag:
+            return head.predict(x[rows])
+        scorer = t.Scorer.of(table.dequantized, head, spec.prior_tokens, token_clip)
+        return scorer.raw([features[i] for i in rows.tolist()])
+
     sources = np.asarray(data.sources)
     rng = np.random.default_rng(t.SEED)
     results: list[PairResult] = []
     for source in t._progress(sorted(PAIRS), desc="held-out sources"):
         train_mask = sources != source
         train_data = t.subset(data, train_mask)
-        raw_oof = t.out_of_fold(x[train_mask], train_data.target, train_data.sources, alpha=alpha)
+        train_rows = np.nonzero(train_mask)[0]
+        raw_oof = t.out_of_fold(
+            x[train_mask],
+            train_data.target,
+            train_data.sources,
+            alpha=alpha,
+            score=functools.partial(_on_rows, raw, train_rows),
+        )
         calibration = t.fit_calibration(raw_oof, train_data)
         weights = t.source_weights(train_data.sources)
         head = t.fit_head(x[train_mask], train_data.target, alpha=alpha, weights=weights)
         held = np.nonzero(~train_mask)[0]
-        difficulty = calibration.difficulty(head.predict(x[held]))
+        difficulty = calibration.difficulty(raw(head, held))
         abilities = _fold_abilities(calibration, train_data)
         draws = RANDOM_DRAWS if pairs == "listed" else RANDOM_DRAWS // 10  # hundreds of pairs: a coarser noise SD
         for weak_name, strong_name in _source_pairs(source, [data.raw_models[i] for i in held], pairs):
@@ -381,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--normalise-bag", action="store_true", help="scale each bag to unit L2 length (ablation; not in the graph)"
     )
     parser.add_argument("--alpha", type=float, default=t.RIDGE_ALPHA, help="ridge penalty of the head")
+    parser.add_argument(
+        "--token-clip", type=float, default=t.TOKEN_SCORE_CLIP, help="per-token score clip (inf: none; ablation)"
+    )
     parser.add_argument("--pca-dims", type=int, default=t.PCA_DIMS, help="dimensions of the distilled table")
     parser.add_argument("--target", choices=t.TARGETS, default=t.TARGETS[0], help="training target (default: shipped)")
     parser.add_argument(
@@ -406,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_kind=args.target,
         normalise_bag=args.normalise_bag,
         pairs=args.pairs,
+        token_clip=args.token_clip,
     )
     print("\n".join(format_report(results)))
     if args.json is not None:

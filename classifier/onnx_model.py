@@ -71,7 +71,7 @@ class OnnxDifficultyModel:
                 raise FileNotFoundError(f"{model_dir / file} is missing")
         try:
             model, parity = cls._load(model_dir)
-            checks = [(str(e["text"]), float(e["raw"])) for e in parity]
+            checks = [(str(e["text"]), float(e["raw"]), e.get("ids")) for e in parity]
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ValueError(f"{model_dir / 'metadata.json'}: missing or malformed field ({exc!r})") from exc
         except ort.capi.onnxruntime_pybind11_state.Fail as exc:
@@ -79,14 +79,17 @@ class OnnxDifficultyModel:
         model._check_parity(model_dir, checks)
         return model
 
-    def _check_parity(self, model_dir: Path, checks: Sequence[tuple[str, float]]) -> None:
-        """Training's raw scores of fixed strings (metadata ``parity``) must come out of this tokenizer and graph."""
-        for text, trained in checks:
+    def _check_parity(self, model_dir: Path, checks: Sequence[tuple[str, float, list[int] | None]]) -> None:
+        """Training's raw scores (and token ids, when stored) of fixed strings (metadata ``parity``) must come out of
+        this tokenizer and graph."""
+        for text, trained, trained_ids in checks:
+            features = self._featurizer.encode(text)
             try:
-                got = self.raw(self._featurizer.encode(text))
+                got = self.raw(features)
             except Exception as exc:
                 raise ValueError(f"{model_dir}: the graph fails on its own parity text ({exc})") from exc
-            if not math.isclose(got, trained, rel_tol=1e-4, abs_tol=1e-4):
+            ids_differ = trained_ids is not None and features.ids.tolist() != list(trained_ids)
+            if ids_differ or not math.isclose(got, trained, rel_tol=1e-4, abs_tol=1e-4):
                 raise ValueError(
                     f"{model_dir}: tokenizer.json, model.onnx and metadata.json do not belong together (parity text"
                     f" {text[:40]!r}: raw {got:.6f}, trained {trained:.6f})"

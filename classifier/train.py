@@ -34,7 +34,7 @@ import numpy.typing as npt
 import orjson
 
 from classifier.atomic_dir import OutDirError, check_target, publish_dir
-from classifier.features import DENSE_NAMES, FeatureSpec, Featurizer, embedding_bag
+from classifier.features import DENSE_NAMES, Features, FeatureSpec, Featurizer, embedding_bag
 from classifier.irt import (
     CalibrationTable,
     Factor,
@@ -50,16 +50,19 @@ __all__ = [
     "Calibration",
     "Dataset",
     "Head",
+    "Scorer",
     "StudentTable",
     "build_onnx",
     "build_onnx_folded",
     "design_matrix",
     "distil_table",
+    "encode_all",
     "fit_calibration",
     "fit_head",
     "load_dataset",
     "main",
     "out_of_fold",
+    "pooled",
     "subset",
 ]
 
@@ -75,6 +78,11 @@ CALIBRATION_BINS = 20
 QUALITY_TARGET = 0.8
 LENGTH_CAP_TOKENS = 128
 PRIOR_TOKENS = 4.0
+TOKEN_SCORE_CLIP = 0.5
+"""Each token's contribution to the raw score (its table row times the head's weights) is clipped to this, either
+side. Unclipped, those scores span about -11..+11 against a calibration range of about -1.1..+0.7, so a few rare or
+off-topic words ("budget", "ELI5", a Korean greeting's pieces) could move a prompt across a boundary: the bag becomes
+a vote of its words instead. Chosen on cheap-talk phrases (model card, *Gaming*); LOSO improved with it."""
 MODEL_NAME = "minilm-static-irt-v1"
 TARGETS = ("standardised", "centred", "per-category")
 """Training targets: the per-source IRT difficulty standardised per source (shipped); the same difficulty minus the
@@ -101,7 +109,8 @@ PARITY_TEXTS = (
     "def f(xs):\n    return [x * 2 for x in xs if x % 3]\nassert f([1, 2, 3]) == ??",
     "lorem ipsum " * 400,
 )
-"""Fixed strings whose training-path raw scores are stored in the metadata for the serving parity test."""
+"""Fixed strings whose training-path raw scores and token ids are stored in the metadata for the serving parity
+check. The ids catch a tokenizer from another model even where clipped scores would tie."""
 OPSET = 17
 
 
@@ -249,11 +258,19 @@ def distil_table(cache: Path, pca_dims: int = PCA_DIMS) -> tuple[StudentTable, P
     return StudentTable(quantized=quantized, scale=scale), target / "tokenizer.json"
 
 
+def encode_all(featurizer: Featurizer, texts: Sequence[str], desc: str) -> list[Features]:
+    """The serving features of every text (with a progress bar)."""
+    return [featurizer.encode(t) for t in _progress(texts, desc=desc, unit="prompt")]
+
+
+def pooled(table: F32Array, features: Sequence[Features], prior: float) -> F32Array:
+    """Stack :func:`classifier.features.embedding_bag` rows: the head's training inputs, computed in numpy."""
+    return np.concatenate([embedding_bag(table, f, prior) for f in features], axis=0)
+
+
 def design_matrix(featurizer: Featurizer, table: F32Array, texts: Sequence[str], desc: str) -> F32Array:
-    """Stack :func:`classifier.features.embedding_bag` rows: the serving features, computed in numpy."""
-    prior = featurizer.spec.prior_tokens
-    rows = [embedding_bag(table, featurizer.encode(t), prior) for t in _progress(texts, desc=desc, unit="prompt")]
-    return np.concatenate(rows, axis=0)
+    """:func:`pooled` rows of ``texts``."""
+    return pooled(table, encode_all(featurizer, texts, desc), featurizer.spec.prior_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +283,43 @@ class Head:
     def predict(self, x: F32Array) -> FloatArray:
         """Raw score per row."""
         return np.asarray(x.astype(np.float64) @ self.weight.astype(np.float64) + self.bias, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Scorer:
+    """What the shipped graph computes, in numpy: the head folded into one (clipped) score per token.
+
+    ``raw = sum(token_score[ids]) / (len(ids) + prior) + dense @ dense_weight + bias``. The head is fitted on the
+    pooled embeddings (:func:`fit_head`); with ``clip`` set, each token's score is clipped before the sum, which no
+    linear head on the pooled bag can express, so training's out-of-fold scores, the calibration, the parity strings
+    and LOSO all go through this.
+    """
+
+    token_score: F32Array
+    dense_weight: FloatArray
+    bias: float
+    prior: float
+
+    @classmethod
+    def of(cls, table: F32Array, head: Head, prior: float, clip: float | None) -> Scorer:
+        """The scorer of ``head`` on ``table`` (``clip``: None or inf for none)."""
+        dims = table.shape[1]
+        weight = head.weight.astype(np.float32)
+        token_score = (table @ weight[:dims]).astype(np.float32)
+        if clip is not None and math.isfinite(clip):
+            token_score = np.clip(token_score, -clip, clip).astype(np.float32)
+        return cls(token_score, weight[dims:].astype(np.float64), head.bias, prior)
+
+    def raw(self, features: Sequence[Features]) -> FloatArray:
+        """Raw score per prompt."""
+        scores = self.token_score.astype(np.float64)
+        return np.asarray(
+            [
+                scores[f.ids].sum() / (len(f.ids) + self.prior) + float(f.dense[0] @ self.dense_weight) + self.bias
+                for f in features
+            ],
+            dtype=np.float64,
+        )
 
 
 def fit_head(x: F32Array, y: FloatArray, alpha: float = RIDGE_ALPHA, weights: FloatArray | None = None) -> Head:
@@ -292,9 +346,17 @@ def source_weights(sources: Sequence[str]) -> FloatArray:
 
 
 def out_of_fold(
-    x: F32Array, y: FloatArray, sources: Sequence[str], folds: int = 5, alpha: float = RIDGE_ALPHA
+    x: F32Array,
+    y: FloatArray,
+    sources: Sequence[str],
+    folds: int = 5,
+    alpha: float = RIDGE_ALPHA,
+    score: Callable[[Head, IntArray], FloatArray] | None = None,
 ) -> FloatArray:
-    """Head outputs for every row from a head that did not see it (seeded folds, stratified by source)."""
+    """Head outputs for every row from a head that did not see it (seeded folds, stratified by source).
+
+    ``score(head, rows)``: the raw scores of those rows under ``head`` (default: the linear head on ``x``; training
+    passes the clipped :class:`Scorer`)."""
     rng = np.random.default_rng(SEED)
     fold = np.zeros(len(y), dtype=np.int64)
     by_source: dict[str, list[int]] = defaultdict(list)
@@ -308,7 +370,8 @@ def out_of_fold(
     for k in _progress(range(folds), desc="out-of-fold heads"):
         train = fold != k
         head = fit_head(x[train], y[train], alpha=alpha, weights=w[train])
-        out[~train] = head.predict(x[~train])
+        held = np.nonzero(~train)[0]
+        out[held] = head.predict(x[held]) if score is None else score(head, held)
     return out
 
 
@@ -397,15 +460,18 @@ def _serialise_graph(nodes: list[Any], inits: list[Any]) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def build_onnx(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
-    """One graph: gather int8 rows of the distinct ids, dequantise, shrunk mean, append dense features, head."""
+def build_onnx(table: StudentTable, head: Head, prior_tokens: float, clip: float | None = None) -> bytes:
+    """One graph: gather int8 rows of the distinct ids, dequantise, each row's score under the head (clipped to
+    ``±clip`` if given), their shrunk mean, plus the dense features' term and the bias (:class:`Scorer`)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    dims = table.quantized.shape[1] + len(DENSE_NAMES)
+    dims = table.quantized.shape[1]
+    weight = head.weight.astype(np.float32)
     inits = [
         numpy_helper.from_array(table.quantized, "table"),
         numpy_helper.from_array(table.scale, "scale"),
-        numpy_helper.from_array(head.weight.reshape(dims, 1).astype(np.float32), "weight"),
+        numpy_helper.from_array(weight[:dims].reshape(dims, 1), "token_weight"),
+        numpy_helper.from_array(weight[dims:].reshape(len(DENSE_NAMES), 1), "dense_weight"),
         numpy_helper.from_array(np.asarray([head.bias], dtype=np.float32), "bias"),
         numpy_helper.from_array(np.asarray([prior_tokens], dtype=np.float32), "prior"),
         numpy_helper.from_array(np.asarray([0], dtype=np.int64), "axis0"),
@@ -415,31 +481,41 @@ def build_onnx(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
         helper.make_node("Cast", ["rows_q"], ["rows_f"], to=TensorProto.FLOAT),
         helper.make_node("Gather", ["scale", "ids"], ["row_scale"], axis=0),
         helper.make_node("Mul", ["rows_f", "row_scale"], ["rows"]),
-        helper.make_node("ReduceSum", ["rows", "axis0"], ["total"], keepdims=1),
+        helper.make_node("MatMul", ["rows", "token_weight"], ["scores" if clip is None else "unclipped"]),
+    ]
+    if clip is not None:
+        inits += [
+            numpy_helper.from_array(np.asarray(-clip, dtype=np.float32), "clip_min"),
+            numpy_helper.from_array(np.asarray(clip, dtype=np.float32), "clip_max"),
+        ]
+        nodes.append(helper.make_node("Clip", ["unclipped", "clip_min", "clip_max"], ["scores"]))
+    nodes += [
+        helper.make_node("ReduceSum", ["scores", "axis0"], ["total"], keepdims=1),
         helper.make_node("Shape", ["ids"], ["count_i"]),
         helper.make_node("Cast", ["count_i"], ["count"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["count", "prior"], ["denominator"]),
-        helper.make_node("Div", ["total", "denominator"], ["pooled"]),
-        helper.make_node("Concat", ["pooled", "dense"], ["x"], axis=1),
-        helper.make_node("MatMul", ["x", "weight"], ["xw"]),
-        helper.make_node("Add", ["xw", "bias"], ["raw"]),
+        helper.make_node("Div", ["total", "denominator"], ["bag"]),
+        helper.make_node("MatMul", ["dense", "dense_weight"], ["dense_part"]),
+        helper.make_node("Add", ["dense_part", "bag"], ["linear"]),
+        helper.make_node("Add", ["linear", "bias"], ["raw"]),
     ]
     return _serialise_graph(nodes, inits)
 
 
-def build_onnx_folded(table: StudentTable, head: Head, prior_tokens: float) -> bytes:
+def build_onnx_folded(table: StudentTable, head: Head, prior_tokens: float, clip: float | None = None) -> bytes:
     """The same function as :func:`build_onnx` with the linear head folded into the table (exact, up to rounding).
 
     The head is linear, so ``(sum of rows / (n + prior)) @ w`` equals ``sum of (row @ w) / (n + prior)``: each token's
     128-dim row collapses to one number. The graph gathers 4 bytes instead of 128 per token, the table fits in L2
-    cache (118 kB instead of 3.9 MB) and four nodes disappear, which halves onnxruntime's share of the latency. Use
-    :func:`build_onnx` (``--full-table``) to ship the embedding itself, e.g. for a deployment-specific head.
+    cache (118 kB instead of 3.9 MB) and four nodes disappear, which halves onnxruntime's share of the latency. The
+    clip, if any, is applied to the folded scores here, so it costs nothing at run time. Use :func:`build_onnx`
+    (``--full-table``) to ship the embedding itself, e.g. for a deployment-specific head.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     dims = table.quantized.shape[1]
     weight = head.weight.astype(np.float32)
-    token_score = (table.dequantized @ weight[:dims]).astype(np.float32)
+    token_score = Scorer.of(table.dequantized, head, prior_tokens, clip).token_score
     inits = [
         numpy_helper.from_array(token_score, "token_score"),
         numpy_helper.from_array(weight[dims:].reshape(len(DENSE_NAMES), 1), "dense_weight"),
@@ -466,7 +542,7 @@ def metadata(
     calibration: Calibration,
     tokenizer: WordPieceTokenizer,
     notes: Mapping[str, Any],
-    parity: Sequence[tuple[str, float]],
+    parity: Sequence[tuple[str, float, Sequence[int]]],
 ) -> dict[str, Any]:
     """The model's contract besides the graph: cut, features, calibration table, abilities."""
     return {
@@ -485,7 +561,7 @@ def metadata(
         "default_abilities": {k: round(v, 4) for k, v in sorted(calibration.abilities.items())},
         "source_offsets": {k: round(v, 4) for k, v in sorted(calibration.source_offsets.items())},
         "training": dict(notes),
-        "parity": [{"text": text, "raw": round(raw, 7)} for text, raw in parity],
+        "parity": [{"text": text, "raw": round(raw, 7), "ids": list(ids)} for text, raw, ids in parity],
     }
 
 
@@ -522,8 +598,14 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], fu
     tokenizer = WordPieceTokenizer.from_file(tokenizer_path)
     spec = FeatureSpec(cut=TextCut(), length_cap_tokens=LENGTH_CAP_TOKENS, prior_tokens=PRIOR_TOKENS)
     featurizer = Featurizer(tokenizer, spec)
-    x = design_matrix(featurizer, table.dequantized, data.prompts, "features")
-    raw_oof = out_of_fold(x, data.target, data.sources)
+    features = encode_all(featurizer, data.prompts, "features")
+    x = pooled(table.dequantized, features, spec.prior_tokens)
+
+    def clipped(head: Head, rows: IntArray) -> FloatArray:
+        scorer = Scorer.of(table.dequantized, head, spec.prior_tokens, TOKEN_SCORE_CLIP)
+        return scorer.raw([features[i] for i in rows.tolist()])
+
+    raw_oof = out_of_fold(x, data.target, data.sources, score=clipped)
     calibration = fit_calibration(raw_oof, data)
     for target in (0.6, QUALITY_TARGET, 0.9):
         for line in calibration_report(raw_oof, data, calibration, target):
@@ -533,6 +615,7 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], fu
         "seed": SEED,
         "pca_dims": PCA_DIMS,
         "ridge_alpha": RIDGE_ALPHA,
+        "token_score_clip": TOKEN_SCORE_CLIP,
         "items": len(data.prompts),
         "observations": len(data.obs_score),
         "sources": sorted(set(data.sources)),
@@ -540,11 +623,13 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], fu
         "graph": "full int8 table + linear head" if full_table else "linear head folded into the table",
     }
     build = build_onnx if full_table else build_onnx_folded
-    parity_x = design_matrix(featurizer, table.dequantized, PARITY_TEXTS, "parity strings")
-    parity = list(zip(PARITY_TEXTS, head.predict(parity_x).tolist(), strict=True))
+    scorer = Scorer.of(table.dequantized, head, spec.prior_tokens, TOKEN_SCORE_CLIP)
+    parity_features = encode_all(featurizer, PARITY_TEXTS, "parity strings")
+    parity_ids = [f.ids.tolist() for f in parity_features]
+    parity = list(zip(PARITY_TEXTS, scorer.raw(parity_features).tolist(), parity_ids, strict=True))
     meta = metadata(spec, calibration, tokenizer, notes, parity)
     files = {
-        "model.onnx": build(table, head, spec.prior_tokens),
+        "model.onnx": build(table, head, spec.prior_tokens, TOKEN_SCORE_CLIP),
         "tokenizer.json": tokenizer_path.read_bytes(),
         "metadata.json": orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n",
     }

@@ -40,6 +40,13 @@ TOPICS = (
     "Solve the integral of x^2 e^x dx and verify it by differentiation.",
     "Derive the closed form of the Fibonacci numbers with generating functions.",
     "Design a distributed rate limiter for a multi-region API gateway and discuss consistency trade-offs.",
+    # Longer, exam-like questions: the shipped model sends these to the frontier tier, the short ones above below it.
+    "You are given the Python function below. def f(text, sep): parts = text.split(sep); out = [p[::-1] for p in"
+    " parts if p]; return sep.join(out[::-1]). What does f('ab-cd--ef', '-') return? Work through every step of the"
+    " execution, track each intermediate list, and give the final string.",
+    "A firm faces demand Q = 120 - 2P and has total cost C(Q) = 10Q + 0.5Q^2. Find the profit-maximising price and"
+    " quantity, compute the deadweight loss relative to perfect competition, and explain how a per-unit tax of 6"
+    " changes the equilibrium. Options: (A) P=40 (B) P=45 (C) P=50 (D) P=55.",
 )
 WORDS = [
     "river",

@@ -39,9 +39,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "metadata.json").write_bytes(orjson.dumps(meta))
     np.save(out / "table.npy", table.dequantized)
     np.save(out / "head.npy", np.concatenate([head.weight, [head.bias]]).astype(np.float32))
-    folded = out / "folded"
-    folded.mkdir()
-    (folded / "model.onnx").write_bytes(train.build_onnx_folded(table, head, spec.prior_tokens))
-    for name in ("tokenizer.json", "metadata.json"):
-        (folded / name).write_bytes((out / name).read_bytes())
+    graphs = {
+        "folded": train.build_onnx_folded(table, head, spec.prior_tokens),
+        "clipped": train.build_onnx(table, head, spec.prior_tokens, clip=TINY_CLIP),
+        "clipped-folded": train.build_onnx_folded(table, head, spec.prior_tokens, clip=TINY_CLIP),
+    }
+    for sub, graph in graphs.items():
+        (out / sub).mkdir()
+        (out / sub / "model.onnx").write_bytes(graph)
+        for name in ("tokenizer.json", "metadata.json"):
+            (out / sub / name).write_bytes((out / name).read_bytes())
     return out
+
+
+TINY_CLIP = 0.02
+"""Below the tiny table's largest per-token scores, so the clipped graphs differ from the plain ones."""

@@ -74,6 +74,56 @@ def test_hard_prompts_stay_strong(model: DifficultyModel, routed: tuple[list[str
     assert moved / len(strong) <= LIMIT, f"{name}: {moved}/{len(strong)} hard prompts moved to the cheap model"
 
 
+CHEAP_TALK_TUNED = (
+    "this is easy, use the cheap model",
+    "We are on a tight budget.",
+    "Budget mode please.",
+    "Low priority.",
+    "Give me a short summary.",
+    "Basically, just answer this.",
+    "This is just a homework question.",
+    "ELI5.",
+    "ELI5, on a budget, basically a homework question.",
+    "Keep costs down.",
+    "No need for the expensive model.",
+    "Quick one:",
+    "Just a trivial question for a junior.",
+    "Answer briefly, nothing fancy.",
+    "Save money on this one.",
+    "It's for a school assignment, keep it basic.",
+)
+"""Claims that a question is easy or should be cheap, in words the neutral list does not hold. The first five come
+from a review that moved 7-50% of strong prompts with them (session 11); the per-token clip
+(``classifier.train.TOKEN_SCORE_CLIP``) was chosen on this list, so it is not a held-out measurement."""
+CHEAP_TALK_HELD_OUT = (
+    "My boss says we must cut API spend.",
+    "Not important, just curious.",
+    "Use the smallest model you have.",
+    "For my kid's homework.",
+    "A rough answer is fine.",
+    "This is a beginner question.",
+    "Cheap and fast please.",
+    "No need to think hard about this.",
+    "A mini model is enough for this.",
+    "Low effort answer is OK.",
+    "I'm on the free tier.",
+    "tl;dr version only",
+)
+"""Written down before the clip was measured on them: the honest estimate of how well the router resists cheap talk
+nobody tuned it against."""
+
+
+@pytest.mark.parametrize("where", ["prefix", "suffix"])
+@pytest.mark.parametrize("phrase", CHEAP_TALK_TUNED + CHEAP_TALK_HELD_OUT)
+def test_cheap_talk_does_not_move_hard_prompts(
+    model: DifficultyModel, routed: tuple[list[str], list[str]], phrase: str, where: str
+) -> None:
+    strong, _ = routed
+    texts = [phrase + "\n\n" + p if where == "prefix" else p + "\n\n" + phrase for p in strong]
+    moved = sum(not goes_strong(model, t) for t in texts)
+    assert moved / len(strong) <= LIMIT, f"{phrase!r} ({where}): {moved}/{len(strong)} hard prompts moved to cheap"
+
+
 @pytest.mark.parametrize("copies", [2, 3, 10])
 def test_repetition_does_not_escalate(model: DifficultyModel, routed: tuple[list[str], list[str]], copies: int) -> None:
     _, cheap = routed

@@ -43,3 +43,16 @@ def test_truncated_gzip_raises_where_it_is_met(tmp_path: Path) -> None:
 )
 def test_scores(value: object, number: float | None, score: float | None) -> None:
     assert (finite_number(value), unit_score(value)) == (number, score)
+
+
+def test_a_bom_and_python_json_non_finite_numbers_keep_the_line(tmp_path: Path) -> None:
+    """A file saved with a BOM, and ``json.dumps`` output with ``NaN``: the item is kept (its id with it), and the
+    non-finite value is no score."""
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n{"id": "b", "scores": {"m": NaN, "n": Infinity, "k": 1}}\n{"id": \n')
+    got = list(read_jsonl(path))
+    assert got[0] == (1, {"id": "a"})
+    number, item = got[1]
+    assert number == 2 and item["id"] == "b"
+    assert [unit_score(v) for v in item["scores"].values()] == [None, None, 1.0]
+    assert got[2] == (3, NOT_JSON)

@@ -22,6 +22,7 @@ from classifier.loader import load_difficulty_model
 from classifier.model import DifficultyModel
 from classifier.onnx_model import MODEL_FILES, OnnxDifficultyModel
 from classifier.tokenize import TextCut
+from tests.unit.classifier.conftest import TINY_CLIP
 from tests.unit.classifier.tiny import SHIPPED
 
 TEXTS = [
@@ -51,6 +52,28 @@ def test_tiny_parity_with_training_path(tiny_model_dir: Path, text: str) -> None
     want = (bag @ head[:-1] + head[-1]).item()
     assert model.raw(features) == pytest.approx(want, abs=1e-5)
     assert model.predict(text).difficulty == pytest.approx(model._table.apply(want), abs=1e-5)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("graph", ["clipped", "clipped-folded"])
+def test_clipped_graphs_compute_what_training_scores(tiny_model_dir: Path, graph: str, text: str) -> None:
+    """Training's out-of-fold scores, calibration and parity strings use :class:`train.Scorer`; the graph (full or
+    folded) must compute the same clipped sum."""
+    from classifier import train
+
+    model = OnnxDifficultyModel.load(tiny_model_dir / graph)
+    head = np.load(tiny_model_dir / "head.npy")
+    scorer = train.Scorer.of(
+        np.load(tiny_model_dir / "table.npy"),
+        train.Head(weight=head[:-1], bias=float(head[-1])),
+        model.featurizer.spec.prior_tokens,
+        TINY_CLIP,
+    )
+    features = model.featurizer.encode(text)
+    assert model.raw(features) == pytest.approx(scorer.raw([features])[0], abs=1e-5)
+    unclipped = OnnxDifficultyModel.load(tiny_model_dir).raw(features)
+    if len(features.ids) > 1:
+        assert model.raw(features) != pytest.approx(unclipped, abs=1e-4), "the clip must bind on the tiny table"
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -217,3 +240,19 @@ def test_exports(module: object) -> None:
     assert len(set(names)) == len(names)
     for name in names:
         assert hasattr(module, name)
+
+
+@pytest.mark.parametrize("graph", ["clipped", "clipped-folded"])
+def test_adapt_reads_the_clipped_token_scores_of_either_graph(tiny_model_dir: Path, graph: str) -> None:
+    """``adapt`` starts from the base model's per-token scores: those the graph really sums, clip included."""
+    from classifier import train
+    from classifier.adapt import read_base_head
+
+    head = np.load(tiny_model_dir / "head.npy")
+    want = train.Scorer.of(
+        np.load(tiny_model_dir / "table.npy"), train.Head(weight=head[:-1], bias=float(head[-1])), 2.0, TINY_CLIP
+    )
+    base = read_base_head(tiny_model_dir / graph)
+    np.testing.assert_allclose(base.token_score, want.token_score, atol=1e-6)
+    assert float(np.abs(base.token_score).max()) == pytest.approx(TINY_CLIP)
+    np.testing.assert_allclose(base.dense_weight, want.dense_weight, atol=1e-6)
