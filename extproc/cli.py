@@ -151,6 +151,12 @@ def prompt_text_of_item(item: Mapping[str, Any]) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before the imports below (≈0.5 s): a reload sent while the process starts or its model loads would kill it. The
+    # server's handler replaces this once it listens, and the watcher then compares the file with what was loaded.
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # gRPC's C core logs each failed TLS handshake (any client can cause one) on stderr as a non-JSON INFO line.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from extproc.config import parse_listen
     from extproc.health_http import Health, start_health_server
     from extproc.logs import configure_logging
@@ -159,8 +165,6 @@ def _serve(args: argparse.Namespace) -> int:
     from extproc.snapshot import SnapshotRef
     from extproc.wsgi_server import ListenError
 
-    if hasattr(signal, "SIGHUP"):  # a reload sent while the model loads would kill the process: the server's handler
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # replaces this once it listens (and the file is read then)
     health = Health()
     stop_health = None
     if args.health_listen:  # before the config: the probe port can then say "waiting for a valid config"

@@ -573,10 +573,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: Path) -> object:
-    """Read a YAML file; an unreadable or malformed file is a ``ConfigError`` naming the file."""
+def load_yaml(path: Path, data: bytes | None = None) -> object:
+    """Read a YAML file (or parse ``data``, the bytes already read from it); an unreadable or malformed file is a
+    ``ConfigError`` naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if data is None else data.decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
@@ -589,6 +590,6 @@ def load_yaml(path: Path) -> object:
         raise ConfigError([f"<file>: {path} is nested too deeply"]) from None
 
 
-def load_config(path: Path) -> Settings:
-    """Read and validate a YAML config file."""
-    return parse_config(load_yaml(path))
+def load_config(path: Path, data: bytes | None = None) -> Settings:
+    """Read and validate a YAML config file (``data``: its bytes, already read)."""
+    return parse_config(load_yaml(path, data))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -45,8 +46,13 @@ def load_model_for(settings: Settings) -> DifficultyModel:
 
 
 def load_snapshot(path: Path, load_model: Callable[[Settings], DifficultyModel] = load_model_for) -> Snapshot:
-    """Read, validate and resolve the config at ``path`` into a ready snapshot."""
-    return build_snapshot(load_config(path), load_model)
+    """Read, validate and resolve the config at ``path`` into a ready snapshot (with the digest of the bytes read)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    snapshot = build_snapshot(load_config(path, data), load_model)
+    return dataclasses.replace(snapshot, config_digest=hashlib.sha256(data).digest())
 
 
 def reload_snapshot(
@@ -76,11 +82,18 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
     if snapshot.settings.limits.max_body_bytes > ref.first.limits.max_body_bytes:  # server.message_limit: at start
         pending.append("limits.max_body_bytes (above the value at start: larger gRPC messages are refused)")
     stale_lua = render_fail_open_lua(ref.current.settings) != render_fail_open_lua(snapshot.settings)
+    new_clusters = sorted({m.cluster for m in snapshot.catalog} - {m.cluster for m in ref.current.catalog})
     ref.current = snapshot
     if pending:  # applied, but these keys were read at start: say so, or an operator believes e.g. feedback is off
         _log.warning("config reloaded from %s; needs a restart to take effect: %s", path, ", ".join(pending))
     else:
         _log.info("config reloaded from %s", path)
+    if new_clusters:  # the router cannot see Envoy's routes: without one, requests fall to the default route
+        _log.warning(
+            "config reloaded with new catalog cluster(s) %s: Envoy needs a route matching x-model-router-cluster for"
+            " each, or their requests go to its default route (README, Envoy settings)",
+            ", ".join(new_clusters),
+        )
     if stale_lua:  # Envoy's copy of these tables acts only while the router is down: a stale one shows only then
         _log.warning(
             "the catalog, policy.routable_models or policy.default_model changed: regenerate Envoy's fail-open filter"
@@ -133,14 +146,20 @@ async def watch_config(
     ``interval`` seconds and reload when their content changes (runs until cancelled).
 
     Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
-    touched-but-unchanged file does not reload. The model is loaded off the event loop.
+    touched-but-unchanged file does not reload. The file is compared with the bytes the running snapshot was built
+    from (``Snapshot.config_digest``), not with the file as the watcher first saw it: an edit made while the model
+    loaded at start is applied, and a SIGHUP reload of the same edit is not repeated. A change is acted on once the
+    same content is read on two polls in a row, so a file being written in pieces is not applied half written (an
+    atomic rename or a ConfigMap swap takes one poll more). The model is loaded off the event loop.
     """
 
     def fingerprint() -> tuple[bytes | None, ...] | None:
         config = _fingerprint(path)  # unreadable (e.g. mid-swap): wait; an unreadable `also` file is a change
         return None if config is None else (config, *(_fingerprint(p) for p in also))
 
-    seen = fingerprint()
+    previous = fingerprint()
+    also_seen = previous[1:] if previous is not None else None
+    attempted: bytes | None = None  # the content of the last reload tried: a rejected file is not retried each poll
     unreadable = 0  # polls in a row; a ConfigMap's symlink swap can miss one, a deleted file misses them all
     while True:
         await asyncio.sleep(interval)
@@ -148,7 +167,12 @@ async def watch_config(
         unreadable = unreadable + 1 if current is None else 0
         if unreadable == _UNREADABLE_POLLS:
             _log.warning("config file %s cannot be read; keeping the running config until it can", path)
-        if current is None or current == seen:
+        settled, previous = current is not None and current == previous, current
+        if current is None or not settled:
             continue
-        seen = current
+        config, also_now = current[0], current[1:]
+        changed = config not in (ref.current.config_digest, attempted) or also_now != also_seen
+        if not changed:
+            continue
+        attempted, also_seen = config, also_now
         on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model, apply, serial))

@@ -45,6 +45,9 @@ class Snapshot:
     by_name: Mapping[str, ResolvedModel]
     routable: frozenset[str]
     tenants: Mapping[str | None, TenantView]
+    config_digest: bytes | None = None
+    """SHA-256 of the config file's bytes this snapshot was built from (None: not built from a file). The file
+    watcher compares the file with it, so an edit made while the router was starting is not taken as seen."""
 
     @property
     def default_model(self) -> ResolvedModel:

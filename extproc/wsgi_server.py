@@ -9,7 +9,9 @@ thread. The threads live in the ext_proc process, whose memory and pids bound it
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from extproc.config import parse_listen
+
+_log = logging.getLogger("model_router.http")
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -56,6 +60,9 @@ class BoundedConnections(ThreadingMixIn):
     per-read timeout never ends, would hold its slot forever. Also the injection webhook's server."""
 
     daemon_threads = True
+    request_queue_size = 128
+    """The listen backlog (socketserver's default is 5): every feedback POST through Envoy is a new connection, and
+    a burst of 8 overflowed 5, so Envoy's short connect timeout answered 503 before the SYN was retried."""
 
     def bound(self, max_connections: int, connection_seconds: float) -> None:
         """Set the bounds (before the server serves)."""
@@ -107,6 +114,15 @@ class BoundedConnections(ThreadingMixIn):
 
     def refused(self, client_address: Any) -> None:
         """Called for each connection closed over the bound."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line (JSON, like every other), never socketserver's traceback on stderr: a client that resets
+        its connection mid-request is its own business (debug); anything else is the server's (warning)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            _log.debug("connection from %s ended early: %s", client_address[0], exc)
+        else:
+            _log.warning("connection from %s failed: %r", client_address[0], exc)
 
 
 class _BoundedServer(BoundedConnections, WSGIServer):

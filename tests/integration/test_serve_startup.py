@@ -354,3 +354,27 @@ def test_a_sidecar_waits_for_a_valid_config_with_its_probe_port_up(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=15)
+
+
+def test_a_sighup_while_the_router_starts_does_not_kill_it(tmp_path: Path) -> None:
+    """A config reloader may signal a router that has just been restarted: before the server's handler exists, the
+    signal is ignored (it was fatal until the CLI's imports and the model load were done, ≈0.5-1.2 s)."""
+    address = f"127.0.0.1:{free_port()}"
+    config = _config(tmp_path, server={"listen": address})
+    argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config)]
+    with (tmp_path / "router.log").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.25)  # the interpreter is up and importing
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not _serving_on(address):
+            assert proc.poll() is None, f"router exited {proc.returncode} after SIGHUP"
+            assert time.monotonic() < deadline, "router not ready"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)

@@ -384,6 +384,47 @@ async def test_a_config_file_that_disappears_is_said_once_and_the_running_config
         watcher.cancel()
 
 
+async def test_an_edit_made_while_the_router_started_is_applied(tmp_path: Path) -> None:
+    """The snapshot was built from the old bytes, the file changed before the watcher's first look: the watcher
+    compares with what the running config was built from, not with what it saw first."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))  # during the model load
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, lambda _s: FakeDifficultyModel()))
+    try:
+        await _until(lambda: results == [True])
+        assert ref.current.settings.policy.quality_target == 0.7
+    finally:
+        watcher.cancel()
+
+
+async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_not_repeated(tmp_path: Path) -> None:
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.02, lambda _s: FakeDifficultyModel()))
+    try:
+        for n in range(30):  # different (valid) content at every poll: never read twice alike, never applied
+            path.write_text(shipped + f"\n# write {n}\n")
+            await asyncio.sleep(0.007)
+        assert results == []
+        await _until(lambda: results == [True])  # it settled: applied once
+        await asyncio.sleep(0.1)
+        assert results == [True]
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.6"))
+        assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())  # what SIGHUP does
+        await asyncio.sleep(0.15)
+        assert results == [True], "the watcher must not reload what SIGHUP already applied"
+        assert ref.current.settings.policy.quality_target == 0.6
+    finally:
+        watcher.cancel()
+
+
 async def _until(check: Callable[[], bool]) -> None:
     for _ in range(500):
         if check():
@@ -694,3 +735,28 @@ def test_a_reload_that_changes_the_fail_open_tables_says_to_regenerate_them(
         "the catalog, policy.routable_models or policy.default_model changed: regenerate Envoy's fail-open filter"
         f" with `model-router fail-open-lua --config {path}`"
     ]
+
+
+def test_a_reload_that_adds_a_catalog_cluster_names_it_and_the_route_envoy_needs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid reload can route to a cluster Envoy has no route for (its requests then fall to the default route and,
+    in a review, all got a 404): the router cannot see Envoy's routes, so it says which cluster needs one."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    new = {**data["catalog"][0], "name": "new-model", "cluster": "newpool", "ability": 0.0}
+    data["catalog"].append(new)
+    path.write_text(yaml.safe_dump(data))
+    caplog.set_level("WARNING", logger="model_router.reload")
+    assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    assert any(
+        r.getMessage().startswith("config reloaded with new catalog cluster(s) newpool: Envoy needs a route")
+        for r in caplog.records
+    )
+    caplog.clear()
+    data["policy"]["quality_target"] = 0.7  # the cluster is known now: said once, not at every reload
+    path.write_text(yaml.safe_dump(data))
+    assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    assert not any("new catalog cluster" in r.getMessage() for r in caplog.records)

@@ -79,3 +79,32 @@ def test_a_connection_trickling_its_request_is_ended_at_its_deadline() -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok", "its slot is free again"
     finally:
         stop()
+
+
+def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_dropped() -> None:
+    """socketserver's backlog of 5 dropped the SYNs of a burst of 8 feedback POSTs through Envoy, whose short connect
+    timeout then answered 503. Nothing accepts here, so every connect must complete from the backlog alone."""
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    from extproc.wsgi_server import _BoundedServer
+
+    server = _BoundedServer(("127.0.0.1", 0), WSGIRequestHandler)
+    try:
+        port = server.server_address[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(64)]
+        for c in clients:
+            c.close()
+    finally:
+        server.server_close()
+
+
+def test_a_connection_reset_mid_request_is_no_traceback_on_stderr(url: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """The router's stderr is one JSON object per line; socketserver printed a 26-line traceback per reset."""
+    for _ in range(5):
+        s = _idle(url)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST
+    time.sleep(0.3)
+    assert httpx.get(url).status_code == 200, "still serving"
+    assert "Traceback" not in capfd.readouterr().err
