@@ -54,7 +54,6 @@ __all__ = [
     "StudentTable",
     "build_onnx",
     "build_onnx_folded",
-    "design_matrix",
     "distil_table",
     "encode_all",
     "fit_calibration",
@@ -266,11 +265,6 @@ def encode_all(featurizer: Featurizer, texts: Sequence[str], desc: str) -> list[
 def pooled(table: F32Array, features: Sequence[Features], prior: float) -> F32Array:
     """Stack :func:`classifier.features.embedding_bag` rows: the head's training inputs, computed in numpy."""
     return np.concatenate([embedding_bag(table, f, prior) for f in features], axis=0)
-
-
-def design_matrix(featurizer: Featurizer, table: F32Array, texts: Sequence[str], desc: str) -> F32Array:
-    """:func:`pooled` rows of ``texts``."""
-    return pooled(table, encode_all(featurizer, texts, desc), featurizer.spec.prior_tokens)
 
 
 @dataclass(frozen=True, slots=True)
