@@ -384,3 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"model-router: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `model-router report ... | head`: the reader left early, which is not a crash
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 141  # what a shell reports for a process ended by SIGPIPE

@@ -213,3 +213,23 @@ def test_serve_ignores_sighup_until_it_can_reload(monkeypatch: pytest.MonkeyPatc
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert seen == [signal.SIG_IGN]
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model-router eval ... | head -1``: stdout's pipe is closed while eval still prints; exit as SIGPIPE would."""
+    import io
+    import os
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({**ITEM, "id": str(i)}) + "\n" for i in range(5)))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone: every write to the pipe fails with EPIPE
+    closed = io.TextIOWrapper(os.fdopen(write_end, "wb", buffering=0), line_buffering=True)
+    monkeypatch.setattr("sys.stdout", closed)
+    try:
+        assert main(["eval", "--heuristic", "--data", str(data), "--out", str(tmp_path / "o")]) == 141
+        closed.write("the exit's own flush\n")  # now goes to /dev/null instead of raising again
+        closed.flush()
+    finally:
+        monkeypatch.undo()
+        closed.close()
