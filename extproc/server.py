@@ -28,9 +28,9 @@ from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.errors import CANNOT_START, ConfigError
 from extproc.health_http import Health
 from extproc.learning import start_learning
-from extproc.reload import load_model_for, reload_snapshot, watch_config
+from extproc.reload import ReusingLoader, load_model_for, reload_snapshot, watch_config
 from extproc.service import ExternalProcessorService
-from extproc.snapshot import SnapshotRef
+from extproc.snapshot import SnapshotRef, candidate_settings
 from extproc.telemetry import Telemetry
 from extproc.tls import server_credentials
 from extproc.wsgi_server import ListenError, serve_wsgi
@@ -204,10 +204,15 @@ async def serve(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task[None]] = set()
     serial = threading.Lock()  # SIGHUP and the file watcher may both reload at once
+    load_model = ReusingLoader(load_model_for)
+    load_model.seed(snapshots.current.settings, snapshots.current.model)
+    candidate = candidate_settings(snapshots.current.settings)
+    if candidate is not None and snapshots.current.candidate is not None:
+        load_model.seed(candidate, snapshots.current.candidate)
 
     async def reload() -> None:
         applied = await asyncio.to_thread(
-            reload_snapshot, config_path, snapshots, load_model_for, learning.reconfigure, serial
+            reload_snapshot, config_path, snapshots, load_model, learning.reconfigure, serial
         )
         telemetry.config_reloaded(applied)
 
@@ -225,7 +230,7 @@ async def serve(
                 snapshots,
                 telemetry.config_reloaded,
                 poll,
-                load_model_for,
+                load_model,
                 learning.reconfigure,
                 serial,
                 also=(learning.key_file,) if learning.key_file else (),

@@ -59,14 +59,23 @@ class Snapshot:
         return self.tenants.get(tenant) or self.tenants[None]
 
 
-def _load_candidate(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> DifficultyModel | None:
-    """The candidate model, loaded like the live one from its own directory; errors name its field."""
+def candidate_settings(settings: Settings) -> Settings | None:
+    """The settings the candidate model is loaded with (an ONNX model from ``classifier.candidate_model_dir``), or
+    None without a candidate."""
     path = settings.classifier.candidate_model_dir
     if path is None:
         return None
     classifier = settings.classifier.model_copy(update={"kind": "onnx", "model_dir": path, "candidate_model_dir": None})
+    return settings.model_copy(update={"classifier": classifier})
+
+
+def _load_candidate(settings: Settings, load_model: Callable[[Settings], DifficultyModel]) -> DifficultyModel | None:
+    """The candidate model, loaded like the live one from its own directory; errors name its field."""
+    candidate = candidate_settings(settings)
+    if candidate is None:
+        return None
     try:
-        return load_model(settings.model_copy(update={"classifier": classifier}))
+        return load_model(candidate)
     except ConfigError as exc:
         raise ConfigError(
             [p.replace("classifier.model_dir", "classifier.candidate_model_dir", 1) for p in exc.problems]

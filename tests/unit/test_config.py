@@ -760,3 +760,31 @@ def test_a_reload_that_adds_a_catalog_cluster_names_it_and_the_route_envoy_needs
     path.write_text(yaml.safe_dump(data))
     assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
     assert not any("new catalog cluster" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reload_reuses_the_loaded_model_until_its_settings_or_files_change(tmp_path: Path) -> None:
+    """Every reload loaded the ONNX model again (23% less throughput during a SIGHUP storm in a review)."""
+    import os
+
+    from extproc.reload import ReusingLoader
+
+    loads: list[str] = []
+
+    def load(settings: Settings) -> FakeDifficultyModel:
+        loads.append(str(settings.classifier.model_dir))
+        return FakeDifficultyModel()
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.onnx").write_bytes(b"v1")
+    settings = load_config(ENVOY_DIR / "model-router.yaml")
+    mine = settings.model_copy(update={"classifier": settings.classifier.model_copy(update={"model_dir": model_dir})})
+    loader = ReusingLoader(load)
+    first = loader(mine)
+    assert loader(mine) is first and loader(mine.model_copy()) is first, "same settings and files: same model"
+    os.utime(model_dir / "model.onnx", ns=(1, 1))  # retrained into the same directory
+    assert loader(mine) is not first
+    seeded = FakeDifficultyModel()
+    loader.seed(settings, seeded)  # the shipped model loaded at start
+    assert loader(settings) is seeded
+    assert loads == [str(model_dir), str(model_dir)]
