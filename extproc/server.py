@@ -40,6 +40,8 @@ __all__ = ["serve"]
 _log = logging.getLogger("model_router.server")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 MESSAGE_HEADROOM = 1 << 20
+METRICS_PER_PEER = 4
+"""Connections one client address may hold on ``/metrics`` (of the 32 the server takes)."""
 """Room in a gRPC message beside a body of ``limits.max_body_bytes``: its headers, attributes and protobuf framing."""
 
 
@@ -59,7 +61,9 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
     """Serve ``/metrics`` on ``listen`` (``host:port``); return a stop function."""
     if not listen:
         return lambda: None
-    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http")
+    # A scraper needs one connection; capped per client address, one pod holding idle connections cannot take all
+    # the slots and blind Prometheus (the k8s NetworkPolicy opens this port to every source).
+    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http", max_per_peer=METRICS_PER_PEER)
 
 
 @contextlib.contextmanager

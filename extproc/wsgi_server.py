@@ -64,10 +64,13 @@ class BoundedConnections(ThreadingMixIn):
     """The listen backlog (socketserver's default is 5): every feedback POST through Envoy is a new connection, and
     a burst of 8 overflowed 5, so Envoy's short connect timeout answered 503 before the SYN was retried."""
 
-    def bound(self, max_connections: int, connection_seconds: float) -> None:
-        """Set the bounds (before the server serves)."""
+    def bound(self, max_connections: int, connection_seconds: float, max_per_peer: int | None = None) -> None:
+        """Set the bounds (before the server serves). ``max_per_peer``: connections one client address may hold, so
+        that one idle client cannot take every slot from the others (e.g. Prometheus from ``/metrics``)."""
         self.connection_slots = threading.BoundedSemaphore(max_connections)
         self.connection_seconds = connection_seconds
+        self.max_per_peer = max_per_peer
+        self._per_peer: dict[str, int] = {}
         self._deadlines: dict[Any, float] = {}
         self._deadlines_lock = threading.Lock()
 
@@ -78,7 +81,15 @@ class BoundedConnections(ThreadingMixIn):
                 self._deadlines[request] = time.monotonic() + self.connection_seconds
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.connection_slots.acquire(blocking=False):
+        peer = str(client_address[0])
+        with self._deadlines_lock:
+            held = self._per_peer.get(peer, 0)
+            over_peer = self.max_per_peer is not None and held >= self.max_per_peer
+            if not over_peer:
+                self._per_peer[peer] = held + 1
+        if over_peer or not self.connection_slots.acquire(blocking=False):
+            if not over_peer:
+                self._release_peer(peer)
             self.refused(client_address)
             self.shutdown_request(request)  # type: ignore[attr-defined]  # socketserver.BaseServer's
             return
@@ -87,19 +98,28 @@ class BoundedConnections(ThreadingMixIn):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._done(request)
+            self._done(request, client_address)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._done(request)
+            self._done(request, client_address)
 
-    def _done(self, request: Any) -> None:
+    def _done(self, request: Any, client_address: Any) -> None:
         with self._deadlines_lock:
             self._deadlines.pop(request, None)
+        self._release_peer(str(client_address[0]))
         self.connection_slots.release()
+
+    def _release_peer(self, peer: str) -> None:
+        with self._deadlines_lock:
+            left = self._per_peer.get(peer, 1) - 1
+            if left > 0:
+                self._per_peer[peer] = left
+            else:
+                self._per_peer.pop(peer, None)
 
     def service_actions(self) -> None:
         """Run by ``serve_forever`` at every poll: end the connections past their time (their handler's read fails,
@@ -141,6 +161,7 @@ def serve_wsgi(
     max_connections: int = MAX_CONNECTIONS,
     timeout: float = TIMEOUT_SECONDS,
     connection_seconds: float = CONNECTION_SECONDS,
+    max_per_peer: int | None = None,
 ) -> Callable[[], None]:
     """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``) in a thread named ``name``; return a stop function
     (which waits up to ``poll_interval`` seconds for the serving loop to notice). :class:`ListenError` if it cannot
@@ -152,7 +173,7 @@ def serve_wsgi(
         server = make_server(host, port, app, server_class, handler)
     except (OSError, ValueError) as exc:
         raise ListenError(listen, exc) from None
-    server.bound(max_connections, connection_seconds)
+    server.bound(max_connections, connection_seconds, max_per_peer)
     thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), name=name, daemon=True)
     thread.start()
 

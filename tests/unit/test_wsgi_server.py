@@ -3,6 +3,7 @@ over the bound are closed at once instead of each getting a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -108,3 +109,26 @@ def test_a_connection_reset_mid_request_is_no_traceback_on_stderr(url: str, capf
     time.sleep(0.3)
     assert httpx.get(url).status_code == 200, "still serving"
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_one_client_holding_idle_connections_leaves_slots_for_the_others() -> None:
+    """A pod that opened every connection and sent nothing made 31 of 34 Prometheus scrapes fail (review 11 C)."""
+    port = free_port()
+    stop = serve_wsgi(f"127.0.0.1:{port}", _ok, "test-http", poll_interval=0.02, max_connections=4, max_per_peer=2)
+    held = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]  # idle, one address
+        time.sleep(0.2)
+        refused = 0
+        for s in held:
+            s.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):  # still open: one of the two this address may hold
+                refused += s.recv(1) == b""  # closed by the server at once
+        assert refused == 4
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        assert other.get(f"http://127.0.0.1:{port}/").status_code == 200, "another address still gets a slot"
+        other.close()
+    finally:
+        for s in held:
+            s.close()
+        stop()
