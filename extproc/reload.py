@@ -74,9 +74,10 @@ def _model_key(settings: Settings) -> _ModelKey:
 class ReusingLoader:
     """:func:`load_model_for` for reloads: a config whose classifier settings and model files did not change gets
     the model already loaded. Every reload loaded the ONNX model again, which cost 23% of the throughput during a
-    storm of SIGHUPs and missed classifier deadlines meanwhile. Keeps the models of the last ``size`` keys."""
+    storm of SIGHUPs and missed classifier deadlines meanwhile. Keeps the models of the last ``size`` keys: the live
+    model and the candidate, so a replaced model's memory is given back."""
 
-    def __init__(self, load: Callable[[Settings], DifficultyModel] = load_model_for, size: int = 4) -> None:
+    def __init__(self, load: Callable[[Settings], DifficultyModel] = load_model_for, size: int = 2) -> None:
         self._load = load
         self._size = size
         self._models: dict[_ModelKey, DifficultyModel] = {}
