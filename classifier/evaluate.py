@@ -173,10 +173,10 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
         plt.close(fig)
 
 
-def _eval_items(path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, int]]:
-    """``path``'s items for ``eval`` (a JSON value that is not an object is ``{"_invalid": v}``), their line numbers,
-    and for each line that is not JSON, its position in the list -> its line number. EVAL.md asks for a line per item
-    even then."""
+def _eval_items(option: str, path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, int]]:
+    """``path``'s items (a JSON value that is not an object is ``{"_invalid": v}``), their line numbers, and for each
+    line that is not JSON, its position in the list -> its line number (``eval`` still scores it: EVAL.md asks for a
+    line per item). :class:`EvalError` naming ``option`` if the file cannot be read."""
     items: list[dict[str, Any]] = []
     lines: list[int] = []
     torn: dict[int, int] = {}
@@ -187,19 +187,17 @@ def _eval_items(path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, 
             items.append(item if isinstance(item, dict) else {"_invalid": item})
             lines.append(number)
     except (OSError, EOFError) as exc:
-        raise EvalError(f"cannot read --data {path} ({io_reason(exc)})") from None
+        raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
     return items, lines, torn
 
 
 def load_items(option: str, path: Path) -> list[dict[str, Any]]:
     """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
     that is not JSON) if it cannot be read."""
-    try:
-        return list(read_items(path))
-    except NotJsonLine as exc:
-        raise EvalError(f"cannot read {option} {path} (line {exc.number} is not JSON)") from None
-    except (OSError, EOFError) as exc:
-        raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
+    items, _, torn = _eval_items(option, path)
+    if torn:
+        raise EvalError(f"cannot read {option} {path} (line {min(torn.values())} is not JSON)")
+    return items
 
 
 def run_eval(
@@ -225,7 +223,7 @@ def run_eval(
     try:
         if plot is not None:
             _check_plot_support()
-        items, lines, torn = _eval_items(data)
+        items, lines, torn = _eval_items("--data", data)
         if not items:
             raise EvalError(f"--data {data} has no items")
         texts: list[str | None] = [None if i in torn else text_of(item) for i, item in enumerate(items)]

@@ -573,13 +573,19 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def read_config_file(path: Path) -> bytes:
+    """The file's bytes; an unreadable file is a ``ConfigError`` naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+
+
 def load_yaml(path: Path, data: bytes | None = None) -> object:
     """Read a YAML file (or parse ``data``, the bytes already read from it); an unreadable or malformed file is a
     ``ConfigError`` naming the file."""
     try:
-        text = path.read_text(encoding="utf-8") if data is None else data.decode("utf-8")
-    except OSError as exc:
-        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+        text = (read_config_file(path) if data is None else data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:

@@ -223,25 +223,28 @@ class FeedbackRecorder:
         until the line is appended (at most ``write_wait_seconds``): for threads, not the event loop.
         """
         result, written = self._submit(decision_id, score, model, source, token)
+        ok = None
         if written is not None:
-            try:
-                ok: bool | None = written.result(self._write_wait)
-            except concurrent.futures.TimeoutError:
-                ok = None
-            result = self._settle(result, ok)
-        self._on_result(result.status.value, source)
-        return result
+            with contextlib.suppress(TimeoutError):  # concurrent.futures' TimeoutError is the builtin since 3.11
+                ok = written.result(self._write_wait)
+        return self._finish(result, written, ok, source)
 
     async def submit_async(
         self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
     ) -> FeedbackResult:
         """:meth:`submit` for the event loop: waits for the write without blocking it."""
         result, written = self._submit(decision_id, score, model, source, token)
+        ok = None
         if written is not None:
-            try:
-                ok: bool | None = await asyncio.wait_for(asyncio.wrap_future(written), self._write_wait)
-            except TimeoutError:
-                ok = None
+            with contextlib.suppress(TimeoutError):
+                ok = await asyncio.wait_for(asyncio.wrap_future(written), self._write_wait)
+        return self._finish(result, written, ok, source)
+
+    def _finish(
+        self, result: FeedbackResult, written: concurrent.futures.Future[bool] | None, ok: bool | None, source: str
+    ) -> FeedbackResult:
+        """Count and return the answer: ``result`` itself if nothing was queued, else what the write came to."""
+        if written is not None:
             result = self._settle(result, ok)
         self._on_result(result.status.value, source)
         return result

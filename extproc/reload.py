@@ -18,7 +18,7 @@ from pathlib import Path
 
 from classifier.loader import DEFAULT_MODEL_DIR, load_difficulty_model
 from classifier.model import DifficultyModel
-from extproc.config import Settings, load_config
+from extproc.config import Settings, load_config, read_config_file
 from extproc.errors import ConfigError
 from extproc.fail_open_lua import render_fail_open_lua
 from extproc.snapshot import Snapshot, SnapshotRef, build_snapshot
@@ -107,10 +107,7 @@ class ReusingLoader:
 
 def load_snapshot(path: Path, load_model: Callable[[Settings], DifficultyModel] = load_model_for) -> Snapshot:
     """Read, validate and resolve the config at ``path`` into a ready snapshot (with the digest of the bytes read)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    data = read_config_file(path)
     snapshot = build_snapshot(load_config(path, data), load_model)
     return dataclasses.replace(snapshot, config_digest=hashlib.sha256(data).digest())
 
