@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,13 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def cpu_us(call: Callable[[str], object], text: str) -> float:
+    """Thread CPU time of ``call(text)`` in µs."""
+    start = time.thread_time_ns()
+    call(text)
+    return (time.thread_time_ns() - start) / 1000
+
+
 def prompts_of_length(pool: list[str], length: int, count: int, rng: random.Random) -> list[str]:
     """``count`` texts of exactly ``length`` characters, each starting at a random prompt of the pool."""
     out = []
@@ -42,6 +50,33 @@ def prompts_of_length(pool: list[str], length: int, count: int, rng: random.Rand
             text += rng.choice(pool) + "\n\n"
         out.append(text[:length])
     return out
+
+
+NON_ASCII = {
+    "russian": "Объясните, пожалуйста, теорему Пифагора и приведите её доказательство.",
+    "chinese": "请解释一下量子纠缠的基本原理，并举例说明它在量子计算中的应用。",  # noqa: RUF001  (Chinese comma)
+    "arabic": "اشرح لي نظرية فيثاغورس مع البرهان من فضلك.",
+    "emoji": "🙂🚀 hello 🎉🔥",
+}
+"""One sentence per script for the stress rows (the shared prompts are almost all English)."""
+
+
+def repeated(text: str, length: int, gap: str) -> str:
+    """``text`` repeated with ``gap`` between copies, cut to exactly ``length`` characters."""
+    return ((text + gap) * (length // (len(text) + len(gap)) + 1))[:length]
+
+
+def stress_shapes(pool: list[str], length: int, count: int, rng: random.Random) -> dict[str, list[str]]:
+    """Texts the cut's de-duplication reads widest: one prompt repeated to ``length`` (by line or within a line),
+    and non-English sentences repeated. Not the bar's distribution: they show how far the cost moves with the text."""
+    short = [p for p in pool if 40 <= len(p) <= 400]
+    shapes = {
+        "one prompt repeated, by line": [repeated(rng.choice(short), length, "\n\n") for _ in range(count)],
+        "one prompt repeated, in line": [repeated(rng.choice(short), length, " ") for _ in range(count)],
+    }
+    for script, sentence in NON_ASCII.items():
+        shapes[f"{script} repeated, in line"] = [repeated(sentence, length, " ")] * count
+    return shapes
 
 
 def main() -> int:
@@ -60,6 +95,7 @@ def main() -> int:
     rng = random.Random(0)
     sizes = (100, 1000, 8000)
     texts_by_size = {n: prompts_of_length(pool, n, args.runs, rng) for n in sizes}
+    shapes = stress_shapes(pool, sizes[-1], args.runs // 4, rng)
     del pool
     baseline = rss_mb()
 
@@ -96,6 +132,11 @@ def main() -> int:
     for length in sizes:
         w50, w99, c50, c99 = np.median(np.asarray(stats[length]), axis=0)
         print(f"{length:>6} {w50:9.0f} {w99:9.0f} {c50:8.0f} {c99:8.0f}")
+    print(f"stress shapes at {sizes[-1]} characters (one round; thread CPU µs):")
+    for name, texts in shapes.items():
+        cpu = np.asarray([cpu_us(model.predict, text) for text in texts])
+        c50, c99 = np.percentile(cpu, [50, 99])
+        print(f"  {name:<32} p50 {c50:5.0f}  p99 {c99:5.0f}")
     print(
         f"RSS: interpreter+numpy {baseline:.0f} MB, after load {after_load:.0f} MB, after runs {rss_mb():.0f} MB"
         f" (classifier share {after_load - baseline:.0f} MB)"

@@ -53,6 +53,36 @@ def _distinct_words(text: str) -> str:
     return " ".join(dict.fromkeys(text.split()))
 
 
+def _inside_word(text: str, at: int) -> bool:
+    """Whether a window edge at ``at`` cuts a word (``str.split``'s whitespace on neither side)."""
+    return 0 < at < len(text) and not text[at - 1].isspace() and not text[at].isspace()
+
+
+def _one_block(text: str, start: int, end: int, period: int) -> str:
+    """``text[start:end]`` of a ``period``-repeated text, from a block boundary: one block and the last partial one.
+
+    Every block ends in whitespace, so no word spans two blocks, each whole block holds the same words, and the
+    partial block's words are the block's own except perhaps its last, which the edge may cut: the de-duplicated
+    words are the same.
+    """
+    if end - start <= period:
+        return text[start:end]
+    return text[start : start + period] + text[end - (end - start) % period : end]
+
+
+def _period(text: str) -> int:
+    """A period ``p`` of ``text`` (``text[i] == text[i + p]`` throughout) that ends in whitespace, or 0.
+
+    Such a text is one block of whole words repeated (the prompt pasted again and again), so a window of it holds
+    the words of one block plus the block's start up to the window's edge: see :meth:`TextCut._head`. Only the
+    first recurrence of the text's opening is tried, so the test costs one substring search and one comparison.
+    """
+    p = text.find(text[:32], 1)
+    if p <= 0 or 2 * p > len(text) or not text[p - 1].isspace() or text[p:] != text[: len(text) - p]:
+        return 0
+    return p
+
+
 @dataclass(frozen=True, slots=True)
 class TextCut:
     """Keep the first ``head_chars`` and the last ``tail_chars`` characters of a longer text.
@@ -62,7 +92,9 @@ class TextCut:
     the same filler word many times cannot push the prompt's own words out of the kept start and end. Only windows
     at the two ends are read: ``WINDOW`` times the kept size, doubled while repeats leave too little text, up to
     ``MAX_WINDOW`` times, so the cost is bounded for any input and small for ordinary prompts. Texts up to twice the
-    kept size are de-duplicated whole.
+    kept size are de-duplicated whole. The windows are *defined* as re-split from scratch at each size; the reading
+    is cheaper (each character once, or one block of a pasted-again text) and gives the same text, which a property
+    test checks against that definition: the cut is part of the model, so its speed-ups must not change it.
     """
 
     head_chars: int = 256
@@ -86,31 +118,78 @@ class TextCut:
                 return text
             tail = text[len(text) - self.tail_chars :] if self.tail_chars else ""
             return text[: self.head_chars] + CUT_JOINER + tail
-        head, whole = self._head(text)
+        head, whole, period = self._head(text)
         if whole and len(head) <= keep + len(CUT_JOINER):  # the window grew over all of a very repetitive text
             return head
-        return head[: self.head_chars] + CUT_JOINER + self._tail(text)
+        return head[: self.head_chars] + CUT_JOINER + self._tail(text, period)
 
-    def _head(self, text: str) -> tuple[str, bool]:
-        """The de-duplicated start of ``text`` (at least ``head_chars`` long, or all of it) and whether it is all."""
+    def _head(self, text: str, period: int | None = None) -> tuple[str, bool, int]:
+        """The de-duplicated start of ``text`` (at least ``head_chars`` long, or all of it), whether it is all, and
+        the text's :func:`_period` if the first window was not enough (else 0). A given ``period`` is used as is.
+
+        Equal to ``_distinct_words(text[:window])`` for the first window of the growing series that is long enough,
+        but each character is read once: a grown window reads only what it adds, re-reading the word its previous
+        edge cut (and forgetting that word's cut-off piece if only the cut made it new). A text of one repeated
+        block reads one block and the block's start up to the window's edge instead.
+        """
+        seen: dict[str, None] = {}
+        cut_word, cut_word_is_new = "", False
+        done = 0
         scale = self.WINDOW
         while True:
             window = int(self.head_chars * scale)
-            head = _distinct_words(text[:window])
+            if period:
+                head = _distinct_words(_one_block(text, 0, min(window, len(text)), period))
+            else:
+                if cut_word_is_new:
+                    del seen[cut_word]
+                ws = text[done - len(cut_word) : window].split()
+                last_was_seen = bool(ws) and ws[-1] in seen
+                seen.update(dict.fromkeys(ws))
+                head = " ".join(seen)
             if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
-                return head, window >= len(text)
+                return head, window >= len(text), period or 0
+            if period is None:  # the start repeats itself: is the text one pasted block?
+                period = _period(text)
+            if not period:
+                cut_word = ws[-1] if ws and _inside_word(text, window) else ""
+                cut_word_is_new = bool(cut_word) and not last_was_seen and ws.count(cut_word) == 1
+                done = window
             scale *= 2
 
-    def _tail(self, text: str) -> str:
-        """The last ``tail_chars`` characters of the de-duplicated end of ``text``."""
+    def _tail(self, text: str, period: int) -> str:
+        """The last ``tail_chars`` characters of the de-duplicated end of ``text``.
+
+        Equal to ``_distinct_words(text[-window:])`` for the first long-enough window, read once as in :meth:`_head`.
+        A grown window puts its new words *before* the ones read, so it keeps the first word read apart (the new
+        edge may join it to the word before) and the de-duplicated rest, and rebuilds the order from the new words.
+        """
         if not self.tail_chars:
             return ""
+        first: list[str] = []  # the first word of the window read so far (none while it holds only whitespace)
+        rest: dict[str, None] = {}  # the window's other words, de-duplicated in first-seen order
+        done = len(text)
         scale = self.WINDOW
         while True:
             window = int(self.tail_chars * scale)
-            tail = _distinct_words(text[max(0, len(text) - window) :])
+            start = max(0, len(text) - window)
+            if period:  # the end of a block, then whole blocks (ending in whitespace) from a block boundary on
+                boundary = -(-start // period) * period
+                ws = (text[start:boundary] + " " + _one_block(text, boundary, len(text), period)).split()
+            else:
+                ws = text[start:done].split()
+                if first and ws and _inside_word(text, done):
+                    ws[-1] += first[0]
+                else:
+                    ws += first
+            seen = dict.fromkeys(ws)
+            seen.update(rest)
+            tail = " ".join(seen)
             if len(tail) >= self.tail_chars or window >= len(text) or scale >= self.MAX_WINDOW:
                 return tail[max(0, len(tail) - self.tail_chars) :]
+            if ws and not period:
+                first, rest = ws[:1], dict.fromkeys(ws[1:]) | rest
+            done = start
             scale *= 2
 
 

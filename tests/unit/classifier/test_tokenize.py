@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from classifier.loader import DEFAULT_MODEL_DIR
-from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer, words
+from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer, _period, words
 from tests.unit.classifier.tiny import TINY_VOCAB, tiny_tokenizer
 
 CUT = TextCut(head_chars=10, tail_chars=5)
@@ -54,6 +56,88 @@ def test_cut_is_idempotent() -> None:
 def test_cut_bounds_length() -> None:
     cut = TextCut()
     assert len(cut.apply("word " * 100_000)) <= cut.head_chars + cut.tail_chars + len(CUT_JOINER)
+
+
+def _reference_window(cut: TextCut, text: str, size: int, at_end: bool) -> str:
+    """The de-duplicated window the cut's contract defines: the words of the first ``size * WINDOW * 2**k``
+    characters (or the last, ``at_end``) without repeats, for the smallest k that gives enough text, at most
+    ``MAX_WINDOW``. Re-splits every window; the runtime reads each character once and must give the same text."""
+    scale = cut.WINDOW
+    while True:
+        window = int(size * scale)
+        piece = text[max(0, len(text) - window) :] if at_end else text[:window]
+        out = " ".join(dict.fromkeys(piece.split()))
+        if len(out) >= size or window >= len(text) or scale >= cut.MAX_WINDOW:
+            return out
+        scale *= 2
+
+
+def _assert_windows_match_reference(cut: TextCut, text: str) -> None:
+    """Both ways of reading: each character once, and (for a repeated block) one block per window."""
+    want_head = _reference_window(cut, text, cut.head_chars, at_end=False)
+    tail = _reference_window(cut, text, cut.tail_chars, at_end=True)
+    want_tail = tail[max(0, len(tail) - cut.tail_chars) :]
+    for period in {0, _period(text)}:
+        assert cut._head(text, period)[0] == want_head, period
+        assert cut._head(text)[0] == want_head
+        assert cut._tail(text, period) == want_tail, period
+
+
+_PIECES = st.sampled_from(["a", "ab", "abc", "x", "é", "🙂", "longword", "w1", "w2", "w3", "v7", "v8"])
+_GAPS = st.sampled_from([" ", "  ", "\n", "\n\n", "\t", "\u3000", "\xa0", "", " \n "])
+
+
+@settings(max_examples=400)
+@given(
+    parts=st.lists(st.tuples(_PIECES, _GAPS), max_size=120),
+    repeat=st.integers(min_value=1, max_value=12),
+    head_chars=st.sampled_from([1, 2, 5, 10, 17, 40, 256]),
+    tail_chars=st.sampled_from([1, 2, 5, 7, 96]),
+)
+def test_cut_windows_read_once_equal_the_reference(
+    parts: list[tuple[str, str]], repeat: int, head_chars: int, tail_chars: int
+) -> None:
+    """Window edges inside words, words that only the cut made new, lines seen before: all as if re-split."""
+    text = "".join(word + gap for word, gap in parts) * repeat
+    _assert_windows_match_reference(TextCut(head_chars=head_chars, tail_chars=tail_chars), text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("Write a function that sorts a list.\n\n" * 250, id="prompt-repeated-by-line"),
+        pytest.param("Write a function that sorts a list. " * 250, id="prompt-repeated-in-line"),
+        pytest.param("word " * 1600 + " ".join(f"q{i}" for i in range(200)), id="filler-then-question"),
+        pytest.param("x" * 9000 + " tail words", id="one-long-word"),
+        pytest.param("log line 1\nlog line 2\n" * 300 + "new line\n" + "log line 1\n" * 300, id="log-lines"),
+    ],
+)
+def test_cut_windows_of_long_repetitive_text_equal_the_reference(text: str) -> None:
+    _assert_windows_match_reference(TextCut(), text)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        pytest.param("Sort a list, please.\n\n" * 20, 22, id="repeated-by-line"),
+        pytest.param(("Sort a list, please. " * 20)[:-5], 21, id="repeated-in-line-cut-short"),
+        pytest.param("ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab", 3, id="one-word"),
+        pytest.param("Sort a list, please." * 20, 0, id="blocks-fuse-into-words"),
+        pytest.param("Sort a list, please. Then sort it again. " + "x" * 40, 0, id="not-repeated"),
+        pytest.param("Sort a list. " * 5 + "Then print it. " + "Sort a list. " * 5, 0, id="repeated-then-changed"),
+    ],
+)
+def test_period_finds_a_pasted_block(text: str, want: int) -> None:
+    """The one-block reading is used only where it holds: whole-word blocks repeated from the start."""
+    assert _period(text) == want
+
+
+def test_a_word_cut_by_a_window_edge_keeps_its_earlier_place() -> None:
+    """The second window ends inside "xyz"; its "xy" was seen in the first window, so growing must not drop it."""
+    text = "xy xy xy xy xy " + "q q q q q q  xy" + "z aa bb cc dd ee ff gg hh"
+    cut = TextCut(head_chars=10, tail_chars=5)
+    assert cut._head(text, 0)[0] == "xy q xyz aa bb cc dd ee ff gg hh"
+    _assert_windows_match_reference(cut, text)
 
 
 @pytest.mark.parametrize(
