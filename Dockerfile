@@ -15,8 +15,9 @@ COPY classifier/*.py classifier/
 # The classifier model (model.onnx, tokenizer.json, metadata.json), installed as package data.
 COPY classifier/models/default/ classifier/models/default/
 # constraints.txt: the exact versions the tests passed with, so two builds of one commit hold the same packages.
+# The check runs from / so that `import classifier` finds the installed package, not the source copy in /src.
 RUN /opt/model-router/bin/pip install -c constraints.txt . \
- && /opt/model-router/bin/python -c "import pathlib, classifier; m = pathlib.Path(classifier.__file__).parent / 'models/default/model.onnx'; assert m.is_file(), m"
+ && cd / && /opt/model-router/bin/python -c "import pathlib, classifier; m = pathlib.Path(classifier.__file__).parent / 'models/default/model.onnx'; assert m.is_file() and '/src/' not in str(m), m"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # MALLOC_MMAP_THRESHOLD_: allocations over 128 KiB (request bodies, parsed JSON) go back to the system when freed.

@@ -11,6 +11,12 @@ DEV_STAMP := $(VENV)/.dev-installed
 OTEL_PROTO_FIX = $(PIP) install -q --force-reinstall --no-deps \
 	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 TRAIN_STAMP := $(VENV)/.train-installed
+# The shared data set next to this checkout (public benchmark outcomes and prompts; ../shared/data/SOURCES.md):
+# training, the benchmarks, the soak and the gaming tests read it. Checked first, so a missing copy is one clear line.
+SHARED_DATA := ../shared/data
+CHECK_DATA = @test -f $(SHARED_DATA)/outcomes.jsonl.gz -a -f $(SHARED_DATA)/prompts.jsonl.gz || { \
+	echo "$@ needs the shared data set: $(SHARED_DATA)/outcomes.jsonl.gz and prompts.jsonl.gz next to this checkout" \
+	"(see $(SHARED_DATA)/SOURCES.md); make demo does not"; exit 2; }
 
 .PHONY: demo test lint unit integration train bench soak install lock clean
 
@@ -36,6 +42,7 @@ $(SYSTEM_STAMP): $(DEV_STAMP)
 
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so that can't pass silently.
 test: $(DEV_STAMP) $(SYSTEM_STAMP) lint
+	$(CHECK_DATA)
 	$(PY) -m pytest -q
 
 unit: $(DEV_STAMP)
@@ -49,20 +56,25 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy extproc devstack classifier bench
 
-# The [train] extra pins torch==2.13.0: a looser pin would pull several GB of CUDA wheels.
+# The [train] extra pins torch==2.13.0, which this project's machines resolve to a local CPU wheel (pip's find-links).
+# Elsewhere PyPI's torch wheel pulls several GB of CUDA packages: install the CPU build first, e.g.
+#   .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 $(TRAIN_STAMP): $(DEV_STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[dev,train]'
 	@touch $@
 
 train: $(TRAIN_STAMP)
+	$(CHECK_DATA)
 	HF_HUB_OFFLINE=1 $(PY) -m classifier.train
 
 # >= 5 minutes of real prompts through Envoy + router; fails on any failed/corrupted request, RSS growth, leaked stream.
 soak: $(DEV_STAMP)
+	$(CHECK_DATA)
 	$(PY) -m devstack.soak $(SOAK_ARGS)
 
 # Interleaved E / N / router runs with wrk (Debian package), then the classifier micro-benchmark. ~6.5 min.
 bench: $(DEV_STAMP)
+	$(CHECK_DATA)
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.run $(BENCH_ARGS)
 

@@ -421,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"score the four listed pairs per source, or every pair with a mean-outcome gap >= {MIN_GAP}",
     )
     args = parser.parse_args(argv)
+    t.check_data_dir(parser, args.data)
     spec = FeatureSpec(
         cut=TextCut(head_chars=args.head_chars, tail_chars=args.tail_chars),
         length_cap_tokens=args.length_cap,

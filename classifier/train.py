@@ -636,6 +636,15 @@ def train(data_dir: Path, out: Path, cache: Path, log: Callable[[str], None], fu
         log(f"warning: {warning}")
 
 
+def check_data_dir(parser: argparse.ArgumentParser, data: Path) -> None:
+    """Exit 2 with one line, not a traceback, when ``--data`` holds no ``outcomes.jsonl.gz``."""
+    if not (data / "outcomes.jsonl.gz").is_file():
+        parser.error(
+            f"--data {data}: no outcomes.jsonl.gz there (the shared data set, ../shared/data next to this checkout by "
+            "default; see its SOURCES.md)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m classifier.train", description=__doc__.splitlines()[0])
@@ -646,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--full-table", action="store_true", help="export the int8 128-dim table and the head unfolded (3.9 MB)"
     )
     args = parser.parse_args(argv)
+    check_data_dir(parser, args.data)
     try:
         train(args.data, args.out, args.cache, lambda line: print(line, file=sys.stderr), full_table=args.full_table)
     except OutDirError as exc:

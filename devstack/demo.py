@@ -4,6 +4,7 @@ where each one went and why (from the router's JSON decision log, matched by dec
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import tempfile
@@ -14,7 +15,9 @@ from typing import Any
 
 import openai
 
+from classifier.loader import load_difficulty_model
 from devstack.stack import Stack
+from extproc.config import load_config
 
 MATH_PROMPT = (
     "Let $f(x) = x^3 - 3x + 1$. Find the sum of the squares of the roots, then compute $\\int_0^1 f(x)\\,dx$ and "
@@ -131,6 +134,23 @@ def _gaming_line(table: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _tiers_line(config: Path) -> str:
+    """How hard a prompt each catalog model is trusted with at the config's quality target, from its ability."""
+    settings = load_config(config)
+    target = settings.policy.quality_target
+    abilities = load_difficulty_model(settings.classifier.kind, settings.classifier.model_dir).default_abilities
+    limits = []
+    for entry in settings.catalog:
+        ability = entry.ability if entry.ability is not None else abilities.get(entry.name)
+        if ability is not None:
+            limits.append(f"{entry.name} up to {ability - math.log(target / (1 - target)):+.2f}")
+    return (
+        f"At the quality target {target} a model is chosen for a prompt of difficulty at most: {', '.join(limits)}. "
+        "Few real prompts score low enough for the small tier (a one-word greeting does); a lower target "
+        "(x-model-router-quality) or abilities fitted on your own outcomes (python -m classifier.irt) change that."
+    )
+
+
 def run() -> int:
     """Start the stack, send the prompts, print the table, stop everything."""
     workdir = Path(tempfile.mkdtemp(prefix="model-router-demo-"))
@@ -156,6 +176,11 @@ def run() -> int:
         header = (
             f"{'prompt':<46} {'tier':<9} {'model':<22} {'answered by':<11} "
             f"{'difficulty':>10} {'P(ok)':>6} {'router µs':>9}  why"
+        )
+        print(
+            "\nEach row: the tier/model the router chose, the fake upstream cluster that answered (Envoy routed "
+            "on the x-model-router-cluster header), the classifier's difficulty, the chosen model's predicted "
+            "success probability, the router's own decision time, and the policy's reason."
         )
         print("\n" + header + "\n" + "-" * len(header))
         for label, text, headers, model, _ms in rows:
@@ -190,9 +215,9 @@ def run() -> int:
         metrics = [
             line
             for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
-            if line.startswith(("model_router_decisions_total", "model_router_estimated_cost_saved_total"))
+            if line.startswith(("model_router_decisions_total", "model_router_estimated_cost_"))
         ]
-        print(f"\nRouter metrics (Prometheus) at {stack.metrics_url}:")
+        print(f"\nRouter metrics (Prometheus) at {stack.metrics_url} (all requests above, streaming and fallback too):")
         for line in metrics:
             print("  " + line)
         print(_fail_open(stack, client))
@@ -201,11 +226,7 @@ def run() -> int:
             "Traces: set telemetry.otlp_endpoint in envoy/model-router.yaml (or OTEL_EXPORTER_OTLP_ENDPOINT) and run "
             "an OTLP/gRPC collector on 127.0.0.1:4317; Envoy's tracer exports there too (envoy/envoy.yaml)."
         )
-        print(
-            "\nEach row: the tier/model the router chose, the fake upstream cluster that answered (Envoy routed "
-            "on the x-model-router-cluster header), the classifier's difficulty, the chosen model's predicted "
-            "success probability, the router's own decision time, and the policy's reason."
-        )
+        print("\n" + _tiers_line(stack.router_config_path))
         print(
             "The shipped classifier learned difficulty from benchmark outcomes (multiple choice, math, code, short "
             "QA), not chat: open-ended prompts such as [translate] or [algorithm] get untested scores "

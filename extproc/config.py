@@ -295,6 +295,10 @@ class PolicySettings(_Strict):
     quality_header: bool = False
     """Honour ``x-model-router-quality`` (0..1) per request. Off unless set: any client could otherwise ask for the
     most able (dearest) model, and client-supplied routing headers are ignored unless explicitly trusted."""
+    latency_header: bool = False
+    """Honour ``x-model-router-latency`` per request. Off unless set, like ``quality_header``: ``interactive`` skips
+    ``slow`` models, which may be the cheap ones, so any client could raise its cost. (``x-model-router-max-cost``
+    can only lower the cost, and is honoured by default.)"""
     expected_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 300
     """Used for cost estimates when the request sets no output limit."""
     allowed_constraints: tuple[Constraint, ...] = ("quality", "max_cost", "latency")

@@ -8,6 +8,7 @@ malformed constraint headers are rejected). Which headers a request may use depe
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -58,20 +59,27 @@ class RequestPolicy:
         return next((m for m in self.catalog if m.name == name), None)
 
 
+_NUMBER = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""A plain decimal number: ``float`` alone also takes ``1_0``, full-width digits, ``-0``, ``nan`` and ``inf``."""
+
+
+def _number(raw: str) -> float | None:
+    return float(raw) if _NUMBER.fullmatch(raw) else None
+
+
 def _parse_unit(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if 0.0 <= value <= 1.0 else None
+    value = _number(raw)
+    return value if value is not None and value <= 1.0 else None
 
 
 def _parse_cost(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
+    value = _number(raw)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _parse_latency(raw: str) -> str | None:
+    value = raw.lower()
+    return value if value in _LATENCIES else None
 
 
 def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> RequestPolicy:
@@ -83,15 +91,17 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
     reject = policy.invalid_constraint == "reject" and not view.shadow  # shadow mode changes nothing, not even this
     ignored: list[str] = []
     values: dict[str, object] = {}
+    # Headers that can raise a request's cost also need the operator's opt-in (max_cost can only lower it).
+    opted_in = {"quality": policy.quality_header, "latency": policy.latency_header}
     for name, header, parse, expected in (
         ("quality", QUALITY_HEADER, _parse_unit, "a number from 0 to 1"),
         ("max_cost", MAX_COST_HEADER, _parse_cost, "a non-negative number (the catalog's currency)"),
-        ("latency", LATENCY_HEADER, lambda v: v if v in _LATENCIES else None, "one of " + ", ".join(_LATENCIES)),
+        ("latency", LATENCY_HEADER, _parse_latency, "one of " + ", ".join(_LATENCIES)),
     ):
         raw = headers.get(header)
         if raw is None:
             continue
-        allowed = name in view.allowed_constraints and (name != "quality" or policy.quality_header)
+        allowed = name in view.allowed_constraints and opted_in.get(name, True)
         if not allowed:
             ignored.append(header)
             continue

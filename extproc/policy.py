@@ -160,7 +160,7 @@ def _no_eligible_model(default: ResolvedModel, catalog: Sequence[ResolvedModel])
 def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel]) -> Decision:
     """The decision on the merits among ``models`` (non-empty, all fit the context): ``max_cost`` excludes dearer
     ones (if it excludes all, the cheapest is chosen and the reason says so), then the rule, then a conversation's
-    ``min_ability`` excludes weaker models if any is that able."""
+    ``min_ability`` excludes weaker models if any is that able, else the most able one is chosen."""
 
     def cost(m: ResolvedModel) -> float:
         return estimate_cost(m, facts.input_tokens, facts.output_tokens)
@@ -178,6 +178,12 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
         if floor:
             sticky = _pick(difficulty, facts, floor)
             return Decision(sticky.model, Reason.STICKY_CONVERSATION, False, sticky.success_probability)
+        # No allowed model is that able (a cost cap or the latency class excludes them, or a reload removed the
+        # model): the closest to the floor, as a fallback does, not the rule's cheapest.
+        closest = max(models, key=lambda m: (m.ability, -cost(m)))
+        if closest.ability > decision.model.ability:
+            p = success_probability(closest.ability, difficulty)
+            return Decision(closest, Reason.STICKY_CONVERSATION, False, p)
     return decision
 
 

@@ -93,9 +93,13 @@ class _Request:
 
 
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
+    """One value per header name; a header sent several times is one comma-joined value, as HTTP defines it, so a
+    repeated constraint header is malformed (ignored, or a 400) rather than silently the last copy's."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
 
@@ -327,11 +331,14 @@ class StreamHandler:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused):
             # the request goes as without the router (the default model's name may still fit).
             return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
-        # A pinned request (a labeller replaying a captured conversation) must not raise that conversation's floor.
+        # Only a choice on the merits sets a conversation's floor: not a pinned request (a labeller replaying a
+        # captured conversation), and not a fallback (an image-only turn or a classifier timeout would otherwise
+        # lock the rest of the conversation onto the default model, often the dearest).
         if (
             memory_key is not None
             and self._memory is not None
             and not policy.shadow
+            and not decision.fallback
             and decision.reason is not Reason.TRUSTED_OVERRIDE
         ):
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies

@@ -251,10 +251,20 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.cost_saved = Counter(
-            "model_router_estimated_cost_saved",
-            "Estimated cost saved versus sending each request to its requested (or default) model, in the "
-            "catalog's currency; mode=shadow counts what shadow mode would have saved.",
+        # Two counters, not one of savings: a counter cannot go down, and a router choosing a dearer model (a
+        # conversation's floor, nothing cheaper meeting the target) must show as spending more, not as zero saved.
+        self.cost_baseline = Counter(
+            "model_router_estimated_cost_baseline",
+            "Estimated cost of the decided requests had each gone to its requested (or default) model, in the "
+            "catalog's currency; estimated savings = baseline - selected (mode=shadow: what shadow mode would have "
+            "saved). Pinned requests are not counted.",
+            ["mode"],
+            registry=r,
+        )
+        self.cost_selected = Counter(
+            "model_router_estimated_cost_selected",
+            "Estimated cost of the decided requests at the model the router chose, in the catalog's currency "
+            "(mode=shadow: the model it would have chosen). Pinned requests are not counted.",
             ["mode"],
             registry=r,
         )
@@ -353,9 +363,11 @@ class Telemetry:
                 self.classify_seconds.observe(rec.classify_seconds)
             if rec.candidate_selected_model:
                 self._child(self.candidate_decisions, rec.selected_model or "", rec.candidate_selected_model).inc()
-            if rec.cost_requested is not None and rec.cost_selected is not None:
+            pinned = rec.reason == Reason.TRUSTED_OVERRIDE  # not the router's choice (as model-router report)
+            if rec.cost_requested is not None and rec.cost_selected is not None and not pinned:
                 mode = "shadow" if rec.outcome is Outcome.SHADOW else "routed"
-                self._child(self.cost_saved, mode).inc(max(0.0, rec.cost_requested - rec.cost_selected))
+                self._child(self.cost_baseline, mode).inc(max(0.0, rec.cost_requested))  # prices are >= 0
+                self._child(self.cost_selected, mode).inc(max(0.0, rec.cost_selected))
         self._span(rec)
         self._log.record(rec)
 

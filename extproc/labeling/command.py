@@ -251,6 +251,12 @@ def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> P
         prompts = read_prompts(args.data, text_of)
     except OSError as exc:
         raise UsageError(f"--data {args.data}: {exc.strerror or exc}") from None
+    if not prompts.items:  # the wrong file (e.g. prompts without ids): say so instead of labelling nothing, exit 0
+        notes = "; ".join(input_notes(prompts, ResumeState(), args.out)) or "the file is empty"
+        raise UsageError(
+            f"--data {args.data}: no usable item ({notes}); each line must be an object with an id and the "
+            "request's messages (or prompt/input), as `model-router serve` captures them"
+        )
     try:
         resume = prepare_output(args.out, repair=False)  # repaired once this run holds the lock
     except OSError as exc:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["objects_in", "positive_int", "text_of_content"]
+import orjson
+
+__all__ = ["IMAGE_CHARS", "compact_json", "count_parts", "json_chars", "objects_in", "positive_int", "text_of_content"]
+
+IMAGE_CHARS = 4_000
+"""What one image adds to the size estimate, in characters (about 1,000 tokens at the estimate's 4 per token). The
+providers bill an image by its size, not its bytes: OpenAI 85 tokens at low detail and up to about 1,100 at high,
+Anthropic about 1,600 for a large one. Counting its base64 bytes would be far too high, and counting nothing too low
+for a model with a small context window."""
 
 
 def objects_in(body: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -33,6 +41,27 @@ def text_of_content(content: Any) -> str:
         ]
         return "\n".join(texts)
     return ""
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as compact JSON; empty if it cannot be written (nested deeper than orjson's limit of 255)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return ""
+
+
+def json_chars(value: Any) -> int:
+    """Characters of ``value`` as compact JSON (0 for an absent value): tool definitions, tool-call arguments and
+    output schemas are input the model is billed for and that fills its context window."""
+    return 0 if value is None else len(compact_json(value))
+
+
+def count_parts(content: Any, kinds: tuple[str, ...]) -> int:
+    """How many parts (blocks) of a list ``content`` have a ``type`` in ``kinds``."""
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") in kinds)
 
 
 def positive_int(value: Any) -> int | None:

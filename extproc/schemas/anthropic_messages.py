@@ -3,8 +3,8 @@
 The classifier reads the last user turn: its string ``content`` or its ``text`` blocks. A user turn with no text
 but ``tool_result`` blocks (the client answering a tool call) is read through the text inside those results, and if
 they hold none, through the previous user turn. Image and document blocks are skipped (the body keeps them).
-``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs and tool results count toward the size
-estimate only.
+``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs, tool results, the ``tools`` definitions
+and an allowance per image or document block count toward the size estimate only.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import orjson
-
-from extproc.schemas._text import objects_in, positive_int
+from extproc.schemas._text import IMAGE_CHARS, compact_json, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["AnthropicMessages"]
 
@@ -46,18 +44,10 @@ def _has_tool_result(content: Any) -> bool:
     return any(block.get("type") == "tool_result" for block in _blocks(content))
 
 
-def _json(value: Any) -> str:
-    """``value`` as compact JSON; empty if it cannot be written (nested deeper than orjson's limit of 255)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return ""
-
-
 def _tool_use_chars(content: Any) -> int:
     """Characters of the JSON ``input`` of the ``tool_use`` blocks of ``content``."""
     return sum(
-        len(_json(block.get("input")))
+        json_chars(block.get("input"))
         for block in _blocks(content)
         if block.get("type") == "tool_use" and "input" in block
     )
@@ -98,16 +88,18 @@ class AnthropicMessages:
             if message.get("role") == "assistant":
                 for block in _blocks(content):
                     if block.get("type") == "tool_use":
-                        parts.append(str(block.get("name")) + "\x1f" + _json(block.get("input")))
+                        parts.append(str(block.get("name")) + "\x1f" + compact_json(block.get("input")))
                 return "\x1e".join(parts)
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
-        """Characters of ``system`` and of every message's text, tool results and tool-use inputs."""
-        chars = len(_text(body.get("system")))
+        """Characters of ``system``, of every message's text, tool results and tool-use inputs, and of the ``tools``;
+        an allowance per image or document block."""
+        chars = len(_text(body.get("system"))) + json_chars(body.get("tools"))
         for message in objects_in(body, "messages"):
             content = message.get("content")
             chars += len(_text(content)) + len(_tool_results_text(content)) + _tool_use_chars(content)
+            chars += IMAGE_CHARS * count_parts(content, ("image", "document"))
         return chars
 
     def message_count(self, body: Mapping[str, Any]) -> int:

@@ -2,7 +2,8 @@
 
 The classifier reads the last user turn (what the model must answer now); string and content-part messages are
 supported, system and earlier turns count toward the size estimate only. Tool results and assistant turns are
-never classified.
+never classified. The size estimate also counts images, assistant ``tool_calls``, and the ``tools`` (legacy
+``functions``) and ``response_format`` the request sends.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import objects_in, positive_int, text_of_content
+from extproc.schemas._text import IMAGE_CHARS, count_parts, json_chars, objects_in, positive_int, text_of_content
 
 __all__ = ["OpenAIChat"]
 
@@ -45,8 +46,13 @@ class OpenAIChat:
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
-        """Characters of every message's text."""
-        return sum(len(text_of_content(m.get("content"))) for m in objects_in(body, "messages"))
+        """Characters of every message's text and tool calls, an allowance per image, and the tool definitions."""
+        chars = sum(json_chars(body.get(key)) for key in ("tools", "functions", "response_format"))
+        for message in objects_in(body, "messages"):
+            content = message.get("content")
+            chars += len(text_of_content(content)) + IMAGE_CHARS * count_parts(content, ("image_url",))
+            chars += json_chars(message.get("tool_calls")) + json_chars(message.get("function_call"))
+        return chars
 
     def message_count(self, body: Mapping[str, Any]) -> int:
         """Length of ``messages`` (0 if it is not a list)."""

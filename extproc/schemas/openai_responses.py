@@ -2,8 +2,8 @@
 
 ``input`` is a string or a list of items. The classifier reads the string, or the text parts (``input_text``,
 ``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
-``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs count
-toward the size estimate only.
+``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs, the
+``tools`` definitions and an allowance per image part count toward the size estimate only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import objects_in, positive_int
+from extproc.schemas._text import IMAGE_CHARS, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["OpenAIResponses"]
 
@@ -43,7 +43,8 @@ def _item_chars(item: Mapping[str, Any]) -> int:
         return len(arguments) if isinstance(arguments, str) else 0
     if kind in ("function_call_output", "custom_tool_call_output"):
         return len(_parts_text(item.get("output"), _ANY_TEXT_PARTS))
-    return len(_parts_text(item.get("content"), _ANY_TEXT_PARTS))
+    content = item.get("content")
+    return len(_parts_text(content, _ANY_TEXT_PARTS)) + IMAGE_CHARS * count_parts(content, ("input_image",))
 
 
 class OpenAIResponses:
@@ -82,9 +83,9 @@ class OpenAIResponses:
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
-        """Characters of ``instructions`` and of every input item's text."""
+        """Characters of ``instructions``, of every input item's text and of the ``tools``; an allowance per image."""
         instructions = body.get("instructions")
-        chars = len(instructions) if isinstance(instructions, str) else 0
+        chars = (len(instructions) if isinstance(instructions, str) else 0) + json_chars(body.get("tools"))
         items = body.get("input")
         if isinstance(items, str):
             return chars + len(items)

@@ -134,7 +134,8 @@ def test_metrics_count_known_traffic(stack: Stack) -> None:
     assert delta("model_router_decision_seconds_count") == 3
     assert delta("model_router_classify_seconds_count") == 3
     assert _metric(after, "model_router_streams_in_flight") == 0
-    assert "model_router_estimated_cost_saved_total" in after
+    assert "model_router_estimated_cost_baseline_total" in after
+    assert "model_router_estimated_cost_selected_total" in after
     assert "model_router_config_reloads_total" in after
 
 

@@ -44,6 +44,7 @@ def snap(invalid: str = "ignore") -> Snapshot:
                 "tenant_header": "x-tenant",
                 "invalid_constraint": invalid,
                 "quality_header": True,
+                "latency_header": True,
             },
             "catalog": CATALOG,
             "tenants": {
@@ -136,6 +137,11 @@ def test_resolve(
         ("x-model-router-max-cost", "-1"),
         ("x-model-router-max-cost", "nan"),
         ("x-model-router-latency", "asap"),
+        ("x-model-router-quality", "0.9_5"),
+        ("x-model-router-quality", "\uff11"),  # a full-width 1: float() reads it
+        ("x-model-router-quality", "-0"),
+        ("x-model-router-max-cost", "1e309"),
+        ("x-model-router-max-cost", "0.5, 0.01"),  # the header sent twice (stream.py joins repeats)
     ],
 )
 def test_reject_mode_names_the_header(header: str, value: str) -> None:
@@ -192,9 +198,39 @@ def test_fallback_table_leaves_out_names_it_cannot_splice(odd: str) -> None:
     assert "cheap2" not in small and small["cheap"] == "gpt-4o-mini"
 
 
-def test_the_quality_header_is_ignored_unless_the_config_trusts_it() -> None:
-    """Off by default: any client could otherwise ask for the dearest model."""
-    settings = parse_config({"policy": {"default_model": "gpt-4o"}, "catalog": CATALOG})
-    default = build_snapshot(settings, lambda _s: FakeDifficultyModel())
-    policy = resolve_request_policy({"x-model-router-quality": "0.99"}, default)
-    assert (policy.quality_target, policy.ignored) == (0.8, ("x-model-router-quality",))
+@pytest.mark.parametrize(
+    ("header", "value", "opt_in"),
+    [
+        ("x-model-router-quality", "0.99", "quality_header"),
+        ("x-model-router-latency", "interactive", "latency_header"),
+    ],
+)
+def test_a_header_that_raises_cost_is_ignored_unless_the_config_trusts_it(header: str, value: str, opt_in: str) -> None:
+    """Off by default: any client could otherwise ask for the dearest model (quality), or skip the slow models that
+    may be the cheap ones (latency), although both are in the default ``allowed_constraints``."""
+    for trusted in (False, True):
+        policy_settings = {"default_model": "gpt-4o", opt_in: trusted}
+        settings = parse_config({"policy": policy_settings, "catalog": CATALOG})
+        s = build_snapshot(settings, lambda _s: FakeDifficultyModel())
+        policy = resolve_request_policy({header: value}, s)
+        honoured = (policy.quality_target, policy.interactive) != (0.8, False)
+        assert (honoured, policy.ignored) == (trusted, () if trusted else (header,))
+
+
+@pytest.mark.parametrize(
+    ("headers", "quality", "max_cost", "interactive"),
+    [
+        pytest.param({"x-model-router-quality": " 0.9 "}, 0.9, None, False, id="whitespace-stripped"),
+        pytest.param({"x-model-router-quality": "1"}, 1.0, None, False, id="quality-one"),
+        pytest.param({"x-model-router-quality": "0"}, 0.0, None, False, id="quality-zero"),
+        pytest.param({"x-model-router-quality": ".5"}, 0.5, None, False, id="leading-dot"),
+        pytest.param({"x-model-router-max-cost": "1e-3"}, 0.8, 0.001, False, id="exponent"),
+        pytest.param({"x-model-router-max-cost": "+2"}, 0.8, 2.0, False, id="plus-sign"),
+        pytest.param({"x-model-router-latency": "Interactive"}, 0.8, None, True, id="latency-any-case"),
+    ],
+)
+def test_constraint_values_as_clients_write_them(
+    headers: dict[str, str], quality: float, max_cost: float | None, interactive: bool
+) -> None:
+    policy = resolve_request_policy(headers, snap("reject"))
+    assert (policy.quality_target, policy.max_cost, policy.interactive) == (quality, max_cost, interactive)

@@ -323,6 +323,20 @@ def test_command_rejects_bad_options_before_any_request(tmp_path: Path, extra: l
     assert code == 2 and message in err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(b'{"prompt": "2+2?", "source": "x"}\n' * 3, "3 malformed input lines skipped", id="no-ids"),
+        pytest.param(b"", "the file is empty", id="empty"),
+    ],
+)
+def test_command_refuses_an_input_without_one_usable_item(tmp_path: Path, content: bytes, message: str) -> None:
+    """The shared data's prompt file has no ids: labelling nothing and exiting 0 would look like success."""
+    (tmp_path / "prompts.jsonl").write_bytes(content)
+    code, _, err = run(tmp_path, never_called)
+    assert code == 2 and "no usable item" in err and message in err
+
+
 def test_command_rejects_a_single_model(tmp_path: Path) -> None:
     write_prompts(tmp_path, 1)
     args = parse(

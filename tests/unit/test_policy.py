@@ -62,13 +62,42 @@ def facts(
         pytest.param(1.5, facts(max_cost=0.0), "small", Reason.BUDGET_TOO_LOW, id="budget-below-all-cheapest"),
         pytest.param(-3.0, facts(min_ability=1.0), "cheap", Reason.STICKY_CONVERSATION, id="sticky-floor"),
         pytest.param(1.5, facts(min_ability=1.0), "frontier", Reason.CHEAPEST_MEETING_TARGET, id="sticky-no-cap"),
-        pytest.param(-3.0, facts(min_ability=9.0), "small", Reason.CHEAPEST_MEETING_TARGET, id="sticky-unreachable"),
+        pytest.param(-3.0, facts(min_ability=9.0), "frontier", Reason.STICKY_CONVERSATION, id="sticky-unreachable"),
+        # frontier (the floor) costs 0.00325 here, cheap 0.000195: the cap wins, and the closest to the floor serves.
+        pytest.param(
+            -3.0, facts(max_cost=0.001, min_ability=3.0), "cheap", Reason.STICKY_CONVERSATION, id="sticky-capped"
+        ),
+        pytest.param(-3.0, facts(max_cost=0.0, min_ability=3.0), "small", Reason.BUDGET_TOO_LOW, id="sticky-no-budget"),
     ],
 )
 def test_choose_model(difficulty: float, request_facts: RequestFacts, want: str, reason: Reason) -> None:
     decision = choose_model(Prediction(difficulty, 1.0), request_facts, CATALOG, FRONTIER)
     assert (decision.model.name, decision.reason) == (want, reason)
     assert decision.fallback is (reason is Reason.NO_ELIGIBLE_MODEL)
+
+
+# Equally able; A is cheap to read and dear to write, B the reverse: which is cheaper depends on the request's sizes.
+READS_CHEAP = ResolvedModel("reads-cheap", "c-a", "a", 0.1, 10.0, 1.0, 128_000)
+WRITES_CHEAP = ResolvedModel("writes-cheap", "c-b", "b", 5.0, 0.5, 1.0, 128_000)
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "output_tokens", "want"),
+    [
+        pytest.param(10_000, 300, "reads-cheap", id="long-prompt-short-answer"),  # 0.0040 vs 0.0502
+        pytest.param(100, 4_000, "writes-cheap", id="short-prompt-long-answer"),  # 0.0400 vs 0.0025
+    ],
+)
+def test_cost_weighs_input_and_output_prices_by_the_request(input_tokens: int, output_tokens: int, want: str) -> None:
+    request_facts = RequestFacts("auto", input_tokens, output_tokens, 0.8)
+    decision = choose_model(Prediction(-3.0, 1.0), request_facts, (READS_CHEAP, WRITES_CHEAP), READS_CHEAP)
+    assert decision.model.name == want
+
+
+def test_a_model_exactly_at_the_target_meets_it() -> None:
+    """P(ok) = sigmoid(0) = 0.5 against a target of 0.5: "reaches the target" includes equality."""
+    decision = choose_model(Prediction(1.0, 1.0), facts(target=0.5), CATALOG, FRONTIER)
+    assert (decision.model.name, decision.success_probability) == ("cheap", 0.5)
 
 
 @pytest.mark.parametrize("max_cost", [None, 0.0], ids=["target-met", "budget-too-low"])
@@ -167,7 +196,7 @@ def interactive(max_cost: float | None = None, min_ability: float | None = None)
         pytest.param(1.5, interactive(max_cost=0.001), ONLY_SLOW_FIT, SMALL, "batch", id="budget-caps-the-choice"),
         pytest.param(1.5, interactive(max_cost=0.0), ONLY_SLOW_FIT, SMALL, "slow-weak", id="budget-below-all-cheapest"),
         pytest.param(-3.0, interactive(min_ability=1.5), ONLY_SLOW_FIT, SMALL, "batch", id="sticky-floor"),
-        pytest.param(-3.0, interactive(min_ability=9.0), ONLY_SLOW_FIT, SMALL, "slow-weak", id="sticky-unreachable"),
+        pytest.param(-3.0, interactive(min_ability=9.0), ONLY_SLOW_FIT, SMALL, "slow-max", id="sticky-unreachable"),
         pytest.param(
             1.5, facts(tokens=500_000, interactive=True), (*CATALOG, SLOW), FRONTIER, "slow", id="only-slow-fits"
         ),

@@ -10,6 +10,7 @@ import pytest
 
 from extproc.request import ParsedRequest, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
+from extproc.schemas._text import IMAGE_CHARS
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
@@ -52,7 +53,7 @@ RESPONSES = OpenAIResponses()
         pytest.param(
             {"input": [_user([{"type": "input_text", "text": "a"}, IMAGE_PART, {"type": "text", "text": "b"}])]},
             "a\nb",
-            3,
+            3 + IMAGE_CHARS,
             1,
             id="input-text-and-text-parts-image-skipped",
         ),
@@ -89,7 +90,7 @@ RESPONSES = OpenAIResponses()
             2,
             id="no-user-item",
         ),
-        pytest.param({"input": [_user([IMAGE_PART])]}, "", 0, 1, id="image-only"),
+        pytest.param({"input": [_user([IMAGE_PART])]}, "", IMAGE_CHARS, 1, id="image-only"),
         pytest.param(
             {"input": [{"type": "item_reference", "id": "msg_1", "role": "user"}]}, "", 0, 1, id="not-a-message"
         ),
@@ -142,7 +143,7 @@ def _tool_result(content: Any) -> dict[str, Any]:
         pytest.param(
             {"messages": [_user([IMAGE_BLOCK, {"type": "text", "text": "a"}, {"type": "text", "text": "b"}])]},
             "a\nb",
-            3,
+            3 + IMAGE_CHARS,
             1,
             id="text-blocks-image-skipped",
         ),
@@ -206,7 +207,9 @@ def _tool_result(content: Any) -> dict[str, Any]:
             1,
             id="text-beside-tool-result-wins",
         ),
-        pytest.param({"messages": [_user("earlier"), _user([IMAGE_BLOCK])]}, "", 7, 2, id="image-only-has-no-text"),
+        pytest.param(
+            {"messages": [_user("earlier"), _user([IMAGE_BLOCK])]}, "", 7 + IMAGE_CHARS, 2, id="image-only-has-no-text"
+        ),
         pytest.param({"messages": [{"role": "assistant", "content": "hi"}]}, "", 2, 1, id="no-user-turn"),
         pytest.param({"messages": [1, _user("ok")]}, "ok", 2, 2, id="junk-messages-skipped"),
         pytest.param({"messages": "hi"}, "", 0, 0, id="messages-string"),
@@ -253,7 +256,7 @@ def test_anthropic_messages_max_output_tokens(body: dict[str, Any], want: int | 
                 "max_completion_tokens": 7,
             },
             "look",
-            7,
+            7 + IMAGE_CHARS,
             2,
             7,
             id="chat",
@@ -270,6 +273,48 @@ def test_existing_readers(
     assert schema.input_chars(body) == chars
     assert schema.message_count(body) == count
     assert schema.max_output_tokens(body) == limit
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+TOOL_CALLS = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]
+
+
+def _json_len(value: Any) -> int:
+    return len(orjson.dumps(value))
+
+
+@pytest.mark.parametrize(
+    ("schema", "body", "chars"),
+    [
+        pytest.param(OpenAIChat(), {"messages": [_user("hi")], "tools": TOOLS}, 2 + _json_len(TOOLS), id="chat-tools"),
+        pytest.param(
+            OpenAIChat(),
+            {"messages": [_user("hi"), {"role": "assistant", "content": None, "tool_calls": TOOL_CALLS}]},
+            2 + _json_len(TOOL_CALLS),
+            id="chat-tool-calls",
+        ),
+        pytest.param(
+            OpenAIChat(),
+            {"messages": [_user("hi")], "response_format": {"type": "json_object"}},
+            2 + _json_len({"type": "json_object"}),
+            id="chat-response-format",
+        ),
+        pytest.param(
+            AnthropicMessages(), {"messages": [_user("hi")], "tools": TOOLS}, 2 + _json_len(TOOLS), id="messages-tools"
+        ),
+        pytest.param(
+            AnthropicMessages(),
+            {"messages": [_user([{"type": "document", "source": {}}, {"type": "text", "text": "hi"}])]},
+            2 + IMAGE_CHARS,
+            id="messages-document",
+        ),
+        pytest.param(OpenAIResponses(), {"input": "hi", "tools": TOOLS}, 2 + _json_len(TOOLS), id="responses-tools"),
+    ],
+)
+def test_tools_and_tool_calls_count_for_size(schema: ApiSchema, body: dict[str, Any], chars: int) -> None:
+    """Tool definitions and calls are billed input that fills the context window: an agent request of a few words
+    and 50 KB of tools must not go to an 8k-window model (the context filter reads this estimate)."""
+    assert schema.input_chars(body) == chars
 
 
 HOSTILE: list[Any] = [

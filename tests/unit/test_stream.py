@@ -133,6 +133,36 @@ async def test_quality_header_ignored_when_disabled() -> None:
     assert cluster_of(responses[1]) == "cheap"
 
 
+@pytest.mark.parametrize(
+    ("limit", "want_output_tokens"),
+    [({}, 300), ({"max_tokens": 2000}, 2000), ({"max_completion_tokens": 50, "max_tokens": 2000}, 50)],
+    ids=["policy-estimate", "max-tokens", "max-completion-tokens-first"],
+)
+async def test_the_cost_estimate_uses_the_requests_output_limit(limit: dict[str, int], want_output_tokens: int) -> None:
+    """The request's own output limit, else ``policy.expected_output_tokens`` (300): what the cost and the context
+    fit are computed for."""
+    handler, sink = make(expected_output_tokens=300)
+    body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "medium question"}], **limit})
+    await replay(handler, chat_headers(), body)
+    rec = sink.records[0]
+    model = handler._snap.by_name[rec.selected_model or ""]
+    assert rec.input_tokens is not None
+    assert rec.cost_selected == pytest.approx(estimate_cost(model, rec.input_tokens, want_output_tokens))
+
+
+@pytest.mark.parametrize("values", [("0.99", "0.1"), ("0.1", "0.99")], ids=["strict-first", "lax-first"])
+async def test_a_constraint_header_sent_twice_is_malformed_whatever_the_order(values: tuple[str, str]) -> None:
+    """Envoy passes each copy as its own entry: the router reads them joined (as HTTP does), not the last copy."""
+    handler, sink = make()
+    message = headers_msg(chat_headers())
+    for value in values:
+        message.request_headers.headers.headers.add(key="x-model-router-quality", raw_value=value.encode())
+    responses = await handler.handle(message)
+    responses += await handler.handle(body_msg(CHAT))
+    assert cluster_of(responses[1]) == "cheap"  # the config's target, as for a malformed value
+    assert sink.errors == ["constraint_ignored"]
+
+
 async def test_classifier_error_falls_back_to_default_model() -> None:
     handler, sink = make(FakeDifficultyModel(error=RuntimeError("onnx exploded")))
     responses = await replay(handler, chat_headers(), CHAT)
@@ -387,6 +417,20 @@ async def test_a_client_session_header_is_honoured_only_when_configured(
     other = await turn("easy", **{"x-session-id": "victim"})  # a different conversation (its own first message)
     assert (other.reason == "sticky_conversation") is shared
     assert (other.selected_model == "gpt-4o") is shared
+
+
+@pytest.mark.parametrize("undecided", ["classifier_down", "no_text"])
+async def test_a_fallback_turn_does_not_raise_the_conversation_floor(undecided: str) -> None:
+    """The default model is gpt-4o (the dearest): a first turn the router could not decide on its merits goes there,
+    but must not keep the conversation's later, easy turns there."""
+    turn = _conversation(policy=_with_session_header(demo_settings(default_model="gpt-4o").policy))
+    if undecided == "no_text":
+        first = await turn("", **{"x-session-id": "s1"})
+    else:
+        first = await turn("a hard question", classifier_down=True, **{"x-session-id": "s1"})
+    assert (first.selected_model, first.outcome) == ("gpt-4o", Outcome.FALLBACK)
+    later = await turn("easy", **{"x-session-id": "s1"})
+    assert (later.reason, later.selected_model) == ("cheapest_meeting_target", "llama-3.1-8b-instruct")
 
 
 async def test_a_pinned_turn_does_not_raise_the_conversation_floor() -> None:

@@ -70,6 +70,20 @@ def telemetry(spans: SpanList) -> Telemetry:
     return Telemetry(TelemetrySettings(), logging.getLogger("test.decisions"), spans)
 
 
+def test_cost_counters_show_a_router_that_spends_more(telemetry: Telemetry) -> None:
+    """A choice dearer than the baseline (a conversation's floor, say) must raise spend in the metrics, as
+    ``model-router report`` nets it; a pinned request is not the router's choice and counts in neither."""
+    dearer = dataclasses.replace(ROUTED, cost_requested=0.001, cost_selected=0.004)
+    pinned = dataclasses.replace(ROUTED, reason="trusted_override", cost_requested=0.001, cost_selected=0.5)
+    for rec in (ROUTED, dearer, pinned):
+        telemetry.record(rec)
+    baseline = telemetry.registry.get_sample_value("model_router_estimated_cost_baseline_total", {"mode": "routed"})
+    selected = telemetry.registry.get_sample_value("model_router_estimated_cost_selected_total", {"mode": "routed"})
+    assert ROUTED.cost_requested is not None and ROUTED.cost_selected is not None
+    assert baseline == pytest.approx(ROUTED.cost_requested + 0.001)
+    assert selected == pytest.approx(ROUTED.cost_selected + 0.004)
+
+
 def test_exposition_matches_golden(telemetry: Telemetry, request: pytest.FixtureRequest) -> None:
     for rec in (ROUTED, FALLBACK, PASS):
         telemetry.record(rec)

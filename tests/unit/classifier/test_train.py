@@ -146,3 +146,17 @@ def test_a_failed_write_leaves_the_existing_model_directory_as_it_was(
         )
     assert written == ["model.onnx"]
     assert tree(out.parent) == before  # the old model intact, the temporary directory removed
+
+
+@pytest.mark.parametrize("command", ["train", "loso"])
+def test_a_missing_data_set_is_one_line_and_exit_2(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkout without ../shared (a fresh clone from GitHub) gets a message naming the data set, not a traceback."""
+    from classifier import loso
+
+    main = train.main if command == "train" else loso.main
+    with pytest.raises(SystemExit) as info:
+        main(["--data", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"--data {tmp_path}: no outcomes.jsonl.gz there" in capsys.readouterr().err
