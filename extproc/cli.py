@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -218,7 +219,12 @@ class _ConfigWait:
 
         if str(exc) != self._reported:
             self._reported = str(exc)
-            print(f"model-router: {exc}\nmodel-router: waiting for a valid config", file=sys.stderr, flush=True)
+            # One JSON line, as the running router logs (a log pipeline would split plain multi-line text); the
+            # config's own log level is not known yet.
+            from extproc.logs import configure_logging
+
+            configure_logging("info")
+            logging.getLogger("model_router.config").error("%s; waiting for a valid config", exc)
         self._health.state = RouterState.WAITING
         try:
             time.sleep(self._poll_seconds)

@@ -20,11 +20,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from classifier.model import success_probability
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
+from extproc.constraints import ConstraintError, resolve_request_policy
 from extproc.conversations import ConversationMemory, Floors, ReadOnlyMemory
 from extproc.decision_proto import to_proto
 from extproc.envoy import METADATA_NAMESPACE
 from extproc.feedback import FeedbackRecorder, FeedbackStatus
-from extproc.policy import estimate_cost
+from extproc.policy import RequestFacts, estimate_cost, exclusions
 from extproc.record import DecisionRecord, DecisionSink, DiscardSink, Outcome
 from extproc.request import ParsedRequest, PassReason, parse_request
 from extproc.schemas import schema_for_path
@@ -69,8 +70,15 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
         return []
     in_tokens = parsed.input_tokens
     out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
+    catalog = snap.tenant_view(decision.tenant or None).catalog
+    try:
+        policy = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap)
+    except ConstraintError:  # a rejected request has no estimates (no input tokens) and does not get here
+        return []
+    facts = RequestFacts(parsed.requested_model, in_tokens, out_tokens, 0.0, policy.max_cost, policy.interactive)
+    excluded = exclusions(facts, catalog)
     out: list[api.ModelEstimate] = []
-    for m in snap.tenant_view(decision.tenant or None).catalog:
+    for m in catalog:
         est = api.ModelEstimate(
             name=m.name,
             cluster=m.cluster,
@@ -78,6 +86,7 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
             ability=m.ability,
             estimated_cost=estimate_cost(m, in_tokens, out_tokens),
             fits_context=m.context_window >= in_tokens + out_tokens,
+            excluded_by=excluded.get(m.name, ""),
         )
         if decision.HasField("difficulty"):
             est.success_probability = success_probability(m.ability, decision.difficulty)

@@ -55,13 +55,14 @@ DEFAULT_CONFIGS: tuple[Path, ...] = (
 )
 _REASONS = {
     "cheapest_meeting_target": "the cheapest model predicted to reach the quality target",
-    "none_meets_target_most_able": "no model is predicted to reach the quality target: the most able one",
+    "none_meets_target_most_able": "no model left in (see meets) is predicted to reach the quality target: the most "
+    "able one",
     "classifier_failed": "the classifier failed or missed its deadline: the fallback model",
     "no_eligible_model": "no model fits the context: the one with the widest window",
     "no_prompt_text": "no text to classify: the fallback model",
     "trusted_override": "a trusted caller pinned the model",
     "budget_too_low_cheapest": "no model fits the request's cost ceiling: the cheapest one",
-    "sticky_conversation": "the conversation already used a model this able",
+    "sticky_conversation": "the conversation already used a model this able (or the most able one left in)",
     "no_interactive_model": "only slow models fit this interactive request: the usual choice among them",
     "invalid_constraint": "a malformed constraint header: the router answers 400",
 }
@@ -266,6 +267,10 @@ def _max_difficulty(ability: float, target: float) -> float:
     return ability - math.log(target / (1.0 - target))
 
 
+_EXCLUDED = {"context": "ctx", "latency": "slow", "max_cost": "cost"}
+"""The ``meets`` column for a model the policy left out (``ModelEstimate.excluded_by``), and why."""
+
+
 def render(response: api.DecideResponse) -> str:
     """One screen: the decision, its reason, the score against each model's threshold, and each model's cost."""
     d = response.decision
@@ -300,11 +305,13 @@ def render(response: api.DecideResponse) -> str:
         lines.append(
             f"  {'model':<26} {'tier':<10} {'ability':>7} {'max diff.':>9} {'meets':>5} {'P(ok)':>6} {'est. cost':>11}"
         )
+        if any(m.excluded_by for m in response.models):
+            lines.append("  (meets: ctx = too small a context window, slow = left out for an interactive request, cost")
+            lines.append("   = over the request's max cost; the policy chose among the others)")
         for m in response.models:
             limit = _max_difficulty(m.ability, target) if target is not None else None
             meets = "-" if limit is None or not d.HasField("difficulty") else ("yes" if d.difficulty <= limit else "no")
-            if not m.fits_context:
-                meets = "ctx"
+            meets = _EXCLUDED.get(m.excluded_by, meets) if m.excluded_by else ("ctx" if not m.fits_context else meets)
             p = f"{m.success_probability:.2f}" if m.HasField("success_probability") else "-"
             mark = "<" if m.name == d.selected_model else " "
             lim = f"{limit:+9.2f}" if limit is not None else f"{'-':>9}"

@@ -22,6 +22,7 @@ __all__ = [
     "ResolvedModel",
     "choose_model",
     "estimate_cost",
+    "exclusions",
     "fallback_decision",
     "fallback_models",
     "pinned_decision",
@@ -185,6 +186,27 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
             p = success_probability(closest.ability, difficulty)
             return Decision(closest, Reason.STICKY_CONVERSATION, False, p)
     return decision
+
+
+def exclusions(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> dict[str, str]:
+    """Why :func:`choose_model`'s filters leave each excluded model out for this request (``explain`` shows it):
+    ``context`` (the request does not fit its window), ``latency`` (a slow model, for an interactive request while a
+    faster one fits) or ``max_cost`` (over the request's cap while another fitting model is within it). A filter
+    that would exclude every model is relaxed, as in :func:`choose_model`, and excludes none."""
+
+    def cost(m: ResolvedModel) -> float:
+        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
+
+    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    out = {m.name: "context" for m in catalog if m not in fits}
+    if not fits:
+        return out
+    fast = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
+    out.update({m.name: "latency" for m in fits if fast and m not in fast})
+    pool = fast or fits
+    if facts.max_cost is not None and any(cost(m) <= facts.max_cost for m in pool):
+        out.update({m.name: "max_cost" for m in pool if cost(m) > facts.max_cost})
+    return out
 
 
 def choose_model(

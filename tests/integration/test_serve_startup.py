@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import signal
 import socket
@@ -347,6 +348,8 @@ def test_a_sidecar_waits_for_a_valid_config_with_its_probe_port_up(tmp_path: Pat
         wait_for((200, "serving\n"))
         assert _serving_on(address)
         assert log.read_text().count("cannot read") == 1, "each problem is reported once, not every 2 s"
+        waits = [line for line in log.read_text().splitlines() if "waiting for a valid config" in line]
+        assert len(waits) == 3 and all(json.loads(line)["level"] == "error" for line in waits), "one JSON line each"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert probe() == (0, ""), "the probe port closes with the router"

@@ -24,6 +24,7 @@ from extproc.decision_proto import (
     response_headers,
     to_proto,
 )
+from extproc.explain import render
 from extproc.feedback import DecisionEntry, DecisionStore
 from extproc.feedback_token import TokenSigner
 from extproc.policy import Reason
@@ -130,6 +131,18 @@ async def test_decide_prices_every_catalog_model() -> None:
     chosen = response.models[names.index(d.selected_model)]
     assert chosen.estimated_cost == pytest.approx(d.estimated_cost_selected)
     assert chosen.success_probability == pytest.approx(d.success_probability)
+
+
+async def test_decide_says_which_models_a_cost_cap_left_out() -> None:
+    """``explain`` shows why the policy never considered a model; here gpt-4o is over the request's cap."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a hard question"}]}).encode()
+    headers = {"x-model-router-max-cost": "0.001"}
+    response, _ = await _decide(api.DecideRequest(path="/v1/chat/completions", headers=headers, body=body))
+    excluded = {m.name: m.excluded_by for m in response.models if m.excluded_by}
+    assert excluded == {"gpt-4o": "max_cost"}
+    assert response.decision.selected_model != "gpt-4o"
+    row = next(line.split() for line in render(response).splitlines() if line.split()[:1] == ["gpt-4o"])
+    assert row[4] == "cost", "explain's meets column says why gpt-4o was left out"
 
 
 @pytest.mark.parametrize("signing", [True, False], ids=["signing", "no-key"])

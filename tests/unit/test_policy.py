@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from classifier.model import Prediction, success_probability
 from extproc.policy import (
@@ -13,6 +15,7 @@ from extproc.policy import (
     ResolvedModel,
     choose_model,
     estimate_cost,
+    exclusions,
     fallback_decision,
     fallback_models,
 )
@@ -251,3 +254,41 @@ def test_fallback_models_ability_tie_goes_to_the_cheaper() -> None:
 
 def test_fallback_models_include_a_chosen_model_outside_the_catalog() -> None:
     assert fallback_models(BATCH, CATALOG)["c-batch"] == BATCH
+
+
+@pytest.mark.parametrize(
+    ("request_facts", "catalog", "want"),
+    [
+        pytest.param(facts(), CATALOG, {}, id="none"),
+        pytest.param(facts(tokens=20_000), CATALOG, {"small": "context"}, id="context"),
+        pytest.param(
+            facts(tokens=10**6), CATALOG, dict.fromkeys(("small", "cheap", "frontier"), "context"), id="none-fit"
+        ),
+        pytest.param(facts(interactive=True), (*CATALOG, BATCH), {"batch": "latency"}, id="latency"),
+        pytest.param(interactive(), ONLY_SLOW_FIT, {"small": "context"}, id="latency-relaxed-when-only-slow-fit"),
+        pytest.param(facts(max_cost=0.001), CATALOG, {"frontier": "max_cost"}, id="max-cost"),
+        pytest.param(facts(max_cost=0.0), CATALOG, {}, id="max-cost-relaxed-when-none-within"),
+    ],
+)
+def test_exclusions_name_the_filter_that_left_a_model_out(
+    request_facts: RequestFacts, catalog: tuple[ResolvedModel, ...], want: dict[str, str]
+) -> None:
+    assert exclusions(request_facts, catalog) == want
+
+
+@given(
+    difficulty=st.floats(-6, 6),
+    tokens=st.sampled_from([100, 20_000, 200_000, 10**6]),
+    max_cost=st.one_of(st.none(), st.floats(0, 0.01)),
+    interactive=st.booleans(),
+    min_ability=st.one_of(st.none(), st.floats(-1, 5)),
+)
+def test_the_chosen_model_is_never_one_the_exclusions_name(
+    difficulty: float, tokens: int, max_cost: float | None, interactive: bool, min_ability: float | None
+) -> None:
+    """``explain`` shows these exclusions beside the decision: they must agree with what the policy did."""
+    catalog = (*CATALOG, BATCH, *ONLY_SLOW_FIT)
+    request_facts = facts(tokens=tokens, max_cost=max_cost, interactive=interactive, min_ability=min_ability)
+    decision = choose_model(Prediction(difficulty, 1.0), request_facts, catalog, FRONTIER)
+    if not decision.fallback:
+        assert decision.model.name not in exclusions(request_facts, catalog)

@@ -333,6 +333,7 @@ class ModelEstimate(_message.Message):
     ESTIMATED_COST_FIELD_NUMBER: _builtins.int
     SUCCESS_PROBABILITY_FIELD_NUMBER: _builtins.int
     FITS_CONTEXT_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     cluster: _builtins.str
     tier: _builtins.str
@@ -344,6 +345,11 @@ class ModelEstimate(_message.Message):
     """sigmoid(ability - difficulty); absent when the prompt was not classified."""
     fits_context: _builtins.bool
     """The request's context (input + output tokens) fits this model's window."""
+    excluded_by: _builtins.str
+    """Why the policy left this model out for this request before the quality rule: "context" (the request does not
+    fit), "latency" (slow, and the request asked for interactive while a faster model fits) or "max_cost" (over the
+    request's cost cap while another model is within it); empty if the model was considered.
+    """
     def __init__(
         self,
         *,
@@ -354,10 +360,11 @@ class ModelEstimate(_message.Message):
         estimated_cost: _builtins.float = ...,
         success_probability: _builtins.float | None = ...,
         fits_context: _builtins.bool = ...,
+        excluded_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_success_probability", b"_success_probability", "success_probability", b"success_probability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_probability", b"_success_probability", "ability", b"ability", "cluster", b"cluster", "estimated_cost", b"estimated_cost", "fits_context", b"fits_context", "name", b"name", "success_probability", b"success_probability", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_probability", b"_success_probability", "ability", b"ability", "cluster", b"cluster", "estimated_cost", b"estimated_cost", "excluded_by", b"excluded_by", "fits_context", b"fits_context", "name", b"name", "success_probability", b"success_probability", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_probability: _TypeAlias = _typing.Literal["success_probability"]  # noqa: Y015
     _WhichOneofArgType__success_probability: _TypeAlias = _typing.Literal["_success_probability", b"_success_probability"]  # noqa: Y015
