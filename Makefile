@@ -30,8 +30,9 @@ $(DEV_STAMP): pyproject.toml constraints.txt
 
 install: $(DEV_STAMP)
 
+# KEEP=1: leave the stack up for your own requests (curl, explain, /metrics) until Enter.
 demo: $(DEV_STAMP)
-	$(PY) -m devstack.demo
+	$(PY) -m devstack.demo $(if $(KEEP),--keep)
 
 # Debian packages the tests need: headless Chromium renders the HTML report in a browser test.
 SYSTEM_STAMP := $(VENV)/.system-installed

@@ -3,6 +3,7 @@ where each one went and why (from the router's JSON decision log, matched by dec
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import signal
@@ -151,8 +152,29 @@ def _tiers_line(config: Path) -> str:
     )
 
 
-def run() -> int:
-    """Start the stack, send the prompts, print the table, stop everything."""
+def _hold(stack: Stack) -> None:
+    """``--keep``: leave the stack up for the user's own requests until Enter or Ctrl-C."""
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "Prove that sqrt(2) is irrational."}]}'
+    print(
+        "\nThe stack is up; try it from another terminal:\n"
+        f"  curl -si {stack.base_url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        f'  .venv/bin/model-router explain --target 127.0.0.1:{stack.router_port} "your prompt"\n'
+        f"  curl -s {stack.metrics_url}\n"
+        f"Router config {stack.router_config_path} (edits are applied live); logs in {stack.workdir}.\n"
+        "Press Enter (or Ctrl-C) to go on: the demo then kills the router to show Envoy failing open, and stops.",
+        flush=True,
+    )
+    try:
+        input()
+    except (EOFError, KeyboardInterrupt):
+        print()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Start the stack, send the prompts, print the table, stop everything (``--keep``: after a pause)."""
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the stack up for your own requests until Enter")
+    keep = parser.parse_args(argv).keep
     workdir = Path(tempfile.mkdtemp(prefix="model-router-demo-"))
     print(f"Starting fake upstreams, model-router and Envoy (logs in {workdir}) ...", flush=True)
     with Stack(workdir=workdir, router_overrides={"server": {"log_level": "debug"}}) as stack:
@@ -216,10 +238,13 @@ def run() -> int:
             line
             for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
             if line.startswith(("model_router_decisions_total", "model_router_estimated_cost_"))
+            and "_created" not in line
         ]
         print(f"\nRouter metrics (Prometheus) at {stack.metrics_url} (all requests above, streaming and fallback too):")
         for line in metrics:
             print("  " + line)
+        if keep:
+            _hold(stack)
         print(_fail_open(stack, client))
         client.close()
         print(

@@ -105,9 +105,12 @@ class ReusingLoader:
             del self._models[next(iter(self._models))]
 
 
-def load_snapshot(path: Path, load_model: Callable[[Settings], DifficultyModel] = load_model_for) -> Snapshot:
-    """Read, validate and resolve the config at ``path`` into a ready snapshot (with the digest of the bytes read)."""
-    data = read_config_file(path)
+def load_snapshot(
+    path: Path, load_model: Callable[[Settings], DifficultyModel] = load_model_for, data: bytes | None = None
+) -> Snapshot:
+    """Read (unless ``data`` holds its bytes), validate and resolve the config at ``path`` into a ready snapshot,
+    with the digest of the bytes read."""
+    data = read_config_file(path) if data is None else data
     snapshot = build_snapshot(load_config(path, data), load_model)
     return dataclasses.replace(snapshot, config_digest=hashlib.sha256(data).digest())
 
@@ -126,15 +129,19 @@ def reload_snapshot(
 
 
 def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel], apply: Apply) -> bool:
+    data: bytes | None = None
     try:
-        snapshot = load_snapshot(path, load_model)
+        data = read_config_file(path)
+        snapshot = load_snapshot(path, load_model, data)
         apply(snapshot.settings)
-    except ConfigError as exc:
-        _log.error("config reload rejected, keeping the running config: %s", exc)
+    except Exception as exc:
+        ref.rejected = None if data is None else hashlib.sha256(data).digest()
+        if isinstance(exc, ConfigError):
+            _log.error("config reload rejected, keeping the running config: %s", exc)
+        else:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
+            _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
         return False
-    except Exception as exc:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
-        _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
-        return False
+    ref.rejected = None
     pending = restart_only_changes(ref.current.settings, snapshot.settings)
     if snapshot.settings.limits.max_body_bytes > ref.first.limits.max_body_bytes:  # server.message_limit: at start
         pending.append("limits.max_body_bytes (above the value at start: larger gRPC messages are refused)")
@@ -228,7 +235,7 @@ async def watch_config(
         if current is None or not settled:
             continue
         config, also_now = current[0], current[1:]
-        changed = config not in (ref.current.config_digest, attempted) or also_now != also_seen
+        changed = config not in (ref.current.config_digest, attempted, ref.rejected) or also_now != also_seen
         if not changed:
             continue
         attempted, also_seen = config, also_now

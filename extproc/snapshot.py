@@ -173,8 +173,11 @@ class SnapshotRef:
     """The one mutable cell: the snapshot new streams start with (and the first one's settings, which set what only
     a restart changes)."""
 
-    __slots__ = ("current", "first")
+    __slots__ = ("current", "first", "rejected")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
         self.first = snapshot.settings
+        self.rejected: bytes | None = None
+        """SHA-256 of the config content the last reload refused (None after a good one): the file watcher does not
+        refuse it again after a SIGHUP did."""

@@ -11,8 +11,15 @@ from devstack.stack import ROOT
 
 
 def test_demo_prints_where_each_prompt_went_and_why() -> None:
+    """With ``--keep`` (``make demo KEEP=1``) it also waits for Enter before the fail-open step; Enter is sent."""
     done = subprocess.run(
-        [sys.executable, "-m", "devstack.demo"], cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+        [sys.executable, "-m", "devstack.demo", "--keep"],
+        cwd=ROOT,
+        input="\n",
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -26,4 +33,6 @@ def test_demo_prints_where_each_prompt_went_and_why() -> None:
     assert re.search(r"\(\d+% saved;", out), out
     assert "Envoy retried it on cluster frontier, which was asked for gpt-4o" in out
     assert "answered by cluster small as llama-3.1-8b-instruct (no router decision)" in out
+    assert "The stack is up; try it from another terminal:" in out and "model-router explain --target" in out
+    assert out.index("The stack is up") < out.index("Router killed"), "the stack is kept up before the kill"
     assert "Router killed, Envoy fails open: [fact] asking for 'auto': answered by cluster frontier as gpt-4o" in out

@@ -425,6 +425,26 @@ async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_
         watcher.cancel()
 
 
+async def test_a_content_a_sighup_reload_refused_is_not_refused_again_by_the_watcher(tmp_path: Path) -> None:
+    """One invalid edit followed by SIGHUP: one rejection (counted once in config_reloads_total), not two."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.02, lambda _s: FakeDifficultyModel()))
+    try:
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 8"))
+        assert not reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())  # what SIGHUP does
+        await asyncio.sleep(0.15)
+        assert results == [], "the watcher must not refuse again what SIGHUP refused"
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
+        await _until(lambda: results == [True])  # a fixed file is still picked up
+        assert ref.rejected is None
+    finally:
+        watcher.cancel()
+
+
 async def _until(check: Callable[[], bool]) -> None:
     for _ in range(500):
         if check():
