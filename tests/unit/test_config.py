@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -401,7 +402,9 @@ async def test_an_edit_made_while_the_router_started_is_applied(tmp_path: Path) 
         watcher.cancel()
 
 
-async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_not_repeated(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _watching(tmp_path: Path) -> AsyncIterator[tuple[Path, str, SnapshotRef, list[bool]]]:
+    """The shipped config in ``tmp_path``, its running snapshot, and a watcher polling every 20 ms into a list."""
     path = tmp_path / "model-router.yaml"
     shipped = (ENVOY_DIR / "model-router.yaml").read_text()
     path.write_text(shipped)
@@ -409,6 +412,13 @@ async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_
     results: list[bool] = []
     watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.02, lambda _s: FakeDifficultyModel()))
     try:
+        yield path, shipped, ref, results
+    finally:
+        watcher.cancel()
+
+
+async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_not_repeated(tmp_path: Path) -> None:
+    async with _watching(tmp_path) as (path, shipped, ref, results):
         for n in range(30):  # different (valid) content at every poll: never read twice alike, never applied
             path.write_text(shipped + f"\n# write {n}\n")
             await asyncio.sleep(0.007)
@@ -421,19 +431,11 @@ async def test_a_file_still_being_written_is_not_applied_and_a_sighup_reload_is_
         await asyncio.sleep(0.15)
         assert results == [True], "the watcher must not reload what SIGHUP already applied"
         assert ref.current.settings.policy.quality_target == 0.6
-    finally:
-        watcher.cancel()
 
 
 async def test_a_content_a_sighup_reload_refused_is_not_refused_again_by_the_watcher(tmp_path: Path) -> None:
     """One invalid edit followed by SIGHUP: one rejection (counted once in config_reloads_total), not two."""
-    path = tmp_path / "model-router.yaml"
-    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
-    path.write_text(shipped)
-    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
-    results: list[bool] = []
-    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.02, lambda _s: FakeDifficultyModel()))
-    try:
+    async with _watching(tmp_path) as (path, shipped, ref, results):
         path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 8"))
         assert not reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())  # what SIGHUP does
         await asyncio.sleep(0.15)
@@ -441,8 +443,6 @@ async def test_a_content_a_sighup_reload_refused_is_not_refused_again_by_the_wat
         path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
         await _until(lambda: results == [True])  # a fixed file is still picked up
         assert ref.rejected is None
-    finally:
-        watcher.cancel()
 
 
 async def _until(check: Callable[[], bool]) -> None:
