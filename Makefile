@@ -14,11 +14,14 @@ TRAIN_STAMP := $(VENV)/.train-installed
 # The shared data set next to this checkout (public benchmark outcomes and prompts; ../shared/data/SOURCES.md):
 # training, the benchmarks, the soak and the gaming tests read it. Checked first, so a missing copy is one clear line.
 SHARED_DATA := ../shared/data
-CHECK_DATA = @test -f $(SHARED_DATA)/outcomes.jsonl.gz -a -f $(SHARED_DATA)/prompts.jsonl.gz || { \
-	echo "$@ needs the shared data set: $(SHARED_DATA)/outcomes.jsonl.gz and prompts.jsonl.gz next to this checkout" \
-	"(see $(SHARED_DATA)/SOURCES.md); make demo does not"; exit 2; }
 
-.PHONY: demo test lint unit integration train bench soak install lock clean
+.PHONY: demo test lint unit integration train bench soak install lock clean check-data
+
+# Listed first by the targets that read the data, so a missing copy stops them before any install.
+check-data:
+	@test -f $(SHARED_DATA)/outcomes.jsonl.gz -a -f $(SHARED_DATA)/prompts.jsonl.gz || { \
+	echo "make $(MAKECMDGOALS) needs the shared data set: $(SHARED_DATA)/outcomes.jsonl.gz and prompts.jsonl.gz next" \
+	"to this checkout (see $(SHARED_DATA)/SOURCES.md); make demo does not"; exit 2; }
 
 # constraints.txt: the exact versions the tests pass with (the image installs the same); `make lock` refreshes it.
 $(DEV_STAMP): pyproject.toml constraints.txt
@@ -42,8 +45,7 @@ $(SYSTEM_STAMP): $(DEV_STAMP)
 	@touch $@
 
 # pytest exits 5 when it collects nothing; make treats any non-zero exit as failure, so that can't pass silently.
-test: $(DEV_STAMP) $(SYSTEM_STAMP) lint
-	$(CHECK_DATA)
+test: check-data $(DEV_STAMP) $(SYSTEM_STAMP) lint
 	$(PY) -m pytest -q
 
 unit: $(DEV_STAMP)
@@ -64,18 +66,15 @@ $(TRAIN_STAMP): $(DEV_STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[dev,train]'
 	@touch $@
 
-train: $(TRAIN_STAMP)
-	$(CHECK_DATA)
+train: check-data $(TRAIN_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m classifier.train
 
 # >= 5 minutes of real prompts through Envoy + router; fails on any failed/corrupted request, RSS growth, leaked stream.
-soak: $(DEV_STAMP)
-	$(CHECK_DATA)
+soak: check-data $(DEV_STAMP)
 	$(PY) -m devstack.soak $(SOAK_ARGS)
 
 # Interleaved E / N / router runs with wrk (Debian package), then the classifier micro-benchmark. ~6.5 min.
-bench: $(DEV_STAMP)
-	$(CHECK_DATA)
+bench: check-data $(DEV_STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench.run $(BENCH_ARGS)
 

@@ -70,9 +70,15 @@ def stress_shapes(pool: list[str], length: int, count: int, rng: random.Random) 
     """Texts the cut's de-duplication reads widest: one prompt repeated to ``length`` (by line or within a line),
     and non-English sentences repeated. Not the bar's distribution: they show how far the cost moves with the text."""
     short = [p for p in pool if 40 <= len(p) <= 400]
+    prompts = [rng.choice(short) for _ in range(count)]
     shapes = {
-        "one prompt repeated, by line": [repeated(rng.choice(short), length, "\n\n") for _ in range(count)],
-        "one prompt repeated, in line": [repeated(rng.choice(short), length, " ") for _ in range(count)],
+        "one prompt repeated, by line": [repeated(p, length, "\n\n") for p in prompts],
+        "one prompt repeated, in line": [repeated(p, length, " ") for p in prompts],
+        "numbered copies of one prompt": ["".join(f"{i}. {p}\n" for i in range(1, 400))[:length] for p in prompts],
+        "a filler word, then a prompt": [("um " * length)[: length - len(p)] + p for p in prompts],
+        "a filler phrase, then a prompt": [
+            ("please answer carefully " * length)[: length - len(p)] + p for p in prompts
+        ],
     }
     for script, sentence in NON_ASCII.items():
         shapes[f"{script} repeated, in line"] = [repeated(sentence, length, " ")] * count

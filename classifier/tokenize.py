@@ -70,6 +70,22 @@ def _one_block(text: str, start: int, end: int, period: int) -> str:
     return text[start : start + period] + text[end - (end - start) % period : end]
 
 
+def _stripped_bounds(text: str) -> tuple[int, int]:
+    """``start, end`` with ``text[start:end] == text.strip()``, copying only the whitespace at the ends in growing
+    pieces (``strip`` would copy a long text whole)."""
+    start, end, size = 0, len(text), 4096
+    while start < end and text[start].isspace():
+        piece = text[start : start + size]
+        start += len(piece) - len(piece.lstrip())
+        size *= 2
+    size = 4096
+    while end > start and text[end - 1].isspace():
+        piece = text[max(start, end - size) : end]
+        end -= len(piece) - len(piece.rstrip())
+        size *= 2
+    return start, end
+
+
 def _period(text: str) -> int:
     """A period ``p`` of ``text`` (``text[i] == text[i + p]`` throughout) that ends in whitespace, or 0.
 
@@ -102,6 +118,9 @@ class TextCut:
 
     WINDOW: ClassVar[float] = 1.5
     MAX_WINDOW: ClassVar[float] = 32.0
+    PERIOD_MAX_CHARS: ClassVar[int] = 32_768
+    """Longest text checked for one repeated block: the check reads the whole text, so a longer one (a body may be
+    many MB) takes the incremental reading, whose cost the windows bound."""
 
     def apply(self, text: str) -> str:
         """Return ``text`` unchanged if it fits, else its start and end joined by :data:`CUT_JOINER`.
@@ -111,6 +130,12 @@ class TextCut:
         keep = self.head_chars + self.tail_chars
         if len(text) <= keep + len(CUT_JOINER):
             return text
+        head_reach, tail_reach = self._reach(self.head_chars), self._reach(self.tail_chars)
+        if len(text) > 2 * max(head_reach, tail_reach):
+            start, end = _stripped_bounds(text)
+            if end - start > max(head_reach, tail_reach):  # no window reaches the other end: read only the ends
+                head, _, _ = self._head(text[start : start + head_reach])
+                return head[: self.head_chars] + CUT_JOINER + self._tail(text[end - tail_reach : end], 0)
         text = text.strip()
         if len(text) <= 2 * keep:
             text = _distinct_words(text)
@@ -122,6 +147,13 @@ class TextCut:
         if whole and len(head) <= keep + len(CUT_JOINER):  # the window grew over all of a very repetitive text
             return head
         return head[: self.head_chars] + CUT_JOINER + self._tail(text, period)
+
+    def _reach(self, size: int) -> int:
+        """The widest window for ``size`` kept characters: the growing series' last size."""
+        scale = self.WINDOW
+        while scale < self.MAX_WINDOW:
+            scale *= 2
+        return int(size * scale)
 
     def _head(self, text: str, period: int | None = None) -> tuple[str, bool, int]:
         """The de-duplicated start of ``text`` (at least ``head_chars`` long, or all of it), whether it is all, and
@@ -149,8 +181,8 @@ class TextCut:
                 head = " ".join(seen)
             if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
                 return head, window >= len(text), period or 0
-            if period is None:  # the start repeats itself: is the text one pasted block?
-                period = _period(text)
+            if period is None:  # the start repeats itself: is the text one pasted block? (a bounded look)
+                period = _period(text) if len(text) <= self.PERIOD_MAX_CHARS else 0
             if not period:
                 cut_word = ws[-1] if ws and _inside_word(text, window) else ""
                 cut_word_is_new = bool(cut_word) and not last_was_seen and ws.count(cut_word) == 1

@@ -32,6 +32,7 @@ from extproc.decision_proto import label
 from extproc.record import DiscardSink
 from extproc.schemas import schema_for_path
 from extproc.schemas.openai_chat import OpenAIChat
+from extproc.stream import add_header
 
 __all__ = [
     "DEFAULT_CONFIGS",
@@ -195,7 +196,10 @@ def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
             body = _check_body(text.encode(), "stdin")
         else:
             body = prompt_body(text, source.model, source.path)
-    return api.DecideRequest(path=source.path, headers=dict(source.headers), body=body, dry_run=True)
+    headers: dict[str, str] = {}
+    for name, value in source.headers:  # repeated -H: as the router reads the same headers from Envoy
+        add_header(headers, name, value)
+    return api.DecideRequest(path=source.path, headers=headers, body=body, dry_run=True)
 
 
 async def _inline_classify(model: DifficultyModel, text: str, timeout: float) -> Prediction:

@@ -52,6 +52,7 @@ __all__ = [
     "ProtocolError",
     "Stage",
     "StreamHandler",
+    "add_header",
 ]
 
 HEADER_PREFIX = "x-model-router-"
@@ -92,14 +93,21 @@ class _Request:
     """Set when the body is read only to send the request where it would go without the router."""
 
 
+def add_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Add one header line to ``headers`` (lower-case names). An ``x-model-router-*`` header sent several times is
+    one comma-joined value, as HTTP defines it, so a repeated constraint header is malformed (ignored, or a 400), not
+    silently the last copy's. Other repeats keep the last copy (Envoy joins the standard ones itself): a gateway that
+    appends the tenant header after a client's copy still selects its own tenant, not an unknown one (the global
+    policy)."""
+    name = name.lower()
+    headers[name] = f"{headers[name]}, {value}" if name in headers and name.startswith(HEADER_PREFIX) else value
+
+
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
-    """One value per header name; a header sent several times is one comma-joined value, as HTTP defines it, so a
-    repeated constraint header is malformed (ignored, or a 400) rather than silently the last copy's."""
+    """One value per header name (:func:`add_header`)."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        key = h.key.lower()
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-        out[key] = f"{out[key]}, {value}" if key in out else value
+        add_header(out, h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
     return out
 
 

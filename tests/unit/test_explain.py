@@ -345,3 +345,16 @@ def test_every_explain_request_is_a_dry_run(stdin: str) -> None:
         source = ExplainInput(prompt=prompt, file=None, path="/v1/chat/completions", model="auto")
         request = explain.read_input(source, io.StringIO(stdin))
         assert request.dry_run
+
+
+def test_a_header_given_twice_reads_as_the_router_reads_it_from_envoy(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Envoy passes both copies; the router joins an x-model-router-* header, so the value is malformed and the
+    config's target applies. explain must not pick the last copy instead."""
+    twice = ["-H", "x-model-router-quality:0.99", "-H", "x-model-router-quality:0.1"]
+    decided = {}
+    for name, flags in (("twice", twice), ("once", twice[2:]), ("none", [])):
+        assert main(["explain", "--config", str(config), *flags, "--json", EASY]) == 0
+        decided[name] = json.loads(capsys.readouterr().out)["decision"]["quality_target"]
+    assert decided == {"twice": 0.8, "once": 0.1, "none": 0.8}

@@ -15,7 +15,7 @@ from extproc.classify import ClassifierThreads
 from extproc.config import PolicySettings, ServerSettings, TenantPolicy
 from extproc.policy import estimate_cost
 from extproc.record import DecisionRecord, Outcome
-from extproc.stream import Classify, ProtocolError, Stage, StreamHandler
+from extproc.stream import Classify, ProtocolError, Stage, StreamHandler, add_header
 from tests.fakes import (
     FakeDifficultyModel,
     RecordingSink,
@@ -148,6 +148,21 @@ async def test_the_cost_estimate_uses_the_requests_output_limit(limit: dict[str,
     model = handler._snap.by_name[rec.selected_model or ""]
     assert rec.input_tokens is not None
     assert rec.cost_selected == pytest.approx(estimate_cost(model, rec.input_tokens, want_output_tokens))
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        pytest.param("X-Model-Router-Quality", "a, b", id="router-header-joined"),
+        pytest.param("x-tenant-id", "b", id="tenant-last-copy"),  # a gateway appending its own after a client's
+        pytest.param("x-session-id", "b", id="other-last-copy"),
+    ],
+)
+def test_a_repeated_header_is_joined_only_in_the_routers_namespace(name: str, want: str) -> None:
+    headers: dict[str, str] = {}
+    add_header(headers, name, "a")
+    add_header(headers, name, "b")
+    assert headers == {name.lower(): want}
 
 
 @pytest.mark.parametrize("values", [("0.99", "0.1"), ("0.1", "0.99")], ids=["strict-first", "lax-first"])

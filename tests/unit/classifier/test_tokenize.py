@@ -132,6 +132,55 @@ def test_period_finds_a_pasted_block(text: str, want: int) -> None:
     assert _period(text) == want
 
 
+def test_a_long_text_is_not_searched_for_a_repeated_block() -> None:
+    """The block check reads the whole text: past PERIOD_MAX_CHARS (a body may be many MB) it is not made, and the
+    windows alone bound the cost, with the same output."""
+    cut = TextCut()
+    short = "Sort this list, please. " * 1_000
+    long = short * 100
+    assert cut._head(short)[2] == len("Sort this list, please. ")
+    assert cut._head(long)[2] == 0
+    assert cut.apply(long) == cut.apply(short)
+
+
+def _reference_apply(cut: TextCut, text: str) -> str:
+    """The cut as defined: strip, de-duplicate a short text whole, else the head and tail windows."""
+    keep = cut.head_chars + cut.tail_chars
+    if len(text) <= keep + len(CUT_JOINER):
+        return text
+    text = text.strip()
+    if len(text) <= 2 * keep:
+        text = " ".join(dict.fromkeys(text.split()))
+        if len(text) <= keep + len(CUT_JOINER):
+            return text
+        return text[: cut.head_chars] + CUT_JOINER + text[len(text) - cut.tail_chars :]
+    head = _reference_window(cut, text, cut.head_chars, at_end=False)
+    scale = cut.WINDOW
+    while int(cut.head_chars * scale) < len(text) and scale < cut.MAX_WINDOW:
+        scale *= 2
+    if int(cut.head_chars * scale) >= len(text) and len(head) <= keep + len(CUT_JOINER):
+        return head
+    tail = _reference_window(cut, text, cut.tail_chars, at_end=True)
+    return head[: cut.head_chars] + CUT_JOINER + tail[max(0, len(tail) - cut.tail_chars) :]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(" \n" * 20_000 + "Sort this list. " * 5_000 + "\t" * 9_000, id="padded-both-ends"),
+        pytest.param("um " * 30_000 + "What is the derivative of x**3?", id="filler-then-question"),
+        pytest.param("Sort this list, please. " * 50_000, id="pasted-block-past-the-block-check"),
+        pytest.param("x" * 40_000 + " then a question at the end", id="one-huge-word"),
+        pytest.param(" ".join(f"w{i}" for i in range(20_000)), id="all-distinct"),
+        pytest.param(" " * 20_000 + "word " * 1_400, id="long-padding-around-a-short-repetitive-text"),
+    ],
+)
+def test_a_long_text_reads_only_its_ends_and_cuts_as_defined(text: str) -> None:
+    """Past the widest windows, only the ends are read (no copy of the whole text, which may be many MB)."""
+    for cut in (TextCut(), TextCut(head_chars=10, tail_chars=5)):
+        assert cut.apply(text) == _reference_apply(cut, text)
+
+
 def test_a_word_cut_by_a_window_edge_keeps_its_earlier_place() -> None:
     """The second window ends inside "xyz"; its "xy" was seen in the first window, so growing must not drop it."""
     text = "xy xy xy xy xy " + "q q q q q q  xy" + "z aa bb cc dd ee ff gg hh"
