@@ -7,13 +7,21 @@ from typing import Any
 
 import orjson
 
-__all__ = ["IMAGE_CHARS", "compact_json", "count_parts", "json_chars", "objects_in", "positive_int", "text_of_content"]
+__all__ = [
+    "ATTACHMENT_CHARS",
+    "compact_json",
+    "count_parts",
+    "json_chars",
+    "objects_in",
+    "positive_int",
+    "text_of_content",
+]
 
-IMAGE_CHARS = 4_000
-"""What one image adds to the size estimate, in characters (about 1,000 tokens at the estimate's 4 per token). The
-providers bill an image by its size, not its bytes: OpenAI 85 tokens at low detail and up to about 1,100 at high,
-Anthropic about 1,600 for a large one. Counting its base64 bytes would be far too high, and counting nothing too low
-for a model with a small context window."""
+ATTACHMENT_CHARS = 4_000
+"""What one image, audio or file part adds to the size estimate, in characters (about 1,000 tokens at the estimate's
+4 per token). The providers bill an image by its size, not its bytes: OpenAI 85 tokens at low detail and up to about
+1,100 at high, Anthropic about 1,600 for a large one; a file's pages and audio's seconds vary more. Counting the
+base64 bytes would be far too high, and counting nothing too low for a model with a small context window."""
 
 
 def objects_in(body: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

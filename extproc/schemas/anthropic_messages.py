@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import IMAGE_CHARS, compact_json, count_parts, json_chars, objects_in, positive_int
+from extproc.schemas._text import ATTACHMENT_CHARS, compact_json, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["AnthropicMessages"]
 
@@ -99,7 +99,7 @@ class AnthropicMessages:
         for message in objects_in(body, "messages"):
             content = message.get("content")
             chars += len(_text(content)) + len(_tool_results_text(content)) + _tool_use_chars(content)
-            chars += IMAGE_CHARS * count_parts(content, ("image", "document"))
+            chars += ATTACHMENT_CHARS * count_parts(content, ("image", "document"))
         return chars
 
     def message_count(self, body: Mapping[str, Any]) -> int:

@@ -2,8 +2,8 @@
 
 The classifier reads the last user turn (what the model must answer now); string and content-part messages are
 supported, system and earlier turns count toward the size estimate only. Tool results and assistant turns are
-never classified. The size estimate also counts images, assistant ``tool_calls``, and the ``tools`` (legacy
-``functions``) and ``response_format`` the request sends.
+never classified. The size estimate also counts image, audio and file parts, assistant ``tool_calls``, and the
+``tools`` (legacy ``functions``) and ``response_format`` the request sends.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import IMAGE_CHARS, count_parts, json_chars, objects_in, positive_int, text_of_content
+from extproc.schemas._text import ATTACHMENT_CHARS, count_parts, json_chars, objects_in, positive_int, text_of_content
 
 __all__ = ["OpenAIChat"]
+
+_ATTACHMENTS = ("image_url", "input_audio", "file")
 
 
 class OpenAIChat:
@@ -50,7 +52,7 @@ class OpenAIChat:
         chars = sum(json_chars(body.get(key)) for key in ("tools", "functions", "response_format"))
         for message in objects_in(body, "messages"):
             content = message.get("content")
-            chars += len(text_of_content(content)) + IMAGE_CHARS * count_parts(content, ("image_url",))
+            chars += len(text_of_content(content)) + ATTACHMENT_CHARS * count_parts(content, _ATTACHMENTS)
             chars += json_chars(message.get("tool_calls")) + json_chars(message.get("function_call"))
         return chars
 

@@ -3,7 +3,8 @@
 ``input`` is a string or a list of items. The classifier reads the string, or the text parts (``input_text``,
 ``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
 ``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs, the
-``tools`` definitions and an allowance per image part count toward the size estimate only.
+``tools`` definitions, the ``text`` output format and an allowance per image, file or audio part count toward the
+size estimate only.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import IMAGE_CHARS, count_parts, json_chars, objects_in, positive_int
+from extproc.schemas._text import ATTACHMENT_CHARS, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["OpenAIResponses"]
 
 _USER_TEXT_PARTS = ("input_text", "text")
 _ANY_TEXT_PARTS = ("input_text", "text", "output_text", "refusal")
+_ATTACHMENTS = ("input_image", "input_file", "input_audio")
 
 
 def _parts_text(content: Any, kinds: tuple[str, ...]) -> str:
@@ -44,7 +46,7 @@ def _item_chars(item: Mapping[str, Any]) -> int:
     if kind in ("function_call_output", "custom_tool_call_output"):
         return len(_parts_text(item.get("output"), _ANY_TEXT_PARTS))
     content = item.get("content")
-    return len(_parts_text(content, _ANY_TEXT_PARTS)) + IMAGE_CHARS * count_parts(content, ("input_image",))
+    return len(_parts_text(content, _ANY_TEXT_PARTS)) + ATTACHMENT_CHARS * count_parts(content, _ATTACHMENTS)
 
 
 class OpenAIResponses:
@@ -83,9 +85,11 @@ class OpenAIResponses:
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
-        """Characters of ``instructions``, of every input item's text and of the ``tools``; an allowance per image."""
+        """Characters of ``instructions``, of every input item's text, of the ``tools`` and the ``text`` format; an
+        allowance per image, file or audio part."""
         instructions = body.get("instructions")
-        chars = (len(instructions) if isinstance(instructions, str) else 0) + json_chars(body.get("tools"))
+        chars = len(instructions) if isinstance(instructions, str) else 0
+        chars += json_chars(body.get("tools")) + json_chars(body.get("text"))
         items = body.get("input")
         if isinstance(items, str):
             return chars + len(items)

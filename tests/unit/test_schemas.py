@@ -10,7 +10,7 @@ import pytest
 
 from extproc.request import ParsedRequest, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
-from extproc.schemas._text import IMAGE_CHARS
+from extproc.schemas._text import ATTACHMENT_CHARS
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
@@ -53,7 +53,7 @@ RESPONSES = OpenAIResponses()
         pytest.param(
             {"input": [_user([{"type": "input_text", "text": "a"}, IMAGE_PART, {"type": "text", "text": "b"}])]},
             "a\nb",
-            3 + IMAGE_CHARS,
+            3 + ATTACHMENT_CHARS,
             1,
             id="input-text-and-text-parts-image-skipped",
         ),
@@ -90,7 +90,7 @@ RESPONSES = OpenAIResponses()
             2,
             id="no-user-item",
         ),
-        pytest.param({"input": [_user([IMAGE_PART])]}, "", IMAGE_CHARS, 1, id="image-only"),
+        pytest.param({"input": [_user([IMAGE_PART])]}, "", ATTACHMENT_CHARS, 1, id="image-only"),
         pytest.param(
             {"input": [{"type": "item_reference", "id": "msg_1", "role": "user"}]}, "", 0, 1, id="not-a-message"
         ),
@@ -143,7 +143,7 @@ def _tool_result(content: Any) -> dict[str, Any]:
         pytest.param(
             {"messages": [_user([IMAGE_BLOCK, {"type": "text", "text": "a"}, {"type": "text", "text": "b"}])]},
             "a\nb",
-            3 + IMAGE_CHARS,
+            3 + ATTACHMENT_CHARS,
             1,
             id="text-blocks-image-skipped",
         ),
@@ -208,7 +208,11 @@ def _tool_result(content: Any) -> dict[str, Any]:
             id="text-beside-tool-result-wins",
         ),
         pytest.param(
-            {"messages": [_user("earlier"), _user([IMAGE_BLOCK])]}, "", 7 + IMAGE_CHARS, 2, id="image-only-has-no-text"
+            {"messages": [_user("earlier"), _user([IMAGE_BLOCK])]},
+            "",
+            7 + ATTACHMENT_CHARS,
+            2,
+            id="image-only-has-no-text",
         ),
         pytest.param({"messages": [{"role": "assistant", "content": "hi"}]}, "", 2, 1, id="no-user-turn"),
         pytest.param({"messages": [1, _user("ok")]}, "ok", 2, 2, id="junk-messages-skipped"),
@@ -256,7 +260,7 @@ def test_anthropic_messages_max_output_tokens(body: dict[str, Any], want: int | 
                 "max_completion_tokens": 7,
             },
             "look",
-            7 + IMAGE_CHARS,
+            7 + ATTACHMENT_CHARS,
             2,
             7,
             id="chat",
@@ -305,10 +309,28 @@ def _json_len(value: Any) -> int:
         pytest.param(
             AnthropicMessages(),
             {"messages": [_user([{"type": "document", "source": {}}, {"type": "text", "text": "hi"}])]},
-            2 + IMAGE_CHARS,
+            2 + ATTACHMENT_CHARS,
             id="messages-document",
         ),
         pytest.param(OpenAIResponses(), {"input": "hi", "tools": TOOLS}, 2 + _json_len(TOOLS), id="responses-tools"),
+        pytest.param(
+            OpenAIResponses(),
+            {"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+            2 + _json_len({"format": {"type": "json_schema", "schema": {"type": "object"}}}),
+            id="responses-text-format",
+        ),
+        pytest.param(
+            OpenAIResponses(),
+            {"input": [_user([{"type": "input_file", "file_id": "f"}, {"type": "input_text", "text": "hi"}])]},
+            2 + ATTACHMENT_CHARS,
+            id="responses-file",
+        ),
+        pytest.param(
+            OpenAIChat(),
+            {"messages": [_user([{"type": "input_audio", "input_audio": {}}, {"type": "text", "text": "hi"}])]},
+            2 + ATTACHMENT_CHARS,
+            id="chat-audio",
+        ),
     ],
 )
 def test_tools_and_tool_calls_count_for_size(schema: ApiSchema, body: dict[str, Any], chars: int) -> None:
