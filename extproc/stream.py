@@ -341,16 +341,19 @@ class StreamHandler:
             return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
         # Only a choice on the merits sets a conversation's floor: not a pinned request (a labeller replaying a
         # captured conversation), and not a fallback (an image-only turn or a classifier timeout would otherwise
-        # lock the rest of the conversation onto the default model, often the dearest).
+        # lock the rest of the conversation onto the default model, often the dearest). A fallback turn keeps an
+        # existing floor alive, as any turn of the conversation does, without raising it.
         if (
             memory_key is not None
             and self._memory is not None
             and not policy.shadow
-            and not decision.fallback
             and decision.reason is not Reason.TRUSTED_OVERRIDE
         ):
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
-            self._memory.remember(memory_key, decision.model.ability, ttl)
+            if not decision.fallback:
+                self._memory.remember(memory_key, decision.model.ability, ttl)
+            elif (floor := self._memory.floor(memory_key)) is not None:
+                self._memory.remember(memory_key, floor, ttl)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)

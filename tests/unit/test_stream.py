@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -377,15 +378,17 @@ def _with_session_header(policy: PolicySettings, header: str | None = "x-session
     return policy.model_copy(update={"stickiness": policy.stickiness.model_copy(update={"session_header": header})})
 
 
-def _conversation(**settings_changes: object) -> Callable[..., Awaitable[DecisionRecord]]:
-    """One snapshot and conversation memory; each call sends one turn and returns its record. The session header is
-    ``x-session-id`` unless ``policy`` says otherwise."""
+def _conversation(
+    clock: Callable[[], float] = time.monotonic, **settings_changes: object
+) -> Callable[..., Awaitable[DecisionRecord]]:
+    """One snapshot and conversation memory (on ``clock``); each call sends one turn and returns its record. The
+    session header is ``x-session-id`` unless ``policy`` says otherwise."""
     from extproc.conversations import ConversationMemory
 
     base = demo_settings()
     base = base.model_copy(update={"policy": _with_session_header(base.policy)})
     settings = base.model_copy(update=settings_changes) if settings_changes else base
-    memory = ConversationMemory(100, 3600)
+    memory = ConversationMemory(100, 3600, clock=clock)
     broken = FakeDifficultyModel(error=RuntimeError("down"))
 
     async def turn(text: str, classifier_down: bool = False, **headers: str) -> DecisionRecord:
@@ -446,6 +449,20 @@ async def test_a_fallback_turn_does_not_raise_the_conversation_floor(undecided: 
     assert (first.selected_model, first.outcome) == ("gpt-4o", Outcome.FALLBACK)
     later = await turn("easy", **{"x-session-id": "s1"})
     assert (later.reason, later.selected_model) == ("cheapest_meeting_target", "llama-3.1-8b-instruct")
+
+
+async def test_a_fallback_turn_keeps_an_existing_floor_alive() -> None:
+    """The floor's TTL (10 s here) counts from the conversation's last turn, fallback turns included."""
+    now = [0.0]
+    policy = _with_session_header(demo_settings(default_model="gpt-4o-mini").policy)
+    policy = policy.model_copy(update={"stickiness": policy.stickiness.model_copy(update={"ttl_seconds": 10.0})})
+    turn = _conversation(clock=lambda: now[0], policy=policy)
+    assert (await turn("a hard question", **{"x-session-id": "s1"})).selected_model == "gpt-4o"
+    now[0] = 9.0
+    assert (await turn("easy", classifier_down=True, **{"x-session-id": "s1"})).selected_model == "gpt-4o"
+    now[0] = 18.0  # 18 s after the floor was set, 9 s after the fallback turn
+    later = await turn("easy", **{"x-session-id": "s1"})
+    assert (later.reason, later.selected_model) == ("sticky_conversation", "gpt-4o")
 
 
 async def test_a_pinned_turn_does_not_raise_the_conversation_floor() -> None:
