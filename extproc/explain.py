@@ -43,6 +43,7 @@ __all__ = [
     "decide_local",
     "decide_remote",
     "default_config",
+    "default_configs",
     "prompt_body",
     "read_input",
     "render",
@@ -50,10 +51,17 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/v1/chat/completions"
-DEFAULT_CONFIGS: tuple[Path, ...] = (
-    Path(__file__).resolve().parents[1] / "envoy" / "model-router.yaml",  # a source checkout: the dev stack's config
-    Path("/etc/model-router/model-router.yaml"),  # the image's and the k8s manifests' config mount
-)
+
+
+def default_configs(root: Path) -> tuple[Path, ...]:
+    """Where to look for a config, ``root`` being the directory that holds the ``extproc`` package: in a source
+    checkout, the dev stack's config; installed, ``root`` is site-packages, whose ``envoy`` directory is another
+    package's, so only the image's and the k8s manifests' config mount."""
+    checkout = (root / "envoy" / "model-router.yaml",) if (root / "pyproject.toml").is_file() else ()
+    return (*checkout, Path("/etc/model-router/model-router.yaml"))
+
+
+DEFAULT_CONFIGS = default_configs(Path(__file__).resolve().parents[1])
 _REASONS = {
     "cheapest_meeting_target": "the cheapest model predicted to reach the quality target",
     "none_meets_target_most_able": "no model left in (see meets) is predicted to reach the quality target: the most "

