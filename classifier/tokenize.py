@@ -86,17 +86,29 @@ def _stripped_bounds(text: str) -> tuple[int, int]:
     return start, end
 
 
-def _period(text: str) -> int:
-    """A period ``p`` of ``text`` (``text[i] == text[i + p]`` throughout) that ends in whitespace, or 0.
+def _blocks(text: str) -> tuple[int, int]:
+    """``(p, end)``: ``text[:end]`` is a block of ``p`` characters ending in whitespace, repeated (``end`` a multiple
+    of ``p``, or ``len(text)`` if the whole text repeats the block); ``(0, 0)`` if the text does not start so.
 
-    Such a text is one block of whole words repeated (the prompt pasted again and again), so a window of it holds
-    the words of one block plus the block's start up to the window's edge: see :meth:`TextCut._head`. Only the
-    first recurrence of the text's opening is tried, so the test costs one substring search and one comparison.
+    Such a start is a prompt pasted again and again, or one filler word or phrase before the real text. No word
+    spans two blocks and each block holds the same words, so a window holds the words of one block plus what follows
+    the blocks: see :meth:`TextCut._head`. Only the first recurrence of the text's opening is tried (one substring
+    search), and how far it repeats is found by halving (a few comparisons of slices).
     """
     p = text.find(text[:32], 1)
-    if p <= 0 or 2 * p > len(text) or not text[p - 1].isspace() or text[p:] != text[: len(text) - p]:
-        return 0
-    return p
+    if p <= 0 or not text[p - 1].isspace():
+        return 0, 0
+    low, high = 0, len(text) - p  # the longest m with text[p : p + m] == text[:m]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if text[p : p + middle] == text[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    if p + low == len(text):
+        return p, len(text)
+    end = (p + low) // p * p
+    return (p, end) if end >= 2 * p else (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,14 +167,15 @@ class TextCut:
             scale *= 2
         return int(size * scale)
 
-    def _head(self, text: str, period: int | None = None) -> tuple[str, bool, int]:
+    def _head(self, text: str, blocks: tuple[int, int] | None = None) -> tuple[str, bool, int]:
         """The de-duplicated start of ``text`` (at least ``head_chars`` long, or all of it), whether it is all, and
-        the text's :func:`_period` if the first window was not enough (else 0). A given ``period`` is used as is.
+        the text's period if the first window was not enough and the whole text repeats one block (else 0). Given
+        ``blocks`` (:func:`_blocks`) are used as they are.
 
         Equal to ``_distinct_words(text[:window])`` for the first window of the growing series that is long enough,
         but each character is read once: a grown window reads only what it adds, re-reading the word its previous
-        edge cut (and forgetting that word's cut-off piece if only the cut made it new). A text of one repeated
-        block reads one block and the block's start up to the window's edge instead.
+        edge cut (and forgetting that word's cut-off piece if only the cut made it new). A text that starts with one
+        block repeated reads one block and what follows the blocks up to the window's edge instead.
         """
         seen: dict[str, None] = {}
         cut_word, cut_word_is_new = "", False
@@ -170,8 +183,12 @@ class TextCut:
         scale = self.WINDOW
         while True:
             window = int(self.head_chars * scale)
-            if period:
-                head = _distinct_words(_one_block(text, 0, min(window, len(text)), period))
+            if blocks and blocks[0]:
+                period, end = blocks
+                edge = min(window, len(text))
+                head = _distinct_words(
+                    _one_block(text, 0, edge, period) if edge <= end else text[:period] + text[end:edge]
+                )
             else:
                 if cut_word_is_new:
                     del seen[cut_word]
@@ -180,10 +197,11 @@ class TextCut:
                 seen.update(dict.fromkeys(ws))
                 head = " ".join(seen)
             if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
-                return head, window >= len(text), period or 0
-            if period is None:  # the start repeats itself: is the text one pasted block? (a bounded look)
-                period = _period(text) if len(text) <= self.PERIOD_MAX_CHARS else 0
-            if not period:
+                repeats = blocks is not None and blocks[1] == len(text)  # the tail can read one block too
+                return head, window >= len(text), blocks[0] if blocks is not None and repeats else 0
+            if blocks is None:  # the start repeats itself: is it one block repeated? (a bounded look)
+                blocks = _blocks(text) if len(text) <= self.PERIOD_MAX_CHARS else (0, 0)
+            if not blocks[0]:
                 cut_word = ws[-1] if ws and _inside_word(text, window) else ""
                 cut_word_is_new = bool(cut_word) and not last_was_seen and ws.count(cut_word) == 1
                 done = window

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from classifier.loader import DEFAULT_MODEL_DIR
-from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer, _period, words
+from classifier.tokenize import CUT_JOINER, TextCut, WordPieceTokenizer, _blocks, words
 from tests.unit.classifier.tiny import TINY_VOCAB, tiny_tokenizer
 
 CUT = TextCut(head_chars=10, tail_chars=5)
@@ -58,6 +58,10 @@ def test_cut_bounds_length() -> None:
     assert len(cut.apply("word " * 100_000)) <= cut.head_chars + cut.tail_chars + len(CUT_JOINER)
 
 
+def _distinct(text: str) -> str:
+    return " ".join(dict.fromkeys(text.split()))
+
+
 def _reference_window(cut: TextCut, text: str, size: int, at_end: bool) -> str:
     """The de-duplicated window the cut's contract defines: the words of the first ``size * WINDOW * 2**k``
     characters (or the last, ``at_end``) without repeats, for the smallest k that gives enough text, at most
@@ -66,7 +70,7 @@ def _reference_window(cut: TextCut, text: str, size: int, at_end: bool) -> str:
     while True:
         window = int(size * scale)
         piece = text[max(0, len(text) - window) :] if at_end else text[:window]
-        out = " ".join(dict.fromkeys(piece.split()))
+        out = _distinct(piece)
         if len(out) >= size or window >= len(text) or scale >= cut.MAX_WINDOW:
             return out
         scale *= 2
@@ -77,10 +81,11 @@ def _assert_windows_match_reference(cut: TextCut, text: str) -> None:
     want_head = _reference_window(cut, text, cut.head_chars, at_end=False)
     tail = _reference_window(cut, text, cut.tail_chars, at_end=True)
     want_tail = tail[max(0, len(tail) - cut.tail_chars) :]
-    for period in {0, _period(text)}:
-        assert cut._head(text, period)[0] == want_head, period
+    for blocks in {(0, 0), _blocks(text)}:
+        assert cut._head(text, blocks)[0] == want_head, blocks
         assert cut._head(text)[0] == want_head
-        assert cut._tail(text, period) == want_tail, period
+        period = blocks[0] if blocks[1] == len(text) else 0
+        assert cut._tail(text, period) == want_tail, blocks
 
 
 _PIECES = st.sampled_from(["a", "ab", "abc", "x", "é", "🙂", "longword", "w1", "w2", "w3", "v7", "v8"])
@@ -119,17 +124,22 @@ def test_cut_windows_of_long_repetitive_text_equal_the_reference(text: str) -> N
 @pytest.mark.parametrize(
     ("text", "want"),
     [
-        pytest.param("Sort a list, please.\n\n" * 20, 22, id="repeated-by-line"),
-        pytest.param(("Sort a list, please. " * 20)[:-5], 21, id="repeated-in-line-cut-short"),
-        pytest.param("ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab", 3, id="one-word"),
-        pytest.param("Sort a list, please." * 20, 0, id="blocks-fuse-into-words"),
-        pytest.param("Sort a list, please. Then sort it again. " + "x" * 40, 0, id="not-repeated"),
-        pytest.param("Sort a list. " * 5 + "Then print it. " + "Sort a list. " * 5, 0, id="repeated-then-changed"),
+        pytest.param("Sort a list, please.\n\n" * 20, (22, 440), id="repeated-by-line"),
+        pytest.param(("Sort a list, please. " * 20)[:-5], (21, 415), id="repeated-in-line-cut-short"),
+        pytest.param("ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab", (3, 53), id="one-word"),
+        pytest.param("Sort a list, please." * 20, (0, 0), id="blocks-fuse-into-words"),
+        pytest.param("Sort a list, please. Then sort it again. " + "x" * 40, (0, 0), id="not-repeated"),
+        pytest.param(
+            "Sort a list. " * 5 + "Then print it. " + "Sort a list. " * 5, (13, 65), id="repeated-then-changed"
+        ),
+        pytest.param("um " * 40 + "What is 2+2?", (3, 120), id="filler-word-then-question"),
+        pytest.param("um um ummm what", (0, 0), id="fewer-than-two-whole-blocks"),
     ],
 )
-def test_period_finds_a_pasted_block(text: str, want: int) -> None:
-    """The one-block reading is used only where it holds: whole-word blocks repeated from the start."""
-    assert _period(text) == want
+def test_blocks_find_a_repeated_start(text: str, want: tuple[int, int]) -> None:
+    """The one-block reading is used only where it holds: whole-word blocks repeated from the start, and only as
+    far as they repeat."""
+    assert _blocks(text) == want
 
 
 def test_a_long_text_is_not_searched_for_a_repeated_block() -> None:
@@ -139,7 +149,7 @@ def test_a_long_text_is_not_searched_for_a_repeated_block() -> None:
     short = "Sort this list, please. " * 1_000
     long = short * 100
     assert cut._head(short)[2] == len("Sort this list, please. ")
-    assert cut._head(long)[2] == 0
+    assert cut._head(long)[2] == 0  # not searched (the result is the same)
     assert cut.apply(long) == cut.apply(short)
 
 
@@ -150,15 +160,18 @@ def _reference_apply(cut: TextCut, text: str) -> str:
         return text
     text = text.strip()
     if len(text) <= 2 * keep:
-        text = " ".join(dict.fromkeys(text.split()))
+        text = _distinct(text)
         if len(text) <= keep + len(CUT_JOINER):
             return text
         return text[: cut.head_chars] + CUT_JOINER + text[len(text) - cut.tail_chars :]
     head = _reference_window(cut, text, cut.head_chars, at_end=False)
-    scale = cut.WINDOW
-    while int(cut.head_chars * scale) < len(text) and scale < cut.MAX_WINDOW:
+    scale = cut.WINDOW  # the window the head stopped at: did it cover the whole text?
+    while True:
+        window = int(cut.head_chars * scale)
+        if len(_distinct(text[:window])) >= cut.head_chars or window >= len(text) or scale >= cut.MAX_WINDOW:
+            break
         scale *= 2
-    if int(cut.head_chars * scale) >= len(text) and len(head) <= keep + len(CUT_JOINER):
+    if window >= len(text) and len(head) <= keep + len(CUT_JOINER):
         return head
     tail = _reference_window(cut, text, cut.tail_chars, at_end=True)
     return head[: cut.head_chars] + CUT_JOINER + tail[max(0, len(tail) - cut.tail_chars) :]
@@ -185,7 +198,7 @@ def test_a_word_cut_by_a_window_edge_keeps_its_earlier_place() -> None:
     """The second window ends inside "xyz"; its "xy" was seen in the first window, so growing must not drop it."""
     text = "xy xy xy xy xy " + "q q q q q q  xy" + "z aa bb cc dd ee ff gg hh"
     cut = TextCut(head_chars=10, tail_chars=5)
-    assert cut._head(text, 0)[0] == "xy q xyz aa bb cc dd ee ff gg hh"
+    assert cut._head(text, (0, 0))[0] == "xy q xyz aa bb cc dd ee ff gg hh"
     _assert_windows_match_reference(cut, text)
 
 
