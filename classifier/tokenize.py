@@ -184,7 +184,7 @@ class TextCut:
         while True:
             window = int(self.head_chars * scale)
             if blocks and blocks[0]:
-                period, end = blocks
+                period, end = blocks  # text[:end] repeats text[:period]
                 edge = min(window, len(text))
                 head = _distinct_words(
                     _one_block(text, 0, edge, period) if edge <= end else text[:period] + text[end:edge]
@@ -197,8 +197,8 @@ class TextCut:
                 seen.update(dict.fromkeys(ws))
                 head = " ".join(seen)
             if len(head) >= self.head_chars or window >= len(text) or scale >= self.MAX_WINDOW:
-                repeats = blocks is not None and blocks[1] == len(text)  # the tail can read one block too
-                return head, window >= len(text), blocks[0] if blocks is not None and repeats else 0
+                period, end = blocks or (0, 0)
+                return head, window >= len(text), period if end == len(text) else 0  # the tail reads one block too
             if blocks is None:  # the start repeats itself: is it one block repeated? (a bounded look)
                 blocks = _blocks(text) if len(text) <= self.PERIOD_MAX_CHARS else (0, 0)
             if not blocks[0]:
