@@ -130,9 +130,9 @@ class TextCut:
 
     WINDOW: ClassVar[float] = 1.5
     MAX_WINDOW: ClassVar[float] = 32.0
-    PERIOD_MAX_CHARS: ClassVar[int] = 32_768
-    """Longest text checked for one repeated block: the check reads the whole text, so a longer one (a body may be
-    many MB) takes the incremental reading, whose cost the windows bound."""
+    LONG_CHARS: ClassVar[int] = 32_768
+    """Past this length a text (a body may be many MB) is read only at its ends, unless the widest windows meet;
+    only a shorter text is searched for a repeated block, a search that reads all of it."""
 
     def apply(self, text: str) -> str:
         """Return ``text`` unchanged if it fits, else its start and end joined by :data:`CUT_JOINER`.
@@ -142,8 +142,8 @@ class TextCut:
         keep = self.head_chars + self.tail_chars
         if len(text) <= keep + len(CUT_JOINER):
             return text
-        head_reach, tail_reach = self._reach(self.head_chars), self._reach(self.tail_chars)
-        if len(text) > 2 * max(head_reach, tail_reach):
+        if len(text) > self.LONG_CHARS:
+            head_reach, tail_reach = self._reach(self.head_chars), self._reach(self.tail_chars)
             start, end = _stripped_bounds(text)
             if end - start > max(head_reach, tail_reach):  # no window reaches the other end: read only the ends
                 head, _, _ = self._head(text[start : start + head_reach])
@@ -200,7 +200,7 @@ class TextCut:
                 period, end = blocks or (0, 0)
                 return head, window >= len(text), period if end == len(text) else 0  # the tail reads one block too
             if blocks is None:  # the start repeats itself: is it one block repeated? (a bounded look)
-                blocks = _blocks(text) if len(text) <= self.PERIOD_MAX_CHARS else (0, 0)
+                blocks = _blocks(text) if len(text) <= self.LONG_CHARS else (0, 0)
             if not blocks[0]:
                 cut_word = ws[-1] if ws and _inside_word(text, window) else ""
                 cut_word_is_new = bool(cut_word) and not last_was_seen and ws.count(cut_word) == 1

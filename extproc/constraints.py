@@ -28,6 +28,7 @@ QUALITY_HEADER = "x-model-router-quality"
 MAX_COST_HEADER = "x-model-router-max-cost"
 LATENCY_HEADER = "x-model-router-latency"
 _LATENCIES = ("interactive", "standard", "batch")
+_LATENCY_EXPECTED = "one of " + ", ".join(_LATENCIES)
 
 
 class ConstraintError(ValueError):
@@ -91,18 +92,16 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
     reject = policy.invalid_constraint == "reject" and not view.shadow  # shadow mode changes nothing, not even this
     ignored: list[str] = []
     values: dict[str, object] = {}
-    # Headers that can raise a request's cost also need the operator's opt-in (max_cost can only lower it).
-    opted_in = {"quality": policy.quality_header, "latency": policy.latency_header}
-    for name, header, parse, expected in (
-        ("quality", QUALITY_HEADER, _parse_unit, "a number from 0 to 1"),
-        ("max_cost", MAX_COST_HEADER, _parse_cost, "a non-negative number (the catalog's currency)"),
-        ("latency", LATENCY_HEADER, _parse_latency, "one of " + ", ".join(_LATENCIES)),
+    # opted_in: headers that can raise a request's cost also need the operator's opt-in (max_cost only lowers it).
+    for name, header, parse, expected, opted_in in (
+        ("quality", QUALITY_HEADER, _parse_unit, "a number from 0 to 1", policy.quality_header),
+        ("max_cost", MAX_COST_HEADER, _parse_cost, "a non-negative number (the catalog's currency)", True),
+        ("latency", LATENCY_HEADER, _parse_latency, _LATENCY_EXPECTED, policy.latency_header),
     ):
         raw = headers.get(header)
         if raw is None:
             continue
-        allowed = name in view.allowed_constraints and opted_in.get(name, True)
-        if not allowed:
+        if not (opted_in and name in view.allowed_constraints):
             ignored.append(header)
             continue
         value = parse(raw.strip())

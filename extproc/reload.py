@@ -223,7 +223,6 @@ async def watch_config(
 
     previous = fingerprint()
     also_seen = previous[1:] if previous is not None else None
-    attempted: bytes | None = None  # the content of the last reload tried: a rejected file is not retried each poll
     unreadable = 0  # polls in a row; a ConfigMap's symlink swap can miss one, a deleted file misses them all
     while True:
         await asyncio.sleep(interval)
@@ -235,8 +234,9 @@ async def watch_config(
         if current is None or not settled:
             continue
         config, also_now = current[0], current[1:]
-        changed = config not in (ref.current.config_digest, attempted, ref.rejected) or also_now != also_seen
+        # The running config, or one a reload (this watcher's or SIGHUP's) refused: not tried again each poll.
+        changed = config not in (ref.current.config_digest, ref.rejected) or also_now != also_seen
         if not changed:
             continue
-        attempted, also_seen = config, also_now
+        also_seen = also_now
         on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model, apply, serial))

@@ -143,7 +143,7 @@ def test_blocks_find_a_repeated_start(text: str, want: tuple[int, int]) -> None:
 
 
 def test_a_long_text_is_not_searched_for_a_repeated_block() -> None:
-    """The block check reads the whole text: past PERIOD_MAX_CHARS (a body may be many MB) it is not made, and the
+    """The block check reads the whole text: past LONG_CHARS (a body may be many MB) it is not made, and the
     windows alone bound the cost, with the same output."""
     cut = TextCut()
     short = "Sort this list, please. " * 1_000
