@@ -79,6 +79,18 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+USAGE_FILTER = "model_router_usage"
+"""Envoy's observability-mode ext_proc filter that sends the router a copy of each response (README "Real usage")."""
+
+
+def enable_usage_observer(cfg: dict[str, Any]) -> None:
+    """The Envoy half of turning ``telemetry.response_usage`` on, as the README says: the observer filter's
+    ``disabled: true`` becomes false."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (observer,) = (f for f in hcm["http_filters"] if f["name"] == USAGE_FILTER)
+    observer["disabled"] = False
+
+
 def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,17 +192,22 @@ class Stack:
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
+        if self._router_config().get("telemetry", {}).get("response_usage"):
+            enable_usage_observer(cfg)
         if self.envoy_patch:
             self.envoy_patch(cfg)
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
+    def _router_config(self) -> dict[str, Any]:
+        """The router config this stack runs, without its ports."""
+        return deep_merge(yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text()), self.router_overrides)
+
     def _catalog_by_cluster(self) -> dict[str, list[str]]:
         """The models each cluster serves, from the catalog of the router config this stack runs."""
-        merged = deep_merge(yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text()), self.router_overrides)
         served: dict[str, list[str]] = {}
-        for model in merged["catalog"]:
+        for model in self._router_config()["catalog"]:
             served.setdefault(model["cluster"], []).append(model["name"])
         return served
 

@@ -6,7 +6,8 @@ ending in ``data: [DONE]``), legacy Completions (``text_completion``), the Respo
 ``message_stop``), with each API's error object. It answers with which cluster and model it received, and keeps
 what it received so tests can check every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model``
 and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with their headers.
-``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals). Started with ``--models``, it
+``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals); ``POST /_cut?after=N`` makes
+every stream reset its connection after N events (``0`` heals). Started with ``--models``, it
 serves only those names, as a real provider does: any other model is a 404 (``model_not_found``), so a request that
 reaches the wrong cluster, or the literal ``auto``, fails here as it would in production.
 """
@@ -287,7 +288,11 @@ def _messages_events(answer: Answer) -> Iterator[Event]:
 async def _stream(request: web.Request, headers: dict[str, str], events: Iterator[Event]) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
     await response.prepare(request)
-    for name, data in events:
+    cut_after = request.app[_FAIL].get("cut_after", 0)
+    for i, (name, data) in enumerate(events):
+        if cut_after and i == cut_after and request.transport is not None:
+            request.transport.abort()  # a provider that crashes mid-answer: a reset, no end of stream
+            return response
         payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
         line = b"data: " + payload + b"\n\n"
         await response.write(line if name is None else b"event: " + name.encode() + b"\n" + line)
@@ -369,6 +374,11 @@ async def _set_fail(request: web.Request) -> web.Response:
     return web.json_response({"status": request.app[_FAIL]["status"]})
 
 
+async def _set_cut(request: web.Request) -> web.Response:
+    request.app[_FAIL]["cut_after"] = int(request.query.get("after", "0"))
+    return web.json_response({"cut_after": request.app[_FAIL]["cut_after"]})
+
+
 async def _models(request: web.Request) -> web.Response:
     served = sorted(request.app[_MODELS] or ())
     owner = request.app[_CLUSTER]
@@ -396,6 +406,7 @@ def make_app(cluster: str, keep: int = 256, models: frozenset[str] | None = None
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_received", _received)
     app.router.add_post("/_fail", _set_fail)
+    app.router.add_post("/_cut", _set_cut)
     app.router.add_post("/{tail:.*}", _llm)
     return app
 

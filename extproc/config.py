@@ -218,8 +218,9 @@ class TelemetrySettings(_Strict):
     service_name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     """The spans' ``service.name``; null = ``OTEL_SERVICE_NAME``, else ``model-router``."""
     response_usage: bool = False
-    """Read real token usage from upstream responses (JSON and SSE) into metrics and logs. Off by default: Envoy
-    then sends every response chunk to the router, which keeps each stream open for the whole response."""
+    """Read real token usage from upstream responses (JSON and SSE) into metrics and logs. Needs Envoy's
+    observability-mode filter ``model_router_usage`` enabled (README "Real usage"), which sends the router a copy of
+    every response on the routed paths; the response itself does not wait for the router."""
     decision_log: bool = False
     """Log one JSON line per decision at info level (otherwise at debug); ``model-router report`` reads them."""
     log_prompts: bool = False

@@ -41,17 +41,6 @@ _SKIP_BODY = _MODE(
     response_trailer_mode=_MODE.SKIP,
 )
 
-# request_header_mode must stay SEND: with SKIP, Envoy no longer applies the header mutations of the body answer
-# (content-length, the cluster header) and fails the request with a content-length mismatch.
-_WATCH_RESPONSE = _MODE(
-    request_header_mode=_MODE.SEND,
-    response_header_mode=_MODE.SKIP,
-    request_body_mode=_MODE.BUFFERED,
-    response_body_mode=_MODE.STREAMED,
-    request_trailer_mode=_MODE.SKIP,
-    response_trailer_mode=_MODE.SKIP,
-)
-
 _CONTINUE = {
     "request_headers": lambda: pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
     "response_headers": lambda: pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
@@ -91,16 +80,14 @@ def _dynamic(metadata: Mapping[str, str]) -> struct_pb2.Struct | None:
 
 
 def headers_continue(
-    remove: Iterable[str], skip_body: bool, watch_response: bool = False, metadata: Mapping[str, str] | None = None
+    remove: Iterable[str], skip_body: bool, metadata: Mapping[str, str] | None = None
 ) -> pb.ProcessingResponse:
-    """Answer the request-headers message: drop ``remove``; ``skip_body`` asks Envoy not to send the body;
-    ``watch_response`` asks for the response body too, streamed chunk by chunk (to read token usage)."""
+    """Answer the request-headers message: drop ``remove``; ``skip_body`` asks Envoy not to send the body."""
     remove = list(remove)
     common = pb.CommonResponse(header_mutation=header_mutation({}, remove)) if remove else None
-    override = _SKIP_BODY if skip_body else (_WATCH_RESPONSE if watch_response else None)
     return pb.ProcessingResponse(
         request_headers=pb.HeadersResponse(response=common),
-        mode_override=override,
+        mode_override=_SKIP_BODY if skip_body else None,
         dynamic_metadata=_dynamic(metadata or {}),
     )
 

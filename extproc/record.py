@@ -75,8 +75,8 @@ class DecisionSink(Protocol):
         """Count an internal error (``reason`` from a small closed set)."""
         ...
 
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-        """Record the real usage the upstream reported for the request behind ``rec``."""
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Record the real usage the upstream reported for the request behind decision ``decision_id``."""
         ...
 
 
@@ -97,7 +97,7 @@ class DiscardSink:
     def error(self, reason: str) -> None:
         """Discard ``reason``."""
 
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Discard the usage (nothing was sent upstream)."""
 
 
@@ -116,12 +116,12 @@ class LogSink:
     def error(self, reason: str) -> None:
         """Errors are logged where they happen; nothing to add."""
 
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Log the real usage, joined to the decision by its id."""
         if self._logger.isEnabledFor(self._level):
             line = {
                 "event": "usage",
-                "decision_id": rec.decision_id,
+                "decision_id": decision_id,
                 "model": model,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,

@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.conversations import ConversationMemory
+from extproc.observe import ResponseObserver
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
 from extproc.tap import DecisionTap
@@ -53,21 +54,30 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        """Answer every message of one HTTP request's stream, in order."""
-        metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
-        handler = StreamHandler(
-            self._snapshots.current,
-            self._classify,
-            self._telemetry,
-            self._new_id,
-            trace_headers=metadata,
-            memory=self._memory,
-            tap=self._tap,
-        )
+        """Answer every message of one HTTP request's stream, in order; or, on a stream of the observability-mode
+        filter (which takes no answer), read the response's usage."""
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
+            return
         in_flight = self._telemetry.streams_in_flight
         in_flight.inc()
         try:
-            async for message in request_iterator:
+            if first.observability_mode:
+                await self._observe(first, messages)
+                return
+            metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
+            handler = StreamHandler(
+                self._snapshots.current,
+                self._classify,
+                self._telemetry,
+                self._new_id,
+                trace_headers=metadata,
+                memory=self._memory,
+                tap=self._tap,
+            )
+            message: pb.ProcessingRequest | None = first
+            while message is not None:
                 try:
                     responses = await handler.handle(message)
                 except ProtocolError as exc:
@@ -77,6 +87,19 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                     return
                 for response in responses:
                     yield response
+                message = await anext(messages, None)
         finally:
-            handler.close()
             in_flight.dec()
+
+    async def _observe(self, first: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]) -> None:
+        """Read one observed response until its usage is known or the router has no use for it; returning ends the
+        stream (Envoy, failing open, sends nothing more). An error here only costs that response's usage."""
+        observer = ResponseObserver(self._snapshots.current, self._telemetry, self._tap)
+        try:
+            message: pb.ProcessingRequest | None = first
+            while message is not None and observer.feed(message):
+                message = await anext(rest, None)
+            observer.close()
+        except Exception:
+            _log.exception("reading a response's usage failed; the response is unaffected")
+            self._telemetry.error("handler_exception")

@@ -28,6 +28,7 @@ from extproc.bodyedit import find_model_span, replace_at, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import Floors, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
+from extproc.observe import USAGE_MODEL_KEY
 from extproc.policy import (
     Decision,
     Reason,
@@ -43,7 +44,6 @@ from extproc.request import ParsedRequest, PassReason, Passthrough, parse_reques
 from extproc.schemas import HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
 from extproc.tap import DecisionTap
-from extproc.usage import UsageScanner
 
 __all__ = [
     "CLUSTER_HEADER",
@@ -59,9 +59,6 @@ HEADER_PREFIX = "x-model-router-"
 CLUSTER_HEADER = HEADER_PREFIX + "cluster"
 OVERRIDE_HEADER = HEADER_PREFIX + "override"
 OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
-FALLBACK_NAMESPACE = "model_router_fallback"
-"""Envoy's fallback filter writes ``model`` here when a retry reached another cluster under another model's name;
-the ext_proc filter forwards the namespace with response messages (``metadata_options.forwarding_namespaces``)."""
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
@@ -161,8 +158,6 @@ class StreamHandler:
         # the call metadata; the request's own traceparent header is the fallback.
         self._trace = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_HEADERS}
         self._started_ns = 0
-        self._usage: UsageScanner | None = None
-        self._fallback_checked = False
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -182,9 +177,6 @@ class StreamHandler:
                     return await self._on_body(msg.request_body)
                 case "response_headers", _ if self._record is not None and self._record.outcome in _ROUTED:
                     return [envoy.response_headers_set(self._decision_headers(self._record))]
-                case "response_body", _ if self._usage is not None:
-                    self._on_response_chunk(msg)
-                    return [self._continue(kind)]
                 case _:
                     return [self._continue(kind)]
         except Exception:
@@ -305,8 +297,7 @@ class StreamHandler:
             _log.debug("ignoring constraint header %s", ignored)
         self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy, unclassified=unclassified)
         self.stage = Stage.WAIT_BODY
-        watch = self._snap.settings.telemetry.response_usage and unclassified is None
-        return [envoy.headers_continue(owned, skip_body=False, watch_response=watch)]
+        return [envoy.headers_continue(owned, skip_body=False)]
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()
@@ -359,9 +350,8 @@ class StreamHandler:
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
         served = unchanged if policy.shadow else decision.model
         observed = self._observe(parsed, served.name)
-        if self._snap.settings.telemetry.response_usage:
-            self._usage = UsageScanner()
-            self._usage_model = served
+        if self._snap.settings.telemetry.response_usage:  # for the response observer (extproc/observe.py)
+            observed = {**observed, USAGE_MODEL_KEY: served.name}
         if policy.shadow:
             return self._shadow(raw, parsed.requested_model, served, policy, observed)
         assert self._record is not None
@@ -415,56 +405,6 @@ class StreamHandler:
             _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
             self._sink.error("tap_exception")
             return None
-
-    def _on_response_chunk(self, msg: pb.ProcessingRequest) -> None:
-        assert self._usage is not None and self._record is not None
-        if not self._fallback_checked:
-            self._fallback_checked = True
-            self._check_fallback(msg)
-        chunk = msg.response_body
-        self._usage.feed(chunk.body)
-        if chunk.end_of_stream:
-            self._finish_usage()
-
-    def _finish_usage(self) -> None:
-        assert self._usage is not None and self._record is not None
-        scanner, self._usage = self._usage, None
-        usage = scanner.finish()
-        if usage is None and scanner.unreadable:
-            self._sink.error("usage_unreadable")  # cost would vanish from the metrics unnoticed
-        if usage is not None:
-            cost = estimate_cost(self._usage_model, usage.input_tokens, usage.output_tokens)
-            self._sink.usage(self._record, self._usage_model.name, usage.input_tokens, usage.output_tokens, cost)
-
-    def close(self) -> None:
-        """The ext_proc stream ended. A response whose last chunk never reached the router still reports the usage
-        it carried: a client that stops reading after the final SSE event (the OpenAI SDK does, at ``[DONE]``) may
-        close before the upstream's end of stream, and Envoy then ends the stream without it."""
-        if self._usage is None:
-            return
-        try:
-            self._finish_usage()
-        except Exception:
-            _log.exception("reading the usage of a cut response failed")
-            self._sink.error("handler_exception")
-
-    def _check_fallback(self, msg: pb.ProcessingRequest) -> None:
-        """If Envoy's fallback filter sent the request to another model, usage is that model's (tokens and cost at
-        its price) and feedback by id defaults to it. The record, span and decision metrics keep the router's own
-        choice: they describe the decision, and Envoy's access log describes the retry."""
-        assert self._record is not None and self._request is not None
-        written = msg.metadata_context.filter_metadata.get(FALLBACK_NAMESPACE)
-        value = written.fields.get("model") if written is not None else None
-        name = value.string_value if value is not None else ""
-        if not name or name == self._usage_model.name:
-            return
-        model = self._request.policy.model(name)
-        if model is None:  # the filter only names models of the tenant's catalog: a foreign config wrote it
-            self._sink.error("unknown_fallback_model")
-            return
-        self._usage_model = model
-        if self._tap is not None:
-            self._tap_safely(self._tap.answered_by, self._record, name)
 
     def _conversation_key(self, parsed: ParsedRequest) -> str | None:
         if self._memory is None or self._request is None:

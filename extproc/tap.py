@@ -33,7 +33,7 @@ class DecisionTap(Protocol):
         Returns dynamic metadata for Envoy (the feedback token), possibly empty."""
         ...
 
-    def answered_by(self, rec: DecisionRecord, model: str) -> None:
+    def answered_by(self, decision_id: str, model: str) -> None:
         """Envoy's upstream fallback sent the decided request to ``model`` instead (seen in the response phase)."""
         ...
 
@@ -72,8 +72,8 @@ class LearningTap:
             self.capture.offer(settings.capture, rec, parsed)
         return metadata
 
-    def answered_by(self, rec: DecisionRecord, model: str) -> None:
+    def answered_by(self, decision_id: str, model: str) -> None:
         """Feedback by decision id now defaults to the model that answered (a token already sent keeps its model:
         the README tells senders to name the fallback model)."""
         if self.decisions is not None:
-            self.decisions.answered_by(rec.decision_id, sys.intern(model))
+            self.decisions.answered_by(decision_id, sys.intern(model))

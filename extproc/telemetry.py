@@ -433,12 +433,12 @@ class Telemetry:
             parts.append(encode_attribute(_ATTRIBUTES["prompt_excerpt"], rec.prompt_excerpt))
         return b"".join(parts)
 
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Count the real usage of one routed request and log it."""
         self._child(self.usage_tokens, model, "input").inc(input_tokens)
         self._child(self.usage_tokens, model, "output").inc(output_tokens)
         self._child(self.usage_cost, model).inc(cost)
-        self._log.usage(rec, model, input_tokens, output_tokens, cost)
+        self._log.usage(decision_id, model, input_tokens, output_tokens, cost)
 
     def error(self, reason: str) -> None:
         """Count an internal error."""

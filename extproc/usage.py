@@ -1,7 +1,7 @@
 """Reads the real token usage from an upstream response as it streams back through Envoy.
 
-Off by default (``telemetry.response_usage``): it makes Envoy send every response chunk to the router, which keeps
-the ext_proc stream open for the whole response and adds a round trip per chunk. JSON bodies are buffered up to a
+Off by default (``telemetry.response_usage``); the chunks come from Envoy's observability-mode ext_proc filter
+(``extproc/observe.py``), copies that the response does not wait for. JSON bodies are buffered up to a
 cap and parsed at the end (past the cap, only the last 64 KiB are kept and the last ``"usage"`` object in them is
 read: the APIs put it after the output); SSE streams are scanned line by line and only ``data:`` events that
 mention ``usage`` are parsed (OpenAI chat/completions final chunk with ``stream_options.include_usage``, Responses

@@ -59,13 +59,14 @@ class RecordingSink:
     def record(self, rec: DecisionRecord) -> None:
         self.records.append(rec)
 
-    usages: list[tuple[str, int, int, float]] = field(default_factory=list)
+    usages: list[tuple[str, str, int, int, float]] = field(default_factory=list)
+    """(decision id, model, input tokens, output tokens, cost) per :meth:`usage`."""
 
     def error(self, reason: str) -> None:
         self.errors.append(reason)
 
-    def usage(self, rec: DecisionRecord, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-        self.usages.append((model, input_tokens, output_tokens, cost))
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        self.usages.append((decision_id, model, input_tokens, output_tokens, cost))
 
 
 def sequential_ids() -> Callable[[], str]:

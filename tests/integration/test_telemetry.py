@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from devstack.otlp import OtlpReceiver, ReceivedSpan
 from devstack.stack import Stack
-from tests.integration.test_routing import EASY, HARD, chat_body, post
+from tests.integration.test_routing import EASY, HARD, JSON, chat_body, post
 
 SECRET = "purple-elephant-confidential-prompt"
 
@@ -169,6 +170,60 @@ def test_response_usage_is_recorded(usage_stack: Stack, stream: bool) -> None:
     assert usage is not None
     after = receiver_free_metrics(usage_stack, before, model)
     assert after == (usage.prompt_tokens, usage.completion_tokens)
+
+
+def test_the_usage_observer_leaves_a_json_answer_as_it_was(usage_stack: Stack) -> None:
+    """Envoy sends the router a copy (observability mode), so the answer keeps its content-length: a filter that
+    streamed the body through the router made it chunked."""
+    before = httpx.get(usage_stack.metrics_url).text
+    r = httpx.post(usage_stack.base_url + "/v1/chat/completions", content=chat_body(HARD), headers=JSON, timeout=10)
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert r.headers.get("content-length") == str(len(r.content))
+    assert "transfer-encoding" not in r.headers
+    usage = r.json()["usage"]
+    assert receiver_free_metrics(usage_stack, before, r.json()["model"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    ), "the router read the copy all the same"
+
+
+def test_a_request_the_router_did_not_decide_is_answered_whole_with_usage_on(usage_stack: Stack) -> None:
+    """The router ends the observer's copy of a pass-through at its response headers; Envoy, failing open, sends
+    the client everything, and no usage is counted for it."""
+    before = httpx.get(usage_stack.metrics_url).text
+    body = chat_body(EASY, model="gpt-4o-mini")
+    r = httpx.post(usage_stack.base_url + "/v1/chat/completions", content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200 and r.json()["model"] == "gpt-4o-mini"
+    assert r.headers.get("content-length") == str(len(r.content))
+    decided = httpx.post(usage_stack.base_url + "/v1/chat/completions", content=chat_body(HARD), headers=JSON)
+    assert decided.json()["model"] != "gpt-4o-mini"
+    assert receiver_free_metrics(usage_stack, before, decided.json()["model"]) != (0.0, 0.0)  # copies were read
+    after = httpx.get(usage_stack.metrics_url).text
+    counted = [
+        _metric(m, "model_router_usage_tokens_total", model="gpt-4o-mini", direction="input") for m in (before, after)
+    ]
+    assert counted[0] == counted[1]
+
+
+def test_a_stream_the_upstream_cuts_keeps_what_was_sent(usage_stack: Stack) -> None:
+    """Chunks reach the client as the upstream sends them, not after the router read them: when the upstream
+    resets mid-answer, the client has the events sent before the reset (the response-streaming filter lost them)."""
+    received = b""
+    for port in usage_stack.upstream_ports.values():
+        httpx.post(f"http://127.0.0.1:{port}/_cut?after=2", timeout=5)
+    try:
+        url, body = usage_stack.base_url + "/v1/chat/completions", chat_body(HARD, stream=True)
+        with httpx.stream("POST", url, content=body, headers=JSON, timeout=10) as r:
+            assert r.status_code == 200
+            with contextlib.suppress(httpx.RemoteProtocolError):  # the reset reaches the client as a cut stream
+                for chunk in r.iter_raw():
+                    received += chunk
+    finally:
+        for port in usage_stack.upstream_ports.values():
+            httpx.post(f"http://127.0.0.1:{port}/_cut?after=0", timeout=5)
+    events = [line for line in received.split(b"\n") if line.startswith(b"data: ")]
+    assert len(events) == 2, received
+    assert b"[DONE]" not in received
 
 
 def receiver_free_metrics(stack: Stack, before: str, model: str) -> tuple[float, float]:

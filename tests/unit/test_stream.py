@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import json_format
 
 from classifier.model import Prediction
 from extproc.classify import ClassifierThreads
@@ -320,60 +319,6 @@ async def test_handler_bug_degrades_to_continue() -> None:
     assert forwards_unchanged(response, outcome=None)  # no metadata: Envoy's fail-open filter takes over
 
 
-class _AnsweredByTap:
-    """Records what the stream tells the learning tap about fallbacks."""
-
-    def __init__(self) -> None:
-        self.answered: list[tuple[str, str]] = []
-
-    def decided(self, *args: object) -> dict[str, str]:
-        return {}
-
-    def answered_by(self, rec: DecisionRecord, model: str) -> None:
-        self.answered.append((rec.decision_id, model))
-
-
-def _fallback_metadata(model: str | None) -> dict[str, object]:
-    """A response message's ``metadata_context`` as Envoy forwards it (``model_router_fallback`` namespace)."""
-    return {} if model is None else {"filter_metadata": {"model_router_fallback": {"model": model}}}
-
-
-USAGE_JSON = b'{"object":"chat.completion","usage":{"prompt_tokens":1000,"completion_tokens":500}}'
-
-
-@pytest.mark.parametrize(
-    ("written", "answered", "error"),
-    [
-        (None, "gpt-4o-mini", None),  # no fallback filter, or no retry
-        ("", "gpt-4o-mini", None),  # an attempt back on the router's own cluster clears the rename
-        ("gpt-4o-mini", "gpt-4o-mini", None),
-        ("gpt-4o", "gpt-4o", None),  # the frontier cluster answered under its own name
-        ("not-in-catalog", "gpt-4o-mini", "unknown_fallback_model"),
-    ],
-)
-async def test_response_usage_is_priced_for_the_model_that_answered(
-    written: str | None, answered: str, error: str | None
-) -> None:
-    settings = demo_settings()
-    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
-    snap = snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
-    sink, tap = RecordingSink(), _AnsweredByTap()
-    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock(), tap=tap)
-    await replay(handler, chat_headers(), CHAT)
-    assert sink.records[0].selected_model == "gpt-4o-mini"
-    for i, part in enumerate((USAGE_JSON[:30], USAGE_JSON[30:])):
-        msg = pb.ProcessingRequest(response_body=pb.HttpBody(body=part, end_of_stream=i == 1))
-        if i == 0:  # Envoy forwards the namespace with every message; the first one decides
-            json_format.ParseDict(_fallback_metadata(written), msg.metadata_context)
-        (response,) = await handler.handle(msg)
-        assert response.WhichOneof("response") == "response_body"
-    cost = estimate_cost(snap.by_name[answered], 1000, 500)
-    assert sink.usages == [(answered, 1000, 500, cost)]
-    assert sink.errors == ([error] if error else [])
-    renamed = answered != "gpt-4o-mini"
-    assert tap.answered == ([(sink.records[0].decision_id, answered)] if renamed else [])
-
-
 def _with_session_header(policy: PolicySettings, header: str | None = "x-session-id") -> PolicySettings:
     return policy.model_copy(update={"stickiness": policy.stickiness.model_copy(update={"session_header": header})})
 
@@ -534,49 +479,6 @@ async def test_shadow_mode_never_rejects_a_request() -> None:
     assert responses[0].WhichOneof("response") == "request_headers"
     assert responses[1].WhichOneof("response") == "request_body"
     assert sink.records[0].outcome is Outcome.SHADOW
-
-
-async def test_usage_of_a_response_cut_before_its_last_chunk_is_still_recorded_once() -> None:
-    """The client stopped reading at the final SSE event; Envoy ends the stream without end_of_stream."""
-    settings = demo_settings()
-    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
-    sink = RecordingSink()
-    snap = snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
-    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock())
-    await replay(handler, chat_headers(), CHAT)
-    sse = b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}\n\ndata: [DONE]\n\n'
-    await handler.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=sse)))
-    assert sink.usages == []
-    handler.close()
-    handler.close()
-    assert [(model, tokens_in, tokens_out) for model, tokens_in, tokens_out, _ in sink.usages] == [
-        ("gpt-4o-mini", 12, 7)
-    ]
-
-
-@pytest.mark.parametrize(
-    ("body", "errors"),
-    [
-        pytest.param(b'{"object":"chat.completion"}', [], id="none-reported"),
-        pytest.param(b"\x1f\x8b" + b"corrupt" * 10, ["usage_unreadable"], id="corrupt-gzip"),
-        pytest.param(b'{"pad":"' + b"x" * (2 << 20) + b'"}', ["usage_unreadable"], id="oversized-without-usage"),
-    ],
-)
-async def test_a_response_whose_usage_cannot_be_read_is_counted(body: bytes, errors: list[str]) -> None:
-    """Its cost would otherwise vanish from the usage metrics with nothing to alert on."""
-    settings = demo_settings()
-    telemetry = settings.telemetry.model_copy(update={"response_usage": True})
-    sink = RecordingSink()
-    handler = StreamHandler(
-        snapshot(settings=settings.model_copy(update={"telemetry": telemetry})),
-        inline_classify,
-        sink,
-        sequential_ids(),
-        fixed_clock(),
-    )
-    await replay(handler, chat_headers(), CHAT)
-    await handler.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=True)))
-    assert (sink.usages, sink.errors) == ([], errors)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.stack import envoy_binary, free_port
+from devstack.stack import USAGE_FILTER, envoy_binary, free_port
 from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
 from extproc.constraints import LATENCY_HEADER, MAX_COST_HEADER, QUALITY_HEADER
 from extproc.feedback_http import FEEDBACK_PATH
@@ -477,8 +477,10 @@ def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict
     assert catch_all["match"] == {"prefix": "/"}  # other APIs: neither buffered nor sent to the router
     assert {f: c["disabled"] for f, c in catch_all["typed_per_filter_config"].items()} == {
         ext_proc_name: True,
+        USAGE_FILTER: True,  # should the usage observer be enabled (README "Real usage")
         "envoy.filters.http.buffer": True,
     }
+    assert route["typed_per_filter_config"][USAGE_FILTER]["disabled"] is True
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
     cluster = clusters[route["route"]["cluster"]]
     assert cluster["type"] == "STATIC"
@@ -867,7 +869,8 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     envoy_filter = find(objects, "EnvoyFilter")
     patches = {key: p["patch"]["value"] for key, p in _istio_patches(envoy_filter).items()}
     hcm = _hcm(envoy)
-    ours = {EXT_PROC_FILTER, LUA_FILTER, "envoy.filters.http.buffer"}  # the body limit is the gateway's own setting
+    # The body limit is the gateway's own setting; the Istio overlay does not install the usage observer.
+    ours = {EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, "envoy.filters.http.buffer"}
     gateway_filters = [ISTIO_GATEWAY_FILTER, *(f for f in hcm["http_filters"] if f["name"] not in ours)]
     assert [f["name"] for f in gateway_filters][-1] == ROUTER_FILTER
     http_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
@@ -1004,6 +1007,7 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
             route_name = patch["match"]["routeConfiguration"]["vhost"]["route"]["name"]
             _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
             per_route = _feedback_route(base_envoy)["typed_per_filter_config"]
+            per_route = {k: v for k, v in per_route.items() if k != USAGE_FILTER}  # not in the Istio overlay
             assert patch["patch"]["value"]["typed_per_filter_config"] == per_route
             checked.add(f"EnvoyFilter:{route_name}")
         else:  # VirtualService http routes, first in spec.http

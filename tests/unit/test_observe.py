@@ -1,0 +1,193 @@
+"""ResponseObserver: the usage of a decided request, read from the observability-mode filter's copy of its response.
+
+The two streams share nothing but Envoy's dynamic metadata, so each case first lets a real StreamHandler decide and
+then feeds the observer messages that carry the metadata that decision set, as Envoy forwards it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import json_format
+
+from extproc.config import Settings
+from extproc.observe import FALLBACK_NAMESPACE, USAGE_MODEL_KEY, ResponseObserver
+from extproc.policy import estimate_cost
+from extproc.snapshot import Snapshot
+from extproc.stream import StreamHandler
+from tests.fakes import RecordingSink, demo_settings, fixed_clock, inline_classify, sequential_ids, snapshot
+from tests.protocol import chat_headers, replay, router_metadata
+
+CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
+USAGE_JSON = b'{"object":"chat.completion","usage":{"prompt_tokens":1000,"completion_tokens":500}}'
+
+
+def usage_on(settings: Settings | None = None, on: bool = True) -> Snapshot:
+    settings = settings or demo_settings()
+    telemetry = settings.telemetry.model_copy(update={"response_usage": on})
+    return snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
+
+
+async def decided(snap: Snapshot, body: bytes = CHAT) -> dict[str, str]:
+    """The ``model_router`` metadata a deciding stream set for ``body`` (what Envoy forwards to the observer)."""
+    handler = StreamHandler(snap, inline_classify, RecordingSink(), sequential_ids(), fixed_clock())
+    responses = await replay(handler, chat_headers(), body)
+    return router_metadata(responses[-1])
+
+
+def observed(
+    kind: str, metadata: Mapping[str, str], fallback: str | None = None, **fields: object
+) -> pb.ProcessingRequest:
+    """One message of the observer's stream, with the namespaces Envoy forwards (``forwarding_namespaces``)."""
+    msg = pb.ProcessingRequest(observability_mode=True)
+    if kind == "response_headers":
+        msg.response_headers.SetInParent()
+    else:
+        msg.response_body.CopyFrom(pb.HttpBody(**fields))  # type: ignore[arg-type]
+    namespaces: dict[str, object] = {"model_router": dict(metadata)}
+    if fallback is not None:
+        namespaces[FALLBACK_NAMESPACE] = {"model": fallback}
+    json_format.ParseDict({"filter_metadata": namespaces}, msg.metadata_context)
+    return msg
+
+
+def read(observer: ResponseObserver, messages: list[pb.ProcessingRequest]) -> list[bool]:
+    """Feed ``messages`` until the observer wants no more, then end the stream as the service does."""
+    wanted = []
+    for msg in messages:
+        wanted.append(observer.feed(msg))
+        if not wanted[-1]:
+            break
+    observer.close()
+    return wanted
+
+
+def response(metadata: Mapping[str, str], body: bytes, fallback: str | None = None) -> list[pb.ProcessingRequest]:
+    """Headers, the body in two chunks, then the empty end-of-stream message observability mode sends."""
+    return [
+        observed("response_headers", metadata, fallback),
+        observed("response_body", metadata, fallback, body=body[:30]),
+        observed("response_body", metadata, fallback, body=body[30:]),
+        observed("response_body", metadata, fallback, end_of_stream=True),
+    ]
+
+
+class _AnsweredByTap:
+    """Records what the observer tells the learning tap about fallbacks."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.answered: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def decided(self, *args: object) -> dict[str, str]:
+        return {}
+
+    def answered_by(self, decision_id: str, model: str) -> None:
+        if self.fail:
+            raise RuntimeError("store down")
+        self.answered.append((decision_id, model))
+
+
+@pytest.mark.parametrize(
+    ("written", "answered", "error"),
+    [
+        (None, "gpt-4o-mini", None),  # no fallback filter, or no retry
+        ("", "gpt-4o-mini", None),  # an attempt back on the router's own cluster clears the rename
+        ("gpt-4o-mini", "gpt-4o-mini", None),
+        ("gpt-4o", "gpt-4o", None),  # the frontier cluster answered under its own name
+        ("not-in-catalog", "gpt-4o-mini", "unknown_fallback_model"),
+    ],
+)
+async def test_usage_is_priced_for_the_model_that_answered(
+    written: str | None, answered: str, error: str | None
+) -> None:
+    snap = usage_on()
+    metadata = await decided(snap)
+    assert metadata[USAGE_MODEL_KEY] == "gpt-4o-mini"
+    sink, tap = RecordingSink(), _AnsweredByTap()
+    wanted = read(ResponseObserver(snap, sink, tap), response(metadata, USAGE_JSON, written))
+    assert wanted == [True, True, True, False]  # read to the end of the stream, then done
+    decision_id = metadata["decision_id"]
+    assert sink.usages == [(decision_id, answered, 1000, 500, estimate_cost(snap.by_name[answered], 1000, 500))]
+    assert sink.errors == ([error] if error else [])
+    assert tap.answered == ([(decision_id, answered)] if answered != "gpt-4o-mini" else [])
+
+
+@pytest.mark.parametrize(
+    ("decider_usage", "observer_usage"),
+    [
+        pytest.param(False, True, id="decided-with-usage-off"),  # no usage_model in the metadata
+        pytest.param(True, False, id="usage-turned-off-since"),  # a reload: the observer's snapshot says off
+    ],
+)
+async def test_a_response_is_not_read_unless_usage_was_on_for_both(decider_usage: bool, observer_usage: bool) -> None:
+    metadata = await decided(usage_on(on=decider_usage))
+    sink = RecordingSink()
+    assert read(ResponseObserver(usage_on(on=observer_usage), sink), response(metadata, USAGE_JSON)) == [False]
+    assert (sink.usages, sink.errors) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(CHAT.replace(b'"auto"', b'"gpt-4o-mini"'), id="catalog-model-named"),
+        pytest.param(b"{not json", id="malformed"),
+    ],
+)
+async def test_a_request_the_router_did_not_decide_is_not_read(body: bytes) -> None:
+    """A pass-through's metadata has no decision id: the stream ends at the response headers."""
+    snap = usage_on()
+    metadata = await decided(snap, body)
+    assert "decision_id" not in metadata
+    sink = RecordingSink()
+    assert read(ResponseObserver(snap, sink), response(metadata, USAGE_JSON)) == [False]
+    assert (sink.usages, sink.errors) == ([], [])
+
+
+async def test_usage_of_a_response_cut_before_its_last_chunk_is_still_recorded_once() -> None:
+    """The upstream reset, or the client stopped reading at the final SSE event: no end_of_stream ever comes."""
+    snap = usage_on()
+    metadata = await decided(snap)
+    sink = RecordingSink()
+    observer = ResponseObserver(snap, sink)
+    sse = b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}\n\ndata: [DONE]\n\n'
+    assert observer.feed(observed("response_headers", metadata))
+    assert observer.feed(observed("response_body", metadata, body=sse))
+    assert sink.usages == []
+    observer.close()
+    observer.close()
+    assert [usage[:4] for usage in sink.usages] == [(metadata["decision_id"], "gpt-4o-mini", 12, 7)]
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        pytest.param(b'{"object":"chat.completion"}', [], id="none-reported"),
+        pytest.param(b"\x1f\x8b" + b"corrupt" * 10, ["usage_unreadable"], id="corrupt-gzip"),
+        pytest.param(b'{"pad":"' + b"x" * (2 << 20) + b'"}', ["usage_unreadable"], id="oversized-without-usage"),
+    ],
+)
+async def test_a_response_whose_usage_cannot_be_read_is_counted(body: bytes, errors: list[str]) -> None:
+    """Its cost would otherwise vanish from the usage metrics with nothing to alert on."""
+    snap = usage_on()
+    sink = RecordingSink()
+    read(ResponseObserver(snap, sink), response(await decided(snap), body))
+    assert (sink.usages, sink.errors) == ([], errors)
+
+
+async def test_a_model_a_reload_removed_is_counted_not_priced() -> None:
+    snap = usage_on()
+    metadata = await decided(snap) | {USAGE_MODEL_KEY: "retired-model"}
+    sink = RecordingSink()
+    assert read(ResponseObserver(snap, sink), response(metadata, USAGE_JSON)) == [False]
+    assert (sink.usages, sink.errors) == ([], ["usage_unreadable"])
+
+
+async def test_a_failing_tap_costs_only_the_fallback_note() -> None:
+    snap = usage_on()
+    sink = RecordingSink()
+    read(ResponseObserver(snap, sink, _AnsweredByTap(fail=True)), response(await decided(snap), USAGE_JSON, "gpt-4o"))
+    assert [usage[1:4] for usage in sink.usages] == [("gpt-4o", 1000, 500)]
+    assert sink.errors == ["tap_exception"]
