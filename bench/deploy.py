@@ -30,7 +30,15 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.measure import upstream_counts
-from devstack.stack import ENVOY_DIR, ROOT, UPSTREAM_CLUSTERS, Stack, deep_merge, free_port
+from devstack.stack import (
+    ENVOY_DIR,
+    ROOT,
+    UPSTREAM_CLUSTERS,
+    Stack,
+    deep_merge,
+    enable_usage_observer,
+    free_port,
+)
 
 __all__ = [
     "Deployment",
@@ -55,6 +63,8 @@ class SetupSpec:
     server: ServerKind
     workers: int = 1
     classifier: str | None = None
+    usage: bool = False
+    """``telemetry.response_usage`` on, with Envoy's usage observer filter (README "Real usage")."""
 
     @property
     def label(self) -> str:
@@ -123,6 +133,8 @@ def _envoy_patch(spec: SetupSpec, worker_ports: list[int]) -> Callable[[dict[str
     def patch(cfg: dict[str, Any]) -> None:
         manager = hcm(cfg)
         manager.pop("access_log", None)
+        if spec.usage:
+            enable_usage_observer(cfg)
         if spec.server == "none":
             manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         if len(set(worker_ports)) > 1:
@@ -184,8 +196,10 @@ class Deployment:
             "server": {"listen": f"127.0.0.1:{port}"},
             "classifier": {"kind": self.spec.classifier or "heuristic"},
         }
+        if self.spec.usage:
+            overrides["telemetry"] = {"response_usage": True}
         if isinstance(base.get("telemetry"), dict) and base["telemetry"].get("metrics_listen"):
-            overrides["telemetry"] = {"metrics_listen": f"127.0.0.1:{free_port()}"}
+            overrides["telemetry"] = {**overrides.get("telemetry", {}), "metrics_listen": f"127.0.0.1:{free_port()}"}
         path = self.workdir / f"model-router-{len(self.workers)}.yaml"
         path.write_text(yaml.safe_dump(deep_merge(base, overrides), sort_keys=False))
         return path

@@ -7,6 +7,7 @@ Setups, all behind the repo's Envoy (``--concurrency 1``) on 127.0.0.1, sharing 
 - **N**: Envoy + ``bench.noop_extproc``, the floor any Python ext_proc built like ours pays;
 - **R-h**: Envoy + the router, heuristic classifier;
 - **R-onnx**: Envoy + the router, the shipped ONNX classifier (skipped with a note while the model file is absent);
+- **R-onnx-u** (only on request, ``--setups``): R-onnx with ``telemetry.response_usage`` and Envoy's usage observer;
 - the router with 2 workers at concurrency 16 (the ONNX one, or the heuristic one without the model).
 
 Rounds interleave the setups (for each round, for each concurrency: E, N, R-h, R-onnx, ...), so slow drift in the
@@ -53,7 +54,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per measured wrk run (default 8; 3 with --quick)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 1; 0 for none)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--setups", nargs="+", default=["E", "N", "R-h", "R-onnx"], help="subset of E N R-h R-onnx")
+    p.add_argument("--setups", nargs="+", default=["E", "N", "R-h", "R-onnx"], help="subset of E N R-h R-onnx R-onnx-u")
     p.add_argument("--no-workers", action="store_true", help="skip the 2-worker measurement")
     p.add_argument(
         "--worker-mode",
@@ -91,12 +92,13 @@ def _specs(names: list[str]) -> tuple[list[SetupSpec], list[str]]:
         "N": SetupSpec("N", "noop"),
         "R-h": SetupSpec("R-h", "router", classifier="heuristic"),
         "R-onnx": SetupSpec("R-onnx", "router", classifier="onnx"),
+        "R-onnx-u": SetupSpec("R-onnx-u", "router", classifier="onnx", usage=True),
     }
     specs = []
     for name in names:
         if name not in known:
             raise SystemExit(f"unknown setup {name!r}; choose from {', '.join(known)}")
-        if name == "R-onnx" and not onnx_model_path().is_file():
+        if name.startswith("R-onnx") and not onnx_model_path().is_file():
             notes.append(
                 f"note: R-onnx skipped: {onnx_model_path().relative_to(ROOT)} does not exist yet (the shipped ONNX "
                 "classifier is being trained); its rows appear once the file exists"
