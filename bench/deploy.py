@@ -139,7 +139,7 @@ def _envoy_patch(spec: SetupSpec, worker_ports: list[int]) -> Callable[[dict[str
             manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
         if len(set(worker_ports)) > 1:
             for cluster in cfg["static_resources"]["clusters"]:
-                if cluster["name"] == "model_router":
+                if cluster["name"] in ("model_router", "model_router_usage"):
                     cluster["load_assignment"]["endpoints"] = [
                         {
                             "lb_endpoints": [

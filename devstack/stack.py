@@ -182,6 +182,7 @@ class Stack:
         cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = self.envoy_port
         ports = {
             "model_router": self.router_port,
+            "model_router_usage": self.router_port,
             "model_router_feedback": self.feedback_port,
             "otel_collector": self.collector_port,
             **self.upstream_ports,

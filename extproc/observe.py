@@ -24,10 +24,10 @@ from extproc.envoy import METADATA_NAMESPACE
 from extproc.policy import ResolvedModel, estimate_cost
 from extproc.record import DecisionSink
 from extproc.snapshot import Snapshot
-from extproc.tap import DecisionTap
+from extproc.tap import DecisionTap, tap_safely
 from extproc.usage import UsageScanner
 
-__all__ = ["FALLBACK_NAMESPACE", "USAGE_MODEL_KEY", "ResponseObserver"]
+__all__ = ["FALLBACK_NAMESPACE", "RESULTS", "USAGE_MODEL_KEY", "MissingCopies", "ResponseObserver"]
 
 _log = logging.getLogger("model_router.observe")
 
@@ -35,12 +35,40 @@ USAGE_MODEL_KEY = "usage_model"
 """The deciding stream's metadata key naming the model whose price the usage is counted at."""
 FALLBACK_NAMESPACE = "model_router_fallback"
 """Envoy's fallback filter writes ``model`` here when a retry reached another cluster under another model's name."""
+RESULTS = ("read", "not_reported", "unreadable", "unknown_model")
+"""What became of a decided response's copy (``model_router_usage_responses_total{result}``): its usage read; none
+in it; not readable (a JSON body past the cap, a gzip bomb or corrupt gzip); its model gone from the catalog (a
+reload while the request was out)."""
 
 
-def _string(metadata: pb.ProcessingRequest, namespace: str, key: str) -> str:
-    fields: struct_pb2.Struct | None = metadata.metadata_context.filter_metadata.get(namespace)
+def _string(msg: pb.ProcessingRequest, namespace: str, key: str) -> str:
+    fields: struct_pb2.Struct | None = msg.metadata_context.filter_metadata.get(namespace)
     value = fields.fields.get(key) if fields is not None else None
     return value.string_value if value is not None else ""
+
+
+class MissingCopies:
+    """Says once when usage is on but no copy has come for many decisions: with Envoy's observer filter left disabled
+    (as shipped), usage would otherwise be missing with no error and no log line."""
+
+    def __init__(self, after: int = 100) -> None:
+        self._after = after
+        self._decided = 0
+        self._copies = 0
+
+    def decided(self) -> None:
+        """A request was decided with ``telemetry.response_usage`` on."""
+        self._decided += 1
+        if self._decided == self._after and self._copies == 0:
+            _log.warning(
+                "telemetry.response_usage is on, but no response copy came for %d decisions: enable Envoy's"
+                ' model_router_usage filter (README "Real usage")',
+                self._after,
+            )
+
+    def copied(self) -> None:
+        """A decided response's copy was read."""
+        self._copies += 1
 
 
 class ResponseObserver:
@@ -54,6 +82,8 @@ class ResponseObserver:
         self._model: ResolvedModel | None = None
         self._scanner: UsageScanner | None = None
         self._started = False
+        self.result: str | None = None
+        """One of :data:`RESULTS` once a decided response was read; None for a copy the router had no use for."""
 
     def feed(self, msg: pb.ProcessingRequest) -> bool:
         """Read one message; False once the rest of the stream is not needed (the caller ends it)."""
@@ -84,7 +114,7 @@ class ResponseObserver:
             return
         model = self._snap.by_name.get(name)
         if model is None:  # a reload removed it while the request was out: its cost must not vanish unnoticed
-            self._sink.error("usage_unreadable")
+            self.result = "unknown_model"
             return
         self._decision_id = decision_id
         self._model = self._answered_by(msg, model)
@@ -97,16 +127,12 @@ class ResponseObserver:
         name = _string(msg, FALLBACK_NAMESPACE, "model")
         if not name or name == decided.name:
             return decided
-        model = self._snap.by_name.get(name)
+        model = self._snap.by_name.get(name)  # the whole catalog: the filter's chains may leave a tenant's subset
         if model is None:  # the filter only names catalog models: a foreign config wrote it
             self._sink.error("unknown_fallback_model")
             return decided
         if self._tap is not None:
-            try:
-                self._tap.answered_by(self._decision_id, name)
-            except Exception as exc:
-                _log.error("decision tap failed (%s); the response is unaffected", type(exc).__name__)
-                self._sink.error("tap_exception")
+            tap_safely(self._sink, self._tap.answered_by, self._decision_id, name)
         return model
 
     def _finish(self) -> None:
@@ -114,8 +140,10 @@ class ResponseObserver:
         scanner, self._scanner = self._scanner, None
         usage = scanner.finish()
         if usage is None:
+            self.result = "unreadable" if scanner.unreadable else "not_reported"
             if scanner.unreadable:
                 self._sink.error("usage_unreadable")  # cost would vanish from the metrics unnoticed
             return
+        self.result = "read"
         cost = estimate_cost(self._model, usage.input_tokens, usage.output_tokens)
         self._sink.usage(self._decision_id, self._model.name, usage.input_tokens, usage.output_tokens, cost)

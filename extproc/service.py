@@ -11,7 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.conversations import ConversationMemory
-from extproc.observe import ResponseObserver
+from extproc.observe import MissingCopies, ResponseObserver
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
 from extproc.tap import DecisionTap
@@ -48,6 +48,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
             memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)
         self._memory = memory
         self._tap = tap
+        self._copies = MissingCopies()
 
     async def Process(
         self,
@@ -60,12 +61,12 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         first = await anext(messages, None)
         if first is None:
             return
+        if first.observability_mode:
+            await self._observe(first, messages)
+            return
         in_flight = self._telemetry.streams_in_flight
         in_flight.inc()
         try:
-            if first.observability_mode:
-                await self._observe(first, messages)
-                return
             metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
             handler = StreamHandler(
                 self._snapshots.current,
@@ -88,6 +89,8 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                 for response in responses:
                     yield response
                 message = await anext(messages, None)
+            if handler.reads_usage:
+                self._copies.decided()
         finally:
             in_flight.dec()
 
@@ -96,10 +99,15 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         stream (Envoy, failing open, sends nothing more). An error here only costs that response's usage."""
         observer = ResponseObserver(self._snapshots.current, self._telemetry, self._tap)
         try:
-            message: pb.ProcessingRequest | None = first
-            while message is not None and observer.feed(message):
-                message = await anext(rest, None)
-            observer.close()
+            try:
+                message: pb.ProcessingRequest | None = first
+                while message is not None and observer.feed(message):
+                    message = await anext(rest, None)
+            finally:  # also when the stream is cancelled: the usage read so far still counts
+                observer.close()
+                if observer.result is not None:
+                    self._telemetry.usage_responses.labels(result=observer.result).inc()
+                    self._copies.copied()
         except Exception:
             _log.exception("reading a response's usage failed; the response is unaffected")
             self._telemetry.error("handler_exception")

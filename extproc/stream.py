@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -43,7 +43,7 @@ from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
 from extproc.schemas import HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
-from extproc.tap import DecisionTap
+from extproc.tap import DecisionTap, tap_safely
 
 __all__ = [
     "CLUSTER_HEADER",
@@ -65,7 +65,6 @@ Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
 """Runs the model on one text within a deadline in seconds; raises on failure or timeout."""
 
 _log = logging.getLogger("model_router.stream")
-_T = TypeVar("_T")
 
 
 class ProtocolError(Exception):
@@ -158,6 +157,8 @@ class StreamHandler:
         # the call metadata; the request's own traceparent header is the fallback.
         self._trace = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_HEADERS}
         self._started_ns = 0
+        self.reads_usage = False
+        """The decision asked the usage observer to read its response (``telemetry.response_usage``)."""
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -352,6 +353,7 @@ class StreamHandler:
         observed = self._observe(parsed, served.name)
         if self._snap.settings.telemetry.response_usage:  # for the response observer (extproc/observe.py)
             observed = {**observed, USAGE_MODEL_KEY: served.name}
+            self.reads_usage = True
         if policy.shadow:
             return self._shadow(raw, parsed.requested_model, served, policy, observed)
         assert self._record is not None
@@ -395,16 +397,7 @@ class StreamHandler:
         request. Returns the tap's dynamic metadata."""
         if self._tap is None or self._record is None:
             return {}
-        return self._tap_safely(self._tap.decided, self._snap.settings, self._record, parsed, served_model) or {}
-
-    def _tap_safely(self, call: Callable[..., _T], *args: Any) -> _T | None:
-        """Call the tap; its failure is logged and counted, and never touches the request."""
-        try:
-            return call(*args)
-        except Exception as exc:
-            _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
-            self._sink.error("tap_exception")
-            return None
+        return tap_safely(self._sink, self._tap.decided, self._snap.settings, self._record, parsed, served_model) or {}
 
     def _conversation_key(self, parsed: ParsedRequest) -> str | None:
         if self._memory is None or self._request is None:

@@ -8,19 +8,33 @@ capture. All are optional, so tests and ``model-router explain`` pass nothing.
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from extproc.capture import PromptCapture
 from extproc.config import Settings
 from extproc.feedback import DecisionEntry, DecisionStore
 from extproc.feedback_token import TokenSigner
-from extproc.record import DecisionRecord
+from extproc.record import DecisionRecord, DecisionSink
 from extproc.request import ParsedRequest
 
-__all__ = ["DecisionTap", "LearningTap"]
+__all__ = ["DecisionTap", "LearningTap", "tap_safely"]
+
+_log = logging.getLogger("model_router.tap")
+_T = TypeVar("_T")
+
+
+def tap_safely(sink: DecisionSink, call: Callable[..., _T], *args: Any) -> _T | None:
+    """Call the tap; its failure is logged and counted (``tap_exception``), and never touches the request."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        _log.error("decision tap failed (%s); the request is unaffected", type(exc).__name__)
+        sink.error("tap_exception")
+        return None
 
 
 class DecisionTap(Protocol):

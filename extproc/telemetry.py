@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from extproc.config import TelemetrySettings, check_otlp_endpoint
 from extproc.decision_proto import OPTIONAL_NUMBERS, SCHEMA_NAMES, known_reason
 from extproc.errors import ConfigError
+from extproc.observe import RESULTS as USAGE_RESULTS
 from extproc.otlp import (
     ExporterOptions,
     FinishedSpan,
@@ -299,7 +300,19 @@ class Telemetry:
             ["result", "source"],
             registry=r,
         )
-        self.streams_in_flight = Gauge("model_router_streams_in_flight", "ext_proc streams currently open.", registry=r)
+        self.usage_responses = Counter(
+            "model_router_usage_responses",
+            "Decided responses whose copy the router read (telemetry.response_usage), by result.",
+            ["result"],
+            registry=r,
+        )
+        for result in USAGE_RESULTS:  # present at 0: usage on with no copies arriving shows as a flat line
+            self.usage_responses.labels(result=result)
+        self.streams_in_flight = Gauge(
+            "model_router_streams_in_flight",
+            "ext_proc decision streams currently open (not the usage observer's copies).",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "model_router_config_reloads", "Config reloads by result.", ["result"], registry=r
         )

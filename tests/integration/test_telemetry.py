@@ -185,6 +185,9 @@ def test_the_usage_observer_leaves_a_json_answer_as_it_was(usage_stack: Stack) -
         usage["prompt_tokens"],
         usage["completion_tokens"],
     ), "the router read the copy all the same"
+    after = httpx.get(usage_stack.metrics_url).text
+    read = [_metric(m, "model_router_usage_responses_total", result="read") for m in (before, after)]
+    assert read[1] == read[0] + 1
 
 
 def test_a_request_the_router_did_not_decide_is_answered_whole_with_usage_on(usage_stack: Stack) -> None:

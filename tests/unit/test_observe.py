@@ -6,17 +6,21 @@ then feeds the observer messages that carry the metadata that decision set, as E
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format
 
-from extproc.config import Settings
-from extproc.observe import FALLBACK_NAMESPACE, USAGE_MODEL_KEY, ResponseObserver
+from extproc.config import Settings, TelemetrySettings
+from extproc.observe import FALLBACK_NAMESPACE, USAGE_MODEL_KEY, MissingCopies, ResponseObserver
 from extproc.policy import estimate_cost
-from extproc.snapshot import Snapshot
+from extproc.service import ExternalProcessorService
+from extproc.snapshot import Snapshot, SnapshotRef
 from extproc.stream import StreamHandler
+from extproc.telemetry import Telemetry
 from tests.fakes import RecordingSink, demo_settings, fixed_clock, inline_classify, sequential_ids, snapshot
 from tests.protocol import chat_headers, replay, router_metadata
 
@@ -107,7 +111,9 @@ async def test_usage_is_priced_for_the_model_that_answered(
     metadata = await decided(snap)
     assert metadata[USAGE_MODEL_KEY] == "gpt-4o-mini"
     sink, tap = RecordingSink(), _AnsweredByTap()
-    wanted = read(ResponseObserver(snap, sink, tap), response(metadata, USAGE_JSON, written))
+    observer = ResponseObserver(snap, sink, tap)
+    wanted = read(observer, response(metadata, USAGE_JSON, written))
+    assert observer.result == "read"
     assert wanted == [True, True, True, False]  # read to the end of the stream, then done
     decision_id = metadata["decision_id"]
     assert sink.usages == [(decision_id, answered, 1000, 500, estimate_cost(snap.by_name[answered], 1000, 500))]
@@ -125,8 +131,9 @@ async def test_usage_is_priced_for_the_model_that_answered(
 async def test_a_response_is_not_read_unless_usage_was_on_for_both(decider_usage: bool, observer_usage: bool) -> None:
     metadata = await decided(usage_on(on=decider_usage))
     sink = RecordingSink()
-    assert read(ResponseObserver(usage_on(on=observer_usage), sink), response(metadata, USAGE_JSON)) == [False]
-    assert (sink.usages, sink.errors) == ([], [])
+    observer = ResponseObserver(usage_on(on=observer_usage), sink)
+    assert read(observer, response(metadata, USAGE_JSON)) == [False]
+    assert (sink.usages, sink.errors, observer.result) == ([], [], None)
 
 
 @pytest.mark.parametrize(
@@ -173,16 +180,19 @@ async def test_a_response_whose_usage_cannot_be_read_is_counted(body: bytes, err
     """Its cost would otherwise vanish from the usage metrics with nothing to alert on."""
     snap = usage_on()
     sink = RecordingSink()
-    read(ResponseObserver(snap, sink), response(await decided(snap), body))
+    observer = ResponseObserver(snap, sink)
+    read(observer, response(await decided(snap), body))
     assert (sink.usages, sink.errors) == ([], errors)
+    assert observer.result == ("unreadable" if errors else "not_reported")
 
 
 async def test_a_model_a_reload_removed_is_counted_not_priced() -> None:
     snap = usage_on()
     metadata = await decided(snap) | {USAGE_MODEL_KEY: "retired-model"}
     sink = RecordingSink()
-    assert read(ResponseObserver(snap, sink), response(metadata, USAGE_JSON)) == [False]
-    assert (sink.usages, sink.errors) == ([], ["usage_unreadable"])
+    observer = ResponseObserver(snap, sink)
+    assert read(observer, response(metadata, USAGE_JSON)) == [False]
+    assert (sink.usages, sink.errors, observer.result) == ([], [], "unknown_model")
 
 
 async def test_a_failing_tap_costs_only_the_fallback_note() -> None:
@@ -191,3 +201,72 @@ async def test_a_failing_tap_costs_only_the_fallback_note() -> None:
     read(ResponseObserver(snap, sink, _AnsweredByTap(fail=True)), response(await decided(snap), USAGE_JSON, "gpt-4o"))
     assert [usage[1:4] for usage in sink.usages] == [("gpt-4o", 1000, 500)]
     assert sink.errors == ["tap_exception"]
+
+
+def test_usage_on_without_copies_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The observer filter left disabled (as shipped) would otherwise give no usage, no error and no log line."""
+    missing = MissingCopies(after=3)
+    with caplog.at_level(logging.WARNING, logger="model_router.observe"):
+        for _ in range(6):
+            missing.decided()
+    assert [r.getMessage() for r in caplog.records] == [
+        "telemetry.response_usage is on, but no response copy came for 3 decisions: enable Envoy's "
+        'model_router_usage filter (README "Real usage")'
+    ]
+    caplog.clear()
+    working = MissingCopies(after=3)
+    working.copied()
+    with caplog.at_level(logging.WARNING, logger="model_router.observe"):
+        for _ in range(6):
+            working.decided()
+    assert caplog.records == []
+
+
+def _service(snap: Snapshot) -> tuple[ExternalProcessorService, Telemetry]:
+    telemetry = Telemetry(TelemetrySettings(metrics_listen=None), logging.getLogger("test.observe"), None)
+    return ExternalProcessorService(SnapshotRef(snap), inline_classify, telemetry), telemetry
+
+
+async def _stream(
+    messages: list[pb.ProcessingRequest], hold: asyncio.Event | None = None
+) -> AsyncIterator[pb.ProcessingRequest]:
+    for msg in messages:
+        yield msg
+    if hold is not None:  # the stream stays open, as Envoy's does until the response ends
+        await hold.wait()
+
+
+def _count(telemetry: Telemetry, result: str) -> float:
+    return telemetry.usage_responses.labels(result=result)._value.get()  # type: ignore[no-any-return]
+
+
+async def test_the_service_hands_an_observability_stream_to_the_observer_and_answers_nothing() -> None:
+    snap = usage_on()
+    service, telemetry = _service(snap)
+    metadata = await decided(snap)
+    answers = [a async for a in service.Process(_stream(response(metadata, USAGE_JSON)), None)]  # type: ignore[arg-type]
+    assert answers == []
+    assert _count(telemetry, "read") == 1
+    assert telemetry.usage_tokens.labels(model="gpt-4o-mini", direction="input")._value.get() == 1000
+    assert telemetry.streams_in_flight._value.get() == 0  # decision streams only
+
+
+async def test_a_cancelled_observer_stream_still_counts_the_usage_it_read() -> None:
+    snap = usage_on()
+    service, telemetry = _service(snap)
+    metadata = await decided(snap)
+    sse = b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7}}\n\n'
+    messages = [observed("response_headers", metadata), observed("response_body", metadata, body=sse)]
+
+    async def drain() -> None:
+        async for _ in service.Process(_stream(messages, hold=asyncio.Event()), None):  # type: ignore[arg-type]
+            pass
+
+    task = asyncio.create_task(drain())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _count(telemetry, "read") == 1
+    assert telemetry.usage_tokens.labels(model="gpt-4o-mini", direction="output")._value.get() == 7

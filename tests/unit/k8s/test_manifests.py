@@ -503,10 +503,11 @@ def test_base_envoy_addresses(builds: dict[str, Objects]) -> None:
     listeners = {li["name"]: li["address"]["socket_address"] for li in envoy["static_resources"]["listeners"]}
     assert listeners["llm_gateway"] == {"address": "0.0.0.0", "port_value": 8080}
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
-    lb = clusters["model_router"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    sidecar = lb["endpoint"]["address"]["socket_address"]
-    assert sidecar == {"address": "127.0.0.1", "port_value": _port(router["server"]["listen"])}
-    assert "http2_protocol_options" in str(clusters["model_router"]["typed_extension_protocol_options"])
+    for name in ("model_router", USAGE_FILTER):  # the deciding filter's cluster, and the usage observer's
+        lb = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        sidecar = lb["endpoint"]["address"]["socket_address"]
+        assert sidecar == {"address": "127.0.0.1", "port_value": _port(router["server"]["listen"])}, name
+        assert "http2_protocol_options" in str(clusters[name]["typed_extension_protocol_options"])
 
 
 def test_catalog_clusters_have_envoy_clusters_and_routes(builds: dict[str, Objects]) -> None:
