@@ -843,7 +843,7 @@ def _assert_istio_scoped_to_the_llm_host(envoy_filter: dict[str, Any], vs: dict[
     gateway virtual hosts HOST:PORT), enables both there. What else applies gateway-wide is only the listener-level
     header strip and buffer size."""
     patches = _istio_patches(envoy_filter)
-    for name in (EXT_PROC_FILTER, LUA_FILTER):
+    for name in (EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER):
         assert patches[f"HTTP_FILTER/{name}"]["patch"]["value"]["disabled"] is True, f"{name} off by default"
     vhost_patch = patches["VIRTUAL_HOST"]
     host, port = vhost_patch["match"]["routeConfiguration"]["vhost"]["name"].rsplit(":", 1)
@@ -852,7 +852,13 @@ def _assert_istio_scoped_to_the_llm_host(envoy_filter: dict[str, Any], vs: dict[
     per_filter = vhost_patch["patch"]["value"]["typed_per_filter_config"]
     assert per_filter == {EXT_PROC_FILTER: ISTIO_ENABLE_FILTER, LUA_FILTER: ISTIO_ENABLE_FILTER}
     unscoped = {k for k, p in patches.items() if not p["match"].get("routeConfiguration", {}).get("vhost")}
-    assert unscoped == {f"HTTP_FILTER/{EXT_PROC_FILTER}", f"HTTP_FILTER/{LUA_FILTER}", "NETWORK_FILTER", "LISTENER"}
+    assert unscoped == {
+        f"HTTP_FILTER/{EXT_PROC_FILTER}",
+        f"HTTP_FILTER/{LUA_FILTER}",
+        f"HTTP_FILTER/{USAGE_FILTER}",  # off, and not enabled on the virtual host until usage is wanted
+        "NETWORK_FILTER",
+        "LISTENER",
+    }
 
 
 @pytest.mark.parametrize("directory", ["overlays/istio", "overlays/istio-tls"])
@@ -870,18 +876,17 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     envoy_filter = find(objects, "EnvoyFilter")
     patches = {key: p["patch"]["value"] for key, p in _istio_patches(envoy_filter).items()}
     hcm = _hcm(envoy)
-    # The body limit is the gateway's own setting; the Istio overlay does not install the usage observer.
-    ours = {EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, "envoy.filters.http.buffer"}
+    ours = {EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, "envoy.filters.http.buffer"}  # the body limit: the gateway's
     gateway_filters = [ISTIO_GATEWAY_FILTER, *(f for f in hcm["http_filters"] if f["name"] not in ours)]
     assert [f["name"] for f in gateway_filters][-1] == ROUTER_FILTER
     http_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
     hcm["http_filters"] = _apply_istio_http_filter_patches(gateway_filters, http_patches)
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == [ISTIO_GATEWAY_FILTER["name"], EXT_PROC_FILTER, LUA_FILTER, ROUTER_FILTER], names
+    assert names == [ISTIO_GATEWAY_FILTER["name"], EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, ROUTER_FILTER], names
     assert {**hcm["http_filters"][2], "disabled": False} == {**_upstream_lua_filter(), "disabled": False}, (
         "the fail-open filter of envoy/envoy.yaml"
     )
-    assert [f.get("disabled", False) for f in hcm["http_filters"]] == [False, True, True, False]
+    assert [f.get("disabled", False) for f in hcm["http_filters"]] == [False, True, True, True, False]
     hcm["early_header_mutation_extensions"] = patches["NETWORK_FILTER"]["typed_config"][
         "early_header_mutation_extensions"
     ]
@@ -899,6 +904,9 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     cluster_name = ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"]
     router_cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "model_router")
     router_cluster["name"] = router_cluster["load_assignment"]["cluster_name"] = cluster_name
+    observer = _upstream_filter(USAGE_FILTER)  # envoy/envoy.yaml's, on the router's Istio cluster
+    observer["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = cluster_name
+    assert patches[f"HTTP_FILTER/{USAGE_FILTER}"] == observer
     rules = [o for o in objects if o["kind"] == "DestinationRule"]
     if directory.endswith("-tls"):
         (rule,) = rules
@@ -909,11 +917,15 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
         assert not rules
     path = tmp_path / "istio-envoy.yaml"
     path.write_text(yaml.safe_dump(envoy))
-    proc = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    llm["typed_per_filter_config"] = {**llm["typed_per_filter_config"], USAGE_FILTER: ISTIO_ENABLE_FILTER}  # usage on
+    with_usage = tmp_path / "istio-envoy-usage.yaml"
+    with_usage.write_text(yaml.safe_dump(envoy))
+    for config in (path, with_usage):
+        proc = subprocess.run(
+            [str(envoy_binary()), "--mode", "validate", "-c", str(config)], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def _istio_upstream_tls(tls: dict[str, Any], ca_file: Path) -> dict[str, Any]:
@@ -1008,7 +1020,8 @@ def test_overlay_readme_feedback_recipe_validates(builds: dict[str, Objects], di
             route_name = patch["match"]["routeConfiguration"]["vhost"]["route"]["name"]
             _, base_envoy = config_map_file(builds["base"], ENVOY_KEY)
             per_route = _feedback_route(base_envoy)["typed_per_filter_config"]
-            per_route = {k: v for k, v in per_route.items() if k != USAGE_FILTER}  # not in the Istio overlay
+            # Not the usage observer: off unless enabled on the virtual host, and it ends a copy with no decision
+            per_route = {k: v for k, v in per_route.items() if k != USAGE_FILTER}
             assert patch["patch"]["value"]["typed_per_filter_config"] == per_route
             checked.add(f"EnvoyFilter:{route_name}")
         else:  # VirtualService http routes, first in spec.http
@@ -1065,12 +1078,17 @@ def test_istio_readme_mesh_network_policies(builds: dict[str, Objects], tmp_path
 # --- Envoy's fail-open filter in the overlays (top-level README "Envoy settings") -----------------------------------
 
 
+def _upstream_filter(name: str) -> dict[str, Any]:
+    """The HTTP filter ``name`` of envoy/envoy.yaml, the file the integration tests run."""
+    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
+    filters: list[dict[str, Any]] = [f for f in _hcm(upstream)["http_filters"] if f["name"] == name]
+    (found,) = filters
+    return found
+
+
 def _upstream_lua_filter() -> dict[str, Any]:
     """The fail-open filter of envoy/envoy.yaml, the one tests/integration/test_routing.py runs (test_router_down_*)."""
-    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
-    filters: list[dict[str, Any]] = [f for f in _hcm(upstream)["http_filters"] if f["name"] == LUA_FILTER]
-    (lua,) = filters
-    return lua
+    return _upstream_filter(LUA_FILTER)
 
 
 def _upstream_lua() -> str:
