@@ -27,7 +27,7 @@ from extproc.snapshot import Snapshot
 from extproc.tap import DecisionTap, tap_safely
 from extproc.usage import UsageScanner
 
-__all__ = ["FALLBACK_NAMESPACE", "RESULTS", "USAGE_MODEL_KEY", "MissingCopies", "ResponseObserver"]
+__all__ = ["FALLBACK_NAMESPACE", "RESULTS", "USAGE_MODEL_KEY", "CopyCheck", "ResponseObserver"]
 
 _log = logging.getLogger("model_router.observe")
 
@@ -47,14 +47,16 @@ def _string(msg: pb.ProcessingRequest, namespace: str, key: str) -> str:
     return value.string_value if value is not None else ""
 
 
-class MissingCopies:
-    """Says once when usage is on but no copy has come for many decisions: with Envoy's observer filter left disabled
-    (as shipped), usage would otherwise be missing with no error and no log line."""
+class CopyCheck:
+    """Says once when the two halves of real usage disagree, which otherwise shows nowhere: usage on but no copy for
+    many decisions (Envoy's observer filter left disabled, as shipped), or copies arriving with usage off (a stream
+    per request for nothing)."""
 
     def __init__(self, after: int = 100) -> None:
         self._after = after
         self._decided = 0
         self._copies = 0
+        self._told_unwanted = False
 
     def decided(self) -> None:
         """A request was decided with ``telemetry.response_usage`` on."""
@@ -70,6 +72,15 @@ class MissingCopies:
         """A decided response's copy was read."""
         self._copies += 1
 
+    def unwanted(self) -> None:
+        """A copy came while ``telemetry.response_usage`` is off."""
+        if not self._told_unwanted:
+            self._told_unwanted = True
+            _log.warning(
+                "Envoy sends response copies (filter model_router_usage) but telemetry.response_usage is off: each"
+                " costs a stream for nothing; turn usage on, or disable the filter"
+            )
+
 
 class ResponseObserver:
     """Owns one observed response: which decision it answers, at which model's price, and the usage read so far."""
@@ -84,6 +95,8 @@ class ResponseObserver:
         self._started = False
         self.result: str | None = None
         """One of :data:`RESULTS` once a decided response was read; None for a copy the router had no use for."""
+        self.unwanted = False
+        """The copy came while ``telemetry.response_usage`` is off."""
 
     def feed(self, msg: pb.ProcessingRequest) -> bool:
         """Read one message; False once the rest of the stream is not needed (the caller ends it)."""
@@ -107,6 +120,7 @@ class ResponseObserver:
 
     def _start(self, msg: pb.ProcessingRequest) -> None:
         if not self._snap.settings.telemetry.response_usage:
+            self.unwanted = True
             return
         decision_id = _string(msg, METADATA_NAMESPACE, "decision_id")
         name = _string(msg, METADATA_NAMESPACE, USAGE_MODEL_KEY)

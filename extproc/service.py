@@ -11,7 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.conversations import ConversationMemory
-from extproc.observe import MissingCopies, ResponseObserver
+from extproc.observe import CopyCheck, ResponseObserver
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
 from extproc.tap import DecisionTap
@@ -38,6 +38,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         new_id: Callable[[], str] = new_decision_id,
         memory: ConversationMemory | None = None,
         tap: DecisionTap | None = None,
+        copy_check: CopyCheck | None = None,
     ) -> None:
         self._snapshots = snapshots
         self._classify = classify
@@ -48,7 +49,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
             memory = ConversationMemory(sticky.max_entries, sticky.ttl_seconds)
         self._memory = memory
         self._tap = tap
-        self._copies = MissingCopies()
+        self._copies = copy_check or CopyCheck()
 
     async def Process(
         self,
@@ -108,6 +109,8 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                 if observer.result is not None:
                     self._telemetry.usage_responses.labels(result=observer.result).inc()
                     self._copies.copied()
+                elif observer.unwanted:
+                    self._copies.unwanted()
         except Exception:
             _log.exception("reading a response's usage failed; the response is unaffected")
             self._telemetry.error("handler_exception")

@@ -15,14 +15,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format
 
 from extproc.config import Settings, TelemetrySettings
-from extproc.observe import FALLBACK_NAMESPACE, USAGE_MODEL_KEY, MissingCopies, ResponseObserver
+from extproc.observe import FALLBACK_NAMESPACE, USAGE_MODEL_KEY, CopyCheck, ResponseObserver
 from extproc.policy import estimate_cost
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import Snapshot, SnapshotRef
 from extproc.stream import StreamHandler
 from extproc.telemetry import Telemetry
 from tests.fakes import RecordingSink, demo_settings, fixed_clock, inline_classify, sequential_ids, snapshot
-from tests.protocol import chat_headers, replay, router_metadata
+from tests.protocol import body_msg, chat_headers, headers_msg, replay, router_metadata
 
 CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
 USAGE_JSON = b'{"object":"chat.completion","usage":{"prompt_tokens":1000,"completion_tokens":500}}'
@@ -205,7 +205,7 @@ async def test_a_failing_tap_costs_only_the_fallback_note() -> None:
 
 def test_usage_on_without_copies_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     """The observer filter left disabled (as shipped) would otherwise give no usage, no error and no log line."""
-    missing = MissingCopies(after=3)
+    missing = CopyCheck(after=3)
     with caplog.at_level(logging.WARNING, logger="model_router.observe"):
         for _ in range(6):
             missing.decided()
@@ -214,7 +214,7 @@ def test_usage_on_without_copies_is_said_once(caplog: pytest.LogCaptureFixture) 
         'model_router_usage filter (README "Real usage")'
     ]
     caplog.clear()
-    working = MissingCopies(after=3)
+    working = CopyCheck(after=3)
     working.copied()
     with caplog.at_level(logging.WARNING, logger="model_router.observe"):
         for _ in range(6):
@@ -222,9 +222,10 @@ def test_usage_on_without_copies_is_said_once(caplog: pytest.LogCaptureFixture) 
     assert caplog.records == []
 
 
-def _service(snap: Snapshot) -> tuple[ExternalProcessorService, Telemetry]:
+def _service(snap: Snapshot, after: int = 100) -> tuple[ExternalProcessorService, Telemetry]:
     telemetry = Telemetry(TelemetrySettings(metrics_listen=None), logging.getLogger("test.observe"), None)
-    return ExternalProcessorService(SnapshotRef(snap), inline_classify, telemetry), telemetry
+    service = ExternalProcessorService(SnapshotRef(snap), inline_classify, telemetry, copy_check=CopyCheck(after=after))
+    return service, telemetry
 
 
 async def _stream(
@@ -270,3 +271,42 @@ async def test_a_cancelled_observer_stream_still_counts_the_usage_it_read() -> N
         await task
     assert _count(telemetry, "read") == 1
     assert telemetry.usage_tokens.labels(model="gpt-4o-mini", direction="output")._value.get() == 7
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["filter-left-disabled", "copies-arrive"])
+async def test_the_service_warns_when_decisions_with_usage_get_no_copies(
+    copied: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    snap = usage_on()
+    service, _ = _service(snap, after=2)
+    if copied:
+        metadata = await decided(snap)
+        assert [a async for a in service.Process(_stream(response(metadata, USAGE_JSON)), None)] == []  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="model_router.observe"):
+        for _ in range(3):
+            messages = [headers_msg(chat_headers()), body_msg(CHAT)]
+            answers = [a async for a in service.Process(_stream(messages), _Context())]  # type: ignore[arg-type]
+            assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body"]
+    assert len(caplog.records) == (0 if copied else 1)
+
+
+class _Context:
+    """The one thing a decision stream asks of gRPC's context here."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+async def test_copies_with_usage_off_are_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The filter enabled but the router option off: each copy costs a stream for nothing."""
+    decided_with_usage = await decided(usage_on())
+    service, telemetry = _service(usage_on(on=False))
+    with caplog.at_level(logging.WARNING, logger="model_router.observe"):
+        for _ in range(3):
+            messages = response(decided_with_usage, USAGE_JSON)
+            assert [a async for a in service.Process(_stream(messages), None)] == []  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Envoy sends response copies (filter model_router_usage) but telemetry.response_usage is off: each costs a"
+        " stream for nothing; turn usage on, or disable the filter"
+    ]
+    assert all(_count(telemetry, result) == 0 for result in ("read", "not_reported", "unreadable", "unknown_model"))
