@@ -34,8 +34,9 @@ $(DEV_STAMP): pyproject.toml constraints.txt
 install: $(DEV_STAMP)
 
 # KEEP=1: leave the stack up for your own requests (curl, explain, /metrics) until Enter.
+# USAGE=1: real usage on (README "Real usage"): the router reads token usage from the responses too.
 demo: $(DEV_STAMP)
-	$(PY) -m devstack.demo $(if $(KEEP),--keep)
+	$(PY) -m devstack.demo $(if $(KEEP),--keep) $(if $(USAGE),--usage)
 
 # Debian packages the tests need: headless Chromium renders the HTML report in a browser test.
 SYSTEM_STAMP := $(VENV)/.system-installed

@@ -174,10 +174,17 @@ def run(argv: list[str] | None = None) -> int:
     """Start the stack, send the prompts, print the table, stop everything (``--keep``: after a pause)."""
     parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the stack up for your own requests until Enter")
-    keep = parser.parse_args(argv).keep
+    parser.add_argument(
+        "--usage", action="store_true", help='real usage on: the router reads token usage from responses ("Real usage")'
+    )
+    args = parser.parse_args(argv)
+    keep = args.keep
+    overrides: dict[str, object] = {"server": {"log_level": "debug"}}
+    if args.usage:  # the Stack turns Envoy's usage observer on with it, the README's second step
+        overrides["telemetry"] = {"response_usage": True}
     workdir = Path(tempfile.mkdtemp(prefix="model-router-demo-"))
     print(f"Starting fake upstreams, model-router and Envoy (logs in {workdir}) ...", flush=True)
-    with Stack(workdir=workdir, router_overrides={"server": {"log_level": "debug"}}) as stack:
+    with Stack(workdir=workdir, router_overrides=overrides) as stack:
         client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="demo-key", max_retries=0)
         rows = []
         for label, messages in PROMPTS:
@@ -187,7 +194,10 @@ def run(argv: list[str] | None = None) -> int:
             completion = raw.parse()
             rows.append((label, messages[-1]["content"], raw.headers, completion.model, elapsed_ms))
         stream = client.chat.completions.create(
-            model="auto", messages=[{"role": "user", "content": "Stream me a short hello."}], stream=True
+            model="auto",
+            messages=[{"role": "user", "content": "Stream me a short hello."}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         fallback = _fallback(stack, client)
@@ -234,11 +244,14 @@ def run(argv: list[str] | None = None) -> int:
         print(f"Streaming through Envoy (SSE) also works: {streamed!r}")
         print(fallback)
         print(f"A catalog model named by the client is not routed but goes to its own cluster: {named}.")
+        shown: tuple[str, ...] = ("model_router_decisions_total", "model_router_estimated_cost_")
+        if args.usage:
+            shown += ("model_router_usage_",)
+            time.sleep(0.5)  # the router reads each response's copy as it ends: let the last ones in
         metrics = [
             line
             for line in urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode().splitlines()
-            if line.startswith(("model_router_decisions_total", "model_router_estimated_cost_"))
-            and "_created" not in line
+            if line.startswith(shown) and "_created" not in line
         ]
         print(f"\nRouter metrics (Prometheus) at {stack.metrics_url} (all requests above, streaming and fallback too):")
         for line in metrics:
