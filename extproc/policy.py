@@ -188,6 +188,13 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
     return decision
 
 
+def _eligible(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> tuple[list[ResolvedModel], list[ResolvedModel]]:
+    """The models whose context window fits the request, and of those the ones its latency allows (an interactive
+    request: not ``slow``); :func:`choose_model` and :func:`exclusions` filter alike through this one place."""
+    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    return fits, ([m for m in fits if m.latency_class != "slow"] if facts.interactive else fits)
+
+
 def exclusions(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> dict[str, str]:
     """Why :func:`choose_model`'s filters leave each excluded model out for this request (``explain`` shows it):
     ``context`` (the request does not fit its window), ``latency`` (a slow model, for an interactive request while a
@@ -197,11 +204,10 @@ def exclusions(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> dict[st
     def cost(m: ResolvedModel) -> float:
         return estimate_cost(m, facts.input_tokens, facts.output_tokens)
 
-    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    fits, fast = _eligible(facts, catalog)
     out = {m.name: "context" for m in catalog if m not in fits}
     if not fits:
         return out
-    fast = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
     out.update({m.name: "latency" for m in fits if fast and m not in fast})
     pool = fast or fits
     if facts.max_cost is not None and any(cost(m) <= facts.max_cost for m in pool):
@@ -222,10 +228,9 @@ def choose_model(
     and its reason is ``LATENCY_RELAXED``; ``max_cost`` excludes dearer ones (if it excludes all, the cheapest
     remaining model is chosen and the reason says so); a conversation's ``min_ability`` then excludes weaker models.
     """
-    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    fits, fast = _eligible(facts, catalog)
     if not fits:
         return _no_eligible_model(default, catalog)
-    fast = [m for m in fits if m.latency_class != "slow"] if facts.interactive else fits
     if fast:
         return _decide(prediction.difficulty, facts, fast)
     return replace(_decide(prediction.difficulty, facts, fits), reason=Reason.LATENCY_RELAXED)
