@@ -53,7 +53,8 @@ def _body_answer(raw: bytes) -> pb.ProcessingResponse:
 
 
 class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # generated, untyped
-    """Answers every message at once; only the body answer carries a mutation."""
+    """Answers every message at once, and ends the stream after the body answer; only that answer carries a
+    mutation."""
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
@@ -65,6 +66,7 @@ class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  #
                 yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             elif kind == "request_body":
                 yield _body_answer(msg.request_body.body)
+                return  # as the router does: nothing more to answer, so Envoy holds no stream for the response
             elif kind == "response_headers":
                 yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
             elif kind == "response_body":

@@ -7,9 +7,11 @@ ending in ``data: [DONE]``), legacy Completions (``text_completion``), the Respo
 what it received so tests can check every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model``
 and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with their headers.
 ``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals); ``POST /_cut?after=N`` makes
-every stream reset its connection after N events (``0`` heals). Started with ``--models``, it
-serves only those names, as a real provider does: any other model is a 404 (``model_not_found``), so a request that
-reaches the wrong cluster, or the literal ``auto``, fails here as it would in production.
+every stream reset its connection after N events (``0`` heals); ``POST /_hold?after=N`` makes every stream wait
+after N events until ``POST /_hold?after=0`` releases them (a response still streaming, for as long as a test
+needs). Started with ``--models``, it serves only those names, as a real provider does: any other model is a 404
+(``model_not_found``), so a request that reaches the wrong cluster, or the literal ``auto``, fails here as it would
+in production.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
 _CLUSTER: web.AppKey[str] = web.AppKey("cluster")
 _FAIL: web.AppKey[dict[str, int]] = web.AppKey("fail")
 _MODELS: web.AppKey[frozenset[str] | None] = web.AppKey("models")
+_RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release")
 
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -288,11 +291,13 @@ def _messages_events(answer: Answer) -> Iterator[Event]:
 async def _stream(request: web.Request, headers: dict[str, str], events: Iterator[Event]) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
     await response.prepare(request)
-    cut_after = request.app[_FAIL].get("cut_after", 0)
+    cut_after, hold_after = request.app[_FAIL].get("cut_after", 0), request.app[_FAIL].get("hold_after", 0)
     for i, (name, data) in enumerate(events):
         if cut_after and i == cut_after and request.transport is not None:
             request.transport.abort()  # a provider that crashes mid-answer: a reset, no end of stream
             return response
+        if hold_after and i == hold_after:
+            await request.app[_RELEASE].wait()
         payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
         line = b"data: " + payload + b"\n\n"
         await response.write(line if name is None else b"event: " + name.encode() + b"\n" + line)
@@ -379,6 +384,13 @@ async def _set_cut(request: web.Request) -> web.Response:
     return web.json_response({"cut_after": request.app[_FAIL]["cut_after"]})
 
 
+async def _set_hold(request: web.Request) -> web.Response:
+    hold_after = request.app[_FAIL]["hold_after"] = int(request.query.get("after", "0"))
+    release = request.app[_RELEASE]
+    release.clear() if hold_after else release.set()
+    return web.json_response({"hold_after": hold_after})
+
+
 async def _models(request: web.Request) -> web.Response:
     served = sorted(request.app[_MODELS] or ())
     owner = request.app[_CLUSTER]
@@ -403,10 +415,12 @@ def make_app(cluster: str, keep: int = 256, models: frozenset[str] | None = None
     app[_MODELS] = models
     app[_RECEIVED] = deque(maxlen=keep)
     app[_FAIL] = {}
+    app[_RELEASE] = asyncio.Event()
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_received", _received)
     app.router.add_post("/_fail", _set_fail)
     app.router.add_post("/_cut", _set_cut)
+    app.router.add_post("/_hold", _set_hold)
     app.router.add_post("/{tail:.*}", _llm)
     return app
 

@@ -56,8 +56,9 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        """Answer every message of one HTTP request's stream, in order; or, on a stream of the observability-mode
-        filter (which takes no answer), read the response's usage."""
+        """Answer the messages of one HTTP request's stream, in order, and end it once the request is decided (see
+        :attr:`StreamHandler.done`); or, on a stream of the observability-mode filter (which takes no answer), read
+        the response's usage."""
         messages = aiter(request_iterator)
         first = await anext(messages, None)
         if first is None:
@@ -89,6 +90,8 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                     return
                 for response in responses:
                     yield response
+                if handler.done:  # a clean close: Envoy sends nothing more and holds no stream for the response
+                    break
                 message = await anext(messages, None)
             if handler.reads_usage:
                 self._copies.decided()

@@ -159,11 +159,20 @@ class StreamHandler:
         self._started_ns = 0
         self.reads_usage = False
         """The decision asked the usage observer to read its response (``telemetry.response_usage``)."""
+        self._awaits_response_headers = False
 
     @property
     def record(self) -> DecisionRecord | None:
         """The decision record of this stream, once there is one."""
         return self._record
+
+    @property
+    def done(self) -> bool:
+        """Nothing is left to answer: the request is decided (or passed) and no decision headers wait for the
+        response (``server.decision_headers_on_response``). Ending the stream then is a clean close, which tells
+        Envoy that processing is complete, so a long response holds no router stream (nor a slot of the router
+        cluster's circuit breaker) while it streams."""
+        return self.stage is Stage.FINISHED and not self._awaits_response_headers
 
     async def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Answer one message from Envoy; the only place that catches broad exceptions."""
@@ -177,6 +186,7 @@ class StreamHandler:
                 case "request_body", Stage.WAIT_BODY:
                     return await self._on_body(msg.request_body)
                 case "response_headers", _ if self._record is not None and self._record.outcome in _ROUTED:
+                    self._awaits_response_headers = False
                     return [envoy.response_headers_set(self._decision_headers(self._record))]
                 case _:
                     return [self._continue(kind)]
@@ -195,6 +205,8 @@ class StreamHandler:
     def _emit(self, rec: DecisionRecord) -> None:
         self.stage = Stage.FINISHED
         self._record = rec
+        on_response = self._snap.settings.server.decision_headers_on_response
+        self._awaits_response_headers = on_response and rec.outcome in _ROUTED
         self._sink.record(rec)
 
     def _context_fields(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 from devstack.stack import Stack
 from devstack.upstream import EXPECT_HEADER, digest_without_model
 from extproc.bodyedit import replace_model
-from tests.integration.conftest import HEURISTIC, router_metric, wait_until
+from tests.integration.conftest import HEURISTIC, envoy_stat, router_metric, wait_until
 from tests.integration.test_access_log import _access_line
 from tests.integration.test_learning import FEEDBACK
 from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post, received_body
@@ -69,19 +69,9 @@ def received_since(stack: Stack, before: dict[str, int]) -> dict[str, int]:
     return {cluster: after[cluster] - before[cluster] for cluster in after}
 
 
-def envoy_counter(stack: Stack, name: str) -> int:
-    """One counter from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
-    r = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
-    for line in r.text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    return 0
-
-
 def retries(stack: Stack) -> int:
     return sum(
-        envoy_counter(stack, f"cluster.{c}.upstream_rq_retry") for c in ("small_then_stronger", "cheap_then_stronger")
+        envoy_stat(stack, f"cluster.{c}.upstream_rq_retry") for c in ("small_then_stronger", "cheap_then_stronger")
     )
 
 
@@ -212,14 +202,14 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
         to_small = [cluster for _, tier, cluster in results if tier == "small"]
         assert [status for status, _, _ in results] == [200] * 32
         assert len(to_small) >= 16 and set(to_small) == {"cheap"}
-        assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry_overflow") == 0
-        assert envoy_counter(stack, "cluster.small.outlier_detection.ejections_enforced_total") == 1
-        retried = envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry")
+        assert envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry_overflow") == 0
+        assert envoy_stat(stack, "cluster.small.outlier_detection.ejections_enforced_total") == 1
+        retried = envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry")
         assert 5 <= retried < len(to_small)
         for _ in range(5):
             status, tier, cluster = send(0)
             assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
-        assert envoy_counter(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
+        assert envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
 
 
 @pytest.fixture(scope="module")
