@@ -160,8 +160,9 @@ class ServerSettings(_Strict):
     """Add the decision headers (``x-model-router-model``, ``-tier``, ``-decision-id``) to the response itself, when
     Envoy sends the router the response headers (``response_header_mode: SEND``): for gateways that cannot build them
     from the router's dynamic metadata, as ``envoy/envoy.yaml`` does. Each routed request then holds its decision
-    stream until its response headers arrive. Off: the router ends each decision stream as soon as the request is
-    decided, and Envoy sends it nothing more."""
+    stream until its response headers arrive; with ``response_header_mode: SKIP`` (as shipped) none arrive, and each
+    holds it to the end of the response: leave it off there. Off: the router ends each decision stream as soon as
+    the request is decided, and Envoy sends it nothing more."""
     grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
     """On SIGTERM, how long in-flight streams may take before the server stops."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -16,6 +16,8 @@ which Envoy, with ``failure_mode_allow``, takes as "nothing more to send".
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
@@ -50,22 +52,39 @@ def _string(msg: pb.ProcessingRequest, namespace: str, key: str) -> str:
 class CopyCheck:
     """Says once when the two halves of real usage disagree, which otherwise shows nowhere: usage on but no copy for
     many decisions (Envoy's observer filter left disabled, as shipped), or copies arriving with usage off (a stream
-    per request for nothing)."""
+    per request for nothing).
 
-    def __init__(self, after: int = 100) -> None:
+    A copy is counted when its response has ended, minutes after the decision for a long answer (a decision stream
+    ends at the decision), so "no copy" needs both ``after`` decisions and ``wait_seconds`` since the first of them:
+    past Envoy's route timeout (300 s in ``envoy/envoy.yaml``), the first response has ended one way or another."""
+
+    def __init__(
+        self, after: int = 100, wait_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._after = after
+        self._wait = wait_seconds
+        self._clock = clock
+        self._first_decided: float | None = None
         self._decided = 0
         self._copies = 0
+        self._told_missing = False
         self._told_unwanted = False
 
     def decided(self) -> None:
         """A request was decided with ``telemetry.response_usage`` on."""
         self._decided += 1
-        if self._decided == self._after and self._copies == 0:
+        if self._first_decided is None:
+            self._first_decided = self._clock()
+        if self._told_missing or self._copies or self._decided < self._after:
+            return
+        waited = self._clock() - self._first_decided
+        if waited >= self._wait:
+            self._told_missing = True
             _log.warning(
-                "telemetry.response_usage is on, but no response copy came for %d decisions: enable Envoy's"
-                ' model_router_usage filter (README "Real usage")',
-                self._after,
+                "telemetry.response_usage is on, but no response copy came for %d decisions in %.0f s: enable"
+                ' Envoy\'s model_router_usage filter (README "Real usage")',
+                self._decided,
+                waited,
             )
 
     def copied(self) -> None:

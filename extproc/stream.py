@@ -194,6 +194,8 @@ class StreamHandler:
             _log.exception("unexpected error in stream handler; forwarding %s unchanged", kind)
             self._sink.error("handler_exception")
             self.stage = Stage.FINISHED
+            self._record = None  # the request goes on unchanged: no decision of this stream stands, nor its headers
+            self._awaits_response_headers = False
             return [self._continue(kind)]
 
     @staticmethod

@@ -100,3 +100,10 @@ def snapshot(model: DifficultyModel | None = None, settings: Settings | None = N
     """A snapshot of the demo config with a fake model."""
     chosen = model or FakeDifficultyModel()
     return build_snapshot(settings or demo_settings(), lambda _settings: chosen)
+
+
+class DecisionStreamContext:
+    """The one thing a decision stream asks of gRPC's servicer context (no call metadata)."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()

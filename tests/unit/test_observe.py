@@ -21,7 +21,15 @@ from extproc.service import ExternalProcessorService
 from extproc.snapshot import Snapshot, SnapshotRef
 from extproc.stream import StreamHandler
 from extproc.telemetry import Telemetry
-from tests.fakes import RecordingSink, demo_settings, fixed_clock, inline_classify, sequential_ids, snapshot
+from tests.fakes import (
+    DecisionStreamContext,
+    RecordingSink,
+    demo_settings,
+    fixed_clock,
+    inline_classify,
+    sequential_ids,
+    snapshot,
+)
 from tests.protocol import body_msg, chat_headers, headers_msg, replay, router_metadata
 
 CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
@@ -204,27 +212,40 @@ async def test_a_failing_tap_costs_only_the_fallback_note() -> None:
 
 
 def test_usage_on_without_copies_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
-    """The observer filter left disabled (as shipped) would otherwise give no usage, no error and no log line."""
-    missing = CopyCheck(after=3)
+    """The observer filter left disabled (as shipped) would otherwise give no usage, no error and no log line. A
+    copy comes when its response ends, long after its decision: no copy while the first responses may still be
+    streaming is not yet a sign of anything."""
+    now = [0.0]
+    missing = CopyCheck(after=3, wait_seconds=600, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="model_router.observe"):
         for _ in range(6):
             missing.decided()
+        assert caplog.records == []  # many decisions, but their responses may still stream
+        now[0] = 599.0
+        missing.decided()
+        assert caplog.records == []
+        for _ in range(3):
+            now[0] += 1.0
+            missing.decided()
     assert [r.getMessage() for r in caplog.records] == [
-        "telemetry.response_usage is on, but no response copy came for 3 decisions: enable Envoy's "
+        "telemetry.response_usage is on, but no response copy came for 8 decisions in 600 s: enable Envoy's "
         'model_router_usage filter (README "Real usage")'
     ]
     caplog.clear()
-    working = CopyCheck(after=3)
-    working.copied()
+    working = CopyCheck(after=3, wait_seconds=600, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="model_router.observe"):
         for _ in range(6):
             working.decided()
+        working.copied()
+        now[0] += 600.0
+        working.decided()
     assert caplog.records == []
 
 
 def _service(snap: Snapshot, after: int = 100) -> tuple[ExternalProcessorService, Telemetry]:
     telemetry = Telemetry(TelemetrySettings(metrics_listen=None), logging.getLogger("test.observe"), None)
-    service = ExternalProcessorService(SnapshotRef(snap), inline_classify, telemetry, copy_check=CopyCheck(after=after))
+    check = CopyCheck(after=after, wait_seconds=0)
+    service = ExternalProcessorService(SnapshotRef(snap), inline_classify, telemetry, copy_check=check)
     return service, telemetry
 
 
@@ -285,16 +306,9 @@ async def test_the_service_warns_when_decisions_with_usage_get_no_copies(
     with caplog.at_level(logging.WARNING, logger="model_router.observe"):
         for _ in range(3):
             messages = [headers_msg(chat_headers()), body_msg(CHAT)]
-            answers = [a async for a in service.Process(_stream(messages), _Context())]  # type: ignore[arg-type]
+            answers = [a async for a in service.Process(_stream(messages), DecisionStreamContext())]  # type: ignore[arg-type]
             assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body"]
     assert len(caplog.records) == (0 if copied else 1)
-
-
-class _Context:
-    """The one thing a decision stream asks of gRPC's context here."""
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 async def test_copies_with_usage_off_are_said_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,18 +18,11 @@ from extproc.config import Settings, TelemetrySettings
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
-from tests.fakes import demo_settings, inline_classify, snapshot
+from tests.fakes import DecisionStreamContext, demo_settings, inline_classify, snapshot
 from tests.protocol import body_msg, chat_headers, headers_msg
 
 CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
 GUARD_SECONDS = 10  # only against a hang: every wait below ends at once when the service behaves
-
-
-class _Context:
-    """The one thing a decision stream asks of gRPC's context here."""
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 class _Envoy:
@@ -40,7 +33,7 @@ class _Envoy:
         self.telemetry = telemetry
         service = ExternalProcessorService(SnapshotRef(snapshot(settings=settings)), inline_classify, telemetry)
         self._queue: asyncio.Queue[pb.ProcessingRequest] = asyncio.Queue()
-        self._answers = service.Process(self._messages(), _Context())  # type: ignore[arg-type]
+        self._answers = service.Process(self._messages(), DecisionStreamContext())  # type: ignore[arg-type]
 
     async def _messages(self) -> AsyncIterator[pb.ProcessingRequest]:
         while True:

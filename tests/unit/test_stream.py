@@ -567,3 +567,22 @@ async def test_a_tenant_is_not_sent_to_a_catalog_model_outside_its_subset_by_nam
         handler, chat_headers(**{"x-tenant-id": "frugal"}), body.replace(b"llama-3.1-8b-instruct", b"gpt-4o-mini")
     )
     assert cluster_of(inside[1]) == "cheap"
+
+
+async def test_an_error_after_the_decision_leaves_no_decision_to_announce() -> None:
+    """The body answer after an internal error is a plain continue, so the request goes on unrouted: its response
+    must not get the discarded decision's headers, and the stream must not wait for them."""
+
+    class FailingSink(RecordingSink):
+        def record(self, rec: DecisionRecord) -> None:
+            raise RuntimeError("sink failed")
+
+    settings = demo_settings()
+    server = settings.server.model_copy(update={"decision_headers_on_response": True})
+    snap = snapshot(settings=settings.model_copy(update={"server": server}))
+    handler = StreamHandler(snap, inline_classify, FailingSink(), sequential_ids(), fixed_clock())
+    (_, body_answer) = await replay(handler, chat_headers(), CHAT)
+    assert forwards_unchanged(body_answer, outcome=None)
+    assert handler.done and handler.record is None
+    (response,) = await handler.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders()))
+    assert not response.response_headers.ListFields()
