@@ -1,9 +1,12 @@
-"""The bench upstream's framing, the no-op server's splice and the workload's body shape."""
+"""The bench upstream's framing, the no-op server's splice, the workload's body shape and the memory reading."""
 
 from __future__ import annotations
 
+import os
+
 import orjson
 
+from bench.held_streams import resident_kib
 from bench.noop_extproc import splice_model
 from bench.upstream import _content_length
 from bench.workload import chat_body
@@ -30,3 +33,10 @@ def test_splice_model_changes_only_the_model_value() -> None:
     spliced = splice_model(body)
     assert orjson.loads(spliced)["model"] == "gpt-4o-mini"
     assert orjson.loads(spliced)["messages"] == orjson.loads(body)["messages"]
+
+
+def test_resident_memory_follows_what_the_process_touches() -> None:
+    before = resident_kib(os.getpid())
+    block = bytearray(b"\x01") * (64 << 20)  # every page written
+    assert resident_kib(os.getpid()) - before >= 48 << 10
+    del block

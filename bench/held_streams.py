@@ -1,0 +1,128 @@
+"""What a response still streaming costs the router: open router streams, its memory, and how it stops.
+
+An LLM answer can stream for minutes after its decision. Here ``--streams`` SSE answers are held open at once (each
+after its first event: the fake upstreams' ``POST /_hold``), each decided while the earlier ones still stream. With
+them in flight the script reads Envoy's open streams to the router (``cluster.model_router.upstream_rq_active``)
+and the router's resident memory, then sends the router SIGTERM and times its exit (it drains streams for up to
+``server.grace_seconds``, 10 s in ``envoy/model-router.yaml``), releases the answers and counts those that arrived
+whole. ``--router-root`` runs the router from another checkout: the A/B of a router change.
+
+``python -m bench.held_streams [--streams 200] [--router-root DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+import orjson
+
+from bench.deploy import Deployment, SetupSpec
+from devstack.stack import ROOT, Stack
+
+__all__ = ["main", "resident_kib"]
+
+BODY = orjson.dumps(
+    {"model": "auto", "messages": [{"role": "user", "content": "Explain how a hash map works."}], "stream": True}
+)
+
+
+def resident_kib(pid: int) -> int:
+    """``VmRSS`` of a live process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def _envoy_stat(admin_port: int, name: str) -> int:
+    r = httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
+    for line in r.text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+def _hold(upstream_ports: Sequence[int], after: int) -> None:
+    for port in upstream_ports:
+        httpx.post(f"http://127.0.0.1:{port}/_hold?after={after}", timeout=5).raise_for_status()
+
+
+async def _measure(deployment: Deployment, upstream_ports: Sequence[int], streams: int) -> dict[str, float]:
+    assert deployment.stack is not None
+    admin, (router,) = deployment.stack.admin_port, deployment.workers
+    url, failed_stat = deployment.url + "/v1/chat/completions", "http.llm.ext_proc.streams_failed"
+    rss_before, failed_before = resident_kib(router.pid), _envoy_stat(admin, failed_stat)
+    limits = httpx.Limits(max_connections=streams + 10)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        held: list[tuple[httpx.Response, AsyncIterator[bytes]]] = []
+        _hold(upstream_ports, after=1)
+        try:
+            for _ in range(streams):
+                request = client.build_request("POST", url, content=BODY, headers={"content-type": "application/json"})
+                response = await client.send(request, stream=True)
+                chunks = response.aiter_raw()
+                await anext(chunks)  # its first event arrived; the upstream holds the rest
+                held.append((response, chunks))
+            await asyncio.sleep(0.5)
+            open_streams = _envoy_stat(admin, "cluster.model_router.upstream_rq_active")
+            rss_held = resident_kib(router.pid)
+            start = time.monotonic()
+            router.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(router.wait, 60)
+            exit_seconds = time.monotonic() - start
+            _hold(upstream_ports, after=0)
+            whole = 0
+            for _, chunks in held:
+                whole += b"".join([c async for c in chunks]).endswith(b"data: [DONE]\n\n")
+        finally:
+            _hold(upstream_ports, after=0)
+            for response, _ in held:
+                await response.aclose()
+    return {
+        "open_router_streams": open_streams,
+        "router_rss_growth_mib": (rss_held - rss_before) / 1024,
+        "sigterm_exit_s": exit_seconds,
+        "failed_ext_proc_streams": _envoy_stat(admin, failed_stat) - failed_before,
+        "answers_whole": whole,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Hold the answers, measure, print one line per figure."""
+    p = argparse.ArgumentParser(prog="python -m bench.held_streams", description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=200, help="answers streaming at once (default 200)")
+    p.add_argument("--router-root", type=Path, default=ROOT, help="run the router from another checkout")
+    args = p.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="model-router-held-"))
+    upstreams = Stack(workdir=workdir / "upstreams")
+    upstreams.workdir.mkdir(parents=True)
+    deployment = Deployment(
+        SetupSpec("held", "router", classifier="heuristic"),
+        workdir / "router",
+        upstreams.upstream_ports,
+        router_root=args.router_root,
+    )
+    try:
+        upstreams.start_upstreams()
+        deployment.start()
+        figures = asyncio.run(_measure(deployment, list(upstreams.upstream_ports.values()), args.streams))
+    finally:
+        deployment.stop()
+        upstreams.stop()
+    print(f"{args.streams} answers streaming at once, router from {args.router_root}")
+    for name, value in figures.items():
+        print(f"  {name:<24} {value:,.2f}")
+    return 0 if figures["answers_whole"] == args.streams else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
