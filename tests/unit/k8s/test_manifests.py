@@ -447,6 +447,24 @@ def test_base_envoy_config_matches_upstream_envoy_yaml(builds: dict[str, Objects
     assert _hcm(envoy)["http_filters"] == _hcm(upstream)["http_filters"]  # ext_proc, the fail-open filter, router
 
 
+def test_envoy_heap_cap_fits_the_envoy_containers_memory_limit(builds: dict[str, Objects]) -> None:
+    """The overload manager (README "Envoy settings") sheds load at fractions of its heap cap; the container is
+    killed at its memory limit. Measured with Envoy 1.40: about 60 MiB of the process is not heap, and a fast burst
+    of 4 MiB uploads overshoots the shedding threshold by up to about 80 MiB before the next pressure reading."""
+    _, envoy = config_map_file(builds["base"], ENVOY_KEY)
+    upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
+    assert envoy["overload_manager"] == upstream["overload_manager"], "the demo and tests run what k8s runs"
+    heap = next(
+        m for m in envoy["overload_manager"]["resource_monitors"] if m["name"] == "envoy.resource_monitors.fixed_heap"
+    )
+    cap = heap["typed_config"]["max_heap_size_bytes"]
+    ((_, _, spec),) = [p for p in _pod_specs(builds["base"]) if p[0] == "model-router-gateway"]
+    container = next(c for c in spec["containers"] if c["name"] == "envoy")
+    assert cap + (60 << 20) + (80 << 20) <= _bytes(container["resources"]["limits"]["memory"])
+    probes = next(li for li in envoy["static_resources"]["listeners"] if li["name"] == "health_and_stats")
+    assert probes["bypass_overload_manager"] is True, "an overloaded Envoy must not also fail its liveness probe"
+
+
 ROUTER_REQUEST_HEADERS = [
     CLUSTER_HEADER,
     OVERRIDE_HEADER,
