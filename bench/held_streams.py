@@ -42,25 +42,16 @@ def resident_kib(pid: int) -> int:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
-def _envoy_stat(admin_port: int, name: str) -> int:
-    r = httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
-    for line in r.text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    return 0
-
-
 def _hold(upstream_ports: Sequence[int], after: int) -> None:
     for port in upstream_ports:
         httpx.post(f"http://127.0.0.1:{port}/_hold?after={after}", timeout=5).raise_for_status()
 
 
 async def _measure(deployment: Deployment, upstream_ports: Sequence[int], streams: int) -> dict[str, float]:
-    assert deployment.stack is not None
-    admin, (router,) = deployment.stack.admin_port, deployment.workers
+    stack, (router,) = deployment.stack, deployment.workers
+    assert stack is not None
     url, failed_stat = deployment.url + "/v1/chat/completions", "http.llm.ext_proc.streams_failed"
-    rss_before, failed_before = resident_kib(router.pid), _envoy_stat(admin, failed_stat)
+    rss_before, failed_before = resident_kib(router.pid), stack.envoy_stat(failed_stat)
     limits = httpx.Limits(max_connections=streams + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         held: list[tuple[httpx.Response, AsyncIterator[bytes]]] = []
@@ -73,7 +64,7 @@ async def _measure(deployment: Deployment, upstream_ports: Sequence[int], stream
                 await anext(chunks)  # its first event arrived; the upstream holds the rest
                 held.append((response, chunks))
             await asyncio.sleep(0.5)
-            open_streams = _envoy_stat(admin, "cluster.model_router.upstream_rq_active")
+            open_streams = stack.envoy_stat("cluster.model_router.upstream_rq_active")
             rss_held = resident_kib(router.pid)
             start = time.monotonic()
             router.send_signal(signal.SIGTERM)
@@ -91,7 +82,7 @@ async def _measure(deployment: Deployment, upstream_ports: Sequence[int], stream
         "open_router_streams": open_streams,
         "router_rss_growth_mib": (rss_held - rss_before) / 1024,
         "sigterm_exit_s": exit_seconds,
-        "failed_ext_proc_streams": _envoy_stat(admin, failed_stat) - failed_before,
+        "failed_ext_proc_streams": stack.envoy_stat(failed_stat) - failed_before,
         "answers_whole": whole,
     }
 

@@ -11,11 +11,13 @@ import copy
 import functools
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -292,6 +294,16 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+    def envoy_stat(self, name: str) -> int:
+        """One counter or gauge from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
+        query = urllib.parse.urlencode({"filter": f"^{re.escape(name)}$"})
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?{query}", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                key, _, value = line.partition(": ")
+                if key == name:
+                    return int(value)
+        return 0
 
     def logs(self) -> str:
         """Every process's log, for a failing test's report."""

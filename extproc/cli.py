@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-body-bytes",
         type=int,
         default=4194304,
-        help="the Envoy listener's per_connection_buffer_limit_bytes (default: %(default)s)",
+        help="the largest body Envoy accepts on the router's routes: its buffer filter's max_request_bytes, or the"
+        " listener's per_connection_buffer_limit_bytes without one (default: %(default)s)",
     )
     inject = _command(sub, "inject-webhook", "serve the Kubernetes sidecar-injection admission webhook (TLS)")
     inject.add_argument("--config", type=Path, required=True, help="webhook YAML config (see k8s/injector/)")

@@ -17,7 +17,9 @@ from extproc.schemas import SCHEMAS_BY_PATH
 __all__ = ["ENVOY_BUFFER_LIMIT", "render_fail_open_lua"]
 
 ENVOY_BUFFER_LIMIT = 4194304
-"""``per_connection_buffer_limit_bytes`` of the shipped Envoy listeners: a rename must not push a body past it."""
+"""The largest body the shipped gateways accept on the router's routes (the buffer filter's ``max_request_bytes``; in
+the Istio and Envoy Gateway overlays, which have no buffer filter, the connection buffer): a rename must not push a
+body past it."""
 
 _TEMPLATE = string.Template(
     r"""-- Fail-open repair. Every answer of the router sets the dynamic metadata model_router.outcome. Without it the
@@ -26,7 +28,7 @@ _TEMPLATE = string.Template(
 -- catalog models its provider may not serve. So an alias gets the default model (the default route's), and a
 -- catalog model named by the client goes to its own cluster, its body untouched. Generated from model-router.yaml
 -- by `model-router fail-open-lua --config FILE`: regenerate it whenever the catalog, policy.routable_models or
--- policy.default_model change (MAX_BODY_BYTES: the listener's per_connection_buffer_limit_bytes).
+-- policy.default_model change (MAX_BODY_BYTES: the largest body Envoy accepts on these routes).
 $tables
 local MAX_SCAN_STEPS = 200000  -- as the router's scan: a body built to be slow stays as it is
 

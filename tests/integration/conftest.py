@@ -37,16 +37,6 @@ def router_metric(stack: Stack, name: str, **labels: str) -> float:
     return total
 
 
-def envoy_stat(stack: Stack, name: str) -> int:
-    """One counter or gauge from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
-    r = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5)
-    for line in r.text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    return 0
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     report = yield

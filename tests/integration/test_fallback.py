@@ -17,7 +17,7 @@ import pytest
 from devstack.stack import Stack
 from devstack.upstream import EXPECT_HEADER, digest_without_model
 from extproc.bodyedit import replace_model
-from tests.integration.conftest import HEURISTIC, envoy_stat, router_metric, wait_until
+from tests.integration.conftest import HEURISTIC, router_metric, wait_until
 from tests.integration.test_access_log import _access_line
 from tests.integration.test_learning import FEEDBACK
 from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post, received_body
@@ -71,7 +71,7 @@ def received_since(stack: Stack, before: dict[str, int]) -> dict[str, int]:
 
 def retries(stack: Stack) -> int:
     return sum(
-        envoy_stat(stack, f"cluster.{c}.upstream_rq_retry") for c in ("small_then_stronger", "cheap_then_stronger")
+        stack.envoy_stat(f"cluster.{c}.upstream_rq_retry") for c in ("small_then_stronger", "cheap_then_stronger")
     )
 
 
@@ -113,6 +113,22 @@ def test_failing_cluster_falls_back_to_the_next_stronger(
     received = received_since(fallback_stack, before)
     assert received[tier] == 1  # tried once, then the next stronger cluster
     assert received[stronger] == 1
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_a_body_of_megabytes_falls_back_too(fallback_stack: Stack, http2: bool) -> None:
+    """A retry resends the buffered body, up to the stream's buffer limit: the listener's is 256 KiB (memory, README
+    "Envoy settings"), and the buffer filter raises it to 4 MiB on the router's routes. A 3.5 MB body must still be
+    retried whole on the stronger cluster, not answered with the failing cluster's error."""
+    fail(fallback_stack, "cheap", 503)
+    before = received_count(fallback_stack)
+    body = chat_body(EASY, model=MODEL_OF["cheap"], metadata={"pad": "x" * 3_500_000})
+    headers = {"content-type": "application/json", EXPECT_HEADER: digest_without_model(body)}
+    with httpx.Client(http1=not http2, http2=http2, timeout=20) as client:
+        r = client.post(fallback_stack.base_url + "/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-upstream-cluster"], r.headers["x-model-router-fallback-model"]) == ("frontier", "gpt-4o")
+    assert received_since(fallback_stack, before) == {"small": 0, "cheap": 1, "frontier": 1}
 
 
 def test_two_failing_tiers_fall_back_to_frontier(fallback_stack: Stack) -> None:
@@ -202,14 +218,14 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
         to_small = [cluster for _, tier, cluster in results if tier == "small"]
         assert [status for status, _, _ in results] == [200] * 32
         assert len(to_small) >= 16 and set(to_small) == {"cheap"}
-        assert envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry_overflow") == 0
-        assert envoy_stat(stack, "cluster.small.outlier_detection.ejections_enforced_total") == 1
-        retried = envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry")
+        assert stack.envoy_stat("cluster.small_then_stronger.upstream_rq_retry_overflow") == 0
+        assert stack.envoy_stat("cluster.small.outlier_detection.ejections_enforced_total") == 1
+        retried = stack.envoy_stat("cluster.small_then_stronger.upstream_rq_retry")
         assert 5 <= retried < len(to_small)
         for _ in range(5):
             status, tier, cluster = send(0)
             assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
-        assert envoy_stat(stack, "cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
+        assert stack.envoy_stat("cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,7 @@
 
 Bodies are buffered whole, up to 4 MiB each, before the router sees them, so clients that send most of a large body
 and then stall grow Envoy's heap by 4 MiB each. Here such uploads arrive one after another against a heap cap
-scaled down to 48 MiB (the shipped 256 MiB would need ~60 of them; the thresholds are the shipped ones), and the
-request timeout is cut to 3 s (shipped: 60 s) so that the stalled uploads are answered within the test.
+scaled down to 48 MiB (the shipped 256 MiB would need ~60 of them; the thresholds are the shipped ones).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR, Stack
-from tests.integration.conftest import HEURISTIC, envoy_stat, wait_until
+from tests.integration.conftest import HEURISTIC, wait_until
 from tests.integration.test_routing import EASY, JSON, chat_body
 
 CAP_BYTES = 48 << 20
@@ -33,8 +32,6 @@ def _small_heap(cfg: dict[str, Any]) -> None:
     monitors = cfg["overload_manager"]["resource_monitors"]
     heap = next(m for m in monitors if m["name"] == "envoy.resource_monitors.fixed_heap")
     heap["typed_config"]["max_heap_size_bytes"] = CAP_BYTES
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["request_timeout"] = "3s"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +45,6 @@ class _StalledUpload:
 
     def __init__(self, port: int) -> None:
         self.sock: socket.socket | None = None
-        self.answer = b""
         self._port = port
 
     def start(self) -> None:
@@ -60,13 +56,6 @@ class _StalledUpload:
             self.sock.sendall(b"a" * (BODY_BYTES - 100_000))
         except OSError:  # refused or reset by Envoy's load shedding: nothing of it is held
             pass
-
-    def read_answer(self) -> bytes:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.settimeout(10)
-                self.answer = self.sock.recv(200)
-        return self.answer
 
     def close(self) -> None:
         if self.sock is not None:
@@ -110,7 +99,6 @@ def test_stalled_uploads_past_the_heap_cap_are_shed_and_envoy_recovers(small_hea
             upload.start()
             time.sleep(0.1)  # one after another, as a trickle of clients arrives: each is checked against the cap
         during = _probe(stack)
-        answers = [u.read_answer() for u in uploads]  # the stalled ones get the request timeout's 408
     finally:
         sampling.set()
         sampler.join()
@@ -120,12 +108,11 @@ def test_stalled_uploads_past_the_heap_cap_are_shed_and_envoy_recovers(small_hea
     # the cap (48 MiB), the rest refused or answered 503.
     assert peak[0] < CAP_BYTES + 6 * BODY_BYTES, f"heap in use peaked at {peak[0] >> 20} MiB"
     assert during != 200, "a request was admitted while the heap was over the cap"
-    shed = envoy_stat(stack, "http.llm.downstream_rq_overload_close") + sum(
-        envoy_stat(stack, f"overload.envoy.load_shed_points.{p}.shed_load_count")
+    shed = stack.envoy_stat("http.llm.downstream_rq_overload_close") + sum(
+        stack.envoy_stat(f"overload.envoy.load_shed_points.{p}.shed_load_count")
         for p in ("http1_server_abort_dispatch", "tcp_listener_accept")
     )
     assert shed > 0
-    assert any(a.startswith(b"HTTP/1.1 408") for a in answers), answers
     assert wait_until(lambda: _probe(stack) == 200, timeout=15), "Envoy did not recover once the uploads ended"
     r = httpx.post(stack.base_url + "/v1/chat/completions", content=chat_body(EASY), headers=JSON, timeout=5)
     assert r.status_code == 200 and orjson.loads(r.content)["model"] == r.headers["x-model-router-model"]

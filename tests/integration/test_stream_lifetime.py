@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from tests.integration.conftest import HEURISTIC, envoy_stat, router_metric, wait_until
+from tests.integration.conftest import HEURISTIC, router_metric, wait_until
 from tests.integration.test_routing import HARD, JSON, chat_body
 
 DECISION_HEADERS = ("x-model-router-model", "x-model-router-tier", "x-model-router-decision-id")
@@ -31,7 +31,7 @@ def _hold(stack: Stack, after: int) -> None:
 
 def _router_streams_ended(stack: Stack) -> bool:
     return (
-        envoy_stat(stack, "cluster.model_router.upstream_rq_active") == 0
+        stack.envoy_stat("cluster.model_router.upstream_rq_active") == 0
         and router_metric(stack, "model_router_streams_in_flight") == 0
     )
 
@@ -55,11 +55,11 @@ def _stream_while_held(stack: Stack) -> tuple[dict[str, str], bytes, bool]:
 
 
 def test_a_streaming_response_holds_no_router_stream(stack: Stack) -> None:
-    started = envoy_stat(stack, "http.llm.ext_proc.streams_started")
+    started = stack.envoy_stat("http.llm.ext_proc.streams_started")
     headers, received, ended = _stream_while_held(stack)
     assert ended, "the router's stream stayed open while the response streamed"
-    assert envoy_stat(stack, "http.llm.ext_proc.streams_started") == started + 1
-    assert envoy_stat(stack, "http.llm.ext_proc.streams_failed") == 0
+    assert stack.envoy_stat("http.llm.ext_proc.streams_started") == started + 1
+    assert stack.envoy_stat("http.llm.ext_proc.streams_failed") == 0
     assert headers["x-model-router-model"] == "gpt-4o"  # the decision headers still come (from the metadata)
     assert received.startswith(b"data: ") and received.endswith(b"data: [DONE]\n\n")
 
@@ -94,7 +94,7 @@ def test_more_responses_streaming_at_once_than_the_router_cluster_allows_are_all
             _hold(stack, after=0)
         assert models == ["gpt-4o"] * 6
         assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
-        assert envoy_stat(stack, "http.llm.ext_proc.failure_mode_allowed") == 0
+        assert stack.envoy_stat("http.llm.ext_proc.failure_mode_allowed") == 0
 
 
 def _response_headers_to_router(cfg: dict[str, Any]) -> None:
@@ -128,4 +128,4 @@ def test_decision_headers_on_the_response(headers_stack: Stack) -> None:
         assert len(headers["x-model-router-decision-id"]) == 16
     else:
         assert not set(DECISION_HEADERS) & set(headers)
-    assert envoy_stat(stack, "http.llm.ext_proc.streams_failed") == 0
+    assert stack.envoy_stat("http.llm.ext_proc.streams_failed") == 0

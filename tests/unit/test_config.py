@@ -507,8 +507,10 @@ def test_the_shipped_fail_open_filter_is_generated_from_its_router_config(envoy_
     cluster when the router did not answer: its tables must say what the router config says, or a router outage
     sends "auto" (a 404), the wrong model or a body over Envoy's buffer limit (a 413)."""
     listener = yaml.safe_load((ENVOY_DIR.parent / envoy_yaml).read_text())["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    (buffer,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.buffer"]
     settings = load_config(ENVOY_DIR.parent / router_yaml)
-    want = render_fail_open_lua(settings, listener["per_connection_buffer_limit_bytes"])
+    want = render_fail_open_lua(settings, buffer["typed_config"]["max_request_bytes"])
     assert _fail_open_lua(ENVOY_DIR.parent / envoy_yaml) == want, f"model-router fail-open-lua --config {router_yaml}"
 
 
