@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 import orjson
+import yaml
 
 from bench.held_streams import resident_kib
 from bench.noop_extproc import splice_model
+from bench.upload_burst import _patch
 from bench.upstream import _content_length
 from bench.workload import chat_body
+from devstack.stack import ENVOY_DIR
 
 
 def test_content_length_is_read_case_insensitively() -> None:
@@ -40,3 +43,16 @@ def test_resident_memory_follows_what_the_process_touches() -> None:
     block = bytearray(b"\x01") * (64 << 20)  # every page written
     assert resident_kib(os.getpid()) - before >= 48 << 10
     del block
+
+
+def test_the_burst_comparison_changes_only_what_it_says() -> None:
+    shipped = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+    for overload, buffer in [(True, None), (False, None), (True, 4 << 20)]:
+        cfg = yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())
+        _patch(overload, buffer)(cfg)
+        listener = cfg["static_resources"]["listeners"][0]
+        assert ("overload_manager" in cfg) is overload
+        assert listener["per_connection_buffer_limit_bytes"] == (buffer or 256 << 10)
+        listener["per_connection_buffer_limit_bytes"] = 256 << 10
+        cfg.setdefault("overload_manager", shipped["overload_manager"])
+        assert cfg == shipped

@@ -451,7 +451,8 @@ def test_envoy_heap_cap_fits_the_envoy_containers_memory_limit(builds: dict[str,
     """The overload manager (README "Envoy settings") sheds load at fractions of its heap cap; the container is
     killed at its memory limit. Measured with Envoy 1.40: about 60 MiB of the process is not heap, and bursts of
     4 MiB uploads faster than the pressure reading overshot the cap by up to 25 MiB with the listener's 256 KiB
-    connection buffer (and by up to 250 MiB with a 4 MiB one, which the test also pins); 80 MiB is the margin."""
+    connection buffer (by up to 250 MiB with a 4 MiB one, once: the test also pins the buffer); 80 MiB is the
+    margin."""
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
     upstream = yaml.safe_load((ROOT / "envoy" / ENVOY_KEY).read_text())
     assert envoy["overload_manager"] == upstream["overload_manager"], "the demo and tests run what k8s runs"
