@@ -25,29 +25,17 @@ import httpx
 import orjson
 
 from bench.deploy import Deployment, SetupSpec
+from bench.procstat import resident_kib
 from devstack.stack import ROOT, Stack
 
-__all__ = ["main", "resident_kib"]
+__all__ = ["main"]
 
 BODY = orjson.dumps(
     {"model": "auto", "messages": [{"role": "user", "content": "Explain how a hash map works."}], "stream": True}
 )
 
 
-def resident_kib(pid: int) -> int:
-    """``VmRSS`` of a live process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise ValueError(f"no VmRSS for process {pid}")
-
-
-def _hold(upstream_ports: Sequence[int], after: int) -> None:
-    for port in upstream_ports:
-        httpx.post(f"http://127.0.0.1:{port}/_hold?after={after}", timeout=5).raise_for_status()
-
-
-async def _measure(deployment: Deployment, upstream_ports: Sequence[int], streams: int) -> dict[str, float]:
+async def _measure(deployment: Deployment, upstreams: Stack, streams: int) -> dict[str, float]:
     stack, (router,) = deployment.stack, deployment.workers
     assert stack is not None
     url, failed_stat = deployment.url + "/v1/chat/completions", "http.llm.ext_proc.streams_failed"
@@ -55,7 +43,7 @@ async def _measure(deployment: Deployment, upstream_ports: Sequence[int], stream
     limits = httpx.Limits(max_connections=streams + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         held: list[tuple[httpx.Response, AsyncIterator[bytes]]] = []
-        _hold(upstream_ports, after=1)
+        upstreams.hold_streams(after=1)
         try:
             for _ in range(streams):
                 request = client.build_request("POST", url, content=BODY, headers={"content-type": "application/json"})
@@ -70,12 +58,12 @@ async def _measure(deployment: Deployment, upstream_ports: Sequence[int], stream
             router.send_signal(signal.SIGTERM)
             await asyncio.to_thread(router.wait, 60)
             exit_seconds = time.monotonic() - start
-            _hold(upstream_ports, after=0)
+            upstreams.hold_streams(after=0)
             whole = 0
             for _, chunks in held:
                 whole += b"".join([c async for c in chunks]).endswith(b"data: [DONE]\n\n")
         finally:
-            _hold(upstream_ports, after=0)
+            upstreams.hold_streams(after=0)
             for response, _ in held:
                 await response.aclose()
     return {
@@ -105,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         upstreams.start_upstreams()
         deployment.start()
-        figures = asyncio.run(_measure(deployment, list(upstreams.upstream_ports.values()), args.streams))
+        figures = asyncio.run(_measure(deployment, upstreams, args.streams))
     finally:
         deployment.stop()
         upstreams.stop()

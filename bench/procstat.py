@@ -13,7 +13,14 @@ import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MachineTimes", "children_cpu_seconds", "machine_info", "machine_times", "process_cpu_seconds"]
+__all__ = [
+    "MachineTimes",
+    "children_cpu_seconds",
+    "machine_info",
+    "machine_times",
+    "process_cpu_seconds",
+    "resident_kib",
+]
 
 _TICK = float(os.sysconf("SC_CLK_TCK"))
 
@@ -74,3 +81,12 @@ def machine_info() -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def resident_kib(pid: int) -> int:
+    """``VmRSS`` of a live process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError(f"no VmRSS for process {pid}")

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.held_streams import resident_kib
+from bench.procstat import resident_kib
 from devstack.stack import Stack
 
 __all__ = ["main"]

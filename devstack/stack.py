@@ -295,6 +295,12 @@ class Stack:
                 proc.wait()
         self.procs.clear()
 
+    def hold_streams(self, after: int) -> None:
+        """Make every fake upstream's streamed answers wait after ``after`` events (``0`` releases them)."""
+        for port in self.upstream_ports.values():
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/_hold?after={after}", method="POST")
+            urllib.request.urlopen(request, timeout=5).close()  # an error status raises
+
     def envoy_stat(self, name: str) -> int:
         """One counter or gauge from Envoy's admin ``/stats`` (0 if Envoy has not created it yet)."""
         query = urllib.parse.urlencode({"filter": f"^{re.escape(name)}$"})

@@ -96,6 +96,11 @@ def demo_settings(**policy: object) -> Settings:
     return parse_config(data)
 
 
+def with_section(settings: Settings, section: str, **fields: object) -> Settings:
+    """``settings`` with some fields of one section (``server``, ``telemetry``...) changed."""
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=fields)})
+
+
 def snapshot(model: DifficultyModel | None = None, settings: Settings | None = None) -> Snapshot:
     """A snapshot of the demo config with a fake model."""
     chosen = model or FakeDifficultyModel()

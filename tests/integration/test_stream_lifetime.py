@@ -24,11 +24,6 @@ from tests.integration.test_routing import HARD, JSON, chat_body
 DECISION_HEADERS = ("x-model-router-model", "x-model-router-tier", "x-model-router-decision-id")
 
 
-def _hold(stack: Stack, after: int) -> None:
-    for port in stack.upstream_ports.values():
-        httpx.post(f"http://127.0.0.1:{port}/_hold?after={after}", timeout=5).raise_for_status()
-
-
 def _router_streams_ended(stack: Stack) -> bool:
     return (
         stack.envoy_stat("cluster.model_router.upstream_rq_active") == 0
@@ -39,7 +34,7 @@ def _router_streams_ended(stack: Stack) -> bool:
 def _stream_while_held(stack: Stack) -> tuple[dict[str, str], bytes, bool]:
     """A streamed answer, held after its first event: its headers, its whole body once released, and whether the
     router's stream for it had ended while the response was still in flight."""
-    _hold(stack, after=1)
+    stack.hold_streams(after=1)
     try:
         url, body = stack.base_url + "/v1/chat/completions", chat_body(HARD, stream=True)
         with httpx.stream("POST", url, content=body, headers=JSON, timeout=20) as r:
@@ -47,11 +42,11 @@ def _stream_while_held(stack: Stack) -> tuple[dict[str, str], bytes, bool]:
             chunks = r.iter_raw()
             received = next(chunks)  # the first event reached the client; the upstream now waits
             ended = wait_until(lambda: _router_streams_ended(stack), timeout=5)
-            _hold(stack, after=0)
+            stack.hold_streams(after=0)
             received += b"".join(chunks)
             return dict(r.headers), received, ended
     finally:
-        _hold(stack, after=0)
+        stack.hold_streams(after=0)
 
 
 def test_a_streaming_response_holds_no_router_stream(stack: Stack) -> None:
@@ -77,7 +72,7 @@ def test_more_responses_streaming_at_once_than_the_router_cluster_allows_are_all
     streaming at once would find no stream left and go unrouted (fail-open). Decided one after another, each while
     the earlier ones still stream, all six are routed."""
     with Stack(workdir=tmp_path, router_overrides=HEURISTIC, envoy_patch=_router_cluster_limit(2)) as stack:
-        _hold(stack, after=1)
+        stack.hold_streams(after=1)
         try:
             url, body = stack.base_url + "/v1/chat/completions", chat_body(HARD, stream=True)
             with httpx.Client(timeout=20) as client, contextlib.ExitStack() as open_responses:
@@ -87,11 +82,11 @@ def test_more_responses_streaming_at_once_than_the_router_cluster_allows_are_all
                     chunks = r.iter_raw()
                     next(chunks)  # its first event arrived; it goes on streaming while the next one is decided
                     streaming.append((r, chunks))
-                _hold(stack, after=0)
+                stack.hold_streams(after=0)
                 models = [r.headers.get("x-model-router-model") for r, _ in streaming]
                 bodies = [b"".join(chunks) for _, chunks in streaming]
         finally:
-            _hold(stack, after=0)
+            stack.hold_streams(after=0)
         assert models == ["gpt-4o"] * 6
         assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
         assert stack.envoy_stat("http.llm.ext_proc.failure_mode_allowed") == 0

@@ -29,6 +29,7 @@ from tests.fakes import (
     inline_classify,
     sequential_ids,
     snapshot,
+    with_section,
 )
 from tests.protocol import body_msg, chat_headers, headers_msg, replay, router_metadata
 
@@ -37,9 +38,7 @@ USAGE_JSON = b'{"object":"chat.completion","usage":{"prompt_tokens":1000,"comple
 
 
 def usage_on(settings: Settings | None = None, on: bool = True) -> Snapshot:
-    settings = settings or demo_settings()
-    telemetry = settings.telemetry.model_copy(update={"response_usage": on})
-    return snapshot(settings=settings.model_copy(update={"telemetry": telemetry}))
+    return snapshot(settings=with_section(settings or demo_settings(), "telemetry", response_usage=on))
 
 
 async def decided(snap: Snapshot, body: bytes = CHAT) -> dict[str, str]:

@@ -18,7 +18,7 @@ from extproc.config import Settings, TelemetrySettings
 from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef
 from extproc.telemetry import Telemetry
-from tests.fakes import DecisionStreamContext, demo_settings, inline_classify, snapshot
+from tests.fakes import DecisionStreamContext, demo_settings, inline_classify, snapshot, with_section
 from tests.protocol import body_msg, chat_headers, headers_msg
 
 CHAT = b'{"model":"auto","messages":[{"role":"user","content":"medium question"}]}'
@@ -53,9 +53,7 @@ class _Envoy:
 
 
 def _settings(on_response: bool, **policy: object) -> Settings:
-    settings = demo_settings(**policy)
-    server = settings.server.model_copy(update={"decision_headers_on_response": on_response})
-    return settings.model_copy(update={"server": server})
+    return with_section(demo_settings(**policy), "server", decision_headers_on_response=on_response)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from tests.fakes import (
     inline_classify,
     sequential_ids,
     snapshot,
+    with_section,
 )
 from tests.protocol import body_msg, chat_headers, forwards_unchanged, headers_msg, replay, router_metadata
 
@@ -577,9 +578,7 @@ async def test_an_error_after_the_decision_leaves_no_decision_to_announce() -> N
         def record(self, rec: DecisionRecord) -> None:
             raise RuntimeError("sink failed")
 
-    settings = demo_settings()
-    server = settings.server.model_copy(update={"decision_headers_on_response": True})
-    snap = snapshot(settings=settings.model_copy(update={"server": server}))
+    snap = snapshot(settings=with_section(demo_settings(), "server", decision_headers_on_response=True))
     handler = StreamHandler(snap, inline_classify, FailingSink(), sequential_ids(), fixed_clock())
     (_, body_answer) = await replay(handler, chat_headers(), CHAT)
     assert forwards_unchanged(body_answer, outcome=None)

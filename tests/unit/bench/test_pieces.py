@@ -7,8 +7,8 @@ import os
 import orjson
 import yaml
 
-from bench.held_streams import resident_kib
 from bench.noop_extproc import splice_model
+from bench.procstat import resident_kib
 from bench.upload_burst import _patch
 from bench.upstream import _content_length
 from bench.workload import chat_body
