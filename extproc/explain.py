@@ -71,7 +71,10 @@ _REASONS = {
     "no_prompt_text": "no text to classify: the fallback model",
     "trusted_override": "a trusted caller pinned the model",
     "budget_too_low_cheapest": "no model fits the request's cost ceiling: the cheapest one",
-    "sticky_conversation": "the conversation already used a model this able (or the most able one left in)",
+    "sticky_conversation": (
+        "the conversation already used a model this able, or its first user turn needs one (or the most able one"
+        " left in)"
+    ),
     "no_interactive_model": "only slow models fit this interactive request: the usual choice among them",
     "invalid_constraint": "a malformed constraint header: the router answers 400",
 }

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from extproc.config import LimitSettings
-from extproc.schemas import ApiSchema, schema_for_path
+from extproc.schemas import ApiSchema, HasConversation, schema_for_path
 
 _DEFAULT_LIMITS = LimitSettings()
 _QUOTE, _OPEN_ARRAY, _OPEN_OBJECT = ord('"'), ord("["), ord("{")
@@ -68,6 +68,8 @@ class ParsedRequest:
     max_output_tokens: int | None
     stream: bool = False
     """The request asks for a streamed answer (``"stream": true``)."""
+    opening_text: str = ""
+    """The conversation's first user turn if the classified turn is a later one (``HasConversation.opening_text``)."""
 
     def without_body(self) -> ParsedRequest:
         """This request without its parsed body, which can take tens of MB (a 2.6 MB body of short strings: 29
@@ -149,4 +151,5 @@ def parse_request(
         input_tokens=estimate_tokens(schema.input_chars(body)),
         max_output_tokens=schema.max_output_tokens(body),
         stream=body.get("stream") is True,
+        opening_text=schema.opening_text(body) if isinstance(schema, HasConversation) else "",
     )

@@ -16,8 +16,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -65,6 +65,15 @@ Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
 """Runs the model on one text within a deadline in seconds; raises on failure or timeout."""
 
 _log = logging.getLogger("model_router.stream")
+_T = TypeVar("_T")
+
+
+async def _settled(job: Awaitable[_T]) -> _T | Exception:
+    """``job``'s result, or the exception it raised (awaited jobs are gathered without losing either's outcome)."""
+    try:
+        return await job
+    except Exception as exc:
+        return exc
 
 
 class ProtocolError(Exception):
@@ -160,6 +169,8 @@ class StreamHandler:
         self.reads_usage = False
         """The decision asked the usage observer to read its response (``telemetry.response_usage``)."""
         self._awaits_response_headers = False
+        self._opening_failed = False
+        """The conversation's opening turn could not be classified: this turn's choice is no floor to remember."""
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -348,7 +359,9 @@ class StreamHandler:
         # Only a choice on the merits sets a conversation's floor: not a pinned request (a labeller replaying a
         # captured conversation), and not a fallback (an image-only turn or a classifier timeout would otherwise
         # lock the rest of the conversation onto the default model, often the dearest). A fallback turn keeps an
-        # existing floor alive, as any turn of the conversation does, without raising it.
+        # existing floor alive, as any turn of the conversation does, without raising it. Nor does a turn whose
+        # opening could not be classified: its choice, made without the opening's floor, would stand in for that
+        # floor for the rest of the conversation; the next turn replays the opening again.
         if (
             memory_key is not None
             and self._memory is not None
@@ -356,7 +369,7 @@ class StreamHandler:
             and decision.reason is not Reason.TRUSTED_OVERRIDE
         ):
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
-            if not decision.fallback:
+            if not decision.fallback and not self._opening_failed:
                 self._memory.remember(memory_key, decision.model.ability, ttl)
             elif (floor := self._memory.floor(memory_key)) is not None:
                 self._memory.remember(memory_key, floor, ttl)
@@ -453,20 +466,7 @@ class StreamHandler:
         if pinned is not None:
             return pinned_decision(pinned), None, None, None
         fallback = policy.model(parsed.requested_model) or policy.default
-        floor = self._memory.floor(memory_key) if self._memory is not None and memory_key else None
-        if not parsed.prompt_text.strip():
-            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor), None, None, None
-        t0 = self._clock()
-        try:
-            timeout = snap.settings.server.classifier_timeout_ms / 1000.0
-            prediction, candidate_prediction = await self._predict(parsed.prompt_text, timeout)
-            if math.isnan(prediction.difficulty):
-                raise ValueError("the classifier returned NaN")
-        except Exception as exc:  # the classifier's failure is a fallback, never a failed request
-            decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor)
-            _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, decision.model.name)
-            return decision, None, self._clock() - t0, None
-        classify_seconds = self._clock() - t0
+        timeout = snap.settings.server.classifier_timeout_ms / 1000.0
         facts = RequestFacts(
             requested_model=parsed.requested_model,
             input_tokens=parsed.input_tokens,
@@ -474,8 +474,34 @@ class StreamHandler:
             quality_target=policy.quality_target,
             max_cost=policy.max_cost,
             interactive=policy.interactive,
-            min_ability=floor,
         )
+        floor = self._memory.floor(memory_key) if self._memory is not None and memory_key else None
+        opening = parsed.opening_text if floor is None and self._replays_opening(parsed) else ""
+        if not parsed.prompt_text.strip():
+            if opening:
+                floor = self._opening_floor(await _settled(self._classify(snap.model, opening, timeout)), facts, policy)
+            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor), None, None, None
+        t0 = self._clock()
+        try:
+            if opening:
+                predicted, opening_prediction = await asyncio.gather(
+                    _settled(self._predict(parsed.prompt_text, timeout)),
+                    _settled(self._classify(snap.model, opening, timeout)),
+                )
+                floor = self._opening_floor(opening_prediction, facts, policy)
+                if isinstance(predicted, Exception):
+                    raise predicted
+            else:
+                predicted = await self._predict(parsed.prompt_text, timeout)
+            prediction, candidate_prediction = predicted
+            if math.isnan(prediction.difficulty):
+                raise ValueError("the classifier returned NaN")
+        except Exception as exc:  # the classifier's failure is a fallback, never a failed request
+            decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor)
+            _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, decision.model.name)
+            return decision, None, self._clock() - t0, None
+        classify_seconds = self._clock() - t0
+        facts = replace(facts, min_ability=floor)
         decision = choose_model(prediction, facts, policy.catalog, fallback)
         candidate = None
         if candidate_prediction is not None:
@@ -483,6 +509,32 @@ class StreamHandler:
                 choose_model(candidate_prediction, facts, policy.catalog, fallback), candidate_prediction
             )
         return decision, prediction, classify_seconds, candidate
+
+    def _replays_opening(self, parsed: ParsedRequest) -> bool:
+        """Whether the conversation's opening turn must be classified to find its floor (no floor is remembered).
+
+        Without a session header, the opening turn's own decision could not be remembered (no reply identified the
+        conversation yet), and a conversation spread over several router processes has no floor on the others. So a
+        hard task's short follow-up ("Are you sure? Check again.") would go to the cheap model. Replaying the
+        opening's decision gives the floor stickiness promises, at the cost of one more classification, run beside
+        the turn's own, once per conversation per process (later turns find the floor this turn remembers).
+        """
+        text = parsed.opening_text
+        return bool(text.strip()) and text != parsed.prompt_text and self._snap.settings.policy.stickiness.enabled
+
+    def _opening_floor(
+        self, prediction: Prediction | Exception, facts: RequestFacts, policy: RequestPolicy
+    ) -> float | None:
+        """The ability of the model the opening turn gets on its merits under this request's constraints; None if it
+        could not be classified (counted: the turn is then decided without a floor) or no model fits."""
+        if isinstance(prediction, Exception) or math.isnan(prediction.difficulty):
+            reason = type(prediction).__name__ if isinstance(prediction, Exception) else "NaN"
+            _log.warning("classifier failed on the conversation's opening turn (%s); no floor from it", reason)
+            self._sink.error("opening_failed")
+            self._opening_failed = True
+            return None
+        decision = choose_model(prediction, facts, policy.catalog, policy.default)
+        return None if decision.fallback else decision.model.ability
 
     async def _predict(self, text: str, timeout: float) -> tuple[Prediction, Prediction | None]:
         """The live model's prediction and, beside it (concurrently), the candidate's; only the live one may fail

@@ -52,6 +52,11 @@ class HasConversation(Protocol):
         """Text that identifies the conversation across its turns; empty if it cannot yet be identified."""
         ...
 
+    def opening_text(self, body: Mapping[str, Any]) -> str:
+        """The first user turn's text when the request has a later user turn (the one classified), else empty: the
+        conversation's opening task, whose decision sets the conversation's floor (``extproc/stream.py``)."""
+        ...
+
 
 SCHEMAS_BY_PATH: Mapping[str, ApiSchema] = {
     "/v1/chat/completions": OpenAIChat(),

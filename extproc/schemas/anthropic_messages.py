@@ -4,7 +4,8 @@ The classifier reads the last user turn: its string ``content`` or its ``text`` 
 but ``tool_result`` blocks (the client answering a tool call) is read through the text inside those results, and if
 they hold none, through the previous user turn. Image and document blocks are skipped (the body keeps them).
 ``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs, tool results, the ``tools`` definitions
-and an allowance per image or document block count toward the size estimate only.
+and an allowance per image or document block count toward the size estimate only, except the first user turn's text
+when a later user turn follows (an agent's task, before its tool results): its decision is the conversation's floor.
 """
 
 from __future__ import annotations
@@ -79,13 +80,21 @@ class AnthropicMessages:
                 return results
         return ""
 
+    def opening_text(self, body: Mapping[str, Any]) -> str:
+        """Text of the first user turn (its text blocks, not tool results), if a later user turn follows it."""
+        users = [m for m in objects_in(body, "messages") if m.get("role") == "user"]
+        return _text(users[0].get("content")) if len(users) > 1 else ""
+
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """``system``, the messages up to the first assistant reply and that reply; empty before it."""
+        """``system``, the messages up to the first assistant reply to a user turn and that reply; empty before it (an
+        assistant turn before any user turn, the same in every conversation of an app, is not a reply)."""
         parts = [_text(body.get("system"))]
+        asked = False
         for message in objects_in(body, "messages"):
             content = message.get("content")
             parts.append(_text(content) or _tool_results_text(content))
-            if message.get("role") == "assistant":
+            asked = asked or message.get("role") == "user"
+            if message.get("role") == "assistant" and asked:
                 for block in _blocks(content):
                     if block.get("type") == "tool_use":
                         parts.append(str(block.get("name")) + "\x1f" + compact_json(block.get("input")))

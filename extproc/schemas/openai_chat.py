@@ -1,7 +1,8 @@
 """OpenAI Chat Completions (``/v1/chat/completions``) request reader.
 
 The classifier reads the last user turn (what the model must answer now); string and content-part messages are
-supported, system and earlier turns count toward the size estimate only. Tool results and assistant turns are
+supported, system and earlier turns count toward the size estimate only, except the first user turn of a multi-turn
+request, whose decision is the conversation's floor (``opening_text``). Tool results and assistant turns are
 never classified. The size estimate also counts image, audio and file parts, assistant ``tool_calls``, and the
 ``tools`` (legacy ``functions``) and ``response_format`` the request sends.
 """
@@ -34,16 +35,24 @@ class OpenAIChat:
                 return text_of_content(message.get("content"))
         return ""
 
-    def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """System messages, the first user message and the first assistant reply; empty before the first reply.
+    def opening_text(self, body: Mapping[str, Any]) -> str:
+        """Text of the first user message, if a later user message follows it."""
+        users = [m for m in objects_in(body, "messages") if m.get("role") == "user"]
+        return text_of_content(users[0].get("content")) if len(users) > 1 else ""
 
-        The opening alone ("Hi") is shared by countless conversations; the first reply makes it this one.
+    def conversation_seed(self, body: Mapping[str, Any]) -> str:
+        """The messages up to the first assistant reply to a user message, and that reply; empty before it.
+
+        The opening alone ("Hi") is shared by countless conversations; the first reply makes it this one. An
+        assistant greeting before any user message is the same in every conversation of an app: it is not a reply.
         """
         parts: list[str] = []
+        asked = False
         for message in objects_in(body, "messages"):
             role = message.get("role")
             parts.append(text_of_content(message.get("content")))
-            if role == "assistant":
+            asked = asked or role == "user"
+            if role == "assistant" and asked:
                 return "\x1e".join(parts)
         return ""
 

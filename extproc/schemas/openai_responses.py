@@ -4,7 +4,8 @@
 ``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
 ``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs, the
 ``tools`` definitions, the ``text`` output format and an allowance per image, file or audio part count toward the
-size estimate only.
+size estimate only, except the first user message item's text when a later one follows: its decision is the
+conversation's floor.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _parts_text(content: Any, kinds: tuple[str, ...]) -> str:
     return "\n".join(texts)
 
 
+def _is_user_message(item: Mapping[str, Any]) -> bool:
+    return item.get("role") == "user" and item.get("type", "message") == "message"
+
+
 def _item_chars(item: Mapping[str, Any]) -> int:
     """Characters of one input item's text (messages, function calls and their outputs)."""
     kind = item.get("type")
@@ -64,23 +69,33 @@ class OpenAIResponses:
         if isinstance(items, str):
             return items
         for item in reversed(objects_in(body, "input")):
-            if item.get("role") == "user" and item.get("type", "message") == "message":
+            if _is_user_message(item):
                 return _parts_text(item.get("content"), _USER_TEXT_PARTS)
         return ""
 
+    def opening_text(self, body: Mapping[str, Any]) -> str:
+        """Text of the first user message item, if a later user message item follows it (a string input has none)."""
+        users = [item for item in objects_in(body, "input") if _is_user_message(item)]
+        return _parts_text(users[0].get("content"), _USER_TEXT_PARTS) if len(users) > 1 else ""
+
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """``instructions``, the items up to the first assistant reply and that reply; empty before it.
+        """``instructions``, the items up to the first assistant reply to a user message and that reply; empty before
+        it (an assistant item before any user message, the same in every conversation of an app, is not a reply).
 
         A request that continues by ``previous_response_id`` carries only the new turn: it has no seed.
         """
         instructions = body.get("instructions")
         parts = [instructions] if isinstance(instructions, str) else []
+        asked = False
         for item in objects_in(body, "input"):
             if item.get("type") == "function_call":
                 parts.append(str(item.get("name")) + "\x1f" + str(item.get("arguments")))
-                return "\x1e".join(parts)
+                if asked:
+                    return "\x1e".join(parts)
+                continue
             parts.append(_parts_text(item.get("content"), _ANY_TEXT_PARTS))
-            if item.get("role") == "assistant":
+            asked = asked or _is_user_message(item)
+            if item.get("role") == "assistant" and asked:
                 return "\x1e".join(parts)
         return ""
 

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.stack import ENVOY_DIR, Stack
 from tests.integration.test_routing import EASY, HARD, chat_body, last_received, post
@@ -99,6 +100,24 @@ def test_conversation_stickiness_without_session_header(pstack: Stack) -> None:
     assert turn(EASY).headers["x-model-router-model"] != "gpt-4o"
     assert turn(EASY, HARD).headers["x-model-router-model"] == "gpt-4o"
     assert turn(EASY, HARD, EASY).headers["x-model-router-model"] == "gpt-4o"
+
+
+def test_a_hard_openings_follow_up_stays_strong_without_a_session_header(pstack: Stack) -> None:
+    """The first turn's escalation cannot be remembered (no reply identifies the conversation yet); the follow-up's
+    request carries the opening, whose decision is the conversation's floor."""
+    client = openai.OpenAI(base_url=pstack.base_url + "/v1", api_key="k", max_retries=0)
+    history: list[ChatCompletionMessageParam] = [{"role": "user", "content": HARD}]
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=history)
+    history += [{"role": "assistant", "content": first.parse().choices[0].message.content or ""}]
+    follow_up = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[*history, {"role": "user", "content": EASY}],
+    )
+    alone = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": EASY}])
+    client.close()
+    assert first.headers["x-model-router-model"] == "gpt-4o"
+    assert follow_up.headers["x-model-router-model"] == "gpt-4o" == follow_up.parse().model
+    assert alone.headers["x-model-router-model"] != "gpt-4o"
 
 
 def test_shadow_tenant_is_untouched_and_reported(pstack: Stack) -> None:

@@ -198,14 +198,16 @@ def test_messages_image_block_arrives_intact(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("question", "result", "clusters"),
     [
-        pytest.param(HARD, EASY, {"small", "cheap"}, id="easy-tool-result-after-hard-question"),
+        pytest.param(EASY, EASY, {"small", "cheap"}, id="easy-tool-result-after-easy-question"),
         pytest.param(EASY, HARD, {"frontier"}, id="hard-tool-result-after-easy-question"),
+        pytest.param(HARD, EASY, {"frontier"}, id="easy-tool-result-after-hard-question-keeps-its-floor"),
         pytest.param(HARD, "", {"frontier"}, id="empty-tool-result-reads-previous-user-turn"),
     ],
 )
 def test_anthropic_sdk_tool_result_turn_is_routed_by_its_text(
     stack: Stack, question: str, result: str, clusters: set[str]
 ) -> None:
+    """The tool result's text is classified; the task (the first user turn) is the conversation's floor."""
     with anthropic_client(stack) as client:
         raw = client.messages.with_raw_response.create(
             model="auto",

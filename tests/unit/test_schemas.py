@@ -359,9 +359,11 @@ def test_every_schema_reads_wrongly_typed_bodies_without_raising(schema: ApiSche
     assert schema.input_chars(body) >= 0
     assert schema.message_count(body) >= 0
     assert schema.max_output_tokens(body) is None
+    if isinstance(schema, HasConversation):
+        assert isinstance(schema.opening_text(body), str)
 
 
-@pytest.mark.parametrize("schema", [RESPONSES, MESSAGES], ids=lambda s: s.name)
+@pytest.mark.parametrize("schema", [OpenAIChat(), RESPONSES, MESSAGES], ids=lambda s: s.name)
 def test_multi_turn_schemas_have_a_conversation_seed(schema: ApiSchema) -> None:
     assert isinstance(schema, HasConversation)
 
@@ -373,6 +375,48 @@ RESPONSES_TURNS: list[dict[str, Any]] = [
     {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Tom."}]},
     _user("And a dog?"),
 ]
+
+_REPLY = {"role": "assistant", "content": "ok"}
+_TOOL_USE = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]}
+
+
+@pytest.mark.parametrize(
+    ("schema", "body", "want"),
+    [
+        pytest.param(OpenAIChat(), {"messages": [_user("task")]}, "", id="chat-one-turn"),
+        pytest.param(OpenAIChat(), {"messages": [_user("task"), _REPLY, _user("more")]}, "task", id="chat-two-turns"),
+        pytest.param(
+            OpenAIChat(),
+            {"messages": [{"role": "system", "content": "sys"}, _user([{"type": "text", "text": "a"}]), _user("b")]},
+            "a",
+            id="chat-content-parts-no-reply",
+        ),
+        pytest.param(
+            OpenAIChat(),
+            {"messages": [_user("task"), {"role": "tool", "content": "result"}, _REPLY]},
+            "",
+            id="chat-agent-loop-has-one-user-turn",
+        ),
+        pytest.param(
+            MESSAGES, {"messages": [_user("task"), _TOOL_USE, _user([_tool_result("r")])]}, "task", id="messages-tools"
+        ),
+        pytest.param(
+            MESSAGES, {"messages": [_user([_tool_result("r")]), _REPLY, _user("q")]}, "", id="messages-no-text"
+        ),
+        pytest.param(RESPONSES, {"input": "task"}, "", id="responses-string"),
+        pytest.param(RESPONSES, {"input": RESPONSES_TURNS}, "Name a cat.", id="responses-turns"),
+        pytest.param(
+            RESPONSES,
+            {"input": [_user("task"), {"type": "function_call", "name": "w"}, {"type": "function_call_output"}]},
+            "",
+            id="responses-agent-loop-has-one-user-turn",
+        ),
+    ],
+)
+def test_opening_text_is_the_first_user_turn_when_a_later_one_is_classified(
+    schema: HasConversation, body: dict[str, Any], want: str
+) -> None:
+    assert schema.opening_text(body) == want
 
 
 @pytest.mark.parametrize(
@@ -393,6 +437,11 @@ RESPONSES_TURNS: list[dict[str, Any]] = [
             id="a-function-call-is-a-reply",
         ),
         pytest.param({"previous_response_id": "resp_1", "input": "And a dog?"}, "", id="continued-by-id"),
+        pytest.param(
+            {"input": [RESPONSES_TURNS[1], *RESPONSES_TURNS[:3]]},
+            "Whiskers.\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
+        ),
     ],
 )
 def test_openai_responses_conversation_seed(body: dict[str, Any], want: str) -> None:
@@ -414,6 +463,11 @@ MESSAGES_TURNS: list[dict[str, Any]] = [
         pytest.param({"messages": MESSAGES_TURNS[:1]}, "", id="first-turn-has-no-reply-yet"),
         pytest.param({"messages": MESSAGES_TURNS[:3]}, "\x1eName a cat.\x1eWhiskers.", id="second-turn"),
         pytest.param({"messages": MESSAGES_TURNS}, "\x1eName a cat.\x1eWhiskers.", id="later-turns-keep-the-seed"),
+        pytest.param(
+            {"messages": [MESSAGES_TURNS[3], *MESSAGES_TURNS[:3]]},
+            "\x1eTom.\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
+        ),
         pytest.param(
             {"system": [{"type": "text", "text": "Be brief."}], "messages": MESSAGES_TURNS[:3]},
             "Be brief.\x1eName a cat.\x1eWhiskers.",
@@ -456,3 +510,28 @@ def test_what_a_decision_needs_outlives_the_parsed_body(stream: object, want: bo
     light = parsed.without_body()
     assert light.stream is want and not light.body
     assert dataclasses.replace(light, body=parsed.body) == parsed, "nothing but the body is dropped"
+
+
+CHAT_TURNS: list[dict[str, Any]] = [
+    {"role": "system", "content": "Be brief."},
+    _user("Name a cat."),
+    {"role": "assistant", "content": "Whiskers."},
+    _user("Another one."),
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "want"),
+    [
+        pytest.param(CHAT_TURNS[:2], "", id="first-turn-has-no-reply-yet"),
+        pytest.param(CHAT_TURNS, "Be brief.\x1eName a cat.\x1eWhiskers.", id="second-turn"),
+        pytest.param(
+            [CHAT_TURNS[0], {"role": "assistant", "content": "Hi!"}, *CHAT_TURNS[1:]],
+            "Be brief.\x1eHi!\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
+        ),
+        pytest.param([CHAT_TURNS[0], {"role": "assistant", "content": "Hi!"}], "", id="only-a-greeting"),
+    ],
+)
+def test_openai_chat_conversation_seed(messages: list[dict[str, Any]], want: str) -> None:
+    assert OpenAIChat().conversation_seed({"messages": messages}) == want
