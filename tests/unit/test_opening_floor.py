@@ -247,7 +247,7 @@ async def test_the_opening_and_the_turn_are_classified_at_once() -> None:
 
 async def test_conversations_opened_by_the_same_assistant_greeting_do_not_share_a_floor() -> None:
     """An app's canned greeting before the user's first message is the same in all its conversations: the key
-    is made from the first reply to a user turn, not from the greeting."""
+    runs to the user's second turn, so the greeting alone never makes it."""
     memory = ConversationMemory(100, 3600)
     greeting = [{"role": "system", "content": "Be kind."}, {"role": "assistant", "content": "Hi! How can I help?"}]
 
@@ -257,3 +257,14 @@ async def test_conversations_opened_by_the_same_assistant_greeting_do_not_share_
     hard, _ = await decide(body("a hard question", "are you sure?"), memory=memory)
     other, _ = await decide(body("hi", "thanks"), memory=memory)
     assert (hard.selected_model, other.selected_model) == ("gpt-4o", "llama-3.1-8b-instruct")
+
+
+async def test_conversations_with_the_same_opening_and_reply_do_not_share_a_floor() -> None:
+    """ "Hi" and a model's reply to it are the same in countless conversations: the key starts at the second user
+    turn, so one user's hard question does not raise every "Hi" conversation's floor."""
+    memory = ConversationMemory(100, 3600)
+    hard, _ = await decide(chat("Hi", "a hard question"), memory=memory)
+    other, _ = await decide(chat("Hi", "thanks"), memory=memory)
+    later, _ = await decide(chat("Hi", "a hard question", "thanks"), memory=memory)
+    assert (hard.selected_model, other.selected_model) == ("gpt-4o", "llama-3.1-8b-instruct")
+    assert (later.selected_model, later.reason) == ("gpt-4o", "sticky_conversation")
