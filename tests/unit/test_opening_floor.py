@@ -268,3 +268,14 @@ async def test_conversations_with_the_same_opening_and_reply_do_not_share_a_floo
     later, _ = await decide(chat("Hi", "a hard question", "thanks"), memory=memory)
     assert (hard.selected_model, other.selected_model) == ("gpt-4o", "llama-3.1-8b-instruct")
     assert (later.selected_model, later.reason) == ("gpt-4o", "sticky_conversation")
+
+
+async def test_shadow_decisions_follow_a_conversation_as_live_ones_would() -> None:
+    """Shadow mode applies nothing, but its decisions are the estimate of live routing: a turn it would have escalated
+    keeps the conversation's later turns there, and the opening is replayed once, not on every turn."""
+    model, memory = FakeDifficultyModel(), ConversationMemory(100, 3600)
+    second, _ = await decide(chat("hi", "a hard question"), model, memory, shadow=True)
+    third, _ = await decide(chat("hi", "a hard question", "thanks"), model, memory, shadow=True)
+    assert (second.outcome, second.selected_model) == (Outcome.SHADOW, "gpt-4o")
+    assert (third.outcome, third.selected_model, third.reason) == (Outcome.SHADOW, "gpt-4o", "sticky_conversation")
+    assert model.seen == ["a hard question", "hi", "thanks"]
