@@ -210,8 +210,13 @@ def run_eval(
     plot: Path | None,
     stdout: TextIO,
     stderr: TextIO | None = None,
+    opening_of: TextOf | None = None,
 ) -> int:
     """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
+
+    ``opening_of`` gives a multi-turn item's first user turn, whose decision the live server makes the conversation's
+    floor: the item's score is then the higher of the two turns' difficulties, the one the live policy acts on.
+    Outcome scores that are not numbers in [0, 1] (``NaN``, ``Infinity``, 50) are no score: left out and counted.
 
     Items whose text the server would not classify get the file's maximum score (such requests go to the default
     model), as does a line that is not JSON (torn by a crash or a full disk). Both are counted in a summary line. An
@@ -230,6 +235,13 @@ def run_eval(
         difficulty = np.asarray(
             [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
         )
+        openings = [
+            None if i in torn or texts[i] is None or opening_of is None else opening_of(item)
+            for i, item in enumerate(items)
+        ]
+        for i, opening in enumerate(openings):
+            if opening is not None:
+                difficulty[i] = max(difficulty[i], model.predict(opening).difficulty)
         unparsed = np.isnan(difficulty)
         fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
         difficulty[unparsed] = fallback
@@ -249,8 +261,12 @@ def run_eval(
             stdout.write(
                 f"not classifiable by the server: {int(unparsed.sum()) - len(torn)} items (scored as the maximum)\n"
             )
+        if multi_turn := sum(o is not None for o in openings):
+            stdout.write(f"multi-turn: {multi_turn} items scored at least as their first user turn (its floor)\n")
 
         outcomes = [_scores_of(item) for item in items]
+        if invalid := sum(_invalid_scores(item) for item in items):
+            stdout.write(f"scores that are not numbers in [0, 1]: {invalid} (left out)\n")
         if weak is None or strong is None:
             pair = choose_pair([o for o in outcomes if o])
             if pair is None:
@@ -269,6 +285,11 @@ def run_eval(
             f"pair: weak {weak} (mean {w.mean():.3f}) -> strong {strong} (mean {s.mean():.3f})"
             f" on {int(keep.sum())} items ({int((~keep).sum())} without both scores left out)\n"
         )
+        if s.mean() < w.mean():
+            stdout.write(
+                f"warning: the strong model scores below the weak one here (--weak/--strong swapped?): the metrics"
+                f" measure sending prompts to {strong}, the worse model\n"
+            )
         rows = [
             _Row("router", routing_curve(d, w, s)),
             _Row("router+fit", routing_curve(pair_gain_scores(d, w, s), w, s)),
@@ -288,9 +309,20 @@ def run_eval(
         return 2
 
 
+def _is_score(value: object) -> bool:
+    """A JSON number in [0, 1] (not a bool, not NaN or infinite): an outcome the metrics can average."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
 def _scores_of(item: Mapping[str, Any]) -> dict[str, float]:
-    """The item's numeric outcome per model (non-numeric entries dropped)."""
+    """The item's outcome per model; entries that are not numbers in [0, 1] are no score."""
     scores = item.get("scores")
     if not isinstance(scores, dict):
         return {}
-    return {str(k): float(v) for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {str(k): float(v) for k, v in scores.items() if _is_score(v)}
+
+
+def _invalid_scores(item: Mapping[str, Any]) -> int:
+    """How many of the item's scores are not numbers in [0, 1] (a non-numeric entry such as null counts too)."""
+    scores = item.get("scores")
+    return sum(not _is_score(v) for v in scores.values()) if isinstance(scores, dict) else 0

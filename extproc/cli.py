@@ -21,8 +21,9 @@ from extproc.labeling.options import add_label_parser
 
 if TYPE_CHECKING:
     from extproc.health_http import Health
+    from extproc.request import ParsedRequest
 
-__all__ = ["main", "prompt_text_of_item"]
+__all__ = ["main", "opening_text_of_item", "prompt_text_of_item"]
 
 _T = TypeVar("_T")
 
@@ -141,15 +142,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prompt_text_of_item(item: Mapping[str, Any]) -> str | None:
-    """The text the live server would classify for an EVAL item's ``messages``, or None if it would not."""
+def _parsed_item(item: Mapping[str, Any]) -> ParsedRequest | None:
+    """An EVAL item's ``messages`` read as the live server reads a Chat Completions request, or None if it would not
+    route it."""
     from extproc.request import ParsedRequest, parse_request
 
     raw = orjson.dumps({"model": _EVAL_MODEL, "messages": item.get("messages")})
     parsed = parse_request(_EVAL_PATH, raw, frozenset({_EVAL_MODEL}))
-    if not isinstance(parsed, ParsedRequest) or not parsed.prompt_text.strip():
+    return parsed if isinstance(parsed, ParsedRequest) else None
+
+
+def prompt_text_of_item(item: Mapping[str, Any]) -> str | None:
+    """The text the live server would classify for an EVAL item's ``messages``, or None if it would not."""
+    parsed = _parsed_item(item)
+    if parsed is None or not parsed.prompt_text.strip():
         return None
     return parsed.prompt_text
+
+
+def opening_text_of_item(item: Mapping[str, Any]) -> str | None:
+    """The first user turn of a multi-turn EVAL item, whose decision the live server (stickiness on, the default)
+    makes the conversation's floor; None if there is none, or it is the classified turn."""
+    parsed = _parsed_item(item)
+    if parsed is None or not parsed.opening_text.strip() or parsed.opening_text == parsed.prompt_text:
+        return None
+    return parsed.opening_text
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -283,6 +300,7 @@ def _eval(args: argparse.Namespace) -> int:
         out=args.out,
         model=model,
         text_of=prompt_text_of_item,
+        opening_of=opening_text_of_item,
         weak=args.weak,
         strong=args.strong,
         plot=args.plot,

@@ -249,3 +249,50 @@ def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     scores = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [s["id"] for s in scores] == [x["id"] for x in items]
     assert "APGR" in capsys.readouterr().out
+
+
+BAD = ("NaN", "Infinity", "-Infinity", "50", "-0.5")
+
+
+def test_scores_outside_zero_to_one_are_no_scores(tmp_path: Path) -> None:
+    """``NaN``, ``Infinity`` or 50 would turn every metric into nan or past the ceiling: left out and counted."""
+    clean = write(tmp_path / "clean.jsonl", ITEMS)
+    user = '"messages": [{"role": "user", "content": "hard"}]'
+    bad = [f'{{"id": "b-{i}", {user}, "scores": {{"small": {v}, "big": 1}}}}\n' for i, v in enumerate(BAD)]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(clean.read_bytes() + "".join(bad).encode())
+    stdout, want = io.StringIO(), io.StringIO()
+    assert run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, "small", "big", None, stdout) == 0
+    run_eval(clean, tmp_path / "c.jsonl", KeywordModel(), last_user_text, "small", "big", None, want)
+    got = stdout.getvalue()
+    assert f"scores that are not numbers in [0, 1]: {len(BAD)} (left out)" in got
+    assert "nan" not in got
+    rows = [line for line in got.splitlines() if line.startswith(("router", "length", "oracle"))]
+    assert rows == [line for line in want.getvalue().splitlines() if line.startswith(("router", "length", "oracle"))]
+
+
+def test_swapped_weak_and_strong_are_warned_about(tmp_path: Path) -> None:
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    stdout = io.StringIO()
+    run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, "big", "small", None, stdout)
+    assert "warning: the strong model scores below the weak one" in stdout.getvalue()
+    right = io.StringIO()
+    run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, "small", "big", None, right)
+    assert "warning" not in right.getvalue()
+
+
+def test_a_multi_turn_item_scores_at_least_as_its_first_user_turn(tmp_path: Path) -> None:
+    """The live server never routes a conversation below its first user turn's choice (stickiness): the score the
+    live policy acts on is the higher of the two turns' difficulties."""
+    from extproc.cli import opening_text_of_item, prompt_text_of_item
+
+    def conversation(i: int, first: str, last: str) -> dict[str, Any]:
+        messages = [{"role": "user", "content": first}, {"role": "assistant", "content": "ok"}]
+        return {"id": f"c-{i}", "messages": [*messages, {"role": "user", "content": last}]}
+
+    items = [conversation(0, "hard hard", "thanks"), conversation(1, "easy", "hard"), item(2, "hard", 0.0, 1.0)]
+    data = write(tmp_path / "d.jsonl", items)
+    out, stdout = tmp_path / "s.jsonl", io.StringIO()
+    run_eval(data, out, KeywordModel(), prompt_text_of_item, None, None, None, stdout, opening_of=opening_text_of_item)
+    assert [orjson.loads(line)["score"] for line in out.read_bytes().splitlines()] == [2.0, 1.0, 1.0]
+    assert "multi-turn: 2 items scored at least as their first user turn" in stdout.getvalue()
