@@ -285,8 +285,8 @@ class StickinessSettings(_Strict):
     session_header: Annotated[str, Field(pattern=r"^[a-z0-9\-]+$")] | None = None
     """A request header carrying the conversation id (e.g. ``x-session-id``), honoured only when named here: any client
     could send another conversation's id and inherit its floor (cost, not trust; SECURITY.md). Without it, or when a
-    request lacks it, the key is a hash of every message up to and including the second user turn (prefixed by the
-    tenant header's value); the first turn has no key (its decision is replayed from the next turn's request)."""
+    request lacks it, the key is a hash of every message up to and including the first assistant reply (prefixed by
+    the tenant header's value); before that reply there is no key."""
     max_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 100_000
     ttl_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
 

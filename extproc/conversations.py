@@ -18,15 +18,19 @@ from typing import Protocol
 __all__ = ["ConversationMemory", "Floors", "ReadOnlyMemory", "conversation_key"]
 
 
-def conversation_key(tenant: str | None, session: str | None, seed: str) -> str | None:
-    """A fixed-size key from the session id if there is one, else the conversation seed; None if neither."""
+def conversation_key(tenant: str | None, session: str | None, seed: str, shadow: bool = False) -> str | None:
+    """A fixed-size key from the session id if there is one, else the conversation seed; None if neither.
+
+    ``shadow`` decisions get keys of their own: their floors are choices nobody was served, and must not hold a
+    conversation once shadow mode is switched off (the memory outlives a reload)."""
     if session:
         material = "s\x00" + session
     elif seed:
         material = "c\x00" + seed
     else:
         return None
-    return hashlib.blake2b(f"{tenant or ''}\x00{material}".encode(), digest_size=16).hexdigest()
+    mode = "shadow\x00" if shadow else ""
+    return hashlib.blake2b(f"{mode}{tenant or ''}\x00{material}".encode(), digest_size=16).hexdigest()
 
 
 class Floors(Protocol):

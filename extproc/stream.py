@@ -434,7 +434,7 @@ class StreamHandler:
         # The tenant as sent, not its view: tenants without a configured view share the default view, not keys.
         tenant_header = self._snap.settings.policy.tenant_header
         tenant = self._request.headers.get(tenant_header) if tenant_header else None
-        return conversation_key(tenant, session, seed)
+        return conversation_key(tenant, session, seed, shadow=self._request.policy.shadow)
 
     def _trusted_pin(self, policy: RequestPolicy) -> ResolvedModel | None:
         """The pinned model if the request carries one and proves it is trusted; every other case is ignored."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -14,7 +14,6 @@ __all__ = [
     "json_chars",
     "objects_in",
     "positive_int",
-    "seed_through_second_user_turn",
     "text_of_content",
 ]
 
@@ -78,17 +77,3 @@ def positive_int(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
-
-
-def seed_through_second_user_turn(messages: Iterable[tuple[bool, str]], head: Iterable[str]) -> str:
-    """``head`` (the system prompt) and the texts of ``messages`` (``(is_user, text)``, in order) up to and including
-    the second user message, joined by a separator; empty if there is no second user message. Each later request of
-    the conversation repeats that prefix, so its key stays the same from the second turn on."""
-    parts = list(head)
-    users = 0
-    for is_user, text in messages:
-        parts.append(text)
-        users += is_user
-        if users == 2:
-            return "\x1e".join(parts)
-    return ""

@@ -13,15 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import (
-    ATTACHMENT_CHARS,
-    compact_json,
-    count_parts,
-    json_chars,
-    objects_in,
-    positive_int,
-    seed_through_second_user_turn,
-)
+from extproc.schemas._text import ATTACHMENT_CHARS, compact_json, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["AnthropicMessages"]
 
@@ -51,16 +43,6 @@ def _tool_results_text(content: Any) -> str:
 
 def _has_tool_result(content: Any) -> bool:
     return any(block.get("type") == "tool_result" for block in _blocks(content))
-
-
-def _seed_text(content: Any) -> str:
-    """A message's text, else its tool results' text, then its tool uses (name and input): what identifies it."""
-    uses = [
-        str(block.get("name")) + "\x1f" + compact_json(block.get("input"))
-        for block in _blocks(content)
-        if block.get("type") == "tool_use"
-    ]
-    return "\x1f".join([_text(content) or _tool_results_text(content), *uses])
 
 
 def _tool_use_chars(content: Any) -> int:
@@ -104,13 +86,20 @@ class AnthropicMessages:
         return _text(users[0].get("content")) if len(users) > 1 else ""
 
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """``system`` and the messages up to and including the second user turn (tool-use inputs too); empty before
-        it. An opening and its reply are the same in countless conversations; the second user turn (or an agent's
-        first tool result) makes the key this conversation's."""
-        return seed_through_second_user_turn(
-            ((m.get("role") == "user", _seed_text(m.get("content"))) for m in objects_in(body, "messages")),
-            (_text(body.get("system")),),
-        )
+        """``system``, the messages up to the first assistant reply to a user turn and that reply; empty before it (an
+        assistant turn before any user turn, the same in every conversation of an app, is not a reply)."""
+        parts = [_text(body.get("system"))]
+        asked = False
+        for message in objects_in(body, "messages"):
+            content = message.get("content")
+            parts.append(_text(content) or _tool_results_text(content))
+            asked = asked or message.get("role") == "user"
+            if message.get("role") == "assistant" and asked:
+                for block in _blocks(content):
+                    if block.get("type") == "tool_use":
+                        parts.append(str(block.get("name")) + "\x1f" + compact_json(block.get("input")))
+                return "\x1e".join(parts)
+        return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of ``system``, of every message's text, tool results and tool-use inputs, and of the ``tools``;

@@ -12,15 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import (
-    ATTACHMENT_CHARS,
-    count_parts,
-    json_chars,
-    objects_in,
-    positive_int,
-    seed_through_second_user_turn,
-    text_of_content,
-)
+from extproc.schemas._text import ATTACHMENT_CHARS, count_parts, json_chars, objects_in, positive_int, text_of_content
 
 __all__ = ["OpenAIChat"]
 
@@ -49,15 +41,20 @@ class OpenAIChat:
         return text_of_content(users[0].get("content")) if len(users) > 1 else ""
 
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """The messages up to and including the second user message; empty before it.
+        """The messages up to the first assistant reply to a user message, and that reply; empty before it.
 
-        An opening and the model's reply to it ("Hi", "Hello! How can I help you today?") are the same in countless
-        conversations; the user's own second message makes the key this conversation's. The first turn needs no key:
-        its decision is replayed from ``opening_text`` while no floor is remembered.
+        The opening alone ("Hi") is shared by countless conversations; the first reply makes it this one. An
+        assistant greeting before any user message is the same in every conversation of an app: it is not a reply.
         """
-        return seed_through_second_user_turn(
-            ((m.get("role") == "user", text_of_content(m.get("content"))) for m in objects_in(body, "messages")), ()
-        )
+        parts: list[str] = []
+        asked = False
+        for message in objects_in(body, "messages"):
+            role = message.get("role")
+            parts.append(text_of_content(message.get("content")))
+            asked = asked or role == "user"
+            if role == "assistant" and asked:
+                return "\x1e".join(parts)
+        return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of every message's text and tool calls, an allowance per image, and the tool definitions."""

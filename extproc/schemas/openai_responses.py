@@ -13,14 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import (
-    ATTACHMENT_CHARS,
-    count_parts,
-    json_chars,
-    objects_in,
-    positive_int,
-    seed_through_second_user_turn,
-)
+from extproc.schemas._text import ATTACHMENT_CHARS, count_parts, json_chars, objects_in, positive_int
 
 __all__ = ["OpenAIResponses"]
 
@@ -47,13 +40,6 @@ def _parts_text(content: Any, kinds: tuple[str, ...]) -> str:
 
 def _is_user_message(item: Mapping[str, Any]) -> bool:
     return item.get("role") == "user" and item.get("type", "message") == "message"
-
-
-def _seed_text(item: Mapping[str, Any]) -> str:
-    """What identifies one input item: a function call's name and arguments, else its text."""
-    if item.get("type") == "function_call":
-        return str(item.get("name")) + "\x1f" + str(item.get("arguments"))
-    return _parts_text(item.get("content"), _ANY_TEXT_PARTS)
 
 
 def _item_chars(item: Mapping[str, Any]) -> int:
@@ -93,17 +79,25 @@ class OpenAIResponses:
         return _parts_text(users[0].get("content"), _USER_TEXT_PARTS) if len(users) > 1 else ""
 
     def conversation_seed(self, body: Mapping[str, Any]) -> str:
-        """``instructions`` and the items up to and including the second user message (function calls too); empty
-        before it. An opening and its reply are the same in countless conversations; the user's second message makes
-        the key this conversation's.
+        """``instructions``, the items up to the first assistant reply to a user message and that reply; empty before
+        it (an assistant item before any user message, the same in every conversation of an app, is not a reply).
 
         A request that continues by ``previous_response_id`` carries only the new turn: it has no seed.
         """
         instructions = body.get("instructions")
-        return seed_through_second_user_turn(
-            ((_is_user_message(item), _seed_text(item)) for item in objects_in(body, "input")),
-            (instructions,) if isinstance(instructions, str) else (),
-        )
+        parts = [instructions] if isinstance(instructions, str) else []
+        asked = False
+        for item in objects_in(body, "input"):
+            if item.get("type") == "function_call":
+                parts.append(str(item.get("name")) + "\x1f" + str(item.get("arguments")))
+                if asked:
+                    return "\x1e".join(parts)
+                continue
+            parts.append(_parts_text(item.get("content"), _ANY_TEXT_PARTS))
+            asked = asked or _is_user_message(item)
+            if item.get("role") == "assistant" and asked:
+                return "\x1e".join(parts)
+        return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of ``instructions``, of every input item's text, of the ``tools`` and the ``text`` format; an

@@ -247,7 +247,7 @@ async def test_the_opening_and_the_turn_are_classified_at_once() -> None:
 
 async def test_conversations_opened_by_the_same_assistant_greeting_do_not_share_a_floor() -> None:
     """An app's canned greeting before the user's first message is the same in all its conversations: the key
-    runs to the user's second turn, so the greeting alone never makes it."""
+    is made from the first reply to a user turn, not from the greeting."""
     memory = ConversationMemory(100, 3600)
     greeting = [{"role": "system", "content": "Be kind."}, {"role": "assistant", "content": "Hi! How can I help?"}]
 
@@ -259,17 +259,6 @@ async def test_conversations_opened_by_the_same_assistant_greeting_do_not_share_
     assert (hard.selected_model, other.selected_model) == ("gpt-4o", "llama-3.1-8b-instruct")
 
 
-async def test_conversations_with_the_same_opening_and_reply_do_not_share_a_floor() -> None:
-    """ "Hi" and a model's reply to it are the same in countless conversations: the key starts at the second user
-    turn, so one user's hard question does not raise every "Hi" conversation's floor."""
-    memory = ConversationMemory(100, 3600)
-    hard, _ = await decide(chat("Hi", "a hard question"), memory=memory)
-    other, _ = await decide(chat("Hi", "thanks"), memory=memory)
-    later, _ = await decide(chat("Hi", "a hard question", "thanks"), memory=memory)
-    assert (hard.selected_model, other.selected_model) == ("gpt-4o", "llama-3.1-8b-instruct")
-    assert (later.selected_model, later.reason) == ("gpt-4o", "sticky_conversation")
-
-
 async def test_shadow_decisions_follow_a_conversation_as_live_ones_would() -> None:
     """Shadow mode applies nothing, but its decisions are the estimate of live routing: a turn it would have escalated
     keeps the conversation's later turns there, and the opening is replayed once, not on every turn."""
@@ -279,3 +268,39 @@ async def test_shadow_decisions_follow_a_conversation_as_live_ones_would() -> No
     assert (second.outcome, second.selected_model) == (Outcome.SHADOW, "gpt-4o")
     assert (third.outcome, third.selected_model, third.reason) == (Outcome.SHADOW, "gpt-4o", "sticky_conversation")
     assert model.seen == ["a hard question", "hi", "thanks"]
+
+
+async def test_shadow_floors_do_not_hold_live_decisions() -> None:
+    """The memory outlives a reload: once shadow mode is off, a conversation must not be held on a model that only a
+    shadow decision chose (nobody was served it)."""
+    memory = ConversationMemory(100, 3600)
+    shadow, _ = await decide(chat("hi", "a hard question"), memory=memory, shadow=True)
+    live, _ = await decide(chat("hi", "a hard question", "thanks"), memory=memory)
+    assert (shadow.outcome, shadow.selected_model) == (Outcome.SHADOW, "gpt-4o")
+    assert (live.outcome, live.selected_model, live.reason) == (
+        Outcome.ROUTED,
+        "llama-3.1-8b-instruct",
+        "cheapest_meeting_target",
+    )
+
+
+def _tool_loop(*results: str) -> dict[str, Any]:
+    """An Anthropic agent loop: the task, then one tool call and result per ``results``."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "refactor the module"}]
+    for i, result in enumerate(results):
+        use = {"type": "tool_use", "id": f"t{i}", "name": "run", "input": {"step": i}}
+        messages.append({"role": "assistant", "content": [use]})
+        messages.append(
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{i}", "content": result}]}
+        )
+    return {"model": "auto", "max_tokens": 256, "messages": messages}
+
+
+async def test_an_agent_that_rewrites_old_tool_results_keeps_its_floor() -> None:
+    """Agent clients truncate or replace old tool results to fit the context window; the key ends at the first
+    exchange (the task and the first tool call), so the floor a hard step raised survives the rewrite."""
+    memory = ConversationMemory(100, 3600)
+    hard, _ = await decide(_tool_loop("ok", "a hard stack trace"), memory=memory, path="/v1/messages")
+    rewritten, _ = await decide(_tool_loop("[removed]", "[removed]", "done"), memory=memory, path="/v1/messages")
+    assert hard.selected_model == "gpt-4o"
+    assert (rewritten.selected_model, rewritten.reason) == ("gpt-4o", "sticky_conversation")

@@ -422,33 +422,32 @@ def test_opening_text_is_the_first_user_turn_when_a_later_one_is_classified(
 @pytest.mark.parametrize(
     ("body", "want"),
     [
-        pytest.param({"input": "Name a cat."}, "", id="string-input"),
-        pytest.param({"input": RESPONSES_TURNS[:2]}, "", id="first-turn-and-its-reply"),
-        pytest.param({"input": RESPONSES_TURNS[:3]}, "Name a cat.\x1eWhiskers.\x1eAnother one.", id="second-turn"),
-        pytest.param({"input": RESPONSES_TURNS}, "Name a cat.\x1eWhiskers.\x1eAnother one.", id="later-turns-keep-it"),
+        pytest.param({"input": "Name a cat."}, "", id="string-input-has-no-reply-yet"),
+        pytest.param({"input": RESPONSES_TURNS[:1]}, "", id="first-turn-has-no-reply-yet"),
+        pytest.param({"input": RESPONSES_TURNS[:3]}, "Name a cat.\x1eWhiskers.", id="second-turn"),
+        pytest.param({"input": RESPONSES_TURNS}, "Name a cat.\x1eWhiskers.", id="later-turns-keep-the-seed"),
         pytest.param(
             {"instructions": "Be brief.", "input": RESPONSES_TURNS[:3]},
-            "Be brief.\x1eName a cat.\x1eWhiskers.\x1eAnother one.",
+            "Be brief.\x1eName a cat.\x1eWhiskers.",
             id="instructions-are-part-of-it",
         ),
         pytest.param(
-            {"input": [_user("weather?"), {"type": "function_call", "name": "w", "arguments": "{}"}, _user("and?")]},
-            "weather?\x1ew\x1f{}\x1eand?",
-            id="function-calls-are-part-of-it",
-        ),
-        pytest.param(
-            {"input": [_user("weather?"), {"type": "function_call", "name": "w"}, {"type": "function_call_output"}]},
-            "",
-            id="an-agent-loop-has-one-user-message",
+            {"input": [_user("weather?"), {"type": "function_call", "name": "w", "arguments": "{}"}]},
+            "weather?\x1ew\x1f{}",
+            id="a-function-call-is-a-reply",
         ),
         pytest.param({"previous_response_id": "resp_1", "input": "And a dog?"}, "", id="continued-by-id"),
+        pytest.param(
+            {"input": [RESPONSES_TURNS[1], *RESPONSES_TURNS[:3]]},
+            "Whiskers.\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
+        ),
     ],
 )
 def test_openai_responses_conversation_seed(body: dict[str, Any], want: str) -> None:
     assert RESPONSES.conversation_seed(body) == want
 
 
-MESSAGES_SEED = "Name a cat.\x1eWhiskers.\x1eAnother one."
 MESSAGES_TURNS: list[dict[str, Any]] = [
     _user("Name a cat."),
     {"role": "assistant", "content": [{"type": "text", "text": "Whiskers."}]},
@@ -461,14 +460,17 @@ MESSAGES_TURNS: list[dict[str, Any]] = [
 @pytest.mark.parametrize(
     ("body", "want"),
     [
-        pytest.param({"messages": MESSAGES_TURNS[:2]}, "", id="first-turn-and-its-reply"),
+        pytest.param({"messages": MESSAGES_TURNS[:1]}, "", id="first-turn-has-no-reply-yet"),
+        pytest.param({"messages": MESSAGES_TURNS[:3]}, "\x1eName a cat.\x1eWhiskers.", id="second-turn"),
+        pytest.param({"messages": MESSAGES_TURNS}, "\x1eName a cat.\x1eWhiskers.", id="later-turns-keep-the-seed"),
         pytest.param(
-            {"messages": MESSAGES_TURNS[:3]}, "\x1eName a cat.\x1eWhiskers.\x1eAnother one.", id="second-turn"
+            {"messages": [MESSAGES_TURNS[3], *MESSAGES_TURNS[:3]]},
+            "\x1eTom.\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
         ),
-        pytest.param({"messages": MESSAGES_TURNS}, "\x1eName a cat.\x1eWhiskers.\x1eAnother one.", id="later-turns"),
         pytest.param(
             {"system": [{"type": "text", "text": "Be brief."}], "messages": MESSAGES_TURNS[:3]},
-            "Be brief.\x1e" + MESSAGES_SEED,
+            "Be brief.\x1eName a cat.\x1eWhiskers.",
             id="system-is-part-of-it",
         ),
         pytest.param(
@@ -479,8 +481,8 @@ MESSAGES_TURNS: list[dict[str, Any]] = [
                     _user([_tool_result("sunny")]),
                 ]
             },
-            '\x1eweather?\x1e\x1fw\x1f{"c":1}\x1esunny',
-            id="an-agent-loop-through-its-first-tool-result",
+            '\x1eweather?\x1e\x1ew\x1f{"c":1}',
+            id="a-tool-use-is-a-reply",
         ),
     ],
 )
@@ -495,7 +497,7 @@ def test_anthropic_tool_use_input_deeper_than_orjson_can_write_counts_nothing() 
     tool_use = {"type": "tool_use", "id": "t", "name": "w", "input": deep}
     body = {"messages": [_user("q"), {"role": "assistant", "content": [tool_use]}, _user("next")]}
     assert MESSAGES.input_chars(body) == len("q") + len("next")
-    assert MESSAGES.conversation_seed(body) == "\x1eq\x1e\x1fw\x1f\x1enext"
+    assert MESSAGES.conversation_seed(body) == "\x1eq\x1e\x1ew\x1f"
 
 
 @pytest.mark.parametrize(("stream", "want"), [(True, True), (False, False), ("yes", False), (None, False)])
@@ -521,16 +523,14 @@ CHAT_TURNS: list[dict[str, Any]] = [
 @pytest.mark.parametrize(
     ("messages", "want"),
     [
-        pytest.param(CHAT_TURNS[:3], "", id="first-turn-and-its-reply"),
-        pytest.param(CHAT_TURNS, "Be brief.\x1eName a cat.\x1eWhiskers.\x1eAnother one.", id="second-turn"),
+        pytest.param(CHAT_TURNS[:2], "", id="first-turn-has-no-reply-yet"),
+        pytest.param(CHAT_TURNS, "Be brief.\x1eName a cat.\x1eWhiskers.", id="second-turn"),
         pytest.param(
-            [*CHAT_TURNS, {"role": "assistant", "content": "Tom."}, _user("A dog?")],
-            "Be brief.\x1eName a cat.\x1eWhiskers.\x1eAnother one.",
-            id="later-turns-keep-it",
+            [CHAT_TURNS[0], {"role": "assistant", "content": "Hi!"}, *CHAT_TURNS[1:]],
+            "Be brief.\x1eHi!\x1eName a cat.\x1eWhiskers.",
+            id="an-assistant-greeting-is-not-a-reply",
         ),
-        pytest.param(
-            [_user("a spec"), _user([{"type": "text", "text": "go"}])], "a spec\x1ego", id="two-user-messages"
-        ),
+        pytest.param([CHAT_TURNS[0], {"role": "assistant", "content": "Hi!"}], "", id="only-a-greeting"),
     ],
 )
 def test_openai_chat_conversation_seed(messages: list[dict[str, Any]], want: str) -> None:
