@@ -25,7 +25,7 @@ import numpy.typing as npt
 import orjson
 
 from classifier.irt import fit_success_curve
-from classifier.jsonl import NOT_JSON, io_reason, read_jsonl
+from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
 from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.model import DifficultyModel
 
@@ -191,13 +191,14 @@ def _eval_items(option: str, path: Path) -> tuple[list[dict[str, Any]], list[int
     return items, lines, torn
 
 
-def load_items(option: str, path: Path) -> list[dict[str, Any]]:
+def load_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[str, Any]]:
     """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
-    that is not JSON) if it cannot be read."""
+    that is not JSON) if it cannot be read. ``skip_torn`` leaves lines that are not JSON out instead (``eval``
+    scores them with no id, so nothing can be joined to them)."""
     items, _, torn = _eval_items(option, path)
-    if torn:
+    if torn and not skip_torn:
         raise EvalError(f"cannot read {option} {path} (line {min(torn.values())} is not JSON)")
-    return items
+    return [item for i, item in enumerate(items) if i not in torn]
 
 
 def run_eval(
@@ -309,20 +310,15 @@ def run_eval(
         return 2
 
 
-def _is_score(value: object) -> bool:
-    """A JSON number in [0, 1] (not a bool, not NaN or infinite): an outcome the metrics can average."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
 def _scores_of(item: Mapping[str, Any]) -> dict[str, float]:
     """The item's outcome per model; entries that are not numbers in [0, 1] are no score."""
     scores = item.get("scores")
     if not isinstance(scores, dict):
         return {}
-    return {str(k): float(v) for k, v in scores.items() if _is_score(v)}
+    return {str(k): n for k, v in scores.items() if (n := unit_score(v)) is not None}
 
 
 def _invalid_scores(item: Mapping[str, Any]) -> int:
     """How many of the item's scores are not numbers in [0, 1] (a non-numeric entry such as null counts too)."""
     scores = item.get("scores")
-    return sum(not _is_score(v) for v in scores.values()) if isinstance(scores, dict) else 0
+    return sum(unit_score(v) is None for v in scores.values()) if isinstance(scores, dict) else 0

@@ -234,21 +234,22 @@ class EvalCurve:
     s95: float
 
 
-def _eval_items(option: str, path: Path) -> list[dict[str, Any]]:
+def _eval_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[str, Any]]:
     """The items of an ``--eval`` or ``--data`` file; :class:`ReportError` naming the option if unreadable."""
     from classifier.evaluate import EvalError, load_items
 
     try:
-        return load_items(option, path)
+        return load_items(option, path, skip_torn)
     except EvalError as exc:
         raise ReportError(str(exc)) from None
 
 
 def _numbers(scores: Mapping[str, Any]) -> dict[str, float]:
-    """The outcomes that are finite numbers (as ``model-router eval`` reads them; ``null`` or text is no score)."""
-    from classifier.jsonl import finite_number
+    """The outcomes that are numbers in [0, 1], as ``model-router eval`` reads them (``null``, text, ``NaN`` or 50
+    is no score)."""
+    from classifier.jsonl import unit_score
 
-    return {str(k): n for k, v in scores.items() if (n := finite_number(v)) is not None}
+    return {str(k): n for k, v in scores.items() if (n := unit_score(v)) is not None}
 
 
 def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
@@ -265,7 +266,7 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
             scores[str(item["id"])] = float(item["score"])
     outcomes = [
         (scores[str(item["id"])], _numbers(item["scores"]))
-        for item in _eval_items("--data", evaluation.data)
+        for item in _eval_items("--data", evaluation.data, skip_torn=True)  # eval gave a torn line no id
         if item.get("id") is not None and str(item["id"]) in scores and isinstance(item.get("scores"), dict)
     ]
     if not outcomes:

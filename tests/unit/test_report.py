@@ -247,6 +247,22 @@ def test_eval_outcomes_that_are_not_numbers_are_no_scores(log: Path, tmp_path: P
         assert "180 EVAL items" in page.read_text()
 
 
+def test_eval_data_that_eval_accepts_is_read_alike(log: Path, tmp_path: Path) -> None:
+    """A torn ``--data`` line (``eval`` scores it with no id) is skipped, and outcomes outside [0, 1] (``NaN``, 50)
+    are no score, as ``model-router eval`` reads them: the page shows the same items as for the clean file."""
+    scores, data, _ = _eval_files(tmp_path)
+    clean = tmp_path / "clean.html"
+    assert write_report([log], io.StringIO(), html=clean, evaluation=EvalInput(scores, data)) == 0
+    lines = data.read_text().splitlines()
+    lines[0] = lines[0].replace('"strong-m": ', '"strong-m": NaN, "x": ')
+    lines[1] = lines[1].replace('"strong-m": ', '"strong-m": 50, "x": ')
+    data.write_text("\n".join(lines) + '\n{"id": "torn", "scores": {"weak-m"\n')
+    page = tmp_path / "report.html"
+    out = io.StringIO()
+    assert write_report([log], out, html=page, evaluation=EvalInput(scores, data)) == 0, out.getvalue()
+    assert "198 EVAL items" in page.read_text() and "200 EVAL items" in clean.read_text()
+
+
 class _Figures(HTMLParser):
     """Collects ``data-figure`` elements: name -> (data-value, text)."""
 
