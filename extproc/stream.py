@@ -362,8 +362,9 @@ class StreamHandler:
         # existing floor alive, as any turn of the conversation does, without raising it. Nor does a turn whose
         # opening could not be classified: its choice, made without the opening's floor, would stand in for that
         # floor for the rest of the conversation; the next turn replays the opening again. In shadow mode the floor
-        # is the router's own choice, applied or not: its decisions (and the savings report) then follow a
-        # conversation as live routing would, and the opening is replayed once, not on every turn.
+        # is the router's own choice, applied or not, under a key of its own (``conversation_key``): its decisions
+        # (and the savings report) then follow a conversation as live routing would, and the opening is replayed
+        # once, not on every turn.
         if memory_key is not None and self._memory is not None and decision.reason is not Reason.TRUSTED_OVERRIDE:
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
             if not decision.fallback and not self._opening_failed:
