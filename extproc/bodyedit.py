@@ -3,10 +3,12 @@
 Re-serialising the whole body would reorder keys, change number formatting (``1.0``, ``1e5``, ``-0.0``) and
 escapes; clients and upstreams may sign or hash bodies, so only the model value's bytes change.
 
-Precondition: ``raw`` has been parsed as a JSON object whose top-level ``model`` is a string (``parse_request``
-guarantees it). The fast path: when ``"model"`` occurs exactly
+For a body that has been parsed as a JSON object whose top-level ``model`` is a string (``parse_request``
+guarantees it), the fast path: when ``"model"`` occurs exactly
 once and the body has no ``\\u`` escape, that occurrence must be the top-level key (no other spelling of the key
-exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level.
+exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level. A
+body nobody parsed (a form content type, a limit checked before parsing, JSON the parser refuses) gets only the walk,
+which then also checks that the body is one whole object: a nested ``"model"`` or a body cut short is left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 """A JSON string, quotes included, in the unrolled form: one regex step per escape, not one per character."""
 
 _KEY = b'"model"'
+_BOM = b"\xef\xbb\xbf"
 _AFTER_KEY = re.compile(rb"\s*:\s*(" + JSON_STRING + rb")", re.DOTALL)
 _TOKEN = re.compile(JSON_STRING + rb"|[{}\[\]:,]", re.DOTALL)
 _MAX_SCAN_TOKENS = 200_000
@@ -33,15 +36,31 @@ def _value_span_after(raw: bytes, key_end: int) -> tuple[int, int] | None:
     return match.span(1) if match else None
 
 
-def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
-    """Walk the tokens of a valid JSON object; return the span of the single top-level model string value."""
+def _is_model_key(key: bytes) -> bool:
+    """``key`` (a JSON string token) spells "model", escapes included; a key the parser would refuse does not."""
+    try:
+        return bool(orjson.loads(key) == "model")
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _scan_top_level(raw: bytes, whole: bool) -> tuple[int, int] | None:
+    """Walk the tokens of a JSON object; return the span of the single top-level model string value. ``whole``: the
+    body was not parsed, so the walk checks what the parser would have: one object from the first byte (after a
+    byte order mark) to the last, brackets balanced, no string left open."""
     depth = 0
     spans: list[tuple[int, int]] = []
     expect_key = False
-    pending_key: bytes | None = None
+    end = raw.startswith(_BOM) * len(_BOM)
     for count, token in enumerate(_TOKEN.finditer(raw)):
         if count == _MAX_SCAN_TOKENS:
             return None
+        if whole:
+            if (count > 0 and depth == 0) or raw.find(b'"', end, token.start()) != -1:
+                return None  # a second top-level value, or a quote that opens no whole string
+            if count == 0 and (token.group() != b"{" or raw[end : token.start()].strip()):
+                return None  # not an object
+            end = token.end()
         text = token.group()
         first = text[:1]
         if first in (b"{", b"["):
@@ -54,23 +73,24 @@ def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
         elif first == b":":
             pass
         elif depth == 1 and expect_key:
-            pending_key = text
             expect_key = False
-            if orjson.loads(pending_key) == "model":
+            if _is_model_key(text):
                 span = _value_span_after(raw, token.end())
                 if span is None:
                     return None  # the top-level model is not a string
                 spans.append(span)
+    if whole and (depth != 0 or raw[end:].strip()):
+        return None  # cut short, or something after the object
     return spans[0] if len(spans) == 1 else None
 
 
-def find_model_span(raw: bytes) -> tuple[int, int] | None:
+def find_model_span(raw: bytes, parsed: bool = True) -> tuple[int, int] | None:
     """Byte span of the top-level ``model`` string value, quotes included; None if absent, ambiguous, not a string,
-    or too costly to find."""
-    if raw.count(_KEY) == 1 and b"\\u" not in raw:
+    or too costly to find. ``parsed=False`` for a body that was not parsed as a JSON object (module docstring)."""
+    if parsed and raw.count(_KEY) == 1 and b"\\u" not in raw:
         start = raw.index(_KEY)
         return _value_span_after(raw, start + len(_KEY))
-    return _scan_top_level(raw)
+    return _scan_top_level(raw, whole=not parsed)
 
 
 def rewrite_model(raw: bytes, new_model: str) -> tuple[bytes, tuple[int, int]] | None:

@@ -36,6 +36,8 @@ class PassReason(enum.StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     STREAMED_BODY = "streamed_body"
     INVALID_JSON = "invalid_json"
+    """Not JSON to orjson: malformed, or JSON it refuses where other parsers may not (a lone surrogate escape such as
+    a JavaScript client's cut emoji, a byte order mark, a number beyond a double)."""
     TOO_DEEP = "json_too_deep"
     TOO_COMPLEX = "json_too_complex"
     TOO_MANY_MESSAGES = "too_many_messages"
@@ -130,8 +132,8 @@ def parse_request(
         return Passthrough(PassReason.TOO_COMPLEX)
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Passthrough(PassReason.INVALID_JSON)
+    except orjson.JSONDecodeError as exc:  # orjson stops at depth 1,024, whatever the configured limit
+        return Passthrough(PassReason.TOO_DEEP if str(exc).startswith("depth limit") else PassReason.INVALID_JSON)
     if not isinstance(body, dict):
         return Passthrough(PassReason.NOT_AN_OBJECT)
     model = body.get("model")

@@ -1,6 +1,7 @@
 """StreamHandler: the per-stream state machine, and the one error boundary of the router.
 
-Envoy sends request headers (SEND), then the whole request body (BUFFERED). The decision is made in the body
+Envoy sends request headers (SEND), then the whole request body (BUFFERED; followed by trailers when the request
+has any, Envoy's request decompressor adds some, so ``end_of_stream`` is then false). The decision is made in the body
 stage: parse once, classify, call the policy, then answer with a body mutation (new ``model``), the cluster
 header, ``content-length`` and ``clear_route_cache`` so Envoy routes again. Anything unexpected is answered with
 a plain "continue": a failure here degrades to pass-through, never to a dropped or corrupted request.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import orjson
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import DifficultyModel, Prediction
@@ -60,6 +62,7 @@ CLUSTER_HEADER = HEADER_PREFIX + "cluster"
 OVERRIDE_HEADER = HEADER_PREFIX + "override"
 OVERRIDE_TOKEN_HEADER = HEADER_PREFIX + "override-token"
 _TRACE_HEADERS = ("traceparent", "tracestate")
+_BUFFERED = ProcessingMode.BUFFERED
 
 Classify = Callable[[DifficultyModel, str, float], Awaitable[Prediction]]
 """Runs the model on one text within a deadline in seconds; raises on failure or timeout."""
@@ -171,6 +174,10 @@ class StreamHandler:
         self._awaits_response_headers = False
         self._opening_failed = False
         """The conversation's opening turn could not be classified: this turn's choice is no floor to remember."""
+        self._whole_body = False
+        """Envoy said (its first message's ``protocol_config``) that it sends the request body BUFFERED: one message
+        with all of it, ``end_of_stream`` false only when trailers follow. Without that word, only a message that
+        ends the stream is known to be the whole body."""
 
     @property
     def record(self) -> DecisionRecord | None:
@@ -193,6 +200,7 @@ class StreamHandler:
         try:
             match kind, self.stage:
                 case "request_headers", Stage.WAIT_HEADERS:
+                    self._whole_body = msg.protocol_config.request_body_mode == _BUFFERED
                     return self._on_headers(msg.request_headers)
                 case "request_body", Stage.WAIT_BODY:
                     return await self._on_body(msg.request_body)
@@ -266,16 +274,17 @@ class StreamHandler:
         metadata.update(_client_fallback_fields(self._request.policy, model.name, raw, span))
         return [envoy.body_continue(metadata, {CLUSTER_HEADER: model.cluster})]
 
-    def _pass_unclassified(self, raw: bytes, reason: PassReason) -> list[pb.ProcessingResponse]:
+    def _pass_unclassified(self, raw: bytes, reason: PassReason, parsed: bool) -> list[pb.ProcessingResponse]:
         """A body the router will not classify (a limit) or cannot give its choice (the renamed body would pass the
         body limit) goes where it would without the router, as Envoy's fail-open filter and shadow mode send it.
         Sent as is, a routable alias such as "auto" reaches an upstream that serves no such model (a 404 where a
         router outage would have served it): it becomes the default model, unless the rename would itself pass the
         limit. A catalog model goes to its cluster. A model value that cannot be located unambiguously, or any
-        other model, is forwarded untouched on the default route."""
+        other model, is forwarded untouched on the default route. ``parsed``: ``raw`` was parsed as a JSON object
+        (:func:`find_model_span`; otherwise only a whole object's top-level model is found)."""
         assert self._request is not None
         policy = self._request.policy
-        span = find_model_span(raw)
+        span = find_model_span(raw, parsed)
         name = _string_at(raw, span)
         named = policy.model(name)
         if span is None or name is None or (named is None and name not in self._snap.routable):
@@ -329,18 +338,18 @@ class StreamHandler:
         start = self._clock()
         self._started_ns = self._wall_clock_ns()
         raw = body.body
-        if not body.end_of_stream:
+        if not (body.end_of_stream or self._whole_body):  # a chunk (STREAMED or BUFFERED_PARTIAL mode)
             return self._pass_body(PassReason.STREAMED_BODY)
         assert self._request is not None  # WAIT_BODY is only reached through the headers stage
         if len(raw) > self._snap.settings.limits.max_body_bytes:  # a catalog model still goes to its cluster
-            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
+            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE, parsed=False)
         if self._request.unclassified is not None:
-            return self._pass_unclassified(raw, self._request.unclassified)
+            return self._pass_unclassified(raw, self._request.unclassified, parsed=False)
         policy = self._request.policy
         parsed = parse_request(self._request.path, raw, self._snap.routable, self._snap.settings.limits)
         if isinstance(parsed, Passthrough):
-            if parsed.reason in _UNCLASSIFIED:
-                return self._pass_unclassified(raw, parsed.reason)
+            if parsed.reason in _UNCLASSIFIED:  # the model is known only if the body was parsed
+                return self._pass_unclassified(raw, parsed.reason, parsed=parsed.model is not None)
             named = policy.model(parsed.model)
             if named is None:
                 return self._pass_body(parsed.reason)
@@ -355,7 +364,7 @@ class StreamHandler:
         if len(rewritten[0]) > self._snap.settings.limits.max_body_bytes and not policy.shadow:
             # A longer model name must not push a body that Envoy accepted over its buffer limit (a 413 we caused):
             # the request goes as without the router (the default model's name may still fit).
-            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE)
+            return self._pass_unclassified(raw, PassReason.BODY_TOO_LARGE, parsed=True)
         # Only a choice on the merits sets a conversation's floor: not a pinned request (a labeller replaying a
         # captured conversation), and not a fallback (an image-only turn or a classifier timeout would otherwise
         # lock the rest of the conversation onto the default model, often the dearest). A fallback turn keeps an
@@ -611,9 +620,13 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
-_UNCLASSIFIED = frozenset({PassReason.TOO_COMPLEX, PassReason.TOO_DEEP, PassReason.TOO_MANY_MESSAGES})
-"""Limits that pass a request through unclassified whatever its model (a routable alias, or a catalog model when the
-body is too complex to parse)."""
+_UNCLASSIFIED = frozenset(
+    {PassReason.TOO_COMPLEX, PassReason.TOO_DEEP, PassReason.TOO_MANY_MESSAGES, PassReason.INVALID_JSON}
+)
+"""Limits, and JSON the parser refuses, that pass a request through unclassified whatever its model (a routable
+alias, or a catalog model when the body was not parsed). Sent untouched instead, a body another parser reads
+(``PassReason.INVALID_JSON``) would take "auto" to an upstream that serves no such model, where a router outage
+would have served it (Envoy's fail-open filter renames it)."""
 
 
 def _string_at(raw: bytes, span: tuple[int, int] | None) -> str | None:

@@ -10,9 +10,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from extproc.stream import StreamHandler
 
 
-def headers_msg(headers: Mapping[str, str], end_of_stream: bool = False) -> pb.ProcessingRequest:
-    """A request-headers message as Envoy sends it (values in ``raw_value``)."""
-    return pb.ProcessingRequest(
+def headers_msg(
+    headers: Mapping[str, str], end_of_stream: bool = False, body_mode: int | None = None
+) -> pb.ProcessingRequest:
+    """A request-headers message as Envoy sends it (values in ``raw_value``); ``body_mode`` is the request body mode
+    Envoy announces in the stream's first message (``protocol_config``; older Envoys send none)."""
+    msg = pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(
             headers=base_pb2.HeaderMap(
                 headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
@@ -20,6 +23,9 @@ def headers_msg(headers: Mapping[str, str], end_of_stream: bool = False) -> pb.P
             end_of_stream=end_of_stream,
         )
     )
+    if body_mode is not None:
+        msg.protocol_config.request_body_mode = body_mode  # type: ignore[assignment]
+    return msg
 
 
 def body_msg(body: bytes, end_of_stream: bool = True) -> pb.ProcessingRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 
 import httpx
@@ -188,6 +189,40 @@ def test_large_body_under_limit_is_routed(stack: Stack) -> None:
     assert r.headers["x-model-router-model"] == r.headers["x-upstream-model"]
 
 
+GZIP = {"content-type": "application/json", "content-encoding": "gzip"}
+
+
+def test_gzip_body_is_inflated_and_routed(stack: Stack) -> None:
+    """Envoy's request decompressor inflates a gzip body before the router reads it (and ends the body with
+    trailers, which the router must not take for a streamed body): "auto" is routed, and the upstream gets the
+    plain JSON with only the model changed, no content-encoding, and a content-length that fits it."""
+    sent = chat_body(EASY, temperature=0.5)
+    r = httpx.post(stack.base_url + "/v1/chat/completions", content=gzip.compress(sent), headers=GZIP, timeout=10)
+    assert r.status_code == 200, r.text
+    cluster, model = r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]
+    assert (cluster, r.headers["x-model-router-model"]) == ("cheap", model)
+    got = last_received(stack, cluster)
+    headers = {k.lower(): v for k, v in got["headers"].items()}  # type: ignore[attr-defined]
+    body = sent.replace(b'"auto"', orjson.dumps(model))
+    assert "content-encoding" not in headers and headers["content-length"] == str(len(body))
+    assert base64.b64decode(str(got["body_b64"])) == body
+
+
+def test_gzip_body_inflating_past_the_limit_gets_413(stack: Stack) -> None:
+    """The buffer filter's limit holds for the inflated body: a 5 MiB body sent as 5 KiB of gzip is refused."""
+    bomb = gzip.compress(chat_body("x" * (5 * 1024 * 1024)))
+    assert len(bomb) < 10_000
+    r = httpx.post(stack.base_url + "/v1/chat/completions", content=bomb, headers=GZIP, timeout=10)
+    assert r.status_code == 413
+
+
+def test_gzip_body_of_another_api_is_forwarded_as_sent(stack: Stack) -> None:
+    sent = gzip.compress(b'{"model":"auto","input":"x"}')
+    httpx.post(stack.base_url + "/v1/embeddings", content=sent, headers=GZIP, timeout=10)
+    headers = {k.lower(): v for k, v in last_received(stack, "frontier")["headers"].items()}  # type: ignore[attr-defined]
+    assert (headers["content-encoding"], headers["content-length"]) == ("gzip", str(len(sent)))
+
+
 def test_openai_sdk_chat(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="test-key", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
@@ -248,6 +283,22 @@ def test_a_body_over_a_limit_is_served_as_without_the_router(
     assert r.headers["x-model-router-model"] == served and "x-model-router-decision-id" not in r.headers
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(chat_body("hello !").replace(b"!", b"\\ud83d"), id="lone-surrogate"),  # a cut emoji
+        pytest.param(b"\xef\xbb\xbf" + chat_body(EASY), id="byte-order-mark"),
+    ],
+)
+def test_json_the_router_cannot_parse_is_served_as_without_it(stack: Stack, sent: bytes) -> None:
+    """orjson refuses these; sent on as "auto" they were a 404 while a router outage would have served them."""
+    assert b'"auto"' in sent
+    r = post(stack, sent)
+    assert r.status_code in (200, 400), r.text  # the fake upstream, like orjson, may refuse the body itself
+    assert received_body(stack, "frontier") == sent.replace(b'"auto"', b'"gpt-4o"', 1)
+    assert r.headers["x-model-router-model"] == "gpt-4o" and "x-model-router-decision-id" not in r.headers
+
+
 def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> None:
     """Envoy's fail-open filter gives a routable alias the default model, every other byte as sent: "auto" would
     be a 404 from the default route's provider, an outage in place of the promised lost savings."""
@@ -264,6 +315,14 @@ def test_router_down_fails_open_to_default_model(routerless_stack: Stack) -> Non
     assert r.headers["x-upstream-cluster"] == "frontier"  # Envoy strips the header even without the router
     # Nobody stripped them in the router's place: Envoy's route does, so the override secret stays in the gateway.
     assert router_headers_received(routerless_stack, "frontier") == set()
+
+
+def test_router_down_renames_auto_in_a_gzip_body(routerless_stack: Stack) -> None:
+    """The fail-open filter reads the inflated body, as the router would have."""
+    sent = chat_body(EASY)
+    r = httpx.post(routerless_stack.base_url + "/v1/chat/completions", content=gzip.compress(sent), headers=GZIP)
+    assert r.status_code == 200, r.text
+    assert received_body(routerless_stack, "frontier") == sent.replace(b'"auto"', b'"gpt-4o"')
 
 
 @pytest.mark.parametrize(("model", "cluster"), [("llama-3.1-8b-instruct", "small"), ("gpt-4o-mini", "cheap")])

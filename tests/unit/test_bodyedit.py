@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.bodyedit import replace_model, rewrite_model
+from extproc.bodyedit import find_model_span, replace_model, rewrite_model
 
 CASES = [
     pytest.param(b'{"model":"auto"}', b'{"model":"m"}', id="minimal"),
@@ -57,6 +57,33 @@ def test_rewrite_reports_the_new_value_span(raw: bytes, want: bytes) -> None:
 )
 def test_ambiguous_or_missing_is_left_alone(raw: bytes) -> None:
     assert replace_model(raw, "m") is None
+
+
+@pytest.mark.parametrize(("raw", "want"), CASES)
+def test_a_body_nobody_parsed_finds_the_same_model(raw: bytes, want: bytes) -> None:
+    assert find_model_span(raw, parsed=False) == find_model_span(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "found"),
+    [
+        pytest.param(b'{"model":"auto","m":"\\ud83d"}', True, id="lone-surrogate"),
+        pytest.param(b'\xef\xbb\xbf {"model":"auto"}', True, id="byte-order-mark"),
+        pytest.param(b'{"t":1e400,"model":"auto"}', True, id="number-past-double"),
+        pytest.param(b'{"\\ud83d":1,"model":"auto"}', True, id="key-the-parser-refuses"),
+        pytest.param(b'{"messages":[],"metadata":{"model":"auto"}}', False, id="only-nested"),
+        pytest.param(b'[{"model":"auto"}]', False, id="an-array"),
+        pytest.param(b'{"model":"auto","messages":[', False, id="cut-short"),
+        pytest.param(b'{"model":"auto","x":"a}', False, id="string-left-open"),
+        pytest.param(b'{"model":"auto"}{}', False, id="two-values"),
+        pytest.param(b'x{"model":"auto"}', False, id="junk-before"),
+        pytest.param(b'{"model":"auto"} x', False, id="junk-after"),
+        pytest.param(b"", False, id="empty"),
+    ],
+)
+def test_a_body_nobody_parsed_must_be_one_whole_object(raw: bytes, found: bool) -> None:
+    """Without a parse, the fast path's premise (the only "model" is the top-level key) does not hold."""
+    assert (find_model_span(raw, parsed=False) is not None) is found
 
 
 def test_new_value_is_json_escaped() -> None:

@@ -479,10 +479,13 @@ def test_the_buffered_paths_are_exactly_the_routers_apis(envoy_yaml: str) -> Non
     *_, catch_all = routes
     assert catch_all["match"] == {"prefix": "/"} and api["route"] == catch_all["route"]
     per_route = catch_all["typed_per_filter_config"]
-    assert per_route["envoy.filters.http.buffer"]["disabled"] and per_route["envoy.filters.http.ext_proc"]["disabled"]
+    for name in ("request_gzip", "envoy.filters.http.buffer", "envoy.filters.http.ext_proc"):
+        assert per_route[name]["disabled"], name
     pattern = re.compile(api["match"]["safe_regex"]["regex"])  # RE2 matches the whole path, as fullmatch does
     assert {p for p in [*SCHEMAS_BY_PATH, *_NOT_THE_ROUTERS] if pattern.fullmatch(p)} == set(SCHEMAS_BY_PATH)
-    assert hcm["http_filters"][0]["typed_config"]["max_request_bytes"] == 4 * 1024 * 1024
+    # The decompressor, then the buffer filter, whose limit then holds for the inflated body.
+    assert [f["name"] for f in hcm["http_filters"][:2]] == ["request_gzip", "envoy.filters.http.buffer"]
+    assert hcm["http_filters"][1]["typed_config"]["max_request_bytes"] == 4 * 1024 * 1024
 
 
 _NOT_THE_ROUTERS = ("/v1/chat/completions/", "/v1/audio/transcriptions", "/x/v1/messages", "/v1/embeddings")

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import Prediction
@@ -78,6 +79,52 @@ async def test_a_body_not_declared_as_json_goes_where_it_would_without_the_route
         assert not responses[1].request_body.response.HasField("body_mutation")
     else:
         assert responses[1].request_body.response.body_mutation.body == want
+
+
+DEEP = b'{"model":"auto","messages":[],"metadata":' + b"[" * 1030 + b"]" * 1030 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reason", "served"),
+    [
+        # JSON that orjson refuses and other parsers read: served as without the router, not sent on as "auto".
+        pytest.param(None, CHAT.replace(b"medium", b"\\ud83d"), "invalid_json", "gpt-4o", id="lone-surrogate"),
+        pytest.param(None, b"\xef\xbb\xbf" + CHAT, "invalid_json", "gpt-4o", id="byte-order-mark"),
+        pytest.param(None, CHAT[:-1] + b',"temperature":1e400}', "invalid_json", "gpt-4o", id="number-past-double"),
+        pytest.param(None, DEEP, "json_too_deep", "gpt-4o", id="deeper-than-the-parser-goes"),
+        pytest.param(None, b"\xef\xbb\xbf" + CHAT.replace(b"auto", b"gpt-4o-mini"), "invalid_json", None, id="catalog"),
+        # Not one whole object: no byte changes, whatever the model.
+        pytest.param(None, CHAT[:-3], "invalid_json", None, id="cut-short"),
+        pytest.param(None, CHAT + b"{}", "invalid_json", None, id="two-values"),
+        pytest.param(None, CHAT.replace(b'"medium', b"medium"), "invalid_json", None, id="string-left-open"),
+        pytest.param(
+            "text/plain",
+            b'{"messages":[],"metadata":{"model":"auto"}}',
+            "not_json_content_type",
+            None,
+            id="only-a-nested-model",
+        ),
+        pytest.param("text/plain", b'[{"model":"auto"}]', "not_json_content_type", None, id="an-array"),
+    ],
+)
+async def test_a_body_the_parser_did_not_read(
+    content_type: str | None, body: bytes, reason: str, served: str | None
+) -> None:
+    """Only the top-level model of one whole object is renamed (every other byte as sent) or sent to its cluster:
+    a nested "model" or a body cut short is left as the client sent it."""
+    handler, sink = make()
+    headers = chat_headers() if content_type is None else chat_headers(**{"content-type": content_type})
+    responses = await replay(handler, headers, body)
+    (record,) = sink.records
+    assert (record.outcome.value, record.reason) == ("passthrough", reason)
+    mutation = responses[1].request_body.response
+    if served is None and b"gpt-4o-mini" in body:
+        assert cluster_of(responses[1]) == "cheap" and not mutation.HasField("body_mutation")
+    elif served is None:
+        assert forwards_unchanged(responses[1])
+    else:
+        assert mutation.body_mutation.body == body.replace(b'"auto"', orjson.dumps(served), 1)
+        assert (cluster_of(responses[1]), record.selected_model) == ("frontier", served)
 
 
 @pytest.mark.parametrize(
@@ -248,12 +295,26 @@ async def test_a_rewrite_never_grows_a_body_over_the_limit(over: int, served: st
         assert "decision_id" not in metadata and metadata["selected_model"] == "gpt-4o"
 
 
-async def test_partial_body_chunk_passes_through() -> None:
+@pytest.mark.parametrize(
+    ("body_mode", "whole"),
+    [
+        pytest.param(None, False, id="mode-unannounced"),
+        pytest.param(ProcessingMode.STREAMED, False, id="streamed"),
+        pytest.param(ProcessingMode.BUFFERED_PARTIAL, False, id="buffered-partial"),
+        pytest.param(ProcessingMode.BUFFERED, True, id="buffered-trailers-follow"),
+    ],
+)
+async def test_a_body_that_does_not_end_the_stream(body_mode: int | None, whole: bool) -> None:
+    """A body message without end_of_stream is a chunk, unless Envoy announced BUFFERED: then it is the whole body
+    with trailers to follow (Envoy's request decompressor adds them to every body it inflates), to be routed."""
     handler, sink = make()
-    await handler.handle(headers_msg(chat_headers()))
-    (response,) = await handler.handle(body_msg(CHAT[:20], end_of_stream=False))
-    assert forwards_unchanged(response)
-    assert sink.records[0].reason == "streamed_body"
+    await handler.handle(headers_msg(chat_headers(), body_mode=body_mode))
+    (response,) = await handler.handle(body_msg(CHAT if whole else CHAT[:20], end_of_stream=False))
+    if whole:
+        assert cluster_of(response) == "cheap" and sink.records[0].outcome == "routed"
+    else:
+        assert forwards_unchanged(response)
+        assert sink.records[0].reason == "streamed_body"
 
 
 @pytest.mark.parametrize(

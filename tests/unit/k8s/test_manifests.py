@@ -501,6 +501,7 @@ def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict
         ext_proc_name: True,
         USAGE_FILTER: True,  # should the usage observer be enabled (README "Real usage")
         "envoy.filters.http.buffer": True,
+        "request_gzip": True,  # other APIs get their bodies as sent
     }
     assert route["typed_per_filter_config"][USAGE_FILTER]["disabled"] is True
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
@@ -898,7 +899,8 @@ def test_istio_envoy_filter_patches_pass_envoy_validate(
     envoy_filter = find(objects, "EnvoyFilter")
     patches = {key: p["patch"]["value"] for key, p in _istio_patches(envoy_filter).items()}
     hcm = _hcm(envoy)
-    ours = {EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, "envoy.filters.http.buffer"}  # the body limit: the gateway's
+    # The body limit and the request decompressor are the gateway's own (README "gzip request bodies" of the overlay).
+    ours = {EXT_PROC_FILTER, LUA_FILTER, USAGE_FILTER, "envoy.filters.http.buffer", "request_gzip"}
     gateway_filters = [ISTIO_GATEWAY_FILTER, *(f for f in hcm["http_filters"] if f["name"] not in ours)]
     assert [f["name"] for f in gateway_filters][-1] == ROUTER_FILTER
     http_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
