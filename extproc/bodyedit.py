@@ -7,14 +7,15 @@ For a body that has been parsed as a JSON object whose top-level ``model`` is a 
 guarantees it), the fast path: when ``"model"`` occurs exactly
 once and the body has no ``\\u`` escape, that occurrence must be the top-level key (no other spelling of the key
 exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level. A
-body nobody parsed (a form content type, a limit checked before parsing, JSON the parser refuses) gets only the walk,
-which then also checks that the body is one whole object: a nested ``"model"`` or a body cut short is left alone.
+body nobody parsed (a form content type, a limit checked before parsing, JSON the parser refuses) must first be one
+whole object (:func:`_whole_object_model_span`): a nested ``"model"`` or a body cut short is left alone.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import orjson
 
 __all__ = ["JSON_STRING", "find_model_span", "replace_at", "replace_model", "rewrite_model"]
@@ -24,6 +25,16 @@ JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 
 _KEY = b'"model"'
 _BOM = b"\xef\xbb\xbf"
+_WHITESPACE = b" \t\r\n"
+_QUOTE = ord('"')
+_OPENERS = np.frombuffer(b"{[", dtype=np.uint8)
+_BRACKETS = np.frombuffer(b"{[]}", dtype=np.uint8)
+_LONGEST_MODEL_KEY = 2 + 5 * 6
+"""Bytes from a key's opening quote to its closing one at most, for it to spell "model" (each letter ``\\uXXXX``)."""
+_COLON = re.compile(rb"[ \t\r\n]*:")
+_MODEL = np.frombuffer(b"model", dtype=np.uint8)
+_MAX_KEY_CANDIDATES = 1_000
+"""Top-level strings that may spell "model" read one by one at most; more is a body built to be slow: untouched."""
 _AFTER_KEY = re.compile(rb"\s*:\s*(" + JSON_STRING + rb")", re.DOTALL)
 _TOKEN = re.compile(JSON_STRING + rb"|[{}\[\]:,]", re.DOTALL)
 _MAX_SCAN_TOKENS = 200_000
@@ -44,23 +55,14 @@ def _is_model_key(key: bytes) -> bool:
         return False
 
 
-def _scan_top_level(raw: bytes, whole: bool) -> tuple[int, int] | None:
-    """Walk the tokens of a JSON object; return the span of the single top-level model string value. ``whole``: the
-    body was not parsed, so the walk checks what the parser would have: one object from the first byte (after a
-    byte order mark) to the last, brackets balanced, no string left open."""
+def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
+    """Walk the tokens of a valid JSON object; return the span of the single top-level model string value."""
     depth = 0
     spans: list[tuple[int, int]] = []
     expect_key = False
-    end = raw.startswith(_BOM) * len(_BOM)
     for count, token in enumerate(_TOKEN.finditer(raw)):
         if count == _MAX_SCAN_TOKENS:
             return None
-        if whole:
-            if (count > 0 and depth == 0) or raw.find(b'"', end, token.start()) != -1:
-                return None  # a second top-level value, or a quote that opens no whole string
-            if count == 0 and (token.group() != b"{" or raw[end : token.start()].strip()):
-                return None  # not an object
-            end = token.end()
         text = token.group()
         first = text[:1]
         if first in (b"{", b"["):
@@ -79,18 +81,70 @@ def _scan_top_level(raw: bytes, whole: bool) -> tuple[int, int] | None:
                 if span is None:
                     return None  # the top-level model is not a string
                 spans.append(span)
-    if whole and (depth != 0 or raw[end:].strip()):
-        return None  # cut short, or something after the object
+    return spans[0] if len(spans) == 1 else None
+
+
+def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
+    """The top-level model value of a body nobody parsed, if the body is one whole object: from its first byte
+    (after a byte order mark) to its last, brackets balanced outside strings, no string left open.
+
+    numpy reads the strings and brackets in a few passes over the bytes, so the time is linear whatever the body (a
+    token walk over unparsed bytes retries at every quote of an unterminated run: seconds for 32 KiB of ``\\"``).
+    Escaped backslashes, then escaped quotes, are blanked first (two bytes for two, so positions hold), which is
+    JSON's own left-to-right reading of escapes; a byte is then inside a string after an odd number of quotes. Of the
+    top-level strings, only keys that spell "model" are read one by one: literally, or with ``\\u`` escapes."""
+    plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in raw else raw
+    text = np.frombuffer(plain, dtype=np.uint8)
+    is_quote = text == _QUOTE
+    outside = (np.cumsum(is_quote, dtype=np.uint8) & 1) == 0  # uint8 wraps: the parity stays right
+    quotes = np.flatnonzero(is_quote)
+    if quotes.size % 2:
+        return None  # a string left open
+    brackets = np.flatnonzero(np.isin(text, _BRACKETS) & outside)
+    if brackets.size == 0:
+        return None
+    depth = np.cumsum(np.where(np.isin(text[brackets], _OPENERS), 1, -1), dtype=np.int64)  # after each bracket
+    first, last = int(brackets[0]), int(brackets[-1])
+    lead = len(_BOM) if raw.startswith(_BOM) else 0
+    if (
+        raw[first : first + 1] != b"{"
+        or raw[last : last + 1] != b"}"
+        or raw[lead:first].strip(_WHITESPACE)
+        or raw[last + 1 :].strip(_WHITESPACE)
+        or depth.min() < 0
+        or np.count_nonzero(depth == 0) != 1  # only the last bracket closes the object: one value, not two
+    ):
+        return None
+    starts, ends = quotes[0::2], quotes[1::2]
+    literal = ends - starts == len(_KEY) - 1
+    escaped = (ends - starts <= _LONGEST_MODEL_KEY) & ~literal if b"\\u" in raw else np.zeros_like(literal)
+    if literal.any():
+        spelled = np.all(text[starts[literal, None] + np.arange(1, len(_KEY) - 1)] == _MODEL, axis=1)
+        literal[np.flatnonzero(literal)[~spelled]] = False
+    candidates = np.flatnonzero(literal | escaped)
+    before = np.searchsorted(brackets, starts[candidates])  # brackets before each string: depth 1 is top level
+    candidates = candidates[(before > 0) & (depth[np.maximum(before - 1, 0)] == 1)]
+    if candidates.size > _MAX_KEY_CANDIDATES:
+        return None
+    spans: list[tuple[int, int]] = []
+    for start, end in zip(starts[candidates].tolist(), ends[candidates].tolist(), strict=True):
+        if _COLON.match(raw, end + 1) and _is_model_key(raw[start : end + 1]):
+            span = _value_span_after(raw, end + 1)
+            if span is None:
+                return None  # the top-level model is not a string
+            spans.append(span)
     return spans[0] if len(spans) == 1 else None
 
 
 def find_model_span(raw: bytes, parsed: bool = True) -> tuple[int, int] | None:
     """Byte span of the top-level ``model`` string value, quotes included; None if absent, ambiguous, not a string,
     or too costly to find. ``parsed=False`` for a body that was not parsed as a JSON object (module docstring)."""
-    if parsed and raw.count(_KEY) == 1 and b"\\u" not in raw:
+    if not parsed:
+        return _whole_object_model_span(raw)
+    if raw.count(_KEY) == 1 and b"\\u" not in raw:
         start = raw.index(_KEY)
         return _value_span_after(raw, start + len(_KEY))
-    return _scan_top_level(raw, whole=not parsed)
+    return _scan_top_level(raw)
 
 
 def rewrite_model(raw: bytes, new_model: str) -> tuple[bytes, tuple[int, int]] | None:

@@ -216,11 +216,20 @@ def test_gzip_body_inflating_past_the_limit_gets_413(stack: Stack) -> None:
     assert r.status_code == 413
 
 
-def test_gzip_body_of_another_api_is_forwarded_as_sent(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("path", "encoding"),
+    [
+        pytest.param("/v1/embeddings", "gzip", id="another-api"),
+        # Decoded first-listed-first, "gzip, br" (br applied last) would be mangled: it passes unread.
+        pytest.param("/v1/chat/completions", "gzip, br", id="encoded-twice"),
+    ],
+)
+def test_a_gzip_body_not_inflated_is_forwarded_as_sent(stack: Stack, path: str, encoding: str) -> None:
     sent = gzip.compress(b'{"model":"auto","input":"x"}')
-    httpx.post(stack.base_url + "/v1/embeddings", content=sent, headers=GZIP, timeout=10)
-    headers = {k.lower(): v for k, v in last_received(stack, "frontier")["headers"].items()}  # type: ignore[attr-defined]
-    assert (headers["content-encoding"], headers["content-length"]) == ("gzip", str(len(sent)))
+    headers = {**GZIP, "content-encoding": encoding}
+    httpx.post(stack.base_url + path, content=sent, headers=headers, timeout=10)
+    got = {k.lower(): v for k, v in last_received(stack, "frontier")["headers"].items()}  # type: ignore[attr-defined]
+    assert (got["content-encoding"], got["content-length"]) == (encoding, str(len(sent)))
 
 
 def test_openai_sdk_chat(stack: Stack) -> None:

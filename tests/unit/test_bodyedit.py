@@ -113,6 +113,26 @@ def test_any_body_changes_only_model(extra: dict[str, object], new: str) -> None
     assert out.startswith(raw[:prefix_end]) and out.endswith(raw[prefix_end + len(b'"auto"') :])
 
 
+@given(body=st.dictionaries(st.text(max_size=8), json_values, max_size=6), indent=st.booleans())
+def test_a_body_nobody_parsed_agrees_with_the_parser(body: dict[str, object], indent: bool) -> None:
+    """Any JSON object, escapes and nested "model" keys included: the top-level model string if there is one."""
+    raw = orjson.dumps(body, option=orjson.OPT_INDENT_2 if indent else 0)
+    span = find_model_span(raw, parsed=False)
+    if isinstance(body.get("model"), str):
+        assert span is not None and orjson.loads(raw[span[0] : span[1]]) == body["model"]
+    else:
+        assert span is None
+
+
+@pytest.mark.parametrize("size", [8 << 10, 4 << 20])
+def test_a_body_nobody_parsed_is_read_in_linear_time(size: int) -> None:
+    """An unterminated run of escaped quotes made a token walk retry at every quote (32 KiB took seconds). Not a
+    timing test: a quadratic walk would run for hours on the 4 MiB body instead of coming back."""
+    raw = b'{"model":"auto","x":"' + b'\\"' * (size // 2)
+    assert find_model_span(raw, parsed=False) is None
+    assert find_model_span(raw + b'"}', parsed=False) == (9, 15)
+
+
 @pytest.mark.parametrize(("strings", "found"), [(90_000, True), (110_000, False)])
 def test_the_slow_path_gives_up_on_bodies_built_to_be_slow(strings: int, found: bool) -> None:
     """A ``\\u`` escape forces the token walk; past 200,000 tokens (a string and a comma each) it stops."""
