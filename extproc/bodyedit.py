@@ -6,9 +6,11 @@ escapes; clients and upstreams may sign or hash bodies, so only the model value'
 For a body that has been parsed as a JSON object whose top-level ``model`` is a string (``parse_request``
 guarantees it), the fast path: when ``"model"`` occurs exactly
 once and the body has no ``\\u`` escape, that occurrence must be the top-level key (no other spelling of the key
-exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level. A
-body nobody parsed (a form content type, a limit checked before parsing, JSON the parser refuses) must first be one
-whole object (:func:`_whole_object_model_span`): a nested ``"model"`` or a body cut short is left alone.
+exists, a nested key or a value would be a second occurrence). Otherwise a small tokenizer walks the top level of a
+body of a few KiB, and a numpy pass (:func:`_whole_object_model_span`) reads a larger one in linear time. A body
+nobody parsed (a form content type, a limit checked before parsing, JSON the parser refuses) takes the numpy pass
+whatever its size, which finds a model only in one whole object: a nested ``"model"``, a body cut short or a comment
+leaves it alone.
 """
 
 from __future__ import annotations
@@ -26,24 +28,47 @@ JSON_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
 _KEY = b'"model"'
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
-_QUOTE = ord('"')
-_OPENERS = np.frombuffer(b"{[", dtype=np.uint8)
-_BRACKETS = np.frombuffer(b"{[]}", dtype=np.uint8)
-_LONGEST_MODEL_KEY = 2 + 5 * 6
-"""Bytes from a key's opening quote to its closing one at most, for it to spell "model" (each letter ``\\uXXXX``)."""
-_COLON = re.compile(rb"[ \t\r\n]*:")
+
+
+_OTHER, _SPACE, _LITERAL, _COMMA, _COLON_BYTE, _OPEN_BRACE, _OPEN_BRACKET, _CLOSE_BRACE, _CLOSE_BRACKET, _QUOTE = range(
+    10
+)
+"""Byte classes for the numpy pass; the brackets are contiguous, openers first, so a range test finds them."""
+
+
+def _class_table() -> bytes:
+    """``bytes.translate`` table from byte to class: one C pass over the body instead of a search per byte. A literal
+    is any byte of a number, ``true``, ``false``, ``null`` (and NaN, Infinity, which some parsers accept)."""
+    table = bytearray([_OTHER]) * 256
+    classes = {b" \t\r\n": _SPACE, b"0123456789+-.eEtruefalsnNaIiy": _LITERAL, b",": _COMMA, b":": _COLON_BYTE}
+    classes |= {b"{": _OPEN_BRACE, b"[": _OPEN_BRACKET, b"}": _CLOSE_BRACE, b"]": _CLOSE_BRACKET, b'"': _QUOTE}
+    for members, value in classes.items():
+        for byte in members:
+            table[byte] = value
+    return bytes(table)
+
+
+_CLASSES = _class_table()
+_ESCAPED_KEY_LENGTHS = np.arange(len(_KEY) - 1 + 5, len(_KEY) - 1 + 5 * 5 + 1, 5)
+"""From a key's opening quote to its closing one, for it to spell "model" with one to five letters ``\\uXXXX``."""
+_COLON = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*")
+"""After a key, up to its value: JSON's whitespace only (``\\s`` would take ``\\f`` and ``\\v``)."""
 _MODEL = np.frombuffer(b"model", dtype=np.uint8)
 _MAX_KEY_CANDIDATES = 1_000
 """Top-level strings that may spell "model" read one by one at most; more is a body built to be slow: untouched."""
 _AFTER_KEY = re.compile(rb"\s*:\s*(" + JSON_STRING + rb")", re.DOTALL)
 _TOKEN = re.compile(JSON_STRING + rb"|[{}\[\]:,]", re.DOTALL)
-_MAX_SCAN_TOKENS = 200_000
-"""The slow path gives up (the body is forwarded untouched) after this many tokens, ≈0.1 s of the event loop: only
-bodies built to be slow get there (a chat body with 2,000 messages has a few tens of thousands)."""
+_MAX_WALKED_BYTES = 4 << 10
+"""Bodies up to this size (2,000 tokens at most) take the token walk, ≈25 µs on a small body; larger ones the numpy
+pass (≈0.2 ms plus ≈10 ms a MiB whatever the body), which a walk of tokens costs past a few KiB (a token walk over
+4 MiB of ``1,1,1``, two million tokens, is seconds)."""
+_MAX_MODEL_VALUE = 1 << 10
+"""Bytes of a model value read at most: a model the router serves or renames has a short name, and a longer value is
+read no further (a megabyte of escapes is ≈0.1 ms a KiB of regex steps)."""
 
 
 def _value_span_after(raw: bytes, key_end: int) -> tuple[int, int] | None:
-    match = _AFTER_KEY.match(raw, key_end)
+    match = _AFTER_KEY.match(raw, key_end, key_end + _MAX_MODEL_VALUE)
     return match.span(1) if match else None
 
 
@@ -60,9 +85,7 @@ def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
     depth = 0
     spans: list[tuple[int, int]] = []
     expect_key = False
-    for count, token in enumerate(_TOKEN.finditer(raw)):
-        if count == _MAX_SCAN_TOKENS:
-            return None
+    for token in _TOKEN.finditer(raw):
         text = token.group()
         first = text[:1]
         if first in (b"{", b"["):
@@ -85,8 +108,9 @@ def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
 
 
 def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
-    """The top-level model value of a body nobody parsed, if the body is one whole object: from its first byte
-    (after a byte order mark) to its last, brackets balanced outside strings, no string left open.
+    """The top-level model value of a body, if the body is one whole object: from its first byte (after a byte order
+    mark) to its last, brackets balanced and matched outside strings, no string left open, nothing outside strings
+    but JSON's own bytes (no comment, no stray backslash), the key after ``{`` or ``,``, its value the next string.
 
     numpy reads the strings and brackets in a few passes over the bytes, so the time is linear whatever the body (a
     token walk over unparsed bytes retries at every quote of an unterminated run: seconds for 32 KiB of ``\\"``).
@@ -94,30 +118,32 @@ def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
     JSON's own left-to-right reading of escapes; a byte is then inside a string after an odd number of quotes. Of the
     top-level strings, only keys that spell "model" are read one by one: literally, or with ``\\u`` escapes."""
     plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in raw else raw
-    text = np.frombuffer(plain, dtype=np.uint8)
-    is_quote = text == _QUOTE
-    outside = (np.cumsum(is_quote, dtype=np.uint8) & 1) == 0  # uint8 wraps: the parity stays right
+    classes = np.frombuffer(plain.translate(_CLASSES), dtype=np.uint8)
+    is_quote = classes == _QUOTE
     quotes = np.flatnonzero(is_quote)
     if quotes.size % 2:
         return None  # a string left open
-    brackets = np.flatnonzero(np.isin(text, _BRACKETS) & outside)
-    if brackets.size == 0:
-        return None
-    depth = np.cumsum(np.where(np.isin(text[brackets], _OPENERS), 1, -1), dtype=np.int64)  # after each bracket
-    first, last = int(brackets[0]), int(brackets[-1])
-    lead = len(_BOM) if raw.startswith(_BOM) else 0
-    if (
-        raw[first : first + 1] != b"{"
-        or raw[last : last + 1] != b"}"
-        or raw[lead:first].strip(_WHITESPACE)
-        or raw[last + 1 :].strip(_WHITESPACE)
-        or depth.min() < 0
-        or np.count_nonzero(depth == 0) != 1  # only the last bracket closes the object: one value, not two
-    ):
-        return None
+    outside = (np.cumsum(is_quote, dtype=np.uint8) & 1) == 0  # uint8 wraps: the parity stays right
+    outside[: len(_BOM) if raw.startswith(_BOM) else 0] = False
+    if np.any((classes == _OTHER) & outside):
+        return None  # a comment, a backslash outside a string: not JSON, and what reads it would differ
+    structural = np.flatnonzero((classes >= _COMMA) & (classes <= _CLOSE_BRACKET) & outside)
+    brackets = structural[classes[structural] >= _OPEN_BRACE]
+    if brackets.size == 0 or np.any(classes[: brackets[0]] > _SPACE) or np.any(classes[brackets[-1] + 1 :] > _SPACE):
+        return None  # bytes before or after the object
+    kinds = classes[brackets]
+    opens = kinds <= _OPEN_BRACKET
+    depth = np.cumsum(np.where(opens, 1, -1), dtype=np.int32)  # after each bracket
+    if kinds[0] != _OPEN_BRACE or depth.min() < 0 or depth[-1] != 0 or np.count_nonzero(depth == 0) != 1:
+        return None  # not one object: two values, or one left open
+    order = np.argsort(np.where(opens, depth, depth + 1), kind="stable")  # each level: opener, closer, opener, ...
+    if not np.array_equal(kinds[order[0::2]] == _OPEN_BRACE, kinds[order[1::2]] == _CLOSE_BRACE):
+        return None  # a [ closed by } or a { by ]
+    text = np.frombuffer(plain, dtype=np.uint8)
     starts, ends = quotes[0::2], quotes[1::2]
-    literal = ends - starts == len(_KEY) - 1
-    escaped = (ends - starts <= _LONGEST_MODEL_KEY) & ~literal if b"\\u" in raw else np.zeros_like(literal)
+    lengths = ends - starts
+    literal = lengths == len(_KEY) - 1
+    escaped = np.isin(lengths, _ESCAPED_KEY_LENGTHS) if b"\\u" in raw else np.zeros_like(literal)
     if literal.any():
         spelled = np.all(text[starts[literal, None] + np.arange(1, len(_KEY) - 1)] == _MODEL, axis=1)
         literal[np.flatnonzero(literal)[~spelled]] = False
@@ -127,12 +153,17 @@ def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
     if candidates.size > _MAX_KEY_CANDIDATES:
         return None
     spans: list[tuple[int, int]] = []
-    for start, end in zip(starts[candidates].tolist(), ends[candidates].tolist(), strict=True):
-        if _COLON.match(raw, end + 1) and _is_model_key(raw[start : end + 1]):
-            span = _value_span_after(raw, end + 1)
-            if span is None:
-                return None  # the top-level model is not a string
-            spans.append(span)
+    for index in candidates.tolist():
+        start, end = int(starts[index]), int(ends[index])
+        colon = _COLON.match(raw, end + 1)
+        if not colon or not _is_model_key(raw[start : end + 1]):
+            continue  # a value that spells "model", or another key
+        before_key = int(structural[np.searchsorted(structural, start) - 1])
+        if classes[before_key] not in (_OPEN_BRACE, _COMMA) or plain[before_key + 1 : start].strip(_WHITESPACE):
+            return None  # a key where none can be
+        if index + 1 == starts.size or starts[index + 1] != colon.end():
+            return None  # the top-level model is not a string
+        spans.append((int(starts[index + 1]), int(ends[index + 1]) + 1))
     return spans[0] if len(spans) == 1 else None
 
 
@@ -144,7 +175,7 @@ def find_model_span(raw: bytes, parsed: bool = True) -> tuple[int, int] | None:
     if raw.count(_KEY) == 1 and b"\\u" not in raw:
         start = raw.index(_KEY)
         return _value_span_after(raw, start + len(_KEY))
-    return _scan_top_level(raw)
+    return _scan_top_level(raw) if len(raw) <= _MAX_WALKED_BYTES else _whole_object_model_span(raw)
 
 
 def rewrite_model(raw: bytes, new_model: str) -> tuple[bytes, tuple[int, int]] | None:

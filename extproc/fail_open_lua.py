@@ -30,7 +30,7 @@ _TEMPLATE = string.Template(
 -- by `model-router fail-open-lua --config FILE`: regenerate it whenever the catalog, policy.routable_models or
 -- policy.default_model change (MAX_BODY_BYTES: the largest body Envoy accepts on these routes).
 $tables
-local MAX_SCAN_STEPS = 200000  -- as the router's scan: a body built to be slow stays as it is
+local MAX_SCAN_STEPS = 200000  -- a body built to be slow stays as it is
 
 -- Index of the quote that closes the JSON string opening at `open`, or nil.
 local function string_end(raw, open)

@@ -24,6 +24,11 @@ CASES = [
     ),
     pytest.param(b'{"mod\\u0065l":"auto","t":"\\u00e9"}', b'{"mod\\u0065l":"m","t":"\\u00e9"}', id="escaped-key"),
     pytest.param(
+        b'{"\\u006d\\u006f\\u0064\\u0065\\u006c" :\n"auto"}',
+        b'{"\\u006d\\u006f\\u0064\\u0065\\u006c" :\n"m"}',
+        id="every-letter-escaped",
+    ),
+    pytest.param(
         b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"auto"}',
         b'{"messages":[{"content":"say \\"model\\": \\"x\\""}],"model":"m"}',
         id="model-inside-a-string",
@@ -60,6 +65,13 @@ def test_ambiguous_or_missing_is_left_alone(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(("raw", "want"), CASES)
+def test_replace_model_in_a_large_body(raw: bytes, want: bytes) -> None:
+    """Past a few KiB the model is found by the numpy pass, not the token walk: the same bytes change."""
+    pad = b',"pad":"' + b"x" * 5000 + b'"}'
+    assert replace_model(raw[:-1] + pad, "m") == want[:-1] + pad
+
+
+@pytest.mark.parametrize(("raw", "want"), CASES)
 def test_a_body_nobody_parsed_finds_the_same_model(raw: bytes, want: bytes) -> None:
     assert find_model_span(raw, parsed=False) == find_model_span(raw)
 
@@ -79,6 +91,16 @@ def test_a_body_nobody_parsed_finds_the_same_model(raw: bytes, want: bytes) -> N
         pytest.param(b'x{"model":"auto"}', False, id="junk-before"),
         pytest.param(b'{"model":"auto"} x', False, id="junk-after"),
         pytest.param(b"", False, id="empty"),
+        pytest.param(b'{"model":"auto"}{{}', False, id="a-second-value-left-open"),
+        pytest.param(b'{"model":"auto","x":[{]}}', False, id="brackets-crossed"),
+        pytest.param(b'{"model":"auto", // c\n "m":[]}', False, id="line-comment"),
+        pytest.param(b'{/* "model":"x" */ "m":"auto"}', False, id="block-comment"),
+        pytest.param(b'{"a":"b"\\,"model":"auto"}', False, id="backslash-outside-a-string"),
+        pytest.param(b'{"a" "model":"auto"}', False, id="key-without-comma"),
+        pytest.param(b'{"model":\x0c"auto"}', False, id="form-feed-is-not-json-whitespace"),
+        pytest.param(b'{"model":1,"x":"auto"}', False, id="not-a-string"),
+        pytest.param(b'{"t":NaN,"model" : \r\n"auto"}', True, id="nan-and-json-whitespace"),
+        pytest.param(b'{"model":"' + b'\\"' * 1000 + b'"}', True, id="a-run-of-escaped-quotes"),
     ],
 )
 def test_a_body_nobody_parsed_must_be_one_whole_object(raw: bytes, found: bool) -> None:
@@ -133,10 +155,20 @@ def test_a_body_nobody_parsed_is_read_in_linear_time(size: int) -> None:
     assert find_model_span(raw + b'"}', parsed=False) == (9, 15)
 
 
-@pytest.mark.parametrize(("strings", "found"), [(90_000, True), (110_000, False)])
-def test_the_slow_path_gives_up_on_bodies_built_to_be_slow(strings: int, found: bool) -> None:
-    """A ``\\u`` escape forces the token walk; past 200,000 tokens (a string and a comma each) it stops."""
+@pytest.mark.parametrize(
+    ("tail", "found"),
+    [
+        pytest.param(b"", True, id="one-model"),
+        pytest.param(b',"model":"x"', False, id="a-second-model"),
+        pytest.param(b',"m":{"model":"x"}', True, id="a-nested-model"),
+    ],
+)
+@pytest.mark.parametrize("strings", [10, 1_000_000])
+def test_a_body_with_escapes_is_read_whatever_its_size(strings: int, tail: bytes, found: bool) -> None:
+    """A ``\\u`` escape rules out the fast path; a token walk over a million strings took seconds (it gave up at
+    200,000 tokens), the numpy pass reads a body past a few KiB in linear time."""
     raw = b'{"model":"auto","messages":[{"role":"user","content":"caf\\u00e9"}],"x":[' + b",".join([b'"a"'] * strings)
-    raw += b"]}"
-    assert orjson.loads(raw)["model"] == "auto"
+    raw += b"]" + tail + b"}"
+    assert orjson.loads(raw)["model"] in ("auto", "x")
     assert (replace_model(raw, "gpt-4o") is not None) is found
+    assert (find_model_span(raw) == (9, 15)) is found

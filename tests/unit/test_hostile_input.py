@@ -107,9 +107,10 @@ EXPECTED = {
 }
 """What each corpus body gets on the chat path: a pass-through reason, a fallback to the requested/default model
 with nothing to classify, or a routing decision."""
-READ_ELSEWHERE = {"bom", "comment", "huge_number", "invalid_utf8", "lone_surrogate_escape", "nan_literal"}
-"""Bodies orjson refuses that are one whole object with a top-level "auto" (other parsers read some of them): sent as
-without the router, the default model, as Envoy's fail-open filter sends them."""
+READ_ELSEWHERE = {"bom", "huge_number", "invalid_utf8", "lone_surrogate_escape", "nan_literal"}
+"""Bodies orjson refuses that are one whole object of JSON's own bytes with a top-level "auto" (other parsers read
+some of them): sent as without the router, the default model, as Envoy's fail-open filter sends them. A comment is
+not JSON's: parsers that take comments differ, so that body is forwarded as it came."""
 
 
 def test_every_corpus_file_has_an_expected_outcome() -> None:
