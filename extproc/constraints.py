@@ -1,8 +1,9 @@
 """The effective policy for one request: tenant view + per-request constraint headers.
 
-Pure: headers and a snapshot in, a :class:`RequestPolicy` out (or :class:`ConstraintError` when the config says
-malformed constraint headers are rejected). Which headers a request may use depends on its tenant's
-``allowed_constraints``; a constraint that is not allowed is ignored, never an error.
+Pure: headers and a snapshot in, a :class:`RequestPolicy` out; when the config says malformed constraint headers are
+rejected, the policy carries the :class:`ConstraintError` for the caller to answer once it knows the router decides
+the request (a request the router only forwards is not its to refuse). Which headers a request may use depends on
+its tenant's ``allowed_constraints``; a constraint that is not allowed is ignored, never an error.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class RequestPolicy:
     """Constraint headers present but not honoured (malformed in ignore mode, or not allowed)."""
     fallbacks: Mapping[str, str]
     """The tenant's fallback table (``TenantView.fallbacks``)."""
+    invalid: ConstraintError | None = None
+    """The first malformed constraint header, in reject mode: a request the router decides is answered 400."""
 
     def model(self, name: str | None) -> ResolvedModel | None:
         """The model called ``name`` in this request's catalog (a tenant's subset is all it may be sent to)."""
@@ -91,6 +94,7 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
     view: TenantView = snap.tenant_view(tenant)
     reject = policy.invalid_constraint == "reject" and not view.shadow  # shadow mode changes nothing, not even this
     ignored: list[str] = []
+    invalid: ConstraintError | None = None
     values: dict[str, object] = {}
     # opted_in: headers that can raise a request's cost also need the operator's opt-in (max_cost only lowers it).
     for name, header, parse, expected, opted_in in (
@@ -107,8 +111,9 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
         value = parse(raw.strip())
         if value is None:
             if reject:
-                raise ConstraintError(header, f"expected {expected}, got {raw[:40]!r}")
-            ignored.append(header)
+                invalid = invalid or ConstraintError(header, f"expected {expected}, got {raw[:40]!r}")
+            else:
+                ignored.append(header)
             continue
         values[name] = value
     quality = values.get("quality")
@@ -123,4 +128,5 @@ def resolve_request_policy(headers: Mapping[str, str], snap: Snapshot) -> Reques
         shadow=view.shadow,
         ignored=tuple(ignored),
         fallbacks=view.fallbacks,
+        invalid=invalid,
     )

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from classifier.model import success_probability
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
-from extproc.constraints import ConstraintError, resolve_request_policy
+from extproc.constraints import resolve_request_policy
 from extproc.conversations import ConversationMemory, Floors, ReadOnlyMemory
 from extproc.decision_proto import to_proto
 from extproc.envoy import METADATA_NAMESPACE
@@ -69,12 +69,9 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
     if not isinstance(parsed, ParsedRequest):
         return []
     in_tokens = parsed.input_tokens
-    out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
+    out_tokens = snap.output_tokens(parsed.max_output_tokens)
     catalog = snap.tenant_view(decision.tenant or None).catalog
-    try:
-        policy = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap)
-    except ConstraintError:  # a rejected request has no estimates (no input tokens) and does not get here
-        return []
+    policy = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap)
     facts = RequestFacts(parsed.requested_model, in_tokens, out_tokens, 0.0, policy.max_cost, policy.interactive)
     excluded = exclusions(facts, catalog)
     out: list[api.ModelEstimate] = []

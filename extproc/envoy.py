@@ -115,9 +115,14 @@ def body_rewrite(body: bytes, set_headers: Mapping[str, str], metadata: Mapping[
     )
 
 
-def immediate_error(status: int, message: str, code: str) -> pb.ProcessingResponse:
-    """Answer the client directly with an OpenAI-style JSON error; the request goes no further."""
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+def immediate_error(status: int, message: str, code: str, schema: str = "") -> pb.ProcessingResponse:
+    """Answer the client directly with a JSON error in its API's shape (Anthropic's for ``anthropic.*`` schemas,
+    else OpenAI's), so its SDK reads the message; the request goes no further."""
+    if schema.startswith("anthropic."):
+        error: dict[str, object] = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    else:
+        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    body = orjson.dumps(error)
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=status),

@@ -54,6 +54,13 @@ class Snapshot:
         """The model used when the router cannot decide."""
         return self.by_name[self.settings.policy.default_model]
 
+    def output_tokens(self, requested: int | None) -> int:
+        """The output estimate of a request asking for ``requested`` tokens at most (None: the configured expectation).
+        Capped at the catalog's largest context window: a larger cap excludes every model all the same, and one
+        request's ``max_tokens: 2**63-1`` would otherwise price at 1e14 and swamp the estimated-cost counters."""
+        expected = requested or self.settings.policy.expected_output_tokens
+        return min(expected, max(m.context_window for m in self.catalog))
+
     def tenant_view(self, tenant: str | None) -> TenantView:
         """The view of ``tenant``; unknown or absent tenants get the global policy."""
         return self.tenants.get(tenant) or self.tenants[None]

@@ -298,6 +298,19 @@ class StreamHandler:
         metadata.update(_fallback_fields(policy, policy.default.name, renamed))
         return [envoy.body_rewrite(body, {CLUSTER_HEADER: policy.default.cluster}, metadata)]
 
+    def _reject(self, error: ConstraintError, schema: str) -> list[pb.ProcessingResponse]:
+        """``policy.invalid_constraint: reject``: a malformed constraint header on a request the router would decide
+        gets a 400 naming it, in the error shape of the request's API."""
+        rec = DecisionRecord(
+            decision_id=self._new_id(),
+            outcome=Outcome.REJECTED,
+            reason="invalid_constraint",
+            schema=schema,
+            **self._context_fields(),
+        )
+        self._emit(rec)
+        return [envoy.immediate_error(400, str(error), "invalid_model_router_constraint", schema)]
+
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
         if "traceparent" not in self._trace:
@@ -315,18 +328,7 @@ class StreamHandler:
             else:
                 metadata = self._pass_metadata(self._pass(reason))
             return [envoy.headers_continue(owned, skip_body=True, metadata=metadata)]
-        try:
-            policy = resolve_request_policy(h, self._snap)
-        except ConstraintError as exc:
-            self._emit(
-                DecisionRecord(
-                    decision_id=self._new_id(),
-                    outcome=Outcome.REJECTED,
-                    reason="invalid_constraint",
-                    **self._context_fields(),
-                )
-            )
-            return [envoy.immediate_error(400, str(exc), "invalid_model_router_constraint")]
+        policy = resolve_request_policy(h, self._snap)
         for ignored in policy.ignored:
             self._sink.error("constraint_ignored")
             _log.debug("ignoring constraint header %s", ignored)
@@ -354,6 +356,8 @@ class StreamHandler:
             if named is None:
                 return self._pass_body(parsed.reason)
             return self._pass_to_own_cluster(raw, named, parsed.reason, find_model_span(raw))
+        if policy.invalid is not None:  # refused only now: a request the router does not decide is not its to refuse
+            return self._reject(policy.invalid, parsed.schema.name)
         memory_key = self._conversation_key(parsed)
         if not self._snap.settings.capture.enabled:  # the body's last reader: free it while the classifier runs
             parsed = parsed.without_body()
@@ -477,7 +481,7 @@ class StreamHandler:
         facts = RequestFacts(
             requested_model=parsed.requested_model,
             input_tokens=parsed.input_tokens,
-            output_tokens=parsed.max_output_tokens or snap.settings.policy.expected_output_tokens,
+            output_tokens=snap.output_tokens(parsed.max_output_tokens),
             quality_target=policy.quality_target,
             max_cost=policy.max_cost,
             interactive=policy.interactive,
@@ -573,7 +577,7 @@ class StreamHandler:
         candidate: _Candidate | None = None,
     ) -> DecisionRecord:
         snap = self._snap
-        out_tokens = parsed.max_output_tokens or snap.settings.policy.expected_output_tokens
+        out_tokens = snap.output_tokens(parsed.max_output_tokens)
         baseline = snap.by_name.get(parsed.requested_model, policy.default)
         excerpt = parsed.prompt_text[:200] if snap.settings.telemetry.log_prompts else None
         outcome = Outcome.FALLBACK if decision.fallback else Outcome.ROUTED

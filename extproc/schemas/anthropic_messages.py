@@ -3,9 +3,10 @@
 The classifier reads the last user turn: its string ``content`` or its ``text`` blocks. A user turn with no text
 but ``tool_result`` blocks (the client answering a tool call) is read through the text inside those results, and if
 they hold none, through the previous user turn. Image and document blocks are skipped (the body keeps them).
-``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs, tool results, the ``tools`` definitions
-and an allowance per image or document block count toward the size estimate only, except the first user turn's text
-when a later user turn follows (an agent's task, before its tool results): its decision is the conversation's floor.
+``system`` (a string or text blocks), earlier turns, ``tool_use`` inputs, tool results, the ``tools`` definitions,
+a document's inline text and an allowance per image or other document (in tool results too) count toward the size
+estimate only, except the first user turn's text when a later user turn follows (an agent's task, before its tool
+results): its decision is the conversation's floor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import ATTACHMENT_CHARS, compact_json, count_parts, json_chars, objects_in, positive_int
+from extproc.schemas._text import ATTACHMENT_CHARS, compact_json, json_chars, objects_in, positive_int
 
 __all__ = ["AnthropicMessages"]
 
@@ -43,6 +44,32 @@ def _tool_results_text(content: Any) -> str:
 
 def _has_tool_result(content: Any) -> bool:
     return any(block.get("type") == "tool_result" for block in _blocks(content))
+
+
+def _document_chars(block: Mapping[str, Any]) -> int:
+    """A document block's size: its text, when the source is inline text (``text``: a string; ``content``: blocks),
+    which can be far larger than an attachment's allowance; else the allowance (a PDF or a file by reference)."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+        return len(source["data"])
+    if isinstance(source, dict) and source.get("type") == "content":
+        content = source.get("content")
+        return len(_text(content)) + _attachment_chars(content)
+    return ATTACHMENT_CHARS
+
+
+def _attachment_chars(content: Any) -> int:
+    """Images and documents of ``content``, also inside its ``tool_result`` blocks (a tool may return either)."""
+    chars = 0
+    for block in _blocks(content):
+        kind = block.get("type")
+        if kind == "image":
+            chars += ATTACHMENT_CHARS
+        elif kind == "document":
+            chars += _document_chars(block)
+        elif kind == "tool_result":
+            chars += _attachment_chars(block.get("content"))
+    return chars
 
 
 def _tool_use_chars(content: Any) -> int:
@@ -103,12 +130,12 @@ class AnthropicMessages:
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
         """Characters of ``system``, of every message's text, tool results and tool-use inputs, and of the ``tools``;
-        an allowance per image or document block."""
+        a document's inline text; an allowance per image or other document (in tool results too)."""
         chars = len(_text(body.get("system"))) + json_chars(body.get("tools"))
         for message in objects_in(body, "messages"):
             content = message.get("content")
             chars += len(_text(content)) + len(_tool_results_text(content)) + _tool_use_chars(content)
-            chars += ATTACHMENT_CHARS * count_parts(content, ("image", "document"))
+            chars += _attachment_chars(content)
         return chars
 
     def message_count(self, body: Mapping[str, Any]) -> int:

@@ -32,8 +32,9 @@ class OpenAICompletions:
         return ""
 
     def input_chars(self, body: Mapping[str, Any]) -> int:
-        """Characters of the prompt text."""
-        return len(self.prompt_text(body))
+        """Characters of the prompt text and of the ``suffix`` (text after the insertion point, also input)."""
+        suffix = body.get("suffix")
+        return len(self.prompt_text(body)) + (len(suffix) if isinstance(suffix, str) else 0)
 
     def message_count(self, body: Mapping[str, Any]) -> int:
         """Number of prompts in a list prompt, else 1."""

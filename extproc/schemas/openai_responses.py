@@ -2,7 +2,8 @@
 
 ``input`` is a string or a list of items. The classifier reads the string, or the text parts (``input_text``,
 ``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
-``instructions``, earlier turns, assistant ``output_text``, function-call arguments and function-call outputs, the
+``instructions``, earlier turns, assistant ``output_text``, reasoning items' summary and text, function-call
+arguments and function-call outputs, the
 ``tools`` definitions, the ``text`` output format and an allowance per image, file or audio part count toward the
 size estimate only, except the first user message item's text when a later one follows: its decision is the
 conversation's floor.
@@ -50,6 +51,9 @@ def _item_chars(item: Mapping[str, Any]) -> int:
         return len(arguments) if isinstance(arguments, str) else 0
     if kind in ("function_call_output", "custom_tool_call_output"):
         return len(_parts_text(item.get("output"), _ANY_TEXT_PARTS))
+    if kind == "reasoning":  # a reasoning model's earlier turn, sent back: its summary and text fill the window too
+        summary = _parts_text(item.get("summary"), ("summary_text",))
+        return len(summary) + len(_parts_text(item.get("content"), ("reasoning_text",)))
     content = item.get("content")
     return len(_parts_text(content, _ANY_TEXT_PARTS)) + ATTACHMENT_CHARS * count_parts(content, _ATTACHMENTS)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -58,6 +59,26 @@ def test_invalid_constraint_gets_a_clear_400(pstack: Stack) -> None:
     client.close()
     assert "x-model-router-quality" in str(info.value)
     assert info.value.code == "invalid_model_router_constraint"
+
+
+def test_invalid_constraint_400_has_the_anthropic_shape_on_messages(pstack: Stack) -> None:
+    client = anthropic.Anthropic(base_url=pstack.base_url, api_key="k", max_retries=0)
+    with client, pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="auto",
+            max_tokens=16,
+            messages=[{"role": "user", "content": EASY}],
+            extra_headers={"x-model-router-quality": "very high"},
+        )
+    body = info.value.body
+    assert info.value.status_code == 400 and isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and "x-model-router-quality" in body["error"]["message"]
+
+
+def test_invalid_constraint_on_a_request_the_router_does_not_route_goes_on(pstack: Stack) -> None:
+    """Reject mode refuses what the router would decide; a catalog model the client named is only forwarded."""
+    r = post(pstack, chat_body(HARD, model="gpt-4o-mini"), **{"x-model-router-quality": "very high"})
+    assert r.status_code == 200 and r.headers["x-upstream-model"] == "gpt-4o-mini"
 
 
 def test_max_cost_caps_a_hard_prompt(pstack: Stack) -> None:

@@ -145,8 +145,11 @@ def test_resolve(
     ],
 )
 def test_reject_mode_names_the_header(header: str, value: str) -> None:
-    with pytest.raises(ConstraintError, match=header):
-        resolve_request_policy({header: value}, snap("reject"))
+    """The error is carried, not raised: the stream answers it only for a request the router decides."""
+    policy = resolve_request_policy({header: value}, snap("reject"))
+    assert isinstance(policy.invalid, ConstraintError) and str(policy.invalid).startswith(header)
+    assert policy.ignored == ()
+    assert resolve_request_policy({header: value}, snap("ignore")).invalid is None
 
 
 def test_tenant_config_errors_name_fields() -> None:

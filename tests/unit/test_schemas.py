@@ -92,6 +92,19 @@ RESPONSES = OpenAIResponses()
         ),
         pytest.param({"input": [_user([IMAGE_PART])]}, "", ATTACHMENT_CHARS, 1, id="image-only"),
         pytest.param(
+            {
+                "input": [
+                    {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "plan it"}]},
+                    {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "step"}], "summary": []},
+                    _user("go"),
+                ]
+            },
+            "go",
+            7 + 4 + 2,
+            3,
+            id="reasoning-items-count-for-size",
+        ),
+        pytest.param(
             {"input": [{"type": "item_reference", "id": "msg_1", "role": "user"}]}, "", 0, 1, id="not-a-message"
         ),
         pytest.param({"input": [1, None, "x", _user("ok")]}, "ok", 2, 4, id="junk-items-skipped"),
@@ -122,6 +135,13 @@ def test_openai_responses_max_output_tokens(body: dict[str, Any], want: int | No
 
 
 MESSAGES = AnthropicMessages()
+
+
+def _document(source: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "document", "source": source}
+
+
+_q = {"type": "text", "text": "q"}
 
 
 def _tool_result(content: Any) -> dict[str, Any]:
@@ -176,14 +196,14 @@ def _tool_result(content: Any) -> dict[str, Any]:
         pytest.param(
             {"messages": [_user("weather?"), _user([_tool_result([{"type": "text", "text": "rain"}, IMAGE_BLOCK])])]},
             "rain",
-            12,
+            12 + ATTACHMENT_CHARS,  # a tool may return an image: it fills the window as the user's would
             2,
             id="tool-result-text-blocks",
         ),
         pytest.param(
             {"messages": [_user("weather?"), _user([_tool_result([IMAGE_BLOCK]), _tool_result(None)])]},
             "weather?",
-            8,
+            8 + ATTACHMENT_CHARS,
             2,
             id="tool-result-without-text-reads-previous-user-turn",
         ),
@@ -215,6 +235,27 @@ def _tool_result(content: Any) -> dict[str, Any]:
             id="image-only-has-no-text",
         ),
         pytest.param({"messages": [{"role": "assistant", "content": "hi"}]}, "", 2, 1, id="no-user-turn"),
+        pytest.param(
+            {"messages": [_user([_document({"type": "text", "media_type": "text/plain", "data": "x" * 9000}), _q])]},
+            "q",
+            9000 + 1,
+            1,
+            id="document-of-inline-text-counts-its-text",
+        ),
+        pytest.param(
+            {"messages": [_user([_document({"type": "content", "content": [{"type": "text", "text": "abc"}]}), _q])]},
+            "q",
+            3 + 1,
+            1,
+            id="document-of-content-blocks",
+        ),
+        pytest.param(
+            {"messages": [_user([_document({"type": "base64", "media_type": "application/pdf", "data": "JVBE"}), _q])]},
+            "q",
+            ATTACHMENT_CHARS + 1,
+            1,
+            id="pdf-document-gets-the-allowance",
+        ),
         pytest.param({"messages": [1, _user("ok")]}, "ok", 2, 2, id="junk-messages-skipped"),
         pytest.param({"messages": "hi"}, "", 0, 0, id="messages-string"),
         pytest.param({}, "", 0, 0, id="no-messages"),
@@ -267,6 +308,15 @@ def test_anthropic_messages_max_output_tokens(body: dict[str, Any], want: int | 
         ),
         pytest.param(
             OpenAICompletions(), {"prompt": ["a", 1, "bc"], "max_tokens": 5}, "a\nbc", 4, 3, 5, id="completions"
+        ),
+        pytest.param(
+            OpenAICompletions(),
+            {"prompt": "def f(", "suffix": "    return x", "max_tokens": 5},
+            "def f(",
+            6 + 12,
+            1,
+            5,
+            id="completions-suffix-counts-for-size",
         ),
     ],
 )

@@ -64,8 +64,8 @@ def _settings(on_response: bool, **policy: object) -> Settings:
         pytest.param(chat_headers("/v1/embeddings"), None, ["request_headers"], {}, id="passed-at-the-headers"),
         pytest.param(
             chat_headers(**{"x-model-router-quality": "2"}),
-            None,
-            ["immediate_response"],
+            CHAT,
+            ["request_headers", "immediate_response"],
             {"quality_header": True, "invalid_constraint": "reject"},
             id="rejected",
         ),

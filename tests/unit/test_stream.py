@@ -183,12 +183,18 @@ async def test_quality_header_ignored_when_disabled() -> None:
 
 @pytest.mark.parametrize(
     ("limit", "want_output_tokens"),
-    [({}, 300), ({"max_tokens": 2000}, 2000), ({"max_completion_tokens": 50, "max_tokens": 2000}, 50)],
-    ids=["policy-estimate", "max-tokens", "max-completion-tokens-first"],
+    [
+        ({}, 300),
+        ({"max_tokens": 2000}, 2000),
+        ({"max_completion_tokens": 50, "max_tokens": 2000}, 50),
+        ({"max_tokens": 2**63 - 1}, 128_000),
+    ],
+    ids=["policy-estimate", "max-tokens", "max-completion-tokens-first", "capped-at-the-largest-context-window"],
 )
 async def test_the_cost_estimate_uses_the_requests_output_limit(limit: dict[str, int], want_output_tokens: int) -> None:
     """The request's own output limit, else ``policy.expected_output_tokens`` (300): what the cost and the context
-    fit are computed for."""
+    fit are computed for. A limit past every model's window counts as the largest window (128,000 in the demo
+    catalog): one client's 2**63-1 priced as asked would swamp the estimated-cost counters."""
     handler, sink = make(expected_output_tokens=300)
     body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "medium question"}], **limit})
     await replay(handler, chat_headers(), body)
@@ -541,6 +547,43 @@ async def test_shadow_mode_never_rejects_a_request() -> None:
     assert responses[0].WhichOneof("response") == "request_headers"
     assert responses[1].WhichOneof("response") == "request_body"
     assert sink.records[0].outcome is Outcome.SHADOW
+
+
+_MESSAGES = b'{"model":"auto","max_tokens":9,"messages":[{"role":"user","content":"medium question"}]}'
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "error"),
+    [
+        pytest.param("/v1/chat/completions", CHAT, "application/json", {"code", "message", "param", "type"}, id="chat"),
+        pytest.param("/v1/messages", _MESSAGES, "application/json", {"message", "type"}, id="anthropic-shape"),
+        pytest.param("/v1/chat/completions", CHAT.replace(b"auto", b"gpt-4o-mini"), None, None, id="catalog-model"),
+        pytest.param("/v1/chat/completions", CHAT.replace(b"auto", b"my-model"), None, None, id="unknown-model"),
+        pytest.param("/v1/chat/completions", CHAT, "text/plain", None, id="not-classified"),
+        pytest.param("/v1/chat/completions", b"{not json", None, None, id="not-json"),
+    ],
+)
+async def test_reject_mode_refuses_only_requests_the_router_decides(
+    path: str, body: bytes, content_type: str | None, error: set[str] | None
+) -> None:
+    """``invalid_constraint: reject`` answers 400 in the request's API shape once the body shows the router would
+    decide it; a request it only forwards (a model it does not route, a body it does not classify) goes on."""
+    handler, sink = make(invalid_constraint="reject")
+    headers = chat_headers(path, **{"x-model-router-quality": "high"})
+    if content_type:
+        headers["content-type"] = content_type
+    responses = await replay(handler, headers, body)
+    assert responses[0].WhichOneof("response") == "request_headers"
+    if error is None:
+        assert responses[1].WhichOneof("response") == "request_body"
+        assert sink.records[0].outcome is Outcome.PASSTHROUGH
+        return
+    answer = responses[1].immediate_response
+    assert answer.status.code == 400
+    payload = orjson.loads(answer.body)
+    assert set(payload["error"]) == error and "x-model-router-quality" in payload["error"]["message"]
+    assert (payload.get("type") == "error") is path.endswith("messages")
+    assert (sink.records[0].outcome, sink.records[0].reason) == (Outcome.REJECTED, "invalid_constraint")
 
 
 @pytest.mark.parametrize(
