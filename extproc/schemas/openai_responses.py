@@ -1,7 +1,8 @@
 """OpenAI Responses API (``/v1/responses``) request reader.
 
 ``input`` is a string or a list of items. The classifier reads the string, or the text parts (``input_text``,
-``text``) of the last ``role: user`` message item; image, file and audio parts are skipped (the body keeps them).
+``text``) of the last ``role: user`` message item, or with none (a tool turn continuing by ``previous_response_id``)
+the text of the tool outputs; image, file and audio parts are skipped (the body keeps them).
 ``instructions``, earlier turns, assistant ``output_text``, reasoning items' summary and text, function-call
 arguments and function-call outputs, the
 ``tools`` definitions, the ``text`` output format and an allowance per image, file or audio part count toward the
@@ -21,6 +22,7 @@ __all__ = ["OpenAIResponses"]
 _USER_TEXT_PARTS = ("input_text", "text")
 _ANY_TEXT_PARTS = ("input_text", "text", "output_text", "refusal")
 _ATTACHMENTS = ("input_image", "input_file", "input_audio")
+_TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
 def _parts_text(content: Any, kinds: tuple[str, ...]) -> str:
@@ -49,8 +51,9 @@ def _item_chars(item: Mapping[str, Any]) -> int:
     if kind == "function_call":
         arguments = item.get("arguments")
         return len(arguments) if isinstance(arguments, str) else 0
-    if kind in ("function_call_output", "custom_tool_call_output"):
-        return len(_parts_text(item.get("output"), _ANY_TEXT_PARTS))
+    if kind in _TOOL_OUTPUTS:  # a tool may return images and files too
+        output = item.get("output")
+        return len(_parts_text(output, _ANY_TEXT_PARTS)) + ATTACHMENT_CHARS * count_parts(output, _ATTACHMENTS)
     if kind == "reasoning":  # a reasoning model's earlier turn, sent back: its summary and text fill the window too
         summary = _parts_text(item.get("summary"), ("summary_text",))
         return len(summary) + len(_parts_text(item.get("content"), ("reasoning_text",)))
@@ -68,14 +71,17 @@ class OpenAIResponses:
         return {"model": model, "input": prompt}
 
     def prompt_text(self, body: Mapping[str, Any]) -> str:
-        """``input`` if it is a string, else the text of the last user message item."""
+        """``input`` if it is a string, else the text of the last user message item; with no user message item (an
+        agent's tool turn continuing by ``previous_response_id``), the text of the tool outputs, as Anthropic's tool
+        results are read: without it every tool turn fell back to the default model, often the dearest."""
         items = body.get("input")
         if isinstance(items, str):
             return items
         for item in reversed(objects_in(body, "input")):
             if _is_user_message(item):
                 return _parts_text(item.get("content"), _USER_TEXT_PARTS)
-        return ""
+        outputs = [item for item in objects_in(body, "input") if item.get("type") in _TOOL_OUTPUTS]
+        return "\n".join(text for item in outputs if (text := _parts_text(item.get("output"), _ANY_TEXT_PARTS)))
 
     def opening_text(self, body: Mapping[str, Any]) -> str:
         """Text of the first user message item, if a later user message item follows it (a string input has none)."""

@@ -89,6 +89,19 @@ def test_responses_sdk_streaming(stack: Stack) -> None:
     assert deltas.startswith(f"answer from {final.response.model} on cluster ")
 
 
+def test_responses_tool_turn_is_classified_by_its_output(stack: Stack) -> None:
+    """An agent continuing by previous_response_id sends only the tool's output: classified by it, not sent to the
+    default (frontier) model as a turn with nothing to classify."""
+    with openai_client(stack) as client:
+        raw = client.responses.with_raw_response.create(
+            model="auto",
+            previous_response_id="resp_1",
+            input=[{"type": "function_call_output", "call_id": "call_1", "output": EASY}],
+        )
+    assert raw.headers["x-upstream-cluster"] in ("small", "cheap")
+    assert raw.parse().model == raw.headers["x-model-router-model"]
+
+
 def test_responses_image_part_arrives_intact(stack: Stack) -> None:
     image = {"type": "input_image", "image_url": f"data:image/png;base64,{IMAGE_B64}", "detail": "auto"}
     sent = orjson.dumps(

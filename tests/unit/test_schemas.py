@@ -94,6 +94,23 @@ RESPONSES = OpenAIResponses()
         pytest.param(
             {
                 "input": [
+                    {"type": "function_call_output", "call_id": "a", "output": "sunny"},
+                    {
+                        "type": "custom_tool_call_output",
+                        "call_id": "b",
+                        "output": [{"type": "input_text", "text": "7"}],
+                    },
+                    {"type": "function_call_output", "call_id": "c", "output": [IMAGE_PART]},
+                ]
+            },
+            "sunny\n7",
+            5 + 1 + ATTACHMENT_CHARS,
+            3,
+            id="a-tool-turn-without-user-item-reads-the-outputs",
+        ),
+        pytest.param(
+            {
+                "input": [
                     {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "plan it"}]},
                     {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "step"}], "summary": []},
                     _user("go"),
