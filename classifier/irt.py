@@ -212,6 +212,12 @@ class AbilityFit:
     records: int
 
 
+MIN_ABILITY_RECORDS = 100
+"""Records a model needs before the CLI prints its ability: with a weak prior one record puts it at ±2.3 logits (past
+every shipped model), three at ±3.1, so a handful of feedback scores, which any client may send for its own
+decisions, would reroute every tenant. At 100 the ability's standard error is about 0.2 logits."""
+
+
 def fit_abilities(records: Iterable[tuple[str, float, float]], prior_sd: float = 5.0) -> dict[str, AbilityFit]:
     """Fit each model's ability from ``(model, predicted difficulty, score in [0, 1])`` records.
 
@@ -275,11 +281,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
     """CLI: fit catalog abilities on a model's scale from an EVAL.md-format file whose items carry ``scores``.
 
     Scores must be numbers in [0, 1] (as ``model-router eval`` and ``adapt`` read them); others are skipped and
-    counted, never clamped. An unreadable file or model, or no usable record, is one line on stderr and exit 2.
+    counted, never clamped. Models with fewer than ``--min-records`` records are left out and named on stderr. An
+    unreadable file or model, or no usable record (or model with enough), is one line on stderr and exit 2.
     """
     parser = argparse.ArgumentParser(prog="python -m classifier.irt", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) as in EVAL.md")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
+    parser.add_argument(
+        "--min-records",
+        type=int,
+        default=MIN_ABILITY_RECORDS,
+        help=f"leave out models with fewer outcome records (default {MIN_ABILITY_RECORDS})",
+    )
     args = parser.parse_args(argv)
 
     import orjson
@@ -322,6 +335,13 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
     if not records:
         return fail(f"no usable outcome records in --data {args.data}")
     fits = fit_abilities(records)
+    few = sorted(name for name, f in fits.items() if f.records < args.min_records)
+    if few:
+        counts = ", ".join(f"{name} ({fits[name].records})" for name in few)
+        print(f"left out, fewer than {args.min_records} records (--min-records): {counts}", file=stderr)
+    fits = {name: f for name, f in fits.items() if name not in few}
+    if not fits:
+        return fail(f"no model has {args.min_records} outcome records in --data {args.data} (--min-records)")
     out = {name: {"ability": round(f.ability, 3), "records": f.records} for name, f in sorted(fits.items())}
     stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if math.isfinite(sum(f.ability for f in fits.values())) else 1

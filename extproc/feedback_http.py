@@ -116,7 +116,10 @@ def _read_json(environ: WSGIEnvironment, start_response: StartResponse) -> dict[
     if not set(body) <= set(_FIELDS):
         message = f"body: unknown field (allowed: {', '.join(_FIELDS)})"
         return _error(start_response, "400 Bad Request", "invalid_argument", message)
-    repeated = _repeated_field(raw)
+    try:
+        repeated = _repeated_field(raw)
+    except RecursionError:  # the stdlib parser's limit (about 1,000 levels) is below orjson's (1,024)
+        return _error(start_response, "400 Bad Request", "invalid_argument", "body: nested too deeply")
     if repeated:  # parsers disagree on which copy counts (orjson: the last): refuse rather than guess
         return _error(start_response, "400 Bad Request", "invalid_argument", f"{repeated}: given more than once")
     return body

@@ -545,3 +545,12 @@ def test_a_repeated_field_is_named_not_guessed(harness: Harness, http_url: str) 
     body = f'{{"decision_id": "{KNOWN}", "score": 1, "model": "gpt-4o", "score": 0}}'
     r = httpx.post(http_url + "/v1/feedback", content=body, headers={"content-type": "application/json"})
     assert (r.status_code, r.json()["error"]["message"]) == (400, "score: given more than once")
+
+
+def test_a_body_nested_past_the_duplicate_check_is_a_400(harness: Harness, http_url: str) -> None:
+    """orjson reads 1,023 levels; the stdlib parser that looks for repeated fields gave up first (a plain-text 500
+    and a traceback in the log)."""
+    body = f'{{"decision_id": "{KNOWN}", "score": 1, "model": '.encode() + b"[" * 990 + b"]" * 990 + b"}"
+    r = httpx.post(http_url + "/v1/feedback", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()["error"]["message"]) == (400, "body: nested too deeply")
+    assert harness.lines() == []

@@ -111,7 +111,7 @@ def test_cli_fits_abilities_on_the_model_scale(tiny_model_dir: Path, tmp_path: P
     data = tmp_path / "d.jsonl"
     data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
     out = io.StringIO()
-    assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=out) == 0
+    assert main(["--data", str(data), "--model", str(tiny_model_dir), "--min-records", "40"], stdout=out) == 0
     fitted = orjson.loads(out.getvalue())
     assert set(fitted) == {"a", "b"}
     assert fitted["a"]["records"] == 40
@@ -127,10 +127,30 @@ def test_cli_skips_and_counts_scores_outside_0_1_instead_of_clamping(tiny_model_
     data = tmp_path / "d.jsonl"
     data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
     out, err = io.StringIO(), io.StringIO()
-    assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=out, stderr=err) == 0
+    assert (
+        main(["--data", str(data), "--model", str(tiny_model_dir), "--min-records", "1"], stdout=out, stderr=err) == 0
+    )
     assert set(orjson.loads(out.getvalue())) == {"a"}
     assert orjson.loads(out.getvalue())["a"]["records"] == 5
     assert "skipped 1 items without user text or scores, 3 scores that are not numbers in [0, 1]" in err.getvalue()
+
+
+@pytest.mark.parametrize(("records", "fitted"), [(99, set()), (100, {"a", "b"})])
+def test_cli_leaves_out_a_model_with_too_few_records(
+    tiny_model_dir: Path, tmp_path: Path, records: int, fitted: set[str]
+) -> None:
+    """One thumbs-up fitted gpt-4o-mini at +2.3, above gpt-4o: a few feedback scores must not set an ability."""
+    items = [{"messages": [{"role": "user", "content": "what is x ?"}], "scores": {"a": 1, "b": 0}}] * records
+    items += [{"messages": [{"role": "user", "content": "what is y ?"}], "scores": {"c": 1}}] * 3
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=out, stderr=err)
+    assert "left out, fewer than 100 records (--min-records): " in err.getvalue() and "c (3)" in err.getvalue()
+    if fitted:
+        assert code == 0 and set(orjson.loads(out.getvalue())) == fitted
+    else:
+        assert code == 2 and err.getvalue().splitlines()[-1].endswith("(--min-records)")
 
 
 @pytest.mark.parametrize(

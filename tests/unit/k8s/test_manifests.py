@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.stack import USAGE_FILTER, envoy_binary, free_port
 from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
 from extproc.constraints import LATENCY_HEADER, MAX_COST_HEADER, QUALITY_HEADER
+from extproc.feedback import WRITE_WAIT_SECONDS
 from extproc.feedback_http import FEEDBACK_PATH
 from extproc.stream import CLUSTER_HEADER, OVERRIDE_HEADER, OVERRIDE_TOKEN_HEADER
 from extproc.webhook import load_webhook_config
@@ -490,6 +491,8 @@ def test_base_envoy_routes_feedback_to_the_sidecar_without_ext_proc(builds: dict
     assert _routes(envoy)[0] is route, "before the catch-all routes"
     assert route == _feedback_route(upstream), "the route of envoy/envoy.yaml, which the integration tests run"
     assert route["route"]["prefix_rewrite"] == FEEDBACK_PATH
+    # past the router's write wait, so a slow disk gets the router's JSON 503, not Envoy's 504
+    assert float(route["route"]["timeout"].removesuffix("s")) > WRITE_WAIT_SECONDS
     ext_proc_name = next(f["name"] for f in _hcm(envoy)["http_filters"] if "ext_proc" in f["name"])
     per_route = route["typed_per_filter_config"][ext_proc_name]
     assert per_route["@type"].endswith("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute")

@@ -62,9 +62,10 @@ class ModelRouterServiceServicer:
 
     def Feedback(self, request, context):
         """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
-        learning from the deployment's own traffic. The decision must be one this router process made within
-        feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
-        decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+        learning from the deployment's own traffic. By decision_id, the decision must be one this router process made
+        within feedback.decision_ttl_seconds (an unknown or expired one is NOT_FOUND and nothing is written); a
+        feedback_token signed with the deployment's key is accepted by any replica holding the key, within the same TTL.
+        A missing score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
         feedback.enabled false it is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -47,9 +47,10 @@ class ModelRouterServiceStub:
     """
     Feedback: _grpc.UnaryUnaryMultiCallable[_model_router_pb2.FeedbackRequest, _model_router_pb2.FeedbackResponse]
     """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
-    learning from the deployment's own traffic. The decision must be one this router process made within
-    feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
-    decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+    learning from the deployment's own traffic. By decision_id, the decision must be one this router process made
+    within feedback.decision_ttl_seconds (an unknown or expired one is NOT_FOUND and nothing is written); a
+    feedback_token signed with the deployment's key is accepted by any replica holding the key, within the same TTL.
+    A missing score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
     feedback.enabled false it is FAILED_PRECONDITION.
     """
 
@@ -65,9 +66,10 @@ class ModelRouterServiceAsyncStub(ModelRouterServiceStub):
     """
     Feedback: _aio.UnaryUnaryMultiCallable[_model_router_pb2.FeedbackRequest, _model_router_pb2.FeedbackResponse]  # type: ignore[assignment]
     """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
-    learning from the deployment's own traffic. The decision must be one this router process made within
-    feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
-    decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+    learning from the deployment's own traffic. By decision_id, the decision must be one this router process made
+    within feedback.decision_ttl_seconds (an unknown or expired one is NOT_FOUND and nothing is written); a
+    feedback_token signed with the deployment's key is accepted by any replica holding the key, within the same TTL.
+    A missing score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
     feedback.enabled false it is FAILED_PRECONDITION.
     """
 
@@ -92,9 +94,10 @@ class ModelRouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_router_pb2.FeedbackResponse, _abc.Awaitable[_model_router_pb2.FeedbackResponse]]:
         """Feedback records how well a decided request was answered (a user's thumbs up/down, a task's success), for
-        learning from the deployment's own traffic. The decision must be one this router process made within
-        feedback.decision_ttl_seconds: an unknown or expired decision_id is NOT_FOUND and nothing is written. A missing
-        decision_id or score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
+        learning from the deployment's own traffic. By decision_id, the decision must be one this router process made
+        within feedback.decision_ttl_seconds (an unknown or expired one is NOT_FOUND and nothing is written); a
+        feedback_token signed with the deployment's key is accepted by any replica holding the key, within the same TTL.
+        A missing score, a score outside [0, 1] or a model outside the catalog is INVALID_ARGUMENT. With
         feedback.enabled false it is FAILED_PRECONDITION.
         """
 
