@@ -3,15 +3,16 @@
 It answers with the real response shapes of each API, JSON and SSE: Chat Completions (``chat.completion``, chunks
 ending in ``data: [DONE]``), legacy Completions (``text_completion``), the Responses API (``object: "response"``,
 ``event: response.*`` SSE events) and Anthropic Messages (``type: "message"``, ``event: message_start`` ...
-``message_stop``), with each API's error object. It answers with which cluster and model it received, and keeps
-what it received so tests can check every byte: each response carries ``x-upstream-cluster``, ``x-upstream-model``
-and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with their headers.
-``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals); ``POST /_cut?after=N`` makes
-every stream reset its connection after N events (``0`` heals); ``POST /_hold?after=N`` makes every stream wait
-after N events until ``POST /_hold?after=0`` releases them (a response still streaming, for as long as a test
-needs). Started with ``--models``, it serves only those names, as a real provider does: any other model is a 404
-(``model_not_found``), so a request that reaches the wrong cluster, or the literal ``auto``, fails here as it would
-in production.
+``message_stop``), and the token counts of the Responses API (``response.input_tokens``) and Anthropic
+(``/v1/messages/count_tokens``), with each API's error object. It answers with which cluster and model it received,
+and keeps what it received so tests can check every byte: each response carries ``x-upstream-cluster``,
+``x-upstream-model`` and ``x-upstream-body-sha256``, and ``GET /_received`` returns the last bodies (base64) with
+their headers. ``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals); ``POST
+/_cut?after=N`` makes every stream reset its connection after N events (``0`` heals); ``POST /_hold?after=N`` makes
+every stream wait after N events until ``POST /_hold?after=0`` releases them (a response still streaming, for as long
+as a test needs). Started with ``--models``, it serves only those names, as a real provider does: any other model is
+a 404 (``model_not_found``), so a request that reaches the wrong cluster, or the literal ``auto``, fails here as it
+would in production.
 """
 
 from __future__ import annotations
@@ -71,17 +72,30 @@ class Api(enum.Enum):
     COMPLETIONS = "completions"
     RESPONSES = "responses"
     MESSAGES = "messages"
+    INPUT_TOKENS = "input_tokens"
+    COUNT_TOKENS = "count_tokens"
 
     @classmethod
     def of(cls, path: str) -> Api:
         """The API a path belongs to (anything unknown is answered as legacy Completions)."""
-        if path.endswith("/chat/completions"):
-            return cls.CHAT
-        if path.endswith("/responses"):
-            return cls.RESPONSES
-        if path.endswith("/messages"):
-            return cls.MESSAGES
+        for suffix, api in _SUFFIXES:
+            if path.endswith(suffix):
+                return api
         return cls.COMPLETIONS
+
+    @property
+    def anthropic(self) -> bool:
+        """Answered in Anthropic's shapes (errors included)."""
+        return self in (Api.MESSAGES, Api.COUNT_TOKENS)
+
+
+_SUFFIXES = (
+    ("/chat/completions", Api.CHAT),
+    ("/responses", Api.RESPONSES),
+    ("/messages", Api.MESSAGES),
+    ("/responses/input_tokens", Api.INPUT_TOKENS),
+    ("/messages/count_tokens", Api.COUNT_TOKENS),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +120,12 @@ class Answer:
         return len(self.words)
 
 
+_STREAMED = (Api.CHAT, Api.COMPLETIONS, Api.RESPONSES, Api.MESSAGES)
+"""The APIs that answer ``"stream": true`` with SSE (a token count answers JSON whatever the body says)."""
+
+
 def _error(api: Api, status: int, message: str, code: str) -> web.Response:
-    if api is Api.MESSAGES:
+    if api.anthropic:
         kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
@@ -336,7 +354,7 @@ async def _llm(request: web.Request) -> web.StreamResponse:
     if served is not None and model not in served:
         message = (
             f"model: {model}"
-            if api is Api.MESSAGES
+            if api.anthropic
             else f"The model `{model}` does not exist or you do not have access to it."
         )
         return _error(api, 404, message, "model_not_found")
@@ -348,7 +366,7 @@ async def _llm(request: web.Request) -> web.StreamResponse:
         created=int(time.time()),
         input_tokens=len(raw) // 4 + 1,
     )
-    if body.get("stream") is True:
+    if body.get("stream") is True and api in _STREAMED:
         match api:
             case Api.RESPONSES:
                 events = _responses_events(answer, body)
@@ -366,6 +384,10 @@ async def _llm(request: web.Request) -> web.StreamResponse:
             payload = _response(answer, body, done=True)
         case Api.MESSAGES:
             payload = _message(answer, done=True)
+        case Api.COUNT_TOKENS:
+            payload = {"input_tokens": answer.input_tokens}
+        case Api.INPUT_TOKENS:
+            payload = {"object": "response.input_tokens", "input_tokens": answer.input_tokens}
     return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=headers)
 
 

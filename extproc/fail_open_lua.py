@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 
 from extproc.config import Settings
-from extproc.schemas import SCHEMAS_BY_PATH
+from extproc.schemas import SCHEMAS_BY_PATH, TOKEN_COUNT_PATHS
 
 __all__ = ["ENVOY_BUFFER_LIMIT", "render_fail_open_lua"]
 
@@ -140,7 +140,7 @@ def render_fail_open_lua(settings: Settings, max_body_bytes: int = ENVOY_BUFFER_
             _table("ROUTABLE", aliases),
             f"local DEFAULT_MODEL = {_lua_string(settings.policy.default_model)}",
             _table("CATALOG", catalog),
-            _table("ROUTER_PATHS", {path: "true" for path in SCHEMAS_BY_PATH}),
+            _table("ROUTER_PATHS", {path: "true" for path in [*SCHEMAS_BY_PATH, *sorted(TOKEN_COUNT_PATHS)]}),
             f"local MAX_BODY_BYTES = {max_body_bytes}",
         ]
     )

@@ -46,6 +46,8 @@ class PassReason(enum.StrEnum):
     AMBIGUOUS_MODEL = "ambiguous_model"
     """The top-level ``model`` cannot be located for a byte-exact rewrite (e.g. a duplicate key)."""
     MODEL_NOT_ROUTABLE = "model_not_routable"
+    TOKEN_COUNT = "token_count"
+    """A token-counting endpoint (``schemas.TOKEN_COUNT_PATHS``): an alias gets the default model; nothing decided."""
 
 
 @dataclass(frozen=True, slots=True)

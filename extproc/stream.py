@@ -43,7 +43,7 @@ from extproc.policy import (
 )
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
-from extproc.schemas import HasConversation, schema_for_path
+from extproc.schemas import ROUTER_PATHS, TOKEN_COUNT_PATHS, HasConversation
 from extproc.snapshot import Snapshot
 from extproc.tap import DecisionTap, tap_safely
 
@@ -126,7 +126,8 @@ def _is_json(content_type: str) -> bool:
 
 def _header_pass_reason(h: Mapping[str, str], end_of_stream: bool) -> PassReason | None:
     """Why a request will not be routed, if that is already clear from its headers."""
-    if schema_for_path(h.get(":path", "")) is None:
+    path = h.get(":path", "").split("?", 1)[0]
+    if path not in ROUTER_PATHS:
         return PassReason.UNKNOWN_PATH
     if h.get(":method") != "POST":
         return PassReason.NOT_POST
@@ -136,6 +137,8 @@ def _header_pass_reason(h: Mapping[str, str], end_of_stream: bool) -> PassReason
         return PassReason.NOT_JSON_CONTENT_TYPE
     if h.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         return PassReason.CONTENT_ENCODED
+    if path in TOKEN_COUNT_PATHS:
+        return PassReason.TOKEN_COUNT
     return None
 
 
@@ -317,10 +320,10 @@ class StreamHandler:
             self._trace = {k: h[k] for k in _TRACE_HEADERS if k in h}
         owned = sorted(k for k in h if k.startswith(HEADER_PREFIX))
         reason = _header_pass_reason(h, headers.end_of_stream)
-        # Not declared as JSON, but possibly JSON all the same (curl -d sends a form type): read it, not to classify,
-        # but so that "auto" does not reach an upstream that serves no such model (Envoy's fail-open filter, too,
-        # renames it whatever the content type).
-        unclassified = reason if reason is PassReason.NOT_JSON_CONTENT_TYPE else None
+        # Not declared as JSON, but possibly JSON all the same (curl -d sends a form type), or a token count: read it,
+        # not to classify, but so that "auto" does not reach an upstream that serves no such model (Envoy's
+        # fail-open filter, too, renames it whatever the content type).
+        unclassified = reason if reason in _READ_UNCLASSIFIED else None
         if reason is not None and unclassified is None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
@@ -624,6 +627,8 @@ class StreamHandler:
 
 
 _ROUTED = (Outcome.ROUTED, Outcome.FALLBACK)
+_READ_UNCLASSIFIED = (PassReason.NOT_JSON_CONTENT_TYPE, PassReason.TOKEN_COUNT)
+"""Known from the headers, but the body is read all the same, only to locate its model (``_pass_unclassified``)."""
 _UNCLASSIFIED = frozenset(
     {PassReason.TOO_COMPLEX, PassReason.TOO_DEEP, PassReason.TOO_MANY_MESSAGES, PassReason.INVALID_JSON}
 )

@@ -15,7 +15,7 @@ from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
 from extproc.schemas.openai_responses import OpenAIResponses
 
-__all__ = ["SCHEMAS_BY_PATH", "ApiSchema", "HasConversation", "schema_for_path"]
+__all__ = ["ROUTER_PATHS", "SCHEMAS_BY_PATH", "TOKEN_COUNT_PATHS", "ApiSchema", "HasConversation", "schema_for_path"]
 
 
 class ApiSchema(Protocol):
@@ -66,6 +66,16 @@ SCHEMAS_BY_PATH: Mapping[str, ApiSchema] = {
     "/v1/responses": OpenAIResponses(),
     "/v1/messages": AnthropicMessages(),
 }
+
+
+TOKEN_COUNT_PATHS: frozenset[str] = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
+"""Token-counting endpoints of the routed APIs. They are not decided (nothing is generated), but a client that sends
+"auto" to the generation endpoint sends it here too, and a provider serves no such model (a 404 for every token count
+of an agent such as Claude Code set to the alias): the router renames the alias to the default model, as for a body it
+does not classify, and sends a catalog model to its own cluster."""
+
+ROUTER_PATHS: frozenset[str] = frozenset(SCHEMAS_BY_PATH) | TOKEN_COUNT_PATHS
+"""Every path whose requests the router reads: the gateway sends these (and only these) through it."""
 
 
 def schema_for_path(path: str) -> ApiSchema | None:

@@ -334,6 +334,15 @@ def test_router_down_renames_auto_in_a_gzip_body(routerless_stack: Stack) -> Non
     assert received_body(routerless_stack, "frontier") == sent.replace(b'"auto"', b'"gpt-4o"')
 
 
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/responses/input_tokens"])
+def test_router_down_renames_auto_in_a_token_count(routerless_stack: Stack, path: str) -> None:
+    """The token-count paths get the fail-open filter's repair too, as the router would have renamed the alias."""
+    sent = orjson.dumps({"model": "auto", "input": EASY})
+    r = post(routerless_stack, sent, path)
+    assert r.status_code == 200, r.text
+    assert received_body(routerless_stack, "frontier") == sent.replace(b'"auto"', b'"gpt-4o"')
+
+
 @pytest.mark.parametrize(("model", "cluster"), [("llama-3.1-8b-instruct", "small"), ("gpt-4o-mini", "cheap")])
 def test_router_down_sends_a_named_catalog_model_to_its_cluster(
     routerless_stack: Stack, model: str, cluster: str

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 
 import anthropic
-import httpx
 import openai
 import orjson
 import pytest
@@ -256,9 +255,37 @@ def test_messages_non_routable_model_is_untouched(stack: Stack) -> None:
     assert "x-model-router-model" not in r.headers
 
 
-def test_unrouted_subpaths_pass_through(stack: Stack) -> None:
-    sent = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": EASY}]})
-    r = httpx.post(stack.base_url + "/v1/messages/count_tokens", content=sent, headers=ANTHROPIC_HEADERS, timeout=10)
-    assert r.status_code == 200
+def test_anthropic_sdk_counts_tokens_with_the_alias(stack: Stack) -> None:
+    """A client set to "auto" counts tokens with it too (Claude Code does, before its turns): the count reaches the
+    default model's provider as that model, not as "auto" (a 404 there), and nothing is decided."""
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": HARD}]
+    with anthropic_client(stack) as client:
+        raw = client.messages.with_raw_response.count_tokens(model="auto", system="Be rigorous.", messages=messages)
+    assert raw.parse().input_tokens > 0
+    assert (raw.headers["x-upstream-cluster"], raw.headers["x-upstream-model"]) == ("frontier", "gpt-4o")
+    assert last_received(stack, "frontier")["path"] == "/v1/messages/count_tokens"
+    assert "x-model-router-decision-id" not in raw.headers  # nothing to give feedback on
+
+
+def test_openai_sdk_counts_input_tokens_with_the_alias(stack: Stack) -> None:
+    with openai_client(stack) as client:
+        raw = client.responses.input_tokens.with_raw_response.count(model="auto", input=EASY)
+    count = raw.parse()
+    assert count.object == "response.input_tokens" and count.input_tokens > 0
+    assert (raw.headers["x-upstream-cluster"], raw.headers["x-upstream-model"]) == ("frontier", "gpt-4o")
+    sent = orjson.loads(received_body(stack, "frontier"))
+    assert sent == {"model": "gpt-4o", "input": EASY}
+
+
+def test_a_token_count_for_a_catalog_model_goes_to_its_cluster(stack: Stack) -> None:
+    sent = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": EASY}]})
+    r = post(stack, sent, "/v1/messages/count_tokens", **ANTHROPIC_HEADERS)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-upstream-cluster"] == "cheap" and received_body(stack, "cheap") == sent
+
+
+def test_other_subpaths_pass_through(stack: Stack) -> None:
+    sent = orjson.dumps({"requests": [{"custom_id": "a", "params": {"model": "auto", "max_tokens": 9}}]})
+    r = post(stack, sent, "/v1/messages/batches", **ANTHROPIC_HEADERS)
     assert r.headers["x-upstream-cluster"] == "frontier"
     assert received_body(stack, "frontier") == sent

@@ -17,7 +17,7 @@ from extproc.config import Settings, load_config, load_yaml, parse_config, parse
 from extproc.errors import ConfigError
 from extproc.fail_open_lua import render_fail_open_lua
 from extproc.reload import load_snapshot, reload_snapshot, watch_config
-from extproc.schemas import SCHEMAS_BY_PATH
+from extproc.schemas import ROUTER_PATHS
 from extproc.snapshot import SnapshotRef, build_snapshot
 from tests.fakes import FakeDifficultyModel
 
@@ -471,7 +471,7 @@ def test_envoy_routes_cover_every_catalog_cluster() -> None:
 def test_the_buffered_paths_are_exactly_the_routers_apis(envoy_yaml: str) -> None:
     """The buffer filter (the 4 MiB body limit for every protocol) and ext_proc are on for the route of the router's
     APIs and off on the catch-all, so other paths (file and audio uploads) stream and skip the router: its path regex
-    must be the schemas' paths."""
+    must be the router's paths (the schemas' and their token counts')."""
     envoy = yaml.safe_load((ENVOY_DIR.parent / envoy_yaml).read_text())
     hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
@@ -482,13 +482,21 @@ def test_the_buffered_paths_are_exactly_the_routers_apis(envoy_yaml: str) -> Non
     for name in ("request_gzip", "envoy.filters.http.buffer", "envoy.filters.http.ext_proc"):
         assert per_route[name]["disabled"], name
     pattern = re.compile(api["match"]["safe_regex"]["regex"])  # RE2 matches the whole path, as fullmatch does
-    assert {p for p in [*SCHEMAS_BY_PATH, *_NOT_THE_ROUTERS] if pattern.fullmatch(p)} == set(SCHEMAS_BY_PATH)
+    assert {p for p in [*ROUTER_PATHS, *_NOT_THE_ROUTERS] if pattern.fullmatch(p)} == ROUTER_PATHS
     # The decompressor, then the buffer filter, whose limit then holds for the inflated body.
     assert [f["name"] for f in hcm["http_filters"][:2]] == ["request_gzip", "envoy.filters.http.buffer"]
     assert hcm["http_filters"][1]["typed_config"]["max_request_bytes"] == 4 * 1024 * 1024
 
 
-_NOT_THE_ROUTERS = ("/v1/chat/completions/", "/v1/audio/transcriptions", "/x/v1/messages", "/v1/embeddings")
+_NOT_THE_ROUTERS = (
+    "/v1/chat/completions/",
+    "/v1/audio/transcriptions",
+    "/x/v1/messages",
+    "/v1/embeddings",
+    "/v1/messages/batches",
+    "/v1/responses/resp_123/input_items",
+    "/v1/chat/completions/count_tokens",
+)
 
 
 def _fail_open_lua(envoy_yaml: Path) -> str:

@@ -160,8 +160,17 @@ def test_prompt_is_sent_in_the_body_shape_of_the_path(
 
 
 def test_prompt_on_an_unknown_path_is_passed_through(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    got = _decision(capsys, ["explain", "--config", str(config), "--json", "--path", "/v1/messages/count_tokens", EASY])
+    got = _decision(capsys, ["explain", "--config", str(config), "--json", "--path", "/v1/embeddings", EASY])
     assert got.outcome == api.OUTCOME_PASSTHROUGH and got.reason == api.REASON_UNKNOWN_PATH
+
+
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/responses/input_tokens"])
+def test_a_token_count_is_not_decided_but_gets_the_default_model(
+    config: Path, capsys: pytest.CaptureFixture[str], path: str
+) -> None:
+    got = _decision(capsys, ["explain", "--config", str(config), "--json", "--path", path, HARD])
+    assert (got.outcome, got.reason) == (api.OUTCOME_PASSTHROUGH, api.REASON_TOKEN_COUNT)
+    assert (got.requested_model, got.selected_model) == ("auto", "gpt-4o") and not got.HasField("difficulty")
 
 
 def test_default_config_is_found_from_any_directory(

@@ -81,6 +81,64 @@ async def test_a_body_not_declared_as_json_goes_where_it_would_without_the_route
         assert responses[1].request_body.response.body_mutation.body == want
 
 
+_COUNT = b'{"model":"auto","messages":[{"role":"user","content":"Prove the Riemann hypothesis."}]}'
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "want", "cluster"),
+    [
+        pytest.param("/v1/messages/count_tokens", _COUNT, {}, b'"gpt-4o"', "frontier", id="alias-default-model"),
+        pytest.param(
+            "/v1/responses/input_tokens?x=1", b'{"model":"auto","input":"hi"}', {}, b'"gpt-4o"', "frontier", id="openai"
+        ),
+        pytest.param(
+            "/v1/messages/count_tokens",
+            _COUNT,
+            {"x-tenant-id": "frugal"},
+            b'"gpt-4o-mini"',
+            "cheap",
+            id="the-tenants-default",
+        ),
+        pytest.param(
+            "/v1/messages/count_tokens",
+            _COUNT,
+            {"x-model-router-quality": "high"},
+            b'"gpt-4o"',
+            "frontier",
+            id="a-malformed-constraint-is-no-reason-to-refuse",
+        ),
+        pytest.param(
+            "/v1/messages/count_tokens", _COUNT.replace(b'"auto"', b'"gpt-4o-mini"'), {}, None, "cheap", id="catalog"
+        ),
+        pytest.param(
+            "/v1/messages/count_tokens", _COUNT.replace(b'"auto"', b'"claude-x"'), {}, None, None, id="other-model"
+        ),
+        pytest.param("/v1/responses/input_tokens", b'{"input":"hi"}', {}, None, None, id="no-model"),
+    ],
+)
+@pytest.mark.parametrize("shadow", [False, True], ids=["live", "shadow"])
+async def test_a_token_count_is_not_decided_but_reaches_a_model_that_exists(
+    path: str, body: bytes, headers: dict[str, str], want: bytes | None, cluster: str | None, shadow: bool
+) -> None:
+    """A client set to "auto" counts tokens with "auto" too (Claude Code calls ``count_tokens`` before its turns): no
+    provider serves that name, so the router gives it the default model (the tenant's), as for a body it does not
+    classify; nothing is classified or recorded as a decision, and nothing is refused."""
+    base = demo_settings(tenant_header="x-tenant-id", invalid_constraint="reject", shadow=shadow)
+    tenant = TenantPolicy(models=("gpt-4o-mini", "gpt-4o"), default_model="gpt-4o-mini")
+    model = FakeDifficultyModel()
+    sink = RecordingSink()
+    snap = snapshot(model, base.model_copy(update={"tenants": {"frugal": tenant}}))
+    handler = StreamHandler(snap, inline_classify, sink, sequential_ids(), fixed_clock())
+    responses = await replay(handler, chat_headers(path, **headers), body)
+    assert not skips_body(responses[0]) and responses[1].WhichOneof("response") == "request_body"
+    (record,) = sink.records
+    assert (record.outcome, record.reason, model.seen) == (Outcome.PASSTHROUGH, "token_count", [])
+    assert cluster_of(responses[1]) == cluster
+    sent = responses[1].request_body.response.body_mutation.body
+    assert sent == (body.replace(b'"auto"', want) if want else b"")
+    assert "decision_id" not in router_metadata(responses[1])
+
+
 DEEP = b'{"model":"auto","messages":[],"metadata":' + b"[" * 1030 + b"]" * 1030 + b"}"
 
 

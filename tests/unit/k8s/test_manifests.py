@@ -1178,7 +1178,7 @@ def test_overlay_fail_open_filter_is_envoy_yaml_s_and_knows_the_router_config(
     say what the overlay's router config says: the routable aliases, the default model (which the example route's
     default backend serves: the backend of the default model's cluster) and the router's paths. A router outage then
     renames "auto" to a model the default backend serves, as in envoy/."""
-    from extproc.schemas import SCHEMAS_BY_PATH
+    from extproc.schemas import ROUTER_PATHS
 
     objects = (fail_open_builds if directory in EG_OVERLAYS else builds)[directory]
     (script,) = _fail_open_scripts(objects)
@@ -1187,7 +1187,7 @@ def test_overlay_fail_open_filter_is_envoy_yaml_s_and_knows_the_router_config(
     catalog = {m.name: m for m in settings.catalog}
     assert _lua_names(script, "ROUTABLE") == {m for m in settings.policy.routable_models if m not in catalog}
     assert re.search(rf'^local DEFAULT_MODEL = "{re.escape(settings.policy.default_model)}"$', script, re.MULTILINE)
-    assert _lua_names(script, "ROUTER_PATHS") == set(SCHEMAS_BY_PATH)
+    assert _lua_names(script, "ROUTER_PATHS") == ROUTER_PATHS
     default_backend, by_cluster = _default_route_backends(objects)
     assert default_backend == by_cluster[catalog[settings.policy.default_model].cluster]
 
