@@ -26,6 +26,7 @@ from extproc.config import LimitSettings, parse_listen
 from extproc.conversations import ConversationMemory
 from extproc.decide import DECIDE_SERVICE, DecisionService
 from extproc.errors import CANNOT_START, ConfigError
+from extproc.feedback import FeedbackStatus
 from extproc.health_http import Health
 from extproc.learning import start_learning
 from extproc.reload import ReusingLoader, load_model_for, reload_snapshot, watch_config
@@ -162,6 +163,9 @@ async def serve(
                 first, lambda: snapshots.current.by_name, telemetry.error, telemetry.feedback_result
             )
         undo.callback(learning.close)
+        if learning.feedback is not None:
+            sources = [s for s, on in (("grpc", first.server.decision_api), ("http", first.feedback.listen)) if on]
+            telemetry.expect_feedback([status.value for status in FeedbackStatus], sources)
         classify = ClassifierThreads(workers=2)
         undo.callback(classify.close, timeout=0)
         # One router per port: with SO_REUSEPORT (gRPC's default on Linux) a second router, e.g. an old process in a

@@ -8,11 +8,12 @@ Envoy sent a trace context), metric updates and, at debug level, one JSON log li
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from extproc.policy import Reason
 from extproc.record import DecisionRecord, LogSink, Outcome
 
 __all__ = [
+    "ALERTED_ERRORS",
     "SPAN_NAME",
     "SpanSink",
     "Telemetry",
@@ -48,6 +50,10 @@ SPAN_NAME = "model_router.decide"
 _ERROR_REASONS = frozenset({Reason.CLASSIFIER_FAILED.value})
 """Fallbacks whose span status is ERROR: the router failed at its own work. The other fallbacks (no prompt text, no
 model that fits the context) are how a request is, not failures, and would inflate error-rate alerts."""
+
+ALERTED_ERRORS = ("classifier_failed", "handler_exception", "protocol_error", "tap_exception")
+"""``model_router_errors_total`` reasons that ``k8s/monitoring`` alerts on. Exported at 0 from the start: a series
+first scraped at 1 has no increase for ``rate()`` to see, so the first failures after a restart would not alert."""
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _LOW64 = (1 << 64) - 1
@@ -318,6 +324,8 @@ class Telemetry:
         )
         for result in ("applied", "rejected"):
             self.config_reloads.labels(result=result)
+        for reason in ALERTED_ERRORS:
+            self.errors.labels(reason=reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.spans = Counter(
             "model_router_spans",
@@ -460,6 +468,11 @@ class Telemetry:
     def feedback_result(self, result: str, source: str) -> None:
         """Count one feedback submission."""
         self._child(self.feedback, result, source).inc()
+
+    def expect_feedback(self, results: Iterable[str], sources: Iterable[str]) -> None:
+        """Export every (result, source) of feedback at 0, once feedback is on (see :data:`ALERTED_ERRORS`)."""
+        for result, source in itertools.product(results, sources):
+            self._child(self.feedback, result, source)
 
     def config_reloaded(self, applied: bool) -> None:
         """Count a config reload attempt."""

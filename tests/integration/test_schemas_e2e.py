@@ -256,7 +256,7 @@ def test_messages_non_routable_model_is_untouched(stack: Stack) -> None:
 
 
 def test_anthropic_sdk_counts_tokens_with_the_alias(stack: Stack) -> None:
-    """A client set to "auto" counts tokens with it too (Claude Code does, before its turns): the count reaches the
+    """A client set to "auto" counts tokens with it too (agents such as Claude Code call it): the count reaches the
     default model's provider as that model, not as "auto" (a 404 there), and nothing is decided."""
     messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": HARD}]
     with anthropic_client(stack) as client:

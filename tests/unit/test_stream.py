@@ -120,7 +120,7 @@ _COUNT = b'{"model":"auto","messages":[{"role":"user","content":"Prove the Riema
 async def test_a_token_count_is_not_decided_but_reaches_a_model_that_exists(
     path: str, body: bytes, headers: dict[str, str], want: bytes | None, cluster: str | None, shadow: bool
 ) -> None:
-    """A client set to "auto" counts tokens with "auto" too (Claude Code calls ``count_tokens`` before its turns): no
+    """A client set to "auto" counts tokens with "auto" too (agents such as Claude Code call ``count_tokens``): no
     provider serves that name, so the router gives it the default model (the tenant's), as for a body it does not
     classify; nothing is classified or recorded as a decision, and nothing is refused."""
     base = demo_settings(tenant_header="x-tenant-id", invalid_constraint="reject", shadow=shadow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import logging
 from pathlib import Path
@@ -17,10 +18,12 @@ from extproc.config import TelemetrySettings
 from extproc.decision_proto import decision_labels, to_proto
 from extproc.errors import ConfigError
 from extproc.otlp import FinishedSpan, encode_span
+from extproc.policy import Reason
 from extproc.record import DecisionRecord, Outcome
 from extproc.telemetry import (
     _ATTRIBUTES,
     _OPERATIONS,
+    ALERTED_ERRORS,
     Telemetry,
     parse_traceparent,
     span_attributes,
@@ -82,6 +85,26 @@ def test_cost_counters_show_a_router_that_spends_more(telemetry: Telemetry) -> N
     assert ROUTED.cost_requested is not None and ROUTED.cost_selected is not None
     assert baseline == pytest.approx(ROUTED.cost_requested + 0.001)
     assert selected == pytest.approx(ROUTED.cost_selected + 0.004)
+
+
+def test_alerted_errors_and_feedback_results_are_exported_before_the_first(telemetry: Telemetry) -> None:
+    """k8s/monitoring alerts on rate() of these: a series first scraped at 1 would hide the first failures."""
+    for reason in ALERTED_ERRORS:
+        assert telemetry.registry.get_sample_value("model_router_errors_total", {"reason": reason}) == 0
+    labels = {"result": "unavailable", "source": "http"}
+    assert telemetry.registry.get_sample_value("model_router_feedback_total", labels) is None  # feedback may be off
+    telemetry.expect_feedback(["recorded", "unavailable"], ["http"])
+    assert telemetry.registry.get_sample_value("model_router_feedback_total", labels) == 0
+
+
+def test_alerted_error_reasons_are_ones_the_router_counts() -> None:
+    """A reason renamed in the code would leave its alert watching a series that never moves."""
+    counted = {Reason.CLASSIFIER_FAILED.value}  # counted by Telemetry.record itself
+    for path in (Path(__file__).parents[2] / "extproc").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "error":
+                counted.update(a.value for a in node.args[:1] if isinstance(a, ast.Constant))
+    assert set(ALERTED_ERRORS) <= counted
 
 
 def test_exposition_matches_golden(telemetry: Telemetry, request: pytest.FixtureRequest) -> None:

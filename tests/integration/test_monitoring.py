@@ -1,0 +1,71 @@
+"""k8s/monitoring's alert rules select series that exist: every selector of every rule, with each label value it
+accepts, is looked for in a real scrape of the router's /metrics and of Envoy's /stats/prometheus (the gateway's
+Envoy config; the k8s copy keeps its stat prefix and cluster names, tests/unit/k8s/test_monitoring.py). A misspelt
+metric, label or value would make its alert silently never fire."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from devstack.otlp import OtlpReceiver
+from devstack.stack import Stack
+from tests.alert_rules import alert_rules, selectors
+from tests.integration.test_routing import EASY, chat_body, post
+from tests.integration.test_telemetry import run_traced
+
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+Series = dict[str, list[dict[str, str]]]
+
+
+def _series(text: str) -> Series:
+    """Metric name -> the label sets of its samples, from the Prometheus text format."""
+    out: Series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            m = _SAMPLE.fullmatch(line)
+            assert m, line
+            out.setdefault(m[1], []).append(dict(_LABEL.findall(m[2] or "")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    """The router with everything the rules watch turned on: span export and feedback."""
+    workdir = tmp_path_factory.mktemp("monitored")
+    stack = Stack(workdir=workdir)
+    stack.router_overrides = {
+        "classifier": {"kind": "heuristic"},
+        "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
+        "feedback": {"enabled": True, "path": str(workdir / "feedback.jsonl")},
+    }
+    yield from run_traced(stack)
+
+
+def test_every_series_an_alert_selects_exists(monitored: tuple[Stack, OtlpReceiver]) -> None:
+    stack, _ = monitored
+    image_only = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    for body in (
+        chat_body(EASY),
+        orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": image_only}]}),
+    ):
+        assert post(stack, body).status_code == 200  # a decision on the merits, and a fallback (no text)
+    scraped = _series(httpx.get(stack.metrics_url, timeout=5).text)
+    envoy = _series(httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats/prometheus", timeout=5).text)
+    assert not scraped.keys() & envoy.keys()
+    scraped.update(envoy)
+    missing = []
+    for rule in alert_rules():
+        for selector in selectors(rule["expr"]):
+            names, values = list(selector.labels), list(selector.labels.values())
+            for combination in itertools.product(*values):
+                want = dict(zip(names, combination, strict=True))
+                if not any(want.items() <= labels.items() for labels in scraped.get(selector.name, [])):
+                    missing.append(f"{rule['alert']}: {selector.name}{want}")
+    assert not missing
