@@ -1,7 +1,7 @@
-"""k8s/monitoring's alert rules select series that exist: every selector of every rule, with each label value it
-accepts, is looked for in a real scrape of the router's /metrics and of Envoy's /stats/prometheus (the gateway's
-Envoy config; the k8s copy keeps its stat prefix and cluster names, tests/unit/k8s/test_monitoring.py). A misspelt
-metric, label or value would make its alert silently never fire."""
+"""k8s/monitoring's alert rules and dashboard select series that exist: every selector of every expression, with each
+label value it accepts, is looked for in a real scrape of the router's /metrics and of Envoy's /stats/prometheus
+(the gateway's Envoy config; the k8s copy keeps its stat prefix and cluster names, tests/unit/k8s/test_monitoring.py).
+A misspelt metric, label or value would make its alert silently never fire, or its panel stay empty."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 
 from devstack.otlp import OtlpReceiver
 from devstack.stack import Stack
-from tests.alert_rules import alert_rules, selectors
 from tests.integration.test_routing import EASY, chat_body, post
 from tests.integration.test_telemetry import run_traced
+from tests.monitoring_queries import alert_rules, dashboard_queries, selectors
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -37,18 +37,19 @@ def _series(text: str) -> Series:
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
-    """The router with everything the rules watch turned on: span export and feedback."""
+    """The router with everything the rules and panels watch turned on: span export, feedback, rejections."""
     workdir = tmp_path_factory.mktemp("monitored")
     stack = Stack(workdir=workdir)
     stack.router_overrides = {
         "classifier": {"kind": "heuristic"},
         "telemetry": {"otlp_endpoint": f"http://127.0.0.1:{stack.collector_port}"},
         "feedback": {"enabled": True, "path": str(workdir / "feedback.jsonl")},
+        "policy": {"invalid_constraint": "reject"},
     }
     yield from run_traced(stack)
 
 
-def test_every_series_an_alert_selects_exists(monitored: tuple[Stack, OtlpReceiver]) -> None:
+def test_every_series_an_alert_or_panel_selects_exists(monitored: tuple[Stack, OtlpReceiver]) -> None:
     stack, _ = monitored
     image_only = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     for body in (
@@ -56,16 +57,19 @@ def test_every_series_an_alert_selects_exists(monitored: tuple[Stack, OtlpReceiv
         orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": image_only}]}),
     ):
         assert post(stack, body).status_code == 200  # a decision on the merits, and a fallback (no text)
+    assert post(stack, chat_body(EASY, model="gpt-4o-mini")).status_code == 200  # a pass-through
+    assert post(stack, chat_body(EASY), **{"x-model-router-quality": "high"}).status_code == 400
     scraped = _series(httpx.get(stack.metrics_url, timeout=5).text)
     envoy = _series(httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats/prometheus", timeout=5).text)
     assert not scraped.keys() & envoy.keys()
     scraped.update(envoy)
     missing = []
-    for rule in alert_rules():
-        for selector in selectors(rule["expr"]):
+    queries = [(rule["alert"], rule["expr"]) for rule in alert_rules()] + dashboard_queries()
+    for title, expr in queries:
+        for selector in selectors(expr):
             names, values = list(selector.labels), list(selector.labels.values())
             for combination in itertools.product(*values):
                 want = dict(zip(names, combination, strict=True))
                 if not any(want.items() <= labels.items() for labels in scraped.get(selector.name, [])):
-                    missing.append(f"{rule['alert']}: {selector.name}{want}")
+                    missing.append(f"{title}: {selector.name}{want}")
     assert not missing

@@ -1,9 +1,11 @@
-"""k8s/monitoring: the PodMonitor scrapes the ports the deployments open, and the alert rules are PromQL that names
-the gateway's own stat prefixes and the router's error reasons exported from the start. (Whether every selected
+"""k8s/monitoring: the PodMonitor scrapes the ports the deployments open, the alert rules are PromQL that names the
+gateway's own stat prefixes and the router's error reasons exported from the start, and the dashboard's queries are
+PromQL on the panels' Prometheus variable. (Whether every selected
 series exists in a real scrape: tests/integration/test_monitoring.py.)"""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +14,7 @@ import yaml
 
 from extproc.config import parse_config
 from extproc.telemetry import ALERTED_ERRORS
-from tests.alert_rules import alert_rules, selectors
+from tests.monitoring_queries import DASHBOARD_FILE, alert_rules, dashboard_queries, selectors
 from tests.unit.k8s.manifests import K8S, Objects
 
 RULES = alert_rules()
@@ -99,3 +101,25 @@ def test_the_pod_monitor_scrapes_envoys_stats_where_the_k8s_envoy_serves_them(bu
     routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert {"path": "/stats/prometheus"} in [r["match"] for r in routes]
     assert re.fullmatch(r"/[a-z/]+", stats["path"])
+
+
+QUERIES = dashboard_queries()
+
+
+@pytest.mark.parametrize(("title", "expr"), QUERIES, ids=[f"{t[:40]}-{i}" for i, (t, _) in enumerate(QUERIES)])
+def test_every_dashboard_query_is_promql(title: str, expr: str) -> None:
+    assert selectors(expr), title
+
+
+def test_the_dashboard_is_a_configmap_grafanas_sidecar_loads(builds: dict[str, Objects]) -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert all('namespace=~"$namespace"' in t["expr"] for t in panel["targets"]), panel["title"]
+    (namespaces,) = selectors(variables["namespace"]["definition"].removeprefix("label_values(").split(",")[0])
+    assert namespaces.name in {s.name for _, expr in QUERIES for s in selectors(expr)}
+    config_map = _one(builds["monitoring"], "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["model-router.json"]) == dashboard

@@ -1,4 +1,4 @@
-"""The alerting rules of ``k8s/monitoring``, read as PromQL: which series each expression selects.
+"""The PromQL of ``k8s/monitoring`` (alert rules and dashboard panels): which series each expression selects.
 
 Shared by the manifest tests (the expressions parse; the router's alerted error reasons are exported from the start)
 and the integration test (every selected series exists in a real scrape of the router and of Envoy).
@@ -6,6 +6,7 @@ and the integration test (every selected series exists in a real scrape of the r
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,12 @@ from typing import Any
 import promql_parser
 import yaml
 
-RULES_FILE = Path(__file__).resolve().parent.parent / "k8s" / "monitoring" / "prometheusrule.yaml"
+MONITORING = Path(__file__).resolve().parent.parent / "k8s" / "monitoring"
+RULES_FILE = MONITORING / "prometheusrule.yaml"
+DASHBOARD_FILE = MONITORING / "dashboard.json"
+TARGET_LABELS = frozenset({"namespace", "pod"})
+"""Labels Prometheus adds when it scrapes (the PodMonitor's targets): in no exposition, so not looked for."""
+_GRAFANA = {"$__rate_interval": "5m"}
 _ALTERNATIVES = re.compile(r"[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*")
 
 
@@ -33,6 +39,19 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in spec["groups"] for rule in group["rules"]]
 
 
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expression) of every dashboard query, Grafana's interval variable replaced by a duration."""
+    panels = json.loads(DASHBOARD_FILE.read_text())["panels"]
+    out = []
+    for panel in panels:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in _GRAFANA.items():
+                expr = expr.replace(variable, value)
+            out.append((panel["title"], expr))
+    return out
+
+
 def selectors(expr: str) -> list[Selector]:
     """The vector selectors in ``expr`` (raises ``ValueError`` if it is not PromQL). Only ``=`` and ``=~`` over plain
     alternatives are allowed, so that each accepted value can be looked for in a scrape."""
@@ -45,6 +64,8 @@ def _walk(node: Any) -> Iterator[Selector]:
     elif isinstance(node, promql_parser.VectorSelector):
         labels: dict[str, tuple[str, ...]] = {}
         for m in node.matchers.matchers:
+            if m.name in TARGET_LABELS:
+                continue
             if m.op == promql_parser.MatchOp.Equal:
                 labels[m.name] = (m.value,)
             else:
