@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     outcomes.add_argument("--feedback", type=Path, nargs="+", required=True, help="feedback files (plain or .gz)")
     outcomes.add_argument("--out", type=Path, required=True, help="the EVAL.md JSON Lines file to write (mode 0600)")
     outcomes.add_argument("--keep-unscored", action="store_true", help="also write captured prompts without feedback")
+    which = outcomes.add_mutually_exclusive_group()
+    which.add_argument("--tenant", nargs="+", metavar="TENANT", help="join only the decisions of these tenants")
+    which.add_argument("--exclude-tenant", nargs="+", default=[], metavar="TENANT", help="leave these tenants out")
     lua = _command(
         sub, "fail-open-lua", "print the Lua of Envoy's fail-open filter for a config (README 'Envoy settings')"
     )
@@ -369,9 +372,11 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _outcomes(args: argparse.Namespace) -> int:
-    from extproc.outcomes import run_outcomes
+    from extproc.outcomes import TenantFilter, run_outcomes
 
-    return run_outcomes(args.capture, args.feedback, args.out, args.keep_unscored, sys.stdout, sys.stderr)
+    only = frozenset(args.tenant) if args.tenant is not None else None
+    tenants = TenantFilter(only, frozenset(args.exclude_tenant))
+    return run_outcomes(args.capture, args.feedback, args.out, args.keep_unscored, sys.stdout, sys.stderr, tenants)
 
 
 def _fail_open_lua(args: argparse.Namespace) -> int:

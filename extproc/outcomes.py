@@ -3,7 +3,7 @@
 ``model-router outcomes --capture FILE... --feedback FILE... --out OUT.jsonl`` writes one line per captured
 decision that has feedback::
 
-    {"id": <decision id>, "messages": [...], "scores": {<model>: <mean score>}}
+    {"id": <decision id>, "messages": [...], "scores": {<model>: <mean score>}, "tenant": <tenant, if any>}
 
 Several scores for the same decision and model are averaged (two thumbs-up and one thumbs-down give 0.667): each
 is one observation of the same outcome. Feedback whose decision has no captured prompt (capture sampled it out, or
@@ -11,7 +11,9 @@ its line expired) is counted and skipped; so are malformed lines, repeated captu
 wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive) and, unless
 ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
 files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any other
-missing input is an error. The output holds prompts: it is created with mode 0600.
+missing input is an error. ``--tenant`` keeps only the decisions of the tenants named, ``--exclude-tenant`` leaves
+those out (one tenant's clients can score their own decisions at will: fit abilities without them, or per tenant).
+The output holds prompts: it is created with mode 0600.
 """
 
 from __future__ import annotations
@@ -30,7 +32,27 @@ import orjson
 
 from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
 
-__all__ = ["JoinStats", "join_outcomes", "run_outcomes"]
+__all__ = ["JoinStats", "TenantFilter", "join_outcomes", "run_outcomes"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantFilter:
+    """Which decisions' tenants are joined: ``only`` those (a decision without a tenant is none of them), or all but
+    ``exclude``."""
+
+    only: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+
+    def keeps(self, tenant: str | None) -> bool:
+        """Whether a decision of ``tenant`` is joined."""
+        if self.only is not None:
+            return tenant in self.only
+        return tenant not in self.exclude
+
+    @property
+    def active(self) -> bool:
+        """Some decision may be left out."""
+        return self.only is not None or bool(self.exclude)
 
 
 @dataclass(slots=True)
@@ -51,10 +73,12 @@ class JoinStats:
     orphan_feedback: int = 0
     """Feedback lines whose decision has no captured prompt."""
     orphan_decisions: int = 0
+    other_tenant: int = 0
+    """Captured decisions left out by ``--tenant`` or ``--exclude-tenant`` (their feedback is not counted as orphan)."""
     missing_rotated: list[Path] = field(default_factory=list)
     """Inputs ``X.1`` given with ``X`` that did not exist (the router has not rotated ``X`` yet)."""
 
-    def summary(self, out: Path, keep_unscored: bool) -> str:
+    def summary(self, out: Path, keep_unscored: bool, tenants: TenantFilter = TenantFilter()) -> str:
         """Two lines for people: what was written, and what was skipped and why."""
         wrote = (
             f"outcomes: wrote {self.records} records to {out} ({self.feedback_joined} feedback lines joined, "
@@ -68,6 +92,7 @@ class JoinStats:
             f"lines, {self.duplicate_capture} repeated capture lines, {self.duplicate_feedback} repeated feedback "
             f"lines; {self.unscored_capture} captured prompts "
             f"without feedback ({unscored})"
+            + (f"; {self.other_tenant} captured decisions of other tenants" if tenants.active else "")
             + "".join(f"\nskipped missing {path} (not rotated yet)" for path in self.missing_rotated)
         )
 
@@ -172,7 +197,11 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
 
 
 def join_outcomes(
-    captures: Sequence[Path], feedback: Sequence[Path], out: IO[bytes], keep_unscored: bool = False
+    captures: Sequence[Path],
+    feedback: Sequence[Path],
+    out: IO[bytes],
+    keep_unscored: bool = False,
+    tenants: TenantFilter = TenantFilter(),
 ) -> JoinStats:
     """Write the joined records to ``out`` in capture order; return the counts. An input that cannot be read
     raises :class:`InputError`."""
@@ -183,6 +212,7 @@ def join_outcomes(
             _open_all(stack, feedback, "--feedback", missing),
             out,
             keep_unscored,
+            tenants,
         )
     stats.missing_rotated = missing
     return stats
@@ -193,6 +223,7 @@ def _join(
     feedback: Sequence[tuple[Path, IO[bytes]]],
     out: IO[bytes],
     keep_unscored: bool,
+    tenants: TenantFilter = TenantFilter(),
 ) -> JoinStats:
     stats = JoinStats()
     scores = _read_feedback(feedback, stats)
@@ -207,8 +238,15 @@ def _join(
             stats.duplicate_capture += 1
             continue
         seen.add(decision_id)
+        tenant = line.get("tenant")
+        tenant = tenant if isinstance(tenant, str) else None
+        if not tenants.keeps(tenant):
+            stats.other_tenant += 1
+            continue
         found = scores.get(decision_id)
         record: dict[str, Any] = {"id": decision_id, "messages": messages}
+        if tenant is not None:
+            record["tenant"] = tenant
         if found is None:
             stats.unscored_capture += 1
             if not keep_unscored:
@@ -233,6 +271,7 @@ def run_outcomes(
     keep_unscored: bool,
     stdout: TextIO,
     stderr: TextIO,
+    tenants: TenantFilter = TenantFilter(),
 ) -> int:
     """The ``model-router outcomes`` command: 0 on success, 2 (one line on stderr naming the argument and the file)
     if an input cannot be read or the output cannot be written."""
@@ -243,7 +282,7 @@ def run_outcomes(
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as f:
-            stats = join_outcomes(captures, feedback, f, keep_unscored)
+            stats = join_outcomes(captures, feedback, f, keep_unscored, tenants)
         os.replace(partial, out)
     except (InputError, OSError) as exc:
         with contextlib.suppress(OSError):
@@ -251,5 +290,5 @@ def run_outcomes(
         message = str(exc) if isinstance(exc, InputError) else f"cannot write --out {out} ({io_reason(exc)})"
         print(f"model-router outcomes: {message}", file=stderr)
         return 2
-    print(stats.summary(out, keep_unscored), file=stdout)
+    print(stats.summary(out, keep_unscored, tenants), file=stdout)
     return 0

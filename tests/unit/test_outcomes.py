@@ -9,6 +9,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from extproc.cli import main
 from extproc.outcomes import join_outcomes, run_outcomes
 
@@ -112,6 +114,40 @@ def test_cli_reads_gzip_writes_private_file_and_summarises(tmp_path: Path, capsy
     assert f"wrote 1 records to {out}" in printed
     assert "1 feedback lines for 1 decisions without a captured prompt" in printed
     assert "1 malformed capture lines" in printed
+
+
+@pytest.mark.parametrize(
+    ("flags", "want", "other"),
+    [
+        pytest.param([], ["a", "b", "c"], None, id="all"),
+        pytest.param(["--tenant", "acme"], ["a"], 2, id="only-one"),
+        pytest.param(["--tenant", "acme", "beta"], ["a", "b"], 1, id="only-two"),
+        pytest.param(["--exclude-tenant", "acme"], ["b", "c"], 1, id="all-but-one"),
+    ],
+)
+def test_records_carry_their_tenant_and_tenants_can_be_picked(
+    tmp_path: Path, capsys: Any, flags: list[str], want: list[str], other: int | None
+) -> None:
+    """One tenant's clients can score their own decisions at will: its records can be left out (or fitted alone)."""
+    tenants = {"a": "acme", "b": "beta", "c": None}
+    captures = _write(tmp_path / "c.jsonl", [{**_capture(i), "tenant": t} for i, t in tenants.items()])
+    feedback = _write(tmp_path / "f.jsonl", [_fb(i, "m", 1) for i in tenants])
+    out = tmp_path / "out.jsonl"
+    assert main(["outcomes", "--capture", str(captures), "--feedback", str(feedback), "--out", str(out), *flags]) == 0
+    records = _records(out)
+    assert [r["id"] for r in records] == want
+    assert all(r.get("tenant") == tenants[r["id"]] for r in records)
+    assert all(("tenant" in r) is (tenants[r["id"]] is not None) for r in records)  # no "tenant": null
+    printed = capsys.readouterr().out
+    assert "0 feedback lines for 0 decisions without a captured prompt" in printed  # left out is not orphaned
+    assert (f"; {other} captured decisions of other tenants" in printed) is (other is not None)
+
+
+def test_tenant_and_exclude_tenant_are_exclusive(tmp_path: Path, capsys: Any) -> None:
+    argv = ["outcomes", "--capture", "c", "--feedback", "f", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--tenant", "a", "--exclude-tenant", "b"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
