@@ -207,7 +207,12 @@ class DecisionService(api_grpc.ModelRouterServiceServicer):
         score = request.score if request.HasField("score") else None
         model = request.model or None  # an empty model is an absent one
         result = await self._feedback.submit_async(
-            request.decision_id, score, model, source="grpc", token=request.feedback_token or None
+            request.decision_id,
+            score,
+            model,
+            source="grpc",
+            token=request.feedback_token or None,
+            idempotency_key=request.idempotency_key or None,
         )
         if result.status is not FeedbackStatus.RECORDED:
             await context.abort(_FEEDBACK_CODES[result.status], result.message)

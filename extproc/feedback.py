@@ -37,6 +37,7 @@ TIME_KEY = "received_unix"
 WRITE_WAIT_SECONDS = 5.0
 """How long a submission waits for its line to be appended before answering "unavailable"."""
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,15 +215,23 @@ class FeedbackRecorder:
         self._write_wait = write_wait_seconds
 
     def submit(
-        self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
+        self,
+        decision_id: Any,
+        score: Any,
+        model: Any = None,
+        source: str = "grpc",
+        token: Any = None,
+        idempotency_key: Any = None,
     ) -> FeedbackResult:
         """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``, or of the
         decision a feedback ``token`` carries (then ``decision_id`` may be omitted, and must match if given).
+        ``idempotency_key``, if given, is written with the score: ``model-router outcomes`` counts one score per
+        decision and key, so a retried score that was written after all counts once.
 
         Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place. Blocks
         until the line is appended (at most ``write_wait_seconds``): for threads, not the event loop.
         """
-        result, written = self._submit(decision_id, score, model, source, token)
+        result, written = self._submit(decision_id, score, model, source, token, idempotency_key)
         ok = None
         if written is not None:
             with contextlib.suppress(TimeoutError):  # concurrent.futures' TimeoutError is the builtin since 3.11
@@ -230,10 +239,16 @@ class FeedbackRecorder:
         return self._finish(result, written, ok, source)
 
     async def submit_async(
-        self, decision_id: Any, score: Any, model: Any = None, source: str = "grpc", token: Any = None
+        self,
+        decision_id: Any,
+        score: Any,
+        model: Any = None,
+        source: str = "grpc",
+        token: Any = None,
+        idempotency_key: Any = None,
     ) -> FeedbackResult:
         """:meth:`submit` for the event loop: waits for the write without blocking it."""
-        result, written = self._submit(decision_id, score, model, source, token)
+        result, written = self._submit(decision_id, score, model, source, token, idempotency_key)
         ok = None
         if written is not None:
             with contextlib.suppress(TimeoutError):
@@ -277,9 +292,13 @@ class FeedbackRecorder:
         return found_id, entry
 
     def _submit(
-        self, decision_id: Any, score: Any, model: Any, source: str, token: Any
+        self, decision_id: Any, score: Any, model: Any, source: str, token: Any, idempotency_key: Any
     ) -> tuple[FeedbackResult, concurrent.futures.Future[bool] | None]:
         """The result, and for a queued line the future its writer completes (see :meth:`_settle`)."""
+        if idempotency_key not in (None, "") and not (
+            isinstance(idempotency_key, str) and _IDEMPOTENCY_KEY.fullmatch(idempotency_key)
+        ):
+            return _invalid("idempotency_key: must be 1 to 200 visible ASCII characters"), None
         checked = self._check(decision_id, score, model, token)
         if isinstance(checked, FeedbackResult):
             return checked, None
@@ -302,6 +321,8 @@ class FeedbackRecorder:
             "tenant": entry.tenant,
             "source": source,
         }
+        if idempotency_key:
+            line["idempotency_key"] = idempotency_key
         written: concurrent.futures.Future[bool] = concurrent.futures.Future()
         if not self._spool.offer(line, functools.partial(_resolve, written)):
             self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused

@@ -9,6 +9,9 @@ accepts writes and the metrics port is often open to every scraper. ``envoy/envo
     POST /v1/feedback  {"decision_id": "3f2a...", "score": 1, "model": "gpt-4o-mini"}   (model optional)
     POST /v1/feedback  {"feedback_token": "v1....", "score": 1}    (any replica with the signing key)
 
+and either may carry ``"idempotency_key"`` (the same on every retry of one score; ``model-router outcomes`` counts
+the score once).
+
 Answers: 200 ``{"decision_id", "model", "score"}``; 400 / 404 / 503 ``{"error": {"code", "message"}}`` (also 405,
 411, 413 for the wrong method, neither a length nor chunked encoding, or a body over 4 KiB; chunked bodies, which
 Envoy sends for HTTP/2 requests without ``content-length``, are decoded here). No access log: Envoy keeps one.
@@ -32,7 +35,7 @@ __all__ = ["FEEDBACK_PATH", "MAX_BODY_BYTES", "feedback_app", "start_feedback_se
 
 FEEDBACK_PATH = "/v1/feedback"
 MAX_BODY_BYTES = 4096
-_FIELDS = ("decision_id", "score", "model", "feedback_token")
+_FIELDS = ("decision_id", "score", "model", "feedback_token", "idempotency_key")
 _STATUS = {
     FeedbackStatus.RECORDED: "200 OK",
     FeedbackStatus.INVALID: "400 Bad Request",
@@ -155,6 +158,7 @@ def feedback_app(recorder: FeedbackRecorder) -> WSGIApplication:
             body.get("model"),
             source="http",
             token=body.get("feedback_token"),
+            idempotency_key=body.get("idempotency_key"),
         )
         if result.status is FeedbackStatus.RECORDED:
             answer = {"decision_id": result.decision_id, "model": result.model, "score": result.score}

@@ -8,7 +8,8 @@ decision that has feedback::
 Several scores for the same decision and model are averaged (two thumbs-up and one thumbs-down give 0.667): each
 is one observation of the same outcome. Feedback whose decision has no captured prompt (capture sampled it out, or
 its line expired) is counted and skipped; so are malformed lines, repeated capture lines for one id (the first
-wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive) and, unless
+wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive; or one decision and
+``idempotency_key``, a client's retry of a score that was written after all) and, unless
 ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
 files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any other
 missing input is an error. ``--tenant`` keeps only the decisions of the tenants named, ``--exclude-tenant`` leaves
@@ -67,7 +68,8 @@ class JoinStats:
     malformed_feedback: int = 0
     duplicate_capture: int = 0
     duplicate_feedback: int = 0
-    """Feedback lines whose ``feedback_id`` was already read (the same line in two copies of an archive)."""
+    """Feedback lines whose ``feedback_id`` was already read (the same line in two copies of an archive), or whose
+    decision and ``idempotency_key`` were (a retried score)."""
     unscored_capture: int = 0
     """Captured prompts without feedback (written without ``scores`` with ``keep_unscored``)."""
     orphan_feedback: int = 0
@@ -173,9 +175,11 @@ def _open_all(
 
 def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
     """decision id -> model -> scores; a line whose ``feedback_id`` was already read counts once (lines written
-    before feedback ids existed have none and are all kept)."""
+    before feedback ids existed have none and are all kept), and so does a line whose decision and
+    ``idempotency_key`` were (a client's retry of a score whose first attempt was written after all)."""
     by_id: dict[str, dict[str, list[float]]] = {}
     seen: set[str] = set()
+    retried: set[tuple[str, str]] = set()
     for line in _lines(paths, "--feedback"):
         decision_id = line.get("decision_id") if isinstance(line, dict) else None
         model = line.get("model") if isinstance(line, dict) else None
@@ -192,6 +196,12 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
                 stats.duplicate_feedback += 1
                 continue
             seen.add(feedback_id)
+        key = line.get("idempotency_key")
+        if isinstance(key, str) and key:
+            if (decision_id, key) in retried:
+                stats.duplicate_feedback += 1
+                continue
+            retried.add((decision_id, key))
         by_id.setdefault(decision_id, {}).setdefault(model, []).append(score)
     return by_id
 

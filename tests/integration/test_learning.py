@@ -67,9 +67,11 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
     decision_id, served = _ask(stack, f"{SECRET}: {HARD}")
     assert served == "gpt-4o"
 
-    r = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": decision_id, "score": 1}, timeout=5)
-    assert r.status_code == 200, r.text
-    assert r.json() == {"decision_id": decision_id, "model": served, "score": 1.0}
+    score = {"decision_id": decision_id, "score": 1, "idempotency_key": "score-1"}
+    for _attempt in range(2):  # a client retrying a score (after a 503 whose write landed): counted once by outcomes
+        r = httpx.post(stack.base_url + FEEDBACK, json=score, timeout=5)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"decision_id": decision_id, "model": served, "score": 1.0}
     assert "x-upstream-cluster" not in r.headers, "the feedback route must not reach an LLM upstream"
     unknown = httpx.post(stack.base_url + FEEDBACK, json={"decision_id": "0123456789abcdef", "score": 1}, timeout=5)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
@@ -84,11 +86,12 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
             stub.Feedback(api.FeedbackRequest(decision_id="0123456789abcdef", score=1), timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    assert wait_until(lambda: len(_jsonl(feedback)) == 2)
+    assert wait_until(lambda: len(_jsonl(feedback)) == 3)
     lines = _jsonl(feedback)
-    assert [(x["decision_id"], x["model"], x["score"], x["source"]) for x in lines] == [
-        (decision_id, "gpt-4o", 1.0, "http"),
-        (decision_id, "gpt-4o-mini", 0.0, "grpc"),
+    assert [(x["decision_id"], x["model"], x["score"], x["source"], x.get("idempotency_key")) for x in lines] == [
+        (decision_id, "gpt-4o", 1.0, "http", "score-1"),
+        (decision_id, "gpt-4o", 1.0, "http", "score-1"),
+        (decision_id, "gpt-4o-mini", 0.0, "grpc", None),
     ]
     assert all(x["requested_model"] == "auto" and x["selected_model"] == "gpt-4o" for x in lines)
 
@@ -119,7 +122,9 @@ def test_outcomes_joins_what_the_router_wrote(
     (record,) = _jsonl(out)
     assert record["scores"] == {"gpt-4o": 1.0, "gpt-4o-mini": 0.0}
     assert SECRET in record["messages"][0]["content"]
-    assert "captured prompts without feedback (skipped)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "captured prompts without feedback (skipped)" in printed
+    assert "1 repeated feedback lines" in printed, "the retried score (one idempotency key) counts once"
 
 
 def _rewrite_capture(stack: Stack, **capture: Any) -> None:

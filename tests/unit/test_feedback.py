@@ -148,6 +148,24 @@ def test_rejected_feedback_writes_nothing(
     assert harness.lines() == []
 
 
+@pytest.mark.parametrize(
+    "key", [7, "two words", "é", "k" * 201, ["k"]], ids=["int", "space", "non-ascii", "long", "list"]
+)
+def test_a_malformed_idempotency_key_is_refused(harness: Harness, key: Any) -> None:
+    result = harness.recorder.submit(KNOWN, 1, idempotency_key=key)
+    assert result.status is FeedbackStatus.INVALID and result.message.startswith("idempotency_key: must be")
+    assert harness.lines() == []
+
+
+def test_an_idempotency_key_is_written_with_the_score(harness: Harness) -> None:
+    """The same key on every retry of one score lets ``model-router outcomes`` count it once (test_outcomes.py)."""
+    key = "3b0c6f7e-9d1a-4c55-a0f2-6f0b1d2c3e4f"
+    assert harness.recorder.submit(KNOWN, 1, idempotency_key=key).status is FeedbackStatus.RECORDED
+    assert harness.recorder.submit(KNOWN, 1, idempotency_key="").status is FeedbackStatus.RECORDED  # none
+    first, second = harness.lines()
+    assert first["idempotency_key"] == key and "idempotency_key" not in second
+
+
 OLD_ENTRY = DecisionEntry("auto", "gpt-4o-mini", "gpt-4o-mini", None, 1_700_000_100.0 - 601)
 
 
@@ -324,6 +342,17 @@ def http_url(harness: Harness) -> Iterator[str]:
         pytest.param("POST", "/v1/feedback", {"decision_id": "f" * 16, "score": 1}, 404, "not_found", id="unknown"),
         pytest.param("POST", "/v1/feedback", {"feedback_token": ELSEWHERE_TOKEN, "score": 1}, 200, None, id="token"),
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN, "score": 2}, 400, "invalid_argument", id="score"),
+        pytest.param(
+            "POST", "/v1/feedback", {"decision_id": KNOWN, "score": 1, "idempotency_key": "k-1"}, 200, None, id="key"
+        ),
+        pytest.param(
+            "POST",
+            "/v1/feedback",
+            {"decision_id": KNOWN, "score": 1, "idempotency_key": 1},
+            400,
+            "invalid_argument",
+            id="key-not-a-string",
+        ),
         pytest.param("POST", "/v1/feedback", {"decision_id": KNOWN}, 400, "invalid_argument", id="no-score"),
         pytest.param(
             "POST",
@@ -358,7 +387,9 @@ def test_http_endpoint(
     if code is None:
         decision_id = ELSEWHERE if "feedback_token" in body else KNOWN
         assert r.json() == {"decision_id": decision_id, "model": "gpt-4o-mini", "score": 1.0}
-        assert [line["source"] for line in harness.lines()] == ["http"]
+        assert [(line["source"], line.get("idempotency_key")) for line in harness.lines()] == [
+            ("http", body.get("idempotency_key"))
+        ]
     else:
         assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
         assert harness.lines() == []
@@ -384,7 +415,8 @@ async def feedback_stub(harness: Harness) -> AsyncIterator[api_grpc.ModelRouterS
 async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRouterServiceStub) -> None:
     reply = await feedback_stub.Feedback(api.FeedbackRequest(decision_id=KNOWN, score=0.0), timeout=5)
     assert (reply.decision_id, reply.model, reply.score) == (KNOWN, "gpt-4o-mini", 0.0)
-    reply = await feedback_stub.Feedback(api.FeedbackRequest(feedback_token=ELSEWHERE_TOKEN, score=1), timeout=5)
+    request = api.FeedbackRequest(feedback_token=ELSEWHERE_TOKEN, score=1, idempotency_key="retry-me")
+    reply = await feedback_stub.Feedback(request, timeout=5)
     assert (reply.decision_id, reply.model, reply.score) == (ELSEWHERE, "gpt-4o-mini", 1.0)
     cases = [
         (api.FeedbackRequest(decision_id="ffffffffffffffff", score=1), grpc.StatusCode.NOT_FOUND, "decision_id"),
@@ -392,12 +424,18 @@ async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRout
         (api.FeedbackRequest(decision_id=KNOWN, score=1.5), grpc.StatusCode.INVALID_ARGUMENT, "score"),
         (api.FeedbackRequest(decision_id=KNOWN, score=1, model="nope"), grpc.StatusCode.INVALID_ARGUMENT, "model"),
         (api.FeedbackRequest(score=1), grpc.StatusCode.INVALID_ARGUMENT, "decision_id: required"),
+        (
+            api.FeedbackRequest(decision_id=KNOWN, score=1, idempotency_key="a b"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "idempotency_key",
+        ),
     ]
     for request, code, message in cases:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await feedback_stub.Feedback(request, timeout=5)
         assert err.value.code() == code and message in (err.value.details() or "")
-    assert [(line["decision_id"], line["score"]) for line in harness.lines()] == [(KNOWN, 0.0), (ELSEWHERE, 1.0)]
+    lines = [(line["decision_id"], line["score"], line.get("idempotency_key")) for line in harness.lines()]
+    assert lines == [(KNOWN, 0.0, None), (ELSEWHERE, 1.0, "retry-me")]
 
 
 async def test_too_many_scores_are_429_and_resource_exhausted(

@@ -88,6 +88,24 @@ def test_the_same_feedback_line_in_two_copies_of_an_archive_counts_once(tmp_path
     assert (stats.feedback_joined, stats.duplicate_feedback) == (3, 2)
 
 
+def test_a_retried_score_counts_once_by_its_idempotency_key(tmp_path: Path) -> None:
+    """A score answered 503 (not confirmed in time) may be written after all, and its retry too: the client's key,
+    the same on both, makes them one score. The same key on another decision is another score."""
+    captures = _write(tmp_path / "c.jsonl", [_capture("a"), _capture("b")])
+    lines = [
+        {**_fb("a", "m", 1), "feedback_id": "1", "idempotency_key": "k"},
+        {**_fb("a", "m", 1), "feedback_id": "2", "idempotency_key": "k"},  # the retry
+        {**_fb("a", "m", 0), "feedback_id": "3", "idempotency_key": "other"},
+        {**_fb("b", "m", 1), "feedback_id": "4", "idempotency_key": "k"},
+    ]
+    feedback = _write(tmp_path / "f.jsonl", lines)
+    out = io.BytesIO()
+    stats = join_outcomes([captures], [feedback], out)
+    records = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["scores"] for r in records] == [{"m": 0.5}, {"m": 1.0}]
+    assert (stats.duplicate_feedback, stats.feedback_joined) == (1, 3)
+
+
 def test_keep_unscored_writes_prompts_without_scores(tmp_path: Path) -> None:
     captures = _write(tmp_path / "c.jsonl", [_capture("a"), _capture("b")])
     feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])

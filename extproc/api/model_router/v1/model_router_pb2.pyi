@@ -161,6 +161,7 @@ class FeedbackRequest(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     FEEDBACK_TOKEN_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """The decision's id, as in the x-model-router-decision-id response header. Required unless feedback_token is
     set (then optional, and it must match the token's).
@@ -177,6 +178,11 @@ class FeedbackRequest(_message.Message):
     """The x-model-router-feedback-token response header (routers with feedback.signing_key_file): lets any replica
     holding the key accept feedback for a decision another replica made.
     """
+    idempotency_key: _builtins.str
+    """Optional: 1 to 200 visible ASCII characters the client picks once per score (a UUID) and sends again on every
+    retry of it. It is written with the score, and `model-router outcomes` counts one score per decision and key, so
+    a retry of a score whose first attempt was written after all (an UNAVAILABLE answer) is not counted twice.
+    """
     def __init__(
         self,
         *,
@@ -184,10 +190,11 @@ class FeedbackRequest(_message.Message):
         score: _builtins.float | None = ...,
         model: _builtins.str | None = ...,
         feedback_token: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "model", b"model", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "decision_id", b"decision_id", "feedback_token", b"feedback_token", "model", b"model", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_score", b"_score", "decision_id", b"decision_id", "feedback_token", b"feedback_token", "idempotency_key", b"idempotency_key", "model", b"model", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
     _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
