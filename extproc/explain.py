@@ -77,6 +77,7 @@ _REASONS = {
     ),
     "no_interactive_model": "only slow models fit this interactive request: the usual choice among them",
     "invalid_constraint": "a malformed constraint header: the router answers 400",
+    "token_count": "a token count: nothing to decide, but no provider serves an alias",
 }
 
 
@@ -296,7 +297,13 @@ def render(response: api.DecideResponse) -> str:
         lines[0] += f" -> {d.selected_model} (tier {d.tier}, cluster {d.cluster})"
     lines.append(f"reason     {reason}" + (f": {_REASONS[reason]}" if reason in _REASONS else ""))
     if outcome == "passthrough":
-        lines.append("           the request is forwarded untouched, to the default route")
+        if d.selected_model and d.selected_model != d.requested_model:
+            where = f"with its model renamed to {d.selected_model}, to cluster {d.cluster}"
+        elif d.cluster:
+            where = f"untouched, to its model's cluster {d.cluster}"
+        else:
+            where = "untouched, to the default route"
+        lines.append(f"           the request is forwarded {where}")
         return "\n".join(lines) + "\n"
     schema = label("api_schema", d.api_schema) if d.api_schema else "?"
     tokens = d.estimated_input_tokens if d.HasField("estimated_input_tokens") else "?"

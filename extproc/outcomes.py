@@ -8,12 +8,14 @@ decision that has feedback::
 Several scores for the same decision and model are averaged (two thumbs-up and one thumbs-down give 0.667): each
 is one observation of the same outcome. Feedback whose decision has no captured prompt (capture sampled it out, or
 its line expired) is counted and skipped; so are malformed lines, repeated capture lines for one id (the first
-wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive; or one decision and
-``idempotency_key``, a client's retry of a score that was written after all) and, unless
+wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive; or one decision, model and
+``idempotency_key``, a client's retry of a score that was written after all: the first wins) and, unless
 ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
 files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any other
 missing input is an error. ``--tenant`` keeps only the decisions of the tenants named, ``--exclude-tenant`` leaves
 those out (one tenant's clients can score their own decisions at will: fit abilities without them, or per tenant).
+Only tenants configured under ``tenants:`` are recorded (any other tenant header value is no tenant); a name that
+matches no captured decision is said in the summary.
 The output holds prompts: it is created with mode 0600.
 """
 
@@ -69,7 +71,7 @@ class JoinStats:
     duplicate_capture: int = 0
     duplicate_feedback: int = 0
     """Feedback lines whose ``feedback_id`` was already read (the same line in two copies of an archive), or whose
-    decision and ``idempotency_key`` were (a retried score)."""
+    decision, model and ``idempotency_key`` were (a retried score)."""
     unscored_capture: int = 0
     """Captured prompts without feedback (written without ``scores`` with ``keep_unscored``)."""
     orphan_feedback: int = 0
@@ -77,6 +79,7 @@ class JoinStats:
     orphan_decisions: int = 0
     other_tenant: int = 0
     """Captured decisions left out by ``--tenant`` or ``--exclude-tenant`` (their feedback is not counted as orphan)."""
+    tenants_seen: set[str] = field(default_factory=set)
     missing_rotated: list[Path] = field(default_factory=list)
     """Inputs ``X.1`` given with ``X`` that did not exist (the router has not rotated ``X`` yet)."""
 
@@ -95,6 +98,11 @@ class JoinStats:
             f"lines; {self.unscored_capture} captured prompts "
             f"without feedback ({unscored})"
             + (f"; {self.other_tenant} captured decisions of other tenants" if tenants.active else "")
+            + "".join(
+                f"\nno captured decision of tenant {name!r} (only tenants configured under `tenants:` are recorded)"
+                for name in sorted((tenants.only or frozenset()) | tenants.exclude)
+                if name not in self.tenants_seen
+            )
             + "".join(f"\nskipped missing {path} (not rotated yet)" for path in self.missing_rotated)
         )
 
@@ -176,10 +184,10 @@ def _open_all(
 def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
     """decision id -> model -> scores; a line whose ``feedback_id`` was already read counts once (lines written
     before feedback ids existed have none and are all kept), and so does a line whose decision and
-    ``idempotency_key`` were (a client's retry of a score whose first attempt was written after all)."""
+    model and ``idempotency_key`` were (a client's retry of a score whose first attempt was written after all)."""
     by_id: dict[str, dict[str, list[float]]] = {}
     seen: set[str] = set()
-    retried: set[tuple[str, str]] = set()
+    retried: set[tuple[str, str, str]] = set()
     for line in _lines(paths, "--feedback"):
         decision_id = line.get("decision_id") if isinstance(line, dict) else None
         model = line.get("model") if isinstance(line, dict) else None
@@ -198,10 +206,10 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
             seen.add(feedback_id)
         key = line.get("idempotency_key")
         if isinstance(key, str) and key:
-            if (decision_id, key) in retried:
+            if (decision_id, model, key) in retried:  # the first line wins
                 stats.duplicate_feedback += 1
                 continue
-            retried.add((decision_id, key))
+            retried.add((decision_id, model, key))
         by_id.setdefault(decision_id, {}).setdefault(model, []).append(score)
     return by_id
 
@@ -250,6 +258,8 @@ def _join(
         seen.add(decision_id)
         tenant = line.get("tenant")
         tenant = tenant if isinstance(tenant, str) else None
+        if tenant is not None:
+            stats.tenants_seen.add(tenant)
         if not tenants.keeps(tenant):
             stats.other_tenant += 1
             continue

@@ -205,9 +205,12 @@ async def watch_config(
     apply: Apply = _apply_nothing,
     serial: threading.Lock | None = None,
     also: Sequence[Path] = (),
+    on_state: Callable[[bool], None] = lambda _ok: None,
 ) -> None:
     """Poll ``path`` and the files ``also`` names (read by ``apply``, e.g. the feedback signing keys) every
-    ``interval`` seconds and reload when their content changes (runs until cancelled).
+    ``interval`` seconds and reload when their content changes (runs until cancelled). ``on_result`` hears each
+    reload's outcome; ``on_state``, on every other settled poll, whether the file is not one a reload refused (a
+    refused file put back to the running config's content is fine again without a reload).
 
     Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
     touched-but-unchanged file does not reload. The file is compared with the bytes the running snapshot was built
@@ -237,6 +240,7 @@ async def watch_config(
         # The running config, or one a reload (this watcher's or SIGHUP's) refused: not tried again each poll.
         changed = config not in (ref.current.config_digest, ref.rejected) or also_now != also_seen
         if not changed:
+            on_state(config != ref.rejected)
             continue
         also_seen = also_now
         on_result(await asyncio.to_thread(reload_snapshot, path, ref, load_model, apply, serial))

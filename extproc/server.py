@@ -242,6 +242,7 @@ async def serve(
                 learning.reconfigure,
                 serial,
                 also=(learning.key_file,) if learning.key_file else (),
+                on_state=telemetry.config_file_state,
             )
         )
         if poll

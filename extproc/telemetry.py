@@ -324,6 +324,12 @@ class Telemetry:
         )
         for result in ("applied", "rejected"):
             self.config_reloads.labels(result=result)
+        self.config_valid = Gauge(
+            "model_router_config_last_reload_successful",
+            "0 while the config file holds a version a reload rejected (the previous config stays in force), else 1.",
+            registry=r,
+        )
+        self.config_valid.set(1)
         for reason in ALERTED_ERRORS:
             self.errors.labels(reason=reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -376,7 +382,7 @@ class Telemetry:
         else:
             labels = (rec.schema or "", rec.requested_model or "", rec.selected_model or "", rec.tier or "")
             self._child(self.decisions, *labels, rec.outcome.value).inc()
-            if rec.outcome is Outcome.FALLBACK and rec.reason == "classifier_failed":
+            if rec.reason == Reason.CLASSIFIER_FAILED:  # shadow decisions too: an evaluation must see it failing
                 self._child(self.errors, "classifier_failed").inc()
             if rec.total_seconds is not None:
                 self.decision_seconds.observe(rec.total_seconds)
@@ -475,8 +481,13 @@ class Telemetry:
             self._child(self.feedback, result, source)
 
     def config_reloaded(self, applied: bool) -> None:
-        """Count a config reload attempt."""
+        """Count a config reload attempt; the file is then valid, or not, until it changes again."""
         self.config_reloads.labels(result="applied" if applied else "rejected").inc()
+        self.config_file_state(applied)
+
+    def config_file_state(self, valid: bool) -> None:
+        """Whether the config file as it is now is one the router runs (or would): ``..._last_reload_successful``."""
+        self.config_valid.set(1 if valid else 0)
 
     def shutdown(self) -> None:
         """Flush and stop span export."""

@@ -19,8 +19,10 @@ import yaml
 MONITORING = Path(__file__).resolve().parent.parent / "k8s" / "monitoring"
 RULES_FILE = MONITORING / "prometheusrule.yaml"
 DASHBOARD_FILE = MONITORING / "dashboard.json"
-TARGET_LABELS = frozenset({"namespace", "pod"})
+TARGET_LABELS = frozenset({"namespace", "pod", "job"})
 """Labels Prometheus adds when it scrapes (the PodMonitor's targets): in no exposition, so not looked for."""
+PROMETHEUS_SERIES = frozenset({"up"})
+"""Series Prometheus makes itself for each target, in no exposition."""
 _GRAFANA = {"$__rate_interval": "5m"}
 _ALTERNATIVES = re.compile(r"[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*")
 

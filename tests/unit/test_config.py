@@ -359,6 +359,32 @@ async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_w
         watcher.cancel()
 
 
+async def test_a_rejected_file_stays_invalid_until_it_changes_and_a_revert_is_valid_again(tmp_path: Path) -> None:
+    """``model_router_config_last_reload_successful`` (k8s/monitoring alerts on it): a rejection is reported once,
+    so the state is re-said on every settled poll; putting the running content back needs no reload to be fine."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    results: list[bool] = []
+    states: list[bool] = []
+    watcher = asyncio.create_task(
+        watch_config(path, ref, results.append, 0.01, lambda _s: FakeDifficultyModel(), on_state=states.append)
+    )
+    try:
+        await _until(lambda: states[-1:] == [True])
+        path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 7"))
+        await _until(lambda: results == [False])
+        states.clear()
+        await _until(lambda: len(states) >= 3)
+        assert set(states) == {False} and results == [False], "said again on each poll, not reloaded again"
+        path.write_text(shipped)  # put back: the running config's bytes
+        await _until(lambda: states[-1:] == [True])
+        assert results == [False]
+    finally:
+        watcher.cancel()
+
+
 async def test_a_config_file_that_disappears_is_said_once_and_the_running_config_stays(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

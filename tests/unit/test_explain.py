@@ -173,6 +173,21 @@ def test_a_token_count_is_not_decided_but_gets_the_default_model(
     assert (got.requested_model, got.selected_model) == ("auto", "gpt-4o") and not got.HasField("difficulty")
 
 
+@pytest.mark.parametrize(
+    ("path", "model", "want"),
+    [
+        ("/v1/messages/count_tokens", "auto", "forwarded with its model renamed to gpt-4o, to cluster frontier"),
+        ("/v1/messages/count_tokens", "gpt-4o-mini", "forwarded untouched, to its model's cluster cheap"),
+        ("/v1/embeddings", "auto", "forwarded untouched, to the default route"),
+    ],
+)
+def test_a_pass_through_says_where_it_goes(
+    config: Path, capsys: pytest.CaptureFixture[str], path: str, model: str, want: str
+) -> None:
+    assert main(["explain", "--config", str(config), "--path", path, "--model", model, EASY]) == 0
+    assert want in capsys.readouterr().out
+
+
 def test_default_config_is_found_from_any_directory(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

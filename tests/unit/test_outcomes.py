@@ -97,13 +97,14 @@ def test_a_retried_score_counts_once_by_its_idempotency_key(tmp_path: Path) -> N
         {**_fb("a", "m", 1), "feedback_id": "2", "idempotency_key": "k"},  # the retry
         {**_fb("a", "m", 0), "feedback_id": "3", "idempotency_key": "other"},
         {**_fb("b", "m", 1), "feedback_id": "4", "idempotency_key": "k"},
+        {**_fb("b", "n", 0), "feedback_id": "5", "idempotency_key": "k"},  # the same key for another model
     ]
     feedback = _write(tmp_path / "f.jsonl", lines)
     out = io.BytesIO()
     stats = join_outcomes([captures], [feedback], out)
     records = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert [r["scores"] for r in records] == [{"m": 0.5}, {"m": 1.0}]
-    assert (stats.duplicate_feedback, stats.feedback_joined) == (1, 3)
+    assert [r["scores"] for r in records] == [{"m": 0.5}, {"m": 1.0, "n": 0.0}]
+    assert (stats.duplicate_feedback, stats.feedback_joined) == (1, 4)
 
 
 def test_keep_unscored_writes_prompts_without_scores(tmp_path: Path) -> None:
@@ -159,6 +160,19 @@ def test_records_carry_their_tenant_and_tenants_can_be_picked(
     printed = capsys.readouterr().out
     assert "0 feedback lines for 0 decisions without a captured prompt" in printed  # left out is not orphaned
     assert (f"; {other} captured decisions of other tenants" in printed) is (other is not None)
+    assert "no captured decision of tenant" not in printed
+
+
+def test_a_tenant_no_decision_has_is_said(tmp_path: Path, capsys: Any) -> None:
+    """A typo, or a tenant header value with no ``tenants:`` entry (recorded as no tenant), filters nothing."""
+    captures = _write(tmp_path / "c.jsonl", [{**_capture("a"), "tenant": "acme"}])
+    feedback = _write(tmp_path / "f.jsonl", [_fb("a", "m", 1)])
+    out = tmp_path / "out.jsonl"
+    argv = ["outcomes", "--capture", str(captures), "--feedback", str(feedback), "--out", str(out)]
+    assert main([*argv, "--exclude-tenant", "acmee", "acme"]) == 0
+    printed = capsys.readouterr().out
+    assert "no captured decision of tenant 'acmee' (only tenants configured under `tenants:`" in printed
+    assert "tenant 'acme'" not in printed
 
 
 def test_tenant_and_exclude_tenant_are_exclusive(tmp_path: Path, capsys: Any) -> None:

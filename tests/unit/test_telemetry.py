@@ -97,6 +97,22 @@ def test_alerted_errors_and_feedback_results_are_exported_before_the_first(telem
     assert telemetry.registry.get_sample_value("model_router_feedback_total", labels) == 0
 
 
+def test_a_shadow_decision_whose_classifier_failed_counts_as_an_error(telemetry: Telemetry) -> None:
+    """Shadow mode is how a deployment evaluates the router: a broken classifier must alert there too."""
+    shadow = dataclasses.replace(FALLBACK, outcome=Outcome.SHADOW, reason="classifier_failed")
+    telemetry.record(shadow)
+    assert telemetry.registry.get_sample_value("model_router_errors_total", {"reason": "classifier_failed"}) == 1
+
+
+def test_the_config_gauge_follows_reloads_and_the_file(telemetry: Telemetry) -> None:
+    gauge = "model_router_config_last_reload_successful"
+    assert telemetry.registry.get_sample_value(gauge) == 1
+    telemetry.config_reloaded(False)
+    assert telemetry.registry.get_sample_value(gauge) == 0
+    telemetry.config_file_state(True)  # the file was put back
+    assert telemetry.registry.get_sample_value(gauge) == 1
+
+
 def test_alerted_error_reasons_are_ones_the_router_counts() -> None:
     """A reason renamed in the code would leave its alert watching a series that never moves."""
     counted = {Reason.CLASSIFIER_FAILED.value}  # counted by Telemetry.record itself

@@ -89,6 +89,14 @@ def test_the_pod_monitor_scrapes_the_routers_metrics_port(
     parse_config(ROUTER_CONFIG)  # the port read above is a valid config's
 
 
+def test_the_target_down_alert_watches_the_pod_monitors_job(builds: dict[str, Objects]) -> None:
+    """Prometheus Operator names a PodMonitor's job ``<namespace>/<name>``."""
+    name = _one(builds["monitoring"], "PodMonitor")["metadata"]["name"]
+    (rule,) = [r for r in RULES if any(s.name == "up" for s in selectors(r["expr"]))]
+    (job,) = re.findall(r'job=~"([^"]+)"', rule["expr"])
+    assert re.fullmatch(job, f"llm-gateway/{name}") and not re.fullmatch(job, f"llm-gateway/{name}-other")
+
+
 def test_the_pod_monitor_scrapes_envoys_stats_where_the_k8s_envoy_serves_them(builds: dict[str, Objects]) -> None:
     monitor = _one(builds["monitoring"], "PodMonitor")["spec"]
     (stats,) = [e for e in monitor["podMetricsEndpoints"] if e["path"] == "/stats/prometheus"]
