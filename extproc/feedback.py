@@ -90,6 +90,9 @@ class DecisionStore:
         self._entries: OrderedDict[str, tuple[float, DecisionEntry]] = OrderedDict()
         self._scored: OrderedDict[str, tuple[float, int]] = OrderedDict()
         """Decision id -> accepted scores so far (ids from tokens too), under the same bounds as the entries."""
+        self._keyed: OrderedDict[str, tuple[float, dict[tuple[str, str], float]]] = OrderedDict()
+        """Decision id -> (model, idempotency key) -> the score written under it, under the same bounds (each was
+        one admitted score, so at most ``max_scores_per_decision`` per decision)."""
 
     def __len__(self) -> int:
         with self._lock:
@@ -122,6 +125,21 @@ class DecisionStore:
             self._scored[decision_id] = (expires, count + 1)
             self._prune(self._scored, now)
             return True
+
+    def written_score(self, decision_id: str, model: str, key: str) -> float | None:
+        """The score written for ``decision_id`` and ``model`` under ``key``, if this process wrote one."""
+        with self._lock:
+            found = self._keyed.get(decision_id)
+            return None if found is None else found[1].get((model, key))
+
+    def remember_written(self, decision_id: str, model: str, key: str, score: float) -> None:
+        """``score`` was written under ``key``: a retry with that key is answered without writing it again."""
+        now = self._clock()
+        with self._lock:
+            expires, keys = self._keyed.get(decision_id, (now + self._ttl, {}))
+            keys.setdefault((model, key), score)
+            self._keyed[decision_id] = (expires, keys)
+            self._prune(self._keyed, now)
 
     def take_back_score(self, decision_id: str) -> None:
         """Undo one :meth:`admit_score` (the score was not written after all)."""
@@ -179,8 +197,11 @@ def _invalid(message: str) -> FeedbackResult:
     return FeedbackResult(FeedbackStatus.INVALID, message)
 
 
-def _resolve(written: concurrent.futures.Future[bool], ok: bool) -> None:
-    """The spool's callback (writer thread); a future already given up on is left alone."""
+def _resolve(written: concurrent.futures.Future[bool], on_written: Callable[[], None] | None, ok: bool) -> None:
+    """The spool's callback (writer thread): ``on_written`` runs once the line is written, even if the caller was
+    already answered (a future given up on, by a timeout or a cancelled wait, is left alone)."""
+    if ok and on_written is not None:
+        on_written()
     with contextlib.suppress(concurrent.futures.InvalidStateError):
         written.set_result(ok)
 
@@ -225,8 +246,9 @@ class FeedbackRecorder:
     ) -> FeedbackResult:
         """Record ``score`` for ``model`` (default: the model that served) of decision ``decision_id``, or of the
         decision a feedback ``token`` carries (then ``decision_id`` may be omitted, and must match if given).
-        ``idempotency_key``, if given, is written with the score: ``model-router outcomes`` counts one score per
-        decision and key, so a retried score that was written after all counts once.
+        ``idempotency_key``, if given: a retry of a score this process wrote (even after answering it 503) gets the
+        written score back and writes nothing; else the key is written with the score, and ``model-router outcomes``
+        counts one score per decision, model and key.
 
         Values come straight from the caller (JSON or protobuf) and are type-checked here, in one place. Blocks
         until the line is appended (at most ``write_wait_seconds``): for threads, not the event loop.
@@ -303,12 +325,16 @@ class FeedbackRecorder:
         if isinstance(checked, FeedbackResult):
             return checked, None
         decision_id, entry, value = checked
+        chosen = model or entry.served_model
+        if idempotency_key:  # a retry of a score this process wrote: the same answer, no second line or slot
+            written_before = self._decisions.written_score(decision_id, chosen, idempotency_key)
+            if written_before is not None:
+                return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, written_before), None
         if not self._decisions.admit_score(decision_id, self._max_scores):
             message = (
                 f"decision_id: already {self._max_scores} scores for this decision (feedback.max_scores_per_decision)"
             )
             return FeedbackResult(FeedbackStatus.TOO_MANY, message), None
-        chosen = model or entry.served_model
         line = {
             "feedback_id": uuid.uuid4().hex,  # one per accepted score: copies of one archive can be told apart
             "decision_id": decision_id,
@@ -324,7 +350,12 @@ class FeedbackRecorder:
         if idempotency_key:
             line["idempotency_key"] = idempotency_key
         written: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        if not self._spool.offer(line, functools.partial(_resolve, written)):
+        on_written = (  # also when it lands after the caller was answered 503 (not confirmed in time)
+            functools.partial(self._decisions.remember_written, decision_id, chosen, idempotency_key, value)
+            if idempotency_key
+            else None
+        )
+        if not self._spool.offer(line, functools.partial(_resolve, written, on_written)):
             self._decisions.take_back_score(decision_id)  # not written: the retry must not be refused
             return FeedbackResult(FeedbackStatus.UNAVAILABLE, "feedback queue full; retry later"), None
         return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, value), written

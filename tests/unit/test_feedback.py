@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import math
@@ -299,6 +300,33 @@ def test_a_slow_or_full_writer_is_unavailable_not_lost_silently(tmp_path: Path) 
     spool.close()
     assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 2, "the queued ones were written late"
     assert [store.admit_score(KNOWN, 10) for _ in range(9)] == [True] * 8 + [False]
+
+
+@pytest.mark.parametrize("wait", ["thread", "event-loop"])
+def test_a_retry_of_a_score_written_late_is_answered_without_a_second_line(tmp_path: Path, wait: str) -> None:
+    """The first attempt is answered 503 (not confirmed in time) and written after all; the retry, with the same
+    idempotency key, gets the recorded score back: no second line, no second slot under the cap."""
+    recorder, spool, store = _stalled(tmp_path, capacity=2)
+    if wait == "thread":
+        first = recorder.submit(KNOWN, 1, idempotency_key="k")
+    else:
+        first = asyncio.run(recorder.submit_async(KNOWN, 1, idempotency_key="k"))  # the wait is cancelled
+    assert first.status is FeedbackStatus.UNAVAILABLE
+    spool.close()  # the writer runs: the line lands
+    retry = recorder.submit(KNOWN, 0.5, idempotency_key="k")  # even with another score: the first one stands
+    assert retry == FeedbackResult(FeedbackStatus.RECORDED, "", KNOWN, "gpt-4o-mini", 1.0)
+    assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 1
+    assert [store.admit_score(KNOWN, 2) for _ in range(2)] == [True, False], "the retry took no slot"
+
+
+def test_an_idempotency_key_is_per_model_and_a_recorded_retry_takes_no_slot(harness: Harness) -> None:
+    store = harness.store
+    for _ in range(3):
+        assert harness.recorder.submit(KNOWN, 1, idempotency_key="k").status is FeedbackStatus.RECORDED
+    other = harness.recorder.submit(KNOWN, 0, "gpt-4o", idempotency_key="k")
+    assert (other.status, other.model, other.score) == (FeedbackStatus.RECORDED, "gpt-4o", 0.0)
+    assert [(x["model"], x["score"]) for x in harness.lines()] == [("gpt-4o-mini", 1.0), ("gpt-4o", 0.0)]
+    assert sum(store.admit_score(KNOWN, 5) for _ in range(5)) == 3, "two slots used, not four"
 
 
 def test_a_score_lost_to_a_failed_write_is_unavailable_and_not_counted(

@@ -180,8 +180,9 @@ class FeedbackRequest(_message.Message):
     """
     idempotency_key: _builtins.str
     """Optional: 1 to 200 visible ASCII characters the client picks once per score (a UUID) and sends again on every
-    retry of it. It is written with the score, and `model-router outcomes` counts one score per decision and key, so
-    a retry of a score whose first attempt was written after all (an UNAVAILABLE answer) is not counted twice.
+    retry of it. A retry of a score this router process wrote (also after an UNAVAILABLE answer) gets the recorded
+    score back and writes nothing; otherwise the key is written with the score and `model-router outcomes` counts
+    one score per decision, model and key.
     """
     def __init__(
         self,
