@@ -382,8 +382,8 @@ class Telemetry:
         else:
             labels = (rec.schema or "", rec.requested_model or "", rec.selected_model or "", rec.tier or "")
             self._child(self.decisions, *labels, rec.outcome.value).inc()
-            if rec.reason == Reason.CLASSIFIER_FAILED:  # shadow decisions too: an evaluation must see it failing
-                self._child(self.errors, "classifier_failed").inc()
+            if rec.reason in _ERROR_REASONS:  # shadow decisions too: an evaluation must see the router failing
+                self._child(self.errors, rec.reason).inc()
             if rec.total_seconds is not None:
                 self.decision_seconds.observe(rec.total_seconds)
             if rec.classify_seconds is not None:
