@@ -98,14 +98,17 @@ def _plain(name: str) -> bool:
 def fallback_table(models: tuple[ResolvedModel, ...], catalog: tuple[ResolvedModel, ...]) -> dict[str, str]:
     """For each model the router may choose, the model to ask for on each cluster a fallback may move it to, as
     the fallback filter reads it: one ``cluster<TAB>model`` line per cluster (a flat string is cheaper to put in
-    every routed request's dynamic metadata than a nested struct). Names that are not plain are left out (the
-    filter then sends the body unchanged).
+    every routed request's dynamic metadata than a nested struct). A chosen name that is not plain has no table and
+    a substitute that is not plain an empty name (the filter then sends the body unchanged). A cluster with none of
+    ``catalog``'s models (a tenant's subset) has no line: the filter answers 503 there rather than send a name that
+    cluster does not serve.
     """
     table: dict[str, str] = {}
     for chosen in models:
         if _plain(chosen.name):
             by_cluster = fallback_models(chosen, catalog)
-            lines = (f"{c}\t{m.name}" for c, m in by_cluster.items() if _plain(m.name))  # clusters: [A-Za-z0-9_.-]
+            # clusters: [A-Za-z0-9_.-]; an empty name: the filter sends the body unchanged
+            lines = (f"{c}\t{m.name if _plain(m.name) else ''}" for c, m in by_cluster.items())
             table[chosen.name] = "\n".join(lines)
     return table
 

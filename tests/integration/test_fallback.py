@@ -5,7 +5,7 @@ filter renames the model for the cluster that answers, changing no other byte (R
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,23 @@ def without_outlier_detection(cfg: dict[str, Any]) -> None:
         cluster.pop("outlier_detection", None)
 
 
+TENANTS = {
+    **HEURISTIC,
+    "policy": {"tenant_header": "x-tenant-id"},
+    "tenants": {
+        "frugal": {"models": [MODEL_OF["small"], MODEL_OF["cheap"]], "default_model": MODEL_OF["cheap"]},
+        "gap": {"models": [MODEL_OF["small"], MODEL_OF["frontier"]], "default_model": MODEL_OF["small"]},
+        "tiny": {"models": [MODEL_OF["small"]], "default_model": MODEL_OF["small"]},
+    },
+}
+"""Tenants whose subsets leave out a stronger cluster (requests without the header see the whole catalog)."""
+
+
 @pytest.fixture(scope="module")
 def fallback_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own: these tests break and heal its upstreams."""
     workdir = tmp_path_factory.mktemp("fallback")
-    with Stack(workdir=workdir, router_overrides=HEURISTIC, envoy_patch=without_outlier_detection) as running:
+    with Stack(workdir=workdir, router_overrides=TENANTS, envoy_patch=without_outlier_detection) as running:
         yield running
 
 
@@ -55,11 +67,11 @@ def fail(stack: Stack, cluster: str, status: int) -> None:
     assert r.status_code == 200
 
 
-def received_count(stack: Stack) -> dict[str, int]:
-    """How many requests each upstream has received (its ``/_received`` keeps the last 256)."""
+def received_count(stack: Stack, clusters: Iterable[str] | None = None) -> dict[str, int]:
+    """How many requests each upstream (of ``clusters``, default all) has received (``/_received`` keeps 256)."""
     return {
-        cluster: len(httpx.get(f"http://127.0.0.1:{port}/_received", timeout=5).json())
-        for cluster, port in stack.upstream_ports.items()
+        cluster: len(httpx.get(f"http://127.0.0.1:{stack.upstream_ports[cluster]}/_received", timeout=5).json())
+        for cluster in (stack.upstream_ports if clusters is None else clusters)
     }
 
 
@@ -187,6 +199,53 @@ def test_frontier_has_no_stronger_cluster_to_fall_back_to(fallback_stack: Stack)
     assert received_since(fallback_stack, before) == {"small": 0, "cheap": 0, "frontier": 1}
 
 
+NO_FALLBACK = "serves none of the models this request may use"
+
+
+@pytest.mark.parametrize(
+    ("tenant", "extra", "failing", "attempts"),
+    [
+        pytest.param("frugal", {}, ["cheap"], {"small": 0, "cheap": 1, "frontier": 0}, id="cheap-fails"),
+        pytest.param("frugal", TO_SMALL, ["small", "cheap"], {"small": 1, "cheap": 1, "frontier": 0}, id="two-fail"),
+        # A gap in the subset ends the chain: the local reply on cheap is not retried on frontier.
+        pytest.param("gap", TO_SMALL, ["small"], {"small": 1, "cheap": 0, "frontier": 0}, id="gap"),
+    ],
+)
+def test_a_fallback_outside_the_tenants_models_is_answered_not_sent(
+    fallback_stack: Stack, tenant: str, extra: dict[str, str], failing: list[str], attempts: dict[str, int]
+) -> None:
+    """A fallback cluster that serves none of the tenant's models gets no request under a name it does not serve
+    (it answered 404 for the cheap model's name): the client gets a 503 saying why, in its SDK's error shape."""
+    for cluster in failing:
+        fail(fallback_stack, cluster, 503)
+    before = received_count(fallback_stack)
+    client = openai.OpenAI(base_url=fallback_stack.base_url + "/v1", api_key="k", max_retries=0)
+    with client, pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": EASY}],
+            extra_headers={"x-tenant-id": tenant, **extra},
+        )
+    assert info.value.status_code == 503
+    assert NO_FALLBACK in info.value.message
+    assert info.value.code == "no_fallback_model"
+    assert "x-model-router-fallback-model" not in info.value.response.headers
+    assert received_since(fallback_stack, before) == attempts
+
+
+def test_anthropic_clients_get_the_no_fallback_answer_in_their_shape(fallback_stack: Stack) -> None:
+    fail(fallback_stack, "cheap", 529)
+    client = anthropic.Anthropic(
+        base_url=fallback_stack.base_url, api_key="k", max_retries=0, default_headers={"x-tenant-id": "frugal"}
+    )
+    with client, pytest.raises(anthropic.InternalServerError) as info:
+        client.messages.create(model="auto", max_tokens=64, messages=[{"role": "user", "content": EASY}])
+    assert info.value.status_code == 503
+    body: Any = info.value.body
+    assert (body["type"], body["error"]["type"]) == ("error", "api_error")
+    assert NO_FALLBACK in body["error"]["message"]
+
+
 def test_streaming_request_falls_back_before_the_stream_starts(fallback_stack: Stack) -> None:
     fail(fallback_stack, "cheap", 429)
     client = anthropic.Anthropic(base_url=fallback_stack.base_url, api_key="test-key", max_retries=0)
@@ -226,6 +285,25 @@ def test_unreachable_cluster_falls_back_and_is_then_skipped(tmp_path: Path) -> N
             status, tier, cluster = send(0)
             assert status == 200 and (tier, cluster) in {("small", "cheap"), ("frontier", "frontier")}
         assert stack.envoy_stat("cluster.small_then_stronger.upstream_rq_retry") == retried  # skipped, not tried
+
+
+def test_an_ejected_tier_does_not_send_a_tenant_outside_its_models(tmp_path: Path) -> None:
+    """The shipped config, small down: a tenant with only small's model is answered 503 (also once small is ejected
+    and the chain's first attempt is cheap); those local replies eject nothing else, so other requests fall back to
+    cheap as before."""
+    with Stack(workdir=tmp_path, router_overrides=TENANTS) as stack:
+        small = stack.procs["upstream-small"]
+        small.terminate()
+        small.wait(10)
+        before = received_count(stack, ["cheap", "frontier"])
+        for _ in range(8):
+            r = post(stack, chat_body(EASY), **TO_SMALL, **{"x-tenant-id": "tiny"})
+            assert (r.status_code, r.json()["error"]["code"]) == (503, "no_fallback_model")
+        assert stack.envoy_stat("cluster.small.outlier_detection.ejections_enforced_total") == 1
+        assert stack.envoy_stat("cluster.cheap.outlier_detection.ejections_enforced_total") == 0
+        assert received_count(stack, ["cheap", "frontier"]) == before  # nothing sent
+        r = post(stack, chat_body(EASY), **TO_SMALL)
+        assert (r.status_code, r.headers["x-upstream-cluster"]) == (200, "cheap")
 
 
 @pytest.fixture(scope="module")

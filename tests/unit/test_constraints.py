@@ -192,13 +192,14 @@ def test_fallback_table_follows_the_tenant_catalog() -> None:
 @pytest.mark.parametrize("odd", ['mini"quoted', "mini\ttab", "mini\nline", "mini\\back"])
 def test_fallback_table_leaves_out_names_it_cannot_splice(odd: str) -> None:
     """The Lua fallback filter splices names between quotes and splits its table on tabs and newlines, so a model
-    name needing JSON escapes is never offered (cluster names are restricted by the config already)."""
+    name needing JSON escapes is never offered (cluster names are restricted by the config already); its cluster
+    keeps an empty name (the body goes there unchanged), as no line would mean no model there (a 503)."""
     odd_model = {**CATALOG[1], "name": odd, "cluster": "cheap2", "ability": 1.0}
     settings = parse_config({"policy": {"default_model": "gpt-4o"}, "catalog": [*CATALOG, odd_model]})
     table = build_snapshot(settings, lambda _s: FakeDifficultyModel()).tenant_view(None).fallbacks
     assert odd not in table
     small = _lines(table["llama-3.1-8b-instruct"])
-    assert "cheap2" not in small and small["cheap"] == "gpt-4o-mini"
+    assert small["cheap2"] == "" and small["cheap"] == "gpt-4o-mini"
 
 
 @pytest.mark.parametrize(
