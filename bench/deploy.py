@@ -7,9 +7,10 @@ changes for every setup alike: the stdout access log is removed (at thousands of
 the log file, not the gateway), and the upstream clusters point at the bench upstream. "Envoy alone" (E) also
 drops the ext_proc filter.
 
-Several router workers are either several endpoints in the ext_proc cluster (default) or several processes on one
-port with ``SO_REUSEPORT``. With ``--concurrency 1`` Envoy multiplexes every ext_proc stream over one HTTP/2
-connection per endpoint, and ``SO_REUSEPORT`` spreads *connections*, not streams: all load can land on one worker.
+Several router workers are several endpoints of the ext_proc cluster, each on its own port. With ``--concurrency 1``
+Envoy multiplexes every ext_proc stream over one HTTP/2 connection per endpoint, so processes sharing one
+``SO_REUSEPORT`` port got all the load on one worker (bench/RESULTS.md "Workers"); the router now refuses a port
+another process holds.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from devstack.stack import (
 __all__ = [
     "Deployment",
     "SetupSpec",
-    "WorkerMode",
     "hcm",
     "onnx_model_path",
     "spawn",
@@ -51,7 +51,6 @@ __all__ = [
     "wait_until",
 ]
 
-WorkerMode = Literal["endpoints", "reuseport"]
 ServerKind = Literal["none", "noop", "router"]
 
 
@@ -159,7 +158,6 @@ class Deployment:
     spec: SetupSpec
     workdir: Path
     upstream_ports: Mapping[str, int]
-    worker_mode: WorkerMode = "endpoints"
     router_root: Path = ROOT
     """Where ``python -m extproc`` runs from: another checkout (with its own ``extproc/``) for an A/B run."""
     stack: Stack | None = None
@@ -209,12 +207,8 @@ class Deployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         router_port = free_port()
         n = self.spec.workers if self.spec.server != "none" else 0
-        if n == 0:
-            ports: list[int] = []
-        elif self.worker_mode == "endpoints":
-            ports = [router_port] + [free_port() for _ in range(n - 1)]
-        else:
-            ports = [router_port] * n
+        # Each worker its own port, an endpoint of the ext_proc cluster (bench/RESULTS.md "Workers").
+        ports = [router_port] + [free_port() for _ in range(n - 1)] if n else []
         self.stack = Stack(
             workdir=self.workdir,
             router_port=router_port,
@@ -227,7 +221,7 @@ class Deployment:
                 cwd = self.router_root if self.spec.server == "router" else ROOT
                 proc = spawn(self._worker_argv(port), log, cwd=cwd)
                 self.workers.append(proc)
-                # health alone could be answered by another worker on a shared port: also wait for its own log line
+                # its own log line as well as the port's health: the port could be another process's
                 ready = functools.partial(_worker_ready, port, log)
                 wait_until(ready, f"{self.spec.label} worker {i}", proc, log, 60)
             self.stack.start_envoy()

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import Deployment, SetupSpec, WorkerMode, onnx_model_path, start_upstream
+from bench.deploy import Deployment, SetupSpec, onnx_model_path, start_upstream
 from bench.measure import Run, measure, run_wrk
 from bench.procstat import machine_info
 from bench.report import aggregate, comparisons, evaluate_targets, format_table, format_targets, write_results
@@ -56,12 +56,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--setups", nargs="+", default=["E", "N", "R-h", "R-onnx"], help="subset of E N R-h R-onnx R-onnx-u")
     p.add_argument("--no-workers", action="store_true", help="skip the 2-worker measurement")
-    p.add_argument(
-        "--worker-mode",
-        choices=["endpoints", "reuseport"],
-        default="endpoints",
-        help="2 workers as 2 endpoints of the ext_proc cluster (default) or 2 processes on one SO_REUSEPORT port",
-    )
     p.add_argument(
         "--router-root",
         type=Path,
@@ -108,11 +102,9 @@ def _specs(names: list[str]) -> tuple[list[SetupSpec], list[str]]:
     return specs, notes
 
 
-def _start(
-    spec: SetupSpec, workdir: Path, ports: dict[str, int], mode: WorkerMode, root: Path, notes: list[str]
-) -> Deployment | None:
+def _start(spec: SetupSpec, workdir: Path, ports: dict[str, int], root: Path, notes: list[str]) -> Deployment | None:
     """A started deployment, or None (with a note) when the ONNX router cannot start: the model may be mid-training."""
-    dep = Deployment(spec, workdir / spec.label, ports, worker_mode=mode, router_root=root)
+    dep = Deployment(spec, workdir / spec.label, ports, router_root=root)
     try:
         dep.start()
     except Exception as exc:
@@ -160,14 +152,14 @@ def _start_all(
     """Start every setup, then the 2-worker router (ONNX if it started, else heuristic)."""
     deployments = []
     for spec in specs:
-        dep = _start(spec, workdir, ports, args.worker_mode, args.router_root, notes)
+        dep = _start(spec, workdir, ports, args.router_root, notes)
         if dep is not None:
             deployments.append(dep)
     routers = [d.spec for d in deployments if d.spec.server == "router"]
     if routers and not args.no_workers and WORKERS_CONCURRENCY in args.concurrency:
         r = next((s for s in routers if s.classifier == "onnx"), routers[0])
         two = SetupSpec(r.name, "router", 2, r.classifier)
-        dep = _start(two, workdir, ports, args.worker_mode, args.router_root, notes)
+        dep = _start(two, workdir, ports, args.router_root, notes)
         if dep is not None:
             deployments.append(dep)
     return deployments

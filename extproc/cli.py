@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--html", type=Path, help="also write a self-contained HTML report to this file")
-    report.add_argument("--eval", type=Path, dest="eval_scores", help="scores written by model-router eval --out")
+    report.add_argument(
+        "--eval", type=Path, dest="eval_scores", help="scores written by model-router eval --out (with --html)"
+    )
     report.add_argument("--data", type=Path, help="the EVAL.md data the scores were computed on (with --eval)")
     report.add_argument("--weak", help="the cheap model's name in the data's scores (with --eval)")
     report.add_argument("--strong", help="the strong model's name in the data's scores (with --eval)")
@@ -318,6 +320,11 @@ def _report(args: argparse.Namespace) -> int:
 
     if (args.eval_scores is None) != (args.data is None):
         print("model-router report: --eval and --data go together", file=sys.stderr)
+        return 2
+    if args.eval_scores is not None and args.html is None:  # else they would be read, checked and shown nowhere
+        print(
+            "model-router report: --eval and --data draw a curve in the --html page: give --html FILE", file=sys.stderr
+        )
         return 2
     if args.eval_scores is None and (args.weak or args.strong):
         print(

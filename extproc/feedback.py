@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import hashlib
 import re
 import threading
 import time
@@ -31,13 +32,30 @@ from classifier.jsonl import unit_score
 from extproc.feedback_token import TokenError, TokenSigner
 from extproc.spool import Spool
 
-__all__ = ["TIME_KEY", "DecisionEntry", "DecisionStore", "FeedbackRecorder", "FeedbackResult", "FeedbackStatus"]
+__all__ = [
+    "IDEMPOTENCY_HASH_KEY",
+    "TIME_KEY",
+    "DecisionEntry",
+    "DecisionStore",
+    "FeedbackRecorder",
+    "FeedbackResult",
+    "FeedbackStatus",
+    "idempotency_key_hash",
+]
 
 TIME_KEY = "received_unix"
 WRITE_WAIT_SECONDS = 5.0
 """How long a submission waits for its line to be appended before answering "unavailable"."""
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+IDEMPOTENCY_HASH_KEY = "idempotency_key_hash"
+"""The feedback line's field for a score's idempotency key, kept as :func:`idempotency_key_hash`."""
+
+
+def idempotency_key_hash(key: str) -> str:
+    """What the router keeps of an idempotency key: a digest, so the feedback file (kept without a TTL) holds no
+    text a caller chose (a key could carry anything); equal keys give equal digests, all that deduplication needs."""
+    return hashlib.blake2b(key.encode(), digest_size=16, person=b"mr-idempotency").hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +344,9 @@ class FeedbackRecorder:
             return checked, None
         decision_id, entry, value = checked
         chosen = model or entry.served_model
-        if idempotency_key:  # a retry of a score this process wrote: the same answer, no second line or slot
-            written_before = self._decisions.written_score(decision_id, chosen, idempotency_key)
+        key_hash = idempotency_key_hash(idempotency_key) if idempotency_key else None
+        if key_hash:  # a retry of a score this process wrote: the same answer, no second line or slot
+            written_before = self._decisions.written_score(decision_id, chosen, key_hash)
             if written_before is not None:
                 return FeedbackResult(FeedbackStatus.RECORDED, "", decision_id, chosen, written_before), None
         if not self._decisions.admit_score(decision_id, self._max_scores):
@@ -347,12 +366,12 @@ class FeedbackRecorder:
             "tenant": entry.tenant,
             "source": source,
         }
-        if idempotency_key:
-            line["idempotency_key"] = idempotency_key
+        if key_hash:
+            line[IDEMPOTENCY_HASH_KEY] = key_hash
         written: concurrent.futures.Future[bool] = concurrent.futures.Future()
         on_written = (  # also when it lands after the caller was answered 503 (not confirmed in time)
-            functools.partial(self._decisions.remember_written, decision_id, chosen, idempotency_key, value)
-            if idempotency_key
+            functools.partial(self._decisions.remember_written, decision_id, chosen, key_hash, value)
+            if key_hash
             else None
         )
         if not self._spool.offer(line, functools.partial(_resolve, written, on_written)):

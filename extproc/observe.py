@@ -160,7 +160,7 @@ class ResponseObserver:
         name = _string(msg, FALLBACK_NAMESPACE, "model")
         if not name or name == decided.name:
             return decided
-        model = self._snap.by_name.get(name)  # the whole catalog: the filter's chains may leave a tenant's subset
+        model = self._snap.by_name.get(name)  # the whole catalog: any tenant's fallback names one of it
         if model is None:  # the filter only names catalog models: a foreign config wrote it
             self._sink.error("unknown_fallback_model")
             return decided

@@ -9,10 +9,10 @@ Several scores for the same decision and model are averaged (two thumbs-up and o
 is one observation of the same outcome. Feedback whose decision has no captured prompt (capture sampled it out, or
 its line expired) is counted and skipped; so are malformed lines, repeated capture lines for one id (the first
 wins), repeated feedback lines (one ``feedback_id``, e.g. in two copies of an archive; or one decision, model and
-``idempotency_key``, a client's retry of a score that was written after all: the first wins) and, unless
-``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated ``.1``
-files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any other
-missing input is an error. ``--tenant`` keeps only the decisions of the tenants named, ``--exclude-tenant`` leaves
+idempotency key, ``idempotency_key_hash``: a client's retry of a score that was written after all; the first wins)
+and, unless ``--keep-unscored``, captured prompts without feedback. Inputs may be plain or ``.gz`` (and the rotated
+``.1`` files). A missing ``X.1`` given together with ``X`` is skipped and named in the summary (not rotated yet); any
+other missing input is an error. ``--tenant`` keeps only the decisions of the tenants named, ``--exclude-tenant`` leaves
 those out (one tenant's clients can score their own decisions at will: fit abilities without them, or per tenant).
 Only tenants configured under ``tenants:`` are recorded (any other tenant header value is no tenant); a name that
 matches no captured decision is said in the summary.
@@ -34,6 +34,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
+from extproc.feedback import IDEMPOTENCY_HASH_KEY
 
 __all__ = ["JoinStats", "TenantFilter", "join_outcomes", "run_outcomes"]
 
@@ -71,7 +72,7 @@ class JoinStats:
     duplicate_capture: int = 0
     duplicate_feedback: int = 0
     """Feedback lines whose ``feedback_id`` was already read (the same line in two copies of an archive), or whose
-    decision, model and ``idempotency_key`` were (a retried score)."""
+    decision, model and idempotency key were (a retried score)."""
     unscored_capture: int = 0
     """Captured prompts without feedback (written without ``scores`` with ``keep_unscored``)."""
     orphan_feedback: int = 0
@@ -183,8 +184,8 @@ def _open_all(
 
 def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) -> dict[str, dict[str, list[float]]]:
     """decision id -> model -> scores; a line whose ``feedback_id`` was already read counts once (lines written
-    before feedback ids existed have none and are all kept), and so does a line whose decision and
-    model and ``idempotency_key`` were (a client's retry of a score whose first attempt was written after all)."""
+    before feedback ids existed have none and are all kept), and so does a line whose decision, model and
+    idempotency key (``idempotency_key_hash``) were (a client's retry of a score whose first write landed after all)."""
     by_id: dict[str, dict[str, list[float]]] = {}
     seen: set[str] = set()
     retried: set[tuple[str, str, str]] = set()
@@ -204,7 +205,7 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
                 stats.duplicate_feedback += 1
                 continue
             seen.add(feedback_id)
-        key = line.get("idempotency_key")
+        key = line.get(IDEMPOTENCY_HASH_KEY)
         if isinstance(key, str) and key:
             if (decision_id, model, key) in retried:  # the first line wins
                 stats.duplicate_feedback += 1

@@ -220,17 +220,22 @@ def test_a_fallback_outside_the_tenants_models_is_answered_not_sent(
         fail(fallback_stack, cluster, 503)
     before = received_count(fallback_stack)
     client = openai.OpenAI(base_url=fallback_stack.base_url + "/v1", api_key="k", max_retries=0)
+    request_id = f"no-fallback-{tenant}-{len(failing)}"
     with client, pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(
             model="auto",
             messages=[{"role": "user", "content": EASY}],
-            extra_headers={"x-tenant-id": tenant, **extra},
+            extra_headers={"x-tenant-id": tenant, "x-request-id": request_id, **extra},
         )
     assert info.value.status_code == 503
     assert NO_FALLBACK in info.value.message
     assert info.value.code == "no_fallback_model"
     assert "x-model-router-fallback-model" not in info.value.response.headers
     assert received_since(fallback_stack, before) == attempts
+    logged = _access_line(fallback_stack, request_id)
+    refused_on = {"gap": "cheap"}.get(tenant, "frontier")
+    assert (logged["response_code"], logged["model_router"]["no_model_on"]) == (503, refused_on)
+    assert logged["attempts"] == sum(attempts.values()) + 1
 
 
 def test_anthropic_clients_get_the_no_fallback_answer_in_their_shape(fallback_stack: Stack) -> None:
@@ -304,6 +309,34 @@ def test_an_ejected_tier_does_not_send_a_tenant_outside_its_models(tmp_path: Pat
         assert received_count(stack, ["cheap", "frontier"]) == before  # nothing sent
         r = post(stack, chat_body(EASY), **TO_SMALL)
         assert (r.status_code, r.headers["x-upstream-cluster"]) == (200, "cheap")
+
+
+def pod_network_is_internal(cfg: dict[str, Any]) -> None:
+    """What an operator may well add: the pod network counts as internal (e.g. for ``x-envoy-internal``)."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["internal_address_config"] = {"cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}
+
+
+def test_a_client_cannot_drive_envoys_retries_even_from_an_internal_address(tmp_path: Path) -> None:
+    """Envoy honours its x-envoy-* control headers from internal requests, and without use_remote_address a
+    client's X-Forwarded-For says who is internal: the gateway removes them all before anything reads them (one
+    request became 11 upstream calls, 5 at frontier, and the client named Envoy stats)."""
+    control = {
+        "x-envoy-retry-on": "retriable-status-codes",
+        "x-envoy-retriable-status-codes": "200",
+        "x-envoy-max-retries": "10",
+        "x-envoy-upstream-alt-stat-name": "client-chosen",
+        "x-forwarded-for": "10.1.2.3",
+    }
+    with Stack(workdir=tmp_path, router_overrides=HEURISTIC, envoy_patch=pod_network_is_internal) as stack:
+        for body, cluster in ((chat_body(EASY), "cheap"), (chat_body(EASY, model="gpt-4o"), "frontier")):
+            before = received_count(stack)
+            r = post(stack, body, **control)
+            assert (r.status_code, r.headers["x-upstream-cluster"]) == (200, cluster)
+            assert received_since(stack, before) == {c: int(c == cluster) for c in before}
+            assert not {k for k in last_received(stack, cluster)["headers"] if k.lower().startswith("x-envoy-r")}
+        stats = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", timeout=5).text
+        assert "client-chosen" not in stats
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from devstack.stack import Stack
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.cli import main
+from extproc.feedback import IDEMPOTENCY_HASH_KEY, idempotency_key_hash
 from tests.integration.conftest import router_metric, wait_until
 from tests.integration.test_routing import HARD, chat_body, post
 from tests.integration.test_telemetry import _fast_envoy_flush, run_traced
@@ -88,8 +89,8 @@ def test_capture_and_feedback_through_envoy_and_grpc(learning: tuple[Stack, Otlp
 
     assert wait_until(lambda: len(_jsonl(feedback)) == 2)
     lines = _jsonl(feedback)
-    assert [(x["decision_id"], x["model"], x["score"], x["source"], x.get("idempotency_key")) for x in lines] == [
-        (decision_id, "gpt-4o", 1.0, "http", "score-1"),
+    assert [(x["decision_id"], x["model"], x["score"], x["source"], x.get(IDEMPOTENCY_HASH_KEY)) for x in lines] == [
+        (decision_id, "gpt-4o", 1.0, "http", idempotency_key_hash("score-1")),
         (decision_id, "gpt-4o-mini", 0.0, "grpc", None),
     ]
     assert all(x["requested_model"] == "auto" and x["selected_model"] == "gpt-4o" for x in lines)

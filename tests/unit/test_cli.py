@@ -166,9 +166,10 @@ def test_report_eval_files_are_named(log: Path, data: Path, tmp_path: Path, caps
     scores.write_text('{"id": "a", "score": 0.5}\n')
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "score": 0.5}\n[oops\n')
-    argv = ["report", str(log), "--eval", str(bad), "--data", str(data)]
+    html = ["--html", str(tmp_path / "r.html")]
+    argv = ["report", str(log), "--eval", str(bad), "--data", str(data), *html]
     _fails_with(capsys, argv, f"model-router report: cannot read --eval {bad} (line 2 is not JSON)")
-    argv = ["report", str(log), "--eval", str(scores), "--data", str(tmp_path / "missing.jsonl")]
+    argv = ["report", str(log), "--eval", str(scores), "--data", str(tmp_path / "missing.jsonl"), *html]
     line = f"model-router report: cannot read --data {tmp_path / 'missing.jsonl'} (No such file or directory)"
     _fails_with(capsys, argv, line)
 
@@ -178,6 +179,12 @@ def test_adapt_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture
     argv = ["adapt", "--outcomes", str(missing), "--weak", "w", "--strong", "s", "--out", str(tmp_path / "m")]
     out = _fails_with(capsys, argv, f"model-router adapt: {missing}: cannot read outcome records...")
     assert out == ""
+
+
+def test_report_eval_without_html_is_refused(log: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The curve is drawn only in the page: without it the files were read and checked, and the result shown nowhere."""
+    line = "model-router report: --eval and --data draw a curve in the --html page: give --html FILE"
+    _fails_with(capsys, ["report", str(log), "--eval", str(data), "--data", str(data)], line)
 
 
 @pytest.mark.parametrize("option", ["--weak", "--strong"])

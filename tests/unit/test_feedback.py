@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import math
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ from devstack.stack import free_port
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.decide import DecisionService
-from extproc.feedback import DecisionEntry, DecisionStore, FeedbackRecorder, FeedbackResult, FeedbackStatus
+from extproc.feedback import (
+    IDEMPOTENCY_HASH_KEY,
+    DecisionEntry,
+    DecisionStore,
+    FeedbackRecorder,
+    FeedbackResult,
+    FeedbackStatus,
+    idempotency_key_hash,
+)
 from extproc.feedback_http import MAX_BODY_BYTES, start_feedback_server
 from extproc.feedback_token import TokenSigner
 from extproc.snapshot import SnapshotRef
@@ -158,13 +167,18 @@ def test_a_malformed_idempotency_key_is_refused(harness: Harness, key: Any) -> N
     assert harness.lines() == []
 
 
-def test_an_idempotency_key_is_written_with_the_score(harness: Harness) -> None:
-    """The same key on every retry of one score lets ``model-router outcomes`` count it once (test_outcomes.py)."""
-    key = "3b0c6f7e-9d1a-4c55-a0f2-6f0b1d2c3e4f"
+def test_an_idempotency_key_is_written_with_the_score_as_a_digest(harness: Harness) -> None:
+    """The same key on every retry of one score lets ``model-router outcomes`` count it once (test_outcomes.py); the
+    file keeps a digest, not the key: a caller could put any text in a key, and the file has no TTL."""
+    key = "CANARY-3b0c6f7e-9d1a-4c55-a0f2"
     assert harness.recorder.submit(KNOWN, 1, idempotency_key=key).status is FeedbackStatus.RECORDED
     assert harness.recorder.submit(KNOWN, 1, idempotency_key="").status is FeedbackStatus.RECORDED  # none
-    first, second = harness.lines()
-    assert first["idempotency_key"] == key and "idempotency_key" not in second
+    assert harness.recorder.submit(KNOWN, 0, "gpt-4o", idempotency_key=key).status is FeedbackStatus.RECORDED
+    first, second, third = harness.lines()
+    assert re.fullmatch("[0-9a-f]{32}", first[IDEMPOTENCY_HASH_KEY])
+    assert first[IDEMPOTENCY_HASH_KEY] == third[IDEMPOTENCY_HASH_KEY] != idempotency_key_hash(key + "x")
+    assert IDEMPOTENCY_HASH_KEY not in second
+    assert "CANARY" not in harness.path.read_text()
 
 
 OLD_ENTRY = DecisionEntry("auto", "gpt-4o-mini", "gpt-4o-mini", None, 1_700_000_100.0 - 601)
@@ -415,8 +429,9 @@ def test_http_endpoint(
     if code is None:
         decision_id = ELSEWHERE if "feedback_token" in body else KNOWN
         assert r.json() == {"decision_id": decision_id, "model": "gpt-4o-mini", "score": 1.0}
-        assert [(line["source"], line.get("idempotency_key")) for line in harness.lines()] == [
-            ("http", body.get("idempotency_key"))
+        key = body.get("idempotency_key")
+        assert [(line["source"], line.get(IDEMPOTENCY_HASH_KEY)) for line in harness.lines()] == [
+            ("http", key and idempotency_key_hash(key))
         ]
     else:
         assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
@@ -462,8 +477,8 @@ async def test_grpc_feedback(harness: Harness, feedback_stub: api_grpc.ModelRout
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await feedback_stub.Feedback(request, timeout=5)
         assert err.value.code() == code and message in (err.value.details() or "")
-    lines = [(line["decision_id"], line["score"], line.get("idempotency_key")) for line in harness.lines()]
-    assert lines == [(KNOWN, 0.0, None), (ELSEWHERE, 1.0, "retry-me")]
+    lines = [(line["decision_id"], line["score"], line.get(IDEMPOTENCY_HASH_KEY)) for line in harness.lines()]
+    assert lines == [(KNOWN, 0.0, None), (ELSEWHERE, 1.0, idempotency_key_hash("retry-me"))]
 
 
 async def test_too_many_scores_are_429_and_resource_exhausted(

@@ -93,11 +93,11 @@ def test_a_retried_score_counts_once_by_its_idempotency_key(tmp_path: Path) -> N
     the same on both, makes them one score. The same key on another decision is another score."""
     captures = _write(tmp_path / "c.jsonl", [_capture("a"), _capture("b")])
     lines = [
-        {**_fb("a", "m", 1), "feedback_id": "1", "idempotency_key": "k"},
-        {**_fb("a", "m", 1), "feedback_id": "2", "idempotency_key": "k"},  # the retry
-        {**_fb("a", "m", 0), "feedback_id": "3", "idempotency_key": "other"},
-        {**_fb("b", "m", 1), "feedback_id": "4", "idempotency_key": "k"},
-        {**_fb("b", "n", 0), "feedback_id": "5", "idempotency_key": "k"},  # the same key for another model
+        {**_fb("a", "m", 1), "feedback_id": "1", "idempotency_key_hash": "k"},
+        {**_fb("a", "m", 1), "feedback_id": "2", "idempotency_key_hash": "k"},  # the retry
+        {**_fb("a", "m", 0), "feedback_id": "3", "idempotency_key_hash": "other"},
+        {**_fb("b", "m", 1), "feedback_id": "4", "idempotency_key_hash": "k"},
+        {**_fb("b", "n", 0), "feedback_id": "5", "idempotency_key_hash": "k"},  # the same key for another model
     ]
     feedback = _write(tmp_path / "f.jsonl", lines)
     out = io.BytesIO()

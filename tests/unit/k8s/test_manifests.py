@@ -429,7 +429,10 @@ def test_base_envoy_config_keeps_router_settings(builds: dict[str, Objects]) -> 
     assert ext_proc["allow_mode_override"] is True
     assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == ["model_router"]
     early = _hcm(envoy)["early_header_mutation_extensions"]
-    assert early[0]["typed_config"]["mutations"] == [{"remove": "x-model-router-cluster"}]
+    assert early[0]["typed_config"]["mutations"] == [
+        {"remove": "x-model-router-cluster"},
+        {"remove_on_match": {"key_matcher": {"prefix": "x-envoy-"}}},  # Envoy's control headers (SECURITY.md)
+    ]
     http_filters = [f["name"] for f in _hcm(envoy)["http_filters"]]
     assert http_filters[-1] == "envoy.filters.http.router"
     assert "envoy.filters.http.ext_proc" in http_filters
@@ -837,7 +840,11 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     assert ext_proc_patch["patch"]["operation"] == "INSERT_BEFORE"
     assert ext_proc_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == ROUTER_FILTER
     hcm = patches["NETWORK_FILTER"]["patch"]["value"]["typed_config"]
-    assert hcm["early_header_mutation_extensions"] == _hcm(base_envoy)["early_header_mutation_extensions"]
+    # The cluster header's removal as in base; the x-envoy-* one is left to the owner of a gateway shared with other
+    # apps (SECURITY.md "Envoy's own control headers").
+    (base_early,) = json.loads(json.dumps(_hcm(base_envoy)["early_header_mutation_extensions"]))
+    base_early["typed_config"]["mutations"] = [m for m in base_early["typed_config"]["mutations"] if "remove" in m]
+    assert hcm["early_header_mutation_extensions"] == [base_early]
     assert (
         patches["VIRTUAL_HOST"]["patch"]["value"]["response_headers_to_add"]
         == (_hcm(base_envoy)["route_config"]["virtual_hosts"][0]["response_headers_to_add"])

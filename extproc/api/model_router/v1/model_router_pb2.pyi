@@ -171,8 +171,9 @@ class FeedbackRequest(_message.Message):
     Required (0 is a valid score, so presence is explicit).
     """
     model: _builtins.str
-    """The catalog model the score is for; absent = the model that served the decision (the selected model, or in
-    shadow mode the requested one).
+    """The catalog model the score is for; absent = the model that served the request: the selected model, or in
+    shadow mode the model the request went out as (the requested one, or the default model for an alias); after an
+    upstream fallback, with real usage on, the model that answered.
     """
     feedback_token: _builtins.str
     """The x-model-router-feedback-token response header (routers with feedback.signing_key_file): lets any replica
@@ -181,8 +182,8 @@ class FeedbackRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional: 1 to 200 visible ASCII characters the client picks once per score (a UUID) and sends again on every
     retry of it. A retry of a score this router process wrote (also after an UNAVAILABLE answer) gets the recorded
-    score back and writes nothing; otherwise the key is written with the score and `model-router outcomes` counts
-    one score per decision, model and key.
+    score back and writes nothing; otherwise a digest of the key (never the key) is written with the score and
+    `model-router outcomes` counts one score per decision, model and key.
     """
     def __init__(
         self,
