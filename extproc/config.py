@@ -397,6 +397,7 @@ def _cross_checks(v: _Fields) -> list[str]:
     problems: list[str] = []
     catalog: set[str] = set()
     catalog_known = True  # every model name is valid: "not in catalog" can be told
+    windows: list[int] = []
     try:
         entries = v.keys("catalog")
     except _Failed:
@@ -410,6 +411,8 @@ def _cross_checks(v: _Fields) -> list[str]:
         if name in catalog:
             problems.append(f"catalog[{i}].name: duplicate model name {name!r}")
         catalog.add(name)
+        with suppress(_Failed):
+            windows.append(v.get(CatalogModel, "catalog", i, "context_window"))
 
     def not_in_catalog(name: str) -> bool:
         if not catalog_known:
@@ -425,6 +428,14 @@ def _cross_checks(v: _Fields) -> list[str]:
     with suppress(_Failed):
         if not_in_catalog(default := policy("default_model")):
             problems.append(f"policy.default_model: {default!r} is not in catalog")
+    with suppress(_Failed):
+        # It counts in the context fit of every request that sets no output limit: at the widest window no such
+        # request would fit any model (each a no_eligible_model fallback, priced as a whole window of output).
+        if windows and (expected := policy("expected_output_tokens")) >= max(windows):
+            problems.append(
+                f"policy.expected_output_tokens: {expected} leaves no room for a prompt in any catalog model's "
+                f"context window (the widest: {max(windows)})"
+            )
     tenants: list[Any] = []
     with suppress(_Failed):
         tenants = v.keys("tenants")

@@ -2,8 +2,10 @@
 
 Switching a conversation to a weaker model mid-way changes the voice, the formatting and often the quality of the
 answers the user has been building on. The memory maps a conversation key (the session header if the config names
-one, else a hash of the conversation's first messages, always prefixed by the tenant) to the strongest ability used
-so far. It is bounded (LRU) and entries expire after a TTL. It lives in one router process: with several workers, a
+one, else a hash of the conversation's first messages, always prefixed by the tenant) to the strongest model used so
+far, by name: a reload that recalibrates abilities then moves the floor with its model (a floor kept as a number
+sent every live conversation on a model whose ability dropped by 0.01 to a dearer one). It is bounded (LRU) and
+entries expire after a TTL. It lives in one router process: with several workers, a
 conversation is sticky per worker (a session header with consistent hashing in Envoy keeps it on one worker).
 """
 
@@ -13,9 +15,9 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ["ConversationMemory", "Floors", "ReadOnlyMemory", "conversation_key"]
+__all__ = ["ConversationMemory", "Floor", "Floors", "ReadOnlyMemory", "conversation_key"]
 
 
 def conversation_key(tenant: str | None, session: str | None, seed: str, shadow: bool = False) -> str | None:
@@ -33,46 +35,56 @@ def conversation_key(tenant: str | None, session: str | None, seed: str, shadow:
     return hashlib.blake2b(f"{mode}{tenant or ''}\x00{material}".encode(), digest_size=16).hexdigest()
 
 
+class Floor(NamedTuple):
+    """The strongest model a conversation used, and its ability then: the floor is that model's ability in the running
+    catalog, or this one if a reload removed the model."""
+
+    model: str
+    ability: float
+
+
 class Floors(Protocol):
     """What a request handler needs of the memory: read a conversation's floor, record a decision's model."""
 
-    def floor(self, key: str) -> float | None: ...
+    def floor(self, key: str) -> Floor | None: ...
 
-    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None: ...
+    def remember(self, key: str, floor: Floor, ttl_seconds: float | None = None) -> None: ...
 
 
 class ConversationMemory:
-    """LRU map of conversation key -> the strongest ability used, with a time-to-live."""
+    """LRU map of conversation key -> the strongest model used, with a time-to-live."""
 
     def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_entries
         self._ttl = ttl_seconds
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Floor, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def floor(self, key: str) -> float | None:
-        """The strongest ability this conversation used, unless it expired."""
+    def floor(self, key: str) -> Floor | None:
+        """The strongest model this conversation used, unless it expired."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        ability, expires = entry
+        floor, expires = entry
         if expires <= self._clock():
             del self._entries[key]
             return None
-        return ability
+        return floor
 
-    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None:
-        """Record that the conversation used a model of ``ability`` (only ever raises the floor).
+    def remember(self, key: str, floor: Floor, ttl_seconds: float | None = None) -> None:
+        """Record that the conversation used ``floor``'s model (only ever raises the floor; the other model is kept
+        if it was more able when it was used).
 
         ``ttl_seconds`` (default: the one given at construction) is the running config's, so a reloaded
         ``stickiness.ttl_seconds`` applies from the next turn of every conversation; only the size needs a restart.
         """
         previous = self.floor(key)
         ttl = self._ttl if ttl_seconds is None else ttl_seconds
-        self._entries[key] = (max(ability, previous) if previous is not None else ability, self._clock() + ttl)
+        kept = previous if previous is not None and previous.ability > floor.ability else floor
+        self._entries[key] = (kept, self._clock() + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
@@ -85,9 +97,9 @@ class ReadOnlyMemory:
     def __init__(self, memory: Floors) -> None:
         self._memory = memory
 
-    def floor(self, key: str) -> float | None:
+    def floor(self, key: str) -> Floor | None:
         """The conversation's floor in the wrapped memory."""
         return self._memory.floor(key)
 
-    def remember(self, key: str, ability: float, ttl_seconds: float | None = None) -> None:
+    def remember(self, key: str, floor: Floor, ttl_seconds: float | None = None) -> None:
         """Record nothing."""

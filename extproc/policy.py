@@ -101,14 +101,16 @@ def fallback_models(chosen: ResolvedModel, catalog: Sequence[ResolvedModel]) -> 
     Envoy retries a failing cluster on the next one of its chain with the body the router wrote; its fallback filter
     then swaps in the name chosen here (README "Envoy settings"). On each cluster: the least able model that is at
     least as able as ``chosen`` (the closest substitute that is no worse), else the most able one there; ties go to
-    the cheaper. ``chosen``'s own cluster maps to ``chosen``.
+    the cheaper. Models with a window at least ``chosen``'s come first (the request fit that one; the table is not
+    per request). ``chosen``'s own cluster maps to ``chosen``.
     """
 
     by_cluster: dict[str, list[ResolvedModel]] = {}
     for m in catalog:
         by_cluster.setdefault(m.cluster, []).append(m)
     out: dict[str, ResolvedModel] = {}
-    for cluster, models in by_cluster.items():
+    for cluster, members in by_cluster.items():
+        models = [m for m in members if m.context_window >= chosen.context_window] or members
         no_worse = [m for m in models if m.ability >= chosen.ability]
         if no_worse:
             out[cluster] = min(no_worse, key=lambda m: (m.ability, _list_price(m)))
@@ -124,17 +126,30 @@ def pinned_decision(model: ResolvedModel) -> Decision:
 
 
 def fallback_decision(
-    default: ResolvedModel, reason: Reason, catalog: Sequence[ResolvedModel] = (), min_ability: float | None = None
+    default: ResolvedModel,
+    reason: Reason,
+    catalog: Sequence[ResolvedModel] = (),
+    min_ability: float | None = None,
+    facts: RequestFacts | None = None,
 ) -> Decision:
-    """The decision used when the router cannot decide on the merits. A conversation that already used a model of
-    ``min_ability`` never falls back to a weaker one: the cheapest model of ``catalog`` at least that able, else the
-    most able (stickiness holds whether or not the classifier could answer)."""
-    if min_ability is not None and default.ability < min_ability and catalog:
-        able = [m for m in catalog if m.ability >= min_ability]
-        if able:
-            default = min(able, key=lambda m: (_list_price(m), -m.ability))
-        else:
-            default = max(catalog, key=lambda m: m.ability)
+    """The decision used when the router cannot decide on the merits: ``default``, unless ``catalog`` holds a better
+    substitute. A conversation that already used a model of ``min_ability`` never falls back to a weaker one, and a
+    request (``facts``) never goes to a model whose window it does not fit while one fits: then the cheapest fitting
+    model at least that able (and at least as able as ``default``), else the most able that fits; if none fits, the
+    widest window. Stickiness and the window hold whether or not the classifier could answer."""
+    pool = [m for m in catalog if facts is None or m.context_window >= facts.input_tokens + facts.output_tokens]
+    if catalog and not pool:
+        return replace(_no_eligible_model(default, catalog), reason=reason)
+    need = default.ability if default not in pool else None
+    if min_ability is not None and default.ability < min_ability:
+        need = min_ability
+    if need is not None and pool:
+
+        def cost(m: ResolvedModel) -> float:
+            return estimate_cost(m, facts.input_tokens, facts.output_tokens) if facts else _list_price(m)
+
+        able = [m for m in pool if m.ability >= need]
+        default = min(able, key=lambda m: (cost(m), -m.ability)) if able else max(pool, key=lambda m: m.ability)
     return Decision(model=default, reason=reason, fallback=True, success_probability=None)
 
 

@@ -22,7 +22,15 @@ _DEFAULT_LIMITS = LimitSettings()
 _QUOTE, _OPEN_ARRAY, _OPEN_OBJECT = ord('"'), ord("["), ord("{")
 _NO_BODY: Mapping[str, Any] = MappingProxyType({})
 
-__all__ = ["ParsedRequest", "PassReason", "Passthrough", "estimate_tokens", "json_depth_exceeds", "parse_request"]
+__all__ = [
+    "MAX_ESTIMATED_TOKENS",
+    "ParsedRequest",
+    "PassReason",
+    "Passthrough",
+    "estimate_tokens",
+    "json_depth_exceeds",
+    "parse_request",
+]
 
 
 class PassReason(enum.StrEnum):
@@ -81,9 +89,14 @@ class ParsedRequest:
         return dataclasses.replace(self, body=_NO_BODY)
 
 
+MAX_ESTIMATED_TOKENS = 2**31 - 1
+"""Past any context window; the decision record's int32 holds it (a body of millions of attachment parts, which the
+limits allow when raised, overflowed it and went out unrouted)."""
+
+
 def estimate_tokens(chars: int) -> int:
-    """Rough token count from characters (about 4 per token for English; errs high for code)."""
-    return chars // 4 + 1
+    """Rough token count from characters (about 4 per token for English; errs high for code), capped."""
+    return min(chars // 4 + 1, MAX_ESTIMATED_TOKENS)
 
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:

@@ -28,7 +28,7 @@ from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
 from extproc.bodyedit import find_model_span, replace_at, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
-from extproc.conversations import Floors, conversation_key
+from extproc.conversations import Floor, Floors, conversation_key
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
 from extproc.observe import USAGE_MODEL_KEY
 from extproc.policy import (
@@ -384,7 +384,7 @@ class StreamHandler:
         if memory_key is not None and self._memory is not None and decision.reason is not Reason.TRUSTED_OVERRIDE:
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
             if not decision.fallback and not self._opening_failed:
-                self._memory.remember(memory_key, decision.model.ability, ttl)
+                self._memory.remember(memory_key, Floor(decision.model.name, decision.model.ability), ttl)
             elif (floor := self._memory.floor(memory_key)) is not None:
                 self._memory.remember(memory_key, floor, ttl)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))
@@ -489,12 +489,12 @@ class StreamHandler:
             max_cost=policy.max_cost,
             interactive=policy.interactive,
         )
-        floor = self._memory.floor(memory_key) if self._memory is not None and memory_key else None
+        floor = self._floor_ability(self._memory.floor(memory_key)) if self._memory is not None and memory_key else None
         opening = parsed.opening_text if floor is None and self._replays_opening(parsed) else ""
         if not parsed.prompt_text.strip():
             if opening:
                 floor = self._opening_floor(await _settled(self._classify(snap.model, opening, timeout)), facts, policy)
-            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor), None, None, None
+            return fallback_decision(fallback, Reason.NO_PROMPT_TEXT, policy.catalog, floor, facts), None, None, None
         t0 = self._clock()
         try:
             if opening:
@@ -511,7 +511,7 @@ class StreamHandler:
             if math.isnan(prediction.difficulty):
                 raise ValueError("the classifier returned NaN")
         except Exception as exc:  # the classifier's failure is a fallback, never a failed request
-            decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor)
+            decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor, facts)
             _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, decision.model.name)
             return decision, None, self._clock() - t0, None
         classify_seconds = self._clock() - t0
@@ -523,6 +523,14 @@ class StreamHandler:
                 choose_model(candidate_prediction, facts, policy.catalog, fallback), candidate_prediction
             )
         return decision, prediction, classify_seconds, candidate
+
+    def _floor_ability(self, floor: Floor | None) -> float | None:
+        """The remembered model's ability in the running catalog (a reload may have recalibrated it), else the one it
+        had when it was used (a reload removed it: the closest model left then holds the conversation)."""
+        if floor is None:
+            return None
+        model = self._snap.by_name.get(floor.model)
+        return model.ability if model is not None else floor.ability
 
     def _replays_opening(self, parsed: ParsedRequest) -> bool:
         """Whether the conversation's opening turn must be classified to find its floor (no floor is remembered).
@@ -563,8 +571,9 @@ class StreamHandler:
         )
         if isinstance(live, BaseException):
             raise live
-        if isinstance(candidate, BaseException):
-            _log.warning("candidate classifier failed (%s); the live decision stands", type(candidate).__name__)
+        if isinstance(candidate, BaseException) or math.isnan(candidate.difficulty):  # NaN: as for the live model
+            reason = type(candidate).__name__ if isinstance(candidate, BaseException) else "NaN"
+            _log.warning("candidate classifier failed (%s); the live decision stands", reason)
             self._sink.error("candidate_failed")
             return live, None
         return live, candidate

@@ -81,6 +81,11 @@ TMP_VOLUME = "model-router-tmp"
 DATA_VOLUME = "model-router-data"
 CONFIG_MOUNT = "/etc/model-router"
 DATA_MOUNT = "/var/lib/model-router"
+NO_TOKEN_VOLUME = "model-router-no-token"
+TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""The API server re-runs its ServiceAccount plugin after a webhook changed the pod, and it mounts the pod's token into
+every container with nothing at this path: the injected router (which parses untrusted bodies) would hold the
+gateway's token (an Istio gateway's can read the namespace's Secrets). An empty volume there keeps it out."""
 """capture.path and feedback.path in k8s/base/router-config/model-router.yaml live here."""
 MAX_BODY_BYTES = 3 * 1024 * 1024
 """An AdmissionReview for a CREATE carries one object (``oldObject`` is null). etcd stores no object over 1.5 MiB,
@@ -154,7 +159,7 @@ class InjectionSettings(_Strict):
     metrics_port: Port = 9464
     """Must match ``telemetry.metrics_listen`` in the router config."""
     health_port: Port = 9466
-    """``serve --health-listen 0.0.0.0:<health_port>``: the probes' ``GET /healthz`` (the gRPC port is loopback)."""
+    """``serve --health-listen [::]:<health_port>``: the probes' ``GET /healthz`` (the gRPC port is loopback)."""
     run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = 10001
     resources: Resources = Resources()
     data_size_limit: Quantity = "384Mi"
@@ -226,7 +231,7 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
             "--listen",
             f"127.0.0.1:{settings.grpc_port}",
             "--health-listen",
-            f"0.0.0.0:{settings.health_port}",
+            f"[::]:{settings.health_port}",  # both families: the kubelet probes the pod IP, IPv6 on IPv6 clusters
             "--wait-for-config",
         ],
         "ports": [
@@ -253,6 +258,7 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
             {"name": DATA_VOLUME, "mountPath": DATA_MOUNT},
+            {"name": NO_TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
         ],
     }
 
@@ -270,6 +276,7 @@ def _volumes(config_map: str, settings: InjectionSettings) -> list[dict[str, Any
         },
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
         {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": settings.data_size_limit}},
+        {"name": NO_TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}},
     ]
 
 
@@ -332,7 +339,7 @@ def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dic
         return [], "not injected: spec.containers is empty"
     if ANNOTATION_STATUS in annotations or CONTAINER_NAME in _names(containers) | _names(init_containers):
         return [], "not injected: already injected"
-    clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME, DATA_VOLUME})
+    clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME, DATA_VOLUME, NO_TOKEN_VOLUME})
     if clashes:
         return [], f"not injected: the pod already has volumes named {', '.join(clashes)}"
     ours = {settings.grpc_port, settings.metrics_port, settings.health_port}
@@ -487,12 +494,16 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("%s " + format, self.address_string(), *args)
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str = "application/json") -> None:
+        # One answer per connection: the API server keeps idle connections for 90 s and does not retry a POST, so a
+        # review sent on a kept-alive connection the webhook was ending (its 10 s deadline) failed, and the pod was
+        # created without the router (failurePolicy: Ignore). A TLS handshake per pod creation is the price.
+        self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
-        self.server.answered(self.request)  # a kept-alive connection's time starts again
 
     def _error(self, status: HTTPStatus, message: str) -> None:
         _log.warning("rejected request: %s", message)

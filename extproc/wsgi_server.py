@@ -9,6 +9,7 @@ thread. The threads live in the ext_proc process, whose memory and pids bound it
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import sys
@@ -73,12 +74,6 @@ class BoundedConnections(ThreadingMixIn):
         self._per_peer: dict[str, int] = {}
         self._deadlines: dict[Any, float] = {}
         self._deadlines_lock = threading.Lock()
-
-    def answered(self, request: Any) -> None:
-        """A request on this connection was answered: its time starts again (HTTP/1.1 keep-alive)."""
-        with self._deadlines_lock:
-            if request in self._deadlines:
-                self._deadlines[request] = time.monotonic() + self.connection_seconds
 
     def process_request(self, request: Any, client_address: Any) -> None:
         peer = str(client_address[0])
@@ -152,6 +147,24 @@ class _BoundedServer(BoundedConnections, WSGIServer):
 class _BoundedServer6(_BoundedServer):
     address_family = socket.AF_INET6
 
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":  # every address of both families (IPv4 as mapped addresses)
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _make(host: str, port: int, app: WSGIApplication, handler: type[WSGIRequestHandler]) -> _BoundedServer:
+    """``::`` is every address of both families (a probe port must answer on the pod's IP, which is IPv6 on an
+    IPv6 cluster), and on a kernel without IPv6 every IPv4 address, so one setting serves every kind of cluster."""
+    if ":" not in host:
+        return make_server(host, port, app, _BoundedServer, handler)
+    try:
+        return make_server(host, port, app, _BoundedServer6, handler)
+    except OSError as exc:
+        if host != "::" or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+        return make_server("0.0.0.0", port, app, _BoundedServer, handler)
+
 
 def serve_wsgi(
     listen: str,
@@ -163,14 +176,13 @@ def serve_wsgi(
     connection_seconds: float = CONNECTION_SECONDS,
     max_per_peer: int | None = None,
 ) -> Callable[[], None]:
-    """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``) in a thread named ``name``; return a stop function
-    (which waits up to ``poll_interval`` seconds for the serving loop to notice). :class:`ListenError` if it cannot
-    listen there."""
+    """Serve ``app`` on ``listen`` (``host:port``, ``[v6]:port``; ``[::]:port``: see :func:`_make`) in a thread
+    named ``name``; return a stop function (which waits up to ``poll_interval`` seconds for the serving loop to
+    notice). :class:`ListenError` if it cannot listen there."""
     handler = type("_Handler", (_QuietHandler,), {"timeout": timeout})
     try:
         host, port = parse_listen(listen)  # config validation refuses a malformed address first
-        server_class = _BoundedServer6 if ":" in host else _BoundedServer
-        server = make_server(host, port, app, server_class, handler)
+        server = _make(host, port, app, handler)
     except (OSError, ValueError) as exc:
         raise ListenError(listen, exc) from None
     server.bound(max_connections, connection_seconds, max_per_peer)

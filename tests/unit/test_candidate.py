@@ -86,8 +86,15 @@ async def test_candidate_choice_is_recorded_but_the_live_one_routes() -> None:
     assert rec.candidate_success_probability is not None and 0 < rec.candidate_success_probability < 1
 
 
-async def test_failing_candidate_leaves_the_live_decision_alone() -> None:
-    handler, sink = with_candidate(FakeDifficultyModel(), Broken())
+class NaNCandidate(Broken):
+    def predict(self, text: str) -> Prediction:
+        return Prediction(float("nan"), 1.0)
+
+
+@pytest.mark.parametrize("candidate", [Broken(), NaNCandidate()], ids=["raises", "nan"])
+async def test_failing_candidate_leaves_the_live_decision_alone(candidate: Broken) -> None:
+    """A NaN difficulty fails the candidate as it fails the live model (it was recorded as a 'most able' choice)."""
+    handler, sink = with_candidate(FakeDifficultyModel(), candidate)
     responses = await replay(handler, chat_headers(), chat("a medium question"))
     assert routed_model(responses) == "gpt-4o-mini"
     (rec,) = sink.records

@@ -37,6 +37,14 @@ def base(**changes: object) -> dict[str, object]:
             base(policy={"default_model": "x"}), ["policy.default_model: 'x' is not in catalog"], id="default"
         ),
         pytest.param(
+            base(policy={"default_model": "m", "expected_output_tokens": 128_000}),
+            [
+                "policy.expected_output_tokens: 128000 leaves no room for a prompt in any catalog model's context "
+                "window (the widest: 128000)"
+            ],
+            id="expected-output-past-every-window",
+        ),
+        pytest.param(
             base(policy={"default_model": "m", "quality_target": 2}),
             ["policy.quality_target: Input should be less than or equal to 1"],
             id="target-bound",

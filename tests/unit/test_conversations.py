@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from extproc.conversations import ConversationMemory, conversation_key
+from extproc.conversations import ConversationMemory, Floor, conversation_key
 
 
 class Clock:
@@ -16,22 +16,22 @@ class Clock:
 def test_floor_only_rises_and_expires() -> None:
     clock = Clock()
     memory = ConversationMemory(max_entries=10, ttl_seconds=60, clock=clock)
-    memory.remember("k", 3.0)
-    memory.remember("k", 1.0)
-    assert memory.floor("k") == 3.0
+    memory.remember("k", Floor("strong", 3.0))
+    memory.remember("k", Floor("weak", 1.0))
+    assert memory.floor("k") == Floor("strong", 3.0)
     clock.now = 59.0
-    assert memory.floor("k") == 3.0
+    assert memory.floor("k") == Floor("strong", 3.0)
     clock.now = 61.0
     assert memory.floor("k") is None and len(memory) == 0
 
 
 def test_bounded_lru() -> None:
     memory = ConversationMemory(max_entries=2, ttl_seconds=60, clock=Clock())
-    memory.remember("a", 1.0)
-    memory.remember("b", 1.0)
-    memory.remember("a", 2.0)  # refreshes a
-    memory.remember("c", 1.0)  # evicts b, the least recently used
-    assert memory.floor("b") is None and memory.floor("a") == 2.0 and len(memory) == 2
+    memory.remember("a", Floor("m", 1.0))
+    memory.remember("b", Floor("m", 1.0))
+    memory.remember("a", Floor("n", 2.0))  # refreshes a
+    memory.remember("c", Floor("m", 1.0))  # evicts b, the least recently used
+    assert memory.floor("b") is None and memory.floor("a") == Floor("n", 2.0) and len(memory) == 2
 
 
 def test_keys() -> None:

@@ -127,6 +127,30 @@ def test_a_fallback_respects_the_conversation_floor(default: ResolvedModel, floo
     assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.CLASSIFIER_FAILED, True)
 
 
+TIGHT = _model("tight", 2.0, 0.1, window=8_000)  # able and cheap, but a small window
+
+
+@pytest.mark.parametrize(
+    ("default", "floor", "tokens", "want"),
+    [
+        (SMALL, None, 100, "small"),
+        (SMALL, None, 20_000, "cheap"),  # small (8k) would refuse it: the cheapest fitting model no less able
+        (SMALL, 1.5, 100, "tight"),  # the floor, by estimated cost
+        (SMALL, 1.5, 20_000, "frontier"),  # the floor among the models it fits (tight was picked, and refused it)
+        (TIGHT, None, 20_000, "frontier"),
+        (SMALL, None, 200_000, "cheap"),  # fits nothing: the widest window (among equals the default, else the cheaper)
+    ],
+)
+def test_a_fallback_never_goes_to_a_window_the_request_does_not_fit(
+    default: ResolvedModel, floor: float | None, tokens: int, want: str
+) -> None:
+    """Found by review: a floor turn whose classifier failed took the cheapest model that able by list price, an
+    8k-window model for a 15k-token turn (certain refusal) while others fit."""
+    catalog = (*CATALOG, TIGHT)
+    decision = fallback_decision(default, Reason.CLASSIFIER_FAILED, catalog, floor, facts(tokens=tokens))
+    assert (decision.model.name, decision.reason, decision.fallback) == (want, Reason.CLASSIFIER_FAILED, True)
+
+
 @pytest.mark.parametrize(
     ("ability", "difficulty", "want"),
     [(0.0, 0.0, 0.5), (800.0, 0.0, 1.0), (-800.0, 0.0, 0.0), (1.0, 0.0, 0.7310585786)],
@@ -245,6 +269,16 @@ def test_fallback_models(chosen: ResolvedModel, want: dict[str, str]) -> None:
     got = fallback_models(chosen, FALLBACK_CATALOG)
     assert {cluster: m.name for cluster, m in got.items()} == want
     assert fallback_models(chosen, tuple(reversed(FALLBACK_CATALOG))) == got  # order must not matter
+
+
+def test_fallback_models_prefer_a_window_the_request_fits() -> None:
+    """Found by review: a 20k-token request on a 128k model was retried under an 8k model's name (certain refusal)
+    while the same cluster had a 128k model."""
+    chosen = ResolvedModel("cheap-128k", "c-cheap", "cheap", 0.15, 0.6, 1.0, 128_000)
+    small_window = ResolvedModel("frontier-8k", "c-frontier", "frontier", 2.5, 10.0, 3.0, 8_000)
+    roomy = ResolvedModel("frontier-128k", "c-frontier", "frontier", 5.0, 15.0, 4.0, 128_000)
+    assert fallback_models(chosen, (chosen, small_window, roomy))["c-frontier"] == roomy
+    assert fallback_models(chosen, (chosen, small_window))["c-frontier"] == small_window  # the only one there
 
 
 def test_fallback_models_ability_tie_goes_to_the_cheaper() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.request import ParsedRequest, parse_request
+from extproc.request import MAX_ESTIMATED_TOKENS, ParsedRequest, estimate_tokens, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
 from extproc.schemas._text import ATTACHMENT_CHARS
 from extproc.schemas.anthropic_messages import AnthropicMessages
@@ -602,3 +602,10 @@ CHAT_TURNS: list[dict[str, Any]] = [
 )
 def test_openai_chat_conversation_seed(messages: list[dict[str, Any]], want: str) -> None:
     assert OpenAIChat().conversation_seed({"messages": messages}) == want
+
+
+def test_the_token_estimate_is_capped_where_the_decision_record_holds_it() -> None:
+    """Millions of attachment parts (limits raised to what validation allows) overflowed the record's int32, and the
+    request went out unrouted as "auto"; capped, it is past every window (no_eligible_model)."""
+    assert estimate_tokens(4 * 2**40) == MAX_ESTIMATED_TOKENS == 2**31 - 1
+    assert estimate_tokens(400) == 101

@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from classifier.model import Prediction
 from extproc.classify import ClassifierThreads
-from extproc.config import PolicySettings, ServerSettings, TenantPolicy
+from extproc.config import PolicySettings, ServerSettings, Settings, TenantPolicy
 from extproc.policy import estimate_cost
 from extproc.record import DecisionRecord, Outcome
 from extproc.stream import Classify, ProtocolError, Stage, StreamHandler, add_header
@@ -575,6 +575,32 @@ async def test_a_reloaded_stickiness_ttl_applies_to_the_next_turn() -> None:
     assert (await turn("easy")).reason == "sticky_conversation"
     now[0] = 9.0 + 11.0  # the sticky turn refreshed the entry at 9 s, for the running config's 10 s
     assert (await turn("easy")).selected_model == "llama-3.1-8b-instruct"
+
+
+async def test_a_reload_that_recalibrates_abilities_keeps_a_conversation_on_its_model() -> None:
+    """Found by review: floors were kept as ability numbers, so lowering gpt-4o-mini's ability by 0.01 sent every
+    live conversation held on it to gpt-4o (17x the price) for the floor's TTL."""
+    from extproc.conversations import ConversationMemory
+
+    memory = ConversationMemory(100, 3600)
+    base = demo_settings()
+    base = base.model_copy(update={"policy": _with_session_header(base.policy)})
+    mini = snapshot(None, base).by_name["gpt-4o-mini"].ability
+    lowered = [m.model_copy(update={"ability": mini - 0.01}) if m.name == "gpt-4o-mini" else m for m in base.catalog]
+    reloaded = base.model_copy(update={"catalog": lowered})
+
+    async def turn(settings: Settings, text: str) -> DecisionRecord:
+        sink = RecordingSink()
+        handler = StreamHandler(
+            snapshot(None, settings), inline_classify, sink, sequential_ids(), fixed_clock(), memory=memory
+        )
+        body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": text}]})
+        await replay(handler, chat_headers(**{"x-session-id": "s1"}), body)
+        return sink.records[0]
+
+    assert (await turn(base, "a medium question")).selected_model == "gpt-4o-mini"
+    later = await turn(reloaded, "easy")
+    assert (later.reason, later.selected_model) == ("sticky_conversation", "gpt-4o-mini")
 
 
 async def test_tenants_without_a_view_of_their_own_do_not_share_conversations() -> None:

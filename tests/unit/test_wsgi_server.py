@@ -4,6 +4,7 @@ over the bound are closed at once instead of each getting a thread."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -131,4 +132,34 @@ def test_one_client_holding_idle_connections_leaves_slots_for_the_others() -> No
     finally:
         for s in held:
             s.close()
+        stop()
+
+
+def test_every_address_answers_on_ipv4_and_ipv6() -> None:
+    """``[::]`` serves both families: a kubelet probes the pod's IP, IPv6 on an IPv6 cluster, where the injected
+    router's ``0.0.0.0`` refused every probe (the pod never started)."""
+    port = free_port()
+    stop = serve_wsgi(f"[::]:{port}", _ok, "test-http", poll_interval=0.02)
+    try:
+        for host in ("127.0.0.1", "[::1]"):
+            assert httpx.get(f"http://{host}:{port}/", timeout=5).text == "ok"
+    finally:
+        stop()
+
+
+def test_every_address_falls_back_to_ipv4_on_a_kernel_without_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kwargs: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    port = free_port()
+    stop = serve_wsgi(f"[::]:{port}", _ok, "test-http", poll_interval=0.02)
+    monkeypatch.undo()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok"
+    finally:
         stop()

@@ -612,9 +612,9 @@ DRAIN_SCRIPT = K8S / "base" / "envoy-drain.sh"
 
 
 def _health_port(router: dict[str, Any]) -> int:
-    """The port of a sidecar's ``serve --health-listen 0.0.0.0:PORT``."""
+    """The port of a sidecar's ``serve --health-listen [::]:PORT``."""
     listen = _flag(router["args"], "--health-listen")
-    assert listen.startswith("0.0.0.0:"), "the kubelet probes the pod IP"
+    assert listen.startswith("[::]:"), "the kubelet probes the pod IP (IPv6 on IPv6 clusters): every address"
     return _port(listen)
 
 

@@ -43,6 +43,7 @@ from extproc.webhook import (
     ANNOTATION_INJECT,
     ANNOTATION_STATUS,
     MAX_REQUESTS,
+    TOKEN_MOUNT,
     InjectionSettings,
     InvalidReviewError,
     build_server,
@@ -124,23 +125,23 @@ EXISTING_VOLUME = {"name": "certs", "emptyDir": {}}
             pod(INJECT),
             ["/spec/initContainers", "/spec/volumes", "/metadata/annotations/model-router.io~1status"],
             ["model-router"],
-            ["model-router-config", "model-router-tmp", "model-router-data"],
+            ["model-router-config", "model-router-tmp", "model-router-data", "model-router-no-token"],
             id="annotated-pod-gets-sidecar-and-volumes",
         ),
         pytest.param(
             pod(INJECT, initContainers=[EXISTING_INIT], volumes=[EXISTING_VOLUME]),
-            ["/spec/initContainers/0", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
+            ["/spec/initContainers/0", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
              "/metadata/annotations/model-router.io~1status"],
             ["model-router", "setup"],
-            ["certs", "model-router-config", "model-router-tmp", "model-router-data"],
+            ["certs", "model-router-config", "model-router-tmp", "model-router-data", "model-router-no-token"],
             id="existing-init-containers-and-volumes-are-kept",
         ),
         pytest.param(
             pod(INJECT, initContainers=None, volumes=[]),
-            ["/spec/initContainers", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
+            ["/spec/initContainers", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-", "/spec/volumes/-",
              "/metadata/annotations/model-router.io~1status"],
             ["model-router"],
-            ["model-router-config", "model-router-tmp", "model-router-data"],
+            ["model-router-config", "model-router-tmp", "model-router-data", "model-router-no-token"],
             id="null-init-containers-and-empty-volumes",
         ),
     ],
@@ -171,7 +172,7 @@ def test_mutate_injects(
         "--listen",
         "127.0.0.1:50051",  # only the pod's Envoy: ext_proc, Decide and reflection are not on the pod IP
         "--health-listen",
-        "0.0.0.0:9466",  # the probes' port, which says only loading / waiting for a valid config / serving
+        "[::]:9466",  # the probes' port (both families), which says only loading / waiting for a valid config / serving
         "--wait-for-config",  # a config error must not stop the pod's Envoy from starting
     ]
     assert [p["containerPort"] for p in sidecar["ports"]] == [9464, 9466]
@@ -218,7 +219,20 @@ def test_injected_sidecar_matches_the_base_deployment() -> None:
     assert "readinessProbe" not in injected and "readinessProbe" not in base
     assert injected["securityContext"] == {**base["securityContext"], "seccompProfile": {"type": "RuntimeDefault"}}
     base_paths = [m["mountPath"] for m in base["volumeMounts"]]
-    assert [m["mountPath"] for m in injected["volumeMounts"]] == base_paths
+    # base's pod mounts no token (automountServiceAccountToken: false); an injected pod's own setting is not ours
+    assert [m["mountPath"] for m in injected["volumeMounts"]] == [*base_paths, TOKEN_MOUNT]
+    assert base_spec["automountServiceAccountToken"] is False
+
+
+def test_the_injected_router_gets_no_service_account_token() -> None:
+    """The API server re-runs its ServiceAccount plugin after a webhook changed the pod and mounts the pod's token
+    into each container with nothing at the token path (an Istio gateway's token reads the namespace's Secrets):
+    the router's own mount there is an empty in-memory volume, read-only."""
+    mutated = apply(pod(INJECT), patch_of(mutate(review(pod(INJECT)), SETTINGS)))
+    router = mutated["spec"]["initContainers"][0]
+    (mount,) = [m for m in router["volumeMounts"] if m["mountPath"] == TOKEN_MOUNT]
+    volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] is True and set(volume) == {"name", "emptyDir"}
 
 
 def test_injected_sidecar_gets_the_learning_volume() -> None:
@@ -755,6 +769,24 @@ def test_a_review_waits_for_a_turn(serve: Serve, monkeypatch: pytest.MonkeyPatch
         assert spy.asked.acquire(timeout=30), "the waiting review never asked for a turn"
     waiter.join(timeout=30)
     assert statuses == [200]
+
+
+def test_every_answer_closes_its_connection(serve: Serve) -> None:
+    """The API server reuses idle connections (90 s) and never retries a POST: a review on a connection the webhook
+    was ending at its 10 s deadline got EOF, and the pod was created without the router. Each answer now says
+    ``Connection: close`` and ends its connection, so the client opens a fresh one for the next review."""
+    _, port, client = serve()
+    conn = http.client.HTTPSConnection("localhost", port, context=client, timeout=10)
+    try:
+        for path, body in (("/mutate", REVIEW), ("/nope", b"{}")):  # an error answer too (the body was left unread)
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.getheader("Connection") == "close"
+            assert response.will_close
+            assert conn.sock is None, "the client saw the close and will reconnect"
+    finally:
+        conn.close()
 
 
 def test_connections_beyond_max_connections_are_closed(serve: Serve) -> None:
