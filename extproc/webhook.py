@@ -160,7 +160,9 @@ class InjectionSettings(_Strict):
     """Must match ``telemetry.metrics_listen`` in the router config."""
     health_port: Port = 9466
     """``serve --health-listen [::]:<health_port>``: the probes' ``GET /healthz`` (the gRPC port is loopback)."""
-    run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] = 10001
+    run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = 10001
+    """The sidecar's uid and gid; null leaves them to the cluster (OpenShift's restricted SCC assigns one from the
+    namespace's range and refuses another), ``runAsNonRoot`` stays (the image's user is numeric)."""
     resources: Resources = Resources()
     data_size_limit: Quantity = "384Mi"
     """sizeLimit of the emptyDir at ``/var/lib/model-router`` (capture and feedback files): at least
@@ -246,8 +248,7 @@ def _sidecar(settings: InjectionSettings) -> dict[str, Any]:
         "livenessProbe": {"httpGet": probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         "resources": resources,
         "securityContext": {
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
+            **({"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_user} if settings.run_as_user else {}),
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -337,6 +338,14 @@ def _plan(pod: Mapping[str, Any], settings: InjectionSettings) -> tuple[list[dic
         return [], f"not injected: {exc}"
     if not containers:
         return [], "not injected: spec.containers is empty"
+    # Pods the API server would refuse whole once injected (not covered by failurePolicy: Ignore), or that would
+    # put the router's loopback ports on the node: left as they are, and said (response.warnings).
+    if isinstance(spec.get("os"), dict) and spec["os"].get("name") == "windows":
+        return [], "not injected: a Windows pod (the router's security context is Linux-only)"
+    if spec.get("hostNetwork") is True:
+        return [], "not injected: hostNetwork would put the router's loopback-only ports on the node"
+    if spec.get("resources") is not None:
+        return [], "not injected: pod-level spec.resources would not cover the router's requests"
     if ANNOTATION_STATUS in annotations or CONTAINER_NAME in _names(containers) | _names(init_containers):
         return [], "not injected: already injected"
     clashes = sorted(_names(volumes) & {CONFIG_VOLUME, TMP_VOLUME, DATA_VOLUME, NO_TOKEN_VOLUME})
@@ -399,6 +408,12 @@ def mutate(review: Mapping[str, Any], settings: InjectionSettings) -> dict[str, 
     else:
         patch, message = _plan(pod, settings)
     response: dict[str, Any] = {"uid": uid, "allowed": True, "status": {"code": 200, "message": message}}
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    asked = isinstance(annotations, dict) and ANNOTATION_INJECT in annotations
+    if asked and not patch and not message.startswith(("not injected: opted out", "not injected: already")):
+        # status.message is not read on an allowed answer: a warning reaches kubectl and the controllers' logs
+        response["warnings"] = [f"model-router: {message}"]
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode("ascii")

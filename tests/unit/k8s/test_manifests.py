@@ -1783,6 +1783,17 @@ def test_injector_ca_bundle_is_the_long_lived_ca(builds: dict[str, Objects]) -> 
     assert {o["metadata"]["namespace"] for o in objects if o["kind"] in ("Issuer", "Certificate")} == {namespace}
 
 
+def test_only_pods_carrying_the_inject_annotation_reach_the_webhook(builds: dict[str, Objects]) -> None:
+    """matchConditions (CEL, checked here only as text: no CEL evaluator in the test dependencies) keep the other pods
+    of a labelled namespace from waiting on the webhook; any value of the annotation still reaches it (a misspelt
+    value gets the webhook's warning)."""
+    (hook,) = find(builds["injector"], "MutatingWebhookConfiguration")["webhooks"]
+    (condition,) = hook["matchConditions"]
+    assert condition["expression"] == (
+        "has(object.metadata.annotations) && 'model-router.io/inject' in object.metadata.annotations"
+    )
+
+
 def test_readmes_exist() -> None:
     for readme in ("README.md", "overlays/envoy-gateway/README.md", "overlays/istio/README.md"):
         assert (K8S / readme).is_file(), readme

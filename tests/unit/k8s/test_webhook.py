@@ -295,11 +295,53 @@ def test_injected_sidecar_gets_the_learning_volume() -> None:
                      "not injected: spec.initContainers is not a list", id="init-containers-not-a-list"),
         pytest.param(review({"metadata": {"annotations": INJECT}, "spec": {"containers": []}}),
                      "not injected: spec.containers is empty", id="no-containers"),
+        # The API server would refuse these whole once injected (failurePolicy: Ignore does not cover that), or
+        # the router's loopback-only ports would be the node's.
+        pytest.param(review(pod(INJECT, os={"name": "windows"})),
+                     "not injected: a Windows pod (the router's security context is Linux-only)", id="windows"),
+        pytest.param(review(pod(INJECT, hostNetwork=True)),
+                     "not injected: hostNetwork would put the router's loopback-only ports on the node",
+                     id="host-network"),
+        pytest.param(review(pod(INJECT, resources={"limits": {"memory": "512Mi"}})),
+                     "not injected: pod-level spec.resources would not cover the router's requests",
+                     id="pod-level-resources"),
     ],
 )  # fmt: skip
 def test_mutate_allows_without_patch(req: dict[str, Any], message: str) -> None:
     response = mutate(req, SETTINGS)["response"]
+    response.pop("warnings", None)  # test_a_pod_that_asked_and_was_not_injected_gets_a_warning
     assert response == {"uid": req["request"]["uid"], "allowed": True, "status": {"code": 200, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("req", "warned"),
+    [
+        pytest.param(review(pod(INJECT, hostNetwork=True)), True, id="asked-not-injected"),
+        pytest.param(review(pod({ANNOTATION_INJECT: "True"})), True, id="asked-with-a-bad-value"),
+        pytest.param(review(pod()), False, id="not-asked"),
+        pytest.param(review(pod({ANNOTATION_INJECT: "false"})), False, id="opted-out"),
+        pytest.param(review(pod({**INJECT, ANNOTATION_STATUS: "injected"})), False, id="already-injected"),
+        pytest.param(review(pod(INJECT)), False, id="injected"),
+        pytest.param(review({"metadata": ["x"], "spec": {}}), False, id="metadata-not-a-mapping"),
+    ],
+)  # fmt: skip
+def test_a_pod_that_asked_and_was_not_injected_gets_a_warning(req: dict[str, Any], warned: bool) -> None:
+    """``status.message`` is not read on an allowed answer: a warning is what reaches kubectl and controller logs."""
+    response = mutate(req, SETTINGS)["response"]
+    want = [f"model-router: {response['status']['message']}"] if warned else None
+    assert response.get("warnings") == want
+
+
+def test_run_as_user_null_leaves_the_uid_to_the_cluster() -> None:
+    """OpenShift's restricted SCC assigns a uid from the namespace's range and refuses the pod with another."""
+    webhook_cm = next(o for o in kustomize("injector") if o["kind"] == "ConfigMap")
+    config = yaml.safe_load(webhook_cm["data"]["webhook.yaml"])
+    config["sidecar"]["run_as_user"] = None
+    settings = parse_webhook_config(config).sidecar
+    mutated = apply(pod(INJECT), patch_of(mutate(review(pod(INJECT)), settings)))
+    kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
+    context = mutated["spec"]["initContainers"][0]["securityContext"]
+    assert "runAsUser" not in context and "runAsGroup" not in context and context["runAsNonRoot"] is True
 
 
 @pytest.mark.parametrize(
