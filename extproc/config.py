@@ -42,11 +42,11 @@ __all__ = [
     "validate_model",
 ]
 
-Price = Annotated[float, Field(ge=0, le=10_000)]
+Price = Annotated[float, Field(strict=True, ge=0, le=10_000)]
 LatencyClass = Literal["fast", "standard", "slow"]
 Constraint = Literal["quality", "max_cost", "latency"]
 """The per-request constraint headers a tenant may be allowed to send."""
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Unit = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
@@ -130,9 +130,9 @@ class CatalogModel(_Strict):
     tier: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_\-]+$")]
     input_price_per_mtok: Price
     output_price_per_mtok: Price
-    ability: Annotated[float, Field(ge=-10, le=10)] | None = None
+    ability: Annotated[float, Field(strict=True, ge=-10, le=10)] | None = None
     """On the classifier's difficulty scale; omitted = the classifier's default for this model name."""
-    context_window: Annotated[int, Field(gt=0)] = 128_000
+    context_window: Annotated[int, Field(strict=True, gt=0)] = 128_000
     latency_class: LatencyClass = "standard"
     """``slow`` models are excluded from requests that ask for ``interactive`` latency."""
 
@@ -152,7 +152,7 @@ class ServerSettings(_Strict):
 
     listen: Annotated[str, _listen(unix=True)] = "127.0.0.1:50051"
     """``host:port`` (``[::1]:port`` for IPv6) or ``unix:/absolute/path.sock``; one router per address."""
-    classifier_timeout_ms: Annotated[float, Field(gt=0, le=1000)] = 50.0
+    classifier_timeout_ms: Annotated[float, Field(strict=True, gt=0, le=1000)] = 50.0
     """Deadline for one classification; keep it well below Envoy's ``message_timeout``."""
     decision_api: bool = True
     """Serve ``model_router.v1.ModelRouterService`` (Decide) and gRPC reflection on the router's port."""
@@ -163,10 +163,10 @@ class ServerSettings(_Strict):
     stream until its response headers arrive; with ``response_header_mode: SKIP`` (as shipped) none arrive, and each
     holds it to the end of the response: leave it off there. Off: the router ends each decision stream as soon as
     the request is decided, and Envoy sends it nothing more."""
-    grace_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    grace_seconds: Annotated[float, Field(strict=True, ge=0, le=300)] = 10.0
     """On SIGTERM, how long in-flight streams may take before the server stops."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    config_poll_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    config_poll_seconds: Annotated[float, Field(strict=True, ge=0, le=3600)] = 2.0
     """How often to check the config file for changes (0 = only on SIGHUP)."""
     tls: TlsSettings | None = None
     """TLS on ``listen`` (null: plaintext, for loopback or a Unix socket). Needs a restart to turn on or off."""
@@ -189,14 +189,14 @@ class ClassifierSettings(_Strict):
 class LimitSettings(_Strict):
     """Bounds on what the router reads; a request over a bound passes through unclassified."""
 
-    max_body_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    max_body_bytes: Annotated[int, Field(strict=True, gt=0, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     """Bodies larger than this pass through (Envoy's own buffer limit answers 413 first)."""
-    max_json_depth: Annotated[int, Field(ge=4, le=1000)] = 64
+    max_json_depth: Annotated[int, Field(strict=True, ge=4, le=1000)] = 64
     """Deeper JSON passes through (orjson itself refuses more than 1024 levels)."""
-    max_json_containers: Annotated[int, Field(ge=100, le=10_000_000)] = 50_000
+    max_json_containers: Annotated[int, Field(strict=True, ge=100, le=10_000_000)] = 50_000
     """Bodies with more arrays and objects pass through unparsed: parsing millions of tiny containers takes seconds
     of the event loop, which every other request shares. 2,000 messages with tool calls stay well below."""
-    max_messages: Annotated[int, Field(gt=0, le=1_000_000)] = 2000
+    max_messages: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] = 2000
     """Chat requests with more messages pass through."""
 
 
@@ -246,9 +246,9 @@ class CaptureSettings(_Strict):
     """Share of decided requests (routed, fallback, shadow) whose prompt is captured."""
     path: Path | None = None
     """The JSON Lines file (required when enabled); its rotated predecessor is ``<path>.1``."""
-    ttl_hours: Annotated[float, Field(gt=0, le=24 * 366)] = 72.0
+    ttl_hours: Annotated[float, Field(strict=True, gt=0, le=24 * 366)] = 72.0
     """No captured line is kept longer than this (lines live between half of it and all of it)."""
-    max_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 256 * 1024 * 1024
+    max_bytes: Annotated[int, Field(strict=True, ge=4096, le=1 << 40)] = 256 * 1024 * 1024
     """Disk bound of the capture: the live file and ``<path>.1`` together."""
     include_decide: bool = True
     """Also capture prompts of ``Decide`` calls. On: a gateway that routes itself with ``Decide`` serves real traffic
@@ -263,14 +263,14 @@ class FeedbackSettings(_Strict):
     """``host:port`` of the HTTP feedback endpoint; null serves feedback over gRPC only."""
     path: Path | None = None
     """The JSON Lines file accepted feedback is appended to (required when enabled); rotated to ``<path>.1``."""
-    max_bytes: Annotated[int, Field(ge=4096, le=1 << 40)] = 64 * 1024 * 1024
+    max_bytes: Annotated[int, Field(strict=True, ge=4096, le=1 << 40)] = 64 * 1024 * 1024
     """Disk bound of the feedback file and ``<path>.1`` together."""
-    decision_ttl_seconds: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    decision_ttl_seconds: Annotated[float, Field(strict=True, gt=0, le=30 * 86400)] = 3600.0
     """How long after a decision feedback for it is accepted."""
-    max_decisions: Annotated[int, Field(gt=0, le=10_000_000)] = 50_000
+    max_decisions: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 50_000
     """Bound of the in-memory decision store (oldest evicted first; about 330 bytes each): size it as decision
     rate x the delay before feedback arrives."""
-    max_scores_per_decision: Annotated[int, Field(gt=0, le=1000)] = 10
+    max_scores_per_decision: Annotated[int, Field(strict=True, gt=0, le=1000)] = 10
     """Accepted scores per decision (re-scores and other models' scores included); more are refused (429), so one
     decision's scores cannot flood the bounded feedback file and rotate the others out."""
     signing_key_file: Path | None = None
@@ -287,8 +287,8 @@ class StickinessSettings(_Strict):
     could send another conversation's id and inherit its floor (cost, not trust; SECURITY.md). Without it, or when a
     request lacks it, the key is a hash of every message up to and including the first assistant reply (prefixed by
     the tenant header's value); before that reply there is no key."""
-    max_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 100_000
-    ttl_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
+    max_entries: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 100_000
+    ttl_seconds: Annotated[float, Field(strict=True, gt=0, le=7 * 86400)] = 3600.0
 
 
 class PolicySettings(_Strict):
@@ -307,7 +307,7 @@ class PolicySettings(_Strict):
     """Honour ``x-model-router-latency`` per request. Off unless set, like ``quality_header``: ``interactive`` skips
     ``slow`` models, which may be the cheap ones, so any client could raise its cost. (``x-model-router-max-cost``
     can only lower the cost, and is honoured by default.)"""
-    expected_output_tokens: Annotated[int, Field(gt=0, le=1_000_000)] = 300
+    expected_output_tokens: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] = 300
     """Used for cost estimates when the request sets no output limit."""
     allowed_constraints: tuple[Constraint, ...] = ("quality", "max_cost", "latency")
     """Constraint headers honoured for requests without a tenant (``x-model-router-quality``, ``-max-cost``,

@@ -113,7 +113,7 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 _ADMISSION_API = "admission.k8s.io/v1"
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 Quantity = Annotated[str, Field(pattern=_QUANTITY)]
 
 
@@ -160,7 +160,7 @@ class InjectionSettings(_Strict):
     """Must match ``telemetry.metrics_listen`` in the router config."""
     health_port: Port = 9466
     """``serve --health-listen [::]:<health_port>``: the probes' ``GET /healthz`` (the gRPC port is loopback)."""
-    run_as_user: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = 10001
+    run_as_user: Annotated[int, Field(strict=True, ge=1, le=2_147_483_647)] | None = 10001
     """The sidecar's uid and gid; null leaves them to the cluster (OpenShift's restricted SCC assigns one from the
     namespace's range and refuses another), ``runAsNonRoot`` stays (the image's user is numeric)."""
     resources: Resources = Resources()

@@ -36,6 +36,14 @@ def base(**changes: object) -> dict[str, object]:
         pytest.param(
             base(policy={"default_model": "x"}), ["policy.default_model: 'x' is not in catalog"], id="default"
         ),
+        pytest.param(  # YAML's `yes` and a quoted number: a 1-token window and a target were loaded before
+            base(catalog=[{**MODEL, "context_window": True}], policy={"default_model": "m", "quality_target": "0.5"}),
+            [
+                "policy.quality_target: Input should be a valid number",
+                "catalog[0].context_window: Input should be a valid integer",
+            ],
+            id="booleans-and-strings-are-no-numbers",
+        ),
         pytest.param(
             base(policy={"default_model": "m", "expected_output_tokens": 128_000}),
             [
