@@ -398,6 +398,7 @@ def _cross_checks(v: _Fields) -> list[str]:
     catalog: set[str] = set()
     catalog_known = True  # every model name is valid: "not in catalog" can be told
     windows: list[int] = []
+    windows_known = True
     try:
         entries = v.keys("catalog")
     except _Failed:
@@ -411,8 +412,10 @@ def _cross_checks(v: _Fields) -> list[str]:
         if name in catalog:
             problems.append(f"catalog[{i}].name: duplicate model name {name!r}")
         catalog.add(name)
-        with suppress(_Failed):
+        try:
             windows.append(v.get(CatalogModel, "catalog", i, "context_window"))
+        except _Failed:
+            windows_known = False  # named already; the widest window is not known
 
     def not_in_catalog(name: str) -> bool:
         if not catalog_known:
@@ -431,7 +434,7 @@ def _cross_checks(v: _Fields) -> list[str]:
     with suppress(_Failed):
         # It counts in the context fit of every request that sets no output limit: at the widest window no such
         # request would fit any model (each a no_eligible_model fallback, priced as a whole window of output).
-        if windows and (expected := policy("expected_output_tokens")) >= max(windows):
+        if windows_known and windows and (expected := policy("expected_output_tokens")) >= max(windows):
             problems.append(
                 f"policy.expected_output_tokens: {expected} leaves no room for a prompt in any catalog model's "
                 f"context window (the widest: {max(windows)})"
@@ -594,6 +597,15 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads an exponent without a dot or without a sign, ``1e5`` or ``1.5e3``, as a string; YAML 1.2
+# and every other reader take it as a number, and the strict number fields would refuse the string.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_config_file(path: Path) -> bytes:

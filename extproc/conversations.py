@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-__all__ = ["ConversationMemory", "Floor", "Floors", "ReadOnlyMemory", "conversation_key"]
+__all__ = ["ConversationMemory", "Floor", "Floors", "ReadOnlyMemory", "conversation_key", "stronger"]
 
 
 def conversation_key(tenant: str | None, session: str | None, seed: str, shadow: bool = False) -> str | None:
@@ -41,6 +41,13 @@ class Floor(NamedTuple):
 
     model: str
     ability: float
+
+
+def stronger(held: Floor | None, used: Floor) -> Floor:
+    """The floor after a turn used ``used``: it, or ``held`` if that is more able. Both at their abilities in the
+    running catalog (``held``'s as the handler resolved it): a remembered ability from before a reload would keep a
+    model the reload made weaker over the stronger one just used, or drop a raised one for a capped turn's."""
+    return held if held is not None and held.ability > used.ability else used
 
 
 class Floors(Protocol):
@@ -75,16 +82,13 @@ class ConversationMemory:
         return floor
 
     def remember(self, key: str, floor: Floor, ttl_seconds: float | None = None) -> None:
-        """Record that the conversation used ``floor``'s model (only ever raises the floor; the other model is kept
-        if it was more able when it was used).
+        """Record ``floor`` as the conversation's (see :func:`stronger`: only the caller knows the running abilities).
 
         ``ttl_seconds`` (default: the one given at construction) is the running config's, so a reloaded
         ``stickiness.ttl_seconds`` applies from the next turn of every conversation; only the size needs a restart.
         """
-        previous = self.floor(key)
         ttl = self._ttl if ttl_seconds is None else ttl_seconds
-        kept = previous if previous is not None and previous.ability > floor.ability else floor
-        self._entries[key] = (kept, self._clock() + ttl)
+        self._entries[key] = (floor, self._clock() + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

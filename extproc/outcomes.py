@@ -34,7 +34,7 @@ from typing import IO, Any, TextIO
 import orjson
 
 from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
-from extproc.feedback import IDEMPOTENCY_HASH_KEY
+from extproc.feedback import IDEMPOTENCY_HASH_KEY, idempotency_key_hash
 
 __all__ = ["JoinStats", "TenantFilter", "join_outcomes", "run_outcomes"]
 
@@ -206,6 +206,8 @@ def _read_feedback(paths: Sequence[tuple[Path, IO[bytes]]], stats: JoinStats) ->
                 continue
             seen.add(feedback_id)
         key = line.get(IDEMPOTENCY_HASH_KEY)
+        if isinstance(raw := line.get("idempotency_key"), str) and raw:  # written before keys were kept as digests
+            key = idempotency_key_hash(raw)
         if isinstance(key, str) and key:
             if (decision_id, model, key) in retried:  # the first line wins
                 stats.duplicate_feedback += 1

@@ -28,7 +28,7 @@ from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
 from extproc.bodyedit import find_model_span, replace_at, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
-from extproc.conversations import Floor, Floors, conversation_key
+from extproc.conversations import Floor, Floors, conversation_key, stronger
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
 from extproc.observe import USAGE_MODEL_KEY
 from extproc.policy import (
@@ -383,10 +383,12 @@ class StreamHandler:
         # once, not on every turn.
         if memory_key is not None and self._memory is not None and decision.reason is not Reason.TRUSTED_OVERRIDE:
             ttl = self._snap.settings.policy.stickiness.ttl_seconds  # the running config's: reload applies
+            held = self._current(self._memory.floor(memory_key))
             if not decision.fallback and not self._opening_failed:
-                self._memory.remember(memory_key, Floor(decision.model.name, decision.model.ability), ttl)
-            elif (floor := self._memory.floor(memory_key)) is not None:
-                self._memory.remember(memory_key, floor, ttl)
+                used = Floor(decision.model.name, decision.model.ability)
+                self._memory.remember(memory_key, stronger(held, used), ttl)
+            elif held is not None:
+                self._memory.remember(memory_key, held, ttl)
         self._emit(self._build_record(parsed, policy, decision, prediction, classify_seconds, start, candidate))
         # Shadow mode changed nothing: the upstream served the requested model (or the default route's).
         unchanged = self._snap.by_name.get(parsed.requested_model, policy.default)
@@ -489,7 +491,8 @@ class StreamHandler:
             max_cost=policy.max_cost,
             interactive=policy.interactive,
         )
-        floor = self._floor_ability(self._memory.floor(memory_key)) if self._memory is not None and memory_key else None
+        held = self._current(self._memory.floor(memory_key)) if self._memory is not None and memory_key else None
+        floor = held.ability if held is not None else None
         opening = parsed.opening_text if floor is None and self._replays_opening(parsed) else ""
         if not parsed.prompt_text.strip():
             if opening:
@@ -524,13 +527,11 @@ class StreamHandler:
             )
         return decision, prediction, classify_seconds, candidate
 
-    def _floor_ability(self, floor: Floor | None) -> float | None:
-        """The remembered model's ability in the running catalog (a reload may have recalibrated it), else the one it
-        had when it was used (a reload removed it: the closest model left then holds the conversation)."""
-        if floor is None:
-            return None
-        model = self._snap.by_name.get(floor.model)
-        return model.ability if model is not None else floor.ability
+    def _current(self, floor: Floor | None) -> Floor | None:
+        """A remembered floor at its model's ability in the running catalog (a reload may have recalibrated it), else
+        at the one it had when it was used (a reload removed it: the closest model left then holds the conversation)."""
+        model = self._snap.by_name.get(floor.model) if floor is not None else None
+        return floor if model is None or floor is None else Floor(floor.model, model.ability)
 
     def _replays_opening(self, parsed: ParsedRequest) -> bool:
         """Whether the conversation's opening turn must be classified to find its floor (no floor is remembered).

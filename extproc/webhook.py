@@ -81,12 +81,12 @@ TMP_VOLUME = "model-router-tmp"
 DATA_VOLUME = "model-router-data"
 CONFIG_MOUNT = "/etc/model-router"
 DATA_MOUNT = "/var/lib/model-router"
+"""capture.path and feedback.path in k8s/base/router-config/model-router.yaml live here."""
 NO_TOKEN_VOLUME = "model-router-no-token"
 TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 """The API server re-runs its ServiceAccount plugin after a webhook changed the pod, and it mounts the pod's token into
 every container with nothing at this path: the injected router (which parses untrusted bodies) would hold the
 gateway's token (an Istio gateway's can read the namespace's Secrets). An empty volume there keeps it out."""
-"""capture.path and feedback.path in k8s/base/router-config/model-router.yaml live here."""
 MAX_BODY_BYTES = 3 * 1024 * 1024
 """An AdmissionReview for a CREATE carries one object (``oldObject`` is null). etcd stores no object over 1.5 MiB,
 and the API server reads no write body over 3 MiB (``--max-request-body-bytes``, twice etcd's limit to allow for

@@ -52,6 +52,14 @@ def base(**changes: object) -> dict[str, object]:
             ],
             id="expected-output-past-every-window",
         ),
+        pytest.param(  # the broken window is named once, with no "widest" made up without it
+            base(
+                catalog=[{**MODEL, "context_window": 0}, {**MODEL, "name": "n", "context_window": 200}],
+                policy={"default_model": "m", "expected_output_tokens": 300},
+            ),
+            ["catalog[0].context_window: Input should be greater than 0"],
+            id="expected-output-not-checked-against-a-broken-window",
+        ),
         pytest.param(
             base(policy={"default_model": "m", "quality_target": 2}),
             ["policy.quality_target: Input should be less than or equal to 1"],
@@ -863,3 +871,9 @@ def test_a_reload_reuses_the_loaded_model_until_its_settings_or_files_change(tmp
     loader.seed(settings, seeded)  # the shipped model loaded at start
     assert loader(settings) is seeded
     assert loads == [str(model_dir), str(model_dir)]
+
+
+def test_exponents_are_numbers_as_in_yaml_1_2() -> None:
+    """PyYAML (YAML 1.1) read ``1e5`` and ``1.5e3`` as strings, which the strict number fields then refused."""
+    loaded = load_yaml(Path("c.yaml"), b"a: 1e5\nb: 1.5e3\nc: -2E-3\nd: '1e5'\ne: 127.0.0.1:80\n")
+    assert loaded == {"a": 100000.0, "b": 1500.0, "c": -0.002, "d": "1e5", "e": "127.0.0.1:80"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from extproc.conversations import ConversationMemory, Floor, conversation_key
+import pytest
+
+from extproc.conversations import ConversationMemory, Floor, conversation_key, stronger
 
 
 class Clock:
@@ -13,11 +15,25 @@ class Clock:
         return self.now
 
 
-def test_floor_only_rises_and_expires() -> None:
+@pytest.mark.parametrize(
+    ("held", "used", "want"),
+    [
+        (None, Floor("b", 0.4), Floor("b", 0.4)),
+        (Floor("a", 0.9), Floor("b", 0.4), Floor("a", 0.9)),  # only ever rises
+        (Floor("a", 0.3), Floor("b", 0.4), Floor("b", 0.4)),  # a reload lowered a (0.5 -> 0.3): b holds now
+        (Floor("a", 0.9), Floor("e", 0.6), Floor("a", 0.9)),  # raised by a reload (0.5 -> 0.9): a capped turn keeps it
+    ],
+)
+def test_the_stronger_floor_at_running_abilities(held: Floor | None, used: Floor, want: Floor) -> None:
+    """Found by review: comparing with the ability a model had when it was used kept a model a reload made weaker
+    over the stronger one just used (the next turn could go weaker still)."""
+    assert stronger(held, used) == want
+
+
+def test_floor_expires() -> None:
     clock = Clock()
     memory = ConversationMemory(max_entries=10, ttl_seconds=60, clock=clock)
     memory.remember("k", Floor("strong", 3.0))
-    memory.remember("k", Floor("weak", 1.0))
     assert memory.floor("k") == Floor("strong", 3.0)
     clock.now = 59.0
     assert memory.floor("k") == Floor("strong", 3.0)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from extproc.cli import main
+from extproc.feedback import idempotency_key_hash
 from extproc.outcomes import join_outcomes, run_outcomes
 
 
@@ -98,13 +99,16 @@ def test_a_retried_score_counts_once_by_its_idempotency_key(tmp_path: Path) -> N
         {**_fb("a", "m", 0), "feedback_id": "3", "idempotency_key_hash": "other"},
         {**_fb("b", "m", 1), "feedback_id": "4", "idempotency_key_hash": "k"},
         {**_fb("b", "n", 0), "feedback_id": "5", "idempotency_key_hash": "k"},  # the same key for another model
+        # A line from before keys were kept as digests, and its retry written after: one score.
+        {**_fb("b", "n", 1), "feedback_id": "6", "idempotency_key": "raw"},
+        {**_fb("b", "n", 1), "feedback_id": "7", "idempotency_key_hash": idempotency_key_hash("raw")},
     ]
     feedback = _write(tmp_path / "f.jsonl", lines)
     out = io.BytesIO()
     stats = join_outcomes([captures], [feedback], out)
     records = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert [r["scores"] for r in records] == [{"m": 0.5}, {"m": 1.0, "n": 0.0}]
-    assert (stats.duplicate_feedback, stats.feedback_joined) == (1, 4)
+    assert [r["scores"] for r in records] == [{"m": 0.5}, {"m": 1.0, "n": 0.5}]
+    assert (stats.duplicate_feedback, stats.feedback_joined) == (2, 5)
 
 
 def test_keep_unscored_writes_prompts_without_scores(tmp_path: Path) -> None:

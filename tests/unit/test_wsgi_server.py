@@ -9,12 +9,13 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler
 
 import httpx
 import pytest
 
 from devstack.stack import free_port
-from extproc.wsgi_server import serve_wsgi
+from extproc.wsgi_server import _make, serve_wsgi
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -145,6 +146,12 @@ def test_every_address_answers_on_ipv4_and_ipv6() -> None:
             assert httpx.get(f"http://{host}:{port}/", timeout=5).text == "ok"
     finally:
         stop()
+    # Linux defaults to dual-stack sockets (net.ipv6.bindv6only=0), but a host may not: the server says so itself.
+    server = _make("::", free_port(), _ok, WSGIRequestHandler)
+    try:
+        assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    finally:
+        server.server_close()
 
 
 def test_every_address_falls_back_to_ipv4_on_a_kernel_without_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1784,14 +1784,30 @@ def test_injector_ca_bundle_is_the_long_lived_ca(builds: dict[str, Objects]) -> 
 
 
 def test_only_pods_carrying_the_inject_annotation_reach_the_webhook(builds: dict[str, Objects]) -> None:
-    """matchConditions (CEL, checked here only as text: no CEL evaluator in the test dependencies) keep the other pods
-    of a labelled namespace from waiting on the webhook; any value of the annotation still reaches it (a misspelt
-    value gets the webhook's warning)."""
+    """matchConditions keep the other pods of a labelled namespace from waiting on the webhook; any value of the
+    annotation still reaches it (a misspelt one gets the webhook's warning). A CEL error would, under failurePolicy
+    Ignore, skip the webhook for every pod: the expression is evaluated here (cel-python) on sample pods."""
+    import celpy
+    from celpy.adapter import json_to_cel
+
     (hook,) = find(builds["injector"], "MutatingWebhookConfiguration")["webhooks"]
     (condition,) = hook["matchConditions"]
-    assert condition["expression"] == (
-        "has(object.metadata.annotations) && 'model-router.io/inject' in object.metadata.annotations"
-    )
+    limit = sys.getrecursionlimit()
+    try:
+        env = celpy.Environment()
+        program = env.program(env.compile(condition["expression"]))
+    finally:
+        sys.setrecursionlimit(limit)  # celpy raises it for the whole process (other tests depend on the default)
+    cases = [
+        ({"name": "gw", "annotations": {"model-router.io/inject": "true"}}, True),
+        ({"annotations": {"model-router.io/inject": "True"}}, True),
+        ({"annotations": {"model-router.io/inject": "false"}}, True),
+        ({"annotations": {"other": "x"}}, False),
+        ({"annotations": {}}, False),
+        ({"name": "gw"}, False),
+    ]
+    for metadata, reaches in cases:
+        assert program.evaluate({"object": json_to_cel({"metadata": metadata})}) == reaches, metadata
 
 
 def test_readmes_exist() -> None:
