@@ -137,10 +137,10 @@ def fallback_decision(
     request (``facts``) never goes to a model whose window it does not fit while one fits: then the cheapest fitting
     model at least that able (and at least as able as ``default``), else the most able that fits; if none fits, the
     widest window. Stickiness and the window hold whether or not the classifier could answer."""
-    pool = [m for m in catalog if facts is None or m.context_window >= facts.input_tokens + facts.output_tokens]
+    pool = list(catalog) if facts is None else [m for m in catalog if _fits(m, facts)]
     if catalog and not pool:
         return replace(_no_eligible_model(default, catalog), reason=reason)
-    need = default.ability if default not in pool else None
+    need = default.ability if facts is not None and not _fits(default, facts) else None
     if min_ability is not None and default.ability < min_ability:
         need = min_ability
     if need is not None and pool:
@@ -203,10 +203,15 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
     return decision
 
 
+def _fits(model: ResolvedModel, facts: RequestFacts) -> bool:
+    """The request's prompt and expected output fit ``model``'s context window."""
+    return model.context_window >= facts.input_tokens + facts.output_tokens
+
+
 def _eligible(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> tuple[list[ResolvedModel], list[ResolvedModel]]:
     """The models whose context window fits the request, and of those the ones its latency allows (an interactive
     request: not ``slow``); :func:`choose_model` and :func:`exclusions` filter alike through this one place."""
-    fits = [m for m in catalog if m.context_window >= facts.input_tokens + facts.output_tokens]
+    fits = [m for m in catalog if _fits(m, facts)]
     return fits, ([m for m in fits if m.latency_class != "slow"] if facts.interactive else fits)
 
 
