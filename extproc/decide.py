@@ -72,7 +72,15 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
     out_tokens = snap.output_tokens(parsed.max_output_tokens)
     catalog = snap.tenant_view(decision.tenant or None).catalog
     policy = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap)
-    facts = RequestFacts(parsed.requested_model, in_tokens, out_tokens, 0.0, policy.max_cost, policy.interactive)
+    facts = RequestFacts(
+        parsed.requested_model,
+        in_tokens,
+        out_tokens,
+        0.0,
+        policy.max_cost,
+        policy.interactive,
+        completions=parsed.completions,
+    )
     excluded = exclusions(facts, catalog)
     out: list[api.ModelEstimate] = []
     for m in catalog:
@@ -81,7 +89,7 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
             cluster=m.cluster,
             tier=m.tier,
             ability=m.ability,
-            estimated_cost=estimate_cost(m, in_tokens, out_tokens),
+            estimated_cost=estimate_cost(m, in_tokens, out_tokens, parsed.completions),
             fits_context=m.context_window >= in_tokens + out_tokens,
             excluded_by=excluded.get(m.name, ""),
         )

@@ -72,6 +72,9 @@ class RequestFacts:
     """The caller needs interactive latency: ``slow`` models are excluded."""
     min_ability: float | None = None
     """The conversation already used a model this able: never pick a weaker one."""
+    completions: int = 1
+    """Completions the request asks for (``n``, a list prompt's prompts): each is billed its output, and each must
+    fit the window on its own, so the count multiplies the price and not the fit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +88,16 @@ class Decision:
     """Predicted success of the chosen model; None when no prediction was used."""
 
 
-def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int) -> float:
-    """Estimated price of one request in the catalog's currency."""
-    return (input_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) / 1e6
+def estimate_cost(model: ResolvedModel, input_tokens: int, output_tokens: int, completions: int = 1) -> float:
+    """Estimated price of one request in the catalog's currency: its input once (``input_tokens`` already counts
+    every prompt of a list prompt), ``output_tokens`` for each of its ``completions``."""
+    output = output_tokens * completions
+    return (input_tokens * model.input_price_per_mtok + output * model.output_price_per_mtok) / 1e6
+
+
+def _cost(model: ResolvedModel, facts: RequestFacts) -> float:
+    """:func:`estimate_cost` of the request ``facts`` describes: the one price every choice below compares."""
+    return estimate_cost(model, facts.input_tokens, facts.output_tokens, facts.completions)
 
 
 def _list_price(m: ResolvedModel) -> float:
@@ -146,7 +156,7 @@ def fallback_decision(
     if need is not None and pool:
 
         def cost(m: ResolvedModel) -> float:
-            return estimate_cost(m, facts.input_tokens, facts.output_tokens) if facts else _list_price(m)
+            return _cost(m, facts) if facts else _list_price(m)
 
         able = [m for m in pool if m.ability >= need]
         default = min(able, key=lambda m: (cost(m), -m.ability)) if able else max(pool, key=lambda m: m.ability)
@@ -154,15 +164,12 @@ def fallback_decision(
 
 
 def _pick(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedModel]) -> Decision:
-    def cost(m: ResolvedModel) -> float:
-        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
-
     scored = [(m, success_probability(m.ability, difficulty)) for m in models]
     meeting = [(m, p) for m, p in scored if p >= facts.quality_target]
     if meeting:
-        model, p = min(meeting, key=lambda mp: (cost(mp[0]), -mp[0].ability))
+        model, p = min(meeting, key=lambda mp: (_cost(mp[0], facts), -mp[0].ability))
         return Decision(model=model, reason=Reason.CHEAPEST_MEETING_TARGET, fallback=False, success_probability=p)
-    model, p = max(scored, key=lambda mp: (mp[0].ability, -cost(mp[0])))
+    model, p = max(scored, key=lambda mp: (mp[0].ability, -_cost(mp[0], facts)))
     return Decision(model=model, reason=Reason.NONE_MEETS_TARGET, fallback=False, success_probability=p)
 
 
@@ -178,13 +185,10 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
     ones (if it excludes all, the cheapest is chosen and the reason says so), then the rule, then a conversation's
     ``min_ability`` excludes weaker models if any is that able, else the most able one is chosen."""
 
-    def cost(m: ResolvedModel) -> float:
-        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
-
     if facts.max_cost is not None:
-        affordable = [m for m in models if cost(m) <= facts.max_cost]
+        affordable = [m for m in models if _cost(m, facts) <= facts.max_cost]
         if not affordable:
-            cheapest = min(models, key=lambda m: (cost(m), -m.ability))  # ties: the more able
+            cheapest = min(models, key=lambda m: (_cost(m, facts), -m.ability))  # ties: the more able
             p = success_probability(cheapest.ability, difficulty)
             return Decision(model=cheapest, reason=Reason.BUDGET_TOO_LOW, fallback=False, success_probability=p)
         models = affordable
@@ -196,7 +200,7 @@ def _decide(difficulty: float, facts: RequestFacts, models: Sequence[ResolvedMod
             return Decision(sticky.model, Reason.STICKY_CONVERSATION, False, sticky.success_probability)
         # No allowed model is that able (a cost cap or the latency class excludes them, or a reload removed the
         # model): the closest to the floor, as a fallback does, not the rule's cheapest.
-        closest = max(models, key=lambda m: (m.ability, -cost(m)))
+        closest = max(models, key=lambda m: (m.ability, -_cost(m, facts)))
         if closest.ability > decision.model.ability:
             p = success_probability(closest.ability, difficulty)
             return Decision(closest, Reason.STICKY_CONVERSATION, False, p)
@@ -221,17 +225,14 @@ def exclusions(facts: RequestFacts, catalog: Sequence[ResolvedModel]) -> dict[st
     faster one fits) or ``max_cost`` (over the request's cap while another fitting model is within it). A filter
     that would exclude every model is relaxed, as in :func:`choose_model`, and excludes none."""
 
-    def cost(m: ResolvedModel) -> float:
-        return estimate_cost(m, facts.input_tokens, facts.output_tokens)
-
     fits, fast = _eligible(facts, catalog)
     out = {m.name: "context" for m in catalog if m not in fits}
     if not fits:
         return out
     out.update({m.name: "latency" for m in fits if fast and m not in fast})
     pool = fast or fits
-    if facts.max_cost is not None and any(cost(m) <= facts.max_cost for m in pool):
-        out.update({m.name: "max_cost" for m in pool if cost(m) > facts.max_cost})
+    if facts.max_cost is not None and any(_cost(m, facts) <= facts.max_cost for m in pool):
+        out.update({m.name: "max_cost" for m in pool if _cost(m, facts) > facts.max_cost})
     return out
 
 

@@ -78,6 +78,8 @@ class ParsedRequest:
     prompt_text: str
     input_tokens: int
     max_output_tokens: int | None
+    completions: int = 1
+    """Completions the request is billed for (``ApiSchema.completions``)."""
     stream: bool = False
     """The request asks for a streamed answer (``"stream": true``)."""
     opening_text: str = ""
@@ -167,6 +169,7 @@ def parse_request(
         prompt_text=schema.prompt_text(body),
         input_tokens=estimate_tokens(schema.input_chars(body)),
         max_output_tokens=schema.max_output_tokens(body),
+        completions=schema.completions(body),
         stream=body.get("stream") is True,
         opening_text=schema.opening_text(body) if isinstance(schema, HasConversation) else "",
     )

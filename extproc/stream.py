@@ -490,6 +490,7 @@ class StreamHandler:
             quality_target=policy.quality_target,
             max_cost=policy.max_cost,
             interactive=policy.interactive,
+            completions=parsed.completions,
         )
         held = self._current(self._memory.floor(memory_key)) if self._memory is not None and memory_key else None
         floor = held.ability if held is not None else None
@@ -591,6 +592,10 @@ class StreamHandler:
     ) -> DecisionRecord:
         snap = self._snap
         out_tokens = snap.output_tokens(parsed.max_output_tokens)
+
+        def price(model: ResolvedModel) -> float:
+            return estimate_cost(model, parsed.input_tokens, out_tokens, parsed.completions)
+
         baseline = snap.by_name.get(parsed.requested_model, policy.default)
         excerpt = parsed.prompt_text[:200] if snap.settings.telemetry.log_prompts else None
         outcome = Outcome.FALLBACK if decision.fallback else Outcome.ROUTED
@@ -609,13 +614,13 @@ class StreamHandler:
             success_probability=decision.success_probability,
             quality_target=policy.quality_target,
             input_tokens=parsed.input_tokens,
-            cost_requested=estimate_cost(baseline, parsed.input_tokens, out_tokens),
-            cost_selected=estimate_cost(decision.model, parsed.input_tokens, out_tokens),
+            cost_requested=price(baseline),
+            cost_selected=price(decision.model),
             classify_seconds=classify_seconds,
             total_seconds=self._clock() - start,
             stream=parsed.stream,
             prompt_excerpt=excerpt,
-            **_candidate_fields(candidate, parsed.input_tokens, out_tokens),
+            **_candidate_fields(candidate, price),
             **self._context_fields(),
         )
 
@@ -683,7 +688,7 @@ class _Candidate:
     prediction: Prediction
 
 
-def _candidate_fields(candidate: _Candidate | None, input_tokens: int, out_tokens: int) -> dict[str, Any]:
+def _candidate_fields(candidate: _Candidate | None, price: Callable[[ResolvedModel], float]) -> dict[str, Any]:
     """The record's ``candidate_*`` fields (none without a candidate)."""
     if candidate is None:
         return {}
@@ -693,5 +698,5 @@ def _candidate_fields(candidate: _Candidate | None, input_tokens: int, out_token
         "candidate_tier": model.tier,
         "candidate_difficulty": candidate.prediction.difficulty,
         "candidate_success_probability": candidate.decision.success_probability,
-        "cost_candidate": estimate_cost(model, input_tokens, out_tokens),
+        "cost_candidate": price(model),
     }

@@ -39,6 +39,10 @@ class ApiSchema(Protocol):
         """How many messages (or prompts) the request carries, for the ``limits.max_messages`` bound."""
         ...
 
+    def completions(self, body: Mapping[str, Any]) -> int:
+        """How many completions the request is billed for (``n``, a list prompt's prompts; at least 1)."""
+        ...
+
     def prompt_body(self, prompt: str, model: str) -> dict[str, Any]:
         """The smallest request body of this API carrying ``prompt`` as the user's turn (``model-router explain``)."""
         ...

@@ -77,3 +77,14 @@ def positive_int(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
+
+
+MAX_CHOICES = 128
+"""The most choices per prompt the router prices (OpenAI's limit on ``n``, which providers refuse past): one client's
+``n`` of 2**63-1 priced as asked would swamp the estimated-cost counters."""
+
+
+def choices(*counts: Any) -> int:
+    """The largest of ``counts`` that are positive JSON integers (``n``, ``best_of``), at least 1, at most
+    :data:`MAX_CHOICES`."""
+    return min(MAX_CHOICES, max((positive_int(c) or 1 for c in counts), default=1))

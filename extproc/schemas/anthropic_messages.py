@@ -146,3 +146,7 @@ class AnthropicMessages:
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_tokens`` (required by the API)."""
         return positive_int(body.get("max_tokens"))
+
+    def completions(self, body: Mapping[str, Any]) -> int:
+        """One: Messages has no ``n``."""
+        return 1

@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import ATTACHMENT_CHARS, count_parts, json_chars, objects_in, positive_int, text_of_content
+from extproc.schemas._text import (
+    ATTACHMENT_CHARS,
+    choices,
+    count_parts,
+    json_chars,
+    objects_in,
+    positive_int,
+    text_of_content,
+)
 
 __all__ = ["OpenAIChat"]
 
@@ -73,3 +81,7 @@ class OpenAIChat:
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_completion_tokens``, else the legacy ``max_tokens``."""
         return positive_int(body.get("max_completion_tokens")) or positive_int(body.get("max_tokens"))
+
+    def completions(self, body: Mapping[str, Any]) -> int:
+        """``n``: the choices generated, each billed its output."""
+        return choices(body.get("n"))

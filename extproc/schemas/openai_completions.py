@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import positive_int
+from extproc.schemas._text import choices, positive_int
 
 __all__ = ["OpenAICompletions"]
 
@@ -37,10 +37,16 @@ class OpenAICompletions:
         return len(self.prompt_text(body)) + (len(suffix) if isinstance(suffix, str) else 0)
 
     def message_count(self, body: Mapping[str, Any]) -> int:
-        """Number of prompts in a list prompt, else 1."""
+        """Number of prompts in a list prompt, else 1 (a list of token ids is one prompt, not one per token)."""
         prompt = body.get("prompt")
-        return len(prompt) if isinstance(prompt, list) else 1
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return len(prompt)
+        return 1
 
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_tokens`` (Completions defaults to 16 when unset; we use the policy's estimate instead)."""
         return positive_int(body.get("max_tokens"))
+
+    def completions(self, body: Mapping[str, Any]) -> int:
+        """``best_of`` (generated and billed, of which ``n`` are returned), else ``n``, for each prompt."""
+        return self.message_count(body) * choices(body.get("n"), body.get("best_of"))

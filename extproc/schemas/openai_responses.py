@@ -130,3 +130,7 @@ class OpenAIResponses:
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None:
         """``max_output_tokens``."""
         return positive_int(body.get("max_output_tokens"))
+
+    def completions(self, body: Mapping[str, Any]) -> int:
+        """One: Responses has no ``n``."""
+        return 1

@@ -27,7 +27,7 @@ from extproc.decision_proto import (
 from extproc.explain import render
 from extproc.feedback import DecisionEntry, DecisionStore
 from extproc.feedback_token import TokenSigner
-from extproc.policy import Reason
+from extproc.policy import Reason, estimate_cost
 from extproc.record import Outcome, record_json
 from extproc.request import PassReason
 from extproc.schemas import SCHEMAS_BY_PATH
@@ -131,6 +131,22 @@ async def test_decide_prices_every_catalog_model() -> None:
     chosen = response.models[names.index(d.selected_model)]
     assert chosen.estimated_cost == pytest.approx(d.estimated_cost_selected)
     assert chosen.success_probability == pytest.approx(d.success_probability)
+
+
+async def test_decide_prices_every_choice() -> None:
+    """With ``n`` choices each model's price counts every choice's output, as the live path's decision does."""
+    one, four = (
+        json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a medium question"}], **n}).encode()
+        for n in ({}, {"n": 4})
+    )
+    (single, _), (multiple, _) = [
+        await _decide(api.DecideRequest(path="/v1/chat/completions", body=b)) for b in (one, four)
+    ]
+    tokens = single.decision.estimated_input_tokens
+    for m, a, b in zip(snapshot().catalog, single.models, multiple.models, strict=True):
+        assert a.estimated_cost == pytest.approx(estimate_cost(m, tokens, 300))
+        assert b.estimated_cost == pytest.approx(estimate_cost(m, tokens, 300, 4))
+    assert multiple.decision.estimated_cost_selected > single.decision.estimated_cost_selected
 
 
 async def test_decide_says_which_models_a_cost_cap_left_out() -> None:

@@ -163,6 +163,59 @@ def test_estimate_cost_uses_both_prices() -> None:
     assert estimate_cost(CHEAP, 1_000_000, 1_000_000) == pytest.approx(0.15 + 0.60)
 
 
+def test_estimate_cost_bills_the_output_of_every_completion_and_the_input_once() -> None:
+    assert estimate_cost(CHEAP, 1_000_000, 1_000_000, completions=3) == pytest.approx(0.15 + 3 * 0.60)
+
+
+def _times(request_facts: RequestFacts, completions: int) -> RequestFacts:
+    return dataclasses.replace(request_facts, completions=completions)
+
+
+@pytest.mark.parametrize(
+    ("request_facts", "catalog", "want", "reason"),
+    [
+        # 10,000 in, 300 out: reads-cheap .0040 vs writes-cheap .0502; twenty choices: .0610 vs .0530.
+        pytest.param(
+            RequestFacts("auto", 10_000, 300, 0.8),
+            (READS_CHEAP, WRITES_CHEAP),
+            "reads-cheap",
+            Reason.CHEAPEST_MEETING_TARGET,
+            id="one-choice",
+        ),
+        pytest.param(
+            RequestFacts("auto", 10_000, 300, 0.8, completions=20),
+            (READS_CHEAP, WRITES_CHEAP),
+            "writes-cheap",
+            Reason.CHEAPEST_MEETING_TARGET,
+            id="twenty-choices-reverse-the-order",
+        ),
+        # cheap costs .000195 for one choice, within .0005; three choices cost .000555 and small .000185.
+        pytest.param(facts(max_cost=0.0005), CATALOG, "cheap", Reason.NONE_MEETS_TARGET, id="cap-fits-one-choice"),
+        pytest.param(
+            _times(facts(max_cost=0.0005), 3), CATALOG, "small", Reason.NONE_MEETS_TARGET, id="cap-counts-every-choice"
+        ),
+        # The window is per completion: 7,500 + 300 fits small's 8,000 however many choices there are.
+        pytest.param(
+            _times(facts(tokens=7_500, target=0.5), 50),
+            CATALOG,
+            "small",
+            Reason.CHEAPEST_MEETING_TARGET,
+            id="fit-is-per-completion",
+        ),
+    ],
+)
+def test_completions_multiply_the_price_not_the_fit(
+    request_facts: RequestFacts, catalog: tuple[ResolvedModel, ...], want: str, reason: Reason
+) -> None:
+    difficulty = -3.0 if reason is Reason.CHEAPEST_MEETING_TARGET else 1.5
+    decision = choose_model(Prediction(difficulty, 1.0), request_facts, catalog, catalog[0])
+    assert (decision.model.name, decision.reason) == (want, reason)
+
+
+def test_exclusions_price_every_completion() -> None:
+    assert exclusions(_times(facts(max_cost=0.0005), 3), CATALOG) == {"cheap": "max_cost", "frontier": "max_cost"}
+
+
 @pytest.mark.parametrize(
     ("interactive", "want"),
     [

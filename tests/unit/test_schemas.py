@@ -10,7 +10,7 @@ import pytest
 
 from extproc.request import MAX_ESTIMATED_TOKENS, ParsedRequest, estimate_tokens, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
-from extproc.schemas._text import ATTACHMENT_CHARS
+from extproc.schemas._text import ATTACHMENT_CHARS, MAX_CHOICES
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
@@ -346,6 +346,32 @@ def test_existing_readers(
     assert schema.max_output_tokens(body) == limit
 
 
+@pytest.mark.parametrize(
+    ("schema", "body", "want"),
+    [
+        pytest.param(OpenAIChat(), {"messages": []}, 1, id="chat-default"),
+        pytest.param(OpenAIChat(), {"n": 4}, 4, id="chat-n"),
+        pytest.param(OpenAIChat(), {"n": 2**63 - 1}, MAX_CHOICES, id="chat-n-capped"),
+        pytest.param(OpenAIChat(), {"n": True}, 1, id="chat-n-bool-ignored"),
+        pytest.param(OpenAIChat(), {"n": "3"}, 1, id="chat-n-string-ignored"),
+        pytest.param(OpenAICompletions(), {"prompt": "a"}, 1, id="completions-default"),
+        pytest.param(OpenAICompletions(), {"prompt": ["a", "b", "c"], "n": 2}, 6, id="completions-list-times-n"),
+        pytest.param(OpenAICompletions(), {"prompt": "a", "n": 2, "best_of": 5}, 5, id="completions-best-of"),
+        pytest.param(OpenAICompletions(), {"prompt": [1, 2, 3, 4], "n": 2}, 2, id="completions-token-ids-one-prompt"),
+        pytest.param(OpenAICompletions(), {"prompt": [[1, 2], [3]]}, 2, id="completions-token-id-lists"),
+        pytest.param(AnthropicMessages(), {"n": 4}, 1, id="messages-has-no-n"),
+        pytest.param(OpenAIResponses(), {"n": 4}, 1, id="responses-has-no-n"),
+    ],
+)
+def test_completions_billed(schema: ApiSchema, body: dict[str, Any], want: int) -> None:
+    assert schema.completions(body) == want
+
+
+def test_a_token_id_prompt_counts_as_one_message() -> None:
+    """A list of token ids is one prompt: counted per token it passed ``limits.max_messages`` (2,000) unrouted."""
+    assert OpenAICompletions().message_count({"prompt": list(range(5_000))}) == 1
+
+
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
 TOOL_CALLS = [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]
 
@@ -426,6 +452,7 @@ def test_every_schema_reads_wrongly_typed_bodies_without_raising(schema: ApiSche
     assert schema.input_chars(body) >= 0
     assert schema.message_count(body) >= 0
     assert schema.max_output_tokens(body) is None
+    assert schema.completions(body) == 1
     if isinstance(schema, HasConversation):
         assert isinstance(schema.opening_text(body), str)
 

@@ -262,6 +262,18 @@ async def test_the_cost_estimate_uses_the_requests_output_limit(limit: dict[str,
     assert rec.cost_selected == pytest.approx(estimate_cost(model, rec.input_tokens, want_output_tokens))
 
 
+async def test_the_cost_estimate_counts_every_choice() -> None:
+    """``n`` choices are each billed their output: the record's costs (and the counters fed from them) say so."""
+    handler, sink = make(expected_output_tokens=300)
+    body = orjson.dumps({"model": "auto", "messages": [{"role": "user", "content": "medium question"}], "n": 4})
+    await replay(handler, chat_headers(), body)
+    rec = sink.records[0]
+    selected, requested = handler._snap.by_name[rec.selected_model or ""], handler._snap.default_model
+    assert rec.input_tokens is not None
+    assert rec.cost_selected == pytest.approx(estimate_cost(selected, rec.input_tokens, 300, 4))
+    assert rec.cost_requested == pytest.approx(estimate_cost(requested, rec.input_tokens, 300, 4))
+
+
 @pytest.mark.parametrize(
     ("name", "want"),
     [
