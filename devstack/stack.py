@@ -128,6 +128,8 @@ class Stack:
     admin_port: int = field(default_factory=free_port)
     router_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    """The router's probe port (``serve --health-listen``, as in k8s): ``/healthz`` and its state's ``/metrics``."""
     feedback_port: int = field(default_factory=free_port)
     """The router's HTTP feedback endpoint (``feedback.listen``); Envoy forwards ``/model-router/v1/feedback`` here."""
     collector_port: int = field(default_factory=free_port)
@@ -148,6 +150,11 @@ class Stack:
     def metrics_url(self) -> str:
         """The router's Prometheus endpoint."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def health_url(self) -> str:
+        """The router's probe port (``/healthz``; ``/metrics`` there holds ``model_router_state``)."""
+        return f"http://127.0.0.1:{self.health_port}"
 
     @property
     def router_config_path(self) -> Path:
@@ -231,7 +238,11 @@ class Stack:
         if not self.router_config_path.exists():
             self.write_router_config()
         proc = self._spawn(
-            "router", [sys.executable, "-m", "extproc", "serve", "--config", str(self.router_config_path)]
+            "router",
+            [
+                *(sys.executable, "-m", "extproc", "serve", "--config", str(self.router_config_path)),
+                *("--health-listen", f"127.0.0.1:{self.health_port}"),
+            ],
         )
         ready = functools.partial(_grpc_serving, self.router_port, self.router_credentials)
         _wait(ready, "router", proc, self.log("router"), timeout)

@@ -177,6 +177,7 @@ def opening_text_of_item(item: Mapping[str, Any]) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     # Before the imports below (≈0.5 s): a reload sent while the process starts or its model loads would kill it. The
     # server's handler replaces this once it listens, and the watcher then compares the file with what was loaded.
+    # (The console script and `python -m extproc` did this already, before importing this module.)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # gRPC's C core logs each failed TLS handshake (any client can cause one) on stderr as a non-JSON INFO line.
@@ -402,7 +403,7 @@ def _inject_webhook(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``model-router`` console script."""
+    """The CLI on ``argv`` (the console script calls it through ``extproc.__main__.run``)."""
     args = _parser().parse_args(argv)
     commands = {
         "serve": _serve,

@@ -583,7 +583,28 @@ def parse_config(data: object) -> Settings:
     return settings
 
 
-class _StrictLoader(yaml.SafeLoader):
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser where PyYAML has it (every wheel): the pure-Python one held the GIL for 1.8 s on a 3,000-tenant
+file (0.4 s here), during which live requests missed their classifier deadline."""
+
+MAX_YAML_DEPTH = 64
+"""Nesting a config file may have (the schema needs 5): libyaml builds nodes recursively in C, and a file nested
+100,000 deep crashed the process; the events are counted first, which libyaml produces without recursing."""
+
+
+def _too_deep(text: str) -> bool:
+    depth = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return True
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return False
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc]
     """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently: a second
     ``limits:`` block would replace the first without a word)."""
 
@@ -596,7 +617,8 @@ class _StrictLoader(yaml.SafeLoader):
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 # YAML 1.1 (PyYAML) reads an exponent without a dot or without a sign, ``1e5`` or ``1.5e3``, as a string; YAML 1.2
@@ -624,6 +646,8 @@ def load_yaml(path: Path, data: bytes | None = None) -> object:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:
+        if _too_deep(text):
+            raise RecursionError
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None

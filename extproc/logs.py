@@ -5,9 +5,43 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-__all__ = ["configure_logging"]
+__all__ = ["THROTTLED", "Throttle", "configure_logging"]
+
+THROTTLED: Mapping[str, object] = MappingProxyType({"throttle": True})
+"""``extra=`` for a warning that one request can cause, so a fault can cause thousands a second (a classifier that
+misses its deadline under CPU overload): written at most once a minute per message, with how many were held back;
+the metrics count every one."""
+
+
+class Throttle(logging.Filter):
+    """Lets a record logged with ``extra=THROTTLED`` through at most once per ``every`` seconds per message template,
+    and tells the next one that goes through how many were held back (``suppressed``)."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()  # records come from the event loop and from worker threads
+        self._last: dict[str, tuple[float, int]] = {}  # template -> (time written, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "throttle", False):
+            return True
+        now, key = self._clock(), str(record.msg)
+        with self._lock:
+            written, held = self._last.get(key, (None, 0))
+            if written is not None and now - written < self._every:
+                self._last[key] = (written, held + 1)
+                return False
+            self._last[key] = (now, 0)
+        if held:
+            record.suppressed = held
+        return True
 
 
 class _JsonFormatter(logging.Formatter):
@@ -26,15 +60,19 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             **body,
         }
+        suppressed = getattr(record, "suppressed", 0)  # held back by Throttle since the last one written
+        if suppressed:
+            line["suppressed"] = suppressed
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
 
 
 def configure_logging(level: str) -> None:
-    """Send every log record to stderr as one JSON line."""
+    """Send every log record to stderr as one JSON line (the ones marked :data:`THROTTLED` at most once a minute)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
+    handler.addFilter(Throttle())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -130,19 +130,31 @@ def reload_snapshot(
 
 def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel], apply: Apply) -> bool:
     data: bytes | None = None
+    failed_load: list[Settings] = []
+
+    def load(settings: Settings) -> DifficultyModel:
+        try:
+            return load_model(settings)
+        except Exception:
+            failed_load.append(settings)
+            raise
+
     try:
         data = read_config_file(path)
-        snapshot = load_snapshot(path, load_model, data)
+        snapshot = load_snapshot(path, load, data)
         apply(snapshot.settings)
     except Exception as exc:
         ref.rejected = None if data is None else hashlib.sha256(data).digest()
+        ref.rejected_model = (failed_load[0], _model_key(failed_load[0])) if failed_load else None
         if isinstance(exc, ConfigError):
             _log.error("config reload rejected, keeping the running config: %s", exc)
         else:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
             _log.error("config reload failed (%s: %s), keeping the running config", type(exc).__name__, exc)
         return False
-    ref.rejected = None
-    pending = restart_only_changes(ref.current.settings, snapshot.settings)
+    ref.rejected, ref.rejected_model = None, None
+    # Against what runs (the settings at start), not the last reload: a revert is no restart, and a pending change
+    # is said again on every reload until a restart.
+    pending = restart_only_changes(ref.first, snapshot.settings)
     if snapshot.settings.limits.max_body_bytes > ref.first.limits.max_body_bytes:  # server.message_limit: at start
         pending.append("limits.max_body_bytes (above the value at start: larger gRPC messages are refused)")
     stale_lua = render_fail_open_lua(ref.current.settings) != render_fail_open_lua(snapshot.settings)
@@ -237,8 +249,12 @@ async def watch_config(
         if current is None or not settled:
             continue
         config, also_now = current[0], current[1:]
-        # The running config, or one a reload (this watcher's or SIGHUP's) refused: not tried again each poll.
+        # The running config, or one a reload (this watcher's or SIGHUP's) refused: not tried again each poll,
+        # unless what refused it was a model that failed to load and has changed since (it appeared, or was fixed).
         changed = config not in (ref.current.config_digest, ref.rejected) or also_now != also_seen
+        if not changed and config == ref.rejected and ref.rejected_model is not None:
+            settings, key = ref.rejected_model
+            changed = _model_key(settings) != key
         if not changed:
             on_state(config != ref.rejected)
             continue

@@ -34,15 +34,13 @@ from extproc.service import ExternalProcessorService
 from extproc.snapshot import SnapshotRef, candidate_settings
 from extproc.telemetry import Telemetry
 from extproc.tls import server_credentials
-from extproc.wsgi_server import ListenError, serve_wsgi
+from extproc.wsgi_server import PER_PEER, ListenError, serve_wsgi
 
 __all__ = ["serve"]
 
 _log = logging.getLogger("model_router.server")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 MESSAGE_HEADROOM = 1 << 20
-METRICS_PER_PEER = 4
-"""Connections one client address may hold on ``/metrics`` (of the 32 the server takes)."""
 """Room in a gRPC message beside a body of ``limits.max_body_bytes``: its headers, attributes and protobuf framing."""
 
 
@@ -64,7 +62,7 @@ def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], Non
         return lambda: None
     # A scraper needs one connection; capped per client address, one pod holding idle connections cannot take all
     # the slots and blind Prometheus (the k8s NetworkPolicy opens this port to every source).
-    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http", max_per_peer=METRICS_PER_PEER)
+    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http", max_per_peer=PER_PEER)
 
 
 @contextlib.contextmanager
@@ -118,6 +116,11 @@ def _probe_unix(address: str) -> None:
     raise ListenError(address, "another process is listening on it")
 
 
+UNIX_SOCKET_MODE = 0o660
+"""A ``unix:`` socket's permissions: its owner and its group may connect (an Envoy under another user joins the
+group: in Kubernetes, the pod's ``fsGroup`` owns a shared ``emptyDir`` and the files made in it)."""
+
+
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> None:
     """Add the port; :class:`ListenError` if it cannot be bound (in use, no such address or directory, no right, a
     ``unix:`` path another process listens on or that is not a socket)."""
@@ -127,6 +130,8 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
             server.add_secure_port(address, credentials)
         else:
             server.add_insecure_port(address)
+        if address.startswith("unix:"):  # bound now; the umask's 0755 let no other user (Envoy's) connect
+            os.chmod(address.removeprefix("unix:"), UNIX_SOCKET_MODE)
     except ListenError:
         raise
     except OSError as exc:

@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.conversations import ConversationMemory
+from extproc.logs import THROTTLED
 from extproc.observe import CopyCheck, ResponseObserver
 from extproc.snapshot import SnapshotRef
 from extproc.stream import Classify, ProtocolError, StreamHandler
@@ -84,7 +85,7 @@ class ExternalProcessorService(pb_grpc.ExternalProcessorServicer):  # type: igno
                 try:
                     responses = await handler.handle(message)
                 except ProtocolError as exc:
-                    _log.warning("ending stream: %s", exc)
+                    _log.warning("ending stream: %s", exc, extra=THROTTLED)
                     self._telemetry.error("protocol_error")
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     return

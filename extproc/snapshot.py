@@ -6,7 +6,7 @@ reference (``SnapshotRef``), so no stream ever sees half a config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -183,7 +183,7 @@ class SnapshotRef:
     """The one mutable cell: the snapshot new streams start with (and the first one's settings, which set what only
     a restart changes)."""
 
-    __slots__ = ("current", "first", "rejected")
+    __slots__ = ("current", "first", "rejected", "rejected_model")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
@@ -191,3 +191,6 @@ class SnapshotRef:
         self.rejected: bytes | None = None
         """SHA-256 of the config content the last reload refused (None after a good one): the file watcher does not
         refuse it again after a SIGHUP did."""
+        self.rejected_model: tuple[Settings, Hashable] | None = None
+        """When the last reload was refused because a model failed to load: the settings it was loaded for and its
+        files' key then (``reload._model_key``), so the watcher retries the same file once the model changes."""

@@ -30,6 +30,7 @@ from extproc.bodyedit import find_model_span, replace_at, rewrite_model
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import Floor, Floors, conversation_key, stronger
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
+from extproc.logs import THROTTLED
 from extproc.observe import USAGE_MODEL_KEY
 from extproc.policy import (
     Decision,
@@ -516,7 +517,8 @@ class StreamHandler:
                 raise ValueError("the classifier returned NaN")
         except Exception as exc:  # the classifier's failure is a fallback, never a failed request
             decision = fallback_decision(fallback, Reason.CLASSIFIER_FAILED, policy.catalog, floor, facts)
-            _log.warning("classifier failed (%s); using fallback model %s", type(exc).__name__, decision.model.name)
+            name, model = type(exc).__name__, decision.model.name
+            _log.warning("classifier failed (%s); using fallback model %s", name, model, extra=THROTTLED)
             return decision, None, self._clock() - t0, None
         classify_seconds = self._clock() - t0
         facts = replace(facts, min_ability=floor)
@@ -553,7 +555,9 @@ class StreamHandler:
         could not be classified (counted: the turn is then decided without a floor) or no model fits."""
         if isinstance(prediction, Exception) or math.isnan(prediction.difficulty):
             reason = type(prediction).__name__ if isinstance(prediction, Exception) else "NaN"
-            _log.warning("classifier failed on the conversation's opening turn (%s); no floor from it", reason)
+            _log.warning(
+                "classifier failed on the conversation's opening turn (%s); no floor from it", reason, extra=THROTTLED
+            )
             self._sink.error("opening_failed")
             self._opening_failed = True
             return None
@@ -575,7 +579,7 @@ class StreamHandler:
             raise live
         if isinstance(candidate, BaseException) or math.isnan(candidate.difficulty):  # NaN: as for the live model
             reason = type(candidate).__name__ if isinstance(candidate, BaseException) else "NaN"
-            _log.warning("candidate classifier failed (%s); the live decision stands", reason)
+            _log.warning("candidate classifier failed (%s); the live decision stands", reason, extra=THROTTLED)
             self._sink.error("candidate_failed")
             return live, None
         return live, candidate

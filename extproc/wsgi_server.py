@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["BoundedConnections", "ListenError", "serve_wsgi"]
 
 MAX_CONNECTIONS = 32
+PER_PEER = 4
+"""Connections one client address may hold on a port open to other pods (``/metrics``, the probe port), of the
+``MAX_CONNECTIONS``: one pod holding idle connections cannot take every slot and blind Prometheus or fail the
+kubelet's probes."""
 TIMEOUT_SECONDS = 10.0
 CONNECTION_SECONDS = 10.0
 """The longest a connection may stay open (one request each: wsgiref answers one and closes)."""

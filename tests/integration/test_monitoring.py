@@ -1,6 +1,7 @@
 """k8s/monitoring's alert rules and dashboard select series that exist: every selector of every expression, with each
-label value it accepts, is looked for in a real scrape of the router's /metrics and of Envoy's /stats/prometheus
-(the gateway's Envoy config; the k8s copy keeps its stat prefix and cluster names, tests/unit/k8s/test_monitoring.py).
+label value it accepts, is looked for in a real scrape of the router's /metrics (and its probe port's) and of Envoy's
+/stats/prometheus (the gateway's Envoy config; the k8s copy keeps its stat prefix and cluster names,
+tests/unit/k8s/test_monitoring.py).
 A misspelt metric, label or value would make its alert silently never fire, or its panel stay empty."""
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def test_every_series_an_alert_or_panel_selects_exists(monitored: tuple[Stack, O
     assert post(stack, chat_body(EASY, model="gpt-4o-mini")).status_code == 200  # a pass-through
     assert post(stack, chat_body(EASY), **{"x-model-router-quality": "high"}).status_code == 400
     scraped = _series(httpx.get(stack.metrics_url, timeout=5).text)
+    scraped.update(_series(httpx.get(f"{stack.health_url}/metrics", timeout=5).text))  # the probe port's state
     envoy = _series(httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats/prometheus", timeout=5).text)
     assert not scraped.keys() & envoy.keys()
     scraped.update(envoy)

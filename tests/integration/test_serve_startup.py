@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.stack import ENVOY_DIR, ROOT, Stack, deep_merge, free_port
 from extproc.errors import ConfigError
 from extproc.reload import load_snapshot
-from extproc.server import serve
+from extproc.server import UNIX_SOCKET_MODE, serve
 from extproc.snapshot import SnapshotRef
 from tests.fakes import FakeDifficultyModel
 from tests.integration.conftest import HEURISTIC
@@ -211,6 +211,16 @@ def test_a_second_router_on_the_same_unix_socket_is_refused(tmp_path: Path) -> N
     with _router_on(tmp_path / "third", address) as third:
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=20) == 0
+
+
+def test_a_unix_socket_lets_the_owner_and_its_group_connect(tmp_path: Path) -> None:
+    """Connecting needs write permission: with the umask's 0755 an Envoy under another user was refused (EACCES) and
+    failed open for good; 0660 admits the socket's group (k8s: the pod's fsGroup) and no one else."""
+    address = f"unix:{tmp_path}/r.sock"
+    with _router_on(tmp_path / "router", address) as router:
+        assert stat.S_IMODE(os.stat(tmp_path / "r.sock").st_mode) == UNIX_SOCKET_MODE == 0o660
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(timeout=20) == 0
 
 
 def test_a_stale_unix_socket_is_replaced(tmp_path: Path) -> None:

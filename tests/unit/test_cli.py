@@ -4,7 +4,9 @@ line on stderr with exit code 2 (never a traceback) for files the commands canno
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,6 +222,30 @@ def test_serve_ignores_sighup_until_it_can_reload(monkeypatch: pytest.MonkeyPatc
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert seen == [signal.SIG_IGN]
+
+
+@pytest.mark.parametrize(("command", "ignored"), [("serve", True), ("check-config", False)])
+def test_the_entry_point_ignores_sighup_before_importing_the_cli(
+    monkeypatch: pytest.MonkeyPatch, command: str, ignored: bool
+) -> None:
+    """The console script's own entry ignores SIGHUP for ``serve`` before the CLI's imports (≈0.1 s in which a
+    reload signal ended a starting router); other commands keep the default."""
+    import signal
+
+    import extproc.__main__
+    import extproc.cli
+
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "argv", ["model-router", command, "--config", "x.yaml"])
+    monkeypatch.setattr(extproc.cli, "main", lambda: seen.append(signal.getsignal(signal.SIGHUP)) or 0)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert extproc.__main__.run() == 0
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert seen == [signal.SIG_IGN if ignored else signal.SIG_DFL]
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert scripts["model-router"].value == "extproc.__main__:run"
 
 
 def test_a_reader_that_leaves_early_is_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from devstack.stack import ENVOY_DIR
 from extproc.cli import main
-from extproc.config import Settings, load_config, load_yaml, parse_config, parse_listen
+from extproc.config import MAX_YAML_DEPTH, Settings, load_config, load_yaml, parse_config, parse_listen
 from extproc.errors import ConfigError
 from extproc.fail_open_lua import render_fail_open_lua
 from extproc.reload import load_snapshot, reload_snapshot, watch_config
@@ -346,9 +346,15 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         "base": {"max_messages": 10, "max_json_depth": 8},
         "limits": {"max_messages": 20, "max_json_depth": 8},
     }
-    bad.write_text("a: " + "[" * 5000 + "]" * 5000)
+    for depth in (5_000, 200_000):  # libyaml composes recursively in C: 100,000 deep crashed the process
+        bad.write_text("a: " + "[" * depth + "]" * depth)
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            load_config(bad)
+    bad.write_text("a: " + "{b: " * MAX_YAML_DEPTH + "1" + "}" * MAX_YAML_DEPTH)
     with pytest.raises(ConfigError, match="nested too deeply"):
-        load_config(bad)
+        load_yaml(bad)
+    bad.write_text("a: " + "{b: " * (MAX_YAML_DEPTH - 1) + "1" + "}" * (MAX_YAML_DEPTH - 1))
+    assert isinstance(load_yaml(bad), dict)
 
 
 async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_watcher(tmp_path: Path) -> None:
@@ -379,6 +385,38 @@ async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_w
         path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
         await _until(lambda: results == [False, False, True])
         assert ref.current.settings.policy.quality_target == 0.7
+    finally:
+        watcher.cancel()
+
+
+async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_changes(tmp_path: Path) -> None:
+    """A config naming a model directory that is not there yet (copied in after the config, or fixed in place): the
+    refused file is retried when the directory's files change, and not on every poll before that."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    model_dir = tmp_path / "model"
+    loads: list[Path | None] = []
+
+    def load_model(settings: Settings) -> FakeDifficultyModel:
+        loads.append(settings.classifier.model_dir)
+        if not (model_dir / "model.onnx").exists():
+            raise RuntimeError("no model.onnx")
+        return FakeDifficultyModel()
+
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
+    await asyncio.sleep(0)
+    try:
+        path.write_text(shipped.replace("  kind: onnx", f"  kind: onnx\n  model_dir: {model_dir}"))
+        await _until(lambda: results == [False])
+        await asyncio.sleep(0.1)
+        assert results == [False] and len(loads) == 1, "not retried while the model is unchanged"
+        model_dir.mkdir()
+        (model_dir / "model.onnx").write_bytes(b"onnx")
+        await _until(lambda: results[-1:] == [True])
+        assert ref.current.settings.classifier.model_dir == model_dir and ref.rejected_model is None
     finally:
         watcher.cancel()
 
@@ -777,6 +815,27 @@ def test_a_reload_says_which_changes_need_a_restart(
         assert line.endswith("needs a restart to take effect: " + ", ".join(pending)), line
     else:
         assert "restart" not in line, line
+
+
+def test_the_restart_warning_compares_with_the_settings_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What runs is what the router started with: a pending change is said again on each later reload, and a reload
+    back to the start value needs no restart."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    caplog.set_level("INFO", logger="model_router.reload")
+    start = data["server"]["log_level"]
+    warned = []
+    for level, quality in [("debug", 0.8), ("debug", 0.7), (start, 0.7)]:
+        data["server"]["log_level"], data["policy"]["quality_target"] = level, quality
+        path.write_text(yaml.safe_dump(data))
+        caplog.clear()
+        assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+        warned.append(any("server.log_level" in r.getMessage() for r in caplog.records))
+    assert warned == [True, True, False]
 
 
 def test_the_body_limit_warning_compares_with_the_limit_at_start(

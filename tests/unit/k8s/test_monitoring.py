@@ -85,7 +85,13 @@ def test_the_pod_monitor_scrapes_the_routers_metrics_port(
     metrics_port = int(ROUTER_CONFIG["telemetry"]["metrics_listen"].rsplit(":", 1)[1])
     endpoints = {e["port"]: e["path"] for e in monitor["podMetricsEndpoints"]}
     scraped = {port: endpoints[port] for port in ports if port in endpoints}
-    assert [ports[p] for p, path in scraped.items() if path == "/metrics"] == [metrics_port]
+    # The gateway's router also says its state on the probe port, which is open before the config is valid.
+    containers = pod["containers"] + pod.get("initContainers", [])
+    (router,) = [c for c in containers if c["name"] in ("model-router", "router")]
+    args = router.get("args", [])
+    health = [int(args[i + 1].rsplit(":", 1)[1]) for i, a in enumerate(args) if a == "--health-listen"]
+    assert sorted(ports[p] for p, path in scraped.items() if path == "/metrics") == sorted([metrics_port, *health])
+    assert health == ([9466] if directory == "base" else [])
     parse_config(ROUTER_CONFIG)  # the port read above is a valid config's
 
 
