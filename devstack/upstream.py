@@ -10,9 +10,10 @@ and keeps what it received so tests can check every byte: each response carries 
 their headers. ``POST /_fail?status=N`` makes every API request fail with status N (``0`` heals); ``POST
 /_cut?after=N`` makes every stream reset its connection after N events (``0`` heals); ``POST /_hold?after=N`` makes
 every stream wait after N events until ``POST /_hold?after=0`` releases them (a response still streaming, for as long
-as a test needs). Started with ``--models``, it serves only those names, as a real provider does: any other model is
-a 404 (``model_not_found``), so a request that reaches the wrong cluster, or the literal ``auto``, fails here as it
-would in production.
+as a test needs); ``POST /_headers`` with a JSON object adds those headers to every API answer (``{}`` heals: an
+upstream that sends headers of the router's own names). Started with ``--models``, it serves only those names, as a
+real provider does: any other model is a 404 (``model_not_found``), so a request that reaches the wrong cluster, or
+the literal ``auto``, fails here as it would in production.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _CLUSTER: web.AppKey[str] = web.AppKey("cluster")
 _FAIL: web.AppKey[dict[str, int]] = web.AppKey("fail")
 _MODELS: web.AppKey[frozenset[str] | None] = web.AppKey("models")
 _RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release")
+_EXTRA_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("extra_headers")
 
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -359,6 +361,8 @@ async def _llm(request: web.Request) -> web.StreamResponse:
         )
         return _error(api, 404, message, "model_not_found")
     headers = {"x-upstream-cluster": cluster, "x-upstream-model": model, "x-upstream-body-sha256": digest}
+    extra: dict[str, str] = request.app[_EXTRA_HEADERS]
+    headers.update(extra)
     answer = Answer(
         model=model,
         text=f"answer from {model} on cluster {cluster}",
@@ -406,6 +410,12 @@ async def _set_cut(request: web.Request) -> web.Response:
     return web.json_response({"cut_after": request.app[_FAIL]["cut_after"]})
 
 
+async def _set_headers(request: web.Request) -> web.Response:
+    extra = await request.json()
+    request.app[_EXTRA_HEADERS] = {str(k): str(v) for k, v in extra.items()}
+    return web.json_response(request.app[_EXTRA_HEADERS])
+
+
 async def _set_hold(request: web.Request) -> web.Response:
     hold_after = request.app[_FAIL]["hold_after"] = int(request.query.get("after", "0"))
     release = request.app[_RELEASE]
@@ -426,6 +436,8 @@ async def _tag_cluster(request: web.Request, handler: Any) -> web.StreamResponse
     response: web.StreamResponse = await handler(request)
     if not response.prepared:
         response.headers["x-upstream-cluster"] = request.app[_CLUSTER]
+        if not request.path.startswith("/_"):
+            response.headers.update(request.app[_EXTRA_HEADERS])
     return response
 
 
@@ -438,11 +450,13 @@ def make_app(cluster: str, keep: int = 256, models: frozenset[str] | None = None
     app[_RECEIVED] = deque(maxlen=keep)
     app[_FAIL] = {}
     app[_RELEASE] = asyncio.Event()
+    app[_EXTRA_HEADERS] = {}
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/_received", _received)
     app.router.add_post("/_fail", _set_fail)
     app.router.add_post("/_cut", _set_cut)
     app.router.add_post("/_hold", _set_hold)
+    app.router.add_post("/_headers", _set_headers)
     app.router.add_post("/{tail:.*}", _llm)
     return app
 

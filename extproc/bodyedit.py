@@ -60,6 +60,11 @@ _MAX_WALKED_BYTES = 4 << 10
 """Bodies up to this size (2,000 tokens at most) take the token walk, ≈25 µs on a small body; larger ones the numpy
 pass (≈0.2 ms, plus 7 to 30 ms a MiB whatever the body), which a walk of tokens costs past a few KiB (a token walk
 over 4 MiB of ``1,1,1``, two million tokens, is seconds)."""
+_MAX_UNPARSED_CONTAINERS = 100_000
+"""Openers (``{`` and ``[``, counted anywhere) of a body nobody parsed past which its model is not looked for: the
+numpy pass matches brackets with a sort, and 1.4 million of them (a 4 MiB body of ``[],``) held the event loop for
+0.3 s, past Envoy's 200 ms message timeout, stalling every other stream. At 100,000 it takes ≈20 ms; a body that
+many containers is over ``limits.max_json_containers`` (50,000 by default) anyway."""
 _MAX_MODEL_VALUE = 1 << 10
 """Bytes of a model value read at most: a model the router serves or renames has a short name, and a longer value is
 read no further (a value of 4 MiB of escaped quotes took 0.2 s of regex steps)."""
@@ -167,8 +172,11 @@ def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
 
 def find_model_span(raw: bytes, parsed: bool = True) -> tuple[int, int] | None:
     """Byte span of the top-level ``model`` string value, quotes included; None if absent, ambiguous, not a string,
-    or too costly to find. ``parsed=False`` for a body that was not parsed as a JSON object (module docstring)."""
+    or too costly to find. ``parsed=False`` for a body that was not parsed as a JSON object (module docstring); one
+    with over ``_MAX_UNPARSED_CONTAINERS`` brackets is not read."""
     if not parsed:
+        if raw.count(b"{") + raw.count(b"[") > _MAX_UNPARSED_CONTAINERS:
+            return None
         return _whole_object_model_span(raw)
     if raw.count(_KEY) == 1 and b"\\u" not in raw:
         start = raw.index(_KEY)

@@ -164,10 +164,10 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
         _log.warning("config reloaded from %s; needs a restart to take effect: %s", path, ", ".join(pending))
     else:
         _log.info("config reloaded from %s", path)
-    if new_clusters:  # the router cannot see Envoy's routes: without one, requests fall to the default route
+    if new_clusters:  # the router cannot see Envoy's routes: without one, the shipped configs answer 503
         _log.warning(
             "config reloaded with new catalog cluster(s) %s: Envoy needs a route matching x-model-router-cluster for"
-            " each, or their requests go to its default route (README, Envoy settings)",
+            " each, or their requests get 503 no_route_for_cluster (README, Envoy settings)",
             ", ".join(new_clusters),
         )
     if stale_lua:  # Envoy's copy of these tables acts only while the router is down: a stale one shows only then

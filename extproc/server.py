@@ -208,7 +208,14 @@ async def serve(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if probe is not None:
         probe.serving(asyncio.get_running_loop())
-    _log.info("model-router listening on %s (classifier %s)", address, snapshots.current.model.name)
+    clusters = ", ".join(sorted({m.cluster for m in snapshots.current.catalog}))
+    # Envoy needs a route matching x-model-router-cluster for each (the router cannot see Envoy's routes).
+    _log.info(
+        "model-router listening on %s (classifier %s; catalog clusters %s)",
+        address,
+        snapshots.current.model.name,
+        clusters,
+    )
     print(f"model-router ready on {address}", flush=True)
 
     stop = asyncio.Event()

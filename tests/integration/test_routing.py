@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import Iterator
 
 import httpx
 import openai
 import orjson
 import pytest
+import yaml
 
-from devstack.stack import Stack
+from devstack.stack import ENVOY_DIR, Stack
+from tests.integration.conftest import HEURISTIC
 
 EASY = "What is the capital of France?"
 HARD = (
@@ -290,6 +293,95 @@ def test_a_body_over_a_limit_is_served_as_without_the_router(
     assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == (cluster, served)
     assert received_body(stack, cluster) == sent.replace(f'"{model}"'.encode(), f'"{served}"'.encode(), 1)
     assert r.headers["x-model-router-model"] == served and "x-model-router-decision-id" not in r.headers
+
+
+ROUTER_RESPONSE_HEADERS = (
+    "x-model-router-model",
+    "x-model-router-tier",
+    "x-model-router-decision-id",
+    "x-model-router-feedback-token",
+    "x-model-router-fallback-model",
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "decided"),
+    [
+        pytest.param(chat_body(EASY), True, id="routed"),
+        pytest.param(chat_body(EASY, model="gpt-4o"), False, id="catalog-model"),
+        pytest.param(chat_body(EASY, model="someone-else"), False, id="not-routable"),
+    ],
+)
+def test_an_upstreams_own_router_headers_never_reach_the_client(stack: Stack, body: bytes, decided: bool) -> None:
+    """An upstream (or a second gateway behind this one) answering with headers of the router's names: the client
+    sees only what this router decided; a value the router leaves empty used to let the upstream's through."""
+    spoofed = dict.fromkeys(ROUTER_RESPONSE_HEADERS, "spoofed")
+    for port in stack.upstream_ports.values():
+        httpx.post(f"http://127.0.0.1:{port}/_headers", json=spoofed, timeout=5).raise_for_status()
+    try:
+        r = post(stack, body)
+    finally:
+        for port in stack.upstream_ports.values():
+            httpx.post(f"http://127.0.0.1:{port}/_headers", json={}, timeout=5).raise_for_status()
+    assert r.status_code in (200, 404), r.text
+    assert all(r.headers.get(name) != "spoofed" for name in ROUTER_RESPONSE_HEADERS), dict(r.headers)
+    assert ("x-model-router-decision-id" in r.headers) is decided
+
+
+@pytest.fixture(scope="module")
+def typo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The cheap model's cluster misspelt in the router's catalog: Envoy has no route for the name the router sets."""
+    router = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    for model in router["catalog"]:
+        model["cluster"] = "cheapp" if model["cluster"] == "cheap" else model["cluster"]
+    overrides = {**HEURISTIC, "catalog": router["catalog"]}
+    with Stack(workdir=tmp_path_factory.mktemp("typo"), router_overrides=overrides) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "shape"),
+    [
+        pytest.param("/v1/chat/completions", chat_body(EASY), {"error"}, id="openai"),
+        pytest.param(
+            "/v1/messages",
+            orjson.dumps({"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": EASY}]}),
+            {"type", "error"},
+            id="anthropic",
+        ),
+    ],
+)
+def test_a_cluster_envoy_has_no_route_for_is_a_503_not_a_wrong_upstream(
+    typo_stack: Stack, path: str, body: bytes, shape: set[str]
+) -> None:
+    """Before, the request reached the default upstream under the cheap model's name: a 404 counted as routed."""
+    frontier = f"http://127.0.0.1:{typo_stack.upstream_ports['frontier']}/_received"
+    received = len(httpx.get(frontier).json())
+    r = post(typo_stack, body, path)
+    assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+    error = r.json()
+    assert set(error) == shape and "no route for (x-model-router-cluster)" in error["error"]["message"]
+    assert error["error"].get("code", "no_route_for_cluster") == "no_route_for_cluster"
+    assert len(httpx.get(frontier).json()) == received, "no upstream was asked"
+
+
+def _envoy_counter(stack: Stack, name: str) -> int:
+    stats = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5).text
+    return sum(int(line.rsplit(": ", 1)[1]) for line in stats.splitlines() if line.startswith(f"{name}: "))
+
+
+def test_a_body_of_a_million_containers_is_not_searched_and_stalls_nothing(stack: Stack) -> None:
+    """1.4 million empty arrays (4 MiB), over ``limits.max_json_containers``: matching their brackets to find the
+    model held the router's event loop past Envoy's 200 ms message timeout (every stream waited; Envoy failed open).
+    Past 100,000 brackets the router does not look: the body goes as sent, at once, decided by the router."""
+    pre, post_ = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x":[', b"[]]}"
+    sent = pre + b"[]," * ((4_194_304 - 100 - len(pre) - len(post_)) // 3) + post_
+    timeouts = _envoy_counter(stack, "http.llm.ext_proc.message_timeouts")
+    r = post(stack, sent)
+    assert r.status_code == 404, r.text  # "auto" as sent: the fake upstream, like a provider, serves no such model
+    assert received_body(stack, "frontier") == sent
+    assert _envoy_counter(stack, "http.llm.ext_proc.message_timeouts") == timeouts, "the router answered in time"
+    assert post(stack, chat_body(EASY)).headers["x-upstream-cluster"] == "cheap"
 
 
 @pytest.mark.parametrize(

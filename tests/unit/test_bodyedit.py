@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.bodyedit import find_model_span, replace_model, rewrite_model
+from extproc.bodyedit import _MAX_UNPARSED_CONTAINERS, find_model_span, replace_model, rewrite_model
 
 CASES = [
     pytest.param(b'{"model":"auto"}', b'{"model":"m"}', id="minimal"),
@@ -158,6 +158,20 @@ def test_a_body_nobody_parsed_is_read_in_linear_time(size: int) -> None:
     raw = b'{"model":"auto","x":"' + b'\\"' * (size // 2)
     assert find_model_span(raw, parsed=False) is None
     assert find_model_span(raw + b'"}', parsed=False) == (9, 15)
+
+
+@pytest.mark.parametrize(
+    ("containers", "found"),
+    [
+        pytest.param(_MAX_UNPARSED_CONTAINERS - 10, True, id="under-the-cap"),
+        pytest.param(1_400_000, False, id="a-4-mib-body-of-empty-arrays"),
+    ],
+)
+def test_a_body_nobody_parsed_with_too_many_containers_is_not_read(containers: int, found: bool) -> None:
+    """Matching 1.4 million brackets held the event loop 0.3 s (past Envoy's message timeout, stalling every other
+    stream): past the cap the body is left untouched. Not a timing test: the found/not-found answer is the contract."""
+    raw = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x":[' + b"[]," * containers + b"[]]}"
+    assert (find_model_span(raw, parsed=False) == (9, 15)) is found
 
 
 @pytest.mark.parametrize(
