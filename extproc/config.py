@@ -198,6 +198,12 @@ class LimitSettings(_Strict):
     of the event loop, which every other request shares. 2,000 messages with tool calls stay well below."""
     max_messages: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] = 2000
     """Chat requests with more messages pass through."""
+    max_request_headers: Annotated[int, Field(strict=True, gt=0, le=10_000)] = 100
+    """Envoy's limit on a request's headers (its ``common_http_protocol_options.max_headers_count``): Envoy answers
+    500 to a header change past it, so a request with no room for ``x-model-router-cluster`` is left to its fail-open
+    filter (``headers_full``)."""
+    max_request_headers_kb: Annotated[int, Field(strict=True, gt=0, le=8192)] = 60
+    """Envoy's limit on their size (its ``max_request_headers_kb``), for the same reason."""
 
 
 class OverrideSettings(_Strict):

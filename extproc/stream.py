@@ -16,7 +16,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -325,6 +325,13 @@ class StreamHandler:
         # not to classify, but so that "auto" does not reach an upstream that serves no such model (Envoy's
         # fail-open filter, too, renames it whatever the content type).
         unclassified = reason if reason in _READ_UNCLASSIFIED else None
+        if (reason is None or unclassified is not None) and not self._room_for_cluster_header(h, owned):
+            # Any header change of ours would be refused (a bare 500), so none: not even the client's x-model-router-*
+            # (the route strips them; the router reads none). Without the router's metadata, Envoy's fail-open filter
+            # acts as when the router is down (an alias renamed, a catalog model to its cluster), unbound by the
+            # limits that bind ext_proc's changes.
+            self._pass(PassReason.HEADERS_FULL)
+            return [envoy.headers_continue((), skip_body=True)]
         if reason is not None and unclassified is None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
@@ -339,6 +346,19 @@ class StreamHandler:
         self._request = _Request(path=h.get(":path", ""), headers=h, policy=policy, unclassified=unclassified)
         self.stage = Stage.WAIT_BODY
         return [envoy.headers_continue(owned, skip_body=False)]
+
+    def _room_for_cluster_header(self, h: Mapping[str, str], owned: Sequence[str]) -> bool:
+        """Whether Envoy's header limits (``limits.max_request_headers*``) leave room for ``x-model-router-cluster``
+        (and ``content-length``, if the request has none): Envoy refuses any header change of ext_proc's that leaves
+        the request past them with a bare 500 (measured: from 95 client headers; Envoy adds 5 of its own), where
+        without the router the request would have been served. ``owned`` are the client's ``x-model-router-*``
+        headers, which the router removes."""
+        limits = self._snap.settings.limits
+        widest = max(len(m.cluster) for m in self._snap.catalog)
+        added = [(CLUSTER_HEADER, widest)] + ([] if "content-length" in h else [("content-length", 20)])
+        count = len(h) - len(owned) + len(added)
+        size = sum(len(k) + len(v) for k, v in h.items() if k not in owned) + sum(len(k) + n for k, n in added)
+        return count <= limits.max_request_headers and size + 2 <= limits.max_request_headers_kb * 1024
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()

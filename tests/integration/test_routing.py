@@ -365,6 +365,30 @@ def test_a_cluster_envoy_has_no_route_for_is_a_503_not_a_wrong_upstream(
     assert len(httpx.get(frontier).json()) == received, "no upstream was asked"
 
 
+@pytest.mark.parametrize(
+    ("extra", "http2", "sent", "cluster", "model"),
+    [
+        pytest.param(80, False, "auto", "cheap", "gpt-4o-mini", id="room"),
+        pytest.param(92, False, "auto", "frontier", "gpt-4o", id="no-room-http1"),
+        pytest.param(90, True, "auto", "frontier", "gpt-4o", id="no-room-http2"),
+        pytest.param(92, False, "gpt-4o-mini", "cheap", "gpt-4o-mini", id="catalog-model"),
+    ],
+)
+def test_a_request_near_envoys_header_limit_is_served(
+    stack: Stack, extra: int, http2: bool, sent: str, cluster: str, model: str
+) -> None:
+    """Envoy holds 100 request headers at most (its pseudo-headers, x-request-id and x-forwarded-proto included: the
+    client's ~95); any header change of the router's past that was a bare 500. With no room, the router changes
+    nothing and Envoy's fail-open filter sends the request on as when the router is down."""
+    headers = {"content-type": "application/json", **{f"x-h{i}": "v" for i in range(extra)}}
+    body = chat_body(EASY, model=sent)
+    with httpx.Client(http2=http2, http1=not http2) as client:
+        r = client.post(stack.base_url + "/v1/chat/completions", content=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-upstream-cluster"], r.headers["x-upstream-model"]) == (cluster, model)
+    assert received_body(stack, cluster) == body.replace(f'"{sent}"'.encode(), f'"{model}"'.encode())
+
+
 def _envoy_counter(stack: Stack, name: str) -> int:
     stats = httpx.get(f"http://127.0.0.1:{stack.admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5).text
     return sum(int(line.rsplit(": ", 1)[1]) for line in stats.splitlines() if line.startswith(f"{name}: "))

@@ -81,6 +81,41 @@ async def test_a_body_not_declared_as_json_goes_where_it_would_without_the_route
         assert responses[1].request_body.response.body_mutation.body == want
 
 
+def _filled(extra: int, **headers: str) -> dict[str, str]:
+    """A chat request's headers (as Envoy sends them: pseudo-headers, content-length) plus ``extra`` more."""
+    return {**chat_headers(**headers), "content-length": "80", **{f"x-h{i}": "v" for i in range(extra)}}
+
+
+@pytest.mark.parametrize(
+    ("headers", "full", "cluster"),
+    [
+        pytest.param(_filled(95), False, "cheap", id="room-for-the-header"),  # 100 with it: Envoy's limit
+        pytest.param(_filled(96), True, None, id="no-room"),
+        pytest.param(_filled(120), True, None, id="past-the-limit-already"),  # Envoy adds 5 to the client's 100
+        pytest.param(_filled(95, **{"x-model-router-quality": "0.1"}), False, "small", id="its-own-headers-go"),
+        pytest.param(_filled(96, **{"content-length": ""}), True, None, id="content-length-to-add"),
+        pytest.param({**_filled(0), "x-big": "v" * (60 * 1024 - 200)}, False, "cheap", id="size-under"),
+        pytest.param({**_filled(0), "x-big": "v" * (60 * 1024 - 100)}, True, None, id="size-limit"),
+    ],
+)
+async def test_a_request_without_room_for_the_cluster_header_is_left_to_envoy(
+    headers: dict[str, str], full: bool, cluster: str | None
+) -> None:
+    """Envoy refuses a header change past its limits (100 headers, 60 KiB) with a bare 500 where, without the router,
+    the request would have been served: with no room the router changes nothing and sends no metadata, so Envoy's
+    fail-open filter (not bound by those limits) sends it on as when the router is down."""
+    headers = {k: v for k, v in headers.items() if v}
+    handler, sink = make()
+    responses = await replay(handler, headers, CHAT)
+    (record,) = sink.records
+    assert (record.reason == "headers_full") is full
+    if full:
+        assert skips_body(responses[0]) and not responses[0].HasField("dynamic_metadata")
+        assert not responses[0].request_headers.HasField("response"), "no header change at all"
+    else:
+        assert cluster_of(responses[1]) == cluster
+
+
 _COUNT = b'{"model":"auto","messages":[{"role":"user","content":"Prove the Riemann hypothesis."}]}'
 
 
