@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 __all__ = ["JSON_STRING", "find_model_span", "replace_at", "replace_model", "rewrite_model"]
@@ -61,10 +62,11 @@ _MAX_WALKED_BYTES = 4 << 10
 pass (≈0.2 ms, plus 7 to 30 ms a MiB whatever the body), which a walk of tokens costs past a few KiB (a token walk
 over 4 MiB of ``1,1,1``, two million tokens, is seconds)."""
 _MAX_UNPARSED_CONTAINERS = 100_000
-"""Openers (``{`` and ``[``, counted anywhere) of a body nobody parsed past which its model is not looked for: the
-numpy pass matches brackets with a sort, and 1.4 million of them (a 4 MiB body of ``[],``) held the event loop for
-0.3 s, past Envoy's 200 ms message timeout, stalling every other stream. At 100,000 it takes ≈20 ms; a body that
-many containers is over ``limits.max_json_containers`` (50,000 by default) anyway."""
+"""Arrays and objects (outside strings) of a body nobody parsed past which its model is not looked for: the numpy
+pass matches brackets with a sort, and 1.4 million of them (a 4 MiB body of ``[],``) held the event loop for 0.3 s,
+past Envoy's 200 ms message timeout, stalling every other stream. The count comes before the sort (a few linear
+passes); at 100,000 the whole pass takes ≈20 ms; a body that many containers is over ``limits.max_json_containers``
+(50,000 by default) anyway. Brackets inside strings cost nothing and do not count."""
 _MAX_MODEL_VALUE = 1 << 10
 """Bytes of a model value read at most: a model the router serves or renames has a short name, and a longer value is
 read no further (a value of 4 MiB of escaped quotes took 0.2 s of regex steps)."""
@@ -110,6 +112,27 @@ def _scan_top_level(raw: bytes) -> tuple[int, int] | None:
     return spans[0] if len(spans) == 1 else None
 
 
+def _classified(raw: bytes) -> tuple[bytes, npt.NDArray[np.uint8]]:
+    """``raw`` with escaped backslashes, then escaped quotes, blanked (two bytes for two, so positions hold: JSON's
+    own left-to-right reading of escapes), and each of its bytes' class."""
+    plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in raw else raw
+    return plain, np.frombuffer(plain.translate(_CLASSES), dtype=np.uint8)
+
+
+def _too_many_containers(raw: bytes, cap: int = _MAX_UNPARSED_CONTAINERS) -> bool:
+    """More than ``cap`` openers outside strings, without the validation and matching passes
+    (≈20 ms on 4 MiB of brackets; the raw count rules out most bodies before this). The openers inside each string
+    are counted at its two quotes (an unterminated last string runs to the end)."""
+    _, classes = _classified(raw)
+    quotes = np.flatnonzero(classes == _QUOTE)
+    openers = np.flatnonzero((classes == _OPEN_BRACE) | (classes == _OPEN_BRACKET))
+    before = np.searchsorted(openers, quotes)  # openers before each quote
+    if before.size % 2:
+        before = np.append(before, openers.size)
+    inside = int(np.sum(before[1::2] - before[0::2]))
+    return openers.size - inside > cap
+
+
 def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
     """The top-level model value of a body, if the body is one whole object: from its first byte (after a byte order
     mark) to its last, brackets balanced and matched outside strings, no string left open, nothing outside strings
@@ -120,8 +143,7 @@ def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
     Escaped backslashes, then escaped quotes, are blanked first (two bytes for two, so positions hold), which is
     JSON's own left-to-right reading of escapes; a byte is then inside a string after an odd number of quotes. Of the
     top-level strings, only keys that spell "model" are read one by one: literally, or with ``\\u`` escapes."""
-    plain = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__") if b"\\" in raw else raw
-    classes = np.frombuffer(plain.translate(_CLASSES), dtype=np.uint8)
+    plain, classes = _classified(raw)
     is_quote = classes == _QUOTE
     quotes = np.flatnonzero(is_quote)
     if quotes.size % 2:
@@ -173,9 +195,9 @@ def _whole_object_model_span(raw: bytes) -> tuple[int, int] | None:
 def find_model_span(raw: bytes, parsed: bool = True) -> tuple[int, int] | None:
     """Byte span of the top-level ``model`` string value, quotes included; None if absent, ambiguous, not a string,
     or too costly to find. ``parsed=False`` for a body that was not parsed as a JSON object (module docstring); one
-    with over ``_MAX_UNPARSED_CONTAINERS`` brackets is not read."""
+    with over ``_MAX_UNPARSED_CONTAINERS`` arrays and objects is not read."""
     if not parsed:
-        if raw.count(b"{") + raw.count(b"[") > _MAX_UNPARSED_CONTAINERS:
+        if raw.count(b"{") + raw.count(b"[") > _MAX_UNPARSED_CONTAINERS and _too_many_containers(raw):
             return None
         return _whole_object_model_span(raw)
     if raw.count(_KEY) == 1 and b"\\u" not in raw:

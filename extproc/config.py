@@ -106,6 +106,26 @@ def check_otlp_endpoint(value: str) -> str:
     return value
 
 
+def _poll_interval(seconds: float) -> float:
+    if 0 < seconds < 0.1:
+        raise ValueError("must be 0 (reload on SIGHUP only) or at least 0.1")
+    return seconds
+
+
+def _check_model_name(name: str) -> str:
+    if name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(
+            f"{name!r}: a model name has no leading or trailing space and no control character (it is written into"
+            " request bodies and response headers)"
+        )
+    return name
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_model_name)]
+"""A catalog model's or a routable alias's name: matched exactly against the request's ``model``, so ``"llama\n"``
+would never match and, once chosen, would put a newline into a response header."""
+
+
 def _listen(unix: bool) -> AfterValidator:
     def check(value: str) -> str:
         parse_listen(value, unix)
@@ -125,7 +145,7 @@ class _Strict(BaseModel):
 class CatalogModel(_Strict):
     """One upstream model: where Envoy sends it, what it costs and how able it is."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: ModelName
     cluster: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
     tier: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_\-]+$")]
     input_price_per_mtok: Price
@@ -166,8 +186,9 @@ class ServerSettings(_Strict):
     grace_seconds: Annotated[float, Field(strict=True, ge=0, le=300)] = 10.0
     """On SIGTERM, how long in-flight streams may take before the server stops."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    config_poll_seconds: Annotated[float, Field(strict=True, ge=0, le=3600)] = 2.0
-    """How often to check the config file for changes (0 = only on SIGHUP)."""
+    config_poll_seconds: Annotated[float, Field(strict=True, ge=0, le=3600), AfterValidator(_poll_interval)] = 2.0
+    """How often to check the config file for changes (0 = only on SIGHUP; else at least 0.1 s: each poll reads and
+    hashes the file, and 0.001 kept an idle router at 15% of a core)."""
     tls: TlsSettings | None = None
     """TLS on ``listen`` (null: plaintext, for loopback or a Unix socket). Needs a restart to turn on or off."""
 
@@ -200,8 +221,8 @@ class LimitSettings(_Strict):
     """Chat requests with more messages pass through."""
     max_request_headers: Annotated[int, Field(strict=True, gt=0, le=10_000)] = 100
     """Envoy's limit on a request's headers (its ``common_http_protocol_options.max_headers_count``): Envoy answers
-    500 to a header change past it, so a request with no room for ``x-model-router-cluster`` is left to its fail-open
-    filter (``headers_full``)."""
+    500 to a header change past it, so a request with no room for ``x-model-router-cluster`` is answered 431
+    (``headers_full``)."""
     max_request_headers_kb: Annotated[int, Field(strict=True, gt=0, le=8192)] = 60
     """Envoy's limit on their size (its ``max_request_headers_kb``), for the same reason."""
 
@@ -300,7 +321,7 @@ class StickinessSettings(_Strict):
 class PolicySettings(_Strict):
     """How difficulty, prices and the quality target become a choice."""
 
-    routable_models: Annotated[tuple[str, ...], Field(min_length=1)] = ("auto",)
+    routable_models: Annotated[tuple[ModelName, ...], Field(min_length=1)] = ("auto",)
     """Requested ``model`` values the router may change; every other model passes through untouched."""
     default_model: str
     """Used when the router cannot decide (classifier failure, nothing eligible)."""
@@ -620,7 +641,9 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc]
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, str | int | float | bool | None):
+                continue  # a list or mapping as a key: PyYAML refuses it below ("found unhashable key")
+            if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)

@@ -19,26 +19,30 @@ the metrics count every one."""
 
 
 class Throttle(logging.Filter):
-    """Lets a record logged with ``extra=THROTTLED`` through at most once per ``every`` seconds per message template,
-    and tells the next one that goes through how many were held back (``suppressed``)."""
+    """Lets a record logged with ``extra=THROTTLED`` through at most once per ``every`` seconds per message (another
+    exception type is another message), and tells the next one that goes through how many were held back
+    (``suppressed``). Messages not seen for ``every`` seconds are forgotten once more than ``remembered`` are kept."""
 
-    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic, remembered: int = 256) -> None:
         super().__init__()
         self._every = every
+        self._remembered = remembered
         self._clock = clock
         self._lock = threading.Lock()  # records come from the event loop and from worker threads
-        self._last: dict[str, tuple[float, int]] = {}  # template -> (time written, held back since)
+        self._last: dict[str, tuple[float, int]] = {}  # message -> (time written, held back since)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "throttle", False):
             return True
-        now, key = self._clock(), str(record.msg)
+        now, key = self._clock(), record.getMessage()
         with self._lock:
             written, held = self._last.get(key, (None, 0))
             if written is not None and now - written < self._every:
                 self._last[key] = (written, held + 1)
                 return False
             self._last[key] = (now, 0)
+            if len(self._last) > self._remembered:  # e.g. protocol errors naming many message kinds
+                self._last = {k: v for k, v in self._last.items() if now - v[0] < self._every}
         if held:
             record.suppressed = held
         return True

@@ -130,13 +130,14 @@ def reload_snapshot(
 
 def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], DifficultyModel], apply: Apply) -> bool:
     data: bytes | None = None
-    failed_load: list[Settings] = []
+    failed_load: list[tuple[Settings, _ModelKey]] = []
 
     def load(settings: Settings) -> DifficultyModel:
+        key = _model_key(settings)  # before the load: a copy that completes during it is then a change
         try:
             return load_model(settings)
         except Exception:
-            failed_load.append(settings)
+            failed_load.append((settings, key))
             raise
 
     try:
@@ -145,7 +146,7 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
         apply(snapshot.settings)
     except Exception as exc:
         ref.rejected = None if data is None else hashlib.sha256(data).digest()
-        ref.rejected_model = (failed_load[0], _model_key(failed_load[0])) if failed_load else None
+        ref.rejected_model = failed_load[0] if failed_load else None
         if isinstance(exc, ConfigError):
             _log.error("config reload rejected, keeping the running config: %s", exc)
         else:  # e.g. a model directory that fails to load: still a rejected reload, never a crash
@@ -167,7 +168,8 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
     if new_clusters:  # the router cannot see Envoy's routes: without one, the shipped configs answer 503
         _log.warning(
             "config reloaded with new catalog cluster(s) %s: Envoy needs a route matching x-model-router-cluster for"
-            " each, or their requests get 503 no_route_for_cluster (README, Envoy settings)",
+            " each, or their requests get 503 no_route_for_cluster (envoy/, k8s/base) or go to its default route"
+            " (README, Envoy settings)",
             ", ".join(new_clusters),
         )
     if stale_lua:  # Envoy's copy of these tables acts only while the router is down: a stale one shows only then

@@ -56,9 +56,6 @@ class PassReason(enum.StrEnum):
     MODEL_NOT_ROUTABLE = "model_not_routable"
     TOKEN_COUNT = "token_count"
     """A token-counting endpoint (``schemas.TOKEN_COUNT_PATHS``): an alias gets the default model; nothing decided."""
-    HEADERS_FULL = "headers_full"
-    """No room in Envoy's header limits for ``x-model-router-cluster`` (Envoy answers 500 to a change past them): the
-    router changes nothing and leaves the request to Envoy's fail-open filter, as if it were down."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from classifier.model import DifficultyModel, Prediction
 from extproc import envoy
 from extproc.bodyedit import find_model_span, replace_at, rewrite_model
+from extproc.config import LimitSettings
 from extproc.constraints import ConstraintError, RequestPolicy, resolve_request_policy
 from extproc.conversations import Floor, Floors, conversation_key, stronger
 from extproc.decision_proto import envoy_metadata, response_headers, to_proto
@@ -44,7 +45,7 @@ from extproc.policy import (
 )
 from extproc.record import DecisionRecord, DecisionSink, Outcome
 from extproc.request import ParsedRequest, PassReason, Passthrough, parse_request
-from extproc.schemas import ROUTER_PATHS, TOKEN_COUNT_PATHS, HasConversation
+from extproc.schemas import ROUTER_PATHS, TOKEN_COUNT_PATHS, HasConversation, schema_for_path
 from extproc.snapshot import Snapshot
 from extproc.tap import DecisionTap, tap_safely
 
@@ -110,6 +111,31 @@ def add_header(headers: dict[str, str], name: str, value: str) -> None:
     policy)."""
     name = name.lower()
     headers[name] = f"{headers[name]}, {value}" if name in headers and name.startswith(HEADER_PREFIX) else value
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderLoad:
+    """What Envoy counts against its request-header limits: every header line (a repeated name counts each time)
+    and their names' and values' bytes, without the client's ``x-model-router-*`` ones the router removes."""
+
+    count: int
+    size: int
+
+    @classmethod
+    def of(cls, headers: pb.HttpHeaders, removed: Sequence[str]) -> _HeaderLoad:
+        kept = [h for h in headers.headers.headers if h.key not in removed]
+        size = sum(len(h.key.encode()) + len(h.raw_value or h.value.encode()) for h in kept)
+        return cls(len(kept), size)
+
+    def fits(self, limits: LimitSettings, added: Sequence[tuple[str, int]] = ()) -> bool:
+        """Within Envoy's limits with ``added`` headers (name, value length) too."""
+        count = self.count + len(added)
+        size = self.size + sum(len(name) + length for name, length in added)
+        return count <= limits.max_request_headers and size <= limits.max_request_headers_kb * 1024
+
+
+_LENGTH = ("content-length", 20)
+"""A ``content-length`` the router adds to a body it rewrites, if the request had none."""
 
 
 def _header_map(headers: pb.HttpHeaders) -> dict[str, str]:
@@ -325,20 +351,20 @@ class StreamHandler:
         # not to classify, but so that "auto" does not reach an upstream that serves no such model (Envoy's
         # fail-open filter, too, renames it whatever the content type).
         unclassified = reason if reason in _READ_UNCLASSIFIED else None
-        if (reason is None or unclassified is not None) and not self._room_for_cluster_header(h, owned):
-            # Any header change of ours would be refused (a bare 500), so none: not even the client's x-model-router-*
-            # (the route strips them; the router reads none). Without the router's metadata, Envoy's fail-open filter
-            # acts as when the router is down (an alias renamed, a catalog model to its cluster), unbound by the
-            # limits that bind ext_proc's changes.
-            self._pass(PassReason.HEADERS_FULL)
-            return [envoy.headers_continue((), skip_body=True)]
+        load = _HeaderLoad.of(headers, owned)
+        limits = self._snap.settings.limits
         if reason is not None and unclassified is None:
             if reason is PassReason.UNKNOWN_PATH:
                 self.stage = Stage.FINISHED  # not our API: no record, no metrics noise
                 metadata = _UNKNOWN_PATH_METADATA
             else:
                 metadata = self._pass_metadata(self._pass(reason))
-            return [envoy.headers_continue(owned, skip_body=True, metadata=metadata)]
+            # Past Envoy's limits even the removal would be refused (a bare 500); the route strips them anyway.
+            remove = owned if load.fits(limits) else ()
+            return [envoy.headers_continue(remove, skip_body=True, metadata=metadata)]
+        widest = max(len(m.cluster) for m in self._snap.catalog)
+        if not load.fits(limits, added=[(CLUSTER_HEADER, widest), *([] if "content-length" in h else [_LENGTH])]):
+            return self._reject_headers_full(h.get(":path", ""), load, limits)
         policy = resolve_request_policy(h, self._snap)
         for ignored in policy.ignored:
             self._sink.error("constraint_ignored")
@@ -347,18 +373,28 @@ class StreamHandler:
         self.stage = Stage.WAIT_BODY
         return [envoy.headers_continue(owned, skip_body=False)]
 
-    def _room_for_cluster_header(self, h: Mapping[str, str], owned: Sequence[str]) -> bool:
-        """Whether Envoy's header limits (``limits.max_request_headers*``) leave room for ``x-model-router-cluster``
-        (and ``content-length``, if the request has none): Envoy refuses any header change of ext_proc's that leaves
-        the request past them with a bare 500 (measured: from 95 client headers; Envoy adds 5 of its own), where
-        without the router the request would have been served. ``owned`` are the client's ``x-model-router-*``
-        headers, which the router removes."""
-        limits = self._snap.settings.limits
-        widest = max(len(m.cluster) for m in self._snap.catalog)
-        added = [(CLUSTER_HEADER, widest)] + ([] if "content-length" in h else [("content-length", 20)])
-        count = len(h) - len(owned) + len(added)
-        size = sum(len(k) + len(v) for k, v in h.items() if k not in owned) + sum(len(k) + n for k, n in added)
-        return count <= limits.max_request_headers and size + 2 <= limits.max_request_headers_kb * 1024
+    def _reject_headers_full(self, path: str, load: _HeaderLoad, limits: LimitSettings) -> list[pb.ProcessingResponse]:
+        """No room under Envoy's header limits (``limits.max_request_headers*``) for ``x-model-router-cluster``:
+        Envoy refuses any header change of ext_proc's that leaves the request past them with a bare 500 (measured:
+        from 95 client headers; Envoy adds 5 of its own). Leaving the request to the fail-open filter instead would
+        let any client shed its tenant's models and constraints with junk headers, so: a 431 that says why, in the
+        error shape of the request's API, and no header change (the route strips the client's x-model-router-*)."""
+        schema = schema_for_path(path) or schema_for_path(path.removesuffix("/count_tokens"))
+        name = schema.name if schema else ""
+        rec = DecisionRecord(
+            decision_id=self._new_id(),
+            outcome=Outcome.REJECTED,
+            reason="headers_full",
+            schema=name or None,
+            **self._context_fields(),
+        )
+        self._emit(rec)
+        message = (
+            f"the request has {load.count} headers ({load.size} bytes) after the gateway's own; model-router routes"
+            f" a request only with room for one more under {limits.max_request_headers} headers and"
+            f" {limits.max_request_headers_kb} KiB: send fewer or smaller headers"
+        )
+        return [envoy.immediate_error(431, message, "request_headers_too_large", name)]
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()

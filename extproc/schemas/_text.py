@@ -82,6 +82,9 @@ def positive_int(value: Any) -> int | None:
 MAX_CHOICES = 128
 """The most choices per prompt the router prices (OpenAI's limit on ``n``, which providers refuse past): one client's
 ``n`` of 2**63-1 priced as asked would swamp the estimated-cost counters."""
+MAX_COMPLETIONS = 2_048
+"""The most completions one request is priced for, whatever its prompts times choices: 2,000 prompts at ``n`` 128
+(an 8 KB body) put $327,680 on the estimated-cost counters through the stack."""
 
 
 def choices(*counts: Any) -> int:

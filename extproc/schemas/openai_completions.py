@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from extproc.schemas._text import choices, positive_int
+from extproc.schemas._text import MAX_COMPLETIONS, choices, positive_int
 
 __all__ = ["OpenAICompletions"]
 
@@ -48,5 +48,6 @@ class OpenAICompletions:
         return positive_int(body.get("max_tokens"))
 
     def completions(self, body: Mapping[str, Any]) -> int:
-        """``best_of`` (generated and billed, of which ``n`` are returned), else ``n``, for each prompt."""
-        return self.message_count(body) * choices(body.get("n"), body.get("best_of"))
+        """``best_of`` (generated and billed, of which ``n`` are returned), else ``n``, for each prompt; at most
+        ``MAX_COMPLETIONS`` in all."""
+        return min(MAX_COMPLETIONS, self.message_count(body) * choices(body.get("n"), body.get("best_of")))

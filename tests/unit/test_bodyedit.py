@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.bodyedit import _MAX_UNPARSED_CONTAINERS, find_model_span, replace_model, rewrite_model
+from extproc.bodyedit import (
+    _MAX_UNPARSED_CONTAINERS,
+    _too_many_containers,
+    find_model_span,
+    replace_model,
+    rewrite_model,
+)
 
 CASES = [
     pytest.param(b'{"model":"auto"}', b'{"model":"m"}', id="minimal"),
@@ -172,6 +178,24 @@ def test_a_body_nobody_parsed_with_too_many_containers_is_not_read(containers: i
     stream): past the cap the body is left untouched. Not a timing test: the found/not-found answer is the contract."""
     raw = b'{"model":"auto","messages":[{"role":"user","content":"hi"}],"x":[' + b"[]," * containers + b"[]]}"
     assert (find_model_span(raw, parsed=False) == (9, 15)) is found
+
+
+def test_brackets_inside_strings_do_not_count_against_the_cap() -> None:
+    """A token count of a prompt full of braces (code, JSON samples) is read whatever their number."""
+    text = b'{\\"a\\": [' * (_MAX_UNPARSED_CONTAINERS // 2 + 10)
+    raw = b'{"model":"auto","messages":[{"role":"user","content":"' + text + b'"}]}'
+    assert raw.count(b"{") + raw.count(b"[") > _MAX_UNPARSED_CONTAINERS
+    assert find_model_span(raw, parsed=False) == (9, 15)
+
+
+@given(st.binary(max_size=80).map(lambda b: bytes(b'{["ab\\ '[x % 7] for x in b)), st.integers(0, 12))
+def test_containers_are_counted_outside_strings_as_json_reads_them(raw: bytes, cap: int) -> None:
+    """The count against the cap agrees with a byte-by-byte reading: escapes first, then quotes toggle strings."""
+    plain, inside, outside = raw.replace(b"\\\\", b"__").replace(b'\\"', b"__"), False, 0
+    for byte in plain:
+        inside = not inside if byte == ord('"') else inside
+        outside += byte in b"{[" and not inside
+    assert _too_many_containers(raw, cap) is (outside > cap)
 
 
 @pytest.mark.parametrize(

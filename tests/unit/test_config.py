@@ -30,6 +30,12 @@ def base(**changes: object) -> dict[str, object]:
     return data
 
 
+_NAME_RULE = (
+    "a model name has no leading or trailing space and no control character (it is written into request bodies and "
+    "response headers)"
+)
+
+
 @pytest.mark.parametrize(
     ("data", "problems"),
     [
@@ -71,6 +77,19 @@ def base(**changes: object) -> dict[str, object]:
             id="cluster",
         ),
         pytest.param(base(catalog=[MODEL, MODEL]), ["catalog[1].name: duplicate model name 'm'"], id="duplicate"),
+        pytest.param(
+            base(catalog=[{**MODEL, "name": "m\n"}], policy={"default_model": "m\n", "routable_models": ["a", " b"]}),
+            [
+                "policy.routable_models[1]: ' b': " + _NAME_RULE,
+                "catalog[0].name: 'm\\n': " + _NAME_RULE,
+            ],
+            id="model-names-fit-a-header",
+        ),
+        pytest.param(
+            base(server={"config_poll_seconds": 0.001}),
+            ["server.config_poll_seconds: must be 0 (reload on SIGHUP only) or at least 0.1"],
+            id="poll-that-burns-a-core",
+        ),
         pytest.param(base(surprise=1), ["surprise: Extra inputs are not permitted"], id="unknown-key"),
         pytest.param(
             base(classifier={"kind": "gpt"}),
@@ -340,6 +359,9 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad.write_text("policy: {default_model: a, default_model: b}\n")
     with pytest.raises(ConfigError, match="duplicate key 'default_model'"):
         load_config(bad)
+    bad.write_text("? [a, b]\n: 1\n")  # a key PyYAML cannot hash: a config error, not a TypeError
+    with pytest.raises(ConfigError, match="unhashable key"):
+        load_config(bad)
     merged = tmp_path / "merged.yaml"  # a YAML merge key is not a duplicate, and merged keys may be overridden
     merged.write_text("base: &b {max_messages: 10, max_json_depth: 8}\nlimits: {<<: *b, max_messages: 20}\n")
     assert load_yaml(merged) == {
@@ -417,6 +439,32 @@ async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_change
         (model_dir / "model.onnx").write_bytes(b"onnx")
         await _until(lambda: results[-1:] == [True])
         assert ref.current.settings.classifier.model_dir == model_dir and ref.rejected_model is None
+    finally:
+        watcher.cancel()
+
+
+async def test_a_model_that_arrives_while_a_load_fails_is_tried_again(tmp_path: Path) -> None:
+    """The model directory is read before the load: a copy that completes while the failing load runs is a change."""
+    path = tmp_path / "model-router.yaml"
+    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
+    path.write_text(shipped)
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+
+    def load_model(_settings: Settings) -> FakeDifficultyModel:
+        if not (model_dir / "model.onnx").exists():
+            (model_dir / "model.onnx").write_bytes(b"onnx")  # the copy lands while this load fails
+            raise RuntimeError("no model.onnx")
+        return FakeDifficultyModel()
+
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
+    await asyncio.sleep(0)
+    try:
+        path.write_text(shipped.replace("  kind: onnx", f"  kind: onnx\n  model_dir: {model_dir}"))
+        await _until(lambda: results[-1:] == [True])
+        assert results == [False, True]
     finally:
         watcher.cancel()
 
@@ -817,46 +865,46 @@ def test_a_reload_says_which_changes_need_a_restart(
         assert "restart" not in line, line
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "values", "warned"),
+    [
+        pytest.param(
+            "server", "log_level", lambda start: ["debug", "debug", start], [True, True, False], id="log-level"
+        ),
+        # gRPC's message limit is set at start: back at the start value after a lower one is no restart, and above
+        # it stays one however many reloads come in between.
+        pytest.param(
+            "limits",
+            "max_body_bytes",
+            lambda start: [start // 2, start, start * 2, start * 2],
+            [False, False, True, True],
+            id="body-limit",
+        ),
+    ],
+)
 def test_the_restart_warning_compares_with_the_settings_at_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    section: str,
+    key: str,
+    values: Callable[[object], list[object]],
+    warned: list[bool],
 ) -> None:
-    """What runs is what the router started with: a pending change is said again on each later reload, and a reload
-    back to the start value needs no restart."""
+    """What runs is what the router started with: a pending change is said again on each later reload (whatever
+    else it changes), and a reload back to the start value needs no restart."""
     path = tmp_path / "model-router.yaml"
     data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
     path.write_text(yaml.safe_dump(data))
     ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
     caplog.set_level("INFO", logger="model_router.reload")
-    start = data["server"]["log_level"]
-    warned = []
-    for level, quality in [("debug", 0.8), ("debug", 0.7), (start, 0.7)]:
-        data["server"]["log_level"], data["policy"]["quality_target"] = level, quality
+    said = []
+    for n, value in enumerate(values(data[section][key])):
+        data[section][key], data["policy"]["quality_target"] = value, 0.8 - n / 100
         path.write_text(yaml.safe_dump(data))
         caplog.clear()
         assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
-        warned.append(any("server.log_level" in r.getMessage() for r in caplog.records))
-    assert warned == [True, True, False]
-
-
-def test_the_body_limit_warning_compares_with_the_limit_at_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """gRPC's message limit is set at start: back at the start value after a lower one is no restart, and above it
-    stays one however many reloads come in between."""
-    path = tmp_path / "model-router.yaml"
-    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
-    start = data["limits"]["max_body_bytes"]
-    path.write_text(yaml.safe_dump(data))
-    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
-    caplog.set_level("INFO", logger="model_router.reload")
-    warned = []
-    for limit, quality in [(start // 2, 0.8), (start, 0.8), (start * 2, 0.8), (start * 2, 0.7)]:
-        data["limits"]["max_body_bytes"], data["policy"]["quality_target"] = limit, quality
-        path.write_text(yaml.safe_dump(data))
-        caplog.clear()
-        assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
-        warned.append(any("limits.max_body_bytes" in r.getMessage() for r in caplog.records))
-    assert warned == [False, False, True, True]
+        said.append(any(f"{section}.{key}" in r.getMessage() for r in caplog.records))
+    assert said == warned
 
 
 def test_a_reload_that_changes_the_fail_open_tables_says_to_regenerate_them(

@@ -28,12 +28,22 @@ def test_a_throttled_warning_is_written_once_a_minute_with_the_count_held_back()
     assert passed == [(0.0, 0), (60.0, 3), (200.0, 1)]
 
 
-def test_other_templates_and_unmarked_records_are_not_held_back() -> None:
+def test_other_messages_and_unmarked_records_are_not_held_back() -> None:
     throttle = Throttle(every=60.0, clock=lambda: 0.0)
-    assert throttle.filter(_record("a %s", 1))
-    assert throttle.filter(_record("b %s", 1)), "each template has its own minute"
-    assert not throttle.filter(_record("a %s", 2))
+    assert throttle.filter(_record("classifier failed (%s)", "TimeoutError"))
+    assert throttle.filter(_record("classifier failed (%s)", "RuntimeError")), "another exception: another message"
+    assert not throttle.filter(_record("classifier failed (%s)", "TimeoutError"))
     assert all(throttle.filter(_record("a %s", 3, throttled=False)) for _ in range(5)), "only marked records"
+
+
+def test_messages_not_seen_for_a_minute_are_forgotten() -> None:
+    now = [0.0]
+    throttle = Throttle(every=60.0, clock=lambda: now[0], remembered=4)
+    for i in range(4):
+        assert throttle.filter(_record("ending stream: %s", i))
+    now[0] = 61.0
+    assert throttle.filter(_record("ending stream: %s", 99))  # the fifth: the four old ones go
+    assert len(throttle._last) == 1
 
 
 def test_the_line_says_how_many_were_held_back() -> None:

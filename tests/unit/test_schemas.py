@@ -10,7 +10,7 @@ import pytest
 
 from extproc.request import MAX_ESTIMATED_TOKENS, ParsedRequest, estimate_tokens, parse_request
 from extproc.schemas import SCHEMAS_BY_PATH, ApiSchema, HasConversation, schema_for_path
-from extproc.schemas._text import ATTACHMENT_CHARS, MAX_CHOICES
+from extproc.schemas._text import ATTACHMENT_CHARS, MAX_CHOICES, MAX_COMPLETIONS
 from extproc.schemas.anthropic_messages import AnthropicMessages
 from extproc.schemas.openai_chat import OpenAIChat
 from extproc.schemas.openai_completions import OpenAICompletions
@@ -359,6 +359,9 @@ def test_existing_readers(
         pytest.param(OpenAICompletions(), {"prompt": "a", "n": 2, "best_of": 5}, 5, id="completions-best-of"),
         pytest.param(OpenAICompletions(), {"prompt": [1, 2, 3, 4], "n": 2}, 2, id="completions-token-ids-one-prompt"),
         pytest.param(OpenAICompletions(), {"prompt": [[1, 2], [3]]}, 2, id="completions-token-id-lists"),
+        pytest.param(
+            OpenAICompletions(), {"prompt": ["a"] * 2000, "n": 128}, MAX_COMPLETIONS, id="completions-capped-in-all"
+        ),
         pytest.param(AnthropicMessages(), {"n": 4}, 1, id="messages-has-no-n"),
         pytest.param(OpenAIResponses(), {"n": 4}, 1, id="responses-has-no-n"),
     ],

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -86,6 +87,14 @@ def _filled(extra: int, **headers: str) -> dict[str, str]:
     return {**chat_headers(**headers), "content-length": "80", **{f"x-h{i}": "v" for i in range(extra)}}
 
 
+def _repeated(times: int) -> pb.HttpHeaders:
+    """A chat request's headers with one name repeated ``times`` times (Envoy counts each line)."""
+    lines = [*_filled(0).items(), *[("x-h", "v")] * times]
+    return pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in lines])
+    )
+
+
 @pytest.mark.parametrize(
     ("headers", "full", "cluster"),
     [
@@ -96,24 +105,45 @@ def _filled(extra: int, **headers: str) -> dict[str, str]:
         pytest.param(_filled(96, **{"content-length": ""}), True, None, id="content-length-to-add"),
         pytest.param({**_filled(0), "x-big": "v" * (60 * 1024 - 200)}, False, "cheap", id="size-under"),
         pytest.param({**_filled(0), "x-big": "v" * (60 * 1024 - 100)}, True, None, id="size-limit"),
+        pytest.param({**_filled(0), "x-big": "é" * (30 * 1024 - 50)}, True, None, id="size-in-bytes"),
+        pytest.param(_repeated(95), False, "cheap", id="repeated-name-room"),
+        pytest.param(_repeated(96), True, None, id="repeated-name-counts-each-line"),
     ],
 )
-async def test_a_request_without_room_for_the_cluster_header_is_left_to_envoy(
-    headers: dict[str, str], full: bool, cluster: str | None
+async def test_a_request_without_room_for_the_cluster_header_gets_a_431(
+    headers: dict[str, str] | pb.HttpHeaders, full: bool, cluster: str | None
 ) -> None:
-    """Envoy refuses a header change past its limits (100 headers, 60 KiB) with a bare 500 where, without the router,
-    the request would have been served: with no room the router changes nothing and sends no metadata, so Envoy's
-    fail-open filter (not bound by those limits) sends it on as when the router is down."""
-    headers = {k: v for k, v in headers.items() if v}
+    """Envoy refuses a header change past its limits (100 headers, 60 KiB) with a bare 500. Handing the request to
+    its fail-open filter instead would let junk headers shed a tenant's models and constraints: a 431 says why, with
+    no header change at all."""
     handler, sink = make()
-    responses = await replay(handler, headers, CHAT)
+    if isinstance(headers, pb.HttpHeaders):
+        responses = await handler.handle(pb.ProcessingRequest(request_headers=headers))
+        responses += await handler.handle(body_msg(CHAT))
+    else:
+        responses = await replay(handler, {k: v for k, v in headers.items() if v}, CHAT)
     (record,) = sink.records
-    assert (record.reason == "headers_full") is full
+    assert (record.outcome.value == "rejected" and record.reason == "headers_full") is full
     if full:
-        assert skips_body(responses[0]) and not responses[0].HasField("dynamic_metadata")
+        reply = responses[0].immediate_response
+        assert reply.status.code == 431 and b"request_headers_too_large" in reply.body
         assert not responses[0].request_headers.HasField("response"), "no header change at all"
     else:
         assert cluster_of(responses[1]) == cluster
+
+
+@pytest.mark.parametrize(("extra", "removed"), [(95, True), (101, False)], ids=["room", "past-the-limit"])
+async def test_a_pass_through_removes_the_clients_router_headers_only_within_envoys_limits(
+    extra: int, removed: bool
+) -> None:
+    """Past the limits Envoy refuses even a removal (a bare 500); the route strips them on its way anyway."""
+    handler, _ = make()
+    headers = {**_filled(extra, **{"x-model-router-quality": "0.1"}), ":method": "GET"}
+    (response,) = await handler.handle(headers_msg(headers))
+    assert skips_body(response)
+    assert list(response.request_headers.response.header_mutation.remove_headers) == (
+        ["x-model-router-quality"] if removed else []
+    )
 
 
 _COUNT = b'{"model":"auto","messages":[{"role":"user","content":"Prove the Riemann hypothesis."}]}'

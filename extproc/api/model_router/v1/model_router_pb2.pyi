@@ -93,8 +93,9 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     REASON_JSON_TOO_COMPLEX: _Reason.ValueType  # 33
     REASON_AMBIGUOUS_MODEL: _Reason.ValueType  # 34
     REASON_TOKEN_COUNT: _Reason.ValueType  # 35
-    REASON_HEADERS_FULL: _Reason.ValueType  # 36
     REASON_INVALID_CONSTRAINT: _Reason.ValueType  # 50
+    REASON_HEADERS_FULL: _Reason.ValueType  # 51
+    """No room under Envoy's request-header limits for the router's cluster header: answered 431."""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason is why the decision came out as it did: a policy reason (1..19), a pass-through reason (20..49) or a
@@ -127,8 +128,9 @@ REASON_MODEL_NOT_ROUTABLE: Reason.ValueType  # 32
 REASON_JSON_TOO_COMPLEX: Reason.ValueType  # 33
 REASON_AMBIGUOUS_MODEL: Reason.ValueType  # 34
 REASON_TOKEN_COUNT: Reason.ValueType  # 35
-REASON_HEADERS_FULL: Reason.ValueType  # 36
 REASON_INVALID_CONSTRAINT: Reason.ValueType  # 50
+REASON_HEADERS_FULL: Reason.ValueType  # 51
+"""No room under Envoy's request-header limits for the router's cluster header: answered 431."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _ApiSchema:
