@@ -129,6 +129,7 @@ async def decide(
         wall_clock_ns=wall_clock_ns,
         memory=memory,
         tap=tap,
+        envoy_header_limits=False,  # no Envoy applies this decision's header changes: a caller's headers are its own
     )
     headers_msg, body_msg = _messages(request)
     await handler.handle(headers_msg)

@@ -183,8 +183,11 @@ class StreamHandler:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         memory: Floors | None = None,
         tap: DecisionTap | None = None,
+        envoy_header_limits: bool = True,
     ) -> None:
         self._snap = snapshot
+        self._envoy_header_limits = envoy_header_limits
+        """Whether Envoy's request-header limits bind this stream's header changes (not for the Decide API)."""
         self._classify = classify
         self._sink = sink
         self._new_id = new_id
@@ -360,10 +363,11 @@ class StreamHandler:
             else:
                 metadata = self._pass_metadata(self._pass(reason))
             # Past Envoy's limits even the removal would be refused (a bare 500); the route strips them anyway.
-            remove = owned if load.fits(limits) else ()
+            remove = owned if load.fits(limits) or not self._envoy_header_limits else ()
             return [envoy.headers_continue(remove, skip_body=True, metadata=metadata)]
         widest = max(len(m.cluster) for m in self._snap.catalog)
-        if not load.fits(limits, added=[(CLUSTER_HEADER, widest), *([] if "content-length" in h else [_LENGTH])]):
+        room = load.fits(limits, added=[(CLUSTER_HEADER, widest), *([] if "content-length" in h else [_LENGTH])])
+        if not room and self._envoy_header_limits:
             return self._reject_headers_full(h.get(":path", ""), load, limits)
         policy = resolve_request_policy(h, self._snap)
         for ignored in policy.ignored:

@@ -149,6 +149,15 @@ async def test_decide_prices_every_choice() -> None:
     assert multiple.decision.estimated_cost_selected > single.decision.estimated_cost_selected
 
 
+async def test_decide_is_not_bound_by_envoys_header_limits() -> None:
+    """The live path answers 431 when Envoy's header limits leave no room for its cluster header; a Decide caller's
+    headers go through no Envoy, so 120 of them are no reason to refuse."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a medium question"}]}).encode()
+    headers = {f"x-h{i}": "v" for i in range(120)}
+    response, _ = await _decide(api.DecideRequest(path="/v1/chat/completions", headers=headers, body=body))
+    assert label("outcome", response.decision.outcome) == "routed"
+
+
 async def test_decide_says_which_models_a_cost_cap_left_out() -> None:
     """``explain`` shows why the policy never considered a model; here gpt-4o is over the request's cap."""
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a hard question"}]}).encode()
