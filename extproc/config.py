@@ -122,7 +122,7 @@ def _check_model_name(name: str) -> str:
 
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_model_name)]
-"""A catalog model's or a routable alias's name: matched exactly against the request's ``model``, so ``"llama\n"``
+"""A catalog model's or a routable alias's name: matched exactly against the request's ``model``, so ``"llama\\n"``
 would never match and, once chosen, would put a newline into a response header."""
 
 

@@ -383,6 +383,7 @@ class StreamHandler:
         from 95 client headers; Envoy adds 5 of its own). Leaving the request to the fail-open filter instead would
         let any client shed its tenant's models and constraints with junk headers, so: a 431 that says why, in the
         error shape of the request's API, and no header change (the route strips the client's x-model-router-*)."""
+        path = path.split("?", 1)[0]
         schema = schema_for_path(path) or schema_for_path(path.removesuffix("/count_tokens"))
         name = schema.name if schema else ""
         rec = DecisionRecord(

@@ -132,6 +132,23 @@ async def test_a_request_without_room_for_the_cluster_header_gets_a_431(
         assert cluster_of(responses[1]) == cluster
 
 
+@pytest.mark.parametrize(
+    ("path", "anthropic"),
+    [
+        ("/v1/chat/completions", False),
+        ("/v1/messages?beta=true", True),
+        ("/v1/messages/count_tokens?beta=true", True),
+        ("/v1/responses/input_tokens", False),
+    ],
+)
+async def test_the_431_is_in_the_error_shape_of_the_requests_api(path: str, anthropic: bool) -> None:
+    handler, _ = make()
+    (response,) = await handler.handle(headers_msg(_filled(96, **{":path": path})))
+    error = orjson.loads(response.immediate_response.body)
+    assert response.immediate_response.status.code == 431
+    assert (error.get("type") == "error") is anthropic and "100 headers" in error["error"]["message"]
+
+
 @pytest.mark.parametrize(("extra", "removed"), [(95, True), (101, False)], ids=["room", "past-the-limit"])
 async def test_a_pass_through_removes_the_clients_router_headers_only_within_envoys_limits(
     extra: int, removed: bool
