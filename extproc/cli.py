@@ -263,6 +263,7 @@ def _check(args: argparse.Namespace) -> int:
     from extproc.feedback_token import load_signing_keys
     from extproc.reload import load_model_for
     from extproc.snapshot import build_snapshot
+    from extproc.spool import SpoolPathError, check_spool_path
     from extproc.telemetry import span_export_options
     from extproc.tls import server_credentials
 
@@ -282,6 +283,12 @@ def _check(args: argparse.Namespace) -> int:
     if tls:
         attempt(lambda: server_credentials(tls))  # reads the PEM files: an unreadable one names its field
     attempt(lambda: span_export_options(settings.telemetry, os.environ))  # the OTEL_* variables serve would read
+    for field, spool in (("capture", settings.capture), ("feedback", settings.feedback)):
+        if spool.enabled and spool.path is not None:
+            try:
+                check_spool_path(spool.path)
+            except SpoolPathError as exc:
+                problems.append(f"{field}.path: {exc}")
     if problems or snapshot is None or keys is None:
         raise ConfigError(problems)
     mode = ("; TLS with client certificates" if tls.client_ca_file else "; TLS") if tls else ""

@@ -47,6 +47,7 @@ __all__ = [
     "SpoolLock",
     "SpoolPathError",
     "SpoolTarget",
+    "check_spool_path",
     "lock_path",
     "open_private_append",
     "rotated_path",
@@ -102,6 +103,13 @@ class SpoolPathError(RouterError):
         self.path = path
         self.lock_path = lock_path(path)
         super().__init__(message or f"cannot open {self.lock_path}")
+
+
+def check_spool_path(path: Path) -> None:
+    """:class:`SpoolPathError` if ``path`` can never be a spool's file (a directory: the lock file beside it was made,
+    then every line failed to open)."""
+    if path.is_dir():
+        raise SpoolPathError(path, f"{path} is a directory")
 
 
 class SpoolBusyError(SpoolPathError):
@@ -403,6 +411,7 @@ class Spool:
         """
         pending: tuple[SpoolTarget, SpoolLock] | tuple[None, None] = (None, None)
         if target is not None:
+            check_spool_path(target.path)
             try:
                 pending = (target, self._acquire(target.path))
             except OSError as exc:

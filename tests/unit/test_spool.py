@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from devstack.stack import ENVOY_DIR
+from extproc.cli import main
 from extproc.config import Settings, parse_config
 from extproc.errors import ConfigError
 from extproc.learning import start_learning
@@ -474,6 +475,25 @@ def test_start_refuses_a_path_whose_lock_file_cannot_be_created(tmp_path: Path, 
     with pytest.raises(ConfigError) as refused:
         start_learning(settings, lambda: (), lambda _r: None)
     assert refused.value.problems == [f"{section}.path: cannot open {lock_path(path)}: Not a directory"]
+
+
+@pytest.mark.parametrize("section", ["capture", "feedback"])
+def test_a_directory_is_no_spool_path_at_start_or_for_check_config(
+    tmp_path: Path, section: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``capture.path: /tmp`` started, left ``/tmp.lock`` behind and dropped every line ("Is a directory"); and
+    ``check-config`` said ok."""
+    settings = _learning_settings(**{section: {"enabled": True, "path": str(tmp_path)}})
+    with pytest.raises(ConfigError) as refused:
+        start_learning(settings, lambda: (), lambda _r: None)
+    assert refused.value.problems == [f"{section}.path: {tmp_path} is a directory"]
+    assert not lock_path(tmp_path).exists()
+    config = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    data[section] = {"enabled": True, "path": str(tmp_path)}
+    config.write_text(yaml.safe_dump(data))
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert f"{section}.path: {tmp_path} is a directory" in capsys.readouterr().err
 
 
 def test_capture_off_leaves_a_busy_path_to_its_writer(
