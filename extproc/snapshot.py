@@ -45,6 +45,8 @@ class Snapshot:
     by_name: Mapping[str, ResolvedModel]
     routable: frozenset[str]
     tenants: Mapping[str | None, TenantView]
+    widest_cluster: int
+    """Characters of the longest catalog cluster name: the most a routing header adds (Envoy's header limits)."""
     config_digest: bytes | None = None
     """SHA-256 of the config file's bytes this snapshot was built from (None: not built from a file). The file
     watcher compares the file with it, so an edit made while the router was starting is not taken as seen."""
@@ -176,6 +178,7 @@ def build_snapshot(settings: Settings, load_model: Callable[[Settings], Difficul
         by_name=by_name,
         routable=frozenset(policy.routable_models),
         tenants=views,
+        widest_cluster=max(len(m.cluster) for m in catalog),
     )
 
 

@@ -123,9 +123,12 @@ class _HeaderLoad:
 
     @classmethod
     def of(cls, headers: pb.HttpHeaders, removed: Sequence[str]) -> _HeaderLoad:
-        kept = [h for h in headers.headers.headers if h.key not in removed]
-        size = sum(len(h.key.encode()) + len(h.raw_value or h.value.encode()) for h in kept)
-        return cls(len(kept), size)
+        count = size = 0
+        for h in headers.headers.headers:
+            if h.key not in removed:
+                count += 1
+                size += len(h.key) + len(h.raw_value or h.value.encode())  # names are ASCII (HTTP tokens)
+        return cls(count, size)
 
     def fits(self, limits: LimitSettings, added: Sequence[tuple[str, int]] = ()) -> bool:
         """Within Envoy's limits with ``added`` headers (name, value length) too."""
@@ -334,15 +337,19 @@ class StreamHandler:
     def _reject(self, error: ConstraintError, schema: str) -> list[pb.ProcessingResponse]:
         """``policy.invalid_constraint: reject``: a malformed constraint header on a request the router would decide
         gets a 400 naming it, in the error shape of the request's API."""
+        return self._refuse("invalid_constraint", schema, 400, str(error), "invalid_model_router_constraint")
+
+    def _refuse(self, reason: str, schema: str, status: int, message: str, code: str) -> list[pb.ProcessingResponse]:
+        """Record a rejection and answer the client ``status`` with ``message`` in the error shape of ``schema``."""
         rec = DecisionRecord(
             decision_id=self._new_id(),
             outcome=Outcome.REJECTED,
-            reason="invalid_constraint",
-            schema=schema,
+            reason=reason,
+            schema=schema or None,
             **self._context_fields(),
         )
         self._emit(rec)
-        return [envoy.immediate_error(400, str(error), "invalid_model_router_constraint", schema)]
+        return [envoy.immediate_error(status, message, code, schema)]
 
     def _on_headers(self, headers: pb.HttpHeaders) -> list[pb.ProcessingResponse]:
         h = _header_map(headers)
@@ -354,7 +361,6 @@ class StreamHandler:
         # not to classify, but so that "auto" does not reach an upstream that serves no such model (Envoy's
         # fail-open filter, too, renames it whatever the content type).
         unclassified = reason if reason in _READ_UNCLASSIFIED else None
-        load = _HeaderLoad.of(headers, owned)
         limits = self._snap.settings.limits
         if reason is not None and unclassified is None:
             if reason is PassReason.UNKNOWN_PATH:
@@ -363,12 +369,13 @@ class StreamHandler:
             else:
                 metadata = self._pass_metadata(self._pass(reason))
             # Past Envoy's limits even the removal would be refused (a bare 500); the route strips them anyway.
-            remove = owned if load.fits(limits) or not self._envoy_header_limits else ()
-            return [envoy.headers_continue(remove, skip_body=True, metadata=metadata)]
-        widest = max(len(m.cluster) for m in self._snap.catalog)
-        room = load.fits(limits, added=[(CLUSTER_HEADER, widest), *([] if "content-length" in h else [_LENGTH])])
-        if not room and self._envoy_header_limits:
-            return self._reject_headers_full(h.get(":path", ""), load, limits)
+            fits = not owned or not self._envoy_header_limits or _HeaderLoad.of(headers, owned).fits(limits)
+            return [envoy.headers_continue(owned if fits else (), skip_body=True, metadata=metadata)]
+        if self._envoy_header_limits:
+            load = _HeaderLoad.of(headers, owned)
+            routing = [(CLUSTER_HEADER, self._snap.widest_cluster), *([] if "content-length" in h else [_LENGTH])]
+            if not load.fits(limits, added=routing):
+                return self._reject_headers_full(h.get(":path", ""), load, limits)
         policy = resolve_request_policy(h, self._snap)
         for ignored in policy.ignored:
             self._sink.error("constraint_ignored")
@@ -385,21 +392,13 @@ class StreamHandler:
         error shape of the request's API, and no header change (the route strips the client's x-model-router-*)."""
         path = path.split("?", 1)[0]
         schema = schema_for_path(path) or schema_for_path(path.removesuffix("/count_tokens"))
-        name = schema.name if schema else ""
-        rec = DecisionRecord(
-            decision_id=self._new_id(),
-            outcome=Outcome.REJECTED,
-            reason="headers_full",
-            schema=name or None,
-            **self._context_fields(),
-        )
-        self._emit(rec)
         message = (
             f"the request has {load.count} headers ({load.size} bytes) after the gateway's own; model-router routes"
             f" a request only with room for one more under {limits.max_request_headers} headers and"
             f" {limits.max_request_headers_kb} KiB: send fewer or smaller headers"
         )
-        return [envoy.immediate_error(431, message, "request_headers_too_large", name)]
+        name = schema.name if schema else ""
+        return self._refuse("headers_full", name, 431, message, "request_headers_too_large")
 
     async def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         start = self._clock()

@@ -411,13 +411,29 @@ async def test_a_reload_that_fails_in_any_way_keeps_the_running_config_and_the_w
         watcher.cancel()
 
 
-async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_changes(tmp_path: Path) -> None:
-    """A config naming a model directory that is not there yet (copied in after the config, or fixed in place): the
-    refused file is retried when the directory's files change, and not on every poll before that."""
+@contextlib.asynccontextmanager
+async def _config_naming(
+    tmp_path: Path, model_dir: Path, load_model: Callable[[Settings], FakeDifficultyModel]
+) -> AsyncIterator[tuple[SnapshotRef, list[bool]]]:
+    """A watcher on the shipped config, which is then edited to name ``model_dir`` as the classifier's directory;
+    yields the snapshot reference and the reload results."""
     path = tmp_path / "model-router.yaml"
     shipped = (ENVOY_DIR / "model-router.yaml").read_text()
     path.write_text(shipped)
     ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    results: list[bool] = []
+    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
+    await asyncio.sleep(0)
+    try:
+        path.write_text(shipped.replace("  kind: onnx", f"  kind: onnx\n  model_dir: {model_dir}"))
+        yield ref, results
+    finally:
+        watcher.cancel()
+
+
+async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_changes(tmp_path: Path) -> None:
+    """A config naming a model directory that is not there yet (copied in after the config, or fixed in place): the
+    refused file is retried when the directory's files change, and not on every poll before that."""
     model_dir = tmp_path / "model"
     loads: list[Path | None] = []
 
@@ -427,11 +443,7 @@ async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_change
             raise RuntimeError("no model.onnx")
         return FakeDifficultyModel()
 
-    results: list[bool] = []
-    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
-    await asyncio.sleep(0)
-    try:
-        path.write_text(shipped.replace("  kind: onnx", f"  kind: onnx\n  model_dir: {model_dir}"))
+    async with _config_naming(tmp_path, model_dir, load_model) as (ref, results):
         await _until(lambda: results == [False])
         await asyncio.sleep(0.1)
         assert results == [False] and len(loads) == 1, "not retried while the model is unchanged"
@@ -439,16 +451,10 @@ async def test_a_file_refused_for_its_model_is_tried_again_once_the_model_change
         (model_dir / "model.onnx").write_bytes(b"onnx")
         await _until(lambda: results[-1:] == [True])
         assert ref.current.settings.classifier.model_dir == model_dir and ref.rejected_model is None
-    finally:
-        watcher.cancel()
 
 
 async def test_a_model_that_arrives_while_a_load_fails_is_tried_again(tmp_path: Path) -> None:
     """The model directory is read before the load: a copy that completes while the failing load runs is a change."""
-    path = tmp_path / "model-router.yaml"
-    shipped = (ENVOY_DIR / "model-router.yaml").read_text()
-    path.write_text(shipped)
-    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
     model_dir = tmp_path / "model"
     model_dir.mkdir()
 
@@ -458,15 +464,9 @@ async def test_a_model_that_arrives_while_a_load_fails_is_tried_again(tmp_path: 
             raise RuntimeError("no model.onnx")
         return FakeDifficultyModel()
 
-    results: list[bool] = []
-    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, load_model))
-    await asyncio.sleep(0)
-    try:
-        path.write_text(shipped.replace("  kind: onnx", f"  kind: onnx\n  model_dir: {model_dir}"))
+    async with _config_naming(tmp_path, model_dir, load_model) as (_ref, results):
         await _until(lambda: results[-1:] == [True])
         assert results == [False, True]
-    finally:
-        watcher.cancel()
 
 
 async def test_a_rejected_file_stays_invalid_until_it_changes_and_a_revert_is_valid_again(tmp_path: Path) -> None:
