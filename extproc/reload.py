@@ -155,7 +155,7 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
     ref.rejected, ref.rejected_model = None, None
     # Against what runs (the settings at start), not the last reload: a revert is no restart, and a pending change
     # is said again on every reload until a restart.
-    pending = restart_only_changes(ref.first, snapshot.settings)
+    pending = [key for key in restart_only_changes(ref.first, snapshot.settings) if key not in ref.command_line]
     if snapshot.settings.limits.max_body_bytes > ref.first.limits.max_body_bytes:  # server.message_limit: at start
         pending.append("limits.max_body_bytes (above the value at start: larger gRPC messages are refused)")
     stale_lua = render_fail_open_lua(ref.current.settings) != render_fail_open_lua(snapshot.settings)
@@ -220,11 +220,13 @@ async def watch_config(
     serial: threading.Lock | None = None,
     also: Sequence[Path] = (),
     on_state: Callable[[bool], None] = lambda _ok: None,
+    on_readable: Callable[[bool], None] = lambda _ok: None,
 ) -> None:
     """Poll ``path`` and the files ``also`` names (read by ``apply``, e.g. the feedback signing keys) every
     ``interval`` seconds and reload when their content changes (runs until cancelled). ``on_result`` hears each
     reload's outcome; ``on_state``, on every other settled poll, whether the file is not one a reload refused (a
-    refused file put back to the running config's content is fine again without a reload).
+    refused file put back to the running config's content is fine again without a reload); ``on_readable``, that
+    the file could not be read on several polls in a row (False), and that it can be again (True).
 
     Content hashing, not mtime, so editors that write in place and ConfigMap symlink swaps both count, and a
     touched-but-unchanged file does not reload. The file is compared with the bytes the running snapshot was built
@@ -244,9 +246,13 @@ async def watch_config(
     while True:
         await asyncio.sleep(interval)
         current = fingerprint()
+        if current is not None and unreadable >= _UNREADABLE_POLLS:
+            _log.info("config file %s can be read again", path)
+            on_readable(True)
         unreadable = unreadable + 1 if current is None else 0
         if unreadable == _UNREADABLE_POLLS:
             _log.warning("config file %s cannot be read; keeping the running config until it can", path)
+            on_readable(False)
         settled, previous = current is not None and current == previous, current
         if current is None or not settled:
             continue

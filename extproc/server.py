@@ -11,14 +11,15 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from extproc.api.model_router.v1 import model_router_pb2_grpc as api_grpc
 from extproc.classify import ClassifierThreads
@@ -36,7 +37,10 @@ from extproc.telemetry import Telemetry
 from extproc.tls import server_credentials
 from extproc.wsgi_server import PER_PEER, ListenError, serve_wsgi
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIApplication
+
+__all__ = ["metrics_app", "serve"]
 
 _log = logging.getLogger("model_router.server")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -56,13 +60,28 @@ def message_limit(limits: LimitSettings) -> int:
     return limits.max_body_bytes + MESSAGE_HEADROOM
 
 
+def metrics_app(registry: CollectorRegistry) -> WSGIApplication:
+    """``/metrics`` and nothing else: any other path is 404, so a probe or a typo in a scrape config pointed at this
+    port fails instead of passing on the metrics page."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: the metrics are at /metrics\n"]
+        body: Iterable[bytes] = metrics(environ, start_response)
+        return body
+
+    return app
+
+
 def _start_metrics(telemetry: Telemetry, listen: str | None) -> Callable[[], None]:
     """Serve ``/metrics`` on ``listen`` (``host:port``); return a stop function."""
     if not listen:
         return lambda: None
     # A scraper needs one connection; capped per client address, one pod holding idle connections cannot take all
     # the slots and blind Prometheus (the k8s NetworkPolicy opens this port to every source).
-    return serve_wsgi(listen, make_wsgi_app(telemetry.registry), "metrics-http", max_per_peer=PER_PEER)
+    return serve_wsgi(listen, metrics_app(telemetry.registry), "metrics-http", max_per_peer=PER_PEER)
 
 
 @contextlib.contextmanager
@@ -152,6 +171,8 @@ async def serve(
     """
     first = snapshots.current.settings
     address, field = (listen, "--listen") if listen else (first.server.listen, "server.listen")
+    if listen:
+        snapshots.command_line = frozenset({"server.listen"})
     try:
         parse_listen(address, unix=True)  # server.listen is validated with the config; --listen here
     except ValueError as exc:
@@ -159,6 +180,7 @@ async def serve(
     credentials = server_credentials(first.server.tls) if first.server.tls else None  # ConfigError before anything
     with contextlib.ExitStack() as undo:  # a failed start closes what it started, so the process exits at once
         telemetry = Telemetry(first.telemetry, logging.getLogger("model_router.decisions"))
+        telemetry.config_in_force(snapshots.current.config_digest)
         undo.callback(telemetry.shutdown)
         with _listening("telemetry.metrics_listen"):
             stop_metrics = _start_metrics(telemetry, first.telemetry.metrics_listen)
@@ -230,11 +252,15 @@ async def serve(
     if candidate is not None and snapshots.current.candidate is not None:
         load_model.seed(candidate, snapshots.current.candidate)
 
-    async def reload() -> None:
-        applied = await asyncio.to_thread(
-            reload_snapshot, config_path, snapshots, load_model, learning.reconfigure, serial
-        )
+    def reloaded(applied: bool) -> None:
         telemetry.config_reloaded(applied)
+        if applied:
+            telemetry.config_in_force(snapshots.current.config_digest)
+
+    async def reload() -> None:
+        reloaded(
+            await asyncio.to_thread(reload_snapshot, config_path, snapshots, load_model, learning.reconfigure, serial)
+        )
 
     def on_sighup() -> None:
         task = loop.create_task(reload())  # the model loads off the event loop; streams keep flowing
@@ -248,13 +274,14 @@ async def serve(
             watch_config(
                 config_path,
                 snapshots,
-                telemetry.config_reloaded,
+                reloaded,
                 poll,
                 load_model,
                 learning.reconfigure,
                 serial,
                 also=(learning.key_file,) if learning.key_file else (),
                 on_state=telemetry.config_file_state,
+                on_readable=telemetry.config_file_readable,
             )
         )
         if poll

@@ -186,7 +186,7 @@ class SnapshotRef:
     """The one mutable cell: the snapshot new streams start with (and the first one's settings, which set what only
     a restart changes)."""
 
-    __slots__ = ("current", "first", "rejected", "rejected_model")
+    __slots__ = ("command_line", "current", "first", "rejected", "rejected_model")
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
@@ -197,3 +197,6 @@ class SnapshotRef:
         self.rejected_model: tuple[Settings, Hashable] | None = None
         """When the last reload was refused because a model failed to load: the settings it was loaded for and its
         files' key then (``reload._model_key``), so the watcher retries the same file once the model changes."""
+        self.command_line: frozenset[str] = frozenset()
+        """Config keys the command line overrides (``serve --listen``: ``server.listen``): neither a reload nor a
+        restart with that command line changes them, so a reload that edits them needs no restart."""

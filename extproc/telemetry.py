@@ -8,17 +8,20 @@ Envoy sent a trace context), metric updates and, at debug level, one JSON log li
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import logging
 import os
+import platform
 import random
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from extproc.config import TelemetrySettings, check_otlp_endpoint
 from extproc.decision_proto import OPTIONAL_NUMBERS, SCHEMA_NAMES, known_reason
@@ -64,6 +67,16 @@ _TRACESTATE_MEMBER = re.compile(
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e][ \t]*\Z"
 )
 """One ``key=value`` of W3C tracestate (the value may not end in a space)."""
+_DIGEST_HEX = 12
+"""Hex digits of the config file's SHA-256 in ``model_router_config_info{digest}``: enough to tell versions apart,
+short enough to read on a dashboard (``sha256sum FILE`` shows the same prefix)."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("model-router")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _valid_tracestate(tracestate: str | None) -> str:
@@ -330,6 +343,30 @@ class Telemetry:
             registry=r,
         )
         self.config_valid.set(1)
+        self.config_info = Gauge(
+            "model_router_config_info",
+            "1, labelled with the first 12 hex digits of the SHA-256 of the config file in force (sha256sum FILE):"
+            " pods that show different digests run different configs.",
+            ["digest"],
+            registry=r,
+        )
+        self.config_applied_at = Gauge(
+            "model_router_config_last_reload_success_timestamp_seconds",
+            "When the config in force was loaded (at start or by a reload), in Unix seconds.",
+            registry=r,
+        )
+        self.config_readable = Gauge(
+            "model_router_config_file_readable",
+            "0 once the config file could not be read on several polls in a row (deleted, unmounted or no"
+            " permission: the running config stays in force), else 1.",
+            registry=r,
+        )
+        self.config_readable.set(1)
+        Gauge(
+            "model_router_build_info", "1, labelled with the router's version.", ["version", "python"], registry=r
+        ).labels(version=_version(), python=platform.python_version()).set(1)
+        ProcessCollector(registry=r)  # process_*: CPU, resident memory, open files, start time
+        PlatformCollector(registry=r)  # python_info
         for reason in ALERTED_ERRORS:
             self.errors.labels(reason=reason)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -488,6 +525,16 @@ class Telemetry:
     def config_file_state(self, valid: bool) -> None:
         """Whether the config file as it is now is one the router runs (or would): ``..._last_reload_successful``."""
         self.config_valid.set(1 if valid else 0)
+
+    def config_in_force(self, digest: bytes | None) -> None:
+        """The config now in force (at start, or after an applied reload): its digest and when it was loaded."""
+        self.config_info.clear()
+        self.config_info.labels(digest=digest.hex()[:_DIGEST_HEX] if digest else "unknown").set(1)
+        self.config_applied_at.set(time.time())
+
+    def config_file_readable(self, readable: bool) -> None:
+        """Whether the config watcher can read the file (``model_router_config_file_readable``)."""
+        self.config_readable.set(1 if readable else 0)
 
     def shutdown(self) -> None:
         """Flush and stop span export."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import signal
 import threading
 import time
@@ -171,6 +172,12 @@ def _rewrite_config(stack: Stack, **policy: Any) -> None:
     stack.router_config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def _config_in_force(stack: Stack) -> bool:
+    """``model_router_config_info`` names the file's current bytes (its SHA-256, as ``sha256sum`` prints it)."""
+    digest = hashlib.sha256(stack.router_config_path.read_bytes()).hexdigest()[:12]
+    return router_metric(stack, "model_router_config_info", digest=digest) == 1
+
+
 def _routed(stack: Stack, model: str) -> bool:
     return "x-model-router-decision-id" in post(stack, chat_body(EASY, model=model)).headers  # pass-throughs have none
 
@@ -184,6 +191,7 @@ def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str
         stack.stop_router()
         stack.start_router()
     assert not _routed(stack, "gpt-4o-mini")
+    assert _config_in_force(stack)
 
     with ThreadPoolExecutor(2) as pool:  # traffic during the reload: nothing may fail
         stop = threading.Event()
@@ -202,6 +210,8 @@ def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str
         stop.set()
         assert set(running.result()) == {200}
     assert router_metric(stack, "model_router_config_reloads_total", result="applied") == 1
+    assert _config_in_force(stack), "the applied file's digest, and only it"
+    applied = stack.router_config_path.read_bytes()
 
     _rewrite_config(stack, quality_target=7, routable_models=["auto"])
     if trigger == "sighup":
@@ -209,3 +219,5 @@ def test_hot_reload_applies_valid_and_rejects_invalid(stack: Stack, trigger: str
     assert wait_until(lambda: router_metric(stack, "model_router_config_reloads_total", result="rejected") == 1)
     assert "policy.quality_target" in stack.log("router").read_text()
     assert _routed(stack, "gpt-4o-mini"), "the running config must stay in force"
+    still = hashlib.sha256(applied).hexdigest()[:12]
+    assert router_metric(stack, "model_router_config_info", digest=still) == 1 and not _config_in_force(stack)

@@ -505,18 +505,23 @@ async def test_a_config_file_that_disappears_is_said_once_and_the_running_config
     running = ref.current
     caplog.set_level("WARNING", logger="model_router.reload")
     results: list[bool] = []
-    watcher = asyncio.create_task(watch_config(path, ref, results.append, 0.01, lambda _s: FakeDifficultyModel()))
-    await asyncio.sleep(0)
+    readable: list[bool] = []  # model_router_config_file_readable
+    watcher = asyncio.create_task(
+        watch_config(path, ref, results.append, 0.01, lambda _s: FakeDifficultyModel(), on_readable=readable.append)
+    )
+    await asyncio.sleep(0.05)
     try:
+        assert readable == [], "a readable file is not reported on every poll"
         path.unlink()
         await _until(lambda: any("cannot be read" in r.getMessage() for r in caplog.records))
         await asyncio.sleep(0.1)  # many more polls: still one line
         assert [r.getMessage() for r in caplog.records] == [
             f"config file {path} cannot be read; keeping the running config until it can"
         ]
-        assert ref.current is running and results == []
+        assert ref.current is running and results == [] and readable == [False]
         path.write_text(shipped.replace("quality_target: 0.8", "quality_target: 0.7"))
         await _until(lambda: results == [True])
+        assert readable == [False, True]
     finally:
         watcher.cancel()
 
@@ -863,6 +868,24 @@ def test_a_reload_says_which_changes_need_a_restart(
         assert line.endswith("needs a restart to take effect: " + ", ".join(pending)), line
     else:
         assert "restart" not in line, line
+
+
+@pytest.mark.parametrize(("command_line", "pending"), [(frozenset(), True), (frozenset({"server.listen"}), False)])
+def test_a_listen_address_the_command_line_overrides_needs_no_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, command_line: frozenset[str], pending: bool
+) -> None:
+    """``serve --listen`` wins over ``server.listen``: editing the key changes nothing, even after a restart."""
+    path = tmp_path / "model-router.yaml"
+    data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
+    path.write_text(yaml.safe_dump(data))
+    ref = SnapshotRef(load_snapshot(path, lambda _s: FakeDifficultyModel()))
+    ref.command_line = command_line
+    data["server"]["listen"] = "127.0.0.1:19999"
+    path.write_text(yaml.safe_dump(data))
+    caplog.set_level("INFO", logger="model_router.reload")
+    assert reload_snapshot(path, ref, lambda _s: FakeDifficultyModel())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "model_router.reload"]
+    assert line.endswith("needs a restart to take effect: server.listen") is pending, line
 
 
 @pytest.mark.parametrize(

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import logging
+import re
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import generate_latest
 
+from devstack.stack import free_port
 from extproc.config import TelemetrySettings
 from extproc.decision_proto import decision_labels, to_proto
 from extproc.errors import ConfigError
 from extproc.otlp import FinishedSpan, encode_span
 from extproc.policy import Reason
 from extproc.record import DecisionRecord, Outcome
+from extproc.server import metrics_app
 from extproc.telemetry import (
     _ATTRIBUTES,
     _OPERATIONS,
@@ -29,6 +35,7 @@ from extproc.telemetry import (
     span_attributes,
     span_export_options,
 )
+from extproc.wsgi_server import serve_wsgi
 from tests.fakes import SAMPLE_ROUTED
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "metrics" / "three_records.prom"
@@ -113,6 +120,42 @@ def test_the_config_gauge_follows_reloads_and_the_file(telemetry: Telemetry) -> 
     assert telemetry.registry.get_sample_value(gauge) == 1
 
 
+def test_the_config_in_force_is_named_by_its_digest_and_load_time(telemetry: Telemetry) -> None:
+    """With sidecars reading one mutable ConfigMap, which pod runs which version is only visible this way."""
+    registry = telemetry.registry
+    old, new = hashlib.sha256(b"old").digest(), hashlib.sha256(b"new").digest()
+    telemetry.config_in_force(old)
+    first = registry.get_sample_value("model_router_config_last_reload_success_timestamp_seconds")
+    assert first is not None and abs(first - time.time()) < 60
+    telemetry.config_in_force(new)
+    assert registry.get_sample_value("model_router_config_info", {"digest": old.hex()[:12]}) is None, "replaced"
+    assert registry.get_sample_value("model_router_config_info", {"digest": new.hex()[:12]}) == 1
+    telemetry.config_file_readable(False)
+    assert registry.get_sample_value("model_router_config_file_readable") == 0
+    telemetry.config_file_readable(True)
+    assert registry.get_sample_value("model_router_config_file_readable") == 1
+
+
+def test_the_process_and_the_build_are_exported(telemetry: Telemetry) -> None:
+    """A custom registry has no default collectors: memory, CPU and the version must be registered explicitly."""
+    text = generate_latest(telemetry.registry).decode()
+    assert re.search(r"^process_resident_memory_bytes [0-9.e+]+$", text, re.M)
+    assert re.search(r"^process_cpu_seconds_total [0-9.e+]+$", text, re.M)
+    assert re.search(r'^model_router_build_info\{python="[0-9.]+",version="[^"]+"\} 1\.0$', text, re.M)
+
+
+def test_the_metrics_port_serves_metrics_only_at_their_path(telemetry: Telemetry) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    stop = serve_wsgi(listen, metrics_app(telemetry.registry), "metrics-test")
+    try:
+        assert "model_router_build_info" in httpx.get(f"http://{listen}/metrics").text
+        for path in ("/", "/healthz", "/metricsx", "/metrics/"):
+            reply = httpx.get(f"http://{listen}{path}")
+            assert (reply.status_code, reply.text) == (404, "not found: the metrics are at /metrics\n"), path
+    finally:
+        stop()
+
+
 def test_alerted_error_reasons_are_ones_the_router_counts() -> None:
     """A reason renamed in the code would leave its alert watching a series that never moves."""
     counted = {Reason.CLASSIFIER_FAILED.value}  # counted by Telemetry.record itself
@@ -129,7 +172,8 @@ def test_exposition_matches_golden(telemetry: Telemetry, request: pytest.Fixture
     telemetry.error("handler_exception")
     telemetry.config_reloaded(False)
     text = generate_latest(telemetry.registry).decode()
-    text = "\n".join(line for line in text.splitlines() if "_created" not in line) + "\n"  # creation timestamps vary
+    varying = re.compile(r"_created|^(# (HELP|TYPE) )?(process_|python_info|model_router_build_info)")  # per host
+    text = "\n".join(line for line in text.splitlines() if not varying.search(line)) + "\n"
     if request.config.getoption("--update-golden"):
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(text)
