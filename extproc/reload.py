@@ -168,7 +168,7 @@ def _reload(path: Path, ref: SnapshotRef, load_model: Callable[[Settings], Diffi
     if new_clusters:  # the router cannot see Envoy's routes: without one, the shipped configs answer 503
         _log.warning(
             "config reloaded with new catalog cluster(s) %s: Envoy needs a route matching x-model-router-cluster for"
-            " each, or their requests get 503 no_route_for_cluster (envoy/, k8s/base) or go to its default route"
+            " each, or their requests get 503 no_route_for_cluster (the shipped configs) or go to its default route"
             " (README, Envoy settings)",
             ", ".join(new_clusters),
         )

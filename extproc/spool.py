@@ -107,9 +107,14 @@ class SpoolPathError(RouterError):
 
 def check_spool_path(path: Path) -> None:
     """:class:`SpoolPathError` if ``path`` can never be a spool's file (a directory: the lock file beside it was made,
-    then every line failed to open)."""
+    then every line failed to open), or its directory does not exist. A missing directory was created once: a typo
+    (``/var/lib/model-routr/``) then wrote to the container's own filesystem, beside the volume meant for it, and
+    the lines were lost at the next restart."""
     if path.is_dir():
         raise SpoolPathError(path, f"{path} is a directory")
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist (create it, or mount a volume there)"
+        raise SpoolPathError(path, f"{path.parent} {what}")
 
 
 class SpoolBusyError(SpoolPathError):

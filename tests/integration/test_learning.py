@@ -39,6 +39,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def learning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpReceiver]]:
     workdir = tmp_path_factory.mktemp("learning")
+    (workdir / "data").mkdir()  # the spools' directory (a missing one is refused, not made)
     stack = Stack(workdir=workdir, envoy_patch=_fast_envoy_flush)
     stack.router_overrides = {
         "classifier": {"kind": "heuristic"},

@@ -465,35 +465,43 @@ def test_start_refuses_a_busy_capture_or_feedback_path(
     assert not _locked(capture) and not _locked(feedback)
 
 
+def _in_a_file(tmp: Path) -> tuple[Path, str]:
+    (tmp / "file").write_text("not a directory")
+    return tmp / "file" / "spool.jsonl", f"{tmp / 'file'} is not a directory"
+
+
+def _in_a_missing_directory(tmp: Path) -> tuple[Path, str]:
+    return (
+        tmp / "model-routr" / "spool.jsonl",
+        f"{tmp / 'model-routr'} does not exist (create it, or mount a volume there)",
+    )
+
+
+def _a_directory(tmp: Path) -> tuple[Path, str]:
+    return tmp, f"{tmp} is a directory"
+
+
 @pytest.mark.parametrize("section", ["capture", "feedback"])
-def test_start_refuses_a_path_whose_lock_file_cannot_be_created(tmp_path: Path, section: str) -> None:
-    """A path under a file (or in a read-only directory) could never be written: refused at start, not logged
-    and dropped line by line for the life of the process."""
-    (tmp_path / "file").write_text("not a directory")
-    path = tmp_path / "file" / f"{section}.jsonl"
+@pytest.mark.parametrize("bad_path", [_a_directory, _in_a_file, _in_a_missing_directory])
+def test_a_path_that_cannot_be_a_spool_is_refused_at_start_and_by_check_config(
+    tmp_path: Path, section: str, bad_path: Callable[[Path], tuple[Path, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was once accepted: ``capture.path: /tmp`` started, left ``/tmp.lock`` behind and dropped every line ("Is
+    a directory"), and ``check-config`` said ok; a mistyped directory was created, outside the volume meant for the
+    file, so its lines were lost at the next restart."""
+    path, problem = bad_path(tmp_path)
+    had_directory = path.parent.exists()
     settings = _learning_settings(**{section: {"enabled": True, "path": str(path)}})
     with pytest.raises(ConfigError) as refused:
         start_learning(settings, lambda: (), lambda _r: None)
-    assert refused.value.problems == [f"{section}.path: cannot open {lock_path(path)}: Not a directory"]
-
-
-@pytest.mark.parametrize("section", ["capture", "feedback"])
-def test_a_directory_is_no_spool_path_at_start_or_for_check_config(
-    tmp_path: Path, section: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """``capture.path: /tmp`` started, left ``/tmp.lock`` behind and dropped every line ("Is a directory"); and
-    ``check-config`` said ok."""
-    settings = _learning_settings(**{section: {"enabled": True, "path": str(tmp_path)}})
-    with pytest.raises(ConfigError) as refused:
-        start_learning(settings, lambda: (), lambda _r: None)
-    assert refused.value.problems == [f"{section}.path: {tmp_path} is a directory"]
-    assert not lock_path(tmp_path).exists()
+    assert refused.value.problems == [f"{section}.path: {problem}"]
+    assert not lock_path(path).exists() and path.parent.exists() == had_directory, "nothing made"
     config = tmp_path / "model-router.yaml"
     data = yaml.safe_load((ENVOY_DIR / "model-router.yaml").read_text())
-    data[section] = {"enabled": True, "path": str(tmp_path)}
+    data[section] = {"enabled": True, "path": str(path)}
     config.write_text(yaml.safe_dump(data))
     assert main(["check-config", "--config", str(config)]) == 2
-    assert f"{section}.path: {tmp_path} is a directory" in capsys.readouterr().err
+    assert f"{section}.path: {problem}" in capsys.readouterr().err
 
 
 def test_capture_off_leaves_a_busy_path_to_its_writer(

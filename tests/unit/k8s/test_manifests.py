@@ -246,6 +246,27 @@ def test_crd_schema_is_valid_json_schema(path: Path) -> None:
             "model-router-tls",
             id="dr-unknown-field",
         ),
+        pytest.param(
+            "overlays/istio",
+            "VirtualService",
+            ["spec", "http", 3, "directResponse", "status"],
+            "503",
+            id="vs-wrong-type",
+        ),
+        pytest.param(
+            "overlays/istio",
+            "VirtualService",
+            ["spec", "http", 3, "route"],
+            [{"destination": {"host": "llm-small"}}],
+            id="vs-route-and-direct-response",
+        ),
+        pytest.param(
+            "overlays/envoy-gateway",
+            "HTTPRouteFilter",
+            ["spec", "directResponse", "body", "type"],
+            "inline",
+            id="eg-filter-bad-enum",
+        ),
     ],
 )
 def test_validation_rejects_bad_objects(
@@ -785,14 +806,60 @@ def test_envoy_gateway_overlay(builds: dict[str, Objects], directory: str) -> No
         {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent["name"]}
     ], "a ClientTrafficPolicy can only target the route's Gateway"
     for rule in route["spec"]["rules"]:
-        (modifier,) = rule["filters"]
-        assert modifier["requestHeaderModifier"] == {"remove": ROUTER_REQUEST_HEADERS}
+        if "backendRefs" in rule:  # not the no_route_for_cluster rule, which answers itself
+            (modifier,) = rule["filters"]
+            assert modifier["requestHeaderModifier"] == {"remove": ROUTER_REQUEST_HEADERS}
     header_values = {
-        h["value"] for rule in route["spec"]["rules"] for m in rule["matches"] for h in m.get("headers", [])
+        h["value"]
+        for rule in route["spec"]["rules"]
+        for m in rule["matches"]
+        for h in m.get("headers", [])
+        if h["type"] == "Exact"
     }
     assert header_values == {m["cluster"] for m in router["catalog"]}
     assert not route["spec"]["rules"][-1]["matches"][0].get("headers"), "last rule is the default route"
     assert {o["metadata"]["namespace"] for o in objects} == {"llm-gateway"}
+
+
+def _no_route_for_cluster(objects: Objects) -> tuple[int, int, int, str, str]:
+    """Where the overlay's example route answers a cluster no rule names: (its index, the last cluster rule's, the
+    default's), its status and body (with its content type)."""
+    if any(o["kind"] == "VirtualService" for o in objects):
+        http = find(objects, "VirtualService")["spec"]["http"]
+        headers = [m["headers"]["x-model-router-cluster"] for r in http for m in r.get("match", [])] + [{}]
+        (at,) = [i for i, h in enumerate(headers) if h.get("regex")]
+        answer = http[at]["directResponse"]
+        content_type = http[at]["headers"]["response"]["set"]["content-type"]
+        last_exact = max(i for i, h in enumerate(headers) if "exact" in h)
+        assert re.fullmatch(headers[at]["regex"], "any-cluster") and not re.fullmatch(headers[at]["regex"], "")
+        return at, last_exact, len(http) - 1, answer["status"], f"{content_type} {answer['body']['string']}"
+    rules = find(objects, "HTTPRoute", "llm")["spec"]["rules"]
+    kinds = [[h["type"] for m in r["matches"] for h in m.get("headers", [])] for r in rules]
+    (at,) = [i for i, k in enumerate(kinds) if k == ["RegularExpression"]]
+    (header,) = rules[at]["matches"][0]["headers"]
+    assert re.fullmatch(header["value"], "any-cluster") and not re.fullmatch(header["value"], "")
+    assert rules[at]["matches"][0]["path"] == rules[0]["matches"][0]["path"], "ties with the cluster rules"
+    ((ref,),) = [[f["extensionRef"] for f in rules[at]["filters"]]]
+    assert "backendRefs" not in rules[at]
+    answer = find(objects, ref["kind"], ref["name"])["spec"]["directResponse"]
+    last_exact = max(i for i, k in enumerate(kinds) if k == ["Exact"])
+    return at, last_exact, len(rules) - 1, answer["statusCode"], f"{answer['contentType']} {answer['body']['inline']}"
+
+
+@pytest.mark.parametrize("directory", [*ISTIO_OVERLAYS, *EG_OVERLAYS])
+def test_overlay_answers_a_cluster_it_has_no_route_for_with_a_503_both_sdks_read(
+    builds: dict[str, Objects], directory: str
+) -> None:
+    """As envoy/ and k8s/base do: a catalog cluster added without its route gets a clear error, not the default
+    model's provider answering for a model it may not serve. First match wins (Istio), or the first rule of a tie
+    (Gateway API): after every cluster's rule, before the default."""
+    at, last_exact, default, status, reply = _no_route_for_cluster(builds[directory])
+    assert last_exact < at < default and status == 503
+    content_type, body = reply.split(" ", 1)
+    error = json.loads(body)
+    assert content_type == "application/json"
+    assert error["type"] == "error" and error["error"]["type"] == "api_error", "Anthropic's error shape"
+    assert error["error"]["code"] == "no_route_for_cluster" and "x-model-router-cluster" in error["error"]["message"]
 
 
 def _route_target(route: dict[str, Any]) -> list[dict[str, str]]:
@@ -858,9 +925,9 @@ def test_istio_overlay(builds: dict[str, Objects], directory: str) -> None:
     router = _router_settings(objects)
     vs = find(objects, "VirtualService")
     header_values = {
-        m["headers"]["x-model-router-cluster"]["exact"] for r in vs["spec"]["http"] for m in r.get("match", [])
+        m["headers"]["x-model-router-cluster"].get("exact") for r in vs["spec"]["http"] for m in r.get("match", [])
     }
-    assert header_values == {m["cluster"] for m in router["catalog"]}
+    assert header_values == {m["cluster"] for m in router["catalog"]} | {None}  # None: no_route_for_cluster's
     assert "match" not in vs["spec"]["http"][-1], "last route is the default route"
 
 
@@ -1169,11 +1236,20 @@ def _default_route_backends(objects: Objects) -> tuple[Any, dict[str, Any]]:
     if any(o["kind"] == "VirtualService" for o in objects):
         http = find(objects, "VirtualService")["spec"]["http"]
         by_cluster = {
-            m["headers"]["x-model-router-cluster"]["exact"]: r["route"] for r in http for m in r.get("match", [])
+            m["headers"]["x-model-router-cluster"]["exact"]: r["route"]
+            for r in http
+            for m in r.get("match", [])
+            if "exact" in m["headers"]["x-model-router-cluster"]
         }
         return http[-1]["route"], by_cluster
     rules = find(objects, "HTTPRoute", "llm")["spec"]["rules"]
-    by_cluster = {h["value"]: r["backendRefs"] for r in rules for m in r["matches"] for h in m.get("headers", [])}
+    by_cluster = {
+        h["value"]: r["backendRefs"]
+        for r in rules
+        for m in r["matches"]
+        for h in m.get("headers", [])
+        if h["type"] == "Exact"
+    }
     return rules[-1]["backendRefs"], by_cluster
 
 
