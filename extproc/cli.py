@@ -60,8 +60,21 @@ def _parser() -> argparse.ArgumentParser:
         help="a missing or invalid config is logged and read again every 2 s instead of exiting (for sidecars: "
         "the pod's Envoy starts and fails open)",
     )
-    check = _command(sub, "check-config", "validate a config file and load its classifier")
+    check = _command(
+        sub, "check-config", "validate a config file and load its classifier; optionally cross-check an Envoy bootstrap"
+    )
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--envoy-config",
+        type=Path,
+        metavar="FILE",
+        help="a static Envoy bootstrap (YAML or JSON, as envoy -c takes it): check that it agrees with the config"
+        " (README 'Envoy settings'); errors exit 2, warnings and notes do not",
+    )
+    check.add_argument(
+        "--listen",
+        help="with --envoy-config: the router's address when serve --listen overrides server.listen (sidecars)",
+    )
     ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
     ev.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format")
     ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
@@ -258,8 +271,14 @@ class _ConfigWait:
 
 def _check(args: argparse.Namespace) -> int:
     """Validate the config, then load what it names (classifier, signing keys, TLS files) and report every problem
-    of those three at once: each is checked even when another failed."""
+    of those three at once: each is checked even when another failed. With ``--envoy-config``, then cross-check the
+    bootstrap against the config (:mod:`extproc.envoy_check`), one finding per line."""
     from extproc.config import load_config
+
+    envoy = _envoy_config(args)  # before the classifier loads: a wrong path or address fails at once
+    if isinstance(envoy, str):
+        print(f"model-router check-config: {envoy}", file=sys.stderr)
+        return 2
     from extproc.feedback_token import load_signing_keys
     from extproc.reload import load_model_for
     from extproc.snapshot import build_snapshot
@@ -295,7 +314,51 @@ def _check(args: argparse.Namespace) -> int:
     names = ", ".join(f"{m.name} ({m.tier}, ability {m.ability:.2f})" for m in snapshot.catalog)
     signing = f"; {len(keys)} feedback signing key(s)" if key_file else ""
     print(f"ok: classifier {snapshot.model.name}; catalog: {names}{signing}{mode}")
+    if envoy is None:
+        return 0
+    from extproc.envoy_check import check_envoy
+
+    findings = check_envoy(settings, envoy, args.listen)
+    for finding in findings:
+        print(finding)
+    if any(f.severity == "error" for f in findings):
+        return 2
+    counts = ", ".join(
+        f"{n} {kind}{'s' if n != 1 else ''}"
+        for kind in ("warning", "note")
+        if (n := sum(f.severity == kind for f in findings))
+    )
+    print(f"ok: --envoy-config {args.envoy_config} agrees with the config" + (f" ({counts})" if counts else ""))
     return 0
+
+
+def _envoy_config(args: argparse.Namespace) -> Mapping[str, Any] | str | None:
+    """The ``--envoy-config`` bootstrap (JSON is YAML too; None without the option), or the one line that says why
+    it cannot be checked."""
+    from extproc.config import load_yaml, parse_listen
+
+    path: Path | None = args.envoy_config
+    if args.listen is not None:
+        if path is None:
+            return "--listen is the router's address for --envoy-config: give --envoy-config FILE"
+        try:
+            parse_listen(args.listen, unix=True)
+        except ValueError as exc:
+            return f"--listen: {exc}"
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read --envoy-config {path} ({exc.strerror})"
+    try:
+        envoy = load_yaml(path, data)
+    except ConfigError as exc:  # not UTF-8, not YAML, nested too deeply; YAML's own message spans lines
+        return "--envoy-config " + " ".join(exc.problems[0].removeprefix("<file>: ").split())
+    if not isinstance(envoy, dict):
+        what = "empty" if envoy is None else f"a {type(envoy).__name__}"
+        return f"--envoy-config {path} is {what}, not a mapping (an Envoy bootstrap is one)"
+    return envoy
 
 
 def _eval(args: argparse.Namespace) -> int:

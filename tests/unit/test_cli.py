@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from extproc.cli import _parser, main
 
@@ -266,3 +267,96 @@ def test_a_reader_that_leaves_early_is_no_traceback(tmp_path: Path, monkeypatch:
     finally:
         monkeypatch.undo()
         closed.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUTER_CONFIG = ROOT / "envoy" / "model-router.yaml"
+ENVOY_CONFIG = ROOT / "envoy" / "envoy.yaml"
+
+
+def test_check_config_cross_checks_the_shipped_envoy_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check-config", "--config", str(ROUTER_CONFIG), "--envoy-config", str(ENVOY_CONFIG)])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert out.startswith("ok: classifier ")
+    assert out.splitlines()[1:] == [f"ok: --envoy-config {ENVOY_CONFIG} agrees with the config"]
+
+
+def test_check_config_reads_a_json_bootstrap_and_the_sidecars_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON is what some tools write (envoy -c takes both); --listen is the sidecar's serve --listen."""
+    bootstrap = tmp_path / "envoy.json"
+    bootstrap.write_text(json.dumps(yaml.safe_load((ROOT / "k8s" / "base" / "envoy.yaml").read_text())))
+    argv = ["check-config", "--config", str(ROOT / "k8s" / "base" / "router-config" / "model-router.yaml")]
+    assert main([*argv, "--envoy-config", str(bootstrap), "--listen", "127.0.0.1:50051"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [f"ok: --envoy-config {bootstrap} agrees with the config"]
+    assert main([*argv, "--envoy-config", str(bootstrap), "--listen", "127.0.0.1:50052"]) == 0, "a warning passes"
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "warning: listener llm_gateway, ext_proc filter envoy.filters.http.ext_proc, cluster model_router: connects"
+        " to 127.0.0.1:50051, but the router listens on 127.0.0.1:50052 (--listen)",
+        f"ok: --envoy-config {bootstrap} agrees with the config (1 warning)",
+    ]
+
+
+def test_check_config_exits_2_on_an_envoy_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    envoy = yaml.safe_load(ENVOY_CONFIG.read_text())
+    hcm = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    (cheap,) = [r for r in routes if r["match"].get("headers", [{}])[0].get("string_match") == {"exact": "cheap"}]
+    routes.remove(cheap)
+    broken = tmp_path / "envoy.yaml"
+    broken.write_text(yaml.safe_dump(envoy))
+    assert main(["check-config", "--config", str(ROUTER_CONFIG), "--envoy-config", str(broken)]) == 2
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert [line.split(" (")[0] for line in out.splitlines()[1:]] == [
+        "error: listener llm_gateway, route_config llm_routes, virtual host llm: catalog cluster cheap"
+    ], "no ok line for the Envoy config"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "why"),
+    [
+        ("missing.yaml", None, "cannot read --envoy-config {path} (No such file or directory)"),
+        ("dir", "dir", "cannot read --envoy-config {path} (Is a directory)"),
+        ("bad.yaml", b"static_resources: [\n", "--envoy-config {path} is not valid YAML: while parsing a flow..."),
+        ("bad.json", b'{"static_resources": {}, "static_resources": {}}', "--envoy-config {path} is not valid YAML..."),
+        ("latin1.yaml", b"admin: caf\xe9\n", "--envoy-config {path} is not UTF-8 text (byte 10)"),
+        ("list.yaml", b"- a\n", "--envoy-config {path} is a list, not a mapping (an Envoy bootstrap is one)"),
+        ("empty.yaml", b"", "--envoy-config {path} is empty, not a mapping (an Envoy bootstrap is one)"),
+    ],
+    ids=["missing", "directory", "not-yaml", "duplicate-key", "not-utf8", "not-a-mapping", "empty"],
+)
+def test_check_config_unusable_envoy_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, payload: bytes | str | None, why: str
+) -> None:
+    """One line, before the classifier loads (nothing on stdout)."""
+    path = tmp_path / name
+    if payload == "dir":
+        path.mkdir()
+    elif isinstance(payload, bytes):
+        path.write_bytes(payload)
+    argv = ["check-config", "--config", str(ROUTER_CONFIG), "--envoy-config", str(path)]
+    assert _fails_with(capsys, argv, "model-router check-config: " + why.format(path=path)) == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["--listen", "127.0.0.1:50051"],
+            "--listen is the router's address for --envoy-config: give --envoy-config FILE",
+        ),
+        (
+            ["--envoy-config", str(ENVOY_CONFIG), "--listen", "50051"],
+            "--listen: '50051' has no host; write 127.0.0.1:50051, or 0.0.0.0:50051 for every interface",
+        ),
+    ],
+    ids=["without-envoy-config", "not-an-address"],
+)
+def test_check_config_listen_needs_envoy_config_and_an_address(
+    capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    full = ["check-config", "--config", str(ROUTER_CONFIG), *argv]
+    assert _fails_with(capsys, full, f"model-router check-config: {line}") == ""

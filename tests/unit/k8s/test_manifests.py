@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.stack import USAGE_FILTER, envoy_binary, free_port
 from extproc.config import CaptureSettings, FeedbackSettings, Settings, parse_config
 from extproc.constraints import LATENCY_HEADER, MAX_COST_HEADER, QUALITY_HEADER
+from extproc.envoy_check import check_envoy
 from extproc.feedback import WRITE_WAIT_SECONDS
 from extproc.feedback_http import FEEDBACK_PATH
 from extproc.stream import CLUSTER_HEADER, OVERRIDE_HEADER, OVERRIDE_TOKEN_HEADER
@@ -560,23 +561,24 @@ def test_base_envoy_addresses(builds: dict[str, Objects]) -> None:
         assert "http2_protocol_options" in str(clusters[name]["typed_extension_protocol_options"])
 
 
-def test_catalog_clusters_have_envoy_clusters_and_routes(builds: dict[str, Objects]) -> None:
-    """Every catalog cluster has an Envoy cluster and a header route; the default route is the default model's."""
+def test_the_built_envoy_config_agrees_with_the_router_config(builds: dict[str, Objects]) -> None:
+    """``check-config --envoy-config`` on the rendered ConfigMaps, with the sidecar's --listen: every catalog cluster
+    has an Envoy cluster and a header route, the router's APIs reach the default model's cluster without one, the
+    router's cluster is its port over HTTP/2, and the ext_proc settings are the router's (no finding at all)."""
     _, envoy = config_map_file(builds["base"], ENVOY_KEY)
-    router = _router_settings(builds["base"])
-    clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
-    routes = _routes(envoy)
-    by_header = {
-        r["match"]["headers"][0]["string_match"]["exact"]: r["route"]["cluster"]
-        for r in routes
-        if "string_match" in r["match"].get("headers", [{}])[0]
-    }
-    for model in router["catalog"]:
-        assert model["cluster"] in clusters
-        assert by_header[model["cluster"]] == model["cluster"]
-    default = next(m for m in router["catalog"] if m["name"] == router["policy"]["default_model"])
-    assert "headers" not in routes[-1]["match"]
-    assert routes[-1]["route"]["cluster"] == default["cluster"]
+    settings = parse_config(_router_settings(builds["base"]))
+    spec = find(builds["base"], "Deployment", "model-router-gateway")["spec"]["template"]["spec"]
+    listen = _flag(spec["initContainers"][0]["args"], "--listen")
+    assert check_envoy(settings, envoy, listen) == []
+    # No fallback chains here: each header route goes to the cluster of its name.
+    for model in settings.catalog:
+        header = {"name": CLUSTER_HEADER, "string_match": {"exact": model.cluster}}
+        (route,) = [r for r in _routes(envoy) if r["match"].get("headers") == [header]]
+        assert route["route"]["cluster"] == model.cluster
+    # Other paths (the catch-all, which skips the router) go to the default model's cluster too.
+    default = next(m for m in settings.catalog if m.name == settings.policy.default_model)
+    assert _routes(envoy)[-1]["match"] == {"prefix": "/"}
+    assert _routes(envoy)[-1]["route"]["cluster"] == default.cluster
 
 
 def test_base_envoy_config_passes_envoy_validate(builds: dict[str, Objects], tmp_path: Path) -> None:
