@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import gzip
 import os
 import random
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import BinaryIO, TextIO
 
 import httpx
 
+from classifier.jsonl import io_reason
 from extproc.labeling.client import ChatEndpoint
 from extproc.labeling.cost import JUDGE, Budget, Estimate, Ledger, Price, estimate_run
 from extproc.labeling.progress import Progress
@@ -231,6 +234,15 @@ class Plan:
     resume: ResumeState
 
 
+def read_reason(exc: OSError | EOFError | zlib.error) -> str:
+    """Why ``--data`` could not be read, in words (``gzip`` says ``Not a gzipped file (b'{"')``)."""
+    if isinstance(exc, gzip.BadGzipFile):
+        return "not a gzip file"
+    if isinstance(exc, EOFError | zlib.error):
+        return "truncated or corrupt gzip file"
+    return io_reason(exc)
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """Bad URLs and output paths are usage errors now, not a run of connection errors later."""
     for option, url in (("--base-url", args.base_url), ("--judge-base-url", args.judge_base_url)):
@@ -249,8 +261,8 @@ def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> P
     check_paths(args)
     try:
         prompts = read_prompts(args.data, text_of)
-    except OSError as exc:
-        raise UsageError(f"--data {args.data}: {exc.strerror or exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UsageError(f"--data {args.data}: {read_reason(exc)}") from None
     if not prompts.items:  # the wrong file (e.g. prompts without ids): say so instead of labelling nothing, exit 0
         notes = "; ".join(input_notes(prompts, ResumeState(), args.out)) or "the file is empty"
         raise UsageError(

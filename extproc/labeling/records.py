@@ -7,8 +7,6 @@ items in flight and never a written one; a line cut short by a crash is removed 
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,25 +77,23 @@ def read_prompts(path: Path, text_of: TextOf) -> PromptFile:
     """Every line of ``path`` sorted into usable items, malformed lines, items without user text and duplicate ids.
 
     ``text_of`` is the live server's prompt extraction: an item it finds no text in would never be classified, so a
-    label for it could not teach the router anything.
+    label for it could not teach the router anything. A file that cannot be read raises (``OSError``; a truncated or
+    corrupt ``.gz``: ``EOFError``, ``zlib.error``), as for the other commands: labelling the part before the damage
+    would pay for a run on what is not the file meant.
     """
     result = PromptFile()
     seen: set[str] = set()
-    number = 0
-    try:
-        for number, obj in read_jsonl(path):
-            item = _item_of(obj, number)
-            if isinstance(item, str):
-                result.malformed.append((number, item))
-            elif text_of({"messages": item.messages}) is None:
-                result.no_text.append(number)
-            elif item.key in seen:
-                result.duplicates.append(number)
-            else:
-                seen.add(item.key)
-                result.items.append(item)
-    except (EOFError, gzip.BadGzipFile, zlib.error):
-        result.malformed.append((number + 1, "compressed file truncated or corrupt; the rest is unread"))
+    for number, obj in read_jsonl(path):
+        item = _item_of(obj, number)
+        if isinstance(item, str):
+            result.malformed.append((number, item))
+        elif text_of({"messages": item.messages}) is None:
+            result.no_text.append(number)
+        elif item.key in seen:
+            result.duplicates.append(number)
+        else:
+            seen.add(item.key)
+            result.items.append(item)
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import importlib
 import io
 import re
@@ -335,6 +336,24 @@ def test_command_refuses_an_input_without_one_usable_item(tmp_path: Path, conten
     (tmp_path / "prompts.jsonl").write_bytes(content)
     code, _, err = run(tmp_path, never_called)
     assert code == 2 and "no usable item" in err and message in err
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(lambda gz: gz[:-30], "truncated or corrupt gzip file", id="truncated"),
+        pytest.param(lambda gz: b"{}" + gz, "not a gzip file", id="not-gzip"),
+    ],
+)
+def test_command_refuses_a_damaged_gz_before_any_request(
+    tmp_path: Path, damage: Callable[[bytes], bytes], message: str
+) -> None:
+    """A cut .gz was one malformed line, and the part before the cut was labelled and paid for."""
+    write_prompts(tmp_path, 200)
+    data = tmp_path / "prompts.jsonl.gz"
+    data.write_bytes(damage(gzip.compress((tmp_path / "prompts.jsonl").read_bytes())))
+    code, out, err = run(tmp_path, never_called, "--data", str(data))
+    assert code == 2 and err == f"model-router label: --data {data}: {message}\n" and not out
 
 
 def test_command_rejects_a_single_model(tmp_path: Path) -> None:
