@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import fcntl
 import gzip
 import os
@@ -226,11 +228,15 @@ async def _label(
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything checked and read before the estimate: settings, gateway headers, the input and the resume state."""
+    """Everything checked and read before the estimate: settings, gateway headers, the input, the output open and
+    locked, and the resume state."""
 
     settings: LabelSettings
     headers: Mapping[str, str]
     prompts: PromptFile
+    out: BinaryIO
+    created: bool
+    """``out`` did not exist before this run: a run that writes nothing before it starts removes it again."""
     resume: ResumeState
 
 
@@ -252,6 +258,33 @@ def check_paths(args: argparse.Namespace) -> None:
         raise UsageError("--out must be a plain .jsonl file (records are appended)")
     if not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
+    if args.out.exists() and not args.out.is_file():  # /dev/null would swallow paid labels; /dev/full never ends
+        raise UsageError(f"cannot write --out {args.out} (not a regular file)")
+    with contextlib.suppress(OSError):  # either missing: not the same file
+        if args.out.samefile(args.data):
+            raise UsageError(f"--out {args.out} is the --data file")
+
+
+def open_out(path: Path) -> tuple[BinaryIO, bool]:
+    """``path`` open for appending and locked, and whether it was created; a usage error if either fails.
+
+    Done before the estimate, so an unwritable path (``/proc``, a read-only mount) or another run is refused before
+    anyone is asked to confirm a cost. Owner-only, as the capture and feedback files: each record holds the prompt it
+    labels. One run per ``--out`` at a time: a second one would read the same resume state and label everything
+    again.
+    """
+    existed = path.exists()
+    try:
+        out = os.fdopen(open_private_append(path), "ab")
+    except OSError as exc:
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else io_reason(exc)
+        raise UsageError(f"cannot write --out {path} ({reason})") from None
+    try:
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        out.close()
+        raise UsageError(f"another label run is writing {path}; wait for it or use another --out") from None
+    return out, not existed
 
 
 def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> Plan:
@@ -269,11 +302,20 @@ def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> P
             f"--data {args.data}: no usable item ({notes}); each line must be an object with an id and the "
             "request's messages (or prompt/input), as `model-router serve` captures them"
         )
+    out, created = open_out(args.out)
     try:
-        resume = prepare_output(args.out, repair=False)  # repaired once this run holds the lock
+        resume = prepare_output(args.out, repair=False)  # repaired once the run goes ahead
     except OSError as exc:
-        raise UsageError(f"--out {args.out}: {exc.strerror or exc}") from None
-    return Plan(settings, headers, prompts, resume)
+        out.close()
+        raise UsageError(f"--out {args.out}: {io_reason(exc)}") from None
+    return Plan(settings, headers, prompts, out, created, resume)
+
+
+def discard_unused(p: Plan, path: Path) -> None:
+    """Remove ``--out`` if this run created it and wrote nothing (declined, or over ``--max-cost``): it was opened
+    only to be checked. Called holding the lock, so no other run is appending to it."""
+    if p.created and os.fstat(p.out.fileno()).st_size == 0:
+        path.unlink(missing_ok=True)
 
 
 def run_label_command(
@@ -291,36 +333,27 @@ def run_label_command(
         console.stderr.write(f"model-router label: {exc}\n")
         return EXIT_USAGE
     settings, out = p.settings, console.stdout
-    todo = [item for item in p.prompts.items if item.key not in p.resume.done][: args.limit]
-    notes = [f"note: {note}" for note in input_notes(p.prompts, p.resume, args.out)]
-    estimate = estimate_run(
-        todo, settings.models, settings.prices, settings.judge_price, settings.expected_output_tokens
-    )
-    out.write("\n".join([*notes, *format_estimate(estimate, settings, len(todo))]) + "\n")
-    out.flush()
-    if settings.max_cost is not None and estimate.total > settings.max_cost:
-        out.write(
-            f"estimate {estimate.total:.4f} exceeds --max-cost {settings.max_cost}: not started "
-            "(raise --max-cost, or label part of the file with --limit)\n"
+    with p.out as lock:  # held from before the estimate to the end of the run
+        todo = [item for item in p.prompts.items if item.key not in p.resume.done][: args.limit]
+        notes = [f"note: {note}" for note in input_notes(p.prompts, p.resume, args.out)]
+        estimate = estimate_run(
+            todo, settings.models, settings.prices, settings.judge_price, settings.expected_output_tokens
         )
-        return EXIT_BUDGET
-    if todo and not confirmed(console, args.yes):
-        return EXIT_DECLINED
-    ledger = Ledger({**settings.prices, **({JUDGE: settings.judge_price} if settings.judge_price else {})})
-    stats, code = RunStats(), 0
-    # Owner-only, as the capture and feedback files: each record holds the prompt it labels. One run per --out at a
-    # time: a second one would read the same resume state and label everything again.
-    with os.fdopen(open_private_append(args.out), "ab") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        out.write("\n".join([*notes, *format_estimate(estimate, settings, len(todo))]) + "\n")
+        out.flush()
+        if settings.max_cost is not None and estimate.total > settings.max_cost:
             out.write(
-                f"model-router label: another label run is writing {args.out}; wait for it or use another --out\n"
+                f"estimate {estimate.total:.4f} exceeds --max-cost {settings.max_cost}: not started "
+                "(raise --max-cost, or label part of the file with --limit)\n"
             )
-            return EXIT_USAGE
-        # Only now, holding the lock, is a torn last line cut off; what another run finished meanwhile is skipped.
-        done = prepare_output(args.out).done
-        todo = [item for item in todo if item.key not in done]
+            discard_unused(p, args.out)
+            return EXIT_BUDGET
+        if todo and not confirmed(console, args.yes):
+            discard_unused(p, args.out)
+            return EXIT_DECLINED
+        ledger = Ledger({**settings.prices, **({JUDGE: settings.judge_price} if settings.judge_price else {})})
+        stats, code = RunStats(), 0
+        prepare_output(args.out)  # only now that the run goes ahead is a torn last line cut off
         try:
             if todo:
                 asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport, lock))

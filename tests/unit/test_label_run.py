@@ -316,12 +316,31 @@ def test_command_stops_mid_run_on_actual_cost_and_says_what_is_left(tmp_path: Pa
         pytest.param(["--base-url", "gw:10000/v1"], "expected an http:// or https:// URL", id="url-without-scheme"),
         pytest.param(["--out", "no/such/dir/out.jsonl"], "does not exist", id="out-dir-missing"),
         pytest.param(["--out", "out.jsonl.gz"], "plain .jsonl", id="out-gz"),
+        pytest.param(["--out", "/dev/null"], "cannot write --out /dev/null (not a regular file)", id="out-device"),
     ],
 )
 def test_command_rejects_bad_options_before_any_request(tmp_path: Path, extra: list[str], message: str) -> None:
     write_prompts(tmp_path, 1)
     code, _, err = run(tmp_path, never_called, *extra)
     assert code == 2 and message in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (unwritable even for root)")
+def test_an_out_that_cannot_be_created_is_refused_before_the_estimate(tmp_path: Path) -> None:
+    """A read-only mount or an unwritable directory: one line, not a traceback after the estimate."""
+    write_prompts(tmp_path, 1)
+    code, out, err = run(tmp_path, never_called, "--out", "/proc/label.jsonl")
+    assert (code, out) == (2, "")
+    assert err.startswith("model-router label: cannot write --out /proc/label.jsonl (") and err.count("\n") == 1
+
+
+def test_an_out_that_is_the_data_file_is_refused(tmp_path: Path) -> None:
+    write_prompts(tmp_path, 2)
+    before = (tmp_path / "prompts.jsonl").read_bytes()
+    code, out, err = run(tmp_path, never_called, "--out", str(tmp_path / "prompts.jsonl"))
+    assert (code, out) == (2, "")
+    assert err == f"model-router label: --out {tmp_path / 'prompts.jsonl'} is the --data file\n"
+    assert (tmp_path / "prompts.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -398,6 +417,7 @@ def test_a_terminal_is_asked_and_a_no_starts_nothing(tmp_path: Path) -> None:
     write_prompts(tmp_path, 2)
     code, out, _ = run(tmp_path, never_called, stdin=Tty("n\n"))
     assert code == 1 and "estimate for 2 items" in out
+    assert not (tmp_path / "out.jsonl").exists(), "opened only to check it: a declined run leaves nothing"
 
 
 def test_progress_lines_in_a_log_come_at_most_every_interval() -> None:
@@ -463,8 +483,9 @@ def test_a_second_run_on_the_same_out_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out.jsonl").write_bytes(partial)
     with (tmp_path / "out.jsonl").open("ab") as held:  # another label run, mid-way
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        code, out, _ = run(tmp_path, never_called, "--yes")
+        code, out, err = run(tmp_path, never_called, "--yes")
         assert (tmp_path / "out.jsonl").read_bytes() == partial, "the refused run must not cut the other's line"
-    assert code == 2 and "another label run is writing" in out
+    assert (code, out) == (2, ""), "refused before the estimate, on stderr"
+    assert err.startswith("model-router label: another label run is writing") and err.count("\n") == 1
     code, out, _ = run(tmp_path, FakeApi(), "--yes")
     assert code == 0 and "labelled 2 items" in out
