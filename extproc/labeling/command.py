@@ -17,6 +17,7 @@ import os
 import random
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,28 @@ def input_notes(prompts: PromptFile, resume: ResumeState, out: Path) -> list[str
     return notes
 
 
+def not_asked(prompts: PromptFile, resume: ResumeState, models: Sequence[str]) -> dict[str, int]:
+    """Per model, the items skipped as done whose record has neither a score nor a ``missing`` reason for it.
+
+    Resume is by id: a model added to ``--models`` since a record was written is not asked for that item. Asking it
+    would put a second record with the same id in the file (records are appended, one per item), and the readers of
+    EVAL.md files count, refuse or overwrite duplicate ids. So such models are counted as missing and named instead
+    of passing unseen.
+    """
+    skipped = [resume.covered.get(item.key, frozenset()) for item in prompts.items if item.key in resume.done]
+    counts = {model: sum(1 for have in skipped if model not in have) for model in models}
+    return {model: n for model, n in counts.items() if n}
+
+
+def not_asked_notes(counts: Mapping[str, int]) -> list[str]:
+    """One line per model that skipped records lack (see :func:`not_asked`)."""
+    return [
+        f"{n} skipped records have no score for {model} (resume is by id: a model added to --models after a record "
+        "was written is not asked; delete those lines to label them again)"
+        for model, n in counts.items()
+    ]
+
+
 def format_estimate(estimate: Estimate, settings: LabelSettings, items: int) -> list[str]:
     """The lines printed before starting."""
     lines = [
@@ -166,16 +189,18 @@ def format_estimate(estimate: Estimate, settings: LabelSettings, items: int) -> 
     return lines
 
 
-def format_summary(stats: RunStats, ledger: Ledger, settings: LabelSettings, skipped: int, out: Path) -> list[str]:
-    """The lines printed at the end."""
+def format_summary(
+    stats: RunStats, ledger: Ledger, settings: LabelSettings, skipped: int, unasked: Mapping[str, int], out: Path
+) -> list[str]:
+    """The lines printed at the end; ``unasked``: skipped records without a model, missing as ``not_asked``."""
     lines = [f"labelled {stats.written} items -> {out}"]
     if stats.not_written:
         lines.append(f"{stats.not_written} items not written: no model got a grade (a rerun retries them)")
     lines.append(f"skipped {skipped} items already in {out}")
     for model in settings.models:
-        reasons = stats.missing.get(model)
-        detail = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items())) if reasons else ""
-        lines.append(f"missing {model}: {sum(reasons.values()) if reasons else 0}" + (f" ({detail})" if detail else ""))
+        reasons = stats.missing.get(model, Counter()) + Counter(not_asked=unasked.get(model, 0))
+        detail = ", ".join(f"{r} x{n}" for r, n in sorted(reasons.items()))
+        lines.append(f"missing {model}: {reasons.total()}" + (f" ({detail})" if detail else ""))
     if stats.not_started:
         lines.append(
             f"stopped by --max-cost {settings.max_cost}: {stats.not_started} items not started "
@@ -335,7 +360,8 @@ def run_label_command(
     settings, out = p.settings, console.stdout
     with p.out as lock:  # held from before the estimate to the end of the run
         todo = [item for item in p.prompts.items if item.key not in p.resume.done][: args.limit]
-        notes = [f"note: {note}" for note in input_notes(p.prompts, p.resume, args.out)]
+        unasked = not_asked(p.prompts, p.resume, settings.models)
+        notes = [f"note: {note}" for note in [*input_notes(p.prompts, p.resume, args.out), *not_asked_notes(unasked)]]
         estimate = estimate_run(
             todo, settings.models, settings.prices, settings.judge_price, settings.expected_output_tokens
         )
@@ -361,7 +387,7 @@ def run_label_command(
             out.write("interrupted: records written so far are kept; run the same command again to resume\n")
             code = EXIT_INTERRUPTED
     skipped = sum(1 for item in p.prompts.items if item.key in p.resume.done)
-    out.write("\n".join([*format_summary(stats, ledger, settings, skipped, args.out), *notes]) + "\n")
+    out.write("\n".join([*format_summary(stats, ledger, settings, skipped, unasked, args.out), *notes]) + "\n")
     if not code and stats.not_written and not stats.written:
         out.write("nothing was labelled: check the keys, URLs and models in the missing reasons above\n")
         code = EXIT_FAILED

@@ -105,16 +105,21 @@ class ResumeState:
     corrupt_lines: tuple[int, ...] = ()
     dropped_tail: tuple[int, int] | None = None
     """(line number, bytes) of an incomplete last line that was removed (its item is labelled again)."""
+    covered: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Each id done -> the models its record has a score or a ``missing`` reason for. Resume is by id, so a model
+    added to ``--models`` since is never asked for that item (the command says how many lack each model)."""
 
 
-def _record_key(line: bytes) -> str | None:
+def _record_of(line: bytes) -> tuple[str, set[str]] | None:
+    """The id of the record on ``line`` and the models it has a score or a missing reason for; None if no record."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(obj, dict) or "id" not in obj:
         return None
-    return id_key(obj["id"])
+    parts = (obj.get("scores"), obj.get("missing"))
+    return id_key(obj["id"]), {str(model) for part in parts if isinstance(part, dict) for model in part}
 
 
 def prepare_output(path: Path, repair: bool = True) -> ResumeState:
@@ -130,30 +135,30 @@ def prepare_output(path: Path, repair: bool = True) -> ResumeState:
     data = path.read_bytes()
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
-    done: set[str] = set()
+    covered: dict[str, set[str]] = {}
     corrupt: list[int] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        key = _record_key(line)
-        if key is None:
+        record = _record_of(line)
+        if record is None:
             corrupt.append(number)
         else:
-            done.add(key)
+            covered.setdefault(record[0], set()).update(record[1])
     dropped = None
     if tail.strip():
-        key = _record_key(tail)
-        if key is None:
+        record = _record_of(tail)
+        if record is None:
             if repair:
                 with path.open("r+b") as fh:
                     fh.truncate(len(data) - len(tail))
             dropped = (len(lines) + 1, len(tail))
         else:
-            done.add(key)
+            covered.setdefault(record[0], set()).update(record[1])
             if repair:
                 with path.open("ab") as fh:
                     fh.write(b"\n")
-    return ResumeState(frozenset(done), tuple(corrupt), dropped)
+    return ResumeState(frozenset(covered), tuple(corrupt), dropped, {k: frozenset(v) for k, v in covered.items()})
 
 
 @dataclass(slots=True)

@@ -98,3 +98,16 @@ def test_writer_writes_one_flushed_line_per_record(tmp_path: Path) -> None:
         writer.write({"id": 1, "messages": user("ü"), "scores": {"m": 0.5}})
         assert out.read_bytes().count(b"\n") == 1  # flushed before the file is closed
     assert writer.written == 1
+
+
+def test_resume_knows_which_models_each_record_covers(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    rows = [
+        {"id": "a", "scores": {"m1": 0.5}, "missing": {"m2": "timeout"}},
+        {"id": "b", "scores": {"m1": 1.0}},
+        {"id": "c", "scores": [], "missing": None},  # not ours, but an id: done, covering nothing
+    ]
+    out.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    state = prepare_output(out)
+    assert state.done == frozenset({"a", "b", "c"})
+    assert state.covered == {"a": {"m1", "m2"}, "b": {"m1"}, "c": frozenset()}

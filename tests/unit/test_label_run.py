@@ -34,8 +34,9 @@ policy: {default_model: big}
 catalog:
   - {name: small, cluster: small, tier: small, input_price_per_mtok: 1.0, output_price_per_mtok: 2.0}
   - {name: big, cluster: big, tier: big, input_price_per_mtok: 10.0, output_price_per_mtok: 20.0}
+  - {name: mid, cluster: mid, tier: mid, input_price_per_mtok: 5.0, output_price_per_mtok: 10.0}
 """
-GRADES = {"small": 4, "big": 10}
+GRADES = {"small": 4, "big": 10, "mid": 7}
 
 
 class FakeApi:
@@ -473,6 +474,21 @@ def test_an_item_with_one_grade_is_written_and_done(tmp_path: Path) -> None:
     assert code == 0 and "labelled 2 items" in out
     rows = [orjson.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
     assert [sorted(r["scores"]) for r in rows] == [["small"], ["small"]]
+
+
+def test_a_model_added_on_resume_is_reported_missing_not_asked(tmp_path: Path) -> None:
+    """Resume is by id: the records are skipped and the new model is never asked, which the summary must say
+    instead of ``missing mid: 0``. A model a record names in ``missing`` is known, and not counted again."""
+    write_prompts(tmp_path, 3)
+    assert run(tmp_path, FakeApi(fail={"big": 400}), "--yes")[0] == 0
+    before = (tmp_path / "out.jsonl").read_bytes()
+    code, out, _ = run(tmp_path, never_called, "--yes", "--models", "small,big,mid")
+    assert code == 0 and "labelled 0 items" in out and "skipped 3 items already" in out
+    note = "note: 3 skipped records have no score for mid (resume is by id"
+    assert out.count(note) == 2, "before the estimate and again under the summary"
+    assert "missing mid: 3 (not_asked x3)" in out
+    assert "missing small: 0" in out and "missing big: 0" in out
+    assert (tmp_path / "out.jsonl").read_bytes() == before
 
 
 def test_a_second_run_on_the_same_out_is_refused(tmp_path: Path) -> None:
