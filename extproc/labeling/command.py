@@ -82,13 +82,32 @@ def bearer(key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"} if key else {}
 
 
-def catalog_prices(config: Path | None) -> dict[str, Price]:
-    """Answer prices from the router config's catalog (raises ``ConfigError`` on a bad file)."""
+def catalog_prices(config: Path | None, models: Sequence[str], pin_alias: str | None) -> dict[str, Price]:
+    """Answer prices from the router config's catalog (raises ``ConfigError`` on a bad file), once ``models`` and
+    ``pin_alias`` are checked against it.
+
+    A model outside the catalog is a typo or one the gateway has no cluster for (the router passes it to the default
+    route, whatever model answers there). An alias outside ``policy.routable_models`` is passed through with no
+    decision, so no pin is applied and every answer ends ``not_pinned``, each retry paid for.
+    """
     if config is None:
         return {}
     from extproc.config import load_config
 
-    return {m.name: Price(m.input_price_per_mtok, m.output_price_per_mtok) for m in load_config(config).catalog}
+    router = load_config(config)
+    prices = {m.name: Price(m.input_price_per_mtok, m.output_price_per_mtok) for m in router.catalog}
+    unknown = [m for m in models if m not in prices]
+    if unknown:
+        raise UsageError(
+            f"--models {', '.join(unknown)}: not in the catalog of --config {config} ({', '.join(prices)})"
+        )
+    routable = router.policy.routable_models
+    if pin_alias is not None and pin_alias not in routable:
+        raise UsageError(
+            f"--pin-alias {pin_alias}: not in policy.routable_models of --config {config} ({', '.join(routable)}); "
+            "the router would apply no pin"
+        )
+    return prices
 
 
 def judge_price(args: argparse.Namespace) -> Price | None:
@@ -98,13 +117,15 @@ def judge_price(args: argparse.Namespace) -> Price | None:
     return None if args.judge_price_in is None else Price(args.judge_price_in, args.judge_price_out)
 
 
-def settings_of(args: argparse.Namespace, headers: Mapping[str, str], prices: Mapping[str, Price]) -> LabelSettings:
+def settings_of(args: argparse.Namespace, headers: Mapping[str, str]) -> LabelSettings:
     """The run's settings from the options."""
     has_token = OVERRIDE_TOKEN_HEADER in headers
     if args.pin_alias and not has_token:
         raise UsageError(f"--pin-alias needs the override secret: --header {OVERRIDE_TOKEN_HEADER}=env:VAR")
+    models = parse_models(args.models)
+    prices = catalog_prices(args.config, models, args.pin_alias)
     settings = LabelSettings(
-        models=parse_models(args.models),
+        models=models,
         judge_model=args.judge_model,
         pin_alias=args.pin_alias,
         send_override=has_token,
@@ -206,9 +227,15 @@ def format_summary(
             f"stopped by --max-cost {settings.max_cost}: {stats.not_started} items not started "
             "(run again with a higher --max-cost to continue)"
         )
-    order = [*settings.models, JUDGE]
-    parts = ", ".join(f"{'judge' if k == JUDGE else k} {ledger.spent[k]:.4f}" for k in order if k in ledger.spent)
-    lines.append(f"actual cost {ledger.total:.4f}" + (f" ({parts})" if parts else ""))
+    called = [k for k in [*settings.models, JUDGE] if k in ledger.spent]
+    unpriced = [k for k in called if k not in ledger.prices]  # the ledger counts them as 0: unknown, as estimated
+    parts = ", ".join(
+        f"{'judge' if k == JUDGE else k} {'unknown' if k in unpriced else f'{ledger.spent[k]:.4f}'}" for k in called
+    )
+    total = f"{ledger.total:.4f}" + (" + unknown" if unpriced else "")
+    if called and unpriced == called:
+        total = "unknown"
+    lines.append(f"actual cost {total}" + (f" ({parts})" if parts else ""))
     if ledger.usage_estimated:
         lines.append(f"{ledger.usage_estimated} responses reported no usage: priced from characters")
     lines.append(f"retries {stats.retries}")
@@ -315,7 +342,7 @@ def open_out(path: Path) -> tuple[BinaryIO, bool]:
 def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> Plan:
     """Check the options and read the input and the output so far; raise ``UsageError`` on anything wrong."""
     headers = parse_headers(args.header, env)
-    settings = settings_of(args, headers, catalog_prices(args.config))
+    settings = settings_of(args, headers)
     check_paths(args)
     try:
         prompts = read_prompts(args.data, text_of)

@@ -65,7 +65,12 @@ def add_label_parser(sub: Any) -> argparse.ArgumentParser:
     judge.add_argument("--judge-api-key", help="bearer key for the judge (default: $MODEL_ROUTER_JUDGE_API_KEY)")
     judge.add_argument("--judge-timeout", type=_float(0.001), default=60.0, help="seconds per grade (%(default)s)")
     cost = p.add_argument_group("cost")
-    cost.add_argument("--config", type=Path, help="router config: answer prices from its catalog")
+    cost.add_argument(
+        "--config",
+        type=Path,
+        help="router config: answer prices from its catalog, which must hold --models (and its "
+        "policy.routable_models --pin-alias)",
+    )
     cost.add_argument("--judge-price-in", type=_float(0), help="judge price per million input tokens")
     cost.add_argument("--judge-price-out", type=_float(0), help="judge price per million output tokens")
     cost.add_argument(

@@ -1,8 +1,9 @@
 """Retries with exponential backoff and jitter, honouring ``Retry-After``; sleep and randomness are passed in.
 
 What is retried is decided where the failure is seen (:class:`CallError` carries ``retryable``): timeouts,
-connection errors, 429 and 5xx are; other 4xx are not (the same request would fail the same way, and each attempt
-may cost money).
+connection errors, 429 and 5xx are, and so are answers the gateway's headers show came through a failure
+(``not_pinned``, ``gateway_retried``: ``run.unattributable``); other 4xx are not (the same request would fail the
+same way, and each attempt may cost money).
 """
 
 from __future__ import annotations

@@ -102,6 +102,11 @@ def unattributable(reply: ChatReply, model: str, pinned: bool) -> CallError | No
       the alias went to the default route): ``not_pinned``;
     - Envoy needed more than one attempt, or its fallback filter says another cluster's model answered (also after
       an outlier ejection, in one attempt): ``gateway_retried``.
+
+    The last two are retried, as a 5xx is: each comes from a failure that may pass (a router restarting, a cluster
+    failing or ejected for a while), and one reply cannot tell a brief one from a lasting one. ``rerouted`` is not:
+    the router chose on purpose (a refused secret), and would again. A cause that never passes is refused before the
+    run where it can be seen (a ``--pin-alias`` outside ``--config``'s routable models); a shadow tenant cannot be.
     """
     routed = reply.headers.get(ROUTER_MODEL_HEADER)
     if routed is not None and routed != model:

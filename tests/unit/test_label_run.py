@@ -280,6 +280,13 @@ def test_command_labels_resumes_and_summarises(tmp_path: Path) -> None:
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 5
 
 
+def test_the_summary_shows_an_unpriced_cost_as_unknown_not_zero(tmp_path: Path) -> None:
+    write_prompts(tmp_path, 1)
+    code, out, _ = run(tmp_path, FakeApi(usage=(10_000, 5_000)), "--yes")  # no judge price
+    assert code == 0 and "cost unknown (no price)" in out  # the estimate's judge line
+    assert "actual cost 0.2200 + unknown (small 0.0200, big 0.2000, judge unknown)" in out
+
+
 def test_command_does_not_start_when_the_estimate_exceeds_max_cost(tmp_path: Path) -> None:
     write_prompts(tmp_path, 50)
     code, out, _ = run(
@@ -317,6 +324,14 @@ def test_command_stops_mid_run_on_actual_cost_and_says_what_is_left(tmp_path: Pa
         pytest.param(["--base-url", "gw:10000/v1"], "expected an http:// or https:// URL", id="url-without-scheme"),
         pytest.param(["--out", "no/such/dir/out.jsonl"], "does not exist", id="out-dir-missing"),
         pytest.param(["--out", "out.jsonl.gz"], "plain .jsonl", id="out-gz"),
+        pytest.param(
+            ["--models", "small,nope"], "--models nope: not in the catalog of --config", id="model-not-in-catalog"
+        ),
+        pytest.param(
+            ["--pin-alias", "big", "--header", "x-model-router-override-token=t"],
+            "--pin-alias big: not in policy.routable_models of --config",
+            id="pin-alias-not-routable",
+        ),
         pytest.param(["--out", "/dev/null"], "cannot write --out /dev/null (not a regular file)", id="out-device"),
     ],
 )
