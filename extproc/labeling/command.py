@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (some models may be missing on some items: see the summary), 1 declined at the confirmation,
 2 bad options or input file, 3 stopped by ``--max-cost`` (before starting, or with items left for a later run),
-130 interrupted (what was written stays; run again to resume).
+4 nothing labelled, or ``--out`` could not be written during the run, 130 interrupted (what was written stays;
+run again to resume).
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from classifier.jsonl import io_reason
 from extproc.labeling.client import ChatEndpoint
 from extproc.labeling.cost import JUDGE, Budget, Estimate, Ledger, Price, estimate_run
 from extproc.labeling.progress import Progress
-from extproc.labeling.records import PromptFile, PromptItem, RecordWriter, ResumeState, prepare_output, read_prompts
+from extproc.labeling.records import (
+    PromptFile,
+    PromptItem,
+    RecordWriteError,
+    RecordWriter,
+    ResumeState,
+    prepare_output,
+    read_prompts,
+)
 from extproc.labeling.retry import RetryPolicy
 from extproc.labeling.run import OVERRIDE_TOKEN_HEADER, Labeller, LabelSettings, RunStats, label_items
 from extproc.spool import open_private_append
@@ -248,7 +257,12 @@ def confirmed(console: Console, yes: bool) -> bool:
         return True
     console.stderr.write("proceed? [y/N] ")
     console.stderr.flush()
-    return console.stdin.readline().strip().lower() in {"y", "yes"}
+    try:
+        answer = console.stdin.readline()
+    except KeyboardInterrupt:  # Ctrl-C at the question is a no, not a traceback
+        console.stderr.write("\n")
+        return False
+    return answer.strip().lower() in {"y", "yes"}
 
 
 async def _label(
@@ -408,8 +422,15 @@ def run_label_command(
         stats, code = RunStats(), 0
         prepare_output(args.out)  # only now that the run goes ahead is a torn last line cut off
         try:
-            if todo:
-                asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport, lock))
+            try:
+                if todo:
+                    asyncio.run(_label(args, settings, p.headers, todo, ledger, stats, console, env, transport, lock))
+            except* RecordWriteError as failed:  # raised in one worker: the task group stopped the others
+                console.stderr.write(
+                    f"model-router label: cannot write --out {args.out} ({failed.exceptions[0]}): stopped; the"
+                    " records written so far are kept: run the same command again to resume\n"
+                )
+                code = EXIT_FAILED
         except KeyboardInterrupt:
             out.write("interrupted: records written so far are kept; run the same command again to resume\n")
             code = EXIT_INTERRUPTED

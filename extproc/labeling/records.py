@@ -14,10 +14,19 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from classifier.jsonl import NOT_JSON, read_jsonl
+from classifier.jsonl import NOT_JSON, io_reason, read_jsonl
 from extproc.labeling.grading import render_conversation
 
-__all__ = ["PromptFile", "PromptItem", "RecordWriter", "ResumeState", "id_key", "prepare_output", "read_prompts"]
+__all__ = [
+    "PromptFile",
+    "PromptItem",
+    "RecordWriteError",
+    "RecordWriter",
+    "ResumeState",
+    "id_key",
+    "prepare_output",
+    "read_prompts",
+]
 
 TextOf = Callable[[Mapping[str, Any]], str | None]
 
@@ -161,6 +170,11 @@ def prepare_output(path: Path, repair: bool = True) -> ResumeState:
     return ResumeState(frozenset(covered), tuple(corrupt), dropped, {k: frozenset(v) for k, v in covered.items()})
 
 
+class RecordWriteError(Exception):
+    """``--out`` could not be written (a full disk, an I/O error): the run stops, since every further answer would
+    be paid for and lost; the records written before are kept."""
+
+
 @dataclass(slots=True)
 class RecordWriter:
     """Appends one record per line, flushed at once: what is written survives a crash of this process."""
@@ -170,6 +184,9 @@ class RecordWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` as one line (one ``write`` call, so a crash cuts at most this line)."""
-        self.fh.write(orjson.dumps(record) + b"\n")
-        self.fh.flush()
+        try:
+            self.fh.write(orjson.dumps(record) + b"\n")
+            self.fh.flush()
+        except OSError as exc:
+            raise RecordWriteError(io_reason(exc)) from exc
         self.written += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gzip
 import importlib
 import io
@@ -520,3 +521,43 @@ def test_a_second_run_on_the_same_out_is_refused(tmp_path: Path) -> None:
     assert err.startswith("model-router label: another label run is writing") and err.count("\n") == 1
     code, out, _ = run(tmp_path, FakeApi(), "--yes")
     assert code == 0 and "labelled 2 items" in out
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer after the failed write would be paid for and lost: the run stops, no traceback."""
+    write_prompts(tmp_path, 6)
+    writes = [0]
+    real = RecordWriter.write
+
+    def fill_up(self: RecordWriter, record: dict[str, object]) -> None:
+        writes[0] += 1
+        if writes[0] > 2:
+            self.fh = _FullDisk()  # type: ignore[assignment]
+        real(self, record)
+
+    monkeypatch.setattr(RecordWriter, "write", fill_up)
+    api = FakeApi()
+    code, out, err = run(tmp_path, api, "--concurrency", "1")
+    assert code == 4, out + err
+    assert f"model-router label: cannot write --out {tmp_path / 'out.jsonl'} (No space left on device)" in err
+    assert "Traceback" not in err
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 2, "the records written before are kept"
+    assert len(api.sent_to("gw")) < 6 * 2, "stopped: not every item was asked"
+
+
+class _FullDisk(io.BytesIO):
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_ctrl_c_at_the_question_is_a_no(tmp_path: Path) -> None:
+    class Interrupted(Tty):
+        def readline(self, size: int | None = -1) -> str:
+            raise KeyboardInterrupt
+
+    write_prompts(tmp_path, 2)
+    code, out, _ = run(tmp_path, never_called, stdin=Interrupted())
+    assert code == 1 and "estimate for 2 items" in out
+    assert not (tmp_path / "out.jsonl").exists()
