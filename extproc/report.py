@@ -2,18 +2,22 @@
 
 Reads the router's JSON log lines (``telemetry.decision_log: true``, or debug level). Every decision line is read as
 a ``model_router.v1.RoutingDecision`` — lines written before that message existed are mapped onto it — and lines
-that look like decisions but cannot be read are skipped and counted. Savings count the decisions that chose a
-model (routed, fallback, and shadow: what shadow mode *would* have saved): the estimated cost of each request on
-the model it asked for (or the default model) against the model chosen. With ``--eval`` scores and their EVAL.md
-data, the HTML report adds the cost-quality curve of those scores.
+that look like decisions but cannot be read are skipped and counted. A decision seen twice (its ``decision_id``: the
+same log given twice, or a log and its ``.gz`` copy) is counted once, and the copies are counted. Savings count the
+decisions that chose a model (routed, fallback, and shadow: what shadow mode *would* have saved): the estimated cost
+of each request on the model it asked for (or the default model) against the model chosen. With ``--eval`` scores
+and their EVAL.md data, the HTML report adds the cost-quality curve of those scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
+import io
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ __all__ = [
 ]
 
 _COUNTED = ("routed", "fallback", "shadow")
+_DUPLICATES = "duplicate decision(s) (a decision_id seen before: the same log given twice?)"
 NOT_ROUTED = "(not routed)"
 PINNED = "(pinned)"
 """The tier of decisions a trusted caller pinned (``trusted_override``, e.g. ``model-router label``'s replays): not
@@ -135,6 +140,8 @@ class Summary:
     for pinned requests)."""
     outcomes: dict[str, int] = field(default_factory=dict)
     bad_lines: int = 0
+    duplicates: int = 0
+    """Decisions whose ``decision_id`` was seen before (left out)."""
     candidate: CandidateComparison = field(default_factory=CandidateComparison)
 
 
@@ -142,8 +149,15 @@ class ReportError(Exception):
     """An input that cannot be read or used, or an output that cannot be written: one line for the user, exit 2."""
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_SHIPPER_STREAMS = ("stdout", "stderr")
+"""The values of the ``stream`` key that log shippers (Docker's json-file driver, Fluent Bit, Vector) add to a JSON
+line: ``RoutingDecision`` has a ``stream`` field too (a bool), which these strings are never."""
+_OUTCOMES = frozenset(api.Outcome.values())
+
+
 class LogReader:
-    """Reads decision lines from log files (plain or .gz) and counts the bad ones."""
+    """Reads decision lines from log files (plain or gzip) and counts the bad ones."""
 
     def __init__(self) -> None:
         self.bad_lines = 0
@@ -158,16 +172,23 @@ class LogReader:
                 raise ReportError(f"cannot read {path} ({io_reason(exc)})") from None
 
     def _read(self, path: Path) -> Iterator[api.RoutingDecision]:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if '"decision"' not in line or '"event"' not in line:
-                    continue
-                decision = self._parse(line)
-                if decision is not None:
-                    yield decision
+        # gzip by its magic bytes too: a capture copied out of a pod as router.log is often compressed all the same,
+        # and read as text it held no decision line (peek, not seek: a pipe such as <(kubectl logs ...) works too).
+        with open(path, "rb") as raw:
+            gzipped = path.suffix == ".gz" or raw.peek(2)[:2] == _GZIP_MAGIC
+            binary: Any = gzip.open(raw) if gzipped else raw  # noqa: SIM115 - the text wrapper closes it
+            with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if '"decision"' not in line or '"event"' not in line:
+                        continue
+                    decision = self._parse(line)
+                    if decision is not None:
+                        yield decision
 
     def _parse(self, line: str) -> api.RoutingDecision | None:
+        """The decision on ``line``; None (counted) if it cannot be read, or holds a cost that is negative or not
+        finite or an outcome the proto does not define (a corrupt line: what it would add to the savings, or
+        whether it counts at all, is unknown), None (not counted) if it is another event."""
         start = line.find("{")
         try:
             event = json.loads(line[start:]) if start >= 0 else None
@@ -178,17 +199,32 @@ class LogReader:
             return None
         if event.get("event") != "decision":
             return None
+        if event.get("stream") in _SHIPPER_STREAMS:
+            event = {k: v for k, v in event.items() if k != "stream"}
         try:
-            return json_format.ParseDict(from_legacy_dict(event), api.RoutingDecision())
+            decision = json_format.ParseDict(from_legacy_dict(event), api.RoutingDecision())
         except (json_format.ParseError, TypeError, ValueError):
             self.bad_lines += 1
             return None
+        d = decision  # an unset cost reads as 0.0
+        costs = (d.estimated_cost_requested, d.estimated_cost_selected, d.estimated_cost_candidate)
+        if decision.outcome not in _OUTCOMES or not all(math.isfinite(c) and c >= 0 for c in costs):
+            self.bad_lines += 1
+            return None
+        return decision
 
 
 def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> Summary:
-    """Group counted decisions by tenant and model, model, tenant and day; count tiers and outcomes."""
+    """Group counted decisions by tenant and model, model, tenant and day; count tiers and outcomes. A decision whose
+    ``decision_id`` was seen before is left out and counted: decision ids are random, so it is a copy."""
     s = Summary(bad_lines=bad_lines)
+    seen: set[str] = set()
     for d in decisions:
+        if d.decision_id:
+            if d.decision_id in seen:
+                s.duplicates += 1
+                continue
+            seen.add(d.decision_id)
         outcome = label("outcome", d.outcome) if d.outcome else "unspecified"
         s.outcomes[outcome] = s.outcomes.get(outcome, 0) + 1
         pinned = label("reason", d.reason) == Reason.TRUSTED_OVERRIDE.value if d.reason else False
@@ -232,6 +268,10 @@ class EvalCurve:
     q_strong: float
     apgr: float
     s95: float
+    unscored: int = 0
+    """Items of ``--data`` that have no score in ``--eval`` (or no id): left out of the curve."""
+    without_pair: int = 0
+    """Items with a score but without outcomes for both models: left out of the curve."""
 
 
 def _eval_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[str, Any]]:
@@ -252,28 +292,67 @@ def _numbers(scores: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): n for k, v in scores.items() if (n := unit_score(v)) is not None}
 
 
+def _duplicate_ids(option: str, path: Path, ids: Iterable[str]) -> None:
+    """:class:`ReportError` if an id occurs twice: scores join items by id, so which score an item gets (and the
+    APGR) would depend on the order of the lines."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for item_id in ids:
+        if item_id in seen:
+            repeated.append(item_id)
+        seen.add(item_id)
+    if repeated:
+        raise ReportError(
+            f"{option} {path}: {len(repeated)} duplicate id(s) (first {repeated[0]!r}); scores are joined to --data"
+            " items by id, so each item needs its own"
+        )
+
+
+def _default_pair(outcomes: list[dict[str, float]], weak: str | None, strong: str | None) -> tuple[str, str] | None:
+    """The pair ``model-router eval`` chooses (:func:`classifier.evaluate.choose_pair`: strong the best model, weak the
+    median one), except that the model the user named is never also the other one: ``--weak`` naming the best model
+    gets the best of the rest as strong, ``--strong`` naming the median one the median of the rest as weak (or the
+    one other model)."""
+    from classifier.evaluate import choose_pair
+
+    scored = [o for o in outcomes if o]
+    chosen = choose_pair(scored)
+    if chosen is not None and weak is not None and chosen[1] == weak:
+        chosen = choose_pair([{**o, weak: -1.0} for o in scored])  # ranked below every model, never the best
+    elif chosen is not None and strong is not None and chosen[0] == strong:
+        rest = [{k: v for k, v in o.items() if k != strong} for o in scored]
+        chosen = choose_pair(rest) or choose_pair([{**o, strong: 2.0} for o in scored])
+    return chosen
+
+
 def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
     """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises :class:`ReportError`
-    naming the option on an unreadable file or data it cannot use."""
+    naming the option on an unreadable file or data it cannot use: duplicate ids, the same model as weak and strong,
+    or two models that tie on average (the gain over the weak model, PGR, is then undefined)."""
     import numpy as np
 
-    from classifier.evaluate import choose_pair
     from classifier.metrics import routing_curve
 
-    scores: dict[str, float] = {}
-    for item in _eval_items("--eval", evaluation.scores):
-        if item.get("id") is not None and isinstance(item.get("score"), (int, float)):  # null: a torn --data line
-            scores[str(item["id"])] = float(item["score"])
+    if evaluation.weak is not None and evaluation.weak == evaluation.strong:
+        raise ReportError("--weak and --strong must name different models")
+    lines = [
+        item
+        for item in _eval_items("--eval", evaluation.scores)
+        if item.get("id") is not None and isinstance(item.get("score"), (int, float))  # null: a torn --data line
+    ]
+    _duplicate_ids("--eval", evaluation.scores, (str(item["id"]) for item in lines))
+    scores = {str(item["id"]): float(item["score"]) for item in lines}
+    data = _eval_items("--data", evaluation.data, skip_torn=True)  # eval gave a torn line no id
+    _duplicate_ids("--data", evaluation.data, (str(item["id"]) for item in data if item.get("id") is not None))
+    scored = [item for item in data if item.get("id") is not None and str(item["id"]) in scores]
     outcomes = [
-        (scores[str(item["id"])], _numbers(item["scores"]))
-        for item in _eval_items("--data", evaluation.data, skip_torn=True)  # eval gave a torn line no id
-        if item.get("id") is not None and str(item["id"]) in scores and isinstance(item.get("scores"), dict)
+        (scores[str(item["id"])], _numbers(item["scores"])) for item in scored if isinstance(item.get("scores"), dict)
     ]
     if not outcomes:
         raise ReportError(f"no item of --data {evaluation.data} has both a score in --eval and model outcomes")
     pair = (evaluation.weak, evaluation.strong)
     if pair[0] is None or pair[1] is None:
-        chosen = choose_pair([o for _, o in outcomes if o])
+        chosen = _default_pair([o for _, o in outcomes], evaluation.weak, evaluation.strong)
         if chosen is None:
             raise ReportError(f"--data {evaluation.data}: fewer than two models with outcomes")
         pair = (evaluation.weak or chosen[0], evaluation.strong or chosen[1])
@@ -283,6 +362,11 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
     if not rows:
         raise ReportError(f"--data {evaluation.data}: no item has outcomes for both {weak} and {strong}")
     curve = routing_curve([r[0] for r in rows], np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+    if math.isnan(curve.apgr):
+        raise ReportError(
+            f"--data {evaluation.data}: {weak} and {strong} tie on average ({curve.q_weak:.3f} over {len(rows)}"
+            " items): the gain over the weak model (PGR) is undefined; name another pair with --weak/--strong"
+        )
     step = max(1, (len(curve.fraction) - 1) // (points - 1))
     keep = list(range(0, len(curve.fraction), step))
     if keep[-1] != len(curve.fraction) - 1:
@@ -297,6 +381,8 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
         q_strong=curve.q_strong,
         apgr=curve.apgr,
         s95=curve.s95,
+        unscored=len(data) - len(scored),
+        without_pair=len(scored) - len(rows),
     )
 
 
@@ -319,6 +405,7 @@ def _json(s: Summary) -> dict[str, Any]:
         "tiers": dict(sorted(s.tiers.items())),
         "outcomes": s.outcomes,
         "bad_lines": s.bad_lines,
+        "duplicate_decisions": s.duplicates,
         "candidate": _candidate_json(s.candidate) if s.candidate.requests else None,
     }
 
@@ -391,10 +478,53 @@ def write_report(
         return 2
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same file if both exist (a hard link, a symlink or another spelling
+    of the path), else the same absolute path with symlinks resolved."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(a, b):
+            return True
+    return a.resolve() == b.resolve()
+
+
+def _refuse_input_as_output(html: Path, paths: list[Path], evaluation: EvalInput | None) -> None:
+    """:class:`ReportError` if ``--html`` names one of the inputs: writing it would replace a decision log (often the
+    only copy) or the eval files with the page."""
+    inputs = [(p, "a log") for p in paths]
+    if evaluation is not None:
+        inputs += [(evaluation.scores, "--eval"), (evaluation.data, "--data")]
+    for path, what in inputs:
+        if _same_file(html, path):
+            raise ReportError(f"--html {html} is an input file ({what}): give another path for the page")
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a hidden sibling renamed over it, so that a failed write (a full disk) leaves
+    the previous page whole rather than half a page; a path that exists and is not a regular file (``/dev/stdout``,
+    a pipe) is written as it is, since a rename would replace it."""
+    target = Path(os.path.realpath(path))  # a symlink keeps pointing at the page
+    if target.exists() and not target.is_file():
+        with open(target, "wb") as f:
+            f.write(data)
+        return
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(partial, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
 def _write_report(
     paths: list[Path], out: TextIO, as_json: bool, html: Path | None, evaluation: EvalInput | None, err: TextIO
 ) -> int:
     """The body of :func:`write_report`; raises :class:`ReportError` for what the operator must fix."""
+    if html is not None:
+        _refuse_input_as_output(html, paths, evaluation)
     reader = LogReader()
     summary = summarise(reader.decisions(paths), 0)
     summary.bad_lines = reader.bad_lines
@@ -408,7 +538,7 @@ def _write_report(
     curve = eval_curve(evaluation) if evaluation is not None else None
     if html is not None:  # before anything is printed: a failed run prints only its error
         try:
-            html.write_text(render_html(summary, [str(p) for p in paths], curve), encoding="utf-8")
+            _write_whole(html, render_html(summary, [str(p) for p in paths], curve).encode())
         except OSError as exc:
             raise ReportError(f"cannot write --html {html} ({io_reason(exc)})") from None
     if as_json:
@@ -419,8 +549,12 @@ def _write_report(
             _candidate_text(summary.candidate, out)
         if summary.bad_lines:
             print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
+        if summary.duplicates:
+            print(f"skipped {summary.duplicates} {_DUPLICATES}", file=out)
         if html is not None:
             print(f"HTML report written to {html}", file=out)
+        if curve is not None and (curve.unscored or curve.without_pair):
+            print(f"cost-quality curve on {curve.items} EVAL items: {_left_out(curve)}", file=out)
     return 0
 
 
@@ -489,6 +623,16 @@ def _tier_section(tiers: Mapping[str, int]) -> str:
     )
 
 
+def _left_out(curve: EvalCurve) -> str:
+    """The ``--data`` items the curve leaves out, and why: a partial join shrinks the curve, which must be said."""
+    why = []
+    if curve.unscored:
+        why.append(f"{curve.unscored} without a score in --eval")
+    if curve.without_pair:
+        why.append(f"{curve.without_pair} without outcomes for both {curve.weak} and {curve.strong}")
+    return f"{' and '.join(why)} of the --data items left out"
+
+
 def _curve_section(curve: EvalCurve) -> str:
     w, h, pad = 640, 320, 44
     lo = min(min(curve.quality), curve.q_weak, curve.q_strong)
@@ -510,10 +654,15 @@ def _curve_section(curve: EvalCurve) -> str:
     )
     s95 = "n/a" if math.isnan(curve.s95) else f"{curve.s95:.1%}"
     apgr = "n/a" if math.isnan(curve.apgr) else f"{curve.apgr:.3f}"
+    left_out = (
+        f'<p class="warn" id="left-out">{html.escape(_left_out(curve))}.</p>'
+        if curve.unscored or curve.without_pair
+        else ""
+    )
     return (
         '<section id="curve"><h2>Cost-quality curve</h2>'
         f'<p class="muted">{curve.items} EVAL items: the hardest-scored share goes to {html.escape(curve.strong)}, '
-        f"the rest to {html.escape(curve.weak)}; quality is the mean outcome. Dashed: random routing.</p>"
+        f"the rest to {html.escape(curve.weak)}; quality is the mean outcome. Dashed: random routing.</p>{left_out}"
         f"<table><tbody><tr><td>APGR</td>{_fig('eval:apgr', curve.apgr, apgr)}</tr>"
         f"<tr><td>S95 (share to {html.escape(curve.strong)} for 95% of its quality)</td>"
         f"{_fig('eval:s95', curve.s95, s95)}</tr></tbody></table>"
@@ -561,6 +710,11 @@ def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) 
         if s.bad_lines
         else ""
     )
+    if s.duplicates:
+        bad += (
+            f'<p class="warn" id="duplicates">Skipped <span data-figure="duplicates" data-value="{s.duplicates}">'
+            f"{s.duplicates}</span> {html.escape(_DUPLICATES)}.</p>"
+        )
     cards = "".join(
         f'<div class="card"><div class="muted">{label_}</div><div class="v" data-figure="total:{name}" '
         f'data-value="{value!r}">{html.escape(text)}</div></div>'

@@ -11,9 +11,11 @@ import dataclasses
 import gzip
 import io
 import json
+import math
 import random
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
@@ -398,3 +400,172 @@ def test_a_score_line_without_an_id_joins_no_item(log: Path, tmp_path: Path) -> 
     page = tmp_path / "report.html"
     assert write_report([log], io.StringIO(), html=page, evaluation=EvalInput(scores, data)) == 0
     assert f"{len(items) - 1} EVAL items" in page.read_text()
+
+
+@pytest.mark.parametrize("which", ["log", "second-log", "eval", "data", "symlink", "other-spelling"])
+def test_html_that_is_an_input_is_refused_before_anything_is_written(log: Path, tmp_path: Path, which: str) -> None:
+    """``report copy.log --html copy.log`` replaced the decision log, often the only copy, with the page (exit 0)."""
+    scores, data, _ = _eval_files(tmp_path)
+    other = tmp_path / "other.log"
+    shutil.copyfile(log, other)
+    link = tmp_path / "link.html"
+    link.symlink_to(log)
+    page = {
+        "log": log,
+        "second-log": other,
+        "eval": scores,
+        "data": data,
+        "symlink": link,
+        "other-spelling": tmp_path / "." / log.name,
+    }[which]
+    before = {p: p.read_bytes() for p in (log, other, scores, data)}
+    what = {"eval": "--eval", "data": "--data"}.get(which, "a log")
+    assert _report_error([log, other], html=page, evaluation=EvalInput(scores, data)) == (
+        f"--html {page} is an input file ({what}): give another path for the page"
+    )
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_html_is_written_whole_or_not_at_all(log: Path, tmp_path: Path) -> None:
+    """The page goes to a hidden sibling renamed over ``--html``: a write that fails part way (here: past a file size
+    limit, as on a full disk) leaves the previous page as it was and no temporary file behind; a symlink keeps
+    pointing at the page."""
+    page = tmp_path / "report.html"
+    page.write_text("previous page")
+    link = tmp_path / "latest.html"
+    link.symlink_to(page)
+    script = (
+        "import io, resource, signal, sys; from pathlib import Path; from extproc.report import write_report;"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000));"
+        "sys.exit(write_report([Path(sys.argv[1])], io.StringIO(), html=Path(sys.argv[2])))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(log), str(link)], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert run.returncode == 2 and run.stderr == f"model-router report: cannot write --html {link} (File too large)\n"
+    assert page.read_text() == "previous page"
+    assert write_report([log], io.StringIO(), html=link) == 0
+    assert link.is_symlink() and page.read_text().startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.html", "report.html", "router.log"]
+
+
+def test_a_gzip_log_without_the_gz_suffix_is_read_as_gzip(log: Path, tmp_path: Path) -> None:
+    """``kubectl cp`` of a compressed capture often keeps a plain name: it read as text with no decision line."""
+    plain = tmp_path / "router-copy.log"
+    plain.write_bytes(gzip.compress(log.read_bytes()))
+    want, got = io.StringIO(), io.StringIO()
+    assert write_report([log], want, as_json=True) == 0
+    assert write_report([plain], got, as_json=True) == 0
+    assert json.loads(got.getvalue()) == json.loads(want.getvalue())
+
+
+def test_the_same_decisions_given_twice_count_once(log: Path, tmp_path: Path) -> None:
+    """``report router.log router.log`` (or a log and its .gz copy) doubled the requests and the savings."""
+    copy = tmp_path / "router.log.gz"
+    copy.write_bytes(gzip.compress(log.read_bytes()))
+    once, twice = io.StringIO(), io.StringIO()
+    assert write_report([log], once, as_json=True) == 0
+    assert write_report([log, copy], twice, as_json=True) == 0
+    a, b = json.loads(once.getvalue()), json.loads(twice.getvalue())
+    assert b["total"] == a["total"] and b["tiers"] == a["tiers"]
+    assert a["duplicate_decisions"] == 0 and b["duplicate_decisions"] == len(_records())
+    text = io.StringIO()
+    assert write_report([log, log], text) == 0
+    assert f"skipped {len(_records())} duplicate decision(s)" in text.getvalue()
+
+
+def _one_decision(**changes: object) -> str:
+    rec = dataclasses.replace(_records(n=1)[0], outcome=Outcome.ROUTED, reason="cheapest_meeting_target")
+    return json.dumps({**json.loads(_log_line(rec)), **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "readable"),
+    [
+        pytest.param({"estimated_cost_requested": -5}, False, id="negative-cost"),
+        pytest.param({"estimated_cost_selected": "Infinity"}, False, id="infinite-cost"),
+        pytest.param({"estimated_cost_selected": "NaN"}, False, id="nan-cost"),
+        pytest.param({"outcome": 7}, False, id="unknown-outcome-number"),
+        pytest.param({"stream": "stderr"}, True, id="shipper-stream-key"),
+        pytest.param({"stream": True}, True, id="a-streamed-request"),
+        pytest.param({"stream": "yes"}, False, id="stream-not-a-bool"),
+        pytest.param({"kubernetes": {"pod": "x"}}, True, id="other-shipper-key"),
+    ],
+)
+def test_decision_lines_with_impossible_values_are_unreadable(
+    tmp_path: Path, changes: dict[str, object], readable: bool
+) -> None:
+    """A negative or non-finite cost gave ``cost_requested: inf``, an outcome the proto lacks ``outcomes seen: =1``;
+    a shipper's ``"stream": "stderr"`` made a good line unreadable (it clashes with RoutingDecision's bool)."""
+    path = tmp_path / "router.log"
+    path.write_text(_one_decision() + "\n" + _one_decision(decision_id="00000000000000ee", **changes) + "\n")
+    out = io.StringIO()
+    assert write_report([path], out, as_json=True) == 0
+    data = json.loads(out.getvalue())
+    assert (data["bad_lines"], data["total"]["requests"]) == ((0, 2) if readable else (1, 1))
+    assert all(math.isfinite(v) for v in data["total"].values() if isinstance(v, float))
+
+
+def test_duplicate_ids_in_eval_or_data_are_refused(log: Path, tmp_path: Path) -> None:
+    """Scores join items by id: with an id twice, the last score went to both items and the APGR changed silently."""
+    scores, data, _ = _eval_files(tmp_path)
+    lines = scores.read_text().splitlines()
+    dup_scores = tmp_path / "dup_scores.jsonl"
+    dup_scores.write_text("\n".join([*lines, lines[3].replace("0.", "1.", 1)]) + "\n")
+    assert _report_error([log], tmp_path / "r.html", EvalInput(dup_scores, data)) == (
+        f"--eval {dup_scores}: 1 duplicate id(s) (first 'i3'); scores are joined to --data items by id, so each item"
+        " needs its own"
+    )
+    items = data.read_text().splitlines()
+    dup_data = tmp_path / "dup_data.jsonl"
+    dup_data.write_text("\n".join([*items, items[5], items[6]]) + "\n")
+    assert _report_error([log], tmp_path / "r.html", EvalInput(scores, dup_data)).startswith(
+        f"--data {dup_data}: 2 duplicate id(s) (first 'i5')"
+    )
+
+
+def test_data_items_without_a_score_are_said_to_be_left_out(log: Path, tmp_path: Path) -> None:
+    scores, data, _ = _eval_files(tmp_path)
+    scores.write_text("".join(scores.read_text().splitlines(keepends=True)[:150]))
+    page = tmp_path / "report.html"
+    out = io.StringIO()
+    assert write_report([log], out, html=page, evaluation=EvalInput(scores, data)) == 0
+    note = "50 without a score in --eval of the --data items left out"
+    assert f"cost-quality curve on 150 EVAL items: {note}" in out.getvalue()
+    assert note in page.read_text()
+
+
+def _pair_files(tmp_path: Path, means: dict[str, float]) -> tuple[Path, Path]:
+    """Eval files whose models score 1 on the first ``mean`` share of 100 items."""
+    data, scores = tmp_path / "pair.jsonl", tmp_path / "pair_scores.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "scores": {m: float(i < 100 * mean) for m, mean in means.items()}}) + "\n"
+            for i in range(100)
+        )
+    )
+    scores.write_text("".join(json.dumps({"id": f"p{i}", "score": (i * 37) % 100 / 100}) + "\n" for i in range(100)))
+    return scores, data
+
+
+def test_weak_and_strong_must_differ_and_a_tie_is_said(log: Path, tmp_path: Path) -> None:
+    """The same model as weak and strong (or --weak alone naming the best model) wrote ``eval:apgr = nan``."""
+    scores, data = _pair_files(tmp_path, {"best": 0.9, "mid": 0.6, "low": 0.3})
+    page = tmp_path / "report.html"
+    assert _report_error([log], page, EvalInput(scores, data, "best", "best")) == (
+        "--weak and --strong must name different models"
+    )
+    assert not page.exists()
+    pairs = ((None, None, ("mid", "best")), ("best", None, ("best", "mid")), (None, "mid", ("low", "mid")))
+    for weak, strong, want in pairs:
+        out = io.StringIO()
+        assert write_report([log], out, html=page, evaluation=EvalInput(scores, data, weak, strong)) == 0
+        figures = _Figures()
+        figures.feed(page.read_text())
+        assert math.isfinite(figures.figures["eval:apgr"][0])
+        assert f"goes to {want[1]}, the rest to {want[0]}" in page.read_text()
+    tie_scores, tie_data = _pair_files(tmp_path, {"a": 0.5, "b": 0.5})
+    assert _report_error([log], page, EvalInput(tie_scores, tie_data)) == (
+        f"--data {tie_data}: a and b tie on average (0.500 over 100 items): the gain over the weak model (PGR) is"
+        " undefined; name another pair with --weak/--strong"
+    )
