@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("-f", "--file", help="a request body (JSON) file; - for stdin")
     explain.add_argument("--path", default="/v1/chat/completions", help="the request path (default: %(default)s)")
-    explain.add_argument("--model", default="auto", help="requested model for a prompt (default: %(default)s)")
+    explain.add_argument(
+        "--model", help="requested model for a prompt (default: auto, or the config's first routable model without it)"
+    )
     explain.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
     )

@@ -12,13 +12,16 @@ stack's ``envoy/model-router.yaml`` of the source checkout this package runs fro
 
 A prompt (on the command line, or plain text on stdin) is sent as the minimal request body of the API that
 ``--path`` selects (:data:`PROMPT_BODIES`, one function per schema of :mod:`extproc.schemas`), so it is read the way
-a real request to that path would be.
+a real request to that path would be. Its model is ``auto``, or the config's first routable model when ``auto`` is
+not one (in-process: a running router's config is not known here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -38,12 +41,14 @@ __all__ = [
     "DEFAULT_CONFIGS",
     "ExplainError",
     "ExplainInput",
+    "LocalDecision",
     "RemoteTls",
     "TlsCredentials",
     "decide_local",
     "decide_remote",
     "default_config",
     "default_configs",
+    "default_model",
     "prompt_body",
     "read_input",
     "render",
@@ -51,6 +56,8 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/v1/chat/completions"
+DEFAULT_MODEL = "auto"
+_BOM = b"\xef\xbb\xbf"
 
 
 def default_configs(root: Path) -> tuple[Path, ...]:
@@ -77,6 +84,7 @@ _REASONS = {
     ),
     "no_interactive_model": "only slow models fit this interactive request: the usual choice among them",
     "invalid_constraint": "a malformed constraint header: the router answers 400",
+    "body_too_large": "the body is over limits.max_body_bytes (or would be, with the model renamed): not classified",
     "token_count": "a token count: nothing to decide, but no provider serves an alias",
 }
 
@@ -87,13 +95,22 @@ class ExplainError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ExplainInput:
-    """Where the request comes from: a prompt, a body file (``-`` for stdin), or stdin."""
+    """Where the request comes from: a prompt, a body file (``-`` for stdin), or stdin. ``model`` None: the default
+    (:func:`default_model`)."""
 
     prompt: str | None
     file: str | None
     path: str
-    model: str
+    model: str | None
     headers: tuple[tuple[str, str], ...] = ()
+
+    def usage_error(self) -> str | None:
+        """What is wrong with ``path``, in one line; None if nothing. A request path always starts with ``/``: any
+        other is never one of the router's APIs (explained as ``unknown_path``), and ``Decide`` refuses an empty
+        one."""
+        if not self.path.startswith("/"):
+            return f"--path {self.path!r}: a request path starts with / (e.g. {DEFAULT_PATH})"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +192,10 @@ def prompt_body(prompt: str, model: str, path: str) -> bytes:
 
 
 def _check_body(raw: bytes, where: str) -> bytes:
+    """``raw`` if it is a JSON object, else ``ExplainError``. A byte order mark is left on: the router treats it as
+    ``invalid_json``, which is what explain must show (an object behind it is checked all the same)."""
     try:
-        body = orjson.loads(raw)
+        body = orjson.loads(raw.removeprefix(_BOM))
     except orjson.JSONDecodeError as exc:
         raise ExplainError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(body, dict):
@@ -184,10 +203,33 @@ def _check_body(raw: bytes, where: str) -> bytes:
     return raw
 
 
+def _utf8(text: str, where: str) -> str:
+    """``text`` if it can be sent as UTF-8, else ``ExplainError``: bytes that are not UTF-8 reach Python as lone
+    surrogates (from the command line, or a non-UTF-8 stdin), which no JSON body can carry. Refused rather than
+    replaced: a client sends UTF-8, and a prompt with U+FFFD in it is not the one the user meant."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ExplainError(f"{where} is not valid UTF-8 (character {exc.start + 1}): convert it first") from None
+    return text
+
+
+def _stdin_text(stdin: TextIO) -> str:
+    """stdin decoded as UTF-8; ``ExplainError`` if it is not (read as bytes, so a locale's encoding plays no part)."""
+    if not hasattr(stdin, "buffer"):
+        return _utf8(stdin.read(), "the prompt on stdin")
+    raw: bytes = stdin.buffer.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExplainError(f"the prompt on stdin is not valid UTF-8 (byte {exc.start + 1}): convert it first") from None
+
+
 def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
     """The ``DecideRequest`` for ``source``; stdin holding a JSON object is a request body, otherwise prompt text."""
     if source.prompt is not None and source.file is not None:
         raise ExplainError("give a prompt or --file, not both")
+    model = source.model if source.model is not None else DEFAULT_MODEL
     if source.file is not None:
         if source.file == "-":
             raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
@@ -199,15 +241,15 @@ def read_input(source: ExplainInput, stdin: TextIO) -> api.DecideRequest:
                 raise ExplainError(f"cannot read {source.file}: {exc.strerror or exc}") from None
             body = _check_body(raw, source.file)
     elif source.prompt is not None:
-        body = prompt_body(source.prompt, source.model, source.path)
+        body = prompt_body(_utf8(source.prompt, "the prompt"), model, source.path)
     else:
-        text = stdin.read()
+        text = _stdin_text(stdin)
         if not text.strip():
             raise ExplainError("nothing to explain: give a prompt, --file FILE, or text on stdin")
-        if text.lstrip().startswith("{"):
+        if text.lstrip().removeprefix("\ufeff").startswith("{"):  # a body with a byte order mark is a body too
             body = _check_body(text.encode(), "stdin")
         else:
-            body = prompt_body(text, source.model, source.path)
+            body = prompt_body(text, model, source.path)
     headers: dict[str, str] = {}
     for name, value in source.headers:  # repeated -H: as the router reads the same headers from Envoy
         add_header(headers, name, value)
@@ -218,18 +260,44 @@ async def _inline_classify(model: DifficultyModel, text: str, timeout: float) ->
     return model.predict(text)  # one prompt, no event loop to protect: no executor, no deadline
 
 
-def decide_local(request: api.DecideRequest, config: Path) -> api.DecideResponse:
-    """Load ``config`` (and its classifier) and decide in this process."""
+def default_model(config: Path | None) -> str:
+    """The model of a prompt's body: ``auto``, or the first of the config's ``policy.routable_models`` if ``auto`` is
+    not one of them (a prompt sent as ``auto`` would then only show ``model_not_routable``)."""
+    if config is None:
+        return DEFAULT_MODEL
+    from extproc.config import load_config
+
+    routable = load_config(config).policy.routable_models
+    return DEFAULT_MODEL if DEFAULT_MODEL in routable else routable[0]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDecision:
+    """What :func:`decide_local` found: the response, and the constraint headers the router ignored (name -> value)."""
+
+    response: api.DecideResponse
+    ignored: Mapping[str, str]
+
+
+def decide_local(request: api.DecideRequest, config: Path) -> LocalDecision:
+    """Load ``config`` (and its classifier) and decide in this process. The ignored constraint headers come from the
+    same function the router reads them with: ``DecideResponse`` does not carry them (the router counts each one as
+    ``constraint_ignored`` and logs it at debug level)."""
+    from extproc.constraints import resolve_request_policy
     from extproc.decide import decide
     from extproc.reload import load_snapshot
 
     snapshot = load_snapshot(config)
-    return asyncio.run(decide(request, snapshot, _inline_classify, DiscardSink()))
+    response = asyncio.run(decide(request, snapshot, _inline_classify, DiscardSink()))
+    ignored = resolve_request_policy(request.headers, snapshot).ignored
+    return LocalDecision(response, {name: request.headers[name] for name in ignored})
 
 
 def _hint(code: str, details: str, tls: RemoteTls | None, target: str) -> str:
     """What to try when the router cannot be reached, from gRPC's connection error (empty if nothing to add)."""
     if code != "UNAVAILABLE" or "Connection refused" in details:
+        return ""
+    if "errors resolving" in details or "DNS resolution failed" in details:  # the name, not TLS: details say so
         return ""
     if tls is None:
         return "; if the router has server.tls, give --tls-ca"
@@ -287,8 +355,9 @@ _EXCLUDED = {"context": "ctx", "latency": "slow", "max_cost": "cost"}
 """The ``meets`` column for a model the policy left out (``ModelEstimate.excluded_by``), and why."""
 
 
-def render(response: api.DecideResponse) -> str:
-    """One screen: the decision, its reason, the score against each model's threshold, and each model's cost."""
+def render(response: api.DecideResponse, ignored: Mapping[str, str] | None = None) -> str:
+    """One screen: the decision, its reason, the constraint headers the router ignored, the score against each
+    model's threshold, and each model's cost."""
     d = response.decision
     outcome = label("outcome", d.outcome) if d.outcome else "unknown"
     reason = label("reason", d.reason) if d.reason else "unspecified"
@@ -308,6 +377,8 @@ def render(response: api.DecideResponse) -> str:
     schema = label("api_schema", d.api_schema) if d.api_schema else "?"
     tokens = d.estimated_input_tokens if d.HasField("estimated_input_tokens") else "?"
     lines.append(f"request    model {d.requested_model!r} ({schema}), ~{tokens} input tokens, tenant {d.tenant or '-'}")
+    for name, value in (ignored or {}).items():
+        lines.append(f"ignored    {name}: {value[:40]!r} (malformed, or a constraint the tenant may not set)")
     target = d.quality_target if d.HasField("quality_target") else None
     if d.HasField("difficulty"):
         score = f"difficulty {d.difficulty:+.2f}"
@@ -377,19 +448,23 @@ def run_explain(
     an error, the running router has its own)."""
     from extproc.errors import ConfigError
 
-    problem = tls.usage_error(target) if tls is not None else None
+    problem = (tls.usage_error(target) if tls is not None else None) or source.usage_error()
     if problem:
         print(f"model-router explain: {problem}", file=stderr)
         return 2
     try:
         config = _config_for(config, target)  # before reading stdin, as the TLS files: fail fast
         credentials = tls.load() if tls is not None and target else None  # before reading stdin: fail fast
+        if source.model is None:
+            source = dataclasses.replace(source, model=default_model(config))
         request = read_input(source, stdin)
+        ignored: Mapping[str, str] = {}
         if config is None:
             assert target is not None
             response = decide_remote(request, target, tls=credentials)
         else:
-            response = decide_local(request, config)
+            local = decide_local(request, config)
+            response, ignored = local.response, local.ignored
     except ExplainError as exc:
         print(f"model-router explain: {exc}", file=stderr)
         return 2
@@ -403,5 +478,5 @@ def run_explain(
         out = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
         print(out, file=stdout)
     else:
-        print(render(response), end="", file=stdout)
+        print(render(response, ignored), end="", file=stdout)
     return 0

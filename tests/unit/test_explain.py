@@ -390,3 +390,91 @@ def test_a_header_given_twice_reads_as_the_router_reads_it_from_envoy(
         assert main(["explain", "--config", str(config), *flags, "--json", EASY]) == 0
         decided[name] = json.loads(capsys.readouterr().out)["decision"]["quality_target"]
     assert decided == {"twice": 0.8, "once": 0.1, "none": 0.8}
+
+
+def _variant(config: Path, tmp_path: Path, section: str, **values: object) -> Path:
+    """``config`` with ``values`` set in its ``section``."""
+    data = yaml.safe_load(config.read_text())
+    data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("where", ["argument", "stdin"])
+def test_a_prompt_that_is_not_utf8_is_one_line_and_exit_2(config: Path, where: str) -> None:
+    """``printf 'caf\\xe9' | model-router explain`` (or the same as an argument) was a TypeError traceback."""
+    prompt = "caf\udce9 au lait" if where == "argument" else None  # how Python hands over argv that is not UTF-8
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait"), encoding="utf-8", errors="surrogateescape")
+    out, err = io.StringIO(), io.StringIO()
+    source = ExplainInput(prompt, None, "/v1/chat/completions", None)
+    assert run_explain(source, config, None, False, stdin, out, err) == 2
+    what = "the prompt is" if prompt else "the prompt on stdin is"
+    assert out.getvalue() == "" and err.getvalue() == f"model-router explain: {what} not valid UTF-8 (" + (
+        "character 4): convert it first\n" if prompt else "byte 4): convert it first\n"
+    )
+
+
+def test_the_default_model_is_a_routable_one(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``routable_models: [smart]`` a prompt sent as ``auto`` only showed ``model_not_routable``."""
+    smart = _variant(config, tmp_path, "policy", routable_models=["smart", "auto2"])
+    got = _decision(capsys, ["explain", "--config", str(smart), "--json", EASY])
+    assert (got.requested_model, got.outcome) == ("smart", api.OUTCOME_ROUTED)
+    assert _decision(capsys, ["explain", "--config", str(config), "--json", EASY]).requested_model == "auto"
+    got = _decision(capsys, ["explain", "--config", str(smart), "--json", "--model", "auto", EASY])
+    assert got.reason == api.REASON_MODEL_NOT_ROUTABLE, "a --model given is sent as given"
+
+
+@pytest.mark.parametrize("path", ["v1/chat/completions", ""])
+def test_a_path_without_its_slash_is_one_line(config: Path, capsys: pytest.CaptureFixture[str], path: str) -> None:
+    """It explained as ``unknown_path`` with no hint (and ``Decide`` refuses an empty path)."""
+    assert main(["explain", "--config", str(config), "--path", path, EASY]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        f"model-router explain: --path {path!r}: a request path starts with / (e.g. /v1/chat/completions)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "errors resolving nonsense:1: [field:hostname lookup error:address lookup failed for nonsense:1: Domain name"
+        " not found]",
+        "DNS resolution failed for nonsense:1: C-ares status is not ARES_SUCCESS qtype=A name=nonsense is_balancer=0",
+    ],
+)
+def test_a_name_that_does_not_resolve_gets_no_tls_hint(details: str) -> None:
+    assert explain._hint("UNAVAILABLE", details, None, "nonsense:1") == ""
+    assert "--tls-ca" in explain._hint("UNAVAILABLE", "Socket closed", None, "router:50051"), "a TLS port still is"
+
+
+def test_a_body_with_a_byte_order_mark_is_explained_as_the_router_reads_it(config: Path, tmp_path: Path) -> None:
+    """The router treats a BOM as ``invalid_json`` (README): explain refused the file instead of showing that."""
+    body = tmp_path / "bom.json"
+    body.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"model": "auto", "messages": [{"role": "user", "content": EASY}]}).encode()
+    )
+    for argv, stdin in ((("-f", str(body)), ""), ((), body.read_bytes().decode())):
+        code, out, err = _run(config, *argv, "--json", stdin=stdin)
+        assert code == 0, err
+        decision = json.loads(out)["decision"]
+        assert (decision["outcome"], decision["reason"]) == ("OUTCOME_PASSTHROUGH", "REASON_INVALID_JSON")
+    body.write_bytes(b"\xef\xbb\xbf[1]")
+    code, _, err = _run(config, "-f", str(body))
+    assert code == 2 and "must be a JSON object" in err
+
+
+def test_an_ignored_constraint_header_is_shown(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``invalid_constraint: ignore`` the router ignores a malformed header (and counts it): explain showed no
+    trace of it."""
+    assert main(["explain", "--config", str(config), "-H", "x-model-router-quality: abc", EASY]) == 0
+    out = capsys.readouterr().out
+    assert "ignored    x-model-router-quality: 'abc' (malformed, or a constraint the tenant may not set)" in out
+    assert main(["explain", "--config", str(config), "-H", "x-model-router-quality: 0.5", EASY]) == 0
+    assert "ignored" not in capsys.readouterr().out
+
+
+def test_a_body_too_large_is_explained(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = _variant(config, tmp_path, "limits", max_body_bytes=64)
+    assert main(["explain", "--config", str(small), HARD]) == 0
+    assert "reason     body_too_large: the body is over limits.max_body_bytes" in capsys.readouterr().out
