@@ -78,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
     ev.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format")
     ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
-    ev.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
-    ev.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")
+    scorer = ev.add_mutually_exclusive_group()  # --heuristic ignored --model: the table named the wrong scorer
+    scorer.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
+    scorer.add_argument("--heuristic", action="store_true", help="evaluate the heuristic classifier instead")
     ev.add_argument("--weak", help="the cheap model's name in the items' scores (default: chosen from the file)")
     ev.add_argument("--strong", help="the strong model's name in the items' scores (default: the best-scoring one)")
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
@@ -463,6 +464,10 @@ def _fail_open_lua(args: argparse.Namespace) -> int:
     from extproc.config import load_config
     from extproc.fail_open_lua import render_fail_open_lua
 
+    if args.max_body_bytes < 1:  # the filter renames nothing whose body exceeds it: 0 would fail open on everything
+        size = args.max_body_bytes
+        print(f"model-router fail-open-lua: --max-body-bytes {size}: must be at least 1", file=sys.stderr)
+        return 2
     sys.stdout.write(render_fail_open_lua(load_config(args.config), args.max_body_bytes))
     return 0
 

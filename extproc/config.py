@@ -5,6 +5,7 @@ No config is read at import time and nothing here is global: the server builds a
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import re
@@ -139,7 +140,8 @@ TcpListen = Annotated[str, _listen(unix=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: every float here has bounds, and .nan failed them as "less than or equal to 1", not as NaN
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CatalogModel(_Strict):
@@ -619,9 +621,16 @@ MAX_YAML_DEPTH = 64
 100,000 deep crashed the process; the events are counted first, which libyaml produces without recursing."""
 
 
-def _too_deep(text: str) -> bool:
+def _named(text: str, path: Path) -> io.StringIO:
+    """``text`` as a stream named ``path``: YAML's errors then say where (``in "<unicode string>"`` for a string)."""
+    stream = io.StringIO(text)
+    stream.name = str(path)
+    return stream
+
+
+def _too_deep(stream: io.StringIO) -> bool:
     depth = 0
-    for event in yaml.parse(text, Loader=_SafeLoader):
+    for event in yaml.parse(stream, Loader=_SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_YAML_DEPTH:
@@ -675,9 +684,9 @@ def load_yaml(path: Path, data: bytes | None = None) -> object:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"<file>: {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:
-        if _too_deep(text):
+        if _too_deep(_named(text, path)):
             raise RecursionError
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+        return yaml.load(_named(text, path), Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError([f"<file>: {path} is not valid YAML: {exc}"]) from None
     except RecursionError:

@@ -360,3 +360,29 @@ def test_check_config_listen_needs_envoy_config_and_an_address(
 ) -> None:
     full = ["check-config", "--config", str(ROUTER_CONFIG), *argv]
     assert _fails_with(capsys, full, f"model-router check-config: {line}") == ""
+
+
+def test_eval_heuristic_and_model_are_exclusive(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model`` was silently ignored beside ``--heuristic`` (the table said ``model heuristic-v1``)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--heuristic", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "argument --model: not allowed with argument --heuristic" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_fail_open_lua_needs_a_positive_body_limit(size: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``MAX_BODY_BYTES = 0`` makes the filter refuse every rename: ``auto`` would reach the upstream in an outage."""
+    argv = ["fail-open-lua", "--config", str(ROUTER_CONFIG), "--max-body-bytes", size]
+    assert _fails_with(capsys, argv, f"model-router fail-open-lua: --max-body-bytes {size}: must be at least 1") == ""
+
+
+@pytest.mark.parametrize("command", ["check-config", "fail-open-lua"])
+def test_a_yaml_error_names_the_config_file(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """YAML's message pointed at ``in "<unicode string>", line 2``, not at the file."""
+    bad = tmp_path / "router.yaml"
+    bad.write_text("policy:\n  routable_models: [auto\n")
+    assert main([command, "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f'in "{bad}", line 2, column 20' in err and "<unicode string>" not in err, err

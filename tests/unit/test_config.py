@@ -50,6 +50,17 @@ _NAME_RULE = (
             ],
             id="booleans-and-strings-are-no-numbers",
         ),
+        pytest.param(  # YAML's .nan failed the bounds as "less than or equal to 1"
+            base(
+                catalog=[{**MODEL, "input_price_per_mtok": float("nan")}],
+                policy={"default_model": "m", "quality_target": float("nan")},
+            ),
+            [
+                "policy.quality_target: Input should be a finite number",
+                "catalog[0].input_price_per_mtok: Input should be a finite number",
+            ],
+            id="nan-is-not-a-number",
+        ),
         pytest.param(
             base(policy={"default_model": "m", "expected_output_tokens": 128_000}),
             [
