@@ -1,9 +1,10 @@
 """JSON Lines files as the EVAL.md tools read them, and what counts as a score in them.
 
-One place for the choices every reader of outcome, prompt, capture and feedback files makes the same way: ``.gz`` by
-suffix, a UTF-8 BOM and blank lines skipped, ``NaN``/``Infinity`` read (as non-finite numbers, which are no score),
-line numbers for the summary, a line that is not JSON reported rather than raised, and a score that is a real number
-(JSON ``true`` is not one).
+One place for the choices every reader of outcome, prompt, capture and feedback files makes the same way: gzip by
+the ``.gz`` suffix or by its magic bytes (a ``kubectl cp``'d capture or a ``*.jsonl`` glob keeps no suffix, and read
+as text it would be a few "not JSON" lines and a silently wrong result), a UTF-8 BOM and blank lines skipped,
+``NaN``/``Infinity`` read (as non-finite numbers, which are no score), line numbers for the summary, a line that is
+not JSON reported rather than raised, and a score that is a real number (JSON ``true`` is not one).
 """
 
 from __future__ import annotations
@@ -12,40 +13,51 @@ import contextlib
 import gzip
 import json
 import math
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["NOT_JSON", "finite_number", "io_reason", "read_jsonl", "unit_score"]
+__all__ = ["NOT_JSON", "NOT_UTF8", "READ_ERRORS", "finite_number", "io_reason", "read_jsonl", "unit_score"]
 
 
 class _NotJson:
-    """The type of :data:`NOT_JSON`."""
+    """The type of :data:`NOT_JSON` and :data:`NOT_UTF8`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return "NOT_JSON"
+        return self._name
 
 
 _BOM = b"\xef\xbb\xbf"
-NOT_JSON: Final = _NotJson()
+_GZIP_MAGIC = b"\x1f\x8b"
+NOT_JSON: Final = _NotJson("NOT_JSON")
 """What :func:`read_jsonl` yields for a line that does not parse (``null`` is a JSON value, so not ``None``)."""
+NOT_UTF8: Final = _NotJson("NOT_UTF8")
+"""What :func:`read_jsonl` yields instead of :data:`NOT_JSON`, when asked, for a line that is not UTF-8 (JSON text
+is; a Latin-1 export is the usual cause, which "not JSON" would not name)."""
+READ_ERRORS: Final = (OSError, EOFError, zlib.error)
+"""What reading a file with :func:`read_jsonl` can raise: unopenable, a truncated ``.gz``, corrupt gzip data."""
 
 
-def read_jsonl(path: Path, opened: IO[bytes] | None = None) -> Iterator[tuple[int, Any]]:
-    """``(line number, parsed value or NOT_JSON)`` for each non-blank line of ``path`` (gunzipped if ``.gz``).
+def read_jsonl(path: Path, opened: IO[bytes] | None = None, *, not_utf8: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value or NOT_JSON)`` for each non-blank line of ``path`` (gunzipped if gzip).
 
+    gzip is a ``.gz`` suffix (then a file that is not gzip raises) or, whatever the name, the gzip magic bytes.
     ``opened``: ``path``'s bytes, already open (a reader that must see files as they were at one moment opens them
-    all first). A file that cannot be opened, or a truncated or corrupt ``.gz``, raises (``OSError``,
-    ``EOFError``) as it is met.
+    all first). ``not_utf8``: a line that is not UTF-8 is :data:`NOT_UTF8`, not :data:`NOT_JSON`. A file that cannot
+    be opened, or a truncated or corrupt gzip file, raises one of :data:`READ_ERRORS` as it is met.
     """
-    if opened is not None:
-        source: Any = gzip.open(opened) if path.suffix == ".gz" else contextlib.nullcontext(opened)  # noqa: SIM115
-    else:
-        source = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    with source as fh:
-        for number, line in enumerate(fh, start=1):
+    with contextlib.ExitStack() as stack:
+        fh: IO[bytes] = opened if opened is not None else stack.enter_context(open(path, "rb"))
+        source: Iterable[bytes] = fh
+        if path.suffix == ".gz" or _starts_with(fh, _GZIP_MAGIC):
+            source = stack.enter_context(gzip.GzipFile(fileobj=fh, mode="rb"))  # closing it leaves ``opened`` open
+        for number, line in enumerate(source, start=1):
             if number == 1 and line.startswith(_BOM):  # editors on Windows write one; it is not part of the JSON
                 line = line[len(_BOM) :]
             if not line.strip():
@@ -53,7 +65,24 @@ def read_jsonl(path: Path, opened: IO[bytes] | None = None) -> Iterator[tuple[in
             try:
                 yield number, orjson.loads(line)
             except orjson.JSONDecodeError:
-                yield number, _lenient(line)
+                value = _lenient(line)
+                yield number, NOT_UTF8 if value is NOT_JSON and not_utf8 and not _is_utf8(line) else value
+
+
+def _starts_with(fh: IO[bytes], magic: bytes) -> bool:
+    """Whether ``fh``'s next bytes are ``magic``, read without consuming them (``peek``: a file from ``open()``;
+    without it, False, so only the suffix says gzip)."""
+    peek = getattr(fh, "peek", None)
+    return peek is not None and bytes(peek(len(magic))[: len(magic)]) == magic
+
+
+def _is_utf8(line: bytes) -> bool:
+    """Whether ``line`` decodes as UTF-8."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _lenient(line: bytes) -> Any:
@@ -80,6 +109,8 @@ def unit_score(value: object) -> float | None:
     return number + 0.0 if number is not None and 0.0 <= number <= 1.0 else None  # + 0.0: -0.0 becomes 0.0
 
 
-def io_reason(exc: OSError | EOFError) -> str:
+def io_reason(exc: OSError | EOFError | zlib.error) -> str:
     """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
+    if isinstance(exc, zlib.error):
+        return f"corrupt gzip data: {exc}"
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.jsonl import NOT_JSON, finite_number, read_jsonl, unit_score
+from classifier.jsonl import NOT_JSON, NOT_UTF8, READ_ERRORS, finite_number, io_reason, read_jsonl, unit_score
 
 LINES = b'{"id": 1}\n\n   \nnot json\nnull\n[1, 2]\n{"id": 2'
 
@@ -56,3 +56,40 @@ def test_a_bom_and_python_json_non_finite_numbers_keep_the_line(tmp_path: Path) 
     assert number == 2 and item["id"] == "b"
     assert [unit_score(v) for v in item["scores"].values()] == [None, None, 1.0]
     assert got[2] == (3, NOT_JSON)
+
+
+@pytest.mark.parametrize("name", ["capture.jsonl", "capture", "capture.json"])
+def test_gzip_is_read_by_its_magic_bytes_whatever_the_name(tmp_path: Path, name: str) -> None:
+    """A ``kubectl cp``'d or globbed capture keeps no ``.gz``: read as text it was a few "not JSON" lines."""
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(LINES))
+    want = [(1, {"id": 1}), (4, NOT_JSON), (5, None), (6, [1, 2]), (7, NOT_JSON)]
+    assert list(read_jsonl(path)) == want
+    with path.open("rb") as opened:  # the already-open form (outcomes opens every file first)
+        assert list(read_jsonl(path, opened)) == want
+        assert not opened.closed
+
+
+def test_a_gz_name_that_is_not_gzip_still_raises(tmp_path: Path) -> None:
+    path = tmp_path / "plain.jsonl.gz"
+    path.write_bytes(b'{"id": 1}\n')
+    with pytest.raises(gzip.BadGzipFile):
+        list(read_jsonl(path))
+
+
+def test_corrupt_gzip_data_is_a_read_error_with_a_reason(tmp_path: Path) -> None:
+    """A flipped byte inside the deflate stream raises ``zlib.error``, neither ``OSError`` nor ``EOFError``."""
+    payload = bytearray(gzip.compress(b"".join(b'{"id": %d, "x": "%s"}\n' % (i, b"ab" * i) for i in range(2000))))
+    payload[200:260] = bytes(b ^ 0x55 for b in payload[200:260])
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(bytes(payload))
+    with pytest.raises(READ_ERRORS) as caught:
+        list(read_jsonl(path))
+    assert io_reason(caught.value).startswith("corrupt gzip data: Error -3 while decompressing data")
+
+
+def test_a_line_that_is_not_utf8_is_named_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"id": "caf\xe9"}\n{"id": 1\n')
+    assert list(read_jsonl(path)) == [(1, NOT_JSON), (2, NOT_JSON)]
+    assert list(read_jsonl(path, not_utf8=True)) == [(1, NOT_UTF8), (2, NOT_JSON)]
