@@ -280,9 +280,13 @@ def fit_success_curve(difficulty: FloatArray, score: FloatArray, prior_sd: float
 def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
     """CLI: fit catalog abilities on a model's scale from an EVAL.md-format file whose items carry ``scores``.
 
-    Scores must be numbers in [0, 1] (as ``model-router eval`` and ``adapt`` read them); others are skipped and
-    counted, never clamped. Models with fewer than ``--min-records`` records are left out and named on stderr. An
-    unreadable file or model, or no usable record (or model with enough), is one line on stderr and exit 2.
+    Items are read as ``model-router eval`` and ``adapt`` read them: the text is the live server's extraction
+    (``extproc.cli.prompt_text_of_item``), a multi-turn item's difficulty is at least its first user turn's (the
+    floor the live server keeps), so abilities are fitted on the difficulties the router acts on; lines that are not
+    JSON (a torn last line) and items the server would not classify are skipped and counted. Scores must be numbers
+    in [0, 1]; others are skipped and counted, never clamped. Models with fewer than ``--min-records`` records are
+    left out and named on stderr. An unreadable file (missing, a truncated ``.gz``) or model, or no usable record
+    (or model with enough), is one line on stderr and exit 2.
     """
     parser = argparse.ArgumentParser(prog="python -m classifier.irt", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) as in EVAL.md")
@@ -297,9 +301,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
 
     import orjson
 
-    from classifier.evaluate import EvalError, last_user_text, load_items
-    from classifier.jsonl import unit_score
+    from classifier.jsonl import NOT_JSON, READ_ERRORS, io_reason, read_jsonl, unit_score
     from classifier.loader import load_difficulty_model
+
+    # The server's own parsing, as extproc/cli.py hands it to eval and adapt (this CLI has no caller to pass it).
+    from extproc.cli import opening_text_of_item, prompt_text_of_item
 
     def fail(message: str) -> int:
         print(f"{parser.prog}: {message}", file=stderr)
@@ -307,29 +313,37 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
 
     try:
         model = load_difficulty_model("onnx", args.model)
-        items = load_items("--data", args.data)
     except (OSError, ValueError) as exc:  # what OnnxDifficultyModel.load raises for a missing or malformed directory
         return fail(f"cannot load --model {args.model or 'the shipped model'} ({exc})")
-    except EvalError as exc:
-        return fail(str(exc))
     records: list[tuple[str, float, float]] = []
-    no_text = bad_scores = 0
-    for item in items:
-        text = last_user_text(item)
-        scores = item.get("scores")
-        if text is None or not isinstance(scores, dict):
-            no_text += 1
-            continue
-        difficulty = model.predict(text).difficulty
-        for name, value in scores.items():
-            score = unit_score(value)
-            if score is None:
-                bad_scores += 1
-            else:
-                records.append((str(name), difficulty, score))
+    items = not_json = no_text = bad_scores = multi_turn = 0
+    try:
+        for _, item in read_jsonl(args.data):
+            if item is NOT_JSON:
+                not_json += 1
+                continue
+            items += 1
+            text = prompt_text_of_item(item) if isinstance(item, dict) else None
+            scores = item.get("scores") if isinstance(item, dict) else None
+            if text is None or not isinstance(scores, dict):
+                no_text += 1
+                continue
+            difficulty = model.predict(text).difficulty
+            if (opening := opening_text_of_item(item)) is not None:
+                multi_turn += 1
+                difficulty = max(difficulty, model.predict(opening).difficulty)
+            for name, value in scores.items():
+                score = unit_score(value)
+                if score is None:
+                    bad_scores += 1
+                else:
+                    records.append((str(name), difficulty, score))
+    except READ_ERRORS as exc:
+        return fail(f"cannot read --data {args.data} ({io_reason(exc)})")
     print(
-        f"{len(records)} outcome records from {len(items)} items; skipped {no_text} items without user text or"
-        f" scores, {bad_scores} scores that are not numbers in [0, 1]",
+        f"{len(records)} outcome records from {items} items; skipped {no_text} items without scores or text the"
+        f" server classifies, {not_json} lines that are not JSON, {bad_scores} scores that are not numbers in [0, 1]"
+        + (f"; {multi_turn} multi-turn items scored at least as their first user turn" if multi_turn else ""),
         file=stderr,
     )
     if not records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from classifier.irt import (
     main,
     sigmoid,
 )
+from classifier.loader import load_difficulty_model
 
 
 def simulate(seed: int, items: int, models: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +134,10 @@ def test_cli_skips_and_counts_scores_outside_0_1_instead_of_clamping(tiny_model_
     )
     assert set(orjson.loads(out.getvalue())) == {"a"}
     assert orjson.loads(out.getvalue())["a"]["records"] == 5
-    assert "skipped 1 items without user text or scores, 3 scores that are not numbers in [0, 1]" in err.getvalue()
+    assert (
+        "skipped 1 items without scores or text the server classifies, 0 lines that are not JSON,"
+        " 3 scores that are not numbers in [0, 1]"
+    ) in err.getvalue()
 
 
 @pytest.mark.parametrize(("records", "fitted"), [(99, set()), (100, {"a", "b"})])
@@ -157,10 +162,10 @@ def test_cli_leaves_out_a_model_with_too_few_records(
     ("content", "message"),
     [
         (None, "cannot read --data {data} (No such file or directory)"),
-        (b'{"messages": []}\nnot json\n', "cannot read --data {data} (line 2 is not JSON)"),
+        (gzip.compress(b'{"messages": []}\n' * 500)[:-30], "cannot read --data {data} (Compressed file ended before"),
         (b'{"messages": [{"role": "user", "content": "q"}]}\n', "no usable outcome records in --data {data}"),
     ],
-    ids=["missing", "not-json", "no-scores"],
+    ids=["missing", "truncated-gzip", "no-scores"],
 )
 def test_cli_bad_data_is_one_line_and_exit_2(
     tiny_model_dir: Path, tmp_path: Path, content: bytes | None, message: str
@@ -170,4 +175,50 @@ def test_cli_bad_data_is_one_line_and_exit_2(
         data.write_bytes(content)
     err = io.StringIO()
     assert main(["--data", str(data), "--model", str(tiny_model_dir)], stdout=io.StringIO(), stderr=err) == 2
-    assert err.getvalue().splitlines()[-1] == "python -m classifier.irt: " + message.format(data=data)
+    assert err.getvalue().splitlines()[-1].startswith("python -m classifier.irt: " + message.format(data=data))
+
+
+def _fit(tiny_model_dir: Path, path: Path, items: list[dict[str, object]], lines: bytes = b"") -> tuple[dict, str]:
+    """Run the CLI on ``items`` (then ``lines``) with ``--min-records 1``: (the fitted abilities, stderr)."""
+    path.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items) + lines)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--data", str(path), "--model", str(tiny_model_dir), "--min-records", "1"], stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    return orjson.loads(out.getvalue()), err.getvalue()
+
+
+def test_cli_reads_prompts_as_the_server_and_eval_do(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Blank prompts are not classified (the server would not), text parts the server reads are, a torn line is
+    skipped and counted, and a multi-turn item scores at least as its first user turn (eval's floor)."""
+    blank = [{"messages": [{"role": "user", "content": "   "}], "scores": {"a": 1}}]
+    blank += [{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": ""}], "scores": {"a": 1}}]
+    parts = [{"messages": [{"role": "user", "content": [{"type": "input_text", "text": "x ?"}]}], "scores": {"a": 0}}]
+    _, err = _fit(tiny_model_dir, tmp_path / "blank.jsonl", blank + parts, b'{"messages": [{"ro\n')
+    assert err.startswith(
+        "1 outcome records from 3 items; skipped 2 items without scores or text the server classifies,"
+        " 1 lines that are not JSON,"
+    )
+    model = load_difficulty_model("onnx", tiny_model_dir)
+    easy, hard = sorted(["hello", "prove that primes are infinite ."], key=lambda t: model.predict(t).difficulty)
+    last = [{"messages": [{"role": "user", "content": easy}], "scores": {"a": i % 2}} for i in range(20)]
+    turns = [
+        {"messages": [{"role": "user", "content": hard}, {"role": "assistant", "content": "ok"}, *i["messages"]],
+         "scores": i["scores"]}
+        for i in last
+    ]  # fmt: skip
+    alone, _ = _fit(tiny_model_dir, tmp_path / "last.jsonl", last)
+    floored, err = _fit(tiny_model_dir, tmp_path / "turns.jsonl", turns)
+    assert "; 20 multi-turn items scored at least as their first user turn" in err
+    assert floored["a"]["ability"] != alone["a"]["ability"]
+
+
+def test_cli_reads_gzip_without_the_gz_suffix(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """It said ``line 1 is not JSON``."""
+    items = [{"messages": [{"role": "user", "content": "what is x ?"}], "scores": {"a": i % 2}} for i in range(4)]
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(gzip.compress(b"".join(orjson.dumps(i) + b"\n" for i in items)))
+    out, err = io.StringIO(), io.StringIO()
+    assert (
+        main(["--data", str(data), "--model", str(tiny_model_dir), "--min-records", "1"], stdout=out, stderr=err) == 0
+    )
+    assert orjson.loads(out.getvalue())["a"]["records"] == 4
