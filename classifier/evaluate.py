@@ -13,9 +13,12 @@ When the file carries outcomes, two router rows are printed:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import stat
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,7 +28,7 @@ import numpy.typing as npt
 import orjson
 
 from classifier.irt import fit_success_curve
-from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
+from classifier.jsonl import NOT_JSON, NOT_UTF8, READ_ERRORS, io_reason, read_jsonl, unit_score
 from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.model import DifficultyModel
 
@@ -86,24 +89,30 @@ def last_user_text(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-def choose_pair(scores: Sequence[Mapping[str, float]]) -> tuple[str, str] | None:
+def choose_pair(
+    scores: Sequence[Mapping[str, float]], weak: str | None = None, strong: str | None = None
+) -> tuple[str, str] | None:
     """Default weak/strong models: strong = best mean outcome; weak = the median model by mean outcome.
 
     The weakest model is often a broken baseline that nothing needs routing away from; the median model is the
-    "good enough for most" tier a router is meant to fall back on. Only models scored on >= 90% of items count.
+    "good enough for most" tier a router is meant to fall back on. Only models scored on >= 90% of items count. A
+    model already named (``weak`` or ``strong``) is kept and never chosen for the other side: ``--weak`` naming the
+    best model must not make it its own strong model. None if no such pair exists.
     """
     totals: dict[str, list[float]] = {}
     for sc in scores:
         for name, value in sc.items():
             totals.setdefault(name, []).append(value)
     eligible = {n: float(np.mean(v)) for n, v in totals.items() if len(v) >= 0.9 * len(scores)}
-    if len(eligible) < 2:
-        return None
-    ranked = sorted(eligible, key=lambda n: (eligible[n], n))
-    strong = ranked[-1]
-    weak = ranked[(len(ranked) - 1) // 2]
-    if weak == strong:
-        weak = ranked[-2]
+    ranked = sorted((n for n in eligible if n not in (weak, strong)), key=lambda n: (eligible[n], n))
+    if strong is None:
+        if not ranked:
+            return None
+        strong = ranked.pop()
+    if weak is None:
+        if not ranked:
+            return None
+        weak = ranked[len(ranked) // 2]  # of the models other than strong: the median when strong is the best
     return weak, strong
 
 
@@ -139,12 +148,65 @@ def _format(rows: Sequence[_Row]) -> list[str]:
     return lines
 
 
-def _check_plot_support() -> None:
-    """``--plot`` needs matplotlib, which only the dev and train extras install: say so before any scoring."""
+def _check_plot(plot: Path) -> None:
+    """Checked before any scoring: ``--plot`` needs matplotlib, which only the dev and train extras install, and a
+    ``.png`` name that is not a directory (matplotlib would add a suffix of its own, or write the format a suffix
+    names, and so write a file other than the one named)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise EvalError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
+    if plot.is_dir():
+        raise EvalError(f"--plot {plot} is a directory; name a .png file")
+    if plot.suffix.lower() != ".png":
+        raise EvalError(f"--plot {plot} must end in .png (the plot is a PNG)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: by inode when both exist (hard links, symlinks, ``./x``), else by the
+    resolved paths."""
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, which no file is read or written through either
+        return False
+
+
+def _check_distinct(data: Path, out: Path, plot: Path | None) -> None:
+    """Refuse an output that is an input, or two outputs that are one file: writing it would destroy the other."""
+    pairs = [("--out", out, "--data", data)]
+    if plot is not None:
+        pairs += [("--plot", plot, "--data", data), ("--plot", plot, "--out", out)]
+    for option, path, other, other_path in pairs:
+        if _same_file(path, other_path):
+            raise EvalError(f"{option} {path} is the {other} file")
+
+
+def _write_whole(path: Path, lines: Iterable[bytes]) -> None:
+    """Write ``path`` whole or not at all: into a hidden sibling, fsynced, then renamed over it, so a full disk or a
+    crash midway leaves the previous file (or none), never a half-written one. A path that exists and is not a
+    regular file (``/dev/stdout``, a pipe) is written in place: a rename would replace it. Raises ``OSError``."""
+    target = path.resolve()  # a symbolic link stays one: the file it points to is replaced
+    if target.exists() and not target.is_file():
+        with path.open("wb") as fh:
+            fh.writelines(lines)
+        return
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
@@ -164,41 +226,64 @@ def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, format="png")  # the format named, never guessed from the suffix
     except OSError as exc:
         raise EvalError(f"cannot write --plot {path} ({io_reason(exc)})") from None
-    except ValueError as exc:  # a suffix matplotlib has no writer for
-        raise EvalError(f"cannot write --plot {path} ({exc})") from None
     finally:
         plt.close(fig)
 
 
-def _eval_items(option: str, path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, int]]:
+def _eval_items(option: str, path: Path) -> tuple[list[dict[str, Any]], list[int], dict[int, str]]:
     """``path``'s items (a JSON value that is not an object is ``{"_invalid": v}``), their line numbers, and for each
-    line that is not JSON, its position in the list -> its line number (``eval`` still scores it: EVAL.md asks for a
-    line per item). :class:`EvalError` naming ``option`` if the file cannot be read."""
+    line that cannot be read, its position in the list -> why (``not JSON``, ``not UTF-8``; ``eval`` still scores
+    it: EVAL.md asks for a line per item). :class:`EvalError` naming ``option`` if the file cannot be read."""
     items: list[dict[str, Any]] = []
     lines: list[int] = []
-    torn: dict[int, int] = {}
+    unread: dict[int, str] = {}
     try:
-        for number, item in read_jsonl(path):
-            if item is NOT_JSON:
-                torn[len(items)] = number
+        for number, item in read_jsonl(path, not_utf8=True):
+            if item is NOT_JSON or item is NOT_UTF8:
+                unread[len(items)] = "not UTF-8" if item is NOT_UTF8 else "not JSON"
             items.append(item if isinstance(item, dict) else {"_invalid": item})
             lines.append(number)
-    except (OSError, EOFError) as exc:
+    except READ_ERRORS as exc:
         raise EvalError(f"cannot read {option} {path} ({io_reason(exc)})") from None
-    return items, lines, torn
+    return items, lines, unread
 
 
 def load_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[str, Any]]:
     """Every item of the EVAL.md file ``path`` given as ``option``; :class:`EvalError` naming both (and the line
-    that is not JSON) if it cannot be read. ``skip_torn`` leaves lines that are not JSON out instead (``eval``
+    that cannot be read) if it cannot be read. ``skip_torn`` leaves lines that cannot be read out instead (``eval``
     scores them with no id, so nothing can be joined to them)."""
-    items, _, torn = _eval_items(option, path)
-    if torn and not skip_torn:
-        raise EvalError(f"cannot read {option} {path} (line {min(torn.values())} is not JSON)")
-    return [item for i, item in enumerate(items) if i not in torn]
+    items, lines, unread = _eval_items(option, path)
+    if unread and not skip_torn:
+        first = min(unread)
+        raise EvalError(f"cannot read {option} {path} (line {lines[first]} is {unread[first]})")
+    return [item for i, item in enumerate(items) if i not in unread]
+
+
+def _first_of_each_id(items: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+    """The positions to score (items without an id, and the first item with each id) and the ids of the others.
+
+    ``--out`` is joined to ``--data`` by id (``model-router report --eval``), so an id must have one score; as in
+    ``adapt``, the first item with an id counts (concatenated exports repeat items) and later ones are left out."""
+    seen: set[str] = set()
+    keep: list[int] = []
+    again: list[str] = []
+    for i, item in enumerate(items):
+        item_id = item.get("id")
+        if item_id is not None:
+            if str(item_id) in seen:
+                again.append(str(item_id))
+                continue
+            seen.add(str(item_id))
+        keep.append(i)
+    return keep, again
+
+
+def _listed(values: Sequence[object], limit: int = 5) -> str:
+    """The first ``limit`` values, comma-separated, with ``...`` if there are more."""
+    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
 
 
 def run_eval(
@@ -220,24 +305,41 @@ def run_eval(
     Outcome scores that are not numbers in [0, 1] (``NaN``, ``Infinity``, 50) are no score: left out and counted.
 
     Items whose text the server would not classify get the file's maximum score (such requests go to the default
-    model), as does a line that is not JSON (torn by a crash or a full disk). Both are counted in a summary line. An
-    item without an id (a torn line has none) is written as ``{"id": null, "line": N, "score": S}``, N its line
-    number: an invented id could collide with a real one. Exit code: 0 on success; 2, with
-    one ``model-router eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is
-    empty, ``out`` or ``plot`` cannot be written, or the named models are missing everywhere.
+    model), as does a line that is not JSON or not UTF-8 (torn by a crash or a full disk); if no item is classifiable
+    there is no maximum and every item scores 0.0. They are counted in a summary line. An item without an id (a torn
+    line has none) is written as ``{"id": null, "line": N, "score": S}``, N its line number: an invented id could
+    collide with a real one. An id seen before is counted on ``stderr`` and its item left out (only the first item
+    with an id is scored). ``out`` is replaced whole once written (:func:`_write_whole`). Without ``weak`` or
+    ``strong`` the pair is chosen from the file (:func:`choose_pair`); if the two models tie on average, PGR is
+    undefined and the metrics are skipped with a line saying so. Exit code: 0 on success; 2, with one
+    ``model-router eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is empty,
+    ``out`` or ``plot`` cannot be written or is an input, ``plot`` is not a ``.png`` name, ``weak`` and ``strong``
+    are one model, or the named models are missing everywhere.
     """
+    err = sys.stderr if stderr is None else stderr
     try:
+        _check_distinct(data, out, plot)
+        if weak is not None and weak == strong:
+            raise EvalError("--weak and --strong must name different models")
         if plot is not None:
-            _check_plot_support()
-        items, lines, torn = _eval_items("--data", data)
+            _check_plot(plot)
+        items, lines, unread = _eval_items("--data", data)
         if not items:
             raise EvalError(f"--data {data} has no items")
-        texts: list[str | None] = [None if i in torn else text_of(item) for i, item in enumerate(items)]
+        first, again = _first_of_each_id(items)
+        if again:
+            unread = {new: unread[old] for new, old in enumerate(first) if old in unread}
+            items, lines = [items[i] for i in first], [lines[i] for i in first]
+            err.write(
+                f"model-router eval: {len(again)} duplicate ids ({_listed(list(dict.fromkeys(again)))}): only the"
+                " first item with an id is scored, the later ones are left out of --out and the metrics\n"
+            )
+        texts: list[str | None] = [None if i in unread else text_of(item) for i, item in enumerate(items)]
         difficulty = np.asarray(
             [model.predict(t).difficulty if t is not None else math.nan for t in texts], dtype=np.float64
         )
         openings = [
-            None if i in torn or texts[i] is None or opening_of is None else opening_of(item)
+            None if i in unread or texts[i] is None or opening_of is None else opening_of(item)
             for i, item in enumerate(items)
         ]
         for i, opening in enumerate(openings):
@@ -245,23 +347,23 @@ def run_eval(
                 difficulty[i] = max(difficulty[i], model.predict(opening).difficulty)
         unparsed = np.isnan(difficulty)
         fallback = float(np.nanmax(difficulty)) if not unparsed.all() else 0.0
+        as_fallback = "scored as the maximum" if not unparsed.all() else "scored 0.0, as no item is classifiable"
         difficulty[unparsed] = fallback
+        records = []
+        for item, number, score in zip(items, lines, difficulty.tolist(), strict=True):
+            item_id = item.get("id")
+            key = {"id": item_id} if item_id is not None else {"id": None, "line": number}
+            records.append(orjson.dumps({**key, "score": round(score, 6)}) + b"\n")
         try:
-            with out.open("wb") as fh:
-                for item, number, score in zip(items, lines, difficulty.tolist(), strict=True):
-                    item_id = item.get("id")
-                    key = {"id": item_id} if item_id is not None else {"id": None, "line": number}
-                    fh.write(orjson.dumps({**key, "score": round(score, 6)}) + b"\n")
+            _write_whole(out, records)
         except OSError as exc:
             raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
         stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")
-        if torn:
-            numbers = ", ".join(map(str, list(torn.values())[:5])) + (", ..." if len(torn) > 5 else "")
-            stdout.write(f"not JSON: {len(torn)} lines ({numbers}; scored as the maximum, id null)\n")
-        if len(torn) < int(unparsed.sum()):
-            stdout.write(
-                f"not classifiable by the server: {int(unparsed.sum()) - len(torn)} items (scored as the maximum)\n"
-            )
+        for reason in ("not JSON", "not UTF-8"):
+            if numbers := [lines[i] for i, why in unread.items() if why == reason]:
+                stdout.write(f"{reason}: {len(numbers)} lines ({_listed(numbers)}; {as_fallback}, id null)\n")
+        if len(unread) < int(unparsed.sum()):
+            stdout.write(f"not classifiable by the server: {int(unparsed.sum()) - len(unread)} items ({as_fallback})\n")
         if multi_turn := sum(o is not None for o in openings):
             stdout.write(f"multi-turn: {multi_turn} items scored at least as their first user turn (its floor)\n")
 
@@ -269,12 +371,13 @@ def run_eval(
         if invalid := sum(_invalid_scores(item) for item in items):
             stdout.write(f"scores that are not numbers in [0, 1]: {invalid} (left out)\n")
         if weak is None or strong is None:
-            pair = choose_pair([o for o in outcomes if o])
+            pair = choose_pair([o for o in outcomes if o], weak, strong)
             if pair is None:
                 stdout.write("no outcome scores for two models: metrics skipped\n")
+                if plot is not None:
+                    err.write("model-router eval: --plot not written: no outcome scores\n")
                 return 0
-            weak = weak or pair[0]
-            strong = strong or pair[1]
+            weak, strong = pair
         keep = np.asarray([weak in o and strong in o for o in outcomes])
         if not keep.any():
             raise EvalError(f"no item of --data {data} has scores for both {weak!r} and {strong!r}")
@@ -286,13 +389,19 @@ def run_eval(
             f"pair: weak {weak} (mean {w.mean():.3f}) -> strong {strong} (mean {s.mean():.3f})"
             f" on {int(keep.sum())} items ({int((~keep).sum())} without both scores left out)\n"
         )
+        router = routing_curve(d, w, s)
+        if math.isnan(router.apgr):  # PGR divides by the gap between the two means
+            stdout.write("the two models tie on average: PGR is undefined, metrics skipped\n")
+            if plot is not None:
+                err.write("model-router eval: --plot not written: the two models tie on average\n")
+            return 0
         if s.mean() < w.mean():
             stdout.write(
                 f"warning: the strong model scores below the weak one here (--weak/--strong swapped?): the metrics"
                 f" measure sending prompts to {strong}, the worse model\n"
             )
         rows = [
-            _Row("router", routing_curve(d, w, s)),
+            _Row("router", router),
             _Row("router+fit", routing_curve(pair_gain_scores(d, w, s), w, s)),
             _Row("length", routing_curve(length_scores(kept_texts), w, s)),
             _Row("random", routing_curve(np.zeros(len(d)), w, s)),
@@ -306,7 +415,7 @@ def run_eval(
         return 0
     except EvalError as exc:
         stdout.flush()  # what was printed so far, then the reason, in that order on a terminal
-        print(f"model-router eval: {exc}", file=sys.stderr if stderr is None else stderr)
+        print(f"model-router eval: {exc}", file=err)
         return 2
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,9 +148,6 @@ def test_run_eval_unwritable_outputs(tmp_path: Path) -> None:
     stdout, error = _failing(data, tmp_path / "s.jsonl", plot=plot)
     assert error == f"cannot write --plot {plot} (No such file or directory)"
     assert "APGR" in stdout and (tmp_path / "s.jsonl").is_file(), "the scores and the metrics are kept"
-    assert _failing(data, tmp_path / "s.jsonl", plot=tmp_path / "c.nope")[1].startswith(
-        f"cannot write --plot {tmp_path / 'c.nope'} (Format 'nope' is not supported"
-    )
 
 
 def test_run_eval_plot_without_matplotlib_fails_before_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,6 +216,24 @@ def test_last_user_text(message_list: object, want: str | None) -> None:
 )
 def test_choose_pair(scores: list[dict[str, float]], want: tuple[str, str] | None) -> None:
     assert choose_pair(scores) == want
+
+
+@pytest.mark.parametrize(
+    ("weak", "strong", "want"),
+    [
+        pytest.param("d", None, ("d", "c"), id="weak-is-the-best"),
+        pytest.param("a", None, ("a", "d"), id="weak-named"),
+        pytest.param(None, "d", ("b", "d"), id="strong-is-the-best"),
+        pytest.param(None, "b", ("c", "b"), id="strong-named"),
+        pytest.param("x", None, ("x", "d"), id="weak-not-in-the-file"),
+    ],
+)
+def test_choose_pair_never_pairs_a_named_model_with_itself(
+    weak: str | None, strong: str | None, want: tuple[str, str]
+) -> None:
+    scores = [{"a": 0.1, "b": 0.4, "c": 0.6, "d": 0.9}]
+    assert choose_pair(scores) == ("b", "d")
+    assert choose_pair(scores, weak, strong) == want
 
 
 def test_pair_gain_scores_peaks_between_abilities() -> None:
@@ -296,3 +313,187 @@ def test_a_multi_turn_item_scores_at_least_as_its_first_user_turn(tmp_path: Path
     run_eval(data, out, KeywordModel(), prompt_text_of_item, None, None, None, stdout, opening_of=opening_text_of_item)
     assert [orjson.loads(line)["score"] for line in out.read_bytes().splitlines()] == [2.0, 1.0, 1.0]
     assert "multi-turn: 2 items scored at least as their first user turn" in stdout.getvalue()
+
+
+def _same(tmp_path: Path, data: Path, how: str) -> Path:
+    """Another name for ``data``: the same path, a relative spelling, a symbolic link or a hard link."""
+    if how == "same":
+        return data
+    if how == "relative":
+        return Path(os.path.relpath(data))
+    other = tmp_path / "other.jsonl"
+    if how == "symlink":
+        other.symlink_to(data)
+    else:
+        os.link(data, other)
+    return other
+
+
+@pytest.mark.parametrize("how", ["same", "relative", "symlink", "hardlink"])
+def test_out_that_is_the_data_file_is_refused_before_anything_is_written(tmp_path: Path, how: str) -> None:
+    """``--out`` equal to ``--data`` replaced the labelled data by 800 score lines, exit 0."""
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    before = data.read_bytes()
+    out = _same(tmp_path, data, how)
+    assert _failing(data, out) == ("", f"--out {out} is the --data file")
+    assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("plot_is", "want"), [("data", "--plot {plot} is the --data file"), ("out", "--plot {plot} is the --out file")]
+)
+def test_plot_that_is_an_input_or_the_out_file_is_refused(tmp_path: Path, plot_is: str, want: str) -> None:
+    data = write(tmp_path / "d.png", ITEMS)
+    out = tmp_path / "s.png"
+    plot = data if plot_is == "data" else out
+    before = data.read_bytes()
+    assert _failing(data, out, plot=plot) == ("", want.format(plot=plot))
+    assert data.read_bytes() == before and not out.exists()
+
+
+def test_out_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while writing ``--out`` leaves the previous file as it was (and no temporary file)."""
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    out = tmp_path / "s.jsonl"
+    out.write_bytes(b"previous\n")
+    out.chmod(0o640)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full)
+        assert _failing(data, out) == ("", f"cannot write --out {out} (No space left on device)")
+    assert out.read_bytes() == b"previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "s.jsonl"]
+    assert run_eval(data, out, KeywordModel(), last_user_text, "small", "big", None, io.StringIO()) == 0
+    assert len(out.read_bytes().splitlines()) == len(ITEMS) and (out.stat().st_mode & 0o777) == 0o640
+
+
+def test_run_eval_reads_gzip_without_the_gz_suffix(tmp_path: Path) -> None:
+    """Read as text, a gzipped ``.jsonl`` scored a few "not JSON" lines and exited 0."""
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(gzip.compress(b"".join(orjson.dumps(i) + b"\n" for i in ITEMS)))
+    out, stdout = tmp_path / "s.jsonl", io.StringIO()
+    assert run_eval(data, out, KeywordModel(), last_user_text, "small", "big", None, stdout) == 0
+    assert [orjson.loads(line)["id"] for line in out.read_bytes().splitlines()] == [i["id"] for i in ITEMS]
+    assert "not JSON" not in stdout.getvalue()
+
+
+def test_corrupt_gzip_data_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    payload = bytearray(gzip.compress(b"".join(orjson.dumps({**ITEMS[1], "id": i}) + b"\n" for i in range(2000))))
+    payload[200:260] = bytes(b ^ 0x55 for b in payload[200:260])
+    data = tmp_path / "d.jsonl.gz"
+    data.write_bytes(bytes(payload))
+    _, error = _failing(data, tmp_path / "s.jsonl")
+    assert error.startswith(f"cannot read --data {data} (corrupt gzip data: ")
+
+
+def test_weak_and_strong_must_differ(tmp_path: Path) -> None:
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    out = tmp_path / "s.jsonl"
+    assert _failing(data, out, weak="big", strong="big") == ("", "--weak and --strong must name different models")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("weak", "strong", "want"),
+    [
+        pytest.param("big", None, "pair: weak big (mean 0.600) -> strong small (mean 0.400)", id="weak-is-the-best"),
+        pytest.param(None, "small", "pair: weak big (mean 0.600) -> strong small (mean 0.400)", id="strong-named"),
+    ],
+)
+def test_one_named_model_is_never_its_own_pair(tmp_path: Path, weak: str | None, strong: str | None, want: str) -> None:
+    """``--weak`` naming the best-scoring model made it the default strong model too: a table of nan."""
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    stdout = io.StringIO()
+    assert run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, weak, strong, None, stdout) == 0
+    assert want in stdout.getvalue() and "nan" not in stdout.getvalue()
+
+
+def test_models_that_tie_on_average_say_so_instead_of_a_nan_table(tmp_path: Path) -> None:
+    items = [item(0, "hard", 0.0, 1.0), item(1, "easy", 1.0, 0.0)]
+    data = write(tmp_path / "d.jsonl", items)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = run_eval(
+        data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, None, None, tmp_path / "c.png", stdout, stderr
+    )
+    assert code == 0
+    assert "the two models tie on average: PGR is undefined, metrics skipped" in stdout.getvalue()
+    assert "nan" not in stdout.getvalue() and "APGR" not in stdout.getvalue()
+    assert stderr.getvalue() == "model-router eval: --plot not written: the two models tie on average\n"
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_duplicate_ids_are_counted_and_only_the_first_is_scored(tmp_path: Path) -> None:
+    """``report --eval`` joins ``--out`` to ``--data`` by id: one id, one score, and the duplicates said."""
+    items = [*ITEMS, {**ITEMS[1], "scores": {"small": 1.0, "big": 0.0}}, {**ITEMS[2]}, {**ITEMS[1]}]
+    data = write(tmp_path / "d.jsonl", items)
+    out, stdout, stderr = tmp_path / "s.jsonl", io.StringIO(), io.StringIO()
+    assert run_eval(data, out, KeywordModel(), last_user_text, "small", "big", None, stdout, stderr) == 0
+    assert stderr.getvalue() == (
+        "model-router eval: 3 duplicate ids (x-1, x-2): only the first item with an id is scored, the later ones are"
+        " left out of --out and the metrics\n"
+    )
+    assert [orjson.loads(line)["id"] for line in out.read_bytes().splitlines()] == [i["id"] for i in ITEMS]
+    assert f"scored {len(ITEMS)} items" in stdout.getvalue()
+    want = io.StringIO()
+    run_eval(
+        write(tmp_path / "u.jsonl", ITEMS),
+        tmp_path / "u.out",
+        KeywordModel(),
+        last_user_text,
+        "small",
+        "big",
+        None,
+        want,
+    )
+    table = [line for line in stdout.getvalue().splitlines() if line.startswith(("pair", "router", "oracle"))]
+    assert table == [line for line in want.getvalue().splitlines() if line.startswith(("pair", "router", "oracle"))]
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("curve", "--plot {plot} must end in .png (the plot is a PNG)"),
+        ("c.nope", "--plot {plot} must end in .png (the plot is a PNG)"),
+        ("dir.png", "--plot {plot} is a directory; name a .png file"),
+    ],
+)
+def test_plot_that_is_not_a_png_name_is_refused_up_front(tmp_path: Path, name: str, want: str) -> None:
+    """``--plot curve`` wrote ``curve.png`` and said ``curve``; ``--plot x.txt`` failed after ``--out`` was written."""
+    data = write(tmp_path / "d.jsonl", ITEMS)
+    plot = tmp_path / name
+    if name == "dir.png":
+        plot.mkdir()
+    assert _failing(data, tmp_path / "s.jsonl", plot=plot) == ("", want.format(plot=plot))
+    assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "curve.png").exists()
+
+
+def test_plot_without_outcome_scores_says_it_is_not_written(tmp_path: Path) -> None:
+    data = write(tmp_path / "d.jsonl", [{"id": 1, "messages": [{"role": "user", "content": "hard"}]}])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    plot = tmp_path / "c.png"
+    assert run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, None, None, plot, stdout, stderr) == 0
+    assert stderr.getvalue() == "model-router eval: --plot not written: no outcome scores\n"
+    assert not plot.exists()
+
+
+def test_a_line_that_is_not_utf8_is_named_so(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(orjson.dumps(ITEMS[1]) + b'\n{"id": "caf\xe9"}\nnope\n')
+    stdout = io.StringIO()
+    assert run_eval(data, tmp_path / "s.jsonl", KeywordModel(), last_user_text, None, None, None, stdout) == 0
+    assert "not UTF-8: 1 lines (2; scored as the maximum, id null)" in stdout.getvalue()
+    assert "not JSON: 1 lines (3; scored as the maximum, id null)" in stdout.getvalue()
+
+
+def test_a_file_with_no_classifiable_item_says_what_it_scored(tmp_path: Path) -> None:
+    """With nothing classified there is no maximum: every item scores 0.0, and the summary says that."""
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'nope\n{"id": "a", "messages": "not a list"}\n')
+    out, stdout = tmp_path / "s.jsonl", io.StringIO()
+    assert run_eval(data, out, KeywordModel(), last_user_text, None, None, None, stdout) == 0
+    assert [orjson.loads(line)["score"] for line in out.read_bytes().splitlines()] == [0.0, 0.0]
+    assert "not JSON: 1 lines (1; scored 0.0, as no item is classifiable, id null)" in stdout.getvalue()
+    assert "not classifiable by the server: 1 items (scored 0.0, as no item is classifiable)" in stdout.getvalue()
