@@ -67,11 +67,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from classifier.atomic_dir import OutDirError, check_target, publish_dir
+from classifier.atomic_dir import OutDirError, check_target, check_writable, publish_dir
 from classifier.evaluate import choose_pair
 from classifier.features import DENSE_NAMES, Features, Featurizer
 from classifier.irt import CalibrationTable
-from classifier.jsonl import read_jsonl, unit_score
+from classifier.jsonl import READ_ERRORS, io_reason, read_jsonl, unit_score
 from classifier.loader import DEFAULT_MODEL_DIR
 from classifier.metrics import RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.onnx_model import OnnxDifficultyModel
@@ -315,11 +315,12 @@ def _score(scores: object, name: str) -> float | None:
 
 
 def _items(path: Path) -> Iterator[tuple[int, Any]]:
-    """:func:`~classifier.jsonl.read_jsonl`, with a file that cannot be read as an :class:`AdaptError`."""
+    """:func:`~classifier.jsonl.read_jsonl`, with a file that cannot be read as an :class:`AdaptError` worded as
+    ``eval`` words it."""
     try:
         yield from read_jsonl(path)
-    except (OSError, EOFError) as exc:
-        raise AdaptError(f"{path}: cannot read outcome records ({type(exc).__name__}: {exc})") from exc
+    except READ_ERRORS as exc:
+        raise AdaptError(f"cannot read --outcomes {path} ({io_reason(exc)})") from exc
 
 
 def read_outcomes(path: Path, text_of: TextOf, weak: str, strong: str) -> _Outcomes:
@@ -445,17 +446,24 @@ def run_adapt(
 ) -> int:
     """Cross-validate, then fit on every item and write an adapted model directory; exit code 0, or 2 with the
     reason (one ``model-router adapt: ...`` line on ``stderr``, default the process's) on bad input, too few records
-    or too little signal (the last two unless ``force``). Without ``weak`` or ``strong``, the pair is chosen from the
-    file as ``model-router eval`` chooses it."""
+    or too little signal (the last two unless ``force``); 130 on Ctrl-C (``out`` is left as it was). Without ``weak``
+    or ``strong``, the pair is chosen from the file as ``model-router eval`` chooses it."""
+    err = sys.stderr if stderr is None else stderr
     try:
+        if weak is not None and weak == strong:
+            raise AdaptError("--weak and --strong must name different models")
         if weak is None or strong is None:
             weak, strong = _default_pair(data, weak, strong)
             stdout.write(f"pair from the file's scores: weak {weak!r}, strong {strong!r}\n")
         return _run(data, out, weak, strong, base_dir or DEFAULT_MODEL_DIR, text_of, folds, seed, stdout, force)
     except AdaptError as exc:
         stdout.flush()  # the report so far, then the reason, in that order on a terminal
-        (sys.stderr if stderr is None else stderr).write(f"model-router adapt: {exc}\n")
+        err.write(f"model-router adapt: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # a long fit stopped by the operator: an exit, not a traceback
+        stdout.flush()
+        err.write(f"model-router adapt: interrupted; --out {out} is left as it was\n")
+        return 130
 
 
 def _default_pair(path: Path, weak: str | None, strong: str | None) -> tuple[str, str]:
@@ -464,10 +472,10 @@ def _default_pair(path: Path, weak: str | None, strong: str | None) -> tuple[str
     for _, item in _items(path):
         if isinstance(item, dict) and isinstance(item.get("scores"), dict):
             scores.append({str(k): v for k, v in item["scores"].items() if _score(item["scores"], k) is not None})
-    chosen = choose_pair(scores)
+    chosen = choose_pair(scores, weak, strong)
     if chosen is None:
         raise AdaptError(f"{path}: fewer than two models are scored on 90% of the records; name --weak and --strong")
-    return weak or chosen[0], strong or chosen[1]
+    return chosen
 
 
 def _check_models(outcomes: _Outcomes, weak: str, strong: str) -> None:
@@ -492,8 +500,6 @@ def _run(
     """The body of :func:`run_adapt`; raises :class:`AdaptError` for what the operator must fix."""
     if not 2 <= folds <= 20:
         raise AdaptError(f"--folds must be between 2 and 20, got {folds}")
-    if weak == strong:
-        raise AdaptError("--weak and --strong must name different models")
     _check_out(out)
     try:
         base = OnnxDifficultyModel.load(base_dir)
@@ -607,7 +613,7 @@ def _write_adapted(
     except OutDirError as exc:
         raise AdaptError(f"--out {exc}") from exc
     except OSError as exc:
-        raise AdaptError(f"cannot write --out {out} ({exc}); it is left as it was") from exc
+        raise AdaptError(f"cannot write --out {out} ({io_reason(exc)}); it is left as it was") from exc
     stdout.write(
         f"wrote {out} ({meta['name']}): fitted on {len(idx)} records in {fit_seconds:.2f} s (ridge, calibration)\n"
     )
@@ -616,8 +622,11 @@ def _write_adapted(
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that must not be replaced before spending time on the fit (checked again at the swap)."""
+    """Refuse an ``--out`` that must not be replaced, or cannot be written, before spending time on the fit (checked
+    again at the swap)."""
     try:
-        check_target(out)
+        check_writable(check_target(out))
     except OutDirError as exc:
         raise AdaptError(f"--out {exc}") from exc
+    except OSError as exc:
+        raise AdaptError(f"cannot write --out {out} ({io_reason(exc)})") from exc

@@ -45,7 +45,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["MARKER_FILE", "OutDirError", "check_target", "publish_dir"]
+__all__ = ["MARKER_FILE", "OutDirError", "check_target", "check_writable", "publish_dir"]
 
 MARKER_FILE = "metadata.json"
 """A directory holding this file is a model directory and may be replaced."""
@@ -78,6 +78,16 @@ def check_target(out: Path) -> Path:
             " it (name a new path, or an existing model directory to replace)"
         )
     return target
+
+
+def check_writable(target: Path) -> None:
+    """Raise the ``OSError`` that :func:`publish_dir` would meet creating its temporary sibling of ``target`` (an
+    absolute path, as :func:`check_target` returns it): a read-only or pseudo filesystem, a parent that is a file.
+    The probe is made, and removed, in the nearest existing ancestor (``publish_dir`` creates missing parents)."""
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    _fresh(parent, f".{target.name}.tmp-{os.getpid()}", mkdir=True).rmdir()
 
 
 def publish_dir(out: Path, files: Mapping[str, bytes]) -> list[str]:

@@ -180,7 +180,7 @@ def test_report_eval_files_are_named(log: Path, data: Path, tmp_path: Path, caps
 def test_adapt_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.jsonl"
     argv = ["adapt", "--outcomes", str(missing), "--weak", "w", "--strong", "s", "--out", str(tmp_path / "m")]
-    out = _fails_with(capsys, argv, f"model-router adapt: {missing}: cannot read outcome records...")
+    out = _fails_with(capsys, argv, f"model-router adapt: cannot read --outcomes {missing} (No such file or directory)")
     assert out == ""
 
 
