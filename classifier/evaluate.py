@@ -97,7 +97,8 @@ def choose_pair(
     The weakest model is often a broken baseline that nothing needs routing away from; the median model is the
     "good enough for most" tier a router is meant to fall back on. Only models scored on >= 90% of items count. A
     model already named (``weak`` or ``strong``) is kept and never chosen for the other side: ``--weak`` naming the
-    best model must not make it its own strong model. None if no such pair exists.
+    best model must not make it its own strong model, and ``--strong`` naming a middling one gets the median of the
+    models below it as weak. None if no such pair exists.
     """
     totals: dict[str, list[float]] = {}
     for sc in scores:
@@ -110,9 +111,11 @@ def choose_pair(
             return None
         strong = ranked.pop()
     if weak is None:
-        if not ranked:
+        below = [n for n in ranked if strong in eligible and eligible[n] < eligible[strong]]
+        candidates = below or ranked  # a named strong model: the median of those it beats, if any
+        if not candidates:
             return None
-        weak = ranked[len(ranked) // 2]  # of the models other than strong: the median when strong is the best
+        weak = candidates[len(candidates) // 2]
     return weak, strong
 
 

@@ -308,23 +308,6 @@ def _duplicate_ids(option: str, path: Path, ids: Iterable[str]) -> None:
         )
 
 
-def _default_pair(outcomes: list[dict[str, float]], weak: str | None, strong: str | None) -> tuple[str, str] | None:
-    """The pair ``model-router eval`` chooses (:func:`classifier.evaluate.choose_pair`: strong the best model, weak the
-    median one), except that the model the user named is never also the other one: ``--weak`` naming the best model
-    gets the best of the rest as strong, ``--strong`` naming the median one the median of the rest as weak (or the
-    one other model)."""
-    from classifier.evaluate import choose_pair
-
-    scored = [o for o in outcomes if o]
-    chosen = choose_pair(scored)
-    if chosen is not None and weak is not None and chosen[1] == weak:
-        chosen = choose_pair([{**o, weak: -1.0} for o in scored])  # ranked below every model, never the best
-    elif chosen is not None and strong is not None and chosen[0] == strong:
-        rest = [{k: v for k, v in o.items() if k != strong} for o in scored]
-        chosen = choose_pair(rest) or choose_pair([{**o, strong: 2.0} for o in scored])
-    return chosen
-
-
 def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
     """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises :class:`ReportError`
     naming the option on an unreadable file or data it cannot use: duplicate ids, the same model as weak and strong,
@@ -352,10 +335,12 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
         raise ReportError(f"no item of --data {evaluation.data} has both a score in --eval and model outcomes")
     pair = (evaluation.weak, evaluation.strong)
     if pair[0] is None or pair[1] is None:
-        chosen = _default_pair([o for _, o in outcomes], evaluation.weak, evaluation.strong)
+        from classifier.evaluate import choose_pair  # as eval chooses: never the named model for the other side
+
+        chosen = choose_pair([o for _, o in outcomes if o], evaluation.weak, evaluation.strong)
         if chosen is None:
             raise ReportError(f"--data {evaluation.data}: fewer than two models with outcomes")
-        pair = (evaluation.weak or chosen[0], evaluation.strong or chosen[1])
+        pair = chosen
     weak, strong = pair
     assert weak is not None and strong is not None
     rows = [(s, o[weak], o[strong]) for s, o in outcomes if weak in o and strong in o]

@@ -224,7 +224,7 @@ def test_choose_pair(scores: list[dict[str, float]], want: tuple[str, str] | Non
         pytest.param("d", None, ("d", "c"), id="weak-is-the-best"),
         pytest.param("a", None, ("a", "d"), id="weak-named"),
         pytest.param(None, "d", ("b", "d"), id="strong-is-the-best"),
-        pytest.param(None, "b", ("c", "b"), id="strong-named"),
+        pytest.param(None, "b", ("a", "b"), id="strong-named-gets-a-model-below-it"),
         pytest.param("x", None, ("x", "d"), id="weak-not-in-the-file"),
     ],
 )
