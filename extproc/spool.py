@@ -129,10 +129,8 @@ class SpoolBusyError(SpoolPathError):
 
 
 def _open_lock_file(path: Path) -> tuple[int, tuple[int, int]]:
-    """A descriptor of ``<path>.lock`` (created 0600, never through a symlink; the parent directory 0700) and the
-    file's (device, inode), which name it however ``path`` is spelled."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """A descriptor of ``<path>.lock`` (created 0600, never through a symlink) and the file's (device, inode), which
+    name it however ``path`` is spelled. The directory is never made (:func:`check_spool_path`)."""
     fd = open_private_append(lock_path(path))
     try:
         st = os.fstat(fd)
@@ -257,9 +255,7 @@ class RotatingJsonl:
 
     def _open(self) -> None:
         path = self.target.path
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = open_private_append(path)
+        fd = open_private_append(path)  # a directory removed since start is a write error, not made again elsewhere
         try:
             self._size = os.fstat(fd).st_size
             if self._size and _last_byte(path) != b"\n":

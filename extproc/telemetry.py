@@ -362,6 +362,7 @@ class Telemetry:
             registry=r,
         )
         self.config_readable.set(1)
+        self._config_digest: str | None = None
         Gauge(
             "model_router_build_info", "1, labelled with the router's version.", ["version", "python"], registry=r
         ).labels(version=_version(), python=platform.python_version()).set(1)
@@ -528,8 +529,11 @@ class Telemetry:
 
     def config_in_force(self, digest: bytes | None) -> None:
         """The config now in force (at start, or after an applied reload): its digest and when it was loaded."""
-        self.config_info.clear()
-        self.config_info.labels(digest=digest.hex()[:_DIGEST_HEX] if digest else "unknown").set(1)
+        label = digest.hex()[:_DIGEST_HEX] if digest else "unknown"
+        self.config_info.labels(digest=label).set(1)  # the new series first: a scrape never sees none
+        if self._config_digest not in (None, label):
+            self.config_info.remove(self._config_digest)
+        self._config_digest = label
         self.config_applied_at.set(time.time())
 
     def config_file_readable(self, readable: bool) -> None:

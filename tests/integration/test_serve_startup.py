@@ -391,3 +391,45 @@ def test_a_sighup_while_the_router_starts_does_not_kill_it(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=15)
+
+
+def test_a_served_router_under_listen_and_a_config_file_that_goes_away(tmp_path: Path) -> None:
+    """serve's wiring: with --listen, an edit of server.listen is applied without "needs a restart" (the command line
+    wins); a config file that cannot be read shows in model_router_config_file_readable, and again when it can."""
+    metrics_port, listen = free_port(), f"127.0.0.1:{free_port()}"
+    config = _config(
+        tmp_path, server={"config_poll_seconds": 0.1}, telemetry={"metrics_listen": f"127.0.0.1:{metrics_port}"}
+    )
+    shipped = config.read_text()
+    log = tmp_path / "router.log"
+
+    def readable() -> float | None:
+        for line in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text.splitlines():
+            if line.startswith("model_router_config_file_readable "):
+                return float(line.split()[1])
+        return None
+
+    def until(check: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert time.monotonic() < deadline, f"{what}:\n{log.read_text()}"
+            time.sleep(0.05)
+
+    with log.open("wb") as out:
+        argv = [sys.executable, "-m", "extproc", "serve", "--config", str(config), "--listen", listen]
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        until(lambda: _serving_on(listen), "not serving")
+        data = yaml.safe_load(shipped)
+        data["server"]["listen"] = f"127.0.0.1:{free_port()}"
+        config.write_text(yaml.safe_dump(data))
+        until(lambda: "config reloaded from" in log.read_text(), "not reloaded")
+        assert "needs a restart" not in log.read_text()
+        assert readable() == 1
+        config.unlink()
+        until(lambda: readable() == 0, "unreadable file not shown")
+        config.write_text(shipped)
+        until(lambda: readable() == 1, "readable again not shown")
+    finally:
+        proc.kill()
+        proc.wait(timeout=15)

@@ -144,12 +144,15 @@ def test_startup_keeps_fresh_lines_and_closes_a_cut_line(tmp_path: Path) -> None
 
 
 def test_files_are_private_and_symlinks_are_not_followed(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "c.jsonl"
+    path = tmp_path / "c.jsonl"
     f = RotatingJsonl(SpoolTarget(path, max_bytes=1 << 20), KEY, Clock())
     f.append(_line(1.0), 1.0)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     f.close()
+    gone = tmp_path / "gone" / "c.jsonl"  # its directory removed while the router ran: not made again elsewhere
+    with pytest.raises(FileNotFoundError):
+        RotatingJsonl(SpoolTarget(gone, max_bytes=1 << 20), KEY, Clock())
+    assert not gone.parent.exists()
     loose = tmp_path / "loose.jsonl"
     loose.write_text("")
     loose.chmod(0o644)
