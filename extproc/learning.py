@@ -22,11 +22,11 @@ from extproc import capture as capture_mod
 from extproc import feedback as feedback_mod
 from extproc.capture import PromptCapture
 from extproc.config import CaptureSettings, Settings
-from extproc.errors import ConfigError
+from extproc.errors import CANNOT_START, ConfigError
 from extproc.feedback import DecisionStore, FeedbackRecorder
 from extproc.feedback_http import start_feedback_server
 from extproc.feedback_token import TokenSigner, load_signing_keys
-from extproc.spool import Spool, SpoolPathError, SpoolTarget
+from extproc.spool import Spool, SpoolBusyError, SpoolPathError, SpoolTarget
 from extproc.tap import LearningTap
 
 __all__ = ["Learning", "start_learning"]
@@ -42,8 +42,16 @@ def _configure_capture(capture: PromptCapture, settings: CaptureSettings) -> Non
         capture.configure(settings)
     except SpoolPathError as exc:
         if settings.enabled:
-            raise ConfigError([f"capture.path: {exc}"]) from None
+            raise _spool_error("capture.path", exc) from None
         _log.warning("capture.path: %s; capture is off here, so files left there are not expired by this router", exc)
+
+
+def _spool_error(field: str, exc: SpoolPathError) -> ConfigError:
+    """A path another process writes is no config mistake (``cannot start``, as for a busy port: look for that
+    process); any other is one (``invalid configuration``)."""
+    if isinstance(exc, SpoolBusyError):
+        return ConfigError([f"{field}: {exc}"], CANNOT_START)
+    return ConfigError([f"{field}: {exc}"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +117,7 @@ def start_learning(
         try:
             spool.configure(SpoolTarget(cfg.path, cfg.max_bytes))
         except SpoolPathError as exc:
-            raise ConfigError([f"feedback.path: {exc}"]) from None
+            raise _spool_error("feedback.path", exc) from None
         recorder = FeedbackRecorder(
             decisions,
             spool,

@@ -453,6 +453,7 @@ def test_start_refuses_a_busy_capture_or_feedback_path(
     with pytest.raises(ConfigError) as refused:
         start_learning(_learning_settings(capture=on), lambda: (), lambda _r: None)
     assert refused.value.problems == [f"capture.path: {SpoolBusyError(capture)}"]
+    assert str(refused.value).startswith("cannot start:\n"), "another process, not the YAML, is the problem"
     assert str(capture) in str(refused.value) and "another process is writing" in str(refused.value)
     other.stop()
 
