@@ -14,8 +14,10 @@ Checked, for each HTTP connection manager in ``static_resources.listeners`` that
   ``server.decision_headers_on_response`` needs;
 - its gRPC cluster: defined, HTTP/2, TLS as the router serves it, and the port (or socket path) the router listens
   on (``server.listen``, or ``serve --listen``);
-- the routes (an inline ``route_config``): for each of the router's API paths that reaches the filter, each catalog
-  cluster must have a route on ``x-model-router-cluster`` that sends the request to a defined cluster, and a request
+- the routes (an inline ``route_config``): for each of the router's API paths that reaches the filter (the most
+  specific ``typed_per_filter_config`` entry for it decides, as in Envoy: a ``FilterConfig`` or ``ExtProcPerRoute``
+  by its ``disabled``, so ``overrides`` turns it on; else the filter's own ``disabled``), each catalog cluster's
+  ``x-model-router-cluster`` value must take a route that sends the request to a defined cluster, and a request
   without that header must reach the default model's cluster (where the fail-open filter sends renamed aliases);
 - the rest of the manager: the early header mutation that removes a client's ``x-model-router-cluster``, the buffer
   filter's body limit against ``limits.max_body_bytes``, the fail-open filter against ``model-router fail-open-lua``,
@@ -24,16 +26,18 @@ Checked, for each HTTP connection manager in ``static_resources.listeners`` that
 Routes are tried in order, as Envoy does: the first route that matches a POST to the path (with the router's header,
 or without it) decides. Only the path, the method and ``x-model-router-cluster`` are known; a route that also
 matches on anything else (other headers, query parameters, runtime fractions) may or may not apply, so it is
-skipped, unless it selects ``x-model-router-cluster`` by value, which counts as that cluster's route. ``present_match``
-on the header is a catch-all, never a route for a cluster. ``safe_regex`` is RE2 in Envoy and Python's ``re`` here
-(``fullmatch``), which agree on the usual patterns.
+skipped, unless it selects ``x-model-router-cluster`` by value, which counts as that cluster's route. A route that
+does not select the value (``present_match`` on the header, the default route) is a cluster's route only if it sends
+the request to that cluster: its ``cluster``, one of its ``weighted_clusters``, or an aggregate cluster whose first
+member it is. ``safe_regex`` is RE2 in Envoy and Python's ``re`` here (``fullmatch``), which agree on the usual
+patterns.
 
-Not checked, because the bootstrap does not say or it cannot be told reliably: listeners, routes and clusters from
-xDS (LDS, RDS, CDS; a note says so: Istio and Envoy Gateway configure Envoy this way, check those by hand); per-route
-``ExtProcPerRoute.overrides``; the router's host name or address (only ports and socket paths are compared: a name
-may resolve to it, or a Service forward to it); the body limit without a buffer filter (the connection buffer bounds
-HTTP/1.1 bodies only); the tenant header's removal (the gateway sets it itself, after any early mutation); the usage
-observer's settings.
+Not checked, because the bootstrap does not say or it cannot be told reliably: listeners, routes and clusters from xDS
+(LDS, RDS, CDS; a note says so: Istio and Envoy Gateway configure Envoy this way, check those by hand); the settings in
+a per-route ``ExtProcPerRoute.overrides``; the router's host name or address (only ports and socket paths are compared:
+a name may resolve to it, or a Service forward to it); the body limit without a buffer filter (the connection buffer
+bounds HTTP/1.1 bodies only); the tenant header's removal (the gateway sets it itself, after any early mutation); the
+usage observer's settings.
 """
 
 from __future__ import annotations
@@ -404,12 +408,14 @@ class _Check:
             if cluster in self.clusters or self.cds:
                 return None
             return f"routes[{index}] sends it to the cluster its {CLUSTER_HEADER} names, and there is no such cluster"
-        if not _selects(route, cluster):
+        targets = [action["cluster"]] if "cluster" in action else []
+        targets += [_map(w).get("name") for w in _seq(_map(action.get("weighted_clusters")).get("clusters"))]
+        if not _selects(route, cluster) and not any(cluster in (t, self.first_member(str(t))) for t in targets):
+            # A route that does not select the value (the default route, a catch-all) is its route only if it
+            # happens to send the request to that cluster.
             return f"{CLUSTER_HEADER}: {cluster} takes routes[{index}] ({_describe(route)}), not a route for it"
         if not action:
             return f"its route, routes[{index}], answers itself ({_describe(route)}) instead of sending it on"
-        targets = [action["cluster"]] if "cluster" in action else []
-        targets += [_map(w).get("name") for w in _seq(_map(action.get("weighted_clusters")).get("clusters"))]
         missing = [str(t) for t in targets if t not in self.clusters]
         if missing and not self.cds:
             return f"its route, routes[{index}], sends it to cluster {missing[0]}, which is not in static_resources"
@@ -564,7 +570,11 @@ def _reaches(
         return False
     for scope in (found[1], *scopes):  # the route's typed_per_filter_config, else the virtual host's, ...
         config = _map(_map(scope.get("typed_per_filter_config")).get(filter_name))
-        if "disabled" in config or _type(config) == _FILTER_CONFIG:  # FilterConfig's disabled defaults to false
+        if _type(config) == _FILTER_CONFIG:  # FilterConfig's disabled defaults to false
+            return config.get("disabled") is not True
+        if _type(config).endswith("ExtProcPerRoute") or "disabled" in config or "overrides" in config:
+            # disabled and overrides are a oneof, and Envoy's merge keeps the most specific entry's disabled
+            # (ext_proc.cc, FilterConfigPerRoute(less_specific, more_specific)): overrides turns the filter on.
             return config.get("disabled") is not True
     return not filter_disabled
 

@@ -167,6 +167,30 @@ def _per_route(filter_config: dict[str, Any]) -> Change:
     return change
 
 
+def _by_the_default_route(*clusters: str, default: dict[str, Any] | None = None) -> Change:
+    """The header routes of ``clusters`` and the two 503 catch-alls removed: the clusters' requests take the
+    default route (its action replaced by ``default`` if given)."""
+
+    def change(envoy: dict[str, Any]) -> None:
+        routes = _routes(envoy)
+        for cluster in clusters:
+            routes.remove(_route_for(envoy, cluster))
+        for route in [r for r in routes if "direct_response" in r]:
+            routes.remove(route)
+        if default is not None:
+            (api,) = [r for r in routes if "safe_regex" in r["match"]]
+            api["route"] = default
+
+    return change
+
+
+def _host_off_routes_on(envoy: dict[str, Any]) -> None:
+    """ext_proc off for the virtual host, and on again (``overrides``) on each route a router path can take."""
+    _vhost(envoy)["typed_per_filter_config"] = {EXT_PROC: _EXT_PROC_OFF}
+    for route in _routes(envoy)[1:7]:
+        route["typed_per_filter_config"] = {EXT_PROC: copy.deepcopy(_EXT_PROC_OVERRIDES)}
+
+
 def _both(*changes: Change) -> Change:
     return lambda target: [change(target) for change in changes]
 
@@ -178,6 +202,7 @@ _TLS = {
 _EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 _EXT_PROC_OFF = {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}
 _ON = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False}
+_EXT_PROC_OVERRIDES = {"@type": _EXT_PROC_PER_ROUTE, "overrides": {"failure_mode_allow": True}}
 _NO_ROUTER_PATHS = f"{LISTENER}, route_config llm_routes: no route sends the router's API paths"
 _STALE_LUA = f"{LISTENER}, lua filter {LUA}: the fail-open filter is not the one for this config"
 _NOTHING: list[tuple[Severity, str]] = []
@@ -387,6 +412,25 @@ CASES = [
                                                   " route, routes[3], sends it to cluster nope")],
         id="weighted-clusters-to-a-missing-cluster",
     ),
+    pytest.param(_by_the_default_route("frontier"), None, None, _NOTHING, id="default-route-to-the-cluster"),
+    pytest.param(
+        _by_the_default_route("small"), None, None,
+        [("error", f"{VHOST}: catalog cluster small (llama-3.1-8b-instruct): on /v1/chat/completions, {CLUSTER_HEADER}:"
+                   " small takes routes[3] (cluster frontier), not a route for it; likewise on every other path")],
+        id="default-route-to-another-cluster",
+    ),
+    pytest.param(
+        _by_the_default_route("small", default={"cluster": "small_then_stronger"}), None, None,
+        [("warning", f"{VHOST}: a request to /v1/chat/completions without {CLUSTER_HEADER} takes routes[3] (cluster"
+                     " small_then_stronger), but policy.default_model gpt-4o is in cluster frontier")],
+        id="default-route-to-an-aggregate-whose-first-member-is-the-cluster",
+    ),
+    pytest.param(
+        _by_the_default_route(
+            "frontier", default={"weighted_clusters": {"clusters": [{"name": "frontier", "weight": 1}]}}
+        ),
+        None, None, _NOTHING, id="default-route-to-weighted-clusters-with-the-cluster",
+    ),
     pytest.param(
         lambda e: _hcm(e).update(rds={"route_config_name": _hcm(e).pop("route_config")["name"]}), None, None,
         [("note", f"{LISTENER}: routes come from RDS (rds): not checked")], id="rds",
@@ -411,6 +455,17 @@ CASES = [
     pytest.param(
         _both(_update(lambda e: _filter(e, EXT_PROC), disabled=True), _per_route(_ON)), None, None, _NOTHING,
         id="ext-proc-disabled-but-on-for-the-api-route",
+    ),
+    pytest.param(
+        _both(_update(lambda e: _filter(e, EXT_PROC), disabled=True), _per_route(_EXT_PROC_OVERRIDES)), None, None,
+        _NOTHING, id="ext-proc-disabled-but-overridden-for-the-api-route",
+    ),
+    pytest.param(_host_off_routes_on, None, None, _NOTHING, id="ext-proc-off-for-the-host-overridden-on-the-routes"),
+    pytest.param(
+        _both(_host_off_routes_on, lambda e: _routes(e).remove(_route_for(e, "small"))), None, None,
+        [("error", f"{VHOST}: catalog cluster small (llama-3.1-8b-instruct): on /v1/chat/completions, {CLUSTER_HEADER}:"
+                   " small takes routes[4] (direct_response 503), not a route for it")],
+        id="ext-proc-overridden-on-the-routes-checks-them",
     ),
     pytest.param(_behind_matcher, None, None, _NOTHING, id="ext-proc-behind-a-matcher"),
     pytest.param(
