@@ -13,12 +13,9 @@ When the file carries outcomes, two router rows are printed:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,8 +24,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from classifier.atomic_file import clash, write_whole
 from classifier.irt import fit_success_curve
-from classifier.jsonl import NOT_JSON, NOT_UTF8, READ_ERRORS, io_reason, read_jsonl, unit_score
+from classifier.jsonl import NOT_JSON, NOT_UTF8, READ_ERRORS, first_of_each_id, io_reason, read_jsonl, unit_score
 from classifier.metrics import Curve, RouterMetrics, length_scores, oracle_scores, routing_curve
 from classifier.model import DifficultyModel
 
@@ -165,51 +163,14 @@ def _check_plot(plot: Path) -> None:
         raise EvalError(f"--plot {plot} must end in .png (the plot is a PNG)")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: by inode when both exist (hard links, symlinks, ``./x``), else by the
-    resolved paths."""
-    with contextlib.suppress(OSError):
-        return os.path.samefile(a, b)
-    try:
-        return a.resolve() == b.resolve()
-    except (OSError, RuntimeError):  # a symlink loop, which no file is read or written through either
-        return False
-
-
 def _check_distinct(data: Path, out: Path, plot: Path | None) -> None:
     """Refuse an output that is an input, or two outputs that are one file: writing it would destroy the other."""
-    pairs = [("--out", out, "--data", data)]
+    outputs = [(("--out", out), [("the --data file", data)])]
     if plot is not None:
-        pairs += [("--plot", plot, "--data", data), ("--plot", plot, "--out", out)]
-    for option, path, other, other_path in pairs:
-        if _same_file(path, other_path):
-            raise EvalError(f"{option} {path} is the {other} file")
-
-
-def _write_whole(path: Path, lines: Iterable[bytes]) -> None:
-    """Write ``path`` whole or not at all: into a hidden sibling, fsynced, then renamed over it, so a full disk or a
-    crash midway leaves the previous file (or none), never a half-written one. A path that exists and is not a
-    regular file (``/dev/stdout``, a pipe) is written in place: a rename would replace it. Raises ``OSError``."""
-    target = path.resolve()  # a symbolic link stays one: the file it points to is replaced
-    if target.exists() and not target.is_file():
-        with path.open("wb") as fh:
-            fh.writelines(lines)
-        return
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        outputs.append((("--plot", plot), [("the --data file", data), ("the --out file", out)]))
+    for output, inputs in outputs:
+        if (message := clash(output, inputs)) is not None:
+            raise EvalError(message)
 
 
 def _plot(rows: Sequence[_Row], path: Path, title: str) -> None:
@@ -265,25 +226,6 @@ def load_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[st
     return [item for i, item in enumerate(items) if i not in unread]
 
 
-def _first_of_each_id(items: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
-    """The positions to score (items without an id, and the first item with each id) and the ids of the others.
-
-    ``--out`` is joined to ``--data`` by id (``model-router report --eval``), so an id must have one score; as in
-    ``adapt``, the first item with an id counts (concatenated exports repeat items) and later ones are left out."""
-    seen: set[str] = set()
-    keep: list[int] = []
-    again: list[str] = []
-    for i, item in enumerate(items):
-        item_id = item.get("id")
-        if item_id is not None:
-            if str(item_id) in seen:
-                again.append(str(item_id))
-                continue
-            seen.add(str(item_id))
-        keep.append(i)
-    return keep, again
-
-
 def _listed(values: Sequence[object], limit: int = 5) -> str:
     """The first ``limit`` values, comma-separated, with ``...`` if there are more."""
     return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
@@ -304,20 +246,20 @@ def run_eval(
     """Score every item of ``data`` into ``out`` (one ``{"id", "score"}`` line each) and print the metrics.
 
     ``opening_of`` gives a multi-turn item's first user turn, whose decision the live server makes the conversation's
-    floor: the item's score is then the higher of the two turns' difficulties, the one the live policy acts on.
-    Outcome scores that are not numbers in [0, 1] (``NaN``, ``Infinity``, 50) are no score: left out and counted.
+    floor: the item's score is then the higher of the two turns' difficulties, the one the live policy acts on. Outcome
+    scores that are not numbers in [0, 1] (``NaN``, ``Infinity``, 50) are no score: left out and counted.
 
-    Items whose text the server would not classify get the file's maximum score (such requests go to the default
-    model), as does a line that is not JSON or not UTF-8 (torn by a crash or a full disk); if no item is classifiable
-    there is no maximum and every item scores 0.0. They are counted in a summary line. An item without an id (a torn
-    line has none) is written as ``{"id": null, "line": N, "score": S}``, N its line number: an invented id could
-    collide with a real one. An id seen before is counted on ``stderr`` and its item left out (only the first item
-    with an id is scored). ``out`` is replaced whole once written (:func:`_write_whole`). Without ``weak`` or
+    Items whose text the server would not classify get the file's maximum score (such requests go to the default model),
+    as does a line that is not JSON or not UTF-8 (torn by a crash or a full disk); if no item is classifiable there is
+    no maximum and every item scores 0.0. They are counted in a summary line. An item without an id (a torn line has
+    none) is written as ``{"id": null, "line": N, "score": S}``, N its line number: an invented id could collide with a
+    real one. An id seen before is counted on ``stderr`` and its item left out (only the first item with an id is
+    scored). ``out`` is replaced whole once written (:func:`classifier.atomic_file.write_whole`). Without ``weak`` or
     ``strong`` the pair is chosen from the file (:func:`choose_pair`); if the two models tie on average, PGR is
-    undefined and the metrics are skipped with a line saying so. Exit code: 0 on success; 2, with one
-    ``model-router eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is empty,
-    ``out`` or ``plot`` cannot be written or is an input, ``plot`` is not a ``.png`` name, ``weak`` and ``strong``
-    are one model, or the named models are missing everywhere.
+    undefined and the metrics are skipped with a line saying so. Exit code: 0 on success; 2, with one ``model-router
+    eval: ...`` line on ``stderr`` (default: the process's), if ``data`` cannot be read or is empty, ``out`` or ``plot``
+    cannot be written or is an input, ``plot`` is not a ``.png`` name, ``weak`` and ``strong`` are one model, or the
+    named models are missing everywhere.
     """
     err = sys.stderr if stderr is None else stderr
     try:
@@ -329,7 +271,7 @@ def run_eval(
         items, lines, unread = _eval_items("--data", data)
         if not items:
             raise EvalError(f"--data {data} has no items")
-        first, again = _first_of_each_id(items)
+        first, again = first_of_each_id(items)
         if again:
             unread = {new: unread[old] for new, old in enumerate(first) if old in unread}
             items, lines = [items[i] for i in first], [lines[i] for i in first]
@@ -358,7 +300,7 @@ def run_eval(
             key = {"id": item_id} if item_id is not None else {"id": None, "line": number}
             records.append(orjson.dumps({**key, "score": round(score, 6)}) + b"\n")
         try:
-            _write_whole(out, records)
+            write_whole(out, lambda fh: fh.writelines(records))
         except OSError as exc:
             raise EvalError(f"cannot write --out {out} ({io_reason(exc)})") from None
         stdout.write(f"model {model.name}: scored {len(items)} items into {out}\n")

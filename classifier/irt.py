@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
     Items are read as ``model-router eval`` and ``adapt`` read them: the text is the live server's extraction
     (``extproc.cli.prompt_text_of_item``), a multi-turn item's difficulty is at least its first user turn's (the
     floor the live server keeps), so abilities are fitted on the difficulties the router acts on; lines that are not
-    JSON (a torn last line) and items the server would not classify are skipped and counted. Scores must be numbers
+    JSON (a torn last line), items the server would not classify and items whose id an earlier item has (the first
+    item with an id counts, as in ``eval``) are skipped and counted. Scores must be numbers
     in [0, 1]; others are skipped and counted, never clamped. Models with fewer than ``--min-records`` records are
     left out and named on stderr. An unreadable file (missing, a truncated ``.gz``) or model, or no usable record
     (or model with enough), is one line on stderr and exit 2.
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
 
     import orjson
 
-    from classifier.jsonl import NOT_JSON, READ_ERRORS, io_reason, read_jsonl, unit_score
+    from classifier.jsonl import NOT_JSON, READ_ERRORS, first_of_each_id, io_reason, read_jsonl, unit_score
     from classifier.loader import load_difficulty_model
 
     # The server's own parsing, as extproc/cli.py hands it to eval and adapt (this CLI has no caller to pass it).
@@ -315,34 +316,36 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
         model = load_difficulty_model("onnx", args.model)
     except (OSError, ValueError) as exc:  # what OnnxDifficultyModel.load raises for a missing or malformed directory
         return fail(f"cannot load --model {args.model or 'the shipped model'} ({exc})")
-    records: list[tuple[str, float, float]] = []
-    items = not_json = no_text = bad_scores = multi_turn = 0
     try:
-        for _, item in read_jsonl(args.data):
-            if item is NOT_JSON:
-                not_json += 1
-                continue
-            items += 1
-            text = prompt_text_of_item(item) if isinstance(item, dict) else None
-            scores = item.get("scores") if isinstance(item, dict) else None
-            if text is None or not isinstance(scores, dict):
-                no_text += 1
-                continue
-            difficulty = model.predict(text).difficulty
-            if (opening := opening_text_of_item(item)) is not None:
-                multi_turn += 1
-                difficulty = max(difficulty, model.predict(opening).difficulty)
-            for name, value in scores.items():
-                score = unit_score(value)
-                if score is None:
-                    bad_scores += 1
-                else:
-                    records.append((str(name), difficulty, score))
+        lines: list[Any] = [item for _, item in read_jsonl(args.data)]
     except READ_ERRORS as exc:
         return fail(f"cannot read --data {args.data} ({io_reason(exc)})")
+    not_json = sum(item is NOT_JSON for item in lines)
+    read = [item if isinstance(item, dict) else {} for item in lines if item is not NOT_JSON]
+    first, again = first_of_each_id(read)  # as eval scores them: the first item with an id, once
+    records: list[tuple[str, float, float]] = []
+    no_text = bad_scores = multi_turn = 0
+    for item in (read[i] for i in first):
+        text = prompt_text_of_item(item)
+        scores = item.get("scores")
+        if text is None or not isinstance(scores, dict):
+            no_text += 1
+            continue
+        difficulty = model.predict(text).difficulty
+        if (opening := opening_text_of_item(item)) is not None:
+            multi_turn += 1
+            difficulty = max(difficulty, model.predict(opening).difficulty)
+        for name, value in scores.items():
+            score = unit_score(value)
+            if score is None:
+                bad_scores += 1
+            else:
+                records.append((str(name), difficulty, score))
     print(
-        f"{len(records)} outcome records from {items} items; skipped {no_text} items without scores or text the"
-        f" server classifies, {not_json} lines that are not JSON, {bad_scores} scores that are not numbers in [0, 1]"
+        f"{len(records)} outcome records from {len(first)} items; skipped {no_text} items without scores or text the"
+        f" server classifies, {not_json} lines that are not JSON, "
+        + (f"{len(again)} items whose id an earlier item has (the first one counts), " if again else "")
+        + f"{bad_scores} scores that are not numbers in [0, 1]"
         + (f"; {multi_turn} multi-turn items scored at least as their first user turn" if multi_turn else ""),
         file=stderr,
     )

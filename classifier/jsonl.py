@@ -14,13 +14,23 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["NOT_JSON", "NOT_UTF8", "READ_ERRORS", "finite_number", "io_reason", "read_jsonl", "unit_score"]
+__all__ = [
+    "NOT_JSON",
+    "NOT_UTF8",
+    "READ_ERRORS",
+    "finite_number",
+    "first_of_each_id",
+    "io_reason",
+    "read_jsonl",
+    "starts_gzip",
+    "unit_score",
+]
 
 
 class _NotJson:
@@ -55,7 +65,7 @@ def read_jsonl(path: Path, opened: IO[bytes] | None = None, *, not_utf8: bool = 
     with contextlib.ExitStack() as stack:
         fh: IO[bytes] = opened if opened is not None else stack.enter_context(open(path, "rb"))
         source: Iterable[bytes] = fh
-        if path.suffix == ".gz" or _starts_with(fh, _GZIP_MAGIC):
+        if path.suffix == ".gz" or starts_gzip(fh):
             source = stack.enter_context(gzip.GzipFile(fileobj=fh, mode="rb"))  # closing it leaves ``opened`` open
         for number, line in enumerate(source, start=1):
             if number == 1 and line.startswith(_BOM):  # editors on Windows write one; it is not part of the JSON
@@ -69,11 +79,12 @@ def read_jsonl(path: Path, opened: IO[bytes] | None = None, *, not_utf8: bool = 
                 yield number, NOT_UTF8 if value is NOT_JSON and not_utf8 and not _is_utf8(line) else value
 
 
-def _starts_with(fh: IO[bytes], magic: bytes) -> bool:
-    """Whether ``fh``'s next bytes are ``magic``, read without consuming them (``peek``: a file from ``open()``;
-    without it, False, so only the suffix says gzip)."""
+def starts_gzip(fh: IO[bytes]) -> bool:
+    """Whether ``fh``'s next bytes are gzip's magic bytes, read without consuming them (``peek``, not ``seek``: a
+    pipe such as ``<(kubectl logs ...)`` works too; a file object without ``peek`` is False, so only a ``.gz``
+    suffix says gzip)."""
     peek = getattr(fh, "peek", None)
-    return peek is not None and bytes(peek(len(magic))[: len(magic)]) == magic
+    return peek is not None and bytes(peek(len(_GZIP_MAGIC))[: len(_GZIP_MAGIC)]) == _GZIP_MAGIC
 
 
 def _is_utf8(line: bytes) -> bool:
@@ -110,7 +121,35 @@ def unit_score(value: object) -> float | None:
 
 
 def io_reason(exc: OSError | EOFError | zlib.error) -> str:
-    """The reason of an I/O error without the path the message already names (``No such file or directory``)."""
+    """Why a file could not be read or written, in words, without the path the message already names: ``No such
+    file or directory`` (the system's words), or for gzip ``not a gzip file``, ``truncated gzip file`` (it ended
+    before its end marker) and ``corrupt gzip file`` (bad deflate data, a CRC or length that does not match).
+
+    Every command words it ``cannot read OPTION PATH (reason)`` (or ``cannot write``)."""
+    if isinstance(exc, gzip.BadGzipFile):
+        return "not a gzip file" if str(exc).startswith("Not a gzipped file") else "corrupt gzip file"
+    if isinstance(exc, EOFError):
+        return "truncated gzip file"
     if isinstance(exc, zlib.error):
-        return f"corrupt gzip data: {exc}"
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        return "corrupt gzip file"
+    return exc.strerror or str(exc)
+
+
+def first_of_each_id(items: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+    """The positions to use (items without an id, and the first item with each id) and the ids of the others.
+
+    Scores are joined to items by id (``model-router report --eval``), so an id must have one score; the first item
+    with an id counts (concatenated exports repeat items) and later ones are left out, by ``eval``, ``report`` and
+    ``classifier.irt`` alike."""
+    seen: set[str] = set()
+    keep: list[int] = []
+    again: list[str] = []
+    for i, item in enumerate(items):
+        item_id = item.get("id")
+        if item_id is not None:
+            if str(item_id) in seen:
+                again.append(str(item_id))
+                continue
+            seen.add(str(item_id))
+        keep.append(i)
+    return keep, again

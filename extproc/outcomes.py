@@ -22,10 +22,8 @@ The output holds prompts: it is created with mode 0600.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import stat
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import IO, Any, TextIO
 
 import orjson
 
-from classifier.jsonl import NOT_JSON, io_reason, read_jsonl, unit_score
+from classifier.jsonl import NOT_JSON, READ_ERRORS, io_reason, read_jsonl, unit_score
 from extproc.feedback import IDEMPOTENCY_HASH_KEY, idempotency_key_hash
 
 __all__ = ["JoinStats", "TenantFilter", "join_outcomes", "run_outcomes"]
@@ -115,20 +113,6 @@ class InputError(Exception):
         super().__init__(f"cannot read {flag} {path} ({reason})")
 
 
-def _read_reason(exc: OSError | EOFError | zlib.error) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, gzip.BadGzipFile):
-        return "not a gzip file"
-    if isinstance(exc, EOFError):
-        return "truncated gzip file"
-    if isinstance(exc, zlib.error):
-        return "corrupt gzip file"
-    return io_reason(exc)
-
-
 def _lines(files: Sequence[tuple[Path, IO[bytes]]], flag: str) -> Iterator[Any]:
     """Each line of each (already open) file, parsed; a line that is not JSON is ``None``. A file that cannot be
     read (a corrupt ``.gz``) raises :class:`InputError`."""
@@ -136,8 +120,8 @@ def _lines(files: Sequence[tuple[Path, IO[bytes]]], flag: str) -> Iterator[Any]:
         try:
             for _, value in read_jsonl(path, opened):
                 yield None if value is NOT_JSON else value
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(flag, path, _read_reason(exc)) from exc
+        except READ_ERRORS as exc:
+            raise InputError(flag, path, io_reason(exc)) from exc
 
 
 def _rotated(path: Path, paths: Sequence[Path]) -> bool:
@@ -164,13 +148,13 @@ def _open_all(
             if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
                 raise InputError(flag, path, "not a regular file")  # a FIFO would block the open
             fh = stack.enter_context(path.open("rb"))
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             if _rotated(path, paths) and missing is not None:
                 missing.append(path)
                 continue
-            raise InputError(flag, path, "no such file") from None
+            raise InputError(flag, path, io_reason(exc)) from None
         except OSError as exc:
-            raise InputError(flag, path, _read_reason(exc)) from exc
+            raise InputError(flag, path, io_reason(exc)) from exc
         st = os.fstat(fh.fileno())
         opened[i] = (fh, (st.st_dev, st.st_ino))
     files: list[tuple[Path, IO[bytes]]] = []

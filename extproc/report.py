@@ -11,13 +11,11 @@ and their EVAL.md data, the HTML report adds the cost-quality curve of those sco
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import html
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +24,8 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from classifier.jsonl import io_reason
+from classifier.atomic_file import clash, write_whole
+from classifier.jsonl import READ_ERRORS, first_of_each_id, io_reason, starts_gzip
 from extproc.api.model_router.v1 import model_router_pb2 as api
 from extproc.decision_proto import from_legacy_dict, label
 from extproc.policy import Reason
@@ -149,7 +148,6 @@ class ReportError(Exception):
     """An input that cannot be read or used, or an output that cannot be written: one line for the user, exit 2."""
 
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _SHIPPER_STREAMS = ("stdout", "stderr")
 """The values of the ``stream`` key that log shippers (Docker's json-file driver, Fluent Bit, Vector) add to a JSON
 line: ``RoutingDecision`` has a ``stream`` field too (a bool), which these strings are never."""
@@ -164,18 +162,18 @@ class LogReader:
 
     def decisions(self, paths: Iterable[Path]) -> Iterator[api.RoutingDecision]:
         """Every decision in ``paths``; other log lines are ignored, unreadable decision lines counted. A file that
-        cannot be read (missing, not gzip, a truncated .gz) raises :class:`ReportError` naming it."""
+        cannot be read (missing, not gzip, a truncated or corrupt .gz) raises :class:`ReportError` naming it."""
         for path in paths:
             try:
                 yield from self._read(path)
-            except (OSError, EOFError) as exc:
+            except READ_ERRORS as exc:
                 raise ReportError(f"cannot read {path} ({io_reason(exc)})") from None
 
     def _read(self, path: Path) -> Iterator[api.RoutingDecision]:
-        # gzip by its magic bytes too: a capture copied out of a pod as router.log is often compressed all the same,
-        # and read as text it held no decision line (peek, not seek: a pipe such as <(kubectl logs ...) works too).
+        # gzip by its magic bytes too, as classifier.jsonl reads: a capture copied out of a pod as router.log is
+        # often compressed all the same, and read as text it held no decision line.
         with open(path, "rb") as raw:
-            gzipped = path.suffix == ".gz" or raw.peek(2)[:2] == _GZIP_MAGIC
+            gzipped = path.suffix == ".gz" or starts_gzip(raw)
             binary: Any = gzip.open(raw) if gzipped else raw  # noqa: SIM115 - the text wrapper closes it
             with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as f:
                 for line in f:
@@ -272,6 +270,13 @@ class EvalCurve:
     """Items of ``--data`` that have no score in ``--eval`` (or no id): left out of the curve."""
     without_pair: int = 0
     """Items with a score but without outcomes for both models: left out of the curve."""
+    repeated: int = 0
+    """Items of ``--data`` whose id an earlier item has: left out, as ``eval`` leaves them out of its scores."""
+
+    @property
+    def left_out(self) -> int:
+        """The ``--data`` items left out of the curve, for any reason."""
+        return self.unscored + self.without_pair + self.repeated
 
 
 def _eval_items(option: str, path: Path, skip_torn: bool = False) -> list[dict[str, Any]]:
@@ -293,8 +298,8 @@ def _numbers(scores: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _duplicate_ids(option: str, path: Path, ids: Iterable[str]) -> None:
-    """:class:`ReportError` if an id occurs twice: scores join items by id, so which score an item gets (and the
-    APGR) would depend on the order of the lines."""
+    """:class:`ReportError` if an id occurs twice in ``--eval``: scores join items by id, so which score an item gets
+    (and the APGR) would depend on the order of the lines (``eval`` writes one score per id)."""
     seen: set[str] = set()
     repeated: list[str] = []
     for item_id in ids:
@@ -310,8 +315,9 @@ def _duplicate_ids(option: str, path: Path, ids: Iterable[str]) -> None:
 
 def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
     """The cost-quality curve of ``evaluation`` (EVAL.md's two-model definition); raises :class:`ReportError`
-    naming the option on an unreadable file or data it cannot use: duplicate ids, the same model as weak and strong,
-    or two models that tie on average (the gain over the weak model, PGR, is then undefined)."""
+    naming the option on an unreadable file or data it cannot use: an id twice in ``--eval``, the same model as weak
+    and strong, or two models that tie on average (the gain over the weak model, PGR, is then undefined). An id twice
+    in ``--data`` is read as ``eval`` reads it: the first item with it is used, the later ones left out and counted."""
     import numpy as np
 
     from classifier.metrics import routing_curve
@@ -326,7 +332,8 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
     _duplicate_ids("--eval", evaluation.scores, (str(item["id"]) for item in lines))
     scores = {str(item["id"]): float(item["score"]) for item in lines}
     data = _eval_items("--data", evaluation.data, skip_torn=True)  # eval gave a torn line no id
-    _duplicate_ids("--data", evaluation.data, (str(item["id"]) for item in data if item.get("id") is not None))
+    first, again = first_of_each_id(data)  # as eval scores them: the first item with an id, once
+    data = [data[i] for i in first]
     scored = [item for item in data if item.get("id") is not None and str(item["id"]) in scores]
     outcomes = [
         (scores[str(item["id"])], _numbers(item["scores"])) for item in scored if isinstance(item.get("scores"), dict)
@@ -368,6 +375,7 @@ def eval_curve(evaluation: EvalInput, points: int = 101) -> EvalCurve:
         s95=curve.s95,
         unscored=len(data) - len(scored),
         without_pair=len(scored) - len(rows),
+        repeated=len(again),
     )
 
 
@@ -463,45 +471,14 @@ def write_report(
         return 2
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` name one file: the same file if both exist (a hard link, a symlink or another spelling
-    of the path), else the same absolute path with symlinks resolved."""
-    with contextlib.suppress(OSError):
-        if os.path.samefile(a, b):
-            return True
-    return a.resolve() == b.resolve()
-
-
 def _refuse_input_as_output(html: Path, paths: list[Path], evaluation: EvalInput | None) -> None:
     """:class:`ReportError` if ``--html`` names one of the inputs: writing it would replace a decision log (often the
     only copy) or the eval files with the page."""
-    inputs = [(p, "a log") for p in paths]
+    inputs = [("an input log", p) for p in paths]
     if evaluation is not None:
-        inputs += [(evaluation.scores, "--eval"), (evaluation.data, "--data")]
-    for path, what in inputs:
-        if _same_file(html, path):
-            raise ReportError(f"--html {html} is an input file ({what}): give another path for the page")
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden sibling renamed over it, so that a failed write (a full disk) leaves
-    the previous page whole rather than half a page; a path that exists and is not a regular file (``/dev/stdout``,
-    a pipe) is written as it is, since a rename would replace it."""
-    target = Path(os.path.realpath(path))  # a symlink keeps pointing at the page
-    if target.exists() and not target.is_file():
-        with open(target, "wb") as f:
-            f.write(data)
-        return
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(partial, target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        raise
+        inputs += [("the --eval file", evaluation.scores), ("the --data file", evaluation.data)]
+    if (message := clash(("--html", html), inputs)) is not None:
+        raise ReportError(message)
 
 
 def _write_report(
@@ -523,7 +500,8 @@ def _write_report(
     curve = eval_curve(evaluation) if evaluation is not None else None
     if html is not None:  # before anything is printed: a failed run prints only its error
         try:
-            _write_whole(html, render_html(summary, [str(p) for p in paths], curve).encode())
+            page = render_html(summary, [str(p) for p in paths], curve).encode()
+            write_whole(html, lambda fh: fh.write(page))
         except OSError as exc:
             raise ReportError(f"cannot write --html {html} ({io_reason(exc)})") from None
     if as_json:
@@ -538,7 +516,7 @@ def _write_report(
             print(f"skipped {summary.duplicates} {_DUPLICATES}", file=out)
         if html is not None:
             print(f"HTML report written to {html}", file=out)
-        if curve is not None and (curve.unscored or curve.without_pair):
+        if curve is not None and curve.left_out:
             print(f"cost-quality curve on {curve.items} EVAL items: {_left_out(curve)}", file=out)
     return 0
 
@@ -611,6 +589,8 @@ def _tier_section(tiers: Mapping[str, int]) -> str:
 def _left_out(curve: EvalCurve) -> str:
     """The ``--data`` items the curve leaves out, and why: a partial join shrinks the curve, which must be said."""
     why = []
+    if curve.repeated:
+        why.append(f"{curve.repeated} repeating an earlier item's id (eval scores the first)")
     if curve.unscored:
         why.append(f"{curve.unscored} without a score in --eval")
     if curve.without_pair:
@@ -639,11 +619,7 @@ def _curve_section(curve: EvalCurve) -> str:
     )
     s95 = "n/a" if math.isnan(curve.s95) else f"{curve.s95:.1%}"
     apgr = "n/a" if math.isnan(curve.apgr) else f"{curve.apgr:.3f}"
-    left_out = (
-        f'<p class="warn" id="left-out">{html.escape(_left_out(curve))}.</p>'
-        if curve.unscored or curve.without_pair
-        else ""
-    )
+    left_out = f'<p class="warn" id="left-out">{html.escape(_left_out(curve))}.</p>' if curve.left_out else ""
     return (
         '<section id="curve"><h2>Cost-quality curve</h2>'
         f'<p class="muted">{curve.items} EVAL items: the hardest-scored share goes to {html.escape(curve.strong)}, '

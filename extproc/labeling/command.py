@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import fcntl
-import gzip
 import os
 import random
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +23,8 @@ from typing import BinaryIO, TextIO
 
 import httpx
 
-from classifier.jsonl import io_reason
+from classifier.atomic_file import clash
+from classifier.jsonl import READ_ERRORS, io_reason
 from extproc.labeling.client import ChatEndpoint
 from extproc.labeling.cost import JUDGE, Budget, Estimate, Ledger, Price, estimate_run
 from extproc.labeling.progress import Progress
@@ -306,15 +304,6 @@ class Plan:
     resume: ResumeState
 
 
-def read_reason(exc: OSError | EOFError | zlib.error) -> str:
-    """Why ``--data`` could not be read, in words (``gzip`` says ``Not a gzipped file (b'{"')``)."""
-    if isinstance(exc, gzip.BadGzipFile):
-        return "not a gzip file"
-    if isinstance(exc, EOFError | zlib.error):
-        return "truncated or corrupt gzip file"
-    return io_reason(exc)
-
-
 def check_paths(args: argparse.Namespace) -> None:
     """Bad URLs and output paths are usage errors now, not a run of connection errors later."""
     for option, url in (("--base-url", args.base_url), ("--judge-base-url", args.judge_base_url)):
@@ -326,9 +315,8 @@ def check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
     if args.out.exists() and not args.out.is_file():  # /dev/null would swallow paid labels; /dev/full never ends
         raise UsageError(f"cannot write --out {args.out} (not a regular file)")
-    with contextlib.suppress(OSError):  # either missing: not the same file
-        if args.out.samefile(args.data):
-            raise UsageError(f"--out {args.out} is the --data file")
+    if (message := clash(("--out", args.out), [("the --data file", args.data)])) is not None:
+        raise UsageError(message)
 
 
 def open_out(path: Path) -> tuple[BinaryIO, bool]:
@@ -360,8 +348,8 @@ def plan(args: argparse.Namespace, text_of: TextOf, env: Mapping[str, str]) -> P
     check_paths(args)
     try:
         prompts = read_prompts(args.data, text_of)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UsageError(f"--data {args.data}: {read_reason(exc)}") from None
+    except READ_ERRORS as exc:
+        raise UsageError(f"cannot read --data {args.data} ({io_reason(exc)})") from None
     if not prompts.items:  # the wrong file (e.g. prompts without ids): say so instead of labelling nothing, exit 0
         notes = "; ".join(input_notes(prompts, ResumeState(), args.out)) or "the file is empty"
         raise UsageError(

@@ -377,7 +377,7 @@ def test_command_refuses_an_input_without_one_usable_item(tmp_path: Path, conten
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        pytest.param(lambda gz: gz[:-30], "truncated or corrupt gzip file", id="truncated"),
+        pytest.param(lambda gz: gz[:-30], "truncated gzip file", id="truncated"),
         pytest.param(lambda gz: b"{}" + gz, "not a gzip file", id="not-gzip"),
     ],
 )
@@ -389,7 +389,7 @@ def test_command_refuses_a_damaged_gz_before_any_request(
     data = tmp_path / "prompts.jsonl.gz"
     data.write_bytes(damage(gzip.compress((tmp_path / "prompts.jsonl").read_bytes())))
     code, out, err = run(tmp_path, never_called, "--data", str(data))
-    assert code == 2 and err == f"model-router label: --data {data}: {message}\n" and not out
+    assert code == 2 and err == f"model-router label: cannot read --data {data} ({message})\n" and not out
 
 
 def test_command_rejects_a_single_model(tmp_path: Path) -> None:

@@ -189,7 +189,10 @@ def test_tenant_and_exclude_tenant_are_exclusive(tmp_path: Path, capsys: Any) ->
 def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
     err = io.StringIO()
     code = run_outcomes([tmp_path / "nope.jsonl"], [], tmp_path / "out.jsonl", False, io.StringIO(), err)
-    assert err.getvalue() == f"model-router outcomes: cannot read --capture {tmp_path / 'nope.jsonl'} (no such file)\n"
+    assert (
+        err.getvalue()
+        == f"model-router outcomes: cannot read --capture {tmp_path / 'nope.jsonl'} (No such file or directory)\n"
+    )
     assert code == 2 and sorted(tmp_path.iterdir()) == []
 
 
@@ -217,7 +220,7 @@ def test_the_readme_command_works_before_the_first_rotation(tmp_path: Path) -> N
     ):
         err = io.StringIO()
         assert run_outcomes(captures, feedbacks, out, False, io.StringIO(), err) == 2
-        assert err.getvalue() == f"model-router outcomes: cannot read {named} (no such file)\n"
+        assert err.getvalue() == f"model-router outcomes: cannot read {named} (No such file or directory)\n"
 
 
 def run_ok_summary(tmp_path: Path, captures: list[Path], feedback: list[Path]) -> str:
@@ -239,7 +242,7 @@ def test_errors_name_the_argument_and_the_file(tmp_path: Path) -> None:
         ([not_gzip], [feedback], out, f"cannot read --capture {not_gzip} (not a gzip file)"),
         ([captures], [corrupt], out, f"cannot read --feedback {corrupt} (corrupt gzip file)"),
         ([truncated], [feedback], out, f"cannot read --capture {truncated} (truncated gzip file)"),
-        ([tmp_path], [feedback], out, f"cannot read --capture {tmp_path} (is a directory)"),
+        ([tmp_path], [feedback], out, f"cannot read --capture {tmp_path} (Is a directory)"),
         (
             [captures],
             [feedback],

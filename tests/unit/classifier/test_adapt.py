@@ -138,8 +138,8 @@ def test_same_seed_gives_byte_identical_files(synthetic: tuple[Path, Path, str],
     ("name", "payload", "reason"),
     [
         ("missing.jsonl", None, "No such file or directory"),
-        ("bad.jsonl.gz", b"this is not gzip", "Not a gzipped file (b'th')"),
-        ("cut.jsonl.gz", gzip.compress(b'{"id": 1}\n' * 1000)[:-20], "Compressed file ended before the end-of-stream"),
+        ("bad.jsonl.gz", b"this is not gzip", "not a gzip file"),
+        ("cut.jsonl.gz", gzip.compress(b'{"id": 1}\n' * 1000)[:-20], "truncated gzip file"),
     ],
 )
 def test_unreadable_data_is_one_line_and_exit_2(tmp_path: Path, name: str, payload: bytes | None, reason: str) -> None:

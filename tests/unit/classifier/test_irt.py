@@ -140,6 +140,25 @@ def test_cli_skips_and_counts_scores_outside_0_1_instead_of_clamping(tiny_model_
     ) in err.getvalue()
 
 
+def test_cli_reads_a_repeated_id_once_as_eval_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Concatenated exports repeat items: eval and adapt score the first item with an id, irt counted every copy."""
+    items = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"what is {i} ?"}], "scores": {"a": i % 2, "b": 1}}
+        for i in range(35)
+    ]
+    items += [{**item, "scores": {"a": 1, "b": 0}} for item in items[:5]]  # q0..q4 again, other outcomes
+    items.append({"messages": [{"role": "user", "content": "no id"}], "scores": {"a": 1, "b": 1}})  # kept: no id
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
+    out, err = io.StringIO(), io.StringIO()
+    assert (
+        main(["--data", str(data), "--model", str(tiny_model_dir), "--min-records", "1"], stdout=out, stderr=err) == 0
+    )
+    assert err.getvalue().startswith("72 outcome records from 36 items; ")
+    assert "5 items whose id an earlier item has (the first one counts)" in err.getvalue()
+    assert orjson.loads(out.getvalue())["a"]["records"] == 36
+
+
 @pytest.mark.parametrize(("records", "fitted"), [(99, set()), (100, {"a", "b"})])
 def test_cli_leaves_out_a_model_with_too_few_records(
     tiny_model_dir: Path, tmp_path: Path, records: int, fitted: set[str]
@@ -162,7 +181,7 @@ def test_cli_leaves_out_a_model_with_too_few_records(
     ("content", "message"),
     [
         (None, "cannot read --data {data} (No such file or directory)"),
-        (gzip.compress(b'{"messages": []}\n' * 500)[:-30], "cannot read --data {data} (Compressed file ended before"),
+        (gzip.compress(b'{"messages": []}\n' * 500)[:-30], "cannot read --data {data} (truncated gzip file)"),
         (b'{"messages": [{"role": "user", "content": "q"}]}\n', "no usable outcome records in --data {data}"),
     ],
     ids=["missing", "truncated-gzip", "no-scores"],
