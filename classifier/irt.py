@@ -290,7 +290,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO = sys.stdout, stderr:
     (or model with enough), is one line on stderr and exit 2.
     """
     parser = argparse.ArgumentParser(prog="python -m classifier.irt", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) as in EVAL.md")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="JSON Lines (plain or gzip, known by its content) as in EVAL.md"
+    )
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
     parser.add_argument(
         "--min-records",

@@ -76,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --envoy-config: the router's address when serve --listen overrides server.listen (sidecars)",
     )
     ev = _command(sub, "eval", "score an EVAL.md file with the live request path and report APGR etc.")
-    ev.add_argument("--data", type=Path, required=True, help="JSON Lines (optionally .gz) in the EVAL.md format")
+    ev.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="JSON Lines (plain or gzip, known by its content) in the EVAL.md format",
+    )
     ev.add_argument("--out", type=Path, required=True, help="where to write one {id, score} line per item")
     scorer = ev.add_mutually_exclusive_group()  # --heuristic ignored --model: the table named the wrong scorer
     scorer.add_argument("--model", type=Path, help="ONNX model directory (default: the shipped model)")
@@ -103,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("-f", "--file", help="a request body (JSON) file; - for stdin")
     explain.add_argument("--path", default="/v1/chat/completions", help="the request path (default: %(default)s)")
     explain.add_argument(
-        "--model", help="requested model for a prompt (default: auto, or the config's first routable model without it)"
+        "--model",
+        help="requested model for a prompt (default: auto; in-process, the config's first routable model if auto is not"
+        " one)",
     )
     explain.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
@@ -124,7 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-server-name", metavar="NAME", help="the name to check in the router's certificate")
     adapt = _command(sub, "adapt", "fit a deployment-specific classifier head from outcome records (seconds)")
     adapt.add_argument(
-        "--outcomes", "--data", dest="data", type=Path, required=True, help="EVAL.md JSON Lines (.gz ok) with scores"
+        "--outcomes",
+        "--data",
+        dest="data",
+        type=Path,
+        required=True,
+        help="EVAL.md JSON Lines (plain or gzip) with scores",
     )
     adapt.add_argument("--weak", help="the cheap model's name in the scores (default: chosen as eval chooses it)")
     adapt.add_argument("--strong", help="the strong model's name in the scores (default: the best-scoring model)")
@@ -140,8 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--force", action="store_true", help="write even with too few records or too little signal")
     add_label_parser(sub)
     outcomes = _command(sub, "outcomes", "join captured prompts with feedback into EVAL.md outcome records")
-    outcomes.add_argument("--capture", type=Path, nargs="+", required=True, help="capture files (plain or .gz)")
-    outcomes.add_argument("--feedback", type=Path, nargs="+", required=True, help="feedback files (plain or .gz)")
+    outcomes.add_argument("--capture", type=Path, nargs="+", required=True, help="capture files (plain or gzip)")
+    outcomes.add_argument("--feedback", type=Path, nargs="+", required=True, help="feedback files (plain or gzip)")
     outcomes.add_argument("--out", type=Path, required=True, help="the EVAL.md JSON Lines file to write (mode 0600)")
     outcomes.add_argument("--keep-unscored", action="store_true", help="also write captured prompts without feedback")
     which = outcomes.add_mutually_exclusive_group()

@@ -35,7 +35,9 @@ def add_label_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``label`` subcommand to ``sub`` (an ``add_subparsers()`` result) and return its parser."""
     p: argparse.ArgumentParser = sub.add_parser("label", help=HELP, description=HELP)
     io = p.add_argument_group("input and output")
-    io.add_argument("--data", type=Path, required=True, help="prompts: EVAL.md JSON Lines (optionally .gz)")
+    io.add_argument(
+        "--data", type=Path, required=True, help="prompts: EVAL.md JSON Lines (plain or gzip, known by its content)"
+    )
     io.add_argument("--out", type=Path, required=True, help="records are appended here; ids already in it are skipped")
     io.add_argument("--limit", type=_int(1), help="label at most this many new items")
     models = p.add_argument_group("models, through the gateway")
