@@ -276,7 +276,9 @@ class _ConfigWait:
             from extproc.logs import configure_logging
 
             configure_logging("info")
-            logging.getLogger("model_router.config").error("%s; waiting for a valid config", exc)
+            # A port or file another process holds is no config problem: the same file is tried again all the same.
+            then = "trying again" if exc.heading == CANNOT_START else "waiting for a valid config"
+            logging.getLogger("model_router.config").error("%s; %s", exc, then)
         self._health.state = RouterState.WAITING
         try:
             time.sleep(self._poll_seconds)

@@ -28,6 +28,7 @@ class ConfigError(RouterError):
 
     def __init__(self, problems: list[str], heading: str = "invalid configuration") -> None:
         self.problems = problems
+        self.heading = heading
         super().__init__(f"{heading}:\n  " + "\n  ".join(problems))
 
 
