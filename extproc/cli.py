@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--data", type=Path, help="the EVAL.md data the scores were computed on (with --eval)")
     report.add_argument("--weak", help="the cheap model's name in the data's scores (with --eval)")
     report.add_argument("--strong", help="the strong model's name in the data's scores (with --eval)")
+    report.add_argument(
+        "--envoy-log",
+        type=Path,
+        nargs="+",
+        action="extend",
+        dest="envoy_logs",
+        metavar="ENVOY_LOG",
+        help="Envoy access logs (plain or .gz) of every gateway pod over the same period: totals as Envoy applied them",
+    )
     explain = _command(sub, "explain", "what the router would do with a prompt or request body, and why")
     explain.add_argument(
         "prompt",
@@ -421,7 +430,15 @@ def _report(args: argparse.Namespace) -> int:
         )
         return 2
     evaluation = EvalInput(args.eval_scores, args.data, args.weak, args.strong) if args.eval_scores else None
-    return write_report(args.logs, sys.stdout, as_json=args.json, html=args.html, evaluation=evaluation, err=sys.stderr)
+    return write_report(
+        args.logs,
+        sys.stdout,
+        as_json=args.json,
+        html=args.html,
+        evaluation=evaluation,
+        err=sys.stderr,
+        envoy_logs=args.envoy_logs,
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -7,6 +7,12 @@ same log given twice, or a log and its ``.gz`` copy) is counted once, and the co
 decisions that chose a model (routed, fallback, and shadow: what shadow mode *would* have saved): the estimated cost
 of each request on the model it asked for (or the default model) against the model chosen. With ``--eval`` scores
 and their EVAL.md data, the HTML report adds the cost-quality curve of those scores.
+
+With ``--envoy-log``, the decisions are checked against Envoy's access logs: the router logs a decision even when its
+answer reached Envoy after ``message_timeout`` and the request went on unrouted (fail-open), so a routed, fallback or
+shadow decision (the outcomes whose dynamic metadata carries the decision id) that is missing from the access logs
+was not applied, and is left out of the savings. Decisions made through ``Decide`` never reach Envoy, and decisions
+from outside the time the access logs cover cannot be told apart from another gateway's: both are not checked.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import html
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +40,8 @@ from extproc.policy import Reason
 
 __all__ = [
     "CandidateComparison",
+    "EnvoyCheck",
+    "EnvoyLog",
     "EvalCurve",
     "EvalInput",
     "LogReader",
@@ -39,6 +49,7 @@ __all__ = [
     "Savings",
     "Summary",
     "eval_curve",
+    "read_envoy_logs",
     "render_html",
     "summarise",
     "write_report",
@@ -142,6 +153,8 @@ class Summary:
     duplicates: int = 0
     """Decisions whose ``decision_id`` was seen before (left out)."""
     candidate: CandidateComparison = field(default_factory=CandidateComparison)
+    envoy: EnvoyCheck | None = None
+    """With ``--envoy-log``: which decisions Envoy applied."""
 
 
 class ReportError(Exception):
@@ -154,11 +167,23 @@ line: ``RoutingDecision`` has a ``stream`` field too (a bool), which these strin
 _OUTCOMES = frozenset(api.Outcome.values())
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The text lines of ``path``, gunzipped if it is gzip: by its magic bytes too, as ``classifier.jsonl`` reads (a
+    log copied out of a pod as router.log is often compressed all the same, and read as text it held no line)."""
+    with open(path, "rb") as raw:
+        gzipped = path.suffix == ".gz" or starts_gzip(raw)
+        binary: Any = gzip.open(raw) if gzipped else raw  # noqa: SIM115 - the text wrapper closes it
+        with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as f:
+            yield from f
+
+
 class LogReader:
     """Reads decision lines from log files (plain or gzip) and counts the bad ones."""
 
     def __init__(self) -> None:
         self.bad_lines = 0
+        self.via_decide: set[str] = set()
+        """The ids of decisions made through ``Decide`` (``"via_decide": true``): no Envoy applies them."""
 
     def decisions(self, paths: Iterable[Path]) -> Iterator[api.RoutingDecision]:
         """Every decision in ``paths``; other log lines are ignored, unreadable decision lines counted. A file that
@@ -170,18 +195,12 @@ class LogReader:
                 raise ReportError(f"cannot read {path} ({io_reason(exc)})") from None
 
     def _read(self, path: Path) -> Iterator[api.RoutingDecision]:
-        # gzip by its magic bytes too, as classifier.jsonl reads: a capture copied out of a pod as router.log is
-        # often compressed all the same, and read as text it held no decision line.
-        with open(path, "rb") as raw:
-            gzipped = path.suffix == ".gz" or starts_gzip(raw)
-            binary: Any = gzip.open(raw) if gzipped else raw  # noqa: SIM115 - the text wrapper closes it
-            with io.TextIOWrapper(binary, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if '"decision"' not in line or '"event"' not in line:
-                        continue
-                    decision = self._parse(line)
-                    if decision is not None:
-                        yield decision
+        for line in _lines(path):
+            if '"decision"' not in line or '"event"' not in line:
+                continue
+            decision = self._parse(line)
+            if decision is not None:
+                yield decision
 
     def _parse(self, line: str) -> api.RoutingDecision | None:
         """The decision on ``line``; None (counted) if it cannot be read, or holds a cost that is negative or not
@@ -197,6 +216,8 @@ class LogReader:
             return None
         if event.get("event") != "decision":
             return None
+        if event.get("via_decide") is True and isinstance(event.get("decision_id"), str):
+            self.via_decide.add(event["decision_id"])
         if event.get("stream") in _SHIPPER_STREAMS:
             event = {k: v for k, v in event.items() if k != "stream"}
         try:
@@ -212,10 +233,150 @@ class LogReader:
         return decision
 
 
-def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> Summary:
+_ENVOY_TEXT = re.compile(
+    r'\[(?P<start>[^\]]+)\] "[^"]*" \S+ \S+ outcome=\S* reason=\S* model=\S* '
+    r"decision=(?P<decision>\S*) (?P<ms>\S+)ms\s*$"
+)
+"""An access-log line of ``k8s/base/envoy.yaml``'s text format (searched, not matched: a log collector may prefix
+its own timestamp)."""
+_ABSENT = ("", "-")
+"""What Envoy writes for a missing dynamic metadata value: JSON ``null`` (read as None), ``-`` in text."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = 1_000_000
+
+
+def _unix_ns(text: object) -> int | None:
+    """An ISO 8601 time (``%START_TIME%``: ``2025-11-23T10:00:00.123Z``; without a zone read as UTC, as Envoy writes
+    it) in nanoseconds since the epoch, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return ((t if t.tzinfo else t.replace(tzinfo=UTC)) - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+@dataclass
+class EnvoyLog:
+    """What Envoy's access logs (``--envoy-log``) hold: the decision ids it applied, and the time the logs cover."""
+
+    ids: set[str] = field(default_factory=set)
+    access_lines: int = 0
+    skipped_lines: int = 0
+    """Lines in neither access-log format (Envoy's own messages in a container log, another program's lines)."""
+    first_ns: int | None = None
+    """The earliest request start."""
+    last_ns: int | None = None
+    """The latest request end (start + duration, + 1 ms for Envoy's rounding to milliseconds)."""
+
+    def add(self, line: str) -> None:
+        """Read one line: an access-log line in either format, or a skipped one."""
+        entry = _access_entry(line)
+        if entry is None:
+            self.skipped_lines += 1
+            return
+        start, end, decision_id = entry
+        self.access_lines += 1
+        if decision_id is not None:
+            self.ids.add(decision_id)
+        self.first_ns = start if self.first_ns is None else min(self.first_ns, start)
+        self.last_ns = end if self.last_ns is None else max(self.last_ns, end)
+
+    def covers(self, ns: int) -> bool:
+        """Whether a request started at ``ns`` is within the time the logs cover."""
+        return self.first_ns is not None and self.last_ns is not None and self.first_ns <= ns <= self.last_ns
+
+
+def _access_entry(line: str) -> tuple[int, int, str | None] | None:
+    """(start, end, decision id or None) of an access-log line of ``envoy/envoy.yaml`` (JSON) or
+    ``k8s/base/envoy.yaml`` (text); None for any other line, or one without a readable start time."""
+    if (m := _ENVOY_TEXT.search(line)) is not None:
+        start, ms, decision = m["start"], m["ms"], m["decision"]
+    else:
+        brace = line.find("{")
+        try:
+            entry = json.loads(line[brace:]) if brace >= 0 else None
+        except ValueError:
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("model_router"), dict):
+            return None
+        start, ms, decision = (
+            entry.get("start_time"),
+            entry.get("duration_ms"),
+            entry["model_router"].get("decision_id"),
+        )
+    start_ns = _unix_ns(start)
+    if start_ns is None:
+        return None
+    duration = int(ms) if isinstance(ms, int) or (isinstance(ms, str) and ms.isdigit()) else 0  # "-": no response
+    decision_id = decision if isinstance(decision, str) and decision not in _ABSENT else None
+    return start_ns, start_ns + (duration + 1) * _MS, decision_id
+
+
+def read_envoy_logs(paths: Iterable[Path]) -> EnvoyLog:
+    """The access-log lines of ``paths`` (plain or gzip); :class:`ReportError` naming a file that cannot be read, or
+    if no file holds an access-log line (the wrong file, or a format this reader does not know)."""
+    log = EnvoyLog()
+    paths = list(paths)
+    for path in paths:
+        try:
+            for line in _lines(path):
+                if line.strip():
+                    log.add(line)
+        except READ_ERRORS as exc:
+            raise ReportError(f"cannot read --envoy-log {path} ({io_reason(exc)})") from None
+    if not log.access_lines:
+        names = ", ".join(str(p) for p in paths)
+        raise ReportError(
+            f"--envoy-log {names}: no Envoy access-log line ({log.skipped_lines} line(s) in neither the JSON format of"
+            " envoy/envoy.yaml nor the text format of k8s/base/envoy.yaml)"
+        )
+    return log
+
+
+@dataclass
+class EnvoyCheck:
+    """The decisions that should have reached Envoy (routed, fallback, shadow) against its access logs."""
+
+    log: EnvoyLog
+    applied: int = 0
+    not_applied: int = 0
+    """In the logs' time span but not in them: Envoy had failed open (left out of the savings)."""
+    not_applied_by_tenant: dict[str, int] = field(default_factory=dict)
+    outside_span: int = 0
+    """Not in the logs, and decided outside the time they cover (or at an unknown time, or without an id): not
+    checked, kept."""
+    via_decide: int = 0
+    """Made through ``Decide``: never sent to Envoy, not checked, kept."""
+
+    def stands(self, d: api.RoutingDecision, via_decide: bool) -> bool:
+        """Count ``d``; False if Envoy did not apply it."""
+        if via_decide:
+            self.via_decide += 1
+        elif d.decision_id in self.log.ids:
+            self.applied += 1
+        elif not d.decision_id or not d.HasField("decided_at") or not self.log.covers(d.decided_at.ToNanoseconds()):
+            self.outside_span += 1
+        else:
+            self.not_applied += 1
+            tenant = d.tenant or "-"
+            self.not_applied_by_tenant[tenant] = self.not_applied_by_tenant.get(tenant, 0) + 1
+            return False
+        return True
+
+
+def summarise(
+    decisions: Iterable[api.RoutingDecision],
+    bad_lines: int = 0,
+    envoy: EnvoyLog | None = None,
+    via_decide: frozenset[str] | set[str] = frozenset(),
+) -> Summary:
     """Group counted decisions by tenant and model, model, tenant and day; count tiers and outcomes. A decision whose
-    ``decision_id`` was seen before is left out and counted: decision ids are random, so it is a copy."""
-    s = Summary(bad_lines=bad_lines)
+    ``decision_id`` was seen before is left out and counted: decision ids are random, so it is a copy. With ``envoy``,
+    a decision Envoy did not apply is sent nowhere (:data:`NOT_ROUTED`) and left out of the savings
+    (:meth:`EnvoyCheck.stands`); ``via_decide`` are the ids of decisions made through ``Decide``."""
+    s = Summary(bad_lines=bad_lines, envoy=EnvoyCheck(envoy) if envoy is not None else None)
     seen: set[str] = set()
     for d in decisions:
         if d.decision_id:
@@ -225,9 +386,10 @@ def summarise(decisions: Iterable[api.RoutingDecision], bad_lines: int = 0) -> S
             seen.add(d.decision_id)
         outcome = label("outcome", d.outcome) if d.outcome else "unspecified"
         s.outcomes[outcome] = s.outcomes.get(outcome, 0) + 1
+        applied = s.envoy is None or outcome not in _COUNTED or s.envoy.stands(d, d.decision_id in via_decide)
         pinned = label("reason", d.reason) == Reason.TRUSTED_OVERRIDE.value if d.reason else False
-        chose = outcome in _COUNTED and bool(d.selected_model) and not pinned
-        tier = (d.tier or "-") if chose else (PINNED if pinned else NOT_ROUTED)
+        chose = outcome in _COUNTED and bool(d.selected_model) and not pinned and applied
+        tier = (d.tier or "-") if chose else (PINNED if pinned and applied else NOT_ROUTED)
         s.tiers[tier] = s.tiers.get(tier, 0) + 1
         if chose and d.candidate_selected_model and d.HasField("estimated_cost_candidate"):
             s.candidate.add(d)
@@ -400,7 +562,48 @@ def _json(s: Summary) -> dict[str, Any]:
         "bad_lines": s.bad_lines,
         "duplicate_decisions": s.duplicates,
         "candidate": _candidate_json(s.candidate) if s.candidate.requests else None,
+        "envoy": _envoy_json(s.envoy) if s.envoy is not None else None,
     }
+
+
+def _envoy_json(e: EnvoyCheck) -> dict[str, Any]:
+    return {
+        "totals": "as Envoy applied them",
+        "applied": e.applied,
+        "not_applied": e.not_applied,
+        "not_applied_by_tenant": dict(sorted(e.not_applied_by_tenant.items())),
+        "outside_span": e.outside_span,
+        "via_decide": e.via_decide,
+        "access_lines": e.log.access_lines,
+        "skipped_lines": e.log.skipped_lines,
+        "span": list(_span(e.log)),
+    }
+
+
+def _span(log: EnvoyLog) -> tuple[str, str]:
+    """The time the access logs cover, as ISO 8601 UTC (to the millisecond)."""
+    assert log.first_ns is not None and log.last_ns is not None  # read_envoy_logs refuses logs without a line
+
+    def iso(ns: int) -> str:
+        return (_EPOCH + timedelta(microseconds=ns // 1000)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    return iso(log.first_ns), iso(log.last_ns)
+
+
+def _envoy_text(e: EnvoyCheck) -> str:
+    """The check against Envoy's access logs, in one paragraph (text output and HTML page)."""
+    first, last = _span(e.log)
+    tenants = ", ".join(f"{t} {n}" for t, n in sorted(e.not_applied_by_tenant.items()))
+    parts = [
+        f"totals as Envoy applied them: of the routed, fallback and shadow decisions, {e.applied} applied,"
+        f" {e.not_applied} not applied (Envoy failed open: sent unrouted; left out"
+        + (f"; by tenant: {tenants})" if tenants else ")"),
+        f"{e.outside_span} outside the Envoy logs' time span {first} .. {last} (not checked, kept)",
+    ]
+    if e.via_decide:
+        parts.append(f"{e.via_decide} made through Decide (never sent to Envoy; kept)")
+    skipped = f"; {e.log.skipped_lines} line(s) in neither access-log format skipped" if e.log.skipped_lines else ""
+    return f"{', '.join(parts)}. Read {e.log.access_lines} access-log line(s){skipped}."
 
 
 def _candidate_json(c: CandidateComparison) -> dict[str, Any]:
@@ -443,9 +646,9 @@ def _text(s: Summary, out: TextIO) -> None:
             f"{g.saved:>10.4f} {g.saved_pct:>7.1f}%",
             file=out,
         )
-    t = s.total
+    t, applied = s.total, " (as Envoy applied them)" if s.envoy is not None else ""
     print(
-        f"total: {t.requests} requests, estimated {t.cost_selected:.4f} instead of {t.cost_requested:.4f} "
+        f"total{applied}: {t.requests} requests, estimated {t.cost_selected:.4f} instead of {t.cost_requested:.4f} "
         f"({t.saved_pct:.1f}% saved); outcomes seen: " + ", ".join(f"{k}={v}" for k, v in sorted(s.outcomes.items())),
         file=out,
     )
@@ -458,23 +661,26 @@ def write_report(
     html: Path | None = None,
     evaluation: EvalInput | None = None,
     err: TextIO | None = None,
+    envoy_logs: list[Path] | None = None,
 ) -> int:
     """Print the savings table (or JSON), and write the HTML report if asked; 1 if the logs held no decision (said on
     ``err``, so ``--json`` output stays empty rather than not JSON); 2, with one ``model-router report: ...`` line on
     ``err`` (default: the process's stderr), if a file cannot be read or used, or the HTML report cannot be written."""
     err = sys.stderr if err is None else err
     try:
-        return _write_report(paths, out, as_json, html, evaluation, err)
+        return _write_report(paths, out, as_json, html, evaluation, err, envoy_logs or [])
     except ReportError as exc:
         out.flush()  # what was printed so far, then the reason, in that order on a terminal
         print(f"model-router report: {exc}", file=err)
         return 2
 
 
-def _refuse_input_as_output(html: Path, paths: list[Path], evaluation: EvalInput | None) -> None:
+def _refuse_input_as_output(
+    html: Path, paths: list[Path], evaluation: EvalInput | None, envoy_logs: list[Path]
+) -> None:
     """:class:`ReportError` if ``--html`` names one of the inputs: writing it would replace a decision log (often the
-    only copy) or the eval files with the page."""
-    inputs = [("an input log", p) for p in paths]
+    only copy), an Envoy log or the eval files with the page."""
+    inputs = [("an input log", p) for p in paths] + [("an --envoy-log", p) for p in envoy_logs]
     if evaluation is not None:
         inputs += [("the --eval file", evaluation.scores), ("the --data file", evaluation.data)]
     if (message := clash(("--html", html), inputs)) is not None:
@@ -482,13 +688,21 @@ def _refuse_input_as_output(html: Path, paths: list[Path], evaluation: EvalInput
 
 
 def _write_report(
-    paths: list[Path], out: TextIO, as_json: bool, html: Path | None, evaluation: EvalInput | None, err: TextIO
+    paths: list[Path],
+    out: TextIO,
+    as_json: bool,
+    html: Path | None,
+    evaluation: EvalInput | None,
+    err: TextIO,
+    envoy_logs: list[Path],
 ) -> int:
     """The body of :func:`write_report`; raises :class:`ReportError` for what the operator must fix."""
     if html is not None:
-        _refuse_input_as_output(html, paths, evaluation)
+        _refuse_input_as_output(html, paths, evaluation, envoy_logs)
+    envoy = read_envoy_logs(envoy_logs) if envoy_logs else None
     reader = LogReader()
-    summary = summarise(reader.decisions(paths), 0)
+    # via_decide grows as lines are read: a decision's mark is on its own line, read before it is summarised.
+    summary = summarise(reader.decisions(paths), 0, envoy, reader.via_decide)
     summary.bad_lines = reader.bad_lines
     if not summary.outcomes:
         print(
@@ -514,6 +728,8 @@ def _write_report(
             print(f"skipped {summary.bad_lines} unreadable decision line(s)", file=out)
         if summary.duplicates:
             print(f"skipped {summary.duplicates} {_DUPLICATES}", file=out)
+        if summary.envoy is not None:
+            print(_envoy_text(summary.envoy), file=out)
         if html is not None:
             print(f"HTML report written to {html}", file=out)
         if curve is not None and curve.left_out:
@@ -661,6 +877,26 @@ def _candidate_section(c: CandidateComparison) -> str:
     )
 
 
+def _envoy_section(e: EnvoyCheck) -> str:
+    figures = [
+        ("applied", "applied", e.applied),
+        ("not applied (left out of every figure below)", "not_applied", e.not_applied),
+        *(
+            (f"not applied, tenant {t}", f"not_applied:tenant:{t}", n)
+            for t, n in sorted(e.not_applied_by_tenant.items())
+        ),
+        ("outside the Envoy logs' time span (not checked, kept)", "outside_span", e.outside_span),
+        ("made through Decide (not checked, kept)", "via_decide", e.via_decide),
+        ("access-log lines read", "access_lines", e.log.access_lines),
+        ("lines in neither access-log format (skipped)", "skipped_lines", e.log.skipped_lines),
+    ]
+    table = "".join(f"<tr><td>{html.escape(t)}</td>{_fig('envoy:' + n, v, str(v))}</tr>" for t, n, v in figures)
+    return (
+        f'<section id="envoy"><h2>As Envoy applied them</h2><p class="{"warn" if e.not_applied else "muted"}">'
+        f"{html.escape(_envoy_text(e))}</p><table><tbody>{table}</tbody></table></section>"
+    )
+
+
 def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no external resources)."""
     t = s.total
@@ -693,7 +929,8 @@ def render_html(s: Summary, sources: list[str], curve: EvalCurve | None = None) 
         f'<p class="muted">From {html.escape(", ".join(sources))}. Estimated cost of each request on the model it '
         "asked for (or the default model) against the model the router chose, in the catalog's currency; shadow "
         f"decisions count what shadow mode would have saved. Decisions seen: {outcomes}.</p>{bad}"
-        f'<div class="cards">{cards}</div>'
+        + (_envoy_section(s.envoy) if s.envoy is not None else "")
+        + f'<div class="cards">{cards}</div>'
         + _savings_table("Savings by model", "selected model", "model", s.by_model)
         + _savings_table("Savings by tenant", "tenant", "tenant", s.by_tenant)
         + _savings_table("Savings by day (UTC)", "day", "day", s.by_day)
