@@ -10,6 +10,7 @@ handler's record becomes the answer. Bad request content is a pass-through decis
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
@@ -99,6 +100,26 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
     return out
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ViaDecide:
+    """Marks each record ``via_decide`` on its way to ``sink``: the decision log then says no Envoy applies it, so
+    ``model-router report --envoy-log`` does not call it "not applied"."""
+
+    sink: DecisionSink
+
+    def record(self, rec: DecisionRecord) -> None:
+        """Hand ``rec`` on, marked."""
+        self.sink.record(dataclasses.replace(rec, via_decide=True))
+
+    def error(self, reason: str) -> None:
+        """Hand the error on."""
+        self.sink.error(reason)
+
+    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Hand the usage on."""
+        self.sink.usage(decision_id, model, input_tokens, output_tokens, cost)
+
+
 async def decide(
     request: api.DecideRequest,
     snap: Snapshot,
@@ -122,7 +143,7 @@ async def decide(
     handler = StreamHandler(
         snap,
         classify,
-        sink,
+        _ViaDecide(sink),
         new_id,
         clock,
         trace_headers=trace_headers,

@@ -56,6 +56,8 @@ class DecisionRecord:
     tracestate: str | None = None
     prompt_excerpt: str | None = None
     """Only with ``telemetry.log_prompts: true``; otherwise never set."""
+    via_decide: bool = False
+    """Made through the ``Decide`` API: no Envoy applies it (the decision log says so, for ``report --envoy-log``)."""
     candidate_selected_model: str | None = None
     """With ``classifier.candidate_model_dir``: the candidate model's choice for the same request (not routed)."""
     candidate_tier: str | None = None
@@ -81,10 +83,13 @@ class DecisionSink(Protocol):
 
 
 def record_json(rec: DecisionRecord) -> str:
-    """The decision as one JSON object: ``RoutingDecision``'s canonical proto3 JSON (the form logs and reports read)."""
+    """The decision as one JSON object: ``RoutingDecision``'s canonical proto3 JSON (the form logs and reports read),
+    and ``"via_decide": true`` for a decision made through ``Decide`` (not part of the message: where a decision was
+    asked for is the log's business, not the caller's)."""
     from extproc.decision_proto import decision_dict, to_proto  # the mapping module imports this one
 
-    return json.dumps({"event": "decision", **decision_dict(to_proto(rec))})
+    via = {"via_decide": True} if rec.via_decide else {}
+    return json.dumps({"event": "decision", **decision_dict(to_proto(rec)), **via})
 
 
 class DiscardSink:

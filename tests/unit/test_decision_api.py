@@ -87,6 +87,14 @@ async def test_decide_equals_the_live_path(case: Path) -> None:
     assert [to_proto(r) for r in sink.records] == [live], "Decide records exactly what the live path records"
 
 
+async def test_decide_marks_its_log_lines_and_the_live_path_does_not() -> None:
+    """No Envoy applies a Decide decision: ``report --envoy-log`` must not find it "not applied" there."""
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "a medium question"}]}).encode()
+    _, sink = await _decide(_request(chat_headers(), body))
+    assert [json.loads(record_json(r)).get("via_decide") for r in sink.records] == [True]
+    assert "via_decide" not in json.loads(record_json(ROUTED))
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "body", "reason"),
     [
