@@ -485,3 +485,17 @@ def test_eval_then_report_on_data_with_repeated_ids(
     assert err == ""
     assert "cost-quality curve on 30 EVAL items: 5 repeating an earlier item's id (eval scores the first)" in out
     assert "APGR" in page.read_text()
+
+
+def test_report_envoy_log_is_repeatable_and_takes_several(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One file per gateway pod: ``--envoy-log a b`` and ``--envoy-log a --envoy-log b`` read both."""
+    line = {"start_time": "2025-11-23T00:00:00.000Z", "duration_ms": 3, "model_router": {"decision_id": None}}
+    pods = [tmp_path / "envoy-a.log", tmp_path / "envoy-b.log"]
+    for pod in pods:
+        pod.write_text(json.dumps(line) + "\n")
+    for argv in (["--envoy-log", *map(str, pods)], ["--envoy-log", str(pods[0]), "--envoy-log", str(pods[1])]):
+        assert main(["report", str(log), "--json", *argv]) == 0
+        envoy = json.loads(capsys.readouterr().out)["envoy"]
+        assert (envoy["access_lines"], envoy["not_applied"]) == (2, 1)

@@ -613,3 +613,262 @@ def test_weak_and_strong_must_differ_and_a_tie_is_said(log: Path, tmp_path: Path
         f"--data {tie_data}: a and b tie on average (0.500 over 100 items): the gain over the weak model (PGR) is"
         " undefined; name another pair with --weak/--strong"
     )
+
+
+# --- --envoy-log: the decisions Envoy applied ----------------------------------------------------------------------
+
+T0_NS = START_NS + 3600 * 10**9  # 2025-11-23T01:00:00Z
+MS = 10**6
+DECIDED_MS = (0, 100, 200, 300, 400)
+"""When each of the five test decisions was made, in ms after T0; Envoy saw its request start 2 ms earlier."""
+TENANTS = ("acme", "globex", "acme", "globex", "acme")
+
+
+def _iso(ns: int, zone: str = "Z") -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[ms]")) + zone
+
+
+def _envoy_decision(i: int, outcome: Outcome = Outcome.ROUTED, via_decide: bool = False) -> str:
+    rec = DecisionRecord(
+        decision_id=f"{i:016x}",
+        outcome=outcome,
+        reason="cheapest_meeting_target" if outcome is not Outcome.PASSTHROUGH else "model_not_routable",
+        schema="openai.chat",
+        requested_model="auto",
+        selected_model="gpt-4o-mini",
+        cluster="cheap",
+        tier="cheap",
+        cost_requested=0.003,
+        cost_selected=0.0002,
+        tenant=TENANTS[i],
+        started_unix_ns=T0_NS + DECIDED_MS[i] * MS,
+        via_decide=via_decide,
+    )
+    return _log_line(rec)
+
+
+def _json_access(i: int, applied: bool = True) -> str:
+    """A line of envoy/envoy.yaml's JSON access log for request ``i``, as Envoy writes it (a missing value: null)."""
+    decision = f"{i:016x}" if applied else None
+    router = {"outcome": "routed" if applied else None, "decision_id": decision, "selected_model": None, "tier": None}
+    line = {
+        "start_time": _iso(T0_NS + (DECIDED_MS[i] - 2) * MS),
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "response_code": 200,
+        "duration_ms": 5,
+        "upstream_cluster": "cheap" if applied else "frontier",
+        "model_router": router,
+    }
+    return json.dumps(line)
+
+
+def _text_access(i: int, applied: bool = True) -> str:
+    """A line of k8s/base/envoy.yaml's text access log for request ``i`` (a missing value: ``-``)."""
+    start = _iso(T0_NS + (DECIDED_MS[i] - 2) * MS)
+    meta = (
+        f"outcome=routed reason=cheapest_meeting_target model=gpt-4o-mini decision={i:016x}"
+        if applied
+        else ("outcome=- reason=- model=- decision=-")
+    )
+    return f'[{start}] "POST /v1/chat/completions" 200 {"cheap" if applied else "frontier"} {meta} 5ms'
+
+
+def _envoy_report(tmp_path: Path, router: list[str], envoy: list[list[str]], *extra: str) -> dict[str, object]:
+    """``report --json --envoy-log ...`` on these lines: one Envoy log per list."""
+    log = tmp_path / "router.log"
+    log.write_text("\n".join(router) + "\n")
+    paths = []
+    for n, lines in enumerate(envoy):
+        paths.append(tmp_path / f"envoy-{n}.log")
+        paths[-1].write_text("\n".join(lines) + "\n")
+    out = io.StringIO()
+    assert write_report([log], out, as_json=True, envoy_logs=paths) == 0
+    got: dict[str, object] = json.loads(out.getvalue())
+    return got
+
+
+ALL = range(5)
+R = _envoy_decision
+
+
+@pytest.mark.parametrize(
+    ("router", "envoy", "want"),
+    [
+        pytest.param([R(i) for i in ALL], [[_json_access(i) for i in ALL]], (5, 0, {}, 0, 0), id="json-all-applied"),
+        pytest.param([R(i) for i in ALL], [[_text_access(i) for i in ALL]], (5, 0, {}, 0, 0), id="text-all-applied"),
+        pytest.param(
+            [R(i) for i in ALL],
+            [[_json_access(i, applied=i != 2) for i in ALL]],
+            (4, 1, {"acme": 1}, 0, 0),
+            id="json-late-one-failed-open",
+        ),
+        pytest.param(
+            [R(i) for i in ALL],
+            [[_text_access(i, applied=i != 3) for i in ALL]],
+            (4, 1, {"globex": 1}, 0, 0),
+            id="text-late-one-failed-open",
+        ),
+        pytest.param(
+            [R(i) for i in ALL],
+            [[_json_access(i) for i in (0, 1)], [_text_access(i, applied=i != 4) for i in (2, 3, 4)]],
+            (4, 1, {"acme": 1}, 0, 0),
+            id="two-pods-one-of-each-format",
+        ),
+        pytest.param(
+            [R(i) for i in ALL],
+            [[_json_access(i) for i in (0, 1, 3, 4)]],
+            (4, 1, {"acme": 1}, 0, 0),
+            id="no-line-inside-the-span-is-not-applied",
+        ),
+        pytest.param(
+            [R(i) for i in ALL],
+            [[_json_access(i) for i in (1, 2, 3)]],
+            (3, 0, {}, 2, 0),
+            id="before-and-after-the-span-is-outside",
+        ),
+        pytest.param(
+            [R(0), R(1), R(2, via_decide=True), R(3), R(4)],
+            [[_json_access(i) for i in (0, 1, 3, 4)]],
+            (4, 0, {}, 0, 1),
+            id="decide-is-not-checked",
+        ),
+        pytest.param(
+            [R(0), R(1, Outcome.FALLBACK), R(2, Outcome.SHADOW), R(3, Outcome.PASSTHROUGH), R(4, Outcome.REJECTED)],
+            [[_json_access(0), _json_access(1, applied=False)] + [_json_access(i, applied=False) for i in (2, 3, 4)]],
+            (1, 2, {"acme": 1, "globex": 1}, 0, 0),
+            id="fallback-and-shadow-checked-passthrough-and-rejected-not",
+        ),
+    ],
+)
+def test_envoy_log_counts_decisions_not_applied(
+    tmp_path: Path, router: list[str], envoy: list[list[str]], want: tuple[int, int, dict[str, int], int, int]
+) -> None:
+    got = _envoy_report(tmp_path, router, envoy)
+    e = got["envoy"]
+    assert isinstance(e, dict)
+    assert (e["applied"], e["not_applied"], e["not_applied_by_tenant"], e["outside_span"], e["via_decide"]) == want
+    total = got["total"]
+    assert isinstance(total, dict)
+    routed = sum(1 for line in router if '"OUTCOME_PASSTHROUGH"' not in line and '"OUTCOME_REJECTED"' not in line)
+    assert total["requests"] == routed - want[1], "a decision Envoy did not apply is no saving"
+    assert total["saved"] == pytest.approx((routed - want[1]) * (0.003 - 0.0002))
+    tiers = got["tiers"]
+    assert isinstance(tiers, dict) and tiers.get("(not routed)", 0) == 5 - routed + want[1]
+
+
+def test_envoy_log_skips_and_counts_lines_in_neither_format(tmp_path: Path) -> None:
+    """A container log interleaves Envoy's own messages; a log collector may prefix a timestamp of its own."""
+    envoy = [
+        "[2025-11-23 01:00:00.500][2981][warning][main] [source/server/server.cc:1028] caught ENVOY_SIGTERM",
+        _json_access(0),
+        "2025-11-23T01:00:00.101Z stdout F " + _text_access(1),
+        '{"start_time": "yesterday", "duration_ms": 5, "model_router": {"decision_id": "0000000000000002"}}',
+        '{"ts": "2025-11-23T01:00:00.000Z", "level": "info", "msg": "a router line"}',
+        '{"start_time": "2025-11-23T01:00:00.198Z", "model_router": {"decision_id": "00000000000000',
+        _text_access(2).replace("5ms", "5 ms"),
+        _json_access(4),
+    ]
+    got = _envoy_report(tmp_path, [R(i) for i in ALL], [envoy])
+    e = got["envoy"]
+    assert isinstance(e, dict)
+    assert (e["access_lines"], e["skipped_lines"]) == (3, 5)
+    assert (e["applied"], e["not_applied"]) == (3, 2)  # 2 and 3: no readable line inside the span
+
+
+@pytest.mark.parametrize(
+    ("start", "want"),
+    [
+        pytest.param("2025-11-23T01:00:00.098Z", "2025-11-23T01:00:00.098Z", id="utc-z"),
+        pytest.param("2025-11-23T03:00:00.098+02:00", "2025-11-23T01:00:00.098Z", id="offset"),
+        pytest.param("2025-11-23T01:00:00.098", "2025-11-23T01:00:00.098Z", id="no-zone-is-utc"),
+    ],
+)
+def test_envoy_start_times_in_any_zone_are_read_as_utc(tmp_path: Path, start: str, want: str) -> None:
+    line = json.loads(_json_access(1))
+    got = _envoy_report(tmp_path, [R(1)], [[json.dumps({**line, "start_time": start})]])
+    e = got["envoy"]
+    assert isinstance(e, dict)
+    assert e["span"] == [want, "2025-11-23T01:00:00.104Z"]  # start + 5 ms + 1 ms for Envoy's rounding
+    assert e["applied"] == 1
+
+
+def test_a_decision_just_after_envoy_started_its_request_is_inside_the_span(tmp_path: Path) -> None:
+    """The router decides a few ms after Envoy's ``start_time``: the last request's decision is within its duration."""
+    got = _envoy_report(tmp_path, [R(0), R(1)], [[_json_access(0, applied=False), _json_access(1, applied=False)]])
+    e = got["envoy"]
+    assert isinstance(e, dict) and (e["not_applied"], e["outside_span"]) == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["envoy.log.gz", "envoy-copy.log"])
+def test_a_gzip_envoy_log_is_read(tmp_path: Path, name: str) -> None:
+    plain = tmp_path / "plain.log"
+    plain.write_text("\n".join(_json_access(i, applied=i != 2) for i in ALL) + "\n")
+    packed = tmp_path / name
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    log = tmp_path / "router.log"
+    log.write_text("\n".join(R(i) for i in ALL) + "\n")
+    want, got = io.StringIO(), io.StringIO()
+    assert write_report([log], want, as_json=True, envoy_logs=[plain]) == 0
+    assert write_report([log], got, as_json=True, envoy_logs=[packed]) == 0
+    assert json.loads(got.getvalue()) == json.loads(want.getvalue())
+    assert json.loads(got.getvalue())["envoy"]["not_applied"] == 1
+
+
+def test_envoy_log_in_text_and_html_output(tmp_path: Path) -> None:
+    log = tmp_path / "router.log"
+    log.write_text("\n".join(R(i) for i in ALL) + "\n")
+    envoy = tmp_path / "envoy.log"
+    envoy.write_text("\n".join([_text_access(i, applied=i != 3) for i in ALL] + ["[x][1][info][main] starting"]))
+    out, page = io.StringIO(), tmp_path / "report.html"
+    assert write_report([log], out, html=page, envoy_logs=[envoy]) == 0
+    text = out.getvalue()
+    assert "total (as Envoy applied them): 4 requests" in text
+    assert "4 applied, 1 not applied (Envoy failed open: sent unrouted; left out; by tenant: globex 1)" in text
+    assert "0 outside the Envoy logs' time span 2025-11-23T00:59:59.998Z .. 2025-11-23T01:00:00.404Z" in text
+    assert "Read 5 access-log line(s); 1 line(s) in neither access-log format skipped." in text
+    doc = page.read_text()
+    for name, value in (("not_applied", 1), ("not_applied:tenant:globex", 1), ("applied", 4), ("skipped_lines", 1)):
+        assert f'data-figure="envoy:{name}" data-value="{value}"' in doc, name
+    assert 'data-figure="total:requests" data-value="4"' in doc
+    plain, plain_page = io.StringIO(), tmp_path / "plain.html"
+    assert write_report([log], plain, html=plain_page) == 0
+    assert "Envoy" not in plain.getvalue() and 'id="envoy"' not in plain_page.read_text()
+    assert "total: 5 requests" in plain.getvalue(), "without --envoy-log nothing changes"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "why"),
+    [
+        pytest.param("missing.log", None, "cannot read --envoy-log {} (No such file or directory)", id="missing"),
+        pytest.param(
+            "cut.log.gz", gzip.compress(b"x" * 1000)[:20], "cannot read --envoy-log {} (truncated gzip file)", id="cut"
+        ),
+        pytest.param(
+            "router.log",
+            b"",
+            "--envoy-log {}: no Envoy access-log line (7 line(s) in neither the JSON format of envoy/envoy.yaml nor"
+            " the text format of k8s/base/envoy.yaml)",
+            id="the-router-log-given-as-envoy-log",
+        ),
+    ],
+)
+def test_unusable_envoy_log_is_one_line_naming_it(
+    log: Path, tmp_path: Path, name: str, payload: bytes | None, why: str
+) -> None:
+    bad = log if name == "router.log" else tmp_path / name
+    if payload:
+        bad.write_bytes(payload)
+    if name == "router.log":  # seven decision lines, nothing Envoy wrote
+        bad.write_text("\n".join(R(i) for i in ALL) + "\n" + "\n".join(OTHER_LINES) + "\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert write_report([log], out, envoy_logs=[bad], err=err) == 2
+    assert err.getvalue() == f"model-router report: {why.format(bad)}\n"
+
+
+def test_html_that_is_an_envoy_log_is_refused(log: Path, tmp_path: Path) -> None:
+    envoy = tmp_path / "envoy.log"
+    envoy.write_text(_json_access(0) + "\n")
+    err = io.StringIO()
+    assert write_report([log], io.StringIO(), html=envoy, envoy_logs=[envoy], err=err) == 2
+    assert "is an --envoy-log" in err.getvalue() and envoy.read_text() == _json_access(0) + "\n"
