@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--strong", help="the strong model's name in the items' scores (default: the best-scoring one)")
     ev.add_argument("--plot", type=Path, help="write the cost-quality curve to this PNG")
     report = _command(sub, "report", "savings per tenant and model from the router's JSON decision logs")
-    report.add_argument("logs", type=Path, nargs="+", help="log files (plain or .gz)")
+    report.add_argument("logs", type=Path, nargs="+", help="log files (plain or gzip, known by its content)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--html", type=Path, help="also write a self-contained HTML report to this file")
     report.add_argument(
