@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         action="extend",
         dest="envoy_logs",
         metavar="ENVOY_LOG",
-        help="Envoy access logs (plain or gzip) of every gateway pod over the same period: totals as Envoy applied them",
+        help="Envoy access logs (plain or gzip) of every gateway pod over the same period: totals as Envoy applied"
+        " them (after the router logs: it takes every file that follows)",
     )
     explain = _command(sub, "explain", "what the router would do with a prompt or request body, and why")
     explain.add_argument(
