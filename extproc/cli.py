@@ -245,8 +245,11 @@ def _serve(args: argparse.Namespace) -> int:
             while True:
                 try:
                     snapshot = load_snapshot(args.config)
-                    configure_logging(snapshot.settings.server.log_level)
-                    runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
+                    flush_logs = configure_logging(snapshot.settings.server.log_level)
+                    try:
+                        runner.run(serve(args.config, SnapshotRef(snapshot), args.listen, health))
+                    finally:
+                        flush_logs()  # warnings held back by the throttle: their counts, before the process ends
                     return 0
                 except ConfigError as exc:  # the config, its model, or what the server opens at start
                     if waiting is None:

@@ -47,6 +47,17 @@ class Throttle(logging.Filter):
             record.suppressed = held
         return True
 
+    def flush(self, handler: logging.Handler) -> None:
+        """Write, through ``handler``, one line per message that has records held back since it was last written
+        (with ``suppressed``): at exit, or a burst that ended in quiet would never show its count in the logs."""
+        with self._lock:
+            pending = [(key, held) for key, (_, held) in self._last.items() if held]
+            self._last = {key: (written, 0) for key, (written, _) in self._last.items()}
+        for key, held in pending:
+            record = logging.LogRecord("model_router.logs", logging.WARNING, __file__, 0, key, None, None)
+            record.suppressed = held
+            handler.handle(record)
+
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -72,12 +83,15 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_logging(level: str) -> None:
-    """Send every log record to stderr as one JSON line (the ones marked :data:`THROTTLED` at most once a minute)."""
+def configure_logging(level: str) -> Callable[[], None]:
+    """Send every log record to stderr as one JSON line (the ones marked :data:`THROTTLED` at most once a minute);
+    return the function that writes what the throttle still holds back (call it when the process stops)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter())
-    handler.addFilter(Throttle())
+    throttle = Throttle()
+    handler.addFilter(throttle)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("grpc").setLevel(logging.WARNING)  # grpc's own debug chatter is not ours to emit
+    return lambda: throttle.flush(handler)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from extproc.logs import THROTTLED, Throttle, _JsonFormatter, configure_logging
 
 
@@ -64,3 +66,26 @@ def test_the_router_s_handler_throttles() -> None:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_the_counts_held_back_are_written_when_the_router_stops(capsys: pytest.CaptureFixture[str]) -> None:
+    """A burst followed by quiet never showed its count: the flush at exit writes it, once."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        flush = configure_logging("info")
+        log = logging.getLogger("model_router.stream")
+        for _ in range(5):
+            log.warning("classifier failed (%s); using fallback model %s", "TimeoutError", "gpt-4o", extra=THROTTLED)
+        log.warning("ending stream: %s", "bad message", extra=THROTTLED)  # written, nothing held back
+        flush()
+        flush()
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert [(line["msg"], line.get("suppressed")) for line in lines] == [
+        ("classifier failed (TimeoutError); using fallback model gpt-4o", None),
+        ("ending stream: bad message", None),
+        ("classifier failed (TimeoutError); using fallback model gpt-4o", 4),
+    ]
