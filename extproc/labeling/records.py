@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from classifier.jsonl import NOT_JSON, io_reason, read_jsonl
+from classifier.jsonl import NOT_JSON, NOT_UTF8, io_reason, read_jsonl
 from extproc.labeling.grading import render_conversation
 
 __all__ = [
@@ -70,6 +70,8 @@ def _item_of(obj: Any, number: int) -> PromptItem | str:
     """The item on one line (as :func:`~classifier.jsonl.read_jsonl` parsed it), or why it is malformed."""
     if obj is NOT_JSON:
         return "not JSON"
+    if obj is NOT_UTF8:
+        return "not UTF-8"
     if not isinstance(obj, dict):
         return "not a JSON object"
     ident = obj.get("id")
@@ -92,7 +94,7 @@ def read_prompts(path: Path, text_of: TextOf) -> PromptFile:
     """
     result = PromptFile()
     seen: set[str] = set()
-    for number, obj in read_jsonl(path):
+    for number, obj in read_jsonl(path, not_utf8=True):
         item = _item_of(obj, number)
         if isinstance(item, str):
             result.malformed.append((number, item))

@@ -41,6 +41,13 @@ def test_read_prompts_sorts_every_line(tmp_path: Path) -> None:
     assert got.duplicates == [9]
 
 
+def test_a_line_that_is_not_utf8_is_named_so(tmp_path: Path) -> None:
+    """As eval names it: "not JSON" sent users looking for a syntax error in a Latin-1 export."""
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"id": "x", "messages": [{"role": "user", "content": "caf\xe9"}]}\n{"id": 1\n')
+    assert read_prompts(path, prompt_text_of_item).malformed == [(1, "not UTF-8"), (2, "not JSON")]
+
+
 def test_read_prompts_gzip_and_a_truncated_gzip(tmp_path: Path) -> None:
     payload = b"\n".join(orjson.dumps({"id": i, "messages": user(f"q{i}")}) for i in range(200)) + b"\n"
     whole = tmp_path / "p.jsonl.gz"
