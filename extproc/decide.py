@@ -171,7 +171,15 @@ async def decide(
             started_unix_ns=wall_clock_ns(),
         )
     decision = to_proto(rec)
-    return api.DecideResponse(decision=decision, models=_estimates(snap, request, decision), feedback_token=token)
+    ignored: tuple[str, ...] = ()
+    if rec.outcome is not Outcome.PASSTHROUGH:  # constraints are read only for a request the router decides
+        ignored = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap).ignored
+    return api.DecideResponse(
+        decision=decision,
+        models=_estimates(snap, request, decision),
+        feedback_token=token,
+        ignored_constraints=ignored,
+    )
 
 
 _FEEDBACK_CODES = {

@@ -41,7 +41,6 @@ __all__ = [
     "DEFAULT_CONFIGS",
     "ExplainError",
     "ExplainInput",
-    "LocalDecision",
     "RemoteTls",
     "TlsCredentials",
     "decide_local",
@@ -271,26 +270,13 @@ def default_model(config: Path | None) -> str:
     return DEFAULT_MODEL if DEFAULT_MODEL in routable else routable[0]
 
 
-@dataclass(frozen=True, slots=True)
-class LocalDecision:
-    """What :func:`decide_local` found: the response, and the constraint headers the router ignored (name -> value)."""
-
-    response: api.DecideResponse
-    ignored: Mapping[str, str]
-
-
-def decide_local(request: api.DecideRequest, config: Path) -> LocalDecision:
-    """Load ``config`` (and its classifier) and decide in this process. The ignored constraint headers come from the
-    same function the router reads them with: ``DecideResponse`` does not carry them (the router counts each one as
-    ``constraint_ignored`` and logs it at debug level)."""
-    from extproc.constraints import resolve_request_policy
+def decide_local(request: api.DecideRequest, config: Path) -> api.DecideResponse:
+    """Load ``config`` (and its classifier) and decide in this process."""
     from extproc.decide import decide
     from extproc.reload import load_snapshot
 
     snapshot = load_snapshot(config)
-    response = asyncio.run(decide(request, snapshot, _inline_classify, DiscardSink()))
-    ignored = resolve_request_policy(request.headers, snapshot).ignored
-    return LocalDecision(response, {name: request.headers[name] for name in ignored})
+    return asyncio.run(decide(request, snapshot, _inline_classify, DiscardSink()))
 
 
 def _hint(code: str, details: str, tls: RemoteTls | None, target: str) -> str:
@@ -355,9 +341,10 @@ _EXCLUDED = {"context": "ctx", "latency": "slow", "max_cost": "cost"}
 """The ``meets`` column for a model the policy left out (``ModelEstimate.excluded_by``), and why."""
 
 
-def render(response: api.DecideResponse, ignored: Mapping[str, str] | None = None) -> str:
-    """One screen: the decision, its reason, the constraint headers the router ignored, the score against each
-    model's threshold, and each model's cost."""
+def render(response: api.DecideResponse, headers: Mapping[str, str] | None = None) -> str:
+    """One screen: the decision, its reason, the constraint headers the router ignored (``ignored_constraints``,
+    with their values from the request's ``headers``), the score against each model's threshold, and each model's
+    cost."""
     d = response.decision
     outcome = label("outcome", d.outcome) if d.outcome else "unknown"
     reason = label("reason", d.reason) if d.reason else "unspecified"
@@ -377,7 +364,9 @@ def render(response: api.DecideResponse, ignored: Mapping[str, str] | None = Non
     schema = label("api_schema", d.api_schema) if d.api_schema else "?"
     tokens = d.estimated_input_tokens if d.HasField("estimated_input_tokens") else "?"
     lines.append(f"request    model {d.requested_model!r} ({schema}), ~{tokens} input tokens, tenant {d.tenant or '-'}")
-    for name, value in (ignored or {}).items():
+    sent = {k.lower(): v for k, v in (headers or {}).items()}
+    for name in response.ignored_constraints:
+        value = sent.get(name, "")
         lines.append(f"ignored    {name}: {value[:40]!r} (malformed, or a constraint the tenant may not set)")
     target = d.quality_target if d.HasField("quality_target") else None
     if d.HasField("difficulty"):
@@ -458,13 +447,11 @@ def run_explain(
         if source.model is None:
             source = dataclasses.replace(source, model=default_model(config))
         request = read_input(source, stdin)
-        ignored: Mapping[str, str] = {}
         if config is None:
             assert target is not None
             response = decide_remote(request, target, tls=credentials)
         else:
-            local = decide_local(request, config)
-            response, ignored = local.response, local.ignored
+            response = decide_local(request, config)
     except ExplainError as exc:
         print(f"model-router explain: {exc}", file=stderr)
         return 2
@@ -478,5 +465,5 @@ def run_explain(
         out = json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
         print(out, file=stdout)
     else:
-        print(render(response, ignored), end="", file=stdout)
+        print(render(response, request.headers), end="", file=stdout)
     return 0

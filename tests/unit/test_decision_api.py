@@ -178,6 +178,28 @@ async def test_decide_says_which_models_a_cost_cap_left_out() -> None:
     assert row[4] == "cost", "explain's meets column says why gpt-4o was left out"
 
 
+@pytest.mark.parametrize(
+    ("model", "headers", "ignored"),
+    [
+        pytest.param("auto", {"X-Model-Router-Max-Cost": "lots"}, ["x-model-router-max-cost"], id="malformed"),
+        pytest.param("auto", {"x-model-router-max-cost": "0.5"}, [], id="honoured"),
+        pytest.param("gpt-4o", {"x-model-router-max-cost": "lots"}, [], id="passthrough-reads-no-constraint"),
+    ],
+)
+async def test_decide_names_the_constraint_headers_the_router_ignored(
+    model: str, headers: dict[str, str], ignored: list[str]
+) -> None:
+    """The live path counts an ignored constraint and tells the client nothing: Decide (and explain --target, and
+    --json) says which, by name."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "a medium question"}]}).encode()
+    response, _ = await _decide(api.DecideRequest(path="/v1/chat/completions", headers=headers, body=body))
+    assert list(response.ignored_constraints) == ignored
+    shown = [line for line in render(response, headers).splitlines() if line.startswith("ignored")]
+    assert shown == [
+        f"ignored    {name}: 'lots' (malformed, or a constraint the tenant may not set)" for name in ignored
+    ]
+
+
 @pytest.mark.parametrize("signing", [True, False], ids=["signing", "no-key"])
 async def test_decide_returns_the_feedback_token(signing: bool) -> None:
     """A gateway that routes with Decide gets the token the live path puts in x-model-router-feedback-token."""

@@ -310,6 +310,7 @@ class DecideResponse(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     FEEDBACK_TOKEN_FIELD_NUMBER: _builtins.int
+    IGNORED_CONSTRAINTS_FIELD_NUMBER: _builtins.int
     feedback_token: _builtins.str
     """With feedback.signing_key_file: the decision's signed feedback token (as the x-model-router-feedback-token
     response header on the live path), accepted by any replica holding the key. Empty otherwise.
@@ -320,16 +321,25 @@ class DecideResponse(_message.Message):
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelEstimate]:
         """The catalog of the request's tenant, each model priced for this request (empty for pass-throughs)."""
 
+    @_builtins.property
+    def ignored_constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The constraint headers the router ignored for this request (x-model-router-quality, -max-cost, -latency, by
+        name): malformed under policy.invalid_constraint: ignore, not opted into (policy.quality_header,
+        policy.latency_header) or not in the tenant's allowed_constraints. The live path counts each as
+        constraint_ignored and says nothing to the client. Empty for pass-throughs.
+        """
+
     def __init__(
         self,
         *,
         decision: Global___RoutingDecision | None = ...,
         models: _abc.Iterable[Global___ModelEstimate] | None = ...,
         feedback_token: _builtins.str = ...,
+        ignored_constraints: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "feedback_token", b"feedback_token", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "feedback_token", b"feedback_token", "ignored_constraints", b"ignored_constraints", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
