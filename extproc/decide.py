@@ -10,7 +10,6 @@ handler's record becomes the answer. Bad request content is a pass-through decis
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
@@ -100,26 +99,6 @@ def _estimates(snap: Snapshot, request: api.DecideRequest, decision: api.Routing
     return out
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _ViaDecide:
-    """Marks each record ``via_decide`` on its way to ``sink``: the decision log then says no Envoy applies it, so
-    ``model-router report --envoy-log`` does not call it "not applied"."""
-
-    sink: DecisionSink
-
-    def record(self, rec: DecisionRecord) -> None:
-        """Hand ``rec`` on, marked."""
-        self.sink.record(dataclasses.replace(rec, via_decide=True))
-
-    def error(self, reason: str) -> None:
-        """Hand the error on."""
-        self.sink.error(reason)
-
-    def usage(self, decision_id: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-        """Hand the usage on."""
-        self.sink.usage(decision_id, model, input_tokens, output_tokens, cost)
-
-
 async def decide(
     request: api.DecideRequest,
     snap: Snapshot,
@@ -143,14 +122,14 @@ async def decide(
     handler = StreamHandler(
         snap,
         classify,
-        _ViaDecide(sink),
+        sink,
         new_id,
         clock,
         trace_headers=trace_headers,
         wall_clock_ns=wall_clock_ns,
         memory=memory,
         tap=tap,
-        envoy_header_limits=False,  # no Envoy applies this decision's header changes: a caller's headers are its own
+        via_decide=True,
     )
     headers_msg, body_msg = _messages(request)
     await handler.handle(headers_msg)
@@ -171,14 +150,12 @@ async def decide(
             started_unix_ns=wall_clock_ns(),
         )
     decision = to_proto(rec)
-    ignored: tuple[str, ...] = ()
-    if rec.outcome is not Outcome.PASSTHROUGH:  # constraints are read only for a request the router decides
-        ignored = resolve_request_policy({k.lower(): v for k, v in request.headers.items()}, snap).ignored
+    decided = rec.outcome is not Outcome.PASSTHROUGH  # constraints count only for a request the router decides
     return api.DecideResponse(
         decision=decision,
         models=_estimates(snap, request, decision),
         feedback_token=token,
-        ignored_constraints=ignored,
+        ignored_constraints=handler.ignored_constraints if decided else (),
     )
 
 

@@ -186,11 +186,12 @@ class StreamHandler:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         memory: Floors | None = None,
         tap: DecisionTap | None = None,
-        envoy_header_limits: bool = True,
+        via_decide: bool = False,
     ) -> None:
         self._snap = snapshot
-        self._envoy_header_limits = envoy_header_limits
-        """Whether Envoy's request-header limits bind this stream's header changes (not for the Decide API)."""
+        self._via_decide = via_decide
+        """A ``Decide`` call, not an Envoy stream: no Envoy applies its header changes (so Envoy's header limits do not
+        bind them), and its record says so (``report --envoy-log`` does not look for it in Envoy's access logs)."""
         self._classify = classify
         self._sink = sink
         self._new_id = new_id
@@ -219,6 +220,11 @@ class StreamHandler:
     def record(self) -> DecisionRecord | None:
         """The decision record of this stream, once there is one."""
         return self._record
+
+    @property
+    def ignored_constraints(self) -> tuple[str, ...]:
+        """The constraint headers this request's policy ignored (none before its headers are read)."""
+        return self._request.policy.ignored if self._request else ()
 
     @property
     def done(self) -> bool:
@@ -260,6 +266,8 @@ class StreamHandler:
         return response
 
     def _emit(self, rec: DecisionRecord) -> None:
+        if self._via_decide:
+            rec = replace(rec, via_decide=True)
         self.stage = Stage.FINISHED
         self._record = rec
         on_response = self._snap.settings.server.decision_headers_on_response
@@ -369,9 +377,9 @@ class StreamHandler:
             else:
                 metadata = self._pass_metadata(self._pass(reason))
             # Past Envoy's limits even the removal would be refused (a bare 500); the route strips them anyway.
-            fits = not owned or not self._envoy_header_limits or _HeaderLoad.of(headers, owned).fits(limits)
+            fits = not owned or self._via_decide or _HeaderLoad.of(headers, owned).fits(limits)
             return [envoy.headers_continue(owned if fits else (), skip_body=True, metadata=metadata)]
-        if self._envoy_header_limits:
+        if not self._via_decide:
             load = _HeaderLoad.of(headers, owned)
             routing = [(CLUSTER_HEADER, self._snap.widest_cluster), *([] if "content-length" in h else [_LENGTH])]
             if not load.fits(limits, added=routing):
